@@ -1,0 +1,848 @@
+"""One typed settings tree for every part of secure_mw.
+
+Settings come from a mapping, a TOML file or both plus environment overrides::
+
+    settings = Settings.from_file("secure-mw.toml")
+    settings = Settings.from_mapping({"session": {"store": "redis", "redis_url": "..."}})
+    settings = Settings.from_environment()          # $SECURE_MW_CONFIG (optional) + SECURE_MW_*
+
+* Section and key names are those of ``secure-mw.example.toml``.
+* Durations are written ``"90s"``, ``"5m"``, ``"1h"``, ``"30d"`` (or combined, ``"1h30m"``;
+  a bare number is seconds) and held as float seconds.
+* Every secret key ``k`` also accepts ``k_file = "/path"``; a file readable by group or
+  others is refused, naming the path and its mode.
+* Environment overrides: ``SECURE_MW_<SECTION>__<KEY>`` (``SECURE_MW_SESSION__STORE=redis``,
+  ``SECURE_MW_OIDC__CLIENT_SECRET_FILE=/run/secrets/x``); lists as JSON or comma-separated.
+* Unknown keys are errors with a did-you-mean suggestion; every problem is collected and
+  raised together in one :class:`~secure_mw.errors.ConfigError`, each with its key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from secure_mw._files import read_secret_file, secret_file_problem
+from secure_mw.errors import ConfigError, ConfigProblem
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "AccessControlSettings",
+    "AccessRule",
+    "AuditSettings",
+    "HeadersSettings",
+    "KeysSettings",
+    "LocalUsersSettings",
+    "OIDCSettings",
+    "RateLimitRule",
+    "RateLimitsSettings",
+    "RedirectsSettings",
+    "RegulationSettings",
+    "ServerSettings",
+    "SessionSettings",
+    "Settings",
+    "SignedHeadersSettings",
+    "SignedHeadersVerifySettings",
+    "parse_duration",
+    "parse_rate_limit",
+]
+
+ENV_PREFIX = "SECURE_MW_"
+
+# ---------------------------------------------------------------------------------------------
+# value parsers
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> float:
+    """``"90s"`` → 90.0; ``"1h30m"`` → 5400.0; ``"0"``/``0`` → 0.0. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '90s', '5m', '1h' or '30d'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            pos, seconds = 0, 0.0
+            for m in _DURATION_PART.finditer(text):
+                if m.start() != pos:
+                    break
+                seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+                pos = m.end()
+            if pos != len(text) or not text:
+                raise ValueError(
+                    f"{value!r} is not a duration; write e.g. '90s', '5m', '1h' or '30d'"
+                )
+    else:
+        raise ValueError("expected a duration like '90s', '5m', '1h' or '30d'")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a non-negative finite duration")
+    return seconds
+
+
+_RATE_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day|s|m|h|d)s?\s*")
+_RATE_UNITS = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600,
+               "day": 86400, "d": 86400}
+
+
+def parse_rate_limit(text: str) -> tuple[tuple[int, float], ...]:
+    """``"20/second;600/minute"`` → ``((20, 1.0), (600, 60.0))``; also ``"5/10minutes"``."""
+    limits = []
+    for part in text.split(";"):
+        m = _RATE_PART.fullmatch(part)
+        if not m or int(m.group(1)) <= 0:
+            raise ValueError(
+                f"{part.strip()!r} is not a rate; write e.g. '20/second;600/minute'"
+            )
+        multiple = int(m.group(2)) if m.group(2) else 1
+        if multiple <= 0:
+            raise ValueError(f"{part.strip()!r} has a zero period")
+        limits.append((int(m.group(1)), float(multiple * _RATE_UNITS[m.group(3)])))
+    return tuple(limits)
+
+
+def _check_url(value: str, *, https_only: bool = False) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return f"{value!r} is not a URL"
+    schemes = ("https",) if https_only else ("http", "https")
+    if parts.scheme not in schemes or not parts.hostname:
+        return f"{value!r} must be an absolute {' or '.join(schemes)} URL"
+    if parts.username or parts.password:
+        return "must not contain credentials"
+    return None
+
+
+def _check_issuer(value: str) -> str | None:
+    problem = _check_url(value)
+    if problem:
+        return problem
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return "an issuer must use https (plain http is allowed only for loopback test providers)"
+    if parts.query or parts.fragment:
+        return "an issuer must not have a query or fragment"
+    return None
+
+
+def _check_cidrs(values: list[str]) -> str | None:
+    bad = []
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            bad.append(v)
+    return f"not CIDR networks: {', '.join(map(repr, bad))}" if bad else None
+
+
+def _check_header_name(value: str) -> str | None:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        return f"{value!r} is not a valid HTTP header name"
+    return None
+
+
+def _check_cookie_name(value: str) -> str | None:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        return f"{value!r} is not a valid cookie name"
+    if value.lower().startswith(("__host-", "__secure-")):
+        return "give the name without a __Host-/__Secure- prefix; secure_mw adds the right one"
+    return None
+
+
+def _check_positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than zero"
+
+
+def _check_rate(value: str) -> str | None:
+    try:
+        parse_rate_limit(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _normalize_subject(value: object) -> list[list[str]]:
+    """``"group:a"`` → ``[["group:a"]]``; ``["a", "b"]`` → ``[["a"], ["b"]]`` (OR);
+    ``[["a", "b"], ["c"]]`` stays (OR of ANDs)."""
+    if isinstance(value, str):
+        value = [[value]]
+    if not isinstance(value, list):
+        raise ValueError("expected a string, a list of strings or a list of lists of strings")
+    out: list[list[str]] = []
+    for item in value:
+        group = [item] if isinstance(item, str) else item
+        if not isinstance(group, list) or not group or not all(isinstance(s, str) for s in group):
+            raise ValueError("expected a string, a list of strings or a list of lists of strings")
+        for s in group:
+            if not re.fullmatch(r"(user|group|email):.+", s):
+                raise ValueError(f"{s!r} must start with 'user:', 'group:' or 'email:'")
+        out.append(list(group))
+    return out
+
+
+def _opt(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    secret: bool = False,
+    duration: bool = False,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    parse: Callable[[Any], Any] | None = None,
+    doc: str = "",
+) -> Any:
+    meta = {"secret": secret, "duration": duration, "choices": choices, "check": check,
+            "parse": parse, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tree
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    external_url: str | None = _opt(None, check=_check_url, doc="public URL of the app")
+    trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
+                                      doc="peers allowed to set Forwarded / X-Forwarded-*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeysSettings:
+    encryption_keys: list[str] = _opt(factory=list, secret=True,
+                                      doc="key ring, base64url 32-byte keys; the first encrypts")
+    encryption_passphrase: str | None = _opt(None, secret=True,
+                                             doc="alternative: derive the master key once")
+    encryption_salt_file: str | None = _opt(None, doc="per-installation salt for the passphrase")
+    encryption_kdf: str = _opt("pbkdf2", choices=("pbkdf2", "scrypt"))
+    encryption_algorithm: str = _opt("xchacha20-poly1305",
+                                     choices=("xchacha20-poly1305", "aes-256-gcm"))
+    signing_jwks: str | None = _opt(None, secret=True, doc="private JWKS for identity assertions")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.encryption_keys and self.encryption_passphrase:
+            out.append(("encryption_passphrase",
+                        "give either encryption_keys or a passphrase, not both"))
+        if self.encryption_passphrase and not self.encryption_salt_file:
+            out.append(("encryption_salt_file",
+                        "required with a passphrase (created on first use)"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionSettings:
+    store: str = _opt("memory", choices=("memory", "cookie", "redis"))
+    redis_url: str | None = _opt(None, secret=True)
+    redis_key_prefix: str = _opt("secure_mw:")
+    cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name)
+    cookie_domain: str = _opt("")
+    same_site: str = _opt("lax", choices=("lax", "strict", "none"))
+    expiration: float = _opt(3600.0, duration=True, check=_check_positive)
+    inactivity: float = _opt(300.0, duration=True, check=_check_positive)
+    remember_me: float = _opt(30 * 86400.0, duration=True)
+    memory_max_sessions: int = _opt(100_000, check=_check_positive)
+
+    def _problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.store == "redis" and not self.redis_url:
+            out.append(("redis_url", "required when session.store = 'redis'"))
+        if self.inactivity > self.expiration:
+            out.append(("inactivity",
+                        "is longer than session.expiration, so it would never apply"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class OIDCSettings:
+    issuer: str = _opt(check=_check_issuer)
+    client_id: str = _opt()
+    client_secret: str | None = _opt(None, secret=True)
+    token_endpoint_auth_method: str = _opt(
+        "client_secret_basic",
+        choices=("client_secret_basic", "client_secret_post", "private_key_jwt", "none"),
+    )
+    scopes: list[str] = _opt(factory=lambda: ["openid", "profile", "email"])
+    groups_claim: str = _opt("groups")
+    refresh_interval: float = _opt(300.0, duration=True)
+    post_logout_redirect_uri: str | None = _opt(None, check=_check_url)
+
+    def _problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.token_endpoint_auth_method.startswith("client_secret") and not self.client_secret:
+            out.append(("client_secret", "required with token_endpoint_auth_method = "
+                                         f"{self.token_endpoint_auth_method!r}"))
+        if "openid" not in self.scopes:
+            out.append(("scopes", "must include 'openid'"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalUsersSettings:
+    file: str = _opt("users.toml")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NamedNetwork:
+    name: str = _opt()
+    networks: list[str] = _opt(factory=list, check=_check_cidrs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessRule:
+    domain: list[str] = _opt(factory=list)
+    domain_regex: list[str] = _opt(factory=list)
+    resources: list[str] = _opt(factory=list)
+    methods: list[str] = _opt(factory=list)
+    networks: list[str] = _opt(factory=list)
+    subject: list[list[str]] = _opt(factory=list, parse=_normalize_subject)
+    query: list[Any] = _opt(factory=list)
+    policy: str | None = _opt(None, choices=("bypass", "authenticated", "two_factor", "deny"))
+    allow: dict[str, Any] | None = _opt(None)
+    deny: dict[str, Any] | None = _opt(None)
+
+    def _problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.policy is None and self.allow is None and self.deny is None:
+            out.append(("", "needs a policy, or allow/deny blocks"))
+        if self.policy == "bypass" and self.subject:
+            out.append(("subject", "a 'bypass' rule cannot have a subject"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessControlSettings:
+    default_policy: str = _opt("deny", choices=("bypass", "authenticated", "two_factor", "deny"))
+    networks: list[NamedNetwork] = _opt(factory=list)
+    rules: list[AccessRule] = _opt(factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadersSettings:
+    preset: str = _opt("page", choices=("page", "api"))
+    hsts_max_age: float = _opt(365 * 86400.0, duration=True)
+    hsts_include_subdomains: bool = _opt(True)
+    hsts_preload: bool = _opt(False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedirectsSettings:
+    allowed_hosts: list[str] = _opt(factory=list)
+    params: list[str] = _opt(
+        factory=lambda: ["rd", "next", "return_to", "redirect_uri", "post_logout_redirect_uri"]
+    )
+    default: str = _opt("/")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimitRule:
+    key: str = _opt("ip")
+    limit: str = _opt(check=_check_rate)
+    methods: list[str] = _opt(factory=list)
+    paths: list[str] = _opt(factory=list)
+    fail_open: bool = _opt(True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimitsSettings:
+    store: str = _opt("memory", choices=("memory", "redis"))
+    redis_url: str | None = _opt(None, secret=True)
+    rules: list[RateLimitRule] = _opt(factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegulationSettings:
+    max_retries: int = _opt(3, check=_check_positive)
+    find_time: float = _opt(120.0, duration=True, check=_check_positive)
+    ban_time: float = _opt(300.0, duration=True, check=_check_positive)
+    modes: list[str] = _opt(
+        factory=lambda: ["user", "ip"],
+        check=lambda v: None if set(v) <= {"user", "ip"} else "modes are 'user' and/or 'ip'",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedHeadersVerifySettings:
+    header: str = _opt("X-Pomerium-Jwt-Assertion", check=_check_header_name)
+    jwks_url: str | None = _opt(None, check=_check_url)
+    jwks_file: str | None = _opt(None)
+    issuer: str = _opt()
+    audience: str | None = _opt(None)
+    algorithms: list[str] = _opt(
+        factory=lambda: ["ES256", "RS256"],
+        check=lambda v: None if v and set(v) <= {"ES256", "RS256", "PS256", "EdDSA"}
+        else "algorithms are among ES256, RS256, PS256, EdDSA",
+    )
+    leeway: float = _opt(30.0, duration=True,
+                         check=lambda v: None if v <= 60 else "must be at most 60s")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        if not (self.jwks_url or self.jwks_file):
+            return [("", "give jwks_url or jwks_file (keys are only ever pinned)")]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedHeadersSettings:
+    issue: bool = _opt(True)
+    header: str = _opt("X-Secure-MW-Jwt-Assertion", check=_check_header_name)
+    lifetime: float = _opt(300.0, duration=True, check=_check_positive)
+    verify: SignedHeadersVerifySettings | None = _opt(None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSettings:
+    format: str = _opt("json", choices=("json", "logfmt"))
+    logger: str = _opt("secure_mw.audit")
+
+
+_S = TypeVar("_S", bound="Settings")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The whole configuration. Build it with :meth:`from_mapping`, :meth:`from_file` or
+    :meth:`from_environment`; every problem is reported at once in a ConfigError."""
+
+    server: ServerSettings = _opt(factory=ServerSettings)
+    keys: KeysSettings = _opt(factory=KeysSettings)
+    session: SessionSettings = _opt(factory=SessionSettings)
+    oidc: OIDCSettings | None = _opt(None)
+    local_users: LocalUsersSettings = _opt(factory=LocalUsersSettings)
+    access_control: AccessControlSettings = _opt(factory=AccessControlSettings)
+    headers: HeadersSettings = _opt(factory=HeadersSettings)
+    redirects: RedirectsSettings = _opt(factory=RedirectsSettings)
+    rate_limits: RateLimitsSettings = _opt(factory=RateLimitsSettings)
+    regulation: RegulationSettings = _opt(factory=RegulationSettings)
+    signed_headers: SignedHeadersSettings = _opt(factory=SignedHeadersSettings)
+    audit: AuditSettings = _opt(factory=AuditSettings)
+
+    # -- constructors ---------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(
+        cls: type[_S],
+        data: Mapping[str, Any],
+        *,
+        environ: Mapping[str, str] | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> _S:
+        """Build settings from a mapping (as a TOML file would give), then apply
+        ``SECURE_MW_*`` overrides from ``environ`` when given. Relative ``*_file`` paths
+        are resolved against ``base_dir`` (default: the current directory)."""
+        problems: list[ConfigProblem] = []
+        merged = _apply_environment(cls, data, environ or {}, problems)
+        builder = _Builder(problems, Path(base_dir) if base_dir is not None else None)
+        built = builder.build(cls, merged, "")
+        _cross_checks(built, problems)
+        if problems:
+            raise ConfigError(problems)
+        return typing.cast(_S, built)
+
+    @classmethod
+    def from_file(
+        cls: type[_S],
+        path: str | os.PathLike[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> _S:
+        """Load a TOML file (``.toml``; YAML is not supported) and build settings."""
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError([ConfigProblem("", f"cannot read {str(p)!r}: {exc.strerror}")]) \
+                from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError([ConfigProblem("", f"{str(p)!r} is not UTF-8 text")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([ConfigProblem("", f"{str(p)!r} is not valid TOML: {exc}")]) \
+                from None
+        return cls.from_mapping(data, environ=environ, base_dir=p.parent)
+
+    @classmethod
+    def from_environment(
+        cls: type[_S], path: str | os.PathLike[str] | None = None
+    ) -> _S:
+        """The file at ``path`` or ``$SECURE_MW_CONFIG`` (if any), then ``SECURE_MW_*``
+        overrides from the process environment."""
+        path = path or os.environ.get("SECURE_MW_CONFIG") or None
+        if path:
+            return cls.from_file(path, environ=os.environ)
+        return cls.from_mapping({}, environ=os.environ)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A human summary without any secret value (used by ``secure-mw check-config``)."""
+        lines = []
+        identity = f"OpenID provider {self.oidc.issuer}" if self.oidc else \
+            f"built-in password login (users file {self.local_users.file})"
+        lines.append(f"identity source : {identity}")
+        lines.append(
+            f"session store   : {self.session.store}; expiration {_fmt(self.session.expiration)},"
+            f" inactivity {_fmt(self.session.inactivity)}, remember-me "
+            f"{_fmt(self.session.remember_me) if self.session.remember_me else 'disabled'}"
+        )
+        keys = self.keys
+        if keys.encryption_keys:
+            source = f"{len(keys.encryption_keys)} key(s) in the key ring"
+        elif keys.encryption_passphrase:
+            source = f"derived from a passphrase ({keys.encryption_kdf})"
+        else:
+            source = "none configured (generated at start-up; sessions do not survive a restart)"
+        lines.append(f"encryption      : {keys.encryption_algorithm}, {source}")
+        lines.append(
+            f"access control  : default {self.access_control.default_policy}, "
+            f"{len(self.access_control.rules)} rule(s)"
+        )
+        lines.append(f"headers preset  : {self.headers.preset}")
+        lines.append(
+            f"rate limits     : {len(self.rate_limits.rules)} rule(s) in {self.rate_limits.store}"
+        )
+        reg = self.regulation
+        lines.append(
+            f"regulation      : {reg.max_retries} failures in {_fmt(reg.find_time)} ban for "
+            f"{_fmt(reg.ban_time)} by {', '.join(reg.modes)}"
+        )
+        sh = self.signed_headers
+        lines.append(
+            f"signed headers  : issue {'on' if sh.issue else 'off'} ({sh.header}); verify "
+            + (f"{sh.verify.header} from {sh.verify.issuer}" if sh.verify else "off")
+        )
+        lines.append(f"audit           : {self.audit.format} on logger {self.audit.logger}")
+        return "\n".join(lines)
+
+
+def _fmt(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list of " + _type_name(typing.get_args(tp)[0]).removeprefix("a ") + "s"
+    if origin is dict:
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+class _Builder:
+    def __init__(self, problems: list[ConfigProblem], base_dir: Path | None) -> None:
+        self.problems = problems
+        self.base_dir = base_dir
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(path, message))
+
+    def build(self, cls: type, data: object, path: str) -> Any:
+        if not isinstance(data, Mapping):
+            self.problem(path, f"expected a table, got {type(data).__name__}")
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = _hints(cls)
+        secret_files = {f"{n}_file": n for n, f in fields.items() if f.metadata.get("secret")}
+        known = sorted(list(fields) + list(secret_files))
+        values: dict[str, Any] = {}
+        seen_file: dict[str, Any] = {}
+        for key, raw in data.items():
+            kpath = f"{path}.{key}" if path else str(key)
+            if key in secret_files:
+                seen_file[secret_files[key]] = (kpath, raw)
+                continue
+            if key not in fields:
+                self.problem(kpath, "unknown key" + _suggest(str(key), known))
+                continue
+            values[key] = self.value(fields[key], hints[key], raw, kpath)
+        for name, (kpath, raw) in seen_file.items():
+            if name in data:
+                self.problem(kpath, f"give either {name} or {name}_file, not both")
+                continue
+            values[name] = self.secret_from_file(fields[name], hints[name], raw, kpath)
+        missing = [
+            n for n, f in fields.items()
+            if n not in values and n not in seen_file
+            and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        for name in missing:
+            self.problem(f"{path}.{name}" if path else name, "required key is missing")
+        if any(v is _INVALID for v in values.values()) or missing:
+            return None
+        try:
+            obj = cls(**values)
+        except TypeError as exc:  # pragma: no cover - guarded by the checks above
+            self.problem(path, str(exc))
+            return None
+        validate = getattr(obj, "_problems", None)
+        if validate is not None:
+            for sub, message in validate():
+                self.problem(".".join(p for p in (path, sub) if p), message)
+        return obj
+
+    def secret_from_file(self, f: dataclasses.Field[Any], tp: Any, raw: object, path: str) -> Any:
+        if not isinstance(raw, str) or not raw:
+            self.problem(path, "expected a file path")
+            return _INVALID
+        p = Path(raw)
+        if not p.is_absolute() and self.base_dir is not None:
+            p = self.base_dir / p
+        problem = secret_file_problem(p)
+        if problem:
+            self.problem(path, problem)
+            return _INVALID
+        try:
+            text = read_secret_file(p, key=path).decode("utf-8")
+        except (ConfigError, UnicodeDecodeError):
+            self.problem(path, f"secret file {str(p)!r} is not readable UTF-8 text")
+            return _INVALID
+        inner, _ = _unwrap_optional(tp)
+        if typing.get_origin(inner) is list:
+            value: Any = [
+                line.strip() for line in text.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+        else:
+            value = text.strip() if f.name != "signing_jwks" else text
+        if not value:
+            self.problem(path, f"secret file {str(p)!r} is empty")
+            return _INVALID
+        return value
+
+    def value(self, f: dataclasses.Field[Any], tp: Any, raw: object, path: str) -> Any:
+        meta = f.metadata
+        inner, optional = _unwrap_optional(tp)
+        if raw is None and optional:
+            return None
+        try:
+            if meta.get("parse"):
+                value = meta["parse"](raw)
+            elif meta.get("duration"):
+                value = parse_duration(raw)
+            else:
+                value = self.typed(inner, raw, path)
+                if value is _INVALID:
+                    return _INVALID
+        except ValueError as exc:
+            self.problem(path, str(exc))
+            return _INVALID
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            self.problem(
+                path,
+                f"{value!r} is not one of {', '.join(map(repr, choices))}"
+                + _suggest(str(value), list(choices)),
+            )
+            return _INVALID
+        check = meta.get("check")
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                self.problem(path, problem)
+                return _INVALID
+        return value
+
+    def typed(self, tp: Any, raw: object, path: str) -> Any:
+        if dataclasses.is_dataclass(tp):
+            built = self.build(typing.cast(type, tp), raw, path)
+            return _INVALID if built is None else built
+        origin = typing.get_origin(tp)
+        if origin is list:
+            (item_tp,) = typing.get_args(tp)
+            if not isinstance(raw, list):
+                self.problem(path, f"expected {_type_name(tp)}, got {_describe(raw)}")
+                return _INVALID
+            items = [self.typed(item_tp, item, f"{path}[{i}]") for i, item in enumerate(raw)]
+            return _INVALID if any(i is _INVALID for i in items) else items
+        if origin is dict:
+            if not isinstance(raw, Mapping):
+                self.problem(path, f"expected a table, got {_describe(raw)}")
+                return _INVALID
+            return dict(raw)
+        if tp is Any:
+            return raw
+        ok = (
+            isinstance(raw, bool) if tp is bool
+            else isinstance(raw, int) and not isinstance(raw, bool) if tp is int
+            else isinstance(raw, int | float) and not isinstance(raw, bool) if tp is float
+            else isinstance(raw, tp)
+        )
+        if not ok:
+            self.problem(path, f"expected {_type_name(tp)}, got {_describe(raw)}")
+            return _INVALID
+        if tp is str and ("\r" in raw or "\n" in raw or "\x00" in raw):  # type: ignore[operator]
+            self.problem(path, "must not contain line breaks or NUL characters")
+            return _INVALID
+        return float(raw) if tp is float else raw  # type: ignore[arg-type]
+
+
+class _Invalid:
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+_INVALID: Any = _Invalid()
+
+
+def _describe(raw: object) -> str:
+    if isinstance(raw, str):
+        return f"the string {raw!r}" if len(raw) < 40 else "a string"
+    return {bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+            dict: "a table"}.get(type(raw), type(raw).__name__)
+
+
+def _cross_checks(s: Settings | None, problems: list[ConfigProblem]) -> None:
+    """Checks that span sections (those within one section live in its ``_problems``)."""
+    if s is None:
+        return
+    if s.rate_limits.store == "redis" and not (s.rate_limits.redis_url or s.session.redis_url):
+        problems.append(ConfigProblem(
+            "rate_limits.redis_url",
+            "required when rate_limits.store = 'redis' (or set session.redis_url)",
+        ))
+
+
+# ---------------------------------------------------------------------------------------------
+# environment overrides
+
+
+def _apply_environment(
+    cls: type, data: Mapping[str, Any], environ: Mapping[str, str],
+    problems: list[ConfigProblem],
+) -> dict[str, Any]:
+    merged: dict[str, Any] = json.loads(json.dumps(data, default=str)) if data else {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        target, tp, problem = _resolve_env_path(cls, parts)
+        if problem:
+            problems.append(ConfigProblem(name, problem))
+            continue
+        try:
+            value = _env_value(tp, environ[name])
+        except ValueError as exc:
+            problems.append(ConfigProblem(name, str(exc)))
+            continue
+        node = merged
+        for part in target[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[target[-1]] = value
+    return merged
+
+
+def _resolve_env_path(cls: type, parts: list[str]) -> tuple[list[str], Any, str | None]:
+    current: Any = cls
+    for i, part in enumerate(parts):
+        inner, _ = _unwrap_optional(current)
+        if not dataclasses.is_dataclass(inner):
+            return parts, None, "cannot set a key inside a value that is not a table"
+        fields = {f.name: f for f in dataclasses.fields(inner)}
+        hints = _hints(typing.cast(type, inner))
+        secret_files = {f"{n}_file" for n, f in fields.items() if f.metadata.get("secret")}
+        if part in secret_files:
+            if i != len(parts) - 1:
+                break
+            return parts, str, None
+        if part not in fields:
+            env_names = [
+                ENV_PREFIX + "__".join([*parts[:i], k]).upper()
+                for k in sorted(list(fields) + list(secret_files))
+            ]
+            wrong = ENV_PREFIX + "__".join(parts[: i + 1]).upper()
+            return parts, None, "unknown setting" + _suggest(wrong, env_names)
+        current = hints[part]
+        if fields[part].metadata.get("duration"):
+            current = str
+    return parts, current, None
+
+
+def _env_value(tp: Any, text: str) -> Any:
+    inner, _ = _unwrap_optional(tp)
+    if inner is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{text!r} is not true or false")
+    if inner is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if inner is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+    if typing.get_origin(inner) is list or inner is Any or typing.get_origin(inner) is dict:
+        stripped = text.strip()
+        if stripped.startswith(("[", "{")):
+            try:
+                return json.loads(stripped)
+            except json.JSONDecodeError:
+                raise ValueError("is not valid JSON") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text

@@ -1,0 +1,379 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from secure_mw import ConfigError, Settings
+from secure_mw.settings import parse_duration, parse_rate_limit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "secure-mw.example.toml"
+EXAMPLE_TEXT = EXAMPLE.read_text() if EXAMPLE.exists() else None
+
+
+def secret(tmp_path: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def problems_of(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
+    return {p.path: p.message for p in exc.value.problems}
+
+
+@pytest.fixture
+def example_config(tmp_path: Path) -> Path:
+    """The example TOML from shared/, its secret file paths pointed at real 0600 files."""
+    if EXAMPLE_TEXT is None:
+        pytest.skip("shared/secure-mw.example.toml is not beside the checkout")
+    import json
+
+    from secure_mw.crypto import KeyRing
+    from secure_mw.tokens import generate_private_jwks
+
+    keys = secret(tmp_path, "keys", KeyRing.new_key_text() + "\n")
+    jwks = secret(tmp_path, "jwks.json", json.dumps(generate_private_jwks(("ES256",))))
+    client = secret(tmp_path, "client", "s3cret-value\n")
+    text = (EXAMPLE_TEXT.replace("/run/secrets/secure-mw-keys", str(keys))
+            .replace("/run/secrets/secure-mw-jwks.json", str(jwks))
+            .replace("/run/secrets/oidc-client-secret", str(client)))
+    path = tmp_path / "secure-mw.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_secure() -> None:
+    s = Settings.from_mapping({})
+    assert s.session.store == "memory"
+    assert s.session.same_site == "lax"
+    assert s.session.expiration == 3600 and s.session.inactivity == 300
+    assert s.session.remember_me == 30 * 86400
+    assert s.access_control.default_policy == "deny"
+    assert s.oidc is None
+    assert s.regulation.max_retries == 3 and s.regulation.find_time == 120
+    assert s.regulation.ban_time == 300
+    assert s.keys.encryption_algorithm == "xchacha20-poly1305"
+
+
+def test_example_file_loads_every_section(example_config: Path) -> None:
+    s = Settings.from_file(example_config)
+    assert s.oidc is not None and s.oidc.client_secret == "s3cret-value"
+    assert s.oidc.issuer == "https://idp.example.com"
+    assert len(s.keys.encryption_keys) == 1
+    assert s.keys.signing_jwks is not None and '"keys"' in s.keys.signing_jwks
+    assert s.access_control.rules[1].subject == [["group:admins"]]
+    assert s.access_control.rules[1].policy == "two_factor"
+    assert s.rate_limits.rules[0].limit == "20/second;600/minute"
+    assert s.signed_headers.verify is not None
+    assert s.signed_headers.verify.header == "X-Pomerium-Jwt-Assertion"
+    assert s.headers.hsts_max_age == 365 * 86400
+    assert s.session.remember_me == 30 * 86400
+
+
+def test_example_file_passes_check_config(example_config: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    from secure_mw.cli import main
+
+    assert main(["check-config", "--no-env", str(example_config)]) == 0
+    out = capsys.readouterr().out
+    assert "configuration is valid" in out and "OpenID provider https://idp.example.com" in out
+    assert "s3cret-value" not in out
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("5m", 300), ("1h", 3600), ("30d", 2592000), ("1h30m", 5400), ("0", 0),
+    (45, 45), ("250ms", 0.25), ("2w", 1209600), (" 5M ", 300),
+])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m", "5 minutes", "-5s", "1y", "5m5", True, None,
+                                  [1], "nan", "inf", "1e999s", "5s5x"])
+def test_bad_durations(text: object) -> None:
+    if text == "5":  # a bare number is seconds
+        assert parse_duration(text) == 5
+        return
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_rate_limits_parse() -> None:
+    assert parse_rate_limit("20/second;600/minute") == ((20, 1.0), (600, 60.0))
+    assert parse_rate_limit("5/10minutes") == ((5, 600.0),)
+    for bad in ("", "20", "0/second", "20/fortnight", "20/second;", "x/second"):
+        with pytest.raises(ValueError):
+            parse_rate_limit(bad)
+
+
+def test_every_problem_is_reported_together_with_its_path() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({
+            "sesion": {"store": "redis"},
+            "session": {"store": "reddis", "expiration": "1x", "cookie_name": 5},
+            "oidc": {"client_id": "app", "issuer": "ftp://idp"},
+            "regulation": {"max_retries": "three", "modes": ["user", "mac"]},
+            "access_control": {"rules": [{"policy": "bypass", "subject": "group:x"},
+                                         {"resourses": ["^/x"]}]},
+            "headers": {"preset": "apii"},
+        })
+    found = problems_of(exc)
+    assert found["sesion"] == "unknown key; did you mean 'session'?"
+    assert "'reddis' is not one of" in found["session.store"]
+    assert "did you mean 'redis'?" in found["session.store"]
+    assert "not a duration" in found["session.expiration"]
+    assert found["session.cookie_name"] == "expected a string, got an integer"
+    assert "absolute http or https URL" in found["oidc.issuer"]
+    assert "expected an integer" in found["regulation.max_retries"]
+    assert "modes" in found["regulation.modes"]
+    assert "did you mean 'resources'?" in found["access_control.rules[1].resourses"]
+    assert "did you mean 'api'?" in found["headers.preset"]
+    assert len(exc.value.problems) >= 10
+    # One message lists them all, one per line.
+    assert str(exc.value).count("\n  - ") == len(exc.value.problems)
+
+
+def test_cross_field_problems() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({
+            "session": {"store": "redis", "inactivity": "2h", "expiration": "1h"},
+            "oidc": {"issuer": "https://idp.example.com", "client_id": "app",
+                     "scopes": ["profile"]},
+            "access_control": {"rules": [{"policy": "bypass", "subject": ["user:bob"]},
+                                         {"resources": ["^/x"]}]},
+            "signed_headers": {"verify": {"issuer": "a.example.com"}},
+        })
+    found = problems_of(exc)
+    assert "required when session.store = 'redis'" in found["session.redis_url"]
+    assert "never apply" in found["session.inactivity"]
+    assert "must include 'openid'" in found["oidc.scopes"]
+    assert "oidc.client_secret" in found
+    assert "cannot have a subject" in found["access_control.rules[0].subject"]
+    assert "needs a policy" in found["access_control.rules[1]"]
+    assert "jwks_url or jwks_file" in found["signed_headers.verify"]
+
+
+def test_plain_http_issuer_only_on_loopback() -> None:
+    ok = Settings.from_mapping({"oidc": {"issuer": "http://127.0.0.1:9000", "client_id": "a",
+                                         "client_secret": "x"}})
+    assert ok.oidc is not None
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"oidc": {"issuer": "http://idp.example.com", "client_id": "a",
+                                        "client_secret": "x"}})
+    assert "https" in problems_of(exc)["oidc.issuer"]
+
+
+def test_subject_forms_are_normalised() -> None:
+    s = Settings.from_mapping({"access_control": {"rules": [
+        {"policy": "authenticated", "subject": "group:a"},
+        {"policy": "authenticated", "subject": ["group:a", "user:b"]},
+        {"policy": "authenticated", "subject": [["group:a", "email:c@example.com"], ["user:b"]]},
+    ]}})
+    rules = s.access_control.rules
+    assert rules[0].subject == [["group:a"]]
+    assert rules[1].subject == [["group:a"], ["user:b"]]
+    assert rules[2].subject == [["group:a", "email:c@example.com"], ["user:b"]]
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"access_control": {"rules": [
+            {"policy": "authenticated", "subject": ["admins"]}]}})
+    assert "must start with" in problems_of(exc)["access_control.rules[0].subject"]
+
+
+def test_secret_file_is_read_and_stripped(tmp_path: Path) -> None:
+    path = secret(tmp_path, "client", "  top-secret\n")
+    s = Settings.from_mapping({"oidc": {"issuer": "https://idp.example.com", "client_id": "a",
+                                        "client_secret_file": str(path)}})
+    assert s.oidc is not None and s.oidc.client_secret == "top-secret"
+
+
+def test_relative_secret_file_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    secret(tmp_path, "client", "rel-secret")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[oidc]\nissuer = "https://idp.example.com"\nclient_id = "a"\n'
+                   'client_secret_file = "client"\n')
+    s = Settings.from_file(cfg)
+    assert s.oidc is not None and s.oidc.client_secret == "rel-secret"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602])
+def test_secret_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = secret(tmp_path, "client", "top-secret", mode)
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"oidc": {"issuer": "https://idp.example.com", "client_id": "a",
+                                        "client_secret_file": str(path)}})
+    message = problems_of(exc)["oidc.client_secret_file"]
+    assert str(path) in message and f"{mode:04o}" in message
+    assert "top-secret" not in str(exc.value)
+
+
+def test_secret_and_its_file_together_is_an_error(tmp_path: Path) -> None:
+    path = secret(tmp_path, "client", "x")
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"oidc": {"issuer": "https://idp.example.com", "client_id": "a",
+                                        "client_secret": "y", "client_secret_file": str(path)}})
+    assert "not both" in problems_of(exc)["oidc.client_secret_file"]
+
+
+def test_missing_and_empty_secret_files(tmp_path: Path) -> None:
+    empty = secret(tmp_path, "empty", "\n")
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"keys": {"encryption_keys_file": str(empty)},
+                               "session": {"redis_url_file": str(tmp_path / "nope")}})
+    found = problems_of(exc)
+    assert "is empty" in found["keys.encryption_keys_file"]
+    assert "does not exist" in found["session.redis_url_file"]
+
+
+def test_list_secret_file_holds_one_item_a_line(tmp_path: Path) -> None:
+    path = secret(tmp_path, "keys", "# newest first\nAAA\n\nBBB\n")
+    s = Settings.from_mapping({"keys": {"encryption_keys_file": str(path)}})
+    assert s.keys.encryption_keys == ["AAA", "BBB"]
+
+
+def test_environment_overrides() -> None:
+    s = Settings.from_mapping(
+        {"session": {"store": "memory"}},
+        environ={
+            "SECURE_MW_SESSION__STORE": "redis",
+            "SECURE_MW_SESSION__REDIS_URL": "redis://127.0.0.1:6379/1",
+            "SECURE_MW_SESSION__INACTIVITY": "10m",
+            "SECURE_MW_REGULATION__MAX_RETRIES": "5",
+            "SECURE_MW_HEADERS__HSTS_PRELOAD": "true",
+            "SECURE_MW_REDIRECTS__ALLOWED_HOSTS": "a.example.com, *.b.example.com",
+            "SECURE_MW_RATE_LIMITS__RULES": '[{"key": "user", "limit": "5/second"}]',
+            "SECURE_MW_CONFIG": "ignored: no double underscore",
+            "OTHER": "ignored",
+        },
+    )
+    assert s.session.store == "redis" and s.session.redis_url == "redis://127.0.0.1:6379/1"
+    assert s.session.inactivity == 600
+    assert s.regulation.max_retries == 5
+    assert s.headers.hsts_preload is True
+    assert s.redirects.allowed_hosts == ["a.example.com", "*.b.example.com"]
+    assert s.rate_limits.rules[0].key == "user"
+
+
+def test_environment_can_create_a_section_and_use_secret_files(tmp_path: Path) -> None:
+    path = secret(tmp_path, "client", "from-env-file")
+    s = Settings.from_mapping({}, environ={
+        "SECURE_MW_OIDC__ISSUER": "https://idp.example.com",
+        "SECURE_MW_OIDC__CLIENT_ID": "app",
+        "SECURE_MW_OIDC__CLIENT_SECRET_FILE": str(path),
+    })
+    assert s.oidc is not None and s.oidc.client_secret == "from-env-file"
+
+
+def test_environment_problems_name_the_variable() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({}, environ={
+            "SECURE_MW_SESSION__STOR": "redis",
+            "SECURE_MW_REGULATION__MAX_RETRIES": "many",
+            "SECURE_MW_HEADERS__HSTS_PRELOAD": "perhaps",
+            "SECURE_MW_SESSION__STORE": "disk",
+        })
+    found = problems_of(exc)
+    assert "did you mean 'SECURE_MW_SESSION__STORE'?" in found["SECURE_MW_SESSION__STOR"]
+    assert "not an integer" in found["SECURE_MW_REGULATION__MAX_RETRIES"]
+    assert "not true or false" in found["SECURE_MW_HEADERS__HSTS_PRELOAD"]
+    assert "'disk' is not one of" in found["session.store"]
+
+
+def test_from_environment_reads_the_config_variable(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[session]\nstore = "cookie"\n')
+    monkeypatch.setenv("SECURE_MW_CONFIG", str(cfg))
+    monkeypatch.setenv("SECURE_MW_SESSION__COOKIE_NAME", "sid")
+    s = Settings.from_environment()
+    assert s.session.store == "cookie" and s.session.cookie_name == "sid"
+
+
+def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[session\nstore = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Settings.from_file(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.from_file(tmp_path / "missing.toml")
+
+
+def test_values_with_line_breaks_are_refused() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"signed_headers": {"header": "X-A\r\nSet-Cookie: x"}})
+    assert "signed_headers.header" in problems_of(exc)
+
+
+def test_check_config_names_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    from secure_mw.cli import main
+
+    world = secret(tmp_path, "secret", "hunter2", 0o644)
+    cfg = tmp_path / "broken.toml"
+    cfg.write_text(f"""
+[sesion]
+store = "redis"
+[session]
+expiration = "soon"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "app"
+client_secret_file = "{world}"
+[regulation]
+max_retrys = 3
+""")
+    assert main(["check-config", "--no-env", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "4 configuration problems" in err
+    for expected in ("sesion: unknown key; did you mean 'session'?", "session.expiration:",
+                     "oidc.client_secret_file:", "mode 0644",
+                     "regulation.max_retrys: unknown key; did you mean 'max_retries'?"):
+        assert expected in err
+    assert "hunter2" not in err
+
+
+def test_example_toml_parses_as_toml() -> None:
+    if EXAMPLE_TEXT is None:
+        pytest.skip("shared/secure-mw.example.toml is not beside the checkout")
+    assert "session" in tomllib.loads(EXAMPLE_TEXT)
+
+
+def test_settings_are_immutable() -> None:
+    s = Settings.from_mapping({})
+    with pytest.raises(AttributeError):
+        s.session.store = "redis"  # type: ignore[misc]
+
+
+def test_docs_name_every_setting() -> None:
+    """docs/configuration.md stays true: every key of the tree is documented."""
+    import dataclasses
+    import typing
+
+    from secure_mw.settings import _unwrap_optional
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = []
+
+    def walk(cls: type) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            inner, _ = _unwrap_optional(hints[f.name])
+            if typing.get_origin(inner) is list:
+                (item,) = typing.get_args(inner)
+                if dataclasses.is_dataclass(item):
+                    inner = item
+            if dataclasses.is_dataclass(inner):
+                if f"{f.name}]" not in doc:
+                    missing.append(f.name)
+                walk(typing.cast(type, inner))
+            elif f"`{f.name}`" not in doc and f"{f.name}`" not in doc:
+                missing.append(f.name)
+
+    walk(Settings)
+    assert missing == []
