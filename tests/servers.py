@@ -1,0 +1,92 @@
+"""Real external servers for the tests: started on free loopback ports, stopped after.
+
+A missing program skips the tests that need it, unless ``SECURE_MW_REQUIRE_EXTERNAL=1``
+(set by ``.ci/run``), in which case it fails them: CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REQUIRE_EXTERNAL = os.environ.get("SECURE_MW_REQUIRE_EXTERNAL", "") == "1"
+
+
+def find_program(name: str) -> str:
+    """Path of an external program, or skip/fail the test that needs it."""
+    path = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if path:
+        return path
+    message = f"external program {name!r} is not installed"
+    if REQUIRE_EXTERNAL:
+        pytest.fail(message + " and SECURE_MW_REQUIRE_EXTERNAL=1 forbids skipping", pytrace=False)
+    pytest.skip(message + " (set SECURE_MW_REQUIRE_EXTERNAL=1 to make this a failure)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+                  ) -> None:
+    """Poll until something accepts connections on ``port`` (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence."""
+
+    def __init__(self) -> None:
+        self.program = find_program("redis-server")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="secure-mw-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.proc = subprocess.Popen(
+            [self.program, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
