@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The two commands of the README, and a few more, with nothing installed beforehand.
+
+    python3 dev.py demo      run the protected demo app on http://127.0.0.1:8000/
+    python3 dev.py test      run the whole test suite (extra arguments go to pytest)
+    python3 dev.py lint      ruff and mypy
+    python3 dev.py bench     run the benchmarks
+
+Each creates ./.venv on first use (Python >= 3.10) and installs the project into it
+with its test extras; later runs reinstall only when pyproject.toml changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SECURE_MW_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".secure-mw-installed"
+
+
+def _ensure_venv() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"secure_mw needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    if not PY.exists():
+        print(f"dev.py: creating {VENV}", flush=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        except subprocess.CalledProcessError:
+            sys.exit("dev.py: `python3 -m venv` failed; on Debian install it with "
+                     "`apt-get install python3-venv`")
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text().strip() != want:
+        print("dev.py: installing secure_mw and its test dependencies", flush=True)
+        subprocess.run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+        subprocess.run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"], check=True)
+        STAMP.write_text(want + "\n")
+
+
+def _run(args: list[str]) -> int:
+    return subprocess.run(args, cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "lint", "bench"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    _ensure_venv()
+    if command == "demo":
+        try:
+            return _run([str(PY), "-m", "sample_apps.fastapi_demo", *rest])
+        except KeyboardInterrupt:
+            return 0
+    if command == "test":
+        code = _run([str(PY), "-m", "pytest", *rest])
+        if code == 5:
+            print("dev.py: pytest collected no tests; that is a failure here", file=sys.stderr)
+            return 1
+        return code
+    if command == "lint":
+        code = _run([str(BIN / "ruff"), "check", "secure_mw", "tests", "sample_apps",
+                     "benchmarks", "dev.py"])
+        return code or _run([str(BIN / "mypy")])
+    return _run([str(PY), "-m", "benchmarks.crypto", *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,32 @@
+"""secure_mw: the protections of an identity-aware proxy and an authentication portal,
+in-process, as stackable ASGI and WSGI middlewares.
+
+The foundation is here: :class:`Settings`, the crypto core (:mod:`secure_mw.crypto`),
+the token core (:mod:`secure_mw.tokens`), the error hierarchy (:mod:`secure_mw.errors`)
+and audit events (:mod:`secure_mw.audit`).
+"""
+
+from secure_mw.audit import AuditLogger
+from secure_mw.errors import (
+    ConfigError,
+    DecryptError,
+    ExpiredToken,
+    InvalidToken,
+    SecureMWError,
+    StoreUnavailable,
+)
+from secure_mw.settings import Settings
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AuditLogger",
+    "ConfigError",
+    "DecryptError",
+    "ExpiredToken",
+    "InvalidToken",
+    "SecureMWError",
+    "Settings",
+    "StoreUnavailable",
+    "__version__",
+]
