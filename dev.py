@@ -5,6 +5,7 @@
     python3 dev.py test      run the whole test suite (extra arguments go to pytest)
     python3 dev.py lint      ruff and mypy
     python3 dev.py bench     run the benchmarks
+    python3 dev.py tox       tox over every Python 3.10-3.13 found (pyenv's included)
 
 Each creates ./.venv on first use (Python >= 3.10) and installs the project into it
 with its test extras; later runs reinstall only when pyproject.toml changed.
@@ -48,7 +49,7 @@ def _run(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "lint", "bench"):
+    if not argv or argv[0] not in ("demo", "test", "lint", "bench", "tox"):
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
@@ -68,6 +69,13 @@ def main(argv: list[str]) -> int:
         code = _run([str(BIN / "ruff"), "check", "secure_mw", "tests", "sample_apps",
                      "benchmarks", "dev.py"])
         return code or _run([str(BIN / "mypy")])
+    if command == "tox":
+        # pyenv's shims hide every version but the selected one from tox's discovery:
+        # put each installed 3.10-3.13 first on PATH instead.
+        pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+        found = sorted(str(p / "bin") for p in pyenv.glob("3.1[0-3].*") if (p / "bin").is_dir())
+        os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
+        return _run([str(BIN / "tox"), *rest])
     return _run([str(PY), "-m", "benchmarks.crypto", *rest])
 
 

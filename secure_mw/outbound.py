@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.errors import StoreUnavailable
 
 __all__ = [
@@ -142,33 +142,10 @@ def _check_response(url: str, status: int, headers: httpx.Headers, max_bytes: in
         raise StoreUnavailable(f"response too large from {host_of(url)}")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member")
-    return obj
-
-
-def _no_constant(_name: str) -> Any:
-    raise ValueError("NaN or Infinity")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
 def _parse(url: str, body: bytes) -> Any:
     try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-            parse_float=_finite,
-        )
-    except (ValueError, RecursionError):
+        return loads_strict(body)
+    except StrictJSONError:
         raise StoreUnavailable(f"invalid JSON from {host_of(url)}") from None
 
 

@@ -21,16 +21,15 @@ oversize, non-canonical or non-base64 text — raises :class:`~secure_mw.errors.
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import hmac
 import os
-import sys
 from typing import Final
 
 from nacl import bindings as _sodium
 from nacl.exceptions import CryptoError
 
+from secure_mw._encoding import b64url_decode, b64url_encode
 from secure_mw.errors import DecryptError
 
 __all__ = [
@@ -62,65 +61,23 @@ DEFAULT_MAX_TOKEN: Final = 1 << 20
 
 _xencrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
 _xdecrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
-_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_B64_VALUE: Final = {c: i for i, c in enumerate(_B64_ALPHABET)}
-_STD_ALPHABET: Final = _B64_ALPHABET[:62] + b"+/"
-_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
-# '-' and '_' become the standard alphabet's '+' and '/'; '+', '/' and '=' (valid for the
-# standard decoder, not in our form) become '!', which the strict decoder refuses.
-_FROM_URLSAFE: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
 
 
-def b64encode(data: bytes) -> str:
-    """Unpadded base64url."""
-    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode(
-        "ascii"
-    )
+b64encode = b64url_encode
 
 
 def b64decode(text: str | bytes, *, max_length: int = DEFAULT_MAX_TOKEN) -> bytes:
-    """Strict unpadded base64url: only the URL-safe alphabet, canonical trailing bits.
-
-    Raises :class:`DecryptError` for anything else, so a changed character never decodes
-    to the same bytes."""
-    if isinstance(text, str):
-        if len(text) > max_length:
-            raise DecryptError("token too long")
-        try:
-            raw = text.encode("ascii")
-        except UnicodeEncodeError:
-            raise DecryptError("token is not base64url") from None
-    elif isinstance(text, bytes | bytearray | memoryview):
-        raw = bytes(text)
-        if len(raw) > max_length:
-            raise DecryptError("token too long")
-    else:
+    """Strict unpadded base64url of at most ``max_length`` characters (checked before
+    decoding); raises :class:`DecryptError`, so a changed character never decodes to the
+    same bytes."""
+    if not isinstance(text, str | bytes | bytearray | memoryview):
         raise DecryptError("token is not text")
-    rem = len(raw) % 4
-    if rem == 1:
-        raise DecryptError("token is not base64url")
-    if rem:
-        # The unused low bits of the last character must be zero (canonical encoding).
-        last = _B64_VALUE.get(raw[-1], 0)
-        if last & (0x0F if rem == 2 else 0x03):
-            raise DecryptError("token is not canonical base64url")
+    if len(text) > max_length:
+        raise DecryptError("token too long")
     try:
-        return _strict_a2b(raw.translate(_FROM_URLSAFE) + b"=" * (-rem % 4))
-    except (binascii.Error, ValueError):
+        return b64url_decode(text)
+    except ValueError:
         raise DecryptError("token is not base64url") from None
-
-
-if sys.version_info >= (3, 11):
-
-    def _strict_a2b(data: bytes) -> bytes:
-        return binascii.a2b_base64(data, strict_mode=True)
-
-else:  # pragma: no cover - Python 3.10
-
-    def _strict_a2b(data: bytes) -> bytes:
-        if data.rstrip(b"=").translate(None, _STD_ALPHABET):
-            raise binascii.Error("not base64")
-        return binascii.a2b_base64(data)
 
 
 class SymmetricKey:

@@ -22,12 +22,8 @@ base64url without padding, in its one canonical form; JSON with no duplicate mem
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
-import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -35,12 +31,15 @@ from typing import Any, TypeAlias
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from secure_mw._encoding import StrictJSONError, b64url_decode, b64url_encode, loads_strict
+
 __all__ = [
     "MAX_KID_LENGTH",
     "SUPPORTED_ALGORITHMS",
     "PrivateKey",
     "PublicKey",
     "SigningKey",
+    "StrictJSONError",
     "VerifyingKey",
     "b64url_decode",
     "b64url_encode",
@@ -76,77 +75,9 @@ _THUMBPRINT_MEMBERS = {
     "OKP": ("crv", "kty", "x"),
     "oct": ("k", "kty"),
 }
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_B64URL_VALUE = {
-    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
 
 
-# -- strict encodings ---------------------------------------------------------------------
-
-
-def b64url_encode(data: bytes) -> str:
-    """base64url without padding (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(data: str) -> bytes:
-    """Strict base64url: alphabet ``A-Z a-z 0-9 - _`` only, no padding, canonical form only.
-
-    Raises :class:`ValueError` on anything else.
-    """
-    if not isinstance(data, str) or not _B64URL.fullmatch(data) or len(data) % 4 == 1:
-        raise ValueError("not base64url")
-    tail = len(data) % 4
-    if tail and _B64URL_VALUE[data[-1]] & (0b1111 if tail == 2 else 0b11):
-        # unused low bits set: a second spelling of the same bytes
-        raise ValueError("non-canonical base64url")
-    try:
-        return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-
-
-class StrictJSONError(ValueError):
-    """JSON refused by :func:`loads_strict`; the message is safe to show."""
-
-
-def _object_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise StrictJSONError("duplicate member")
-    return obj
-
-
-def _refuse_constant(_name: str) -> Any:
-    raise StrictJSONError("NaN or Infinity")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise StrictJSONError("number out of range")
-    return value
-
-
-_STRICT_DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_no_duplicates,
-    parse_constant=_refuse_constant,
-    parse_float=_finite_float,
-)
-
-
-def loads_strict(data: bytes | str) -> Any:
-    """Parse JSON (UTF-8 only when given bytes) refusing duplicate members, NaN/Infinity and
-    numbers that overflow. Raises :class:`StrictJSONError` (a :class:`ValueError`) with a safe
-    message, or another :class:`ValueError`/:class:`RecursionError` on malformed input."""
-    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    try:
-        return _STRICT_DECODER.decode(text)
-    except StrictJSONError:
-        raise
-    except ValueError:  # JSONDecodeError, or an integer with too many digits
-        raise StrictJSONError("not valid JSON") from None
+# -- strict encodings: shared with the crypto core and outbound HTTP (secure_mw._encoding)
 
 
 # -- thumbprints and JWK members ----------------------------------------------------------
