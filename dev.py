@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +30,16 @@ STAMP = VENV / ".secure-mw-installed"
 def _ensure_venv() -> None:
     if sys.version_info < (3, 10):
         sys.exit(f"secure_mw needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    if PY.exists() and subprocess.run([str(PY), "-m", "pip", "--version"],
+                                      capture_output=True).returncode != 0:
+        print(f"dev.py: {VENV} has no pip (an earlier failed start?); making it again")
+        shutil.rmtree(VENV)
     if not PY.exists():
         print(f"dev.py: creating {VENV}", flush=True)
         try:
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         except subprocess.CalledProcessError:
+            shutil.rmtree(VENV, ignore_errors=True)
             sys.exit("dev.py: `python3 -m venv` failed; on Debian install it with "
                      "`apt-get install python3-venv`")
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()

@@ -97,12 +97,26 @@ _STRICT_DECODER: Final = json.JSONDecoder(
 )
 
 
+#: Deepest nesting accepted, the same on every Python (3.13's parser no longer stops early).
+MAX_DEPTH: Final = 64
+
+
+def _check_depth(value: Any, budget: int) -> None:
+    if isinstance(value, dict | list):
+        if budget <= 0:
+            raise StrictJSONError("nested too deeply")
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_depth(item, budget - 1)
+
+
 def loads_strict(data: bytes | str) -> Any:
     """Parse JSON (UTF-8 when given bytes) refusing duplicate members, NaN/Infinity and
     numbers that overflow. Raises :class:`StrictJSONError` with a safe message."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        return _STRICT_DECODER.decode(text)
+        value = _STRICT_DECODER.decode(text)
+        _check_depth(value, MAX_DEPTH)
+        return value
     except StrictJSONError:
         raise
     except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, huge ints, deep nesting

@@ -42,21 +42,36 @@ def secret_file_problem(path: str | os.PathLike[str]) -> str | None:
 
 
 def read_secret_file(path: str | os.PathLike[str], *, key: str = "") -> bytes:
-    """Read a secret file after checking its mode; raises :class:`ConfigError`."""
+    """Read a secret file, checking type, mode and size on the open handle (so the file
+    cannot be swapped between the check and the read); raises :class:`ConfigError`."""
     problem = secret_file_problem(path)
     if problem is None:
         try:
-            with open(path, "rb") as fh:
-                return fh.read(MAX_SECRET_FILE + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             problem = f"secret file {str(path)!r} cannot be read: {exc.strerror}"
+        else:
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fd)
+                mode = stat.S_IMODE(st.st_mode)
+                if not stat.S_ISREG(st.st_mode):
+                    problem = f"secret file {str(path)!r} is not a regular file"
+                elif mode & 0o077:
+                    problem = (f"secret file {str(path)!r} has mode {mode:04o}: it must not be "
+                               f"readable or writable by group or others (chmod 600 {path})")
+                else:
+                    data = fh.read(MAX_SECRET_FILE + 1)
+                    if len(data) <= MAX_SECRET_FILE:
+                        return data
+                    problem = f"secret file {str(path)!r} is larger than {MAX_SECRET_FILE} bytes"
     raise ConfigError([ConfigProblem(key, problem)])
 
 
 def write_secret_file(
     path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False
 ) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically (temp file + rename)."""
+    """Write ``data`` to ``path`` with mode 0600, atomically. Without ``overwrite`` the file
+    is linked into place, which fails if another process created it first."""
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; refusing to overwrite a secret file")
@@ -68,7 +83,9 @@ def write_secret_file(
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)  # atomic create-if-absent: FileExistsError when it lost a race
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise

@@ -119,8 +119,12 @@ def _checked(url: str, allow_http: bool) -> str:
 def _redirect_target(url: str, location: str | None, allow_http: bool) -> str:
     if not location:
         raise StoreUnavailable(f"redirect without location from {host_of(url)}")
-    target = urljoin(url, location)
-    if urlsplit(target).scheme != urlsplit(url).scheme:
+    try:
+        target = urljoin(url, location)
+        same_scheme = urlsplit(target).scheme == urlsplit(url).scheme
+    except ValueError:
+        raise StoreUnavailable(f"malformed redirect from {host_of(url)}") from None
+    if not same_scheme:
         raise StoreUnavailable(f"redirect to another scheme refused from {host_of(url)}")
     return _checked(target, allow_http)
 

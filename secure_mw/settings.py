@@ -78,7 +78,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like '90s', '5m', '1h' or '30d'")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"{value!r} is too large for a duration") from None
     elif isinstance(value, str):
         text = value.strip().lower()
         if re.fullmatch(r"\d+(\.\d+)?", text):
@@ -215,13 +218,16 @@ def _opt(
     choices: tuple[str, ...] | None = None,
     check: Callable[[Any], str | None] | None = None,
     parse: Callable[[Any], Any] | None = None,
+    path: bool = False,
     doc: str = "",
 ) -> Any:
+    """A settings field. ``secret`` fields accept ``<key>_file`` and never show in a repr;
+    ``path`` fields are resolved against the configuration file's directory."""
     meta = {"secret": secret, "duration": duration, "choices": choices, "check": check,
-            "parse": parse, "doc": doc}
+            "parse": parse, "path": path, "doc": doc}
     if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +247,8 @@ class KeysSettings:
                                       doc="key ring, base64url 32-byte keys; the first encrypts")
     encryption_passphrase: str | None = _opt(None, secret=True,
                                              doc="alternative: derive the master key once")
-    encryption_salt_file: str | None = _opt(None, doc="per-installation salt for the passphrase")
+    encryption_salt_file: str | None = _opt(None, path=True,
+                                            doc="per-installation salt for the passphrase")
     encryption_kdf: str = _opt("pbkdf2", choices=("pbkdf2", "scrypt"))
     encryption_algorithm: str = _opt("xchacha20-poly1305",
                                      choices=("xchacha20-poly1305", "aes-256-gcm"))
@@ -307,7 +314,7 @@ class OIDCSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class LocalUsersSettings:
-    file: str = _opt("users.toml")
+    file: str = _opt("users.toml", path=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,7 +400,7 @@ class RegulationSettings:
 class SignedHeadersVerifySettings:
     header: str = _opt("X-Pomerium-Jwt-Assertion", check=_check_header_name)
     jwks_url: str | None = _opt(None, check=_check_url)
-    jwks_file: str | None = _opt(None)
+    jwks_file: str | None = _opt(None, path=True)
     issuer: str = _opt()
     audience: str | None = _opt(None)
     algorithms: list[str] = _opt(
@@ -459,9 +466,16 @@ class Settings:
         ``SECURE_MW_*`` overrides from ``environ`` when given. Relative ``*_file`` paths
         are resolved against ``base_dir`` (default: the current directory)."""
         problems: list[ConfigProblem] = []
-        merged = _apply_environment(cls, data, environ or {}, problems)
-        builder = _Builder(problems, Path(base_dir) if base_dir is not None else None)
-        built = builder.build(cls, merged, "")
+        built = None
+        try:
+            merged = _apply_environment(cls, _plain(data, ""), environ or {}, problems)
+            builder = _Builder(problems, Path(base_dir) if base_dir is not None else None)
+            built = builder.build(cls, merged, "")
+        except _NotPlain as exc:
+            problems.append(ConfigProblem(exc.path, str(exc)))
+        except (RecursionError, OverflowError):
+            problems.append(ConfigProblem("", "the configuration is nested too deeply or holds "
+                                              "a number too large to use"))
         _cross_checks(built, problems)
         if problems:
             raise ConfigError(problems)
@@ -488,6 +502,8 @@ class Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([ConfigProblem("", f"{str(p)!r} is not valid TOML: {exc}")]) \
                 from None
+        except RecursionError:
+            raise ConfigError([ConfigProblem("", f"{str(p)!r} is nested too deeply")]) from None
         return cls.from_mapping(data, environ=environ, base_dir=p.parent)
 
     @classmethod
@@ -662,6 +678,9 @@ class _Builder:
             ]
         else:
             value = text.strip() if f.name != "signing_jwks" else text
+            if f.name != "signing_jwks" and any(c in value for c in "\r\n\x00"):
+                self.problem(path, f"secret file {str(p)!r} holds more than one line")
+                return _INVALID
         if not value:
             self.problem(path, f"secret file {str(p)!r} is empty")
             return _INVALID
@@ -678,7 +697,7 @@ class _Builder:
             elif meta.get("duration"):
                 value = parse_duration(raw)
             else:
-                value = self.typed(inner, raw, path)
+                value = self.typed(inner, raw, path, secret=bool(meta.get("secret")))
                 if value is _INVALID:
                     return _INVALID
         except ValueError as exc:
@@ -692,6 +711,8 @@ class _Builder:
                 + _suggest(str(value), list(choices)),
             )
             return _INVALID
+        if meta.get("path") and isinstance(value, str) and value and self.base_dir is not None:
+            value = str(self.base_dir / value)  # an absolute value stays as it is
         check = meta.get("check")
         if check is not None and value is not None:
             problem = check(value)
@@ -700,7 +721,7 @@ class _Builder:
                 return _INVALID
         return value
 
-    def typed(self, tp: Any, raw: object, path: str) -> Any:
+    def typed(self, tp: Any, raw: object, path: str, *, secret: bool = False) -> Any:
         if dataclasses.is_dataclass(tp):
             built = self.build(typing.cast(type, tp), raw, path)
             return _INVALID if built is None else built
@@ -708,9 +729,11 @@ class _Builder:
         if origin is list:
             (item_tp,) = typing.get_args(tp)
             if not isinstance(raw, list):
-                self.problem(path, f"expected {_type_name(tp)}, got {_describe(raw)}")
+                got = type(raw).__name__ if secret else _describe(raw)  # never echo a secret
+                self.problem(path, f"expected {_type_name(tp)}, got {got}")
                 return _INVALID
-            items = [self.typed(item_tp, item, f"{path}[{i}]") for i, item in enumerate(raw)]
+            items = [self.typed(item_tp, item, f"{path}[{i}]", secret=secret)
+                     for i, item in enumerate(raw)]
             return _INVALID if any(i is _INVALID for i in items) else items
         if origin is dict:
             if not isinstance(raw, Mapping):
@@ -726,7 +749,8 @@ class _Builder:
             else isinstance(raw, tp)
         )
         if not ok:
-            self.problem(path, f"expected {_type_name(tp)}, got {_describe(raw)}")
+            got = type(raw).__name__ if secret else _describe(raw)  # never echo a secret
+            self.problem(path, f"expected {_type_name(tp)}, got {got}")
             return _INVALID
         if tp is str and ("\r" in raw or "\n" in raw or "\x00" in raw):  # type: ignore[operator]
             self.problem(path, "must not contain line breaks or NUL characters")
@@ -764,11 +788,33 @@ def _cross_checks(s: Settings | None, problems: list[ConfigProblem]) -> None:
 # environment overrides
 
 
+class _NotPlain(ValueError):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _plain(value: Any, path: str) -> Any:
+    """A deep copy holding only what TOML, JSON or the environment can give."""
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _NotPlain(path, f"key {k!r} is not a string")
+            out[k] = _plain(v, f"{path}.{k}" if path else k)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    raise _NotPlain(path, f"a {type(value).__name__} is not a setting value")
+
+
 def _apply_environment(
-    cls: type, data: Mapping[str, Any], environ: Mapping[str, str],
+    cls: type, data: dict[str, Any], environ: Mapping[str, str],
     problems: list[ConfigProblem],
 ) -> dict[str, Any]:
-    merged: dict[str, Any] = json.loads(json.dumps(data, default=str)) if data else {}
+    merged = data
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
             continue
@@ -842,7 +888,7 @@ def _env_value(tp: Any, text: str) -> Any:
         if stripped.startswith(("[", "{")):
             try:
                 return json.loads(stripped)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise ValueError("is not valid JSON") from None
         return [item.strip() for item in text.split(",") if item.strip()]
     return text

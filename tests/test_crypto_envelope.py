@@ -838,3 +838,27 @@ def test_duplicate_key_in_a_key_file_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         KeyRing.from_file(path)
     assert "line 3" in str(err.value) and key not in str(err.value)
+
+
+def test_concurrent_first_start_agrees_on_one_salt(tmp_path: Path) -> None:
+    """Workers starting together must derive the same master key (one salt file wins)."""
+    import threading
+
+    from secure_mw.crypto.keyring import _load_or_create_salt
+
+    for attempt in range(20):
+        path = tmp_path / f"salt{attempt}"
+        results: list[bytes] = []
+        barrier = threading.Barrier(8)
+
+        def worker(p: Path = path, b: threading.Barrier = barrier,
+                   out: list[bytes] = results) -> None:
+            b.wait()
+            out.append(_load_or_create_salt(p))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(results)) == 1, attempt

@@ -247,9 +247,11 @@ def test_fetches_once_then_serves_from_cache(server: JWKSServer, clock: Clock,
     [("max-age=120", None, 120), ("public, max-age=600", None, 600), ("max-age=600", "100", 500),
      ("max-age=1", None, 60), ("max-age=999999999", None, 86400), (None, None, 300),
      ("no-store", None, 60), ("no-cache, max-age=3600", None, 60), ("max-age=abc", None, 300),
-     ('max-age="900"', None, 900)],
+     ('max-age="900"', None, 900), ("max-age=" + "9" * 400, None, 86400),
+     ("max-age=" + "9" * 400, "9" * 500, 60)],
     ids=["max-age", "with-other-directives", "minus-age", "below-minimum", "above-maximum",
-         "absent-default", "no-store", "no-cache", "malformed", "quoted"],
+         "absent-default", "no-store", "no-cache", "malformed", "quoted", "huge-max-age",
+         "huge-max-age-and-age"],
 )
 def test_cache_lifetime_follows_cache_control(
     server: JWKSServer, clock: Clock, key_a: SigningKey,
@@ -530,3 +532,13 @@ def test_outbound_get_and_post(server: JWKSServer) -> None:
         outbound.post_form(server.url("/post-redirect"), {})
     with pytest.raises(StoreUnavailable, match="refused URL"):
         outbound.get_json("http://example.com/")
+
+
+def test_malformed_redirect_is_unavailable_not_a_crash(server: JWKSServer, clock: Clock,
+                                                       key_a: SigningKey) -> None:
+    from secure_mw.errors import StoreUnavailable
+
+    url = server.redirect("/jwks", "//[x")
+    remote = RemoteKeySet(url, clock=clock, allow_http=True)
+    with pytest.raises(StoreUnavailable):
+        remote.get_key(key_a.kid)

@@ -377,3 +377,70 @@ def test_docs_name_every_setting() -> None:
 
     walk(Settings)
     assert missing == []
+
+
+# -- regressions from the security review ---------------------------------------------------
+
+
+def test_repr_never_shows_secrets() -> None:
+    s = Settings.from_mapping({
+        "keys": {"encryption_passphrase": "pass-phrase-xyz", "encryption_salt_file": "/tmp/s"},
+        "session": {"redis_url": "redis://:redis-pw-xyz@127.0.0.1:6379/0"},
+        "oidc": {"issuer": "https://idp.example.com", "client_id": "a",
+                 "client_secret": "client-secret-xyz"},
+    })
+    text = repr(s)
+    for secret_value in ("pass-phrase-xyz", "redis-pw-xyz", "client-secret-xyz"):
+        assert secret_value not in text
+
+
+def test_wrongly_typed_secret_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"keys": {"encryption_keys": "hunter2-supersecret"}})
+    assert "hunter2" not in str(exc.value)
+
+
+@pytest.mark.parametrize("data", [
+    {"session": {"expiration": 10**400}},
+    {(1, 2): 1},
+    {"session": {"cookie_name": b"abc"}},
+    {"server": {"trusted_proxies": [[[[]]]] * 3}},
+])
+def test_hostile_mappings_give_config_errors(data: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError):
+        Settings.from_mapping(data)
+
+
+def test_deep_nesting_gives_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "deep.toml"
+    cfg.write_text("[server]\ntrusted_proxies = " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError):
+        Settings.from_file(cfg)
+    with pytest.raises(ConfigError):
+        Settings.from_mapping({}, environ={"SECURE_MW_SERVER__TRUSTED_PROXIES": "[" * 100000})
+
+
+def test_toml_dates_are_not_strings(tmp_path: Path) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("[session]\nredis_key_prefix = 2020-01-01\n")
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_file(cfg)
+    assert "session.redis_key_prefix" in problems_of(exc)
+
+
+def test_path_settings_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[keys]\nencryption_passphrase = "p"\nencryption_salt_file = "salt"\n'
+                   '[local_users]\nfile = "/abs/users.toml"\n')
+    s = Settings.from_file(cfg)
+    assert s.keys.encryption_salt_file == str(tmp_path / "salt")
+    assert s.local_users.file == "/abs/users.toml"
+
+
+def test_secret_file_of_several_lines_is_refused_for_a_single_value(tmp_path: Path) -> None:
+    path = secret(tmp_path, "client", "line1\nline2\n")
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"oidc": {"issuer": "https://idp.example.com", "client_id": "a",
+                                        "client_secret_file": str(path)}})
+    assert "more than one line" in problems_of(exc)["oidc.client_secret_file"]
+    assert "line1" not in str(exc.value)

@@ -273,7 +273,9 @@ class RemoteKeySet:
             ttl = self.min_ttl
         elif directives.get("max-age", "").isdecimal():
             age = headers.get("age", "").strip()
-            ttl = float(directives["max-age"]) - (float(age) if age.isdecimal() else 0.0)
+            # bounded integers: a 400-digit max-age must not become inf (and inf - inf NaN)
+            max_age = int(directives["max-age"][:12])
+            ttl = float(max_age - (int(age[:12]) if age.isdecimal() else 0))
         else:
             ttl = self.default_ttl
         return min(max(ttl, self.min_ttl), self.max_ttl)
