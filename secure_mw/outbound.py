@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT",
     "MAX_REDIRECTS",
+    "HTTPStatusError",
     "aget_json",
     "apost_form",
     "check_url",
@@ -61,6 +62,14 @@ _REQUEST_HEADERS = {
 _HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
 
 Headers = dict[str, str]
+
+
+class HTTPStatusError(StoreUnavailable):
+    """The server answered with a status the call does not accept (``http_status``)."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 # -- URL policy ---------------------------------------------------------------------------
@@ -116,6 +125,17 @@ def _checked(url: str, allow_http: bool) -> str:
     return url
 
 
+def _headers_for_redirect(url: str, target: str, headers: Mapping[str, str] | None
+                          ) -> Mapping[str, str] | None:
+    """The caller's headers for the next hop: credentials never follow to another origin."""
+    if headers is None:
+        return None
+    a, b = urlsplit(url), urlsplit(target)
+    if (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port):
+        return headers
+    return {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+
+
 def _redirect_target(url: str, location: str | None, allow_http: bool) -> str:
     if not location:
         raise StoreUnavailable(f"redirect without location from {host_of(url)}")
@@ -135,7 +155,9 @@ def _redirect_target(url: str, location: str | None, allow_http: bool) -> str:
 def _check_response(url: str, status: int, headers: httpx.Headers, max_bytes: int,
                     client_errors: bool) -> None:
     if not (200 <= status < 300 or (client_errors and 400 <= status < 500)):
-        raise StoreUnavailable(f"HTTP {status} from {host_of(url)}")
+        raise HTTPStatusError(status, f"HTTP {status} from {host_of(url)}")
+    if headers.get("content-length", "") == "0":
+        return  # an empty answer (revocation, for one) is read as None
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if not (media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
@@ -147,6 +169,8 @@ def _check_response(url: str, status: int, headers: httpx.Headers, max_bytes: in
 
 
 def _parse(url: str, body: bytes) -> Any:
+    if not body:
+        return None
     try:
         return loads_strict(body)
     except StrictJSONError:
@@ -190,7 +214,9 @@ def _send(method: str, url: str, *, form: Mapping[str, str] | None,
                 with client.stream(method, url, data=form,
                                    headers=_request_headers(headers)) as resp:
                     if resp.status_code in _REDIRECTS and method == "GET":
-                        url = _redirect_target(url, resp.headers.get("location"), allow_http)
+                        target = _redirect_target(url, resp.headers.get("location"), allow_http)
+                        headers = _headers_for_redirect(url, target, headers)
+                        url = target
                         continue
                     _check_response(url, resp.status_code, resp.headers, max_bytes,
                                     client_errors=method == "POST")
@@ -237,16 +263,19 @@ async def _asend(method: str, url: str, *, form: Mapping[str, str] | None,
     _check_options(timeout, max_bytes)
     url = _checked(url, allow_http)
     current = [url]  # the URL being fetched, for error reasons after a redirect
+    sent = [headers]  # the caller's headers, without credentials after a cross-origin hop
 
     async def run() -> tuple[int, Any, Headers]:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 async with client.stream(method, current[0], data=form,
-                                         headers=_request_headers(headers)) as resp:
+                                         headers=_request_headers(sent[0])) as resp:
                     if resp.status_code in _REDIRECTS and method == "GET":
-                        current[0] = _redirect_target(
+                        target = _redirect_target(
                             current[0], resp.headers.get("location"), allow_http
                         )
+                        sent[0] = _headers_for_redirect(current[0], target, sent[0])
+                        current[0] = target
                         continue
                     _check_response(current[0], resp.status_code, resp.headers, max_bytes,
                                     client_errors=method == "POST")
