@@ -178,6 +178,27 @@ def _check_cookie_name(value: str) -> str | None:
     return None
 
 
+def _check_auth_prefix(value: str) -> str | None:
+    if not re.fullmatch(r"/([A-Za-z0-9._~-]+/)+", value):
+        return "must be a path that starts and ends with '/', such as '/.auth/'"
+    return None
+
+
+def _check_cookie_domain(value: str) -> str | None:
+    if not value:
+        return None
+    domain = value.lower().lstrip(".")
+    label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+    if not re.fullmatch(rf"{label}(\.{label})+", domain):
+        return f"{value!r} is not a domain name (a host-only cookie needs an empty value)"
+    from publicsuffixlist import PublicSuffixList
+
+    if PublicSuffixList().is_public(domain):
+        return (f"{value!r} is a public suffix: a cookie for it would reach every site "
+                "under it")
+    return None
+
+
 def _check_positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than zero"
 
@@ -237,6 +258,8 @@ def _opt(
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     external_url: str | None = _opt(None, check=_check_url, doc="public URL of the app")
+    auth_prefix: str = _opt("/.auth/", check=_check_auth_prefix,
+                            doc="where secure_mw serves login, callback, logout and me")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
                                       doc="peers allowed to set Forwarded / X-Forwarded-*")
 
@@ -271,7 +294,8 @@ class SessionSettings:
     redis_url: str | None = _opt(None, secret=True)
     redis_key_prefix: str = _opt("secure_mw:")
     cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name)
-    cookie_domain: str = _opt("")
+    cookie_domain: str = _opt("", check=_check_cookie_domain)
+    cookie_secure: bool = _opt(True, doc="false only for plain-http development hosts")
     same_site: str = _opt("lax", choices=("lax", "strict", "none"))
     expiration: float = _opt(3600.0, duration=True, check=_check_positive)
     inactivity: float = _opt(300.0, duration=True, check=_check_positive)
@@ -301,6 +325,7 @@ class OIDCSettings:
     groups_claim: str = _opt("groups")
     refresh_interval: float = _opt(300.0, duration=True)
     post_logout_redirect_uri: str | None = _opt(None, check=_check_url)
+    redirect_uri: str | None = _opt(None, check=_check_url)
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -781,6 +806,13 @@ def _cross_checks(s: Settings | None, problems: list[ConfigProblem]) -> None:
         problems.append(ConfigProblem(
             "rate_limits.redis_url",
             "required when rate_limits.store = 'redis' (or set session.redis_url)",
+        ))
+    if s.session.store in ("cookie", "redis") and not (
+            s.keys.encryption_keys or s.keys.encryption_passphrase):
+        problems.append(ConfigProblem(
+            "keys.encryption_keys",
+            f"required when session.store = {s.session.store!r}: sessions must outlive this "
+            "process and be readable by every process (`secure-mw gen-keys --encryption`)",
         ))
 
 

@@ -55,7 +55,8 @@ def test_gen_keys_writes_0600_files_and_prints_only_public(tmp_path: Path) -> No
 
 def test_check_config_exit_status(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
-    good.write_text('[session]\nstore = "cookie"\n')
+    key = KeyRing.new_key_text()
+    good.write_text(f'[session]\nstore = "cookie"\n[keys]\nencryption_keys = ["{key}"]\n')
     ok = cli("check-config", "--no-env", str(good))
     assert ok.returncode == 0 and "session store   : cookie" in ok.stdout
     bad = tmp_path / "bad.toml"

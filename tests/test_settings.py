@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from secure_mw import ConfigError, Settings
+from secure_mw.crypto import KeyRing
 from secure_mw.settings import parse_duration, parse_rate_limit
 
 if sys.version_info >= (3, 11):
@@ -244,6 +245,7 @@ def test_environment_overrides() -> None:
             "SECURE_MW_SESSION__STORE": "redis",
             "SECURE_MW_SESSION__REDIS_URL": "redis://127.0.0.1:6379/1",
             "SECURE_MW_SESSION__INACTIVITY": "10m",
+            "SECURE_MW_KEYS__ENCRYPTION_KEYS": KeyRing.new_key_text(),
             "SECURE_MW_REGULATION__MAX_RETRIES": "5",
             "SECURE_MW_HEADERS__HSTS_PRELOAD": "true",
             "SECURE_MW_REDIRECTS__ALLOWED_HOSTS": "a.example.com, *.b.example.com",
@@ -290,6 +292,7 @@ def test_from_environment_reads_the_config_variable(tmp_path: Path,
     cfg = tmp_path / "c.toml"
     cfg.write_text('[session]\nstore = "cookie"\n')
     monkeypatch.setenv("SECURE_MW_CONFIG", str(cfg))
+    monkeypatch.setenv("SECURE_MW_KEYS__ENCRYPTION_KEYS", KeyRing.new_key_text())
     monkeypatch.setenv("SECURE_MW_SESSION__COOKIE_NAME", "sid")
     s = Settings.from_environment()
     assert s.session.store == "cookie" and s.session.cookie_name == "sid"
@@ -444,3 +447,34 @@ def test_secret_file_of_several_lines_is_refused_for_a_single_value(tmp_path: Pa
                                         "client_secret_file": str(path)}})
     assert "more than one line" in problems_of(exc)["oidc.client_secret_file"]
     assert "line1" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("domain", "problem"), [
+    ("co.uk", "public suffix"),
+    ("github.io", "public suffix"),
+    ("com", "not a domain name"),
+    ("exa mple.com", "not a domain name"),
+    ("-bad.example.com", "not a domain name"),
+])
+def test_cookie_domain_refuses_public_suffixes_and_junk(domain: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as err:
+        Settings.from_mapping({"session": {"cookie_domain": domain}}, environ={})
+    assert err.value.problems[0].path == "session.cookie_domain"
+
+
+def test_cookie_domain_accepts_a_registrable_domain() -> None:
+    s = Settings.from_mapping({"session": {"cookie_domain": "example.co.uk"}}, environ={})
+    assert s.session.cookie_domain == "example.co.uk"
+
+
+@pytest.mark.parametrize("store", ["cookie", "redis"])
+def test_shared_stores_need_encryption_keys(store: str) -> None:
+    with pytest.raises(ConfigError, match=r"keys\.encryption_keys"):
+        Settings.from_mapping({"session": {"store": store, "redis_url": "redis://h/0"}},
+                              environ={})
+
+
+@pytest.mark.parametrize("prefix", ["/.auth", "auth/", "/a b/", "/"])
+def test_auth_prefix_must_be_a_slash_delimited_path(prefix: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.auth_prefix"):
+        Settings.from_mapping({"server": {"auth_prefix": prefix}}, environ={})

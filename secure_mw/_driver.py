@@ -1,0 +1,77 @@
+"""Write each request flow once, run it sync (WSGI) or async (ASGI).
+
+A flow is a generator that yields :class:`Op` values whenever it needs I/O (a store read, an
+HTTP call to the identity provider) and receives the result back. :func:`run_sync` calls the
+blocking function of each op, :func:`run_async` awaits the coroutine function; exceptions
+raised by the I/O are thrown back into the flow at the ``yield``. The decision logic therefore
+exists exactly once, whichever flavour serves the request::
+
+    def load(store, sid):
+        blob = yield Op(store.load, store.aload, sid)
+        return decode(blob)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
+
+__all__ = ["Flow", "Op", "run_async", "run_sync"]
+
+T = TypeVar("T")
+
+
+class Op:
+    """One I/O step: ``sync(*args, **kwargs)`` under WSGI, ``await async_(...)`` under
+    ASGI."""
+
+    __slots__ = ("args", "async_", "kwargs", "sync")
+
+    def __init__(self, sync: Callable[..., Any], async_: Callable[..., Awaitable[Any]],
+                 *args: Any, **kwargs: Any) -> None:
+        self.sync = sync
+        self.async_ = async_
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"Op({getattr(self.sync, '__qualname__', self.sync)!r})"
+
+
+Flow = Generator[Op, Any, T]
+
+
+def run_sync(flow: Flow[T]) -> T:
+    """Run ``flow`` to completion with blocking I/O."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = op.sync(*op.args, **op.kwargs)
+            except BaseException as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def run_async(flow: Flow[T]) -> T:
+    """Run ``flow`` to completion, awaiting each op."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = await op.async_(*op.args, **op.kwargs)
+            except BaseException as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def done(value: T) -> Flow[T]:
+    """A flow that needs no I/O (for code paths that must still be flows)."""
+    yield from ()
+    return value

@@ -1,0 +1,60 @@
+"""ASGI plumbing shared by every ASGI middleware: write a Reply, add headers, read a body."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from secure_mw.http import Reply
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+async def send_reply(send: Send, reply: Reply, *, head: bool = False) -> None:
+    headers = encode_headers(reply.headers)
+    headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+
+
+async def refuse_websocket(send: Send, receive: Receive) -> None:
+    """Refuse a WebSocket handshake before accepting it (the server answers 403)."""
+    await send({"type": "websocket.close", "code": 1008, "reason": "authentication required"})
+
+
+def with_extra_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` that appends ``extra`` to the response start (or WebSocket accept)."""
+
+    async def wrapped(message: Message) -> None:
+        kind = message["type"]
+        if kind in {"http.response.start", "websocket.accept"}:
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return wrapped
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge
+        if not message.get("more_body", False):
+            break
+    return bytes(body)

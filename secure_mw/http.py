@@ -1,0 +1,213 @@
+"""The framework-free view of one request, and the replies the cores hand back.
+
+Each flavour builds one :class:`RequestView` per request (:meth:`RequestView.from_scope` for
+ASGI, :meth:`RequestView.from_environ` for WSGI) and writes a :class:`Reply` back; the cores
+in between never see a framework object.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+__all__ = ["Reply", "RequestView", "html_reply", "json_reply", "parse_cookies", "redirect_reply"]
+
+# Bounds on what a client may send us before we parse it (the server has its own limits).
+MAX_COOKIE_HEADER = 40 * 1024   # room for MAX_CHUNKS session cookies and more
+MAX_QUERY = 8 * 1024
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Cookies of a ``Cookie`` header; the first of several same-named cookies wins.
+
+    Browsers send the most specific cookie first; taking the first keeps a cookie planted for
+    a parent domain from shadowing the host's own. Malformed pairs are skipped, never raised.
+    """
+    cookies: dict[str, str] = {}
+    if not header or len(header) > MAX_COOKIE_HEADER:
+        return cookies
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        if not sep:
+            continue
+        name = name.strip()
+        if name and name not in cookies:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            cookies[name] = value
+    return cookies
+
+
+@dataclass(slots=True, eq=False)
+class RequestView:
+    """What the cores need to know about a request."""
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query_string: str
+    headers: dict[str, str] = field(repr=False)     # Cookie and Authorization are in here
+    client: str
+    websocket: bool = False
+    body: bytes = b""   # read by the flavour only for POSTs to our own endpoints
+    _cookies: dict[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_scope(cls, scope: Mapping[str, Any]) -> RequestView:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers") or ():
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name in headers:
+                headers[name] += ("; " if name == "cookie" else ", ") + value
+            else:
+                headers[name] = value
+        websocket = scope.get("type") == "websocket"
+        scheme = scope.get("scheme") or ("ws" if websocket else "http")
+        if scheme in ("ws", "wss"):
+            scheme = "https" if scheme == "wss" else "http"
+        host = headers.get("host", "")
+        if not host:
+            server = scope.get("server")
+            if server:
+                host = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
+        client = scope.get("client")
+        return cls(
+            method="GET" if websocket else str(scope.get("method", "GET")).upper(),
+            scheme=scheme,
+            host=host.lower(),
+            path=scope.get("path") or "/",
+            query_string=(scope.get("query_string") or b"").decode("latin-1"),
+            headers=headers,
+            client=str(client[0]) if client else "",
+            websocket=websocket,
+        )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, Any]) -> RequestView:
+        headers: dict[str, str] = {}
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                headers[key[5:].replace("_", "-").lower()] = value
+        if "CONTENT_TYPE" in environ:
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        if "CONTENT_LENGTH" in environ:
+            headers["content-length"] = environ["CONTENT_LENGTH"]
+        host = headers.get("host") or (
+            f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}")
+        raw_path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        try:  # PEP 3333: the path arrives as bytes decoded as latin-1
+            path = raw_path.encode("latin-1").decode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            path = raw_path
+        return cls(
+            method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
+            scheme=str(environ.get("wsgi.url_scheme", "http")),
+            host=host.lower(),
+            path=path or "/",
+            query_string=str(environ.get("QUERY_STRING", "")),
+            headers=headers,
+            client=str(environ.get("REMOTE_ADDR", "")),
+        )
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("cookie", ""))
+        return self._cookies
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def query(self) -> dict[str, list[str]]:
+        """The query parameters (values in order); an overlong query gives none."""
+        params: dict[str, list[str]] = {}
+        if len(self.query_string) > MAX_QUERY:
+            return params
+        for name, value in parse_qsl(self.query_string, keep_blank_values=True,
+                                     max_num_fields=64, errors="replace") \
+                if _few_fields(self.query_string) else ():
+            params.setdefault(name, []).append(value)
+        return params
+
+    @property
+    def wants_html(self) -> bool:
+        """A browser navigation (not an API call, XHR or fetch)."""
+        if self.method not in ("GET", "HEAD") or self.websocket:
+            return False
+        if self.headers.get("x-requested-with", "").lower() == "xmlhttprequest":
+            return False
+        mode = self.headers.get("sec-fetch-mode")
+        if mode is not None and mode != "navigate":
+            return False
+        return "text/html" in self.headers.get("accept", "")
+
+
+def _few_fields(query: str) -> bool:
+    return query.count("&") + query.count(";") < 64
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete response produced by a core (a page, a redirect, a refusal)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    def with_headers(self, extra: Iterable[tuple[str, str]]) -> Reply:
+        return Reply(self.status, [*self.headers, *extra], self.body)
+
+
+_STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}"
+    "main{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:8px;"
+    "box-shadow:0 1px 4px rgba(0,0,0,.12)}h1{font-size:1.4rem;margin-top:0}"
+    "button,a.button{font:inherit;padding:.5rem 1.2rem;border:0;border-radius:4px;"
+    "background:#2556c4;color:#fff;cursor:pointer;text-decoration:none}"
+    "button:focus,a:focus{outline:3px solid #f5a623;outline-offset:2px}"
+    "code{background:#eef0f4;padding:0 .25rem;border-radius:3px}"
+)
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+PAGE_CSP = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
+            "base-uri 'none'; frame-ancestors 'none'")
+_NO_STORE = [("cache-control", "no-store"), ("pragma", "no-cache")]
+
+
+def html_reply(status: int, title: str, message: str, *, body_html: str = "",
+               headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    """A small self-contained page; ``title`` and ``message`` are escaped, ``body_html`` not."""
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><main><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>"
+        f"{body_html}</main></body></html>"
+    ).encode()
+    return Reply(status, [
+        ("content-type", "text/html; charset=utf-8"),
+        ("content-security-policy", PAGE_CSP),
+        ("x-content-type-options", "nosniff"),
+        *_NO_STORE,
+        *headers,
+    ], page)
+
+
+def json_reply(status: int, data: Any, *, headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=True).encode()
+    return Reply(status, [("content-type", "application/json"),
+                          ("x-content-type-options", "nosniff"), *_NO_STORE, *headers], body)
+
+
+def redirect_reply(location: str, *, status: int = 302,
+                   headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    return Reply(status, [("location", location), *_NO_STORE, *headers])

@@ -1,0 +1,545 @@
+"""The session gate and the ``/.auth/`` endpoints, framework-free.
+
+:class:`OIDCSessionCore` decides every request once, as a flow: the ASGI and WSGI
+middlewares only translate I/O. For an ordinary request it finds the session, keeps it alive
+(refreshing tokens and the profile when due) and hands back the identity, or a challenge when
+login is required. Under the reserved prefix it serves ``login``, ``callback``, ``logout``,
+``logged-out`` and ``me``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from secure_mw._driver import Flow
+from secure_mw.audit import AuditLogger
+from secure_mw.crypto import KeyRing
+from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
+from secure_mw.http import Reply, RequestView, html_reply, json_reply, redirect_reply
+from secure_mw.identity import Identity
+from secure_mw.oidc.client import GrantRefused, OIDCClient, TokenSet, pkce_pair
+from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
+from secure_mw.session.manager import SessionManager, SessionRead, SessionStore
+from secure_mw.session.model import Session, identity_claims
+from secure_mw.settings import Settings
+
+__all__ = ["OIDCSessionCore", "Outcome", "local_target"]
+
+log = logging.getLogger("secure_mw.oidc")
+
+MAX_FORM = 16 * 1024
+ROTATION_GRACE = 120.0
+_MAX_TARGET = 1024
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Either a complete ``reply``, or go on to the app with ``identity`` (maybe ``None``);
+    ``cookies`` are Set-Cookie values to add to whatever response goes out."""
+
+    reply: Reply | None = None
+    identity: Identity | None = None
+    cookies: list[str] = field(default_factory=list)
+
+
+def local_target(value: str | None) -> str | None:
+    """``value`` if it is a path on this site a browser cannot read as another host."""
+    if not value or len(value) > _MAX_TARGET or value[0] != "/":
+        return None
+    if value.startswith(("//", "/\\")) or "\\" in value:
+        return None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        return None
+    # Non-ASCII is percent-encoded: a Location header carries ASCII only.
+    encoded = quote(value, safe="!#$%&'()*+,/:;=?@[]~-._")
+    return encoded if len(encoded) <= _MAX_TARGET else None
+
+
+def _one(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _BadRequest(f"the parameter {name!r} appears more than once")
+    return values[0]
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class _Rotations:
+    """Refresh-token rotations done in this process, by digest of the spent token, kept for
+    :data:`ROTATION_GRACE` seconds so that a request still carrying the old token (the cookie
+    store; a request that read the session just before) reuses the result instead of
+    presenting a spent token, which would make the provider revoke the grant."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._items: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, token: str, now: float) -> dict[str, Any] | None:
+        with self._lock:
+            item = self._items.get(self._key(token))
+            return dict(item[1]) if item is not None and item[0] > now else None
+
+    def put(self, token: str, fields: dict[str, Any], now: float) -> None:
+        with self._lock:
+            items = self._items
+            items[self._key(token)] = (now + ROTATION_GRACE, dict(fields))
+            while items and (len(items) > self._limit or next(iter(items.values()))[0] <= now):
+                items.popitem(last=False)
+
+
+class OIDCSessionCore:
+    """Sessions backed by an OpenID provider, for one application."""
+
+    def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
+                 store: SessionStore | None = None, client: OIDCClient | None = None,
+                 clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
+                 require_login: bool = True) -> None:
+        if settings.oidc is None:
+            raise ValueError("OIDCSessionCore needs an [oidc] section in the settings")
+        self.settings = settings
+        self.oidc = settings.oidc
+        self.keyring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
+        self.clock = clock
+        self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
+                                       clock=clock, secure=settings.session.cookie_secure)
+        self.client = client or OIDCClient(settings.oidc, clock=clock)
+        self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
+                                       settings.session.cookie_name, clock=clock)
+        self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
+                                          logger=logging.getLogger(settings.audit.logger),
+                                          clock=clock)
+        self.prefix = settings.server.auth_prefix
+        self.require_login = require_login
+        self.refresh_margin = 60.0
+        self._refreshing: set[str] = set()
+        self._rotations = _Rotations()
+        self._refreshing_lock = threading.Lock()
+        self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {
+            "login": self._login,
+            "callback": self._callback,
+            "logout": self._logout,
+            "logged-out": self._logged_out,
+            "me": self._me,
+        }
+
+    # -- entry point ----------------------------------------------------------------------
+
+    def is_reserved(self, path: str) -> bool:
+        return path.startswith(self.prefix)
+
+    def handle(self, view: RequestView) -> Flow[Outcome]:
+        try:
+            if view.path.startswith(self.prefix):
+                route = self._routes.get(view.path[len(self.prefix):])
+                if route is None:
+                    return Outcome(html_reply(404, "Not found", "There is no such page."))
+                return (yield from route(view))
+            return (yield from self._gate(view))
+        except StoreUnavailable as exc:
+            self._event("store_unavailable", view, reason=str(exc))
+            return Outcome(self._unavailable(view))
+        except _BadRequest as exc:
+            self._event("bad_request", view, reason=str(exc))
+            return Outcome(html_reply(400, "Bad request", str(exc)))
+
+    # -- the gate -------------------------------------------------------------------------
+
+    def _gate(self, view: RequestView) -> Flow[Outcome]:
+        read = yield from self.sessions.read(view)
+        cookies: list[str] = []
+        session = read.session
+        if session is None:
+            if read.sent:
+                cookies += self.sessions.forget(read.sent)
+                if read.suspicious:
+                    self._event("invalid_session_cookie", view, reason=read.problem)
+            if self.require_login:
+                return Outcome(self.challenge(view), None, cookies)
+            return Outcome(None, None, cookies)
+        session, more = yield from self._maintain(view, session, read)
+        cookies += more
+        if session is None:
+            if self.require_login:
+                return Outcome(self.challenge(view), None, cookies)
+            return Outcome(None, None, cookies)
+        return Outcome(None, session.identity(), cookies)
+
+    def _maintain(self, view: RequestView, session: Session, read: SessionRead
+                  ) -> Flow[tuple[Session | None, list[str]]]:
+        """Refresh tokens and profile when due; write back last-active now and then."""
+        now = self.clock()
+        changed = False
+        if session.source == "oidc":
+            if session.tokens.get("cid") != self.client.client_id:
+                # A session another application (another client) created: not ours.
+                self._event("invalid_session_cookie", view, user=session.sub,
+                            reason="session of another OpenID client")
+                return None, self.sessions.forget(read.sent)
+            due_tokens, due_profile = self._due(session, now)
+            if (due_tokens or due_profile) and self._claim_refresh(session.id):
+                try:
+                    refreshed, changed = yield from self._refresh(view, session, due_tokens)
+                finally:
+                    self._release_refresh(session.id)
+                if refreshed is None:
+                    ended = yield from self.sessions.destroy(session, sent=read.sent)
+                    return None, ended
+                session = refreshed
+        if not changed and not self.sessions.needs_touch(session):
+            return session, []
+        session = session.evolve(last_active=now)
+        saved = yield from self.sessions.save(session, sent=read.sent)
+        if saved is None:     # deleted meanwhile (a logout): stays deleted
+            return None, self.sessions.forget(read.sent)
+        return session, saved
+
+    def _due(self, session: Session, now: float) -> tuple[bool, bool]:
+        """(access token due for refresh, profile due for re-fetch)."""
+        tokens = session.tokens
+        access_expires = tokens.get("ae")
+        due_tokens = isinstance(access_expires, int | float) and \
+            now >= access_expires - self.refresh_margin
+        interval = self.oidc.refresh_interval
+        due_profile = interval > 0 and now - float(tokens.get("pa", 0)) >= interval
+        return due_tokens, due_profile
+
+    def _claim_refresh(self, session_id: str) -> bool:
+        with self._refreshing_lock:
+            if session_id in self._refreshing:
+                return False   # another request of this session is refreshing it right now
+            self._refreshing.add(session_id)
+            return True
+
+    def _release_refresh(self, session_id: str) -> None:
+        with self._refreshing_lock:
+            self._refreshing.discard(session_id)
+
+    def _refresh(self, view: RequestView, session: Session, due_tokens: bool
+                 ) -> Flow[tuple[Session | None, bool]]:
+        """Returns ``(session, changed)``; ``(None, _)`` ends the session.
+
+        Refresh tokens rotate, and presenting a rotated one makes the provider revoke the
+        whole grant. So: the record is re-read first (another request or process may have
+        refreshed already), a rotation done in this process is reused for 2 minutes by
+        requests that still carry the old token, the refresh grant is used only when the
+        access token is due (a profile re-fetch uses userinfo), and new tokens are kept even
+        when the userinfo call that follows fails.
+        """
+        user = session.sub
+        if self.sessions.store is not None:
+            try:
+                current = yield from self.sessions.load(session.id)
+            except ValueError:
+                current = None
+            if current is None:
+                return None, False
+            if current.tokens != session.tokens:       # refreshed by someone else meanwhile
+                return current, False
+        tokens = dict(session.tokens)
+        fresh: dict[str, Any] = {}
+        if due_tokens:
+            refresh_token = tokens.get("rt")
+            if not isinstance(refresh_token, str) or not refresh_token:
+                self._event("session_ended", view, user=user,
+                            reason="access token expired and there is no refresh token")
+                return None, False
+            rotated = self._rotations.get(refresh_token, self.clock())
+            if rotated is not None:
+                tokens.update(rotated)
+            else:
+                try:
+                    result = yield from self.client.refresh(refresh_token, sub=user)
+                except (GrantRefused, InvalidToken) as exc:
+                    self._event("session_ended", view, user=user, reason=str(exc))
+                    return None, False
+                fields = self._token_fields(result)
+                self._rotations.put(refresh_token, fields, self.clock())
+                tokens.update(fields)
+                fresh.update(result.id_claims or {})
+        try:
+            fresh.update((yield from self.client.userinfo(tokens["at"], sub=user)))
+        except (GrantRefused, InvalidToken) as exc:
+            self._event("session_ended", view, user=user, reason=str(exc))
+            return None, False
+        except StoreUnavailable:
+            if not due_tokens:
+                raise            # nothing changed: fail closed (503)
+            # The new tokens must not be lost (the old refresh token is spent): keep them and
+            # the old profile; the profile is fetched again on a later request.
+            return session.evolve(tokens=tokens), True
+        tokens["pa"] = self.clock()
+        claims = dict(session.claims)
+        if fresh:
+            claims = {**{k: v for k, v in claims.items() if k != "groups"},
+                      **identity_claims(fresh, self.oidc.groups_claim), "sub": user}
+        return session.evolve(claims=claims, tokens=tokens), True
+
+    @staticmethod
+    def _token_fields(result: TokenSet) -> dict[str, Any]:
+        fields: dict[str, Any] = {"at": result.access_token, "ae": result.expires_at}
+        if result.refresh_token:
+            fields["rt"] = result.refresh_token
+        if result.id_token:
+            fields["it"] = result.id_token
+        return fields
+
+    def challenge(self, view: RequestView) -> Reply:
+        """302 to the login page for a browser navigation; 401 for anything else."""
+        target = view.path + (f"?{view.query_string}" if view.query_string else "")
+        login = f"{self.prefix}login"
+        if view.wants_html:
+            return redirect_reply(f"{login}?rd={quote(target, safe='/')}")
+        return json_reply(401, {"error": "unauthenticated", "login_url": login}, headers=[
+            ("www-authenticate",
+             f'Cookie realm="secure_mw", form-action="{login}", '
+             f'cookie-name="{self.sessions.cookie_name}"'),
+        ])
+
+    # -- /.auth/login ---------------------------------------------------------------------
+
+    def redirect_uri(self, view: RequestView) -> str:
+        if self.oidc.redirect_uri:
+            return self.oidc.redirect_uri
+        base = self.settings.server.external_url or view.origin
+        return base.rstrip("/") + f"{self.prefix}callback"
+
+    def _login(self, view: RequestView) -> Flow[Outcome]:
+        if view.method != "GET":
+            return Outcome(_method_not_allowed("GET"))
+        params = view.query()
+        target = local_target(_one(params, "rd")) or "/"
+        # Remember-me only when the user asked on this site (or typed the address): a link on
+        # another site must not make a victim's session outlive the browser.
+        remember = _one(params, "remember_me") in ("1", "true", "on") and \
+            view.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+        meta = yield from self.client.metadata()
+        verifier, challenge = pkce_pair()
+        pending = PendingLogin.start(verifier=verifier, return_to=target, now=self.clock(),
+                                     remember=remember)
+        url = self.client.authorization_url(meta, redirect_uri=self.redirect_uri(view),
+                                            state=pending.state, nonce=pending.nonce,
+                                            code_challenge=challenge)
+        return Outcome(redirect_reply(url, headers=[
+            ("set-cookie", self.prelogin.add(view, pending))]))
+
+    # -- /.auth/callback ------------------------------------------------------------------
+
+    def _callback(self, view: RequestView) -> Flow[Outcome]:
+        if view.method != "GET":
+            return Outcome(_method_not_allowed("GET"))
+        params = view.query()
+        state = _one(params, "state")
+        if not state:
+            self._event("login_failure", view, reason="callback without state")
+            return Outcome(self._login_again(view, 400, "The sign-in response is incomplete."))
+        pending, prelogin_cookie = self.prelogin.take(view, state)
+        if pending is None:
+            self._event("login_failure", view, reason="unknown, expired or replayed state")
+            return Outcome(self._login_again(
+                view, 400, "This sign-in attempt is unknown or has expired."))
+        assert prelogin_cookie is not None
+        cookies = [prelogin_cookie]
+        first_use = yield from self.sessions.claim_once(f"state:{pending.state}", LIFETIME)
+        if not first_use:
+            self._event("login_failure", view, reason="replayed state")
+            return Outcome(self._login_again(
+                view, 400, "This sign-in attempt was already used.", cookies))
+        error = _one(params, "error")
+        if error is not None:
+            error_code = "".join(c for c in error if c.isalnum() or c == "_")[:64] or "error"
+            self._event("login_failure", view, reason=f"provider error {error_code}")
+            status = 403 if error_code in ("access_denied", "login_required",
+                                     "consent_required", "interaction_required") else 400
+            return Outcome(self._login_again(
+                view, status, f"The identity provider did not sign you in ({error_code}).",
+                cookies))
+        meta = yield from self.client.metadata()
+        iss = _one(params, "iss")
+        if (iss is not None and iss != self.client.issuer) or \
+                (iss is None and meta.iss_parameter_supported):
+            self._event("login_failure", view, reason="authorization response iss mismatch")
+            return Outcome(self._login_again(view, 400, "The sign-in response is not from "
+                                             "the expected identity provider.", cookies))
+        code = _one(params, "code")
+        if not code:
+            self._event("login_failure", view, reason="callback without code")
+            return Outcome(self._login_again(view, 400, "The sign-in response is incomplete.",
+                                             cookies))
+        try:
+            result = yield from self.client.exchange_code(
+                code=code, code_verifier=pending.verifier,
+                redirect_uri=self.redirect_uri(view), nonce=pending.nonce)
+            claims = dict(result.id_claims or {})
+            info = yield from self.client.userinfo(result.access_token, sub=claims["sub"])
+        except GrantRefused as exc:
+            self._event("login_failure", view, reason=f"code refused: {exc.error}")
+            return Outcome(self._login_again(
+                view, 400, "The identity provider refused this sign-in.", cookies))
+        except InvalidToken as exc:
+            self._event("login_failure", view, reason=f"id_token refused: {exc}")
+            return Outcome(self._login_again(
+                view, 401, "The identity provider's answer could not be verified.", cookies))
+        old = yield from self.sessions.read(view)
+        if old.session is not None:    # a new id at every login: the old one is gone
+            yield from self.sessions.destroy(old.session)
+        tokens = self._token_fields(result)
+        tokens["pa"] = self.clock()
+        tokens["cid"] = self.client.client_id
+        session = self.sessions.new(
+            claims=identity_claims({**claims, **info, "sub": claims["sub"]},
+                                   self.oidc.groups_claim),
+            remember=pending.remember, tokens=tokens)
+        cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
+        self._event("login_success", view, user=session.sub, level=logging.INFO,
+                    session=session.digest)
+        set_cookies = [("set-cookie", c) for c in cookies]
+        if self.sessions.jar.same_site == "Strict":
+            # This response ends a chain of cross-site redirects, so a browser would not send
+            # a Strict cookie with a redirect; a page of ours navigating on is same-site.
+            target = html.escape(pending.return_to)
+            return Outcome(html_reply(
+                200, "Signed in", "You are signed in.",
+                body_html=f'<p><a class="button" href="{target}">Continue</a></p>',
+                headers=[("refresh", f"0; url={pending.return_to}"), *set_cookies]))
+        return Outcome(redirect_reply(pending.return_to, headers=set_cookies))
+
+    # -- /.auth/logout --------------------------------------------------------------------
+
+    def _logout(self, view: RequestView) -> Flow[Outcome]:
+        read = yield from self.sessions.read(view)
+        session = read.session
+        if view.method in ("GET", "HEAD"):
+            if session is None:
+                return Outcome(redirect_reply(f"{self.prefix}logged-out", headers=[
+                    ("set-cookie", c) for c in self.sessions.forget(read.sent)]))
+            form = (f'<form method="post" action="{self.prefix}logout">'
+                    f'<input type="hidden" name="csrf" value="{session.csrf}">'
+                    '<button type="submit">Sign out</button></form>')
+            return Outcome(html_reply(200, "Sign out", "Sign out of this application?",
+                                      body_html=form))
+        if view.method != "POST":
+            return Outcome(_method_not_allowed("GET, POST"))
+        if session is None:
+            return Outcome(redirect_reply(f"{self.prefix}logged-out", status=303, headers=[
+                ("set-cookie", c) for c in self.sessions.forget(read.sent)]))
+        sent_token = view.headers.get("x-csrf-token") or _form_field(view, "csrf") or ""
+        if not hmac.compare_digest(sent_token.encode(), session.csrf.encode()):
+            self._event("csrf_failure", view, user=session.sub, reason="logout without token")
+            return Outcome(html_reply(403, "Sign-out refused",
+                                      "The sign-out form had expired. Please try again."))
+        cookies = yield from self.sessions.destroy(session, sent=read.sent)
+        refresh_token = session.tokens.get("rt")
+        if refresh_token:
+            try:
+                yield from self.client.revoke(refresh_token)
+            except SecureMWError as exc:
+                self._event("token_revocation_failed", view, user=session.sub,
+                            reason=str(exc))
+        self._event("logout", view, user=session.sub, level=logging.INFO,
+                    session=session.digest)
+        location = f"{self.prefix}logged-out"
+        if session.source == "oidc":
+            try:
+                meta = yield from self.client.metadata()
+                back = self.oidc.post_logout_redirect_uri or (
+                    (self.settings.server.external_url or view.origin).rstrip("/")
+                    + f"{self.prefix}logged-out")
+                location = self.client.end_session_url(
+                    meta, id_token_hint=session.tokens.get("it"),
+                    post_logout_redirect_uri=back, state=session.digest) or location
+            except StoreUnavailable as exc:   # signed out here; the provider can't be told
+                self._event("idp_logout_failed", view, user=session.sub, reason=str(exc))
+        return Outcome(redirect_reply(location, status=303,
+                                      headers=[("set-cookie", c) for c in cookies]))
+
+    def _logged_out(self, view: RequestView) -> Flow[Outcome]:
+        yield from ()
+        link = f'<p><a class="button" href="{self.prefix}login">Sign in again</a></p>'
+        return Outcome(html_reply(200, "Signed out", "You are signed out.", body_html=link))
+
+    # -- /.auth/me ------------------------------------------------------------------------
+
+    def _me(self, view: RequestView) -> Flow[Outcome]:
+        found = yield from self._gate_no_challenge(view)
+        if found.identity is None or found.session is None:
+            return Outcome(json_reply(401, {"authenticated": False},
+                                      headers=[("set-cookie", c) for c in found.cookies]))
+        session = found.session
+        data = {"authenticated": True, **found.identity.as_dict(),
+                "expires_at": int(session.ends_at(self.settings.session.inactivity)),
+                "remember_me": session.remember, "csrf_token": session.csrf}
+        return Outcome(json_reply(200, data,
+                                  headers=[("set-cookie", c) for c in found.cookies]))
+
+    def _gate_no_challenge(self, view: RequestView) -> Flow[_Found]:
+        read = yield from self.sessions.read(view)
+        if read.session is None:
+            return _Found(None, None, self.sessions.forget(read.sent))
+        session, cookies = yield from self._maintain(view, read.session, read)
+        if session is None:
+            return _Found(None, None, cookies)
+        return _Found(session, session.identity(), cookies)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _unavailable(self, view: RequestView) -> Reply:
+        if view.wants_html:
+            return html_reply(503, "Sign-in is unavailable",
+                              "The identity service cannot be reached right now. "
+                              "Please try again in a moment.", headers=[("retry-after", "5")])
+        return json_reply(503, {"error": "identity_unavailable"},
+                          headers=[("retry-after", "5")])
+
+    def _login_again(self, view: RequestView, status: int, message: str,
+                     cookies: list[str] | None = None) -> Reply:
+        link = f'<p><a class="button" href="{self.prefix}login">Sign in again</a></p>'
+        return html_reply(status, "Sign-in failed", message, body_html=link,
+                          headers=[("set-cookie", c) for c in cookies or ()])
+
+    def _event(self, name: str, view: RequestView, *, level: int = logging.WARNING,
+               **fields: Any) -> None:
+        self.audit.event(name, level=level, remote_ip=view.client, method=view.method,
+                         host=view.host, path=view.path, **fields)
+
+
+@dataclass(slots=True)
+class _Found:
+    session: Session | None
+    identity: Identity | None
+    cookies: list[str]
+
+
+def _form_field(view: RequestView, name: str) -> str | None:
+    if not view.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    body = view.body[:MAX_FORM].decode("utf-8", "replace")
+    try:
+        pairs = parse_qsl(body, max_num_fields=32)
+    except ValueError:   # too many fields
+        return None
+    values = [v for k, v in pairs if k == name]
+    return values[0] if len(values) == 1 else None
+
+
+def _method_not_allowed(allow: str) -> Reply:
+    return html_reply(405, "Method not allowed", "This address does not accept that method.",
+                      headers=[("allow", allow)])

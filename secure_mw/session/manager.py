@@ -1,0 +1,217 @@
+"""Session lifecycle: read the cookie, find the record, enforce its lifetime, write it back.
+
+The cookie holds either the session id (memory and Redis stores) or the whole encrypted
+record (cookie store). Reading never raises for a bad cookie — it reports why there is no
+session — and raises :class:`~secure_mw.errors.StoreUnavailable` only when the store cannot be
+reached (the caller fails closed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from secure_mw._driver import Flow, Op
+from secure_mw.crypto import KeyRing
+from secure_mw.errors import DecryptError, StoreUnavailable
+from secure_mw.http import RequestView
+from secure_mw.session.cookies import (
+    CookieJarSpec,
+    chunk_name,
+    chunk_names_present,
+    join_chunks,
+    split_chunks,
+)
+from secure_mw.session.memory_store import MemorySessionStore
+from secure_mw.session.model import Session, new_session_id
+from secure_mw.settings import SessionSettings
+
+__all__ = ["SessionManager", "SessionRead", "SessionStore"]
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+class SessionStore(Protocol):
+    """A server-side store (memory or Redis); see the two implementations."""
+
+    def load(self, session_id: str) -> Any: ...
+    def save(self, session_id: str, value: Any, ttl: float, *,
+             only_if_exists: bool = False) -> bool: ...
+    def delete(self, session_id: str) -> None: ...
+    def claim_once(self, token: str, ttl: float) -> bool: ...
+    async def aload(self, session_id: str) -> Any: ...
+    async def asave(self, session_id: str, value: Any, ttl: float, *,
+                    only_if_exists: bool = False) -> bool: ...
+    async def adelete(self, session_id: str) -> None: ...
+    async def aclaim_once(self, token: str, ttl: float) -> bool: ...
+
+
+@dataclass(slots=True)
+class SessionRead:
+    """The outcome of reading a request's session cookie."""
+
+    session: Session | None
+    problem: str | None = None        # why a cookie the client sent gave no session
+    suspicious: bool = False          # the cookie was malformed or forged (worth an audit line)
+    sent: list[str] = field(default_factory=list)   # our cookie names the client sent
+
+
+class SessionManager:
+    """Creates, reads, refreshes and destroys sessions for one application."""
+
+    def __init__(self, settings: SessionSettings, *, keyring: KeyRing,
+                 store: SessionStore | None = None, clock: Callable[[], float] = time.time,
+                 secure: bool = True) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.clock = clock
+        self.cookie_mode = settings.store == "cookie"
+        if store is None and not self.cookie_mode:
+            if settings.store == "redis":
+                from secure_mw.session.redis_store import RedisSessionStore
+
+                store = RedisSessionStore.from_settings(settings, keyring)
+            elif clock is time.time:
+                store = MemorySessionStore.shared(settings.cookie_name,
+                                                  max_sessions=settings.memory_max_sessions)
+            else:   # an injected clock (tests): a store of its own that uses it
+                store = MemorySessionStore(max_sessions=settings.memory_max_sessions,
+                                           clock=clock)
+        self.store = store
+        self._objects = bool(getattr(store, "holds_objects", False))
+        # Where single-use tokens (a login's state) are remembered: the session store, or
+        # this process's memory with the cookie store.
+        self._once: SessionStore = store if store is not None else MemorySessionStore(
+            max_sessions=10_000, clock=clock)
+        self.jar = CookieJarSpec(secure=secure, domain=settings.cookie_domain,
+                                 same_site=settings.same_site.capitalize())
+        self.cookie_name = self.jar.name(settings.cookie_name)
+        self._aad = f"secure_mw/session:{self.cookie_name}".encode()
+        # Write back the last-active time at most this often (not on every request).
+        self.touch_interval = min(60.0, settings.inactivity / 10)
+
+    def __repr__(self) -> str:
+        return f"SessionManager(store={self.store or 'cookie'!r}, cookie={self.cookie_name!r})"
+
+    # -- creating -------------------------------------------------------------------------
+
+    def new(self, *, claims: Mapping[str, Any], auth_level: int = 1, source: str = "oidc",
+            remember: bool = False, tokens: Mapping[str, Any] | None = None) -> Session:
+        """A new session with a fresh id (the id is never carried over from an old one)."""
+        now = self.clock()
+        remember = remember and self.settings.remember_me > 0
+        lifetime = self.settings.remember_me if remember else self.settings.expiration
+        return Session(id=new_session_id(), claims=dict(claims), auth_level=auth_level,
+                       source=source, created=now, last_active=now, expires=now + lifetime,
+                       remember=remember, tokens=dict(tokens or {}))
+
+    def rotate(self, session: Session, **changes: Any) -> Session:
+        """The same session under a new id (at a change of auth level)."""
+        return session.evolve(id=new_session_id(), **changes)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, view: RequestView) -> Flow[SessionRead]:
+        cookies = view.cookies
+        sent = chunk_names_present(cookies, self.cookie_name)
+        if not sent:
+            return SessionRead(None)
+        raw = join_chunks(cookies, self.cookie_name) if self.cookie_mode \
+            else cookies.get(self.cookie_name)
+        if not raw:
+            return SessionRead(None, "incomplete session cookie", True, sent)
+        if self.cookie_mode:
+            try:
+                session = Session.from_bytes(self.keyring.decrypt(raw, self._aad))
+            except (DecryptError, ValueError):
+                return SessionRead(None, "session cookie does not decrypt", True, sent)
+        else:
+            if len(sent) != 1 or not _SESSION_ID.fullmatch(raw):
+                return SessionRead(None, "malformed session cookie", True, sent)
+            try:
+                found = yield from self.load(raw)
+            except ValueError as exc:
+                return SessionRead(None, str(exc), True, sent)
+            if found is None:
+                return SessionRead(None, "unknown or expired session", False, sent)
+            session = found
+        reason = session.expired_reason(self.clock(), self.settings.inactivity)
+        if reason is not None:
+            if self.store is not None:
+                yield Op(self.store.delete, self.store.adelete, session.id)
+            return SessionRead(None, f"session {reason}", False, sent)
+        return SessionRead(session, None, False, sent)
+
+    def load(self, session_id: str) -> Flow[Session | None]:
+        """The stored record of ``session_id`` (server-side stores only); a corrupt record
+        raises :class:`ValueError`."""
+        assert self.store is not None
+        record = yield Op(self.store.load, self.store.aload, session_id)
+        if record is None:
+            return None
+        session: Session
+        if self._objects:
+            session = record
+        else:
+            try:
+                session = Session.from_bytes(record)
+            except ValueError:
+                raise ValueError("session record is corrupt") from None
+        if not hmac.compare_digest(session.id, session_id):
+            raise ValueError("session record under the wrong key")
+        return session
+
+    def claim_once(self, token: str, ttl: float) -> Flow[bool]:
+        """True the first time ``token`` is presented within ``ttl`` seconds."""
+        claimed = yield Op(self._once.claim_once, self._once.aclaim_once, token, ttl)
+        return bool(claimed)
+
+    def needs_touch(self, session: Session) -> bool:
+        return self.clock() - session.last_active >= self.touch_interval
+
+    # -- writing --------------------------------------------------------------------------
+
+    def save(self, session: Session, *, sent: list[str] | None = None,
+             new: bool = False) -> Flow[list[str] | None]:
+        """Store ``session`` (server side or in the cookie); returns Set-Cookie values.
+
+        An update (``new=False``) of a server-side record that was deleted meanwhile — a
+        logout racing this request — is not written and returns ``None``: the session is over.
+        """
+        now = self.clock()
+        ttl = session.ends_at(self.settings.inactivity) - now
+        max_age = int(session.expires - now) if session.remember else None
+        if self.cookie_mode:
+            token = self.keyring.encrypt(session.to_bytes(), self._aad)
+            try:
+                parts = split_chunks(token)
+            except ValueError:
+                raise StoreUnavailable("the session is too large for the cookie store "
+                                       "(use the redis store)") from None
+            headers = [self.jar.set(chunk_name(self.cookie_name, i), part, max_age=max_age)
+                       for i, part in enumerate(parts)]
+            names = {chunk_name(self.cookie_name, i) for i in range(len(parts))}
+            headers += [self.jar.delete(n) for n in sent or () if n not in names]
+            return headers
+        assert self.store is not None
+        value: Any = session if self._objects else session.to_bytes()
+        written = yield Op(self.store.save, self.store.asave, session.id, value, ttl,
+                           only_if_exists=not new)
+        if not written:
+            return None
+        return [self.jar.set(self.cookie_name, session.id, max_age=max_age)]
+
+    def destroy(self, session: Session | None, *, sent: list[str] | None = None
+                ) -> Flow[list[str]]:
+        """Delete the server-side record and expire every cookie of ours the client sent."""
+        if session is not None and self.store is not None:
+            yield Op(self.store.delete, self.store.adelete, session.id)
+        return [self.jar.delete(n) for n in (sent or [self.cookie_name])]
+
+    def forget(self, sent: list[str]) -> list[str]:
+        """Set-Cookie values that expire the cookies of a session that is no more."""
+        return [self.jar.delete(n) for n in sent]

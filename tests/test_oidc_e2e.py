@@ -1,0 +1,642 @@
+"""OIDC login sessions end to end: real OpenID provider, real servers, both flavours.
+
+Every case runs through ASGI (uvicorn) and WSGI (werkzeug's threaded server); stores are the
+memory store unless a case names another (cookie, or a real redis-server).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from secure_mw import Settings, asgi, wsgi
+from secure_mw.crypto import KeyRing
+from secure_mw.session import MemorySessionStore
+from secure_mw.testing import session_cookie
+from tests.apps import FLAVOURS, browser, serve
+from tests.clock import Clock
+from tests.idp import IdPServer, dev_login, rp_logout
+from tests.servers import RedisServer, free_port
+
+SECRET = "app-client-secret-for-tests-only"
+KEY = KeyRing.new_key_text()
+USERS = [
+    {"sub": "alice", "password": "alice-pw", "email": "alice@example.com",
+     "email_verified": True, "name": "Alice Example", "groups": ["admins", "staff"]},
+    {"sub": "bob", "password": "bob-pw", "email": "bob@example.com",
+     "email_verified": True, "name": "Bob Example", "groups": ["staff"]},
+    {"sub": "many", "password": "many-pw", "email": "many@example.com",
+     "email_verified": True, "name": "In Many Groups",
+     "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(600)]},
+]
+APP_PORTS = [free_port() for _ in range(4)]
+ACCESS_TTL = 120
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[IdPServer]:
+    uris = [f"http://127.0.0.1:{p}" for p in APP_PORTS]
+    client = {
+        "client_secret": SECRET,
+        "redirect_uris": [f"{u}/.auth/callback" for u in uris],
+        "post_logout_redirect_uris": [f"{u}/.auth/logged-out" for u in uris],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    }
+    server = IdPServer(
+        clients=[{**client, "client_id": "app", "token_endpoint_auth_method":
+                  "client_secret_basic"},
+                 {**client, "client_id": "app-post", "token_endpoint_auth_method":
+                  "client_secret_post"}],
+        users=USERS, ttl={"AccessToken": ACCESS_TTL},
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def settings_for(idp: IdPServer, *, client_id: str = "app", store: str = "memory",
+                 redis_url: str | None = None, **session: Any) -> Settings:
+    auth = "client_secret_post" if client_id == "app-post" else "client_secret_basic"
+    data: dict[str, Any] = {
+        "keys": {"encryption_keys": [KEY]},
+        "session": {"store": store, **session},
+        "oidc": {"issuer": idp.issuer, "client_id": client_id, "client_secret": SECRET,
+                 "token_endpoint_auth_method": auth,
+                 "scopes": ["openid", "profile", "email", "groups"]},
+    }
+    if redis_url:
+        data["session"]["redis_url"] = redis_url
+    return Settings.from_mapping(data, environ={})
+
+
+AppFactory = Callable[..., AbstractContextManager[str]]
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(flavour: str, clock: Clock) -> AppFactory:
+    """``app(settings, port_index=0, **options)`` serves the protected test app."""
+
+    @contextmanager
+    def factory(settings: Settings, port_index: int = 0, **options: Any) -> Iterator[str]:
+        options.setdefault("clock", clock)
+        module = asgi if flavour == "asgi" else wsgi
+        with serve(flavour, lambda inner: module.protect(inner, settings, **options),
+                   port=APP_PORTS[port_index]) as url:
+            yield url
+
+    return factory
+
+
+def login(client: httpx.Client, base: str, idp: IdPServer, *, user: str = "alice",
+          password: str = "alice-pw", path: str = "/hello?x=1") -> httpx.Response:
+    """Navigate to ``path``, get sent to the IdP, log in, come back; returns the callback's
+    response (a redirect to ``path``)."""
+    first = client.get(base + path)
+    assert first.status_code == 302, first.text
+    assert first.headers["location"].startswith("/.auth/login?rd=")
+    start = client.get(base + first.headers["location"])
+    assert start.status_code == 302
+    auth_url = start.headers["location"]
+    assert auth_url.startswith(idp.issuer)
+    callback = dev_login(client, auth_url, username=user, password=password)
+    assert callback.startswith(base + "/.auth/callback?")
+    return client.get(callback)
+
+
+def audit_events(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "secure_mw.audit"]
+
+
+# -- the happy path -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_id", ["app", "app-post"])
+def test_full_login_and_access(idp: IdPServer, app: AppFactory, client_id: str,
+                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "secure_mw.audit")
+    settings = settings_for(idp, client_id=client_id)
+    with app(settings) as base, browser() as client:
+        done = login(client, base, idp)
+        assert done.status_code == 302
+        assert done.headers["location"] == "/hello?x=1"
+        set_cookie = done.headers.get_list("set-cookie")
+        session_line = next(c for c in set_cookie if c.startswith("__Host-secure_mw_session="))
+        for attribute in ("Path=/", "Secure", "HttpOnly", "SameSite=Lax"):
+            assert attribute in session_line
+        assert "Max-Age" not in session_line and "Domain" not in session_line
+        page = client.get(base + "/hello?x=1")
+        assert page.status_code == 200
+        who = page.json()
+        assert who["authenticated"] is True
+        assert who["sub"] == "alice"
+        assert who["email"] == "alice@example.com"
+        assert who["name"] == "Alice Example"
+        assert who["groups"] == ["admins", "staff"]
+        if "user_is_authenticated" in who:      # ASGI: Starlette's request.user and auth
+            assert who["user_is_authenticated"] is True
+            assert who["display_name"] == "Alice Example"
+            assert who["auth_scopes"] == ["authenticated"]
+        me = client.get(base + "/.auth/me").json()
+        assert me["authenticated"] is True and me["sub"] == "alice"
+        assert me["remember_me"] is False
+    events = audit_events(caplog)
+    assert any('"event":"login_success"' in e and '"user":"alice"' in e for e in events)
+    assert not any(SECRET in e or "alice-pw" in e for e in events)
+
+
+def test_anonymous_api_gets_401_and_navigation_302(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, httpx.Client() as client:
+        api = client.get(base + "/api/items", headers={"Accept": "application/json"})
+        assert api.status_code == 401
+        assert api.headers["www-authenticate"].startswith('Cookie realm="secure_mw"')
+        assert api.json()["login_url"] == "/.auth/login"
+        xhr = client.get(base + "/page", headers={"Accept": "text/html",
+                                                  "X-Requested-With": "XMLHttpRequest"})
+        assert xhr.status_code == 401
+        post = client.post(base + "/page", headers={"Accept": "text/html"})
+        assert post.status_code == 401
+        nav = client.get(base + "/page?q=a b", headers={"Accept": "text/html"})
+        assert nav.status_code == 302
+        assert nav.headers["location"] == "/.auth/login?rd=/page%3Fq%3Da%2520b"
+        me = client.get(base + "/.auth/me")
+        assert me.status_code == 401 and me.json() == {"authenticated": False}
+
+
+def test_remember_me_makes_a_persistent_cookie(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login?rd=/x&remember_me=1")
+        callback = dev_login(client, start.headers["location"], username="bob",
+                             password="bob-pw")
+        done = client.get(callback)
+        line = next(c for c in done.headers.get_list("set-cookie")
+                    if c.startswith("__Host-secure_mw_session="))
+        assert "Max-Age=2592000" in line
+        assert client.get(base + "/.auth/me").json()["remember_me"] is True
+
+
+def test_two_tabs_can_log_in_at_once(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        first = client.get(base + "/.auth/login?rd=/one").headers["location"]
+        second = client.get(base + "/.auth/login?rd=/two").headers["location"]
+        callback_2 = dev_login(client, second, username="alice", password="alice-pw")
+        callback_1 = dev_login(client, first, username="alice", password="alice-pw")
+        assert client.get(callback_2).headers["location"] == "/two"
+        assert client.get(callback_1).headers["location"] == "/one"
+        assert client.get(base + "/one").status_code == 200
+
+
+def test_open_redirect_in_rd_is_ignored(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        for target in ("https://evil.example/", "//evil.example/", "/\\evil.example",
+                       "javascript:alert(1)", "/ok\r\nx: y"):
+            start = client.get(base + "/.auth/login", params={"rd": target})
+            callback = dev_login(client, start.headers["location"], username="alice",
+                                 password="alice-pw")
+            assert client.get(callback).headers["location"] == "/"
+        # A non-ASCII path comes back percent-encoded (a Location header is ASCII).
+        start = client.get(base + "/.auth/login", params={"rd": "/caf\u00e9/\u20ac?q=\u4e2d"})
+        callback = dev_login(client, start.headers["location"], username="alice",
+                             password="alice-pw")
+        assert client.get(callback).headers["location"] == "/caf%C3%A9/%E2%82%AC?q=%E4%B8%AD"
+
+
+# -- refresh and the end of a session -------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie", "redis"])
+def test_refresh_after_expiry_then_refused_refresh_ends_session(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        assert client.get(base + "/hello").status_code == 200
+        # The access token (120 s) is due for refresh 60 s before it ends.
+        clock.advance(ACCESS_TTL - 30)
+        page = client.get(base + "/hello")
+        assert page.status_code == 200 and page.json()["sub"] == "bob"
+        clock.advance(ACCESS_TTL - 30)   # the refreshed token is due again
+        assert client.get(base + "/hello").status_code == 200
+        idp.disable_user("bob")
+        try:
+            clock.advance(ACCESS_TTL - 30)
+            refused = client.get(base + "/hello")
+            assert refused.status_code == 302
+            assert refused.headers["location"].startswith("/.auth/login")
+            # The session is gone for good, not just for this request.
+            assert client.get(base + "/.auth/me").status_code == 401
+        finally:
+            idp.enable_user("bob")
+    assert any('"event":"session_ended"' in e and '"user":"bob"' in e
+               for e in audit_events(caplog))
+
+
+def test_profile_is_refetched_every_refresh_interval(idp: IdPServer, app: AppFactory,
+                                                     clock: Clock) -> None:
+    with app(settings_for(idp, inactivity="10m")) as base, browser() as client:
+        login(client, base, idp)
+        idp.disable_user("alice")   # userinfo and refresh now fail at the provider
+        try:
+            clock.advance(30)        # before refresh_interval (5m): nothing is fetched
+            assert client.get(base + "/hello").status_code == 200
+            clock.advance(300)       # the profile is due: the provider refuses, session ends
+            assert client.get(base + "/hello").status_code == 302
+        finally:
+            idp.enable_user("alice")
+
+
+def test_absolute_expiration_and_inactivity(idp: IdPServer, app: AppFactory,
+                                            clock: Clock) -> None:
+    settings = settings_for(idp, expiration="1h", inactivity="5m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp)
+        clock.advance(299)
+        assert client.get(base + "/a").status_code == 200      # keeps it alive
+        clock.advance(299)
+        assert client.get(base + "/a").status_code == 200
+        clock.advance(301)                                      # idle too long
+        assert client.get(base + "/a").status_code == 302
+        login(client, base, idp)
+        for _ in range(15):                                     # active, but past 1 h
+            clock.advance(240)
+            client.get(base + "/a")
+        assert client.get(base + "/a").status_code == 302
+
+
+# -- logout ---------------------------------------------------------------------------------
+
+
+def test_logout_locally_and_at_the_provider(idp: IdPServer, app: AppFactory,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "secure_mw.audit")
+    with app(settings_for(idp)) as base, browser() as client:
+        login(client, base, idp)
+        page = client.get(base + "/.auth/logout")
+        assert page.status_code == 200 and 'name="csrf"' in page.text
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        assert f'value="{csrf}"' in page.text
+        refused = client.post(base + "/.auth/logout", data={"csrf": "wrong"})
+        assert refused.status_code == 403
+        assert client.get(base + "/hello").status_code == 200   # still logged in
+        out = client.post(base + "/.auth/logout", data={"csrf": csrf})
+        assert out.status_code == 303
+        end_session = out.headers["location"]
+        assert end_session.startswith(idp.issuer)
+        assert "id_token_hint=" in end_session
+        back = rp_logout(client, end_session)
+        assert back.startswith(base + "/.auth/logged-out")
+        assert client.get(back).status_code == 200
+        # Signed out here ...
+        assert client.get(base + "/hello").status_code == 302
+        # ... and at the provider: a new login asks for the password again.
+        start = client.get(base + "/.auth/login").headers["location"]
+        shown = client.get(start, follow_redirects=True)
+        assert 'name="password"' in shown.text
+    assert any('"event":"logout"' in e for e in audit_events(caplog))
+
+
+def test_stolen_cookie_is_useless_after_logout(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        login(client, base, idp)
+        stolen = client.cookies.get("__Host-secure_mw_session")
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        client.post(base + "/.auth/logout", data={"csrf": csrf})
+        replay = httpx.get(base + "/hello", headers={
+            "Cookie": f"__Host-secure_mw_session={stolen}", "Accept": "application/json"})
+        assert replay.status_code == 401
+
+
+# -- hostile callbacks ----------------------------------------------------------------------
+
+
+def test_replayed_and_forged_state(idp: IdPServer, app: AppFactory,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login").headers["location"]
+        callback = dev_login(client, start, username="alice", password="alice-pw")
+        assert client.get(callback).status_code == 302
+        replay = client.get(callback)
+        assert replay.status_code == 400
+        assert "Sign in again" in replay.text
+        forged = client.get(base + "/.auth/callback", params={"state": "forged", "code": "x"})
+        assert forged.status_code == 400
+        # A callback carried to another browser (no pre-login cookie) is refused too.
+        start = client.get(base + "/.auth/login").headers["location"]
+        callback = dev_login(client, start, username="alice", password="alice-pw")
+        other = httpx.get(callback)
+        assert other.status_code == 400
+        duplicate = client.get(callback + "&state=again")
+        assert duplicate.status_code == 400
+    assert sum('"event":"login_failure"' in e for e in audit_events(caplog)) >= 2
+
+
+@pytest.mark.parametrize(("claims", "remove", "why"), [
+    ({"nonce": "not-the-nonce"}, [], "nonce"),
+    ({"aud": "someone-else"}, [], "audience"),
+    ({"exp": 1_000_000_000, "iat": 999_999_000}, [], "expired"),
+    ({"iss": "https://evil.example"}, [], "issuer"),
+    ({"azp": "someone-else"}, [], "azp"),
+    ({}, ["nonce"], "nonce"),
+    ({"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}, [], "at_hash"),
+])
+def test_bad_id_token_is_refused(idp: IdPServer, app: AppFactory, claims: dict[str, Any],
+                                 remove: list[str], why: str,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login").headers["location"]
+        callback = dev_login(client, start, username="alice", password="alice-pw")
+        idp.tamper_next_id_token(claims, remove)
+        refused = client.get(callback)
+        assert refused.status_code == 401, refused.text
+        assert "could not be verified" in refused.text
+        assert client.get(base + "/.auth/me").status_code == 401
+    failure = [e for e in audit_events(caplog) if '"event":"login_failure"' in e]
+    assert failure and why in failure[-1]
+
+
+def test_provider_error_gets_a_clear_page(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login").headers["location"]
+        state = parse_qs(urlsplit(start).query)["state"][0]
+        denied = client.get(base + "/.auth/callback", params={
+            "state": state, "error": "access_denied", "error_description": "<b>no</b>"})
+        assert denied.status_code == 403
+        assert "(access_denied)" in denied.text and "<b>" not in denied.text
+        # The attempt is used up: the same state cannot be answered twice.
+        again = client.get(base + "/.auth/callback", params={"state": state, "code": "x"})
+        assert again.status_code == 400
+        start = client.get(base + "/.auth/login").headers["location"]
+        state = parse_qs(urlsplit(start).query)["state"][0]
+        odd = client.get(base + "/.auth/callback", params={
+            "state": state, "error": "<script>alert(1)</script>"})
+        assert odd.status_code == 400
+        assert "<script>" not in odd.text and "(scriptalert1script)" in odd.text
+
+
+def test_unreachable_provider_gives_503(app: AppFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings.from_mapping({
+        "oidc": {"issuer": dead, "client_id": "app", "client_secret": SECRET}}, environ={})
+    with app(settings) as base, httpx.Client() as client:
+        page = client.get(base + "/.auth/login", headers={"Accept": "text/html"})
+        assert page.status_code == 503
+        assert "cannot be reached" in page.text
+        assert page.headers["retry-after"]
+        api = client.get(base + "/.auth/login", headers={"Accept": "application/json"})
+        assert api.status_code == 503 and api.json() == {"error": "identity_unavailable"}
+
+
+# -- cookies under attack -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie"])
+def test_every_byte_of_the_session_cookie_flipped(idp: IdPServer, app: AppFactory,
+                                                  store: str) -> None:
+    settings = settings_for(idp, store=store)
+    with app(settings) as base, browser() as client:
+        login(client, base, idp)
+        name = "__Host-secure_mw_session"
+        value = client.cookies.get(name)
+        assert value
+        with httpx.Client(base_url=base, headers={"Accept": "application/json"}) as raw:
+            good = raw.get("/x", headers={"Cookie": f"{name}={value}"})
+            assert good.status_code == 200
+            alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+            statuses = set()
+            for i, char in enumerate(value):
+                flipped = alphabet[(alphabet.index(char) + 1) % 64] \
+                    if char in alphabet else "A"
+                bad = value[:i] + flipped + value[i + 1:]
+                response = raw.get("/x", headers={"Cookie": f"{name}={bad}"})
+                statuses.add(response.status_code)
+                assert response.status_code == 401, (i, response.text)
+                assert any(c.startswith(f"{name}=;") and "Max-Age=0" in c
+                           for c in response.headers.get_list("set-cookie"))
+            assert statuses == {401}
+            for junk in ("", "x" * 5000, "%00", "\u00ff", "2.abc", "9.abc"):
+                response = raw.get("/x", headers={
+                    "Cookie": f"{name}={junk}".encode("latin-1")})
+                assert response.status_code == 401
+
+
+def test_testing_helper_logs_in_without_provider(app: AppFactory, idp: IdPServer) -> None:
+    for store in ("memory", "cookie"):
+        settings = settings_for(idp, store=store)
+        # The memory store the app uses is the process-wide one for the cookie name, unless
+        # the app is given its own; the injected clock gives it its own, so pass it along.
+        shared = MemorySessionStore.shared(settings.session.cookie_name)
+        options = {"store": shared} if store == "memory" else {}
+        with app(settings, **options) as base:
+            cookie = session_cookie(settings, {"sub": "carol", "groups": ["ops"]},
+                                    **options)
+            who = httpx.get(base + "/x", headers={"Cookie": cookie}).json()
+            assert who["sub"] == "carol" and who["groups"] == ["ops"]
+
+
+# -- websockets -----------------------------------------------------------------------------
+
+
+def test_websocket_handshake_uses_the_session(idp: IdPServer, clock: Clock) -> None:
+    import websockets.exceptions
+    from websockets.sync.client import connect
+
+    settings = settings_for(idp)
+    with serve("asgi", lambda inner: asgi.protect(inner, settings, clock=clock),
+               port=APP_PORTS[1]) as base, browser() as client:
+        ws_url = "ws" + base[4:] + "/ws"
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            connect(ws_url).close()
+        assert refused.value.response.status_code == 403
+        login(client, base, idp)
+        cookie = f"__Host-secure_mw_session={client.cookies.get('__Host-secure_mw_session')}"
+        with connect(ws_url, additional_headers={"Cookie": cookie}) as ws:
+            import json
+
+            assert json.loads(ws.recv())["sub"] == "alice"
+
+
+# -- Redis: shared sessions, fail closed ----------------------------------------------------
+
+
+def test_two_app_servers_share_sessions_through_redis(idp: IdPServer, app: AppFactory,
+                                                      redis_server: RedisServer) -> None:
+    settings = settings_for(idp, store="redis", redis_url=redis_server.url)
+    with app(settings, 0) as first, app(settings, 1) as second, browser() as client:
+        login(client, first, idp)
+        cookie = client.cookies.get("__Host-secure_mw_session")
+        who = httpx.get(second + "/x", headers={"Cookie": f"__Host-secure_mw_session={cookie}"})
+        assert who.status_code == 200 and who.json()["sub"] == "alice"
+
+
+def test_redis_down_fails_closed_then_recovers(idp: IdPServer, app: AppFactory,
+                                               redis_server: RedisServer,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(idp, store="redis", redis_url=redis_server.url)
+    with app(settings) as base, browser() as client:
+        login(client, base, idp)
+        assert client.get(base + "/x").status_code == 200
+        redis_server.stop()
+        down = client.get(base + "/x")
+        assert down.status_code == 503
+        api = client.get(base + "/x", headers={"Accept": "application/json"})
+        assert api.status_code == 503
+        redis_server.start()
+        # The session was in memory of the stopped server (no persistence): it is gone, and
+        # the app works again — it asks for a login instead of failing.
+        back = client.get(base + "/x")
+        assert back.status_code == 302
+        login(client, base, idp)
+        assert client.get(base + "/x").status_code == 200
+    assert any('"event":"store_unavailable"' in e for e in audit_events(caplog))
+
+
+def test_cookie_store_splits_a_large_session_and_reads_all_or_nothing(
+        app: AppFactory, idp: IdPServer) -> None:
+    settings = settings_for(idp, store="cookie")
+    groups = [f"group-{i:04d}-with-a-long-name" for i in range(200)]
+    cookie = session_cookie(settings, {"sub": "dana", "groups": groups})
+    parts = cookie.split("; ")
+    assert len(parts) >= 3                         # ~9 KB over several cookies
+    assert [p.split("=", 1)[0] for p in parts][:2] == [
+        "__Host-secure_mw_session", "__Host-secure_mw_session.1"]
+    with app(settings) as base, httpx.Client(headers={"Accept": "application/json"}) as c:
+        who = c.get(base + "/x", headers={"Cookie": cookie})
+        assert who.status_code == 200 and len(who.json()["groups"]) == 200
+        for missing in range(len(parts)):
+            partial = "; ".join(p for i, p in enumerate(parts) if i != missing)
+            assert c.get(base + "/x", headers={"Cookie": partial}).status_code == 401
+        extra = cookie + f"; __Host-secure_mw_session.{len(parts)}=AAAA"
+        assert c.get(base + "/x", headers={"Cookie": extra}).status_code == 401
+        shuffled = "; ".join([parts[0], *(p.split("=", 1)[0] + "=" + parts[1].split("=", 1)[1]
+                                          for p in parts[1:])])
+        assert c.get(base + "/x", headers={"Cookie": shuffled}).status_code == 401
+
+
+# -- races and limits (from the security review) --------------------------------------------
+
+
+def test_old_cookie_after_a_refresh_does_not_revoke_the_grant(
+        idp: IdPServer, app: AppFactory, clock: Clock) -> None:
+    """The provider revokes the whole grant when a rotated refresh token is presented again;
+    a request still carrying the pre-refresh cookie must reuse the rotation instead."""
+    settings = settings_for(idp, store="cookie", inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        name = "__Host-secure_mw_session"
+        old = client.cookies.get(name)
+        clock.advance(ACCESS_TTL - 30)
+        assert client.get(base + "/a").status_code == 200       # refreshes, new cookie
+        assert client.cookies.get(name) != old
+        late = httpx.get(base + "/b", headers={"Cookie": f"{name}={old}",
+                                               "Accept": "application/json"})
+        assert late.status_code == 200                           # reused, not re-presented
+        clock.advance(ACCESS_TTL - 30)
+        assert client.get(base + "/c").status_code == 200       # the grant is still alive
+
+
+def test_concurrent_requests_at_refresh_time_all_succeed(
+        idp: IdPServer, app: AppFactory, clock: Clock) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with app(settings_for(idp, inactivity="10m")) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = "__Host-secure_mw_session=" + str(client.cookies.get("__Host-secure_mw_session"))
+        clock.advance(ACCESS_TTL - 30)
+
+        def one(_: int) -> int:
+            return httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                   "Accept": "application/json"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(one, range(16))) == {200}
+        clock.advance(ACCESS_TTL - 30)
+        assert one(0) == 200
+
+
+def test_callback_replayed_with_the_pre_login_cookie_of_before(
+        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login").headers["location"]
+        prelogin = client.cookies.get("__Host-secure_mw_session_login")
+        callback = dev_login(client, start, username="alice", password="alice-pw")
+        assert client.get(callback).status_code == 302
+        replay = httpx.get(callback, headers={
+            "Cookie": f"__Host-secure_mw_session_login={prelogin}"})
+        assert replay.status_code == 400
+        assert "already used" in replay.text
+    assert any("replayed state" in e for e in audit_events(caplog))
+
+
+def test_logout_form_with_many_fields_is_refused_not_a_crash(idp: IdPServer,
+                                                            app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        login(client, base, idp)
+        fields = {f"f{i}": "x" for i in range(200)}
+        assert client.post(base + "/.auth/logout", data=fields).status_code == 403
+        big = client.post(base + "/.auth/logout", content=b"csrf=" + b"x" * 40000,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert big.status_code == 413
+
+
+def test_session_of_another_client_is_not_accepted(idp: IdPServer, app: AppFactory) -> None:
+    store = MemorySessionStore()
+    with app(settings_for(idp, client_id="app"), 0, store=store) as first, \
+            app(settings_for(idp, client_id="app-post"), 1, store=store) as second, \
+            browser() as client:
+        login(client, first, idp)
+        cookie = f"__Host-secure_mw_session={client.cookies.get('__Host-secure_mw_session')}"
+        assert httpx.get(first + "/x", headers={"Cookie": cookie}).status_code == 200
+        other = httpx.get(second + "/x", headers={"Cookie": cookie,
+                                                  "Accept": "application/json"})
+        assert other.status_code == 401
+
+
+def test_remember_me_from_another_site_is_ignored(idp: IdPServer, app: AppFactory) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login?remember_me=1",
+                           headers={"Sec-Fetch-Site": "cross-site"})
+        done = client.get(dev_login(client, start.headers["location"], username="alice",
+                                    password="alice-pw"))
+        line = next(c for c in done.headers.get_list("set-cookie")
+                    if c.startswith("__Host-secure_mw_session="))
+        assert "Max-Age" not in line
+
+
+def test_strict_same_site_ends_the_login_with_a_same_site_page(idp: IdPServer,
+                                                               app: AppFactory) -> None:
+    with app(settings_for(idp, same_site="strict")) as base, browser() as client:
+        start = client.get(base + "/.auth/login?rd=/there")
+        done = client.get(dev_login(client, start.headers["location"], username="alice",
+                                    password="alice-pw"))
+        assert done.status_code == 200
+        assert done.headers["refresh"] == "0; url=/there"
+        assert "SameSite=Strict" in done.headers["set-cookie"]
+        assert client.get(base + "/there").status_code == 200
+
+
+def test_session_too_large_for_the_cookie_store_gets_a_clear_503(
+        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    with app(settings_for(idp, store="cookie")) as base, browser() as client:
+        start = client.get(base + "/.auth/login").headers["location"]
+        callback = dev_login(client, start, username="many", password="many-pw")
+        page = client.get(callback)
+        assert page.status_code == 503
+    assert any("too large for the cookie store" in e for e in audit_events(caplog))
