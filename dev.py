@@ -4,7 +4,7 @@
     python3 dev.py demo      run the protected demo app on http://127.0.0.1:8000/
     python3 dev.py test      run the whole test suite (extra arguments go to pytest)
     python3 dev.py lint      ruff and mypy
-    python3 dev.py bench     run the benchmarks
+    python3 dev.py bench     run the benchmarks (bench sessions --quick: one of them)
     python3 dev.py tox       tox over every Python 3.10-3.13 found (pyenv's included)
 
 Each creates ./.venv on first use (Python >= 3.10) and installs the project into it
@@ -82,7 +82,14 @@ def main(argv: list[str]) -> int:
         found = sorted(str(p / "bin") for p in pyenv.glob("3.1[0-3].*") if (p / "bin").is_dir())
         os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
         return _run([str(BIN / "tox"), *rest])
-    return _run([str(PY), "-m", "benchmarks.crypto", *rest])
+    # bench: every benchmark in turn, or `bench NAME [options]` for one of them
+    names = ["crypto", "sessions"]
+    if rest and rest[0] in names:
+        return _run([str(PY), "-m", f"benchmarks.{rest[0]}", *rest[1:]])
+    code = 0
+    for name in names:
+        code = _run([str(PY), "-m", f"benchmarks.{name}", *rest]) or code
+    return code
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def parse_cookies(header: str) -> dict[str, str]:
         name = name.strip()
         if name and name not in cookies:
             value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
+            if value[:1] == '"' and len(value) >= 2 and value[-1] == '"':
                 value = value[1:-1]
             cookies[name] = value
     return cookies
@@ -62,14 +62,18 @@ class RequestView:
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestView:
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope.get("headers") or ():
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            if name in headers:
-                headers[name] += ("; " if name == "cookie" else ", ") + value
-            else:
-                headers[name] = value
+        raw_headers = scope.get("headers") or ()
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                   for name, value in raw_headers}
+        if len(headers) != len(raw_headers):   # a repeated header: fold the values
+            headers = {}
+            for raw_name, raw_value in raw_headers:
+                name = raw_name.decode("latin-1").lower()
+                value = raw_value.decode("latin-1")
+                if name in headers:
+                    headers[name] += ("; " if name == "cookie" else ", ") + value
+                else:
+                    headers[name] = value
         websocket = scope.get("type") == "websocket"
         scheme = scope.get("scheme") or ("ws" if websocket else "http")
         if scheme in ("ws", "wss"):

@@ -69,3 +69,35 @@ def test_redis_store_update_is_set_xx(redis_server: RedisServer) -> None:
     assert store.save("a" * 43, b"v", 60) is True
     assert store.save("a" * 43, b"w", 60, only_if_exists=True) is True
     assert store.load("a" * 43) == b"w"
+
+
+@pytest.mark.parametrize("store_kind", ["cookie", "redis"])
+def test_the_decode_cache_never_bypasses_lifetimes_or_logout(
+        store_kind: str, request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue("redis_server").url if store_kind == "redis" else None
+    clock = Clock()
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]},
+        "session": {"store": store_kind, "inactivity": "5m",
+                    **({"redis_url": redis_url} if redis_url else {})},
+    }, environ={})
+    ring = KeyRing.from_settings(settings.keys)
+    store = RedisSessionStore(redis_url, keyring=ring) if redis_url else None
+    manager = SessionManager(settings.session, keyring=ring, store=store, clock=clock)
+    session = manager.new(claims={"sub": "alice"})
+    cookies = run_sync(manager.save(session, new=True)) or []
+    view = RequestView("GET", "https", "app", "/", "",
+                       {"cookie": "; ".join(c.split(";")[0] for c in cookies)}, "127.0.0.1")
+    assert run_sync(manager.read(view)).session is not None
+    assert run_sync(manager.read(view)).session is not None     # now from the cache
+    clock.advance(301)
+    assert run_sync(manager.read(view)).session is None          # idle too long, cache or not
+    if redis_url:
+        clock.now -= 301
+        fresh = manager.new(claims={"sub": "bob"})
+        cookies = run_sync(manager.save(fresh, new=True)) or []
+        view = RequestView("GET", "https", "app", "/", "", {"cookie": cookies[0].split(";")[0]},
+                           "127.0.0.1")
+        assert run_sync(manager.read(view)).session is not None
+        run_sync(manager.destroy(fresh))
+        assert run_sync(manager.read(view)).session is None      # gone from Redis: gone

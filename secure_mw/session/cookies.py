@@ -95,6 +95,13 @@ def join_chunks(cookies: Mapping[str, str], name: str) -> str | None:
     return "".join(parts)
 
 
-def chunk_names_present(cookies: Mapping[str, str], name: str) -> list[str]:
-    """Every cookie of ours named ``name`` or ``name.<n>`` the client sent."""
-    return [n for n in (chunk_name(name, i) for i in range(MAX_CHUNKS + 1)) if n in cookies]
+def chunk_names(name: str) -> tuple[str, ...]:
+    """``name``, ``name.1`` … ``name.MAX_CHUNKS``."""
+    return tuple(chunk_name(name, i) for i in range(MAX_CHUNKS + 1))
+
+
+def chunk_names_present(cookies: Mapping[str, str], name: str,
+                        names: tuple[str, ...] | None = None) -> list[str]:
+    """Every cookie of ours named ``name`` or ``name.<n>`` the client sent (``names``: the
+    precomputed :func:`chunk_names`)."""
+    return [n for n in names or chunk_names(name) if n in cookies]

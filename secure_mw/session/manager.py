@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hmac
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ from secure_mw.http import RequestView
 from secure_mw.session.cookies import (
     CookieJarSpec,
     chunk_name,
+    chunk_names,
     chunk_names_present,
     join_chunks,
     split_chunks,
@@ -60,6 +63,28 @@ class SessionRead:
     sent: list[str] = field(default_factory=list)   # our cookie names the client sent
 
 
+class _LRU:
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[str | bytes, Session] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str | bytes) -> Session | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str | bytes, value: Session) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
 class SessionManager:
     """Creates, reads, refreshes and destroys sessions for one application."""
 
@@ -83,6 +108,9 @@ class SessionManager:
                                            clock=clock)
         self.store = store
         self._objects = bool(getattr(store, "holds_objects", False))
+        # Records already decoded, by their exact authenticated form (the cookie value, or
+        # the plaintext a bytes store decrypted); lifetimes are still checked every time.
+        self._decoded = _LRU(4096)
         # Where single-use tokens (a login's state) are remembered: the session store, or
         # this process's memory with the cookie store.
         self._once: SessionStore = store if store is not None else MemorySessionStore(
@@ -90,6 +118,7 @@ class SessionManager:
         self.jar = CookieJarSpec(secure=secure, domain=settings.cookie_domain,
                                  same_site=settings.same_site.capitalize())
         self.cookie_name = self.jar.name(settings.cookie_name)
+        self._chunk_names = chunk_names(self.cookie_name)
         self._aad = f"secure_mw/session:{self.cookie_name}".encode()
         # Write back the last-active time at most this often (not on every request).
         self.touch_interval = min(60.0, settings.inactivity / 10)
@@ -117,7 +146,10 @@ class SessionManager:
 
     def read(self, view: RequestView) -> Flow[SessionRead]:
         cookies = view.cookies
-        sent = chunk_names_present(cookies, self.cookie_name)
+        if self.cookie_name not in cookies and (
+                not self.cookie_mode or not any(n in cookies for n in self._chunk_names)):
+            return SessionRead(None)
+        sent = chunk_names_present(cookies, self.cookie_name, self._chunk_names)
         if not sent:
             return SessionRead(None)
         raw = join_chunks(cookies, self.cookie_name) if self.cookie_mode \
@@ -125,10 +157,15 @@ class SessionManager:
         if not raw:
             return SessionRead(None, "incomplete session cookie", True, sent)
         if self.cookie_mode:
-            try:
-                session = Session.from_bytes(self.keyring.decrypt(raw, self._aad))
-            except (DecryptError, ValueError):
-                return SessionRead(None, "session cookie does not decrypt", True, sent)
+            cached = self._decoded.get(raw)
+            if cached is not None:
+                session = cached
+            else:
+                try:
+                    session = Session.from_bytes(self.keyring.decrypt(raw, self._aad))
+                except (DecryptError, ValueError):
+                    return SessionRead(None, "session cookie does not decrypt", True, sent)
+                self._decoded.put(raw, session)
         else:
             if len(sent) != 1 or not _SESSION_ID.fullmatch(raw):
                 return SessionRead(None, "malformed session cookie", True, sent)
@@ -157,10 +194,15 @@ class SessionManager:
         if self._objects:
             session = record
         else:
-            try:
-                session = Session.from_bytes(record)
-            except ValueError:
-                raise ValueError("session record is corrupt") from None
+            cached = self._decoded.get(record)
+            if cached is not None:
+                session = cached
+            else:
+                try:
+                    session = Session.from_bytes(record)
+                except ValueError:
+                    raise ValueError("session record is corrupt") from None
+                self._decoded.put(record, session)
         if not hmac.compare_digest(session.id, session_id):
             raise ValueError("session record under the wrong key")
         return session

@@ -44,6 +44,9 @@ class Session:
     # OpenID tokens and bookkeeping: access_token, refresh_token, id_token, access_expires,
     # profile_at (when the profile was last fetched).
     tokens: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # The Identity built from this record, made once (records are immutable; ``evolve``
+    # starts without it).
+    _identity: Identity | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def sub(self) -> str:
@@ -54,8 +57,12 @@ class Session:
         return session_digest(self.id)
 
     def identity(self) -> Identity:
-        return Identity.from_claims(self.claims, auth_level=self.auth_level, source=self.source,
-                                    session_id=self.digest)
+        identity = self._identity
+        if identity is None:
+            identity = Identity.from_claims(self.claims, auth_level=self.auth_level,
+                                            source=self.source, session_id=self.digest)
+            object.__setattr__(self, "_identity", identity)
+        return identity
 
     def ends_at(self, inactivity: float) -> float:
         """When this session stops being valid if nothing else happens."""
