@@ -321,6 +321,8 @@ class OIDCSettings:
         "client_secret_basic",
         choices=("client_secret_basic", "client_secret_post", "private_key_jwt", "none"),
     )
+    client_jwks: str | None = _opt(None, secret=True,
+                                   doc="private JWKS for private_key_jwt (the first key signs)")
     scopes: list[str] = _opt(factory=lambda: ["openid", "profile", "email"])
     groups_claim: str = _opt("groups")
     refresh_interval: float = _opt(300.0, duration=True)
@@ -334,6 +336,17 @@ class OIDCSettings:
                                          f"{self.token_endpoint_auth_method!r}"))
         if "openid" not in self.scopes:
             out.append(("scopes", "must include 'openid'"))
+        if self.token_endpoint_auth_method == "private_key_jwt":  # noqa: S105
+            if not self.client_jwks:
+                out.append(("client_jwks", "required with token_endpoint_auth_method = "
+                                           "'private_key_jwt' (`secure-mw gen-keys --jwks`)"))
+            else:
+                from secure_mw.tokens.keys import client_signing_key
+
+                try:
+                    client_signing_key(self.client_jwks)
+                except ValueError as exc:
+                    out.append(("client_jwks", str(exc)))
         return out
 
 

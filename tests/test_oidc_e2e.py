@@ -6,6 +6,7 @@ memory store unless a case names another (cookie, or a real redis-server).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -19,6 +20,7 @@ from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
 from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
+from secure_mw.tokens import generate_private_jwks, public_jwks
 from tests.apps import FLAVOURS, browser, serve
 from tests.clock import Clock
 from tests.idp import IdPServer, dev_login, rp_logout
@@ -36,6 +38,7 @@ USERS = [
      "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(600)]},
 ]
 APP_PORTS = [free_port() for _ in range(4)]
+CLIENT_JWKS = generate_private_jwks(("ES256",))
 ACCESS_TTL = 120
 
 
@@ -53,7 +56,10 @@ def idp() -> Iterator[IdPServer]:
         clients=[{**client, "client_id": "app", "token_endpoint_auth_method":
                   "client_secret_basic"},
                  {**client, "client_id": "app-post", "token_endpoint_auth_method":
-                  "client_secret_post"}],
+                  "client_secret_post"},
+                 {**{k: v for k, v in client.items() if k != "client_secret"},
+                  "client_id": "app-jwt", "token_endpoint_auth_method": "private_key_jwt",
+                  "jwks": public_jwks(CLIENT_JWKS)}],
         users=USERS, ttl={"AccessToken": ACCESS_TTL},
     )
     server.start()
@@ -63,11 +69,14 @@ def idp() -> Iterator[IdPServer]:
 
 def settings_for(idp: IdPServer, *, client_id: str = "app", store: str = "memory",
                  redis_url: str | None = None, **session: Any) -> Settings:
-    auth = "client_secret_post" if client_id == "app-post" else "client_secret_basic"
+    auth = {"app-post": "client_secret_post", "app-jwt": "private_key_jwt"}.get(
+        client_id, "client_secret_basic")
+    credentials = {"client_jwks": json.dumps(CLIENT_JWKS)} if auth == "private_key_jwt" \
+        else {"client_secret": SECRET}
     data: dict[str, Any] = {
         "keys": {"encryption_keys": [KEY]},
         "session": {"store": store, **session},
-        "oidc": {"issuer": idp.issuer, "client_id": client_id, "client_secret": SECRET,
+        "oidc": {"issuer": idp.issuer, "client_id": client_id, **credentials,
                  "token_endpoint_auth_method": auth,
                  "scopes": ["openid", "profile", "email", "groups"]},
     }
@@ -127,7 +136,7 @@ def audit_events(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- the happy path -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("client_id", ["app", "app-post"])
+@pytest.mark.parametrize("client_id", ["app", "app-post", "app-jwt"])
 def test_full_login_and_access(idp: IdPServer, app: AppFactory, client_id: str,
                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "secure_mw.audit")
@@ -484,6 +493,47 @@ def test_two_app_servers_share_sessions_through_redis(idp: IdPServer, app: AppFa
         cookie = client.cookies.get("__Host-secure_mw_session")
         who = httpx.get(second + "/x", headers={"Cookie": f"__Host-secure_mw_session={cookie}"})
         assert who.status_code == 200 and who.json()["sub"] == "alice"
+
+
+def test_two_app_processes_asgi_and_wsgi_share_sessions_through_redis(
+        idp: IdPServer, redis_server: RedisServer) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import wait_for_port
+
+    env = {**os.environ, "SECURE_MW_SESSION__STORE": "redis",
+           "SECURE_MW_SESSION__REDIS_URL": redis_server.url,
+           "SECURE_MW_KEYS__ENCRYPTION_KEYS": json.dumps([KEY]),
+           "SECURE_MW_OIDC__ISSUER": idp.issuer, "SECURE_MW_OIDC__CLIENT_ID": "app",
+           "SECURE_MW_OIDC__CLIENT_SECRET": SECRET,
+           "SECURE_MW_OIDC__SCOPES": "openid,profile,email,groups"}
+    env.pop("SECURE_MW_CONFIG", None)
+    procs = []
+    try:
+        for flavour, index in (("asgi", 2), ("wsgi", 3)):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.e2e_app", "--flavour", flavour,
+                 "--port", str(APP_PORTS[index])], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for_port(APP_PORTS[index], proc=procs[-1], timeout=30)
+        first, second = (f"http://127.0.0.1:{APP_PORTS[i]}" for i in (2, 3))
+        with browser() as client:
+            login(client, first, idp)
+            cookie = {"Cookie": "__Host-secure_mw_session="
+                      + str(client.cookies.get("__Host-secure_mw_session")),
+                      "Accept": "application/json"}
+            who = httpx.get(second + "/x", headers=cookie)
+            assert who.status_code == 200 and who.json()["sub"] == "alice"
+            csrf = httpx.get(second + "/.auth/me", headers=cookie).json()["csrf_token"]
+            out = httpx.post(second + "/.auth/logout", data={"csrf": csrf}, headers=cookie)
+            assert out.status_code == 303
+            assert httpx.get(first + "/x", headers=cookie).status_code == 401
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def test_redis_down_fails_closed_then_recovers(idp: IdPServer, app: AppFactory,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -478,3 +479,21 @@ def test_shared_stores_need_encryption_keys(store: str) -> None:
 def test_auth_prefix_must_be_a_slash_delimited_path(prefix: str) -> None:
     with pytest.raises(ConfigError, match=r"server\.auth_prefix"):
         Settings.from_mapping({"server": {"auth_prefix": prefix}}, environ={})
+
+
+def test_private_key_jwt_needs_a_usable_client_jwks() -> None:
+    base = {"issuer": "https://idp.example.com", "client_id": "app",
+            "token_endpoint_auth_method": "private_key_jwt"}
+    with pytest.raises(ConfigError, match=r"oidc\.client_jwks: required"):
+        Settings.from_mapping({"oidc": base}, environ={})
+    for bad, why in (("not json", "not a JSON JWK Set"), ('{"keys": []}', "at least one"),
+                     ('{"keys": [{"kty": "EC"}]}', "first key")):
+        with pytest.raises(ConfigError, match=why) as err:
+            Settings.from_mapping({"oidc": {**base, "client_jwks": bad}}, environ={})
+        assert "kty" not in str(err.value) or why == "first key"
+    from secure_mw.tokens import generate_private_jwks
+
+    good = json.dumps(generate_private_jwks(("ES256",)))
+    s = Settings.from_mapping({"oidc": {**base, "client_jwks": good}}, environ={})
+    assert s.oidc is not None and "client_jwks" not in repr(s).replace("client_jwks=", "")
+    assert good not in repr(s)

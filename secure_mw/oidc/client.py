@@ -26,7 +26,8 @@ from secure_mw._driver import Flow, Op
 from secure_mw._encoding import b64url_encode
 from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
 from secure_mw.settings import OIDCSettings
-from secure_mw.tokens import JWTVerifier, RemoteKeySet
+from secure_mw.tokens import JWTVerifier, RemoteKeySet, SigningKey, sign
+from secure_mw.tokens.keys import client_signing_key
 
 __all__ = ["GrantRefused", "OIDCClient", "ProviderMetadata", "TokenSet", "pkce_pair"]
 
@@ -38,6 +39,7 @@ _AT_HASH = {"RS256": hashlib.sha256, "PS256": hashlib.sha256, "ES256": hashlib.s
 # Providers put every group in the id_token; directory users can have hundreds.
 ID_TOKEN_MAX_SIZE = 64 * 1024
 METADATA_TTL = 3600.0
+_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 METADATA_RETRY = 10.0
 
 
@@ -139,6 +141,10 @@ class OIDCClient:
         self._metadata_failed_at: float | None = None
         self._verifier: JWTVerifier | None = None
         self._lock = threading.Lock()
+        self._assertion_key: SigningKey | None = None
+        method = settings.token_endpoint_auth_method
+        if method == "private_key_jwt" and settings.client_jwks:
+            self._assertion_key = client_signing_key(settings.client_jwks)
 
     def __repr__(self) -> str:
         return f"OIDCClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
@@ -212,6 +218,15 @@ class OIDCClient:
         form["client_id"] = self.client_id
         if method == "client_secret_post":
             form["client_secret"] = secret
+        elif method == "private_key_jwt" and self._assertion_key is not None:
+            # RFC 7523 §2.2 / OpenID Connect Core §9: a short-lived, single-use assertion
+            # whose audience is the issuer identifier.
+            now = int(self._clock())
+            form["client_assertion_type"] = _JWT_BEARER
+            form["client_assertion"] = sign({
+                "iss": self.client_id, "sub": self.client_id, "aud": self.issuer,
+                "jti": secrets.token_urlsafe(24), "iat": now, "exp": now + 60,
+            }, self._assertion_key)
         return {}
 
     def _token_request(self, meta: ProviderMetadata, form: dict[str, str]) -> Flow[dict[str, Any]]:

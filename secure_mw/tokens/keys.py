@@ -434,3 +434,23 @@ def public_jwks(private_jwks: Mapping[str, Any]) -> dict[str, Any]:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"keys[{index}]: {exc}") from None
     return {"keys": public}
+
+
+def client_signing_key(jwks_text: str) -> SigningKey:
+    """The first key of a private JWK Set given as JSON text (``oidc.client_jwks``).
+
+    Raises :class:`ValueError` naming what is wrong, never echoing key material.
+    """
+    from secure_mw._encoding import StrictJSONError, loads_strict
+
+    try:
+        data = loads_strict(jwks_text.encode("utf-8"))
+    except (StrictJSONError, UnicodeError):
+        raise ValueError("is not a JSON JWK Set") from None
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise ValueError("must be a JWK Set with at least one private key")
+    try:
+        return SigningKey.from_jwk(keys[0])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"first key: {exc}") from None
