@@ -63,6 +63,8 @@ class RequestView:
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestView:
         raw_headers = scope.get("headers") or ()
+        if not isinstance(raw_headers, list | tuple):   # ASGI allows any iterable
+            raw_headers = list(raw_headers)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                    for name, value in raw_headers}
         if len(headers) != len(raw_headers):   # a repeated header: fold the values

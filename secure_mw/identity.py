@@ -34,20 +34,35 @@ class Identity:
 
     __slots__ = ("auth_level", "claims", "email", "groups", "name", "session_id", "source",
                  "sub")
+    sub: str
+    email: str
+    name: str
+    groups: tuple[str, ...]
+    claims: Mapping[str, Any]
+    auth_level: int
+    source: str
+    session_id: str
 
     is_authenticated = True
 
     def __init__(self, *, sub: str, email: str = "", name: str = "",
                  groups: Iterable[str] = (), claims: Mapping[str, Any] | None = None,
                  auth_level: int = 1, source: str = "oidc", session_id: str = "") -> None:
-        self.sub = sub
-        self.email = email
-        self.name = name
-        self.groups = tuple(groups)
-        self.claims: Mapping[str, Any] = MappingProxyType(dict(claims or {}))
-        self.auth_level = auth_level
-        self.source = source
-        self.session_id = session_id  # a digest of the session id (never the cookie value)
+        init = object.__setattr__
+        init(self, "sub", sub)
+        init(self, "email", email)
+        init(self, "name", name)
+        init(self, "groups", tuple(groups))
+        init(self, "claims", MappingProxyType(dict(claims or {})))
+        init(self, "auth_level", auth_level)
+        init(self, "source", source)
+        init(self, "session_id", session_id)  # a digest of the session id (not the cookie)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("an Identity cannot be changed")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("an Identity cannot be changed")
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], *, auth_level: int = 1,

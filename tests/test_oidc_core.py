@@ -26,6 +26,7 @@ from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken, StoreUnavailable
 from secure_mw.http import RequestView
 from secure_mw.oidc.client import (
+    DEFAULT_ACCESS_LIFETIME,
     ID_TOKEN_ALGORITHMS,
     METADATA_RETRY,
     METADATA_TTL,
@@ -744,12 +745,19 @@ def test_exchange_code_malformed_response_is_a_provider_failure(
         exchange(client)
 
 
-@pytest.mark.parametrize("expires_in", [0, -5, True, "300", 10 * 365 * 86400])
-def test_unusable_expires_in_is_ignored(clock: Clock, monkeypatch: pytest.MonkeyPatch,
-                                        expires_in: object) -> None:
+@pytest.mark.parametrize("expires_in", [0, -5, True, "3e5", "", None, 10 * 365 * 86400])
+def test_unusable_expires_in_means_the_default_lifetime(
+        clock: Clock, monkeypatch: pytest.MonkeyPatch, expires_in: object) -> None:
+    """An unknown lifetime must not mean the provider is never asked again."""
     client = make_client(clock)
     fake_provider(monkeypatch, client, 200, token_response(expires_in=expires_in))
-    assert exchange(client).expires_at is None
+    assert exchange(client).expires_at == clock() + DEFAULT_ACCESS_LIFETIME
+
+
+def test_expires_in_as_digits_is_read(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client(clock)
+    fake_provider(monkeypatch, client, 200, token_response(expires_in="3599"))
+    assert exchange(client).expires_at == clock() + 3599
 
 
 def test_refresh_keeps_the_old_refresh_token_when_not_rotated(

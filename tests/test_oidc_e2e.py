@@ -690,3 +690,46 @@ def test_session_too_large_for_the_cookie_store_gets_a_clear_503(
         page = client.get(callback)
         assert page.status_code == 503
     assert any("too large for the cookie store" in e for e in audit_events(caplog))
+
+
+@pytest.mark.parametrize("store", ["redis"])
+def test_two_processes_at_refresh_time_never_present_a_spent_token(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    """Two app instances (each with its own core, as two processes have) get the same
+    session's requests at once when its access token is due: the store decides who
+    refreshes, the other reuses the result, and the provider never sees a spent token (it
+    would revoke the grant and end the session). (The cookie store has no shared place to
+    arbitrate: across processes it cannot promise this; docs/sessions.md says so.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url, inactivity="10m")
+    with app(settings, 0) as first, app(settings, 1) as second, browser() as client:
+        login(client, first, idp, user="bob", password="bob-pw")
+        cookie = "__Host-secure_mw_session=" + str(client.cookies.get("__Host-secure_mw_session"))
+        for _round in range(2):
+            clock.advance(ACCESS_TTL - 30)
+
+            def one(index: int, cookie: str = cookie) -> tuple[int, list[str]]:
+                base = (first, second)[index % 2]
+                response = httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                            "Accept": "application/json"})
+                return response.status_code, response.headers.get_list("set-cookie")
+
+            with ThreadPoolExecutor(6) as pool:
+                results = list(pool.map(one, range(12)))
+            assert {status for status, _ in results} == {200}
+        assert httpx.get(first + "/x", headers={"Cookie": cookie}).status_code == 200
+
+
+def test_an_identity_cannot_be_changed_by_the_app() -> None:
+    from secure_mw.identity import Identity
+
+    identity = Identity(sub="alice", groups=["staff"])
+    with pytest.raises(AttributeError):
+        identity.auth_level = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        identity.groups = ("admins",)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        identity.claims["sub"] = "mallory"  # type: ignore[index]

@@ -39,6 +39,7 @@ _AT_HASH = {"RS256": hashlib.sha256, "PS256": hashlib.sha256, "ES256": hashlib.s
 # Providers put every group in the id_token; directory users can have hundreds.
 ID_TOKEN_MAX_SIZE = 64 * 1024
 METADATA_TTL = 3600.0
+DEFAULT_ACCESS_LIFETIME = 300.0
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 METADATA_RETRY = 10.0
 
@@ -113,7 +114,7 @@ class TokenSet:
     """The useful part of a token endpoint response, with the validated id_token claims."""
 
     access_token: str = field(repr=False)
-    expires_at: float | None
+    expires_at: float
     refresh_token: str | None = field(repr=False)
     id_token: str | None = field(repr=False)
     id_claims: Mapping[str, Any] | None
@@ -250,11 +251,7 @@ class OIDCClient:
         return data
 
     def _token_set(self, data: Mapping[str, Any], claims: Mapping[str, Any] | None) -> TokenSet:
-        expires_in = data.get("expires_in")
-        expires_at = None
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) \
-                and 0 < expires_in < 10 * 365 * 86400:
-            expires_at = self._clock() + float(expires_in)
+        expires_at = self._clock() + access_lifetime(data.get("expires_in"))
         refresh = data.get("refresh_token")
         id_token = data.get("id_token")
         return TokenSet(
@@ -284,11 +281,31 @@ class OIDCClient:
 
     def refresh(self, refresh_token: str, *, sub: str) -> Flow[TokenSet]:
         """Use a refresh token; a new id_token, if any, must name the same subject."""
+        data = yield from self.refresh_grant(refresh_token)
+        return (yield from self.finish_refresh(data, refresh_token, sub=sub))
+
+    def token_set(self, data: Mapping[str, Any], refresh_token: str | None = None) -> TokenSet:
+        """The tokens of a token response, without validating its id_token (that is
+        :meth:`finish_refresh`); ``refresh_token`` stands in when none was returned."""
+        result = self._token_set(data, None)
+        if result.refresh_token is None and refresh_token:
+            result = TokenSet(result.access_token, result.expires_at, refresh_token,
+                              result.id_token, None)
+        return result
+
+    def refresh_grant(self, refresh_token: str) -> Flow[dict[str, Any]]:
+        """The token endpoint's answer to a refresh grant, not yet validated. The provider
+        has rotated the refresh token by now: keep what this returns before anything else
+        can fail."""
         meta = yield from self.metadata()
-        data = yield from self._token_request(meta, {
+        return (yield from self._token_request(meta, {
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
-        })
+        }))
+
+    def finish_refresh(self, data: Mapping[str, Any], refresh_token: str, *,
+                       sub: str) -> Flow[TokenSet]:
+        """Validate a refresh grant's answer (:meth:`refresh_grant`)."""
         claims = None
         id_token = data.get("id_token")
         if isinstance(id_token, str):
@@ -393,6 +410,18 @@ class OIDCClient:
     async def _apost_form(self, url: str, form: Mapping[str, str],
                           headers: Mapping[str, str]) -> tuple[int, Any, Any]:
         return await outbound.apost_form(url, form, headers=headers, timeout=self._timeout)
+
+
+def access_lifetime(expires_in: object) -> float:
+    """Seconds an access token lives: ``expires_in`` (a number, or digits as some providers
+    send), else :data:`DEFAULT_ACCESS_LIFETIME` — an unknown lifetime must not mean that the
+    provider is never asked again."""
+    if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit():
+        expires_in = int(expires_in)
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) \
+            and 0 < expires_in < 10 * 365 * 86400:
+        return float(expires_in)
+    return DEFAULT_ACCESS_LIFETIME
 
 
 def _token_alg(token: str) -> str:

@@ -38,7 +38,8 @@ __all__ = ["OIDCSessionCore", "Outcome", "local_target"]
 log = logging.getLogger("secure_mw.oidc")
 
 MAX_FORM = 16 * 1024
-ROTATION_GRACE = 120.0
+ROTATION_GRACE = 3600.0   # how long a rotation is remembered for stale copies of a session
+REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token
 _MAX_TARGET = 1024
 
 
@@ -82,9 +83,10 @@ class _Rotations:
     """Refresh-token rotations done in this process, by digest of the spent token, kept for
     :data:`ROTATION_GRACE` seconds so that a request still carrying the old token (the cookie
     store; a request that read the session just before) reuses the result instead of
-    presenting a spent token, which would make the provider revoke the grant."""
+    presenting a spent token, which would make the provider revoke the grant. (With a Redis
+    store the same record is also kept, encrypted, in Redis for every process.)"""
 
-    def __init__(self, limit: int = 10_000) -> None:
+    def __init__(self, limit: int = 5_000) -> None:
         self._items: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
@@ -104,6 +106,11 @@ class _Rotations:
             items[self._key(token)] = (now + ROTATION_GRACE, dict(fields))
             while items and (len(items) > self._limit or next(iter(items.values()))[0] <= now):
                 items.popitem(last=False)
+
+
+def _rotation_key(refresh_token: str, kind: str = "rotation") -> str:
+    digest = hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{kind}:{digest}"
 
 
 class OIDCSessionCore:
@@ -185,9 +192,15 @@ class OIDCSessionCore:
 
     def _maintain(self, view: RequestView, session: Session, read: SessionRead
                   ) -> Flow[tuple[Session | None, list[str]]]:
-        """Refresh tokens and profile when due; write back last-active now and then."""
+        """Refresh tokens and profile when due; write back last-active now and then.
+
+        Providers rotate refresh tokens and revoke the whole grant when a spent one is
+        presented again, so nothing here may ever present one twice or write back a record
+        older than the last refresh: while one request of a session refreshes, the others
+        neither refresh nor write; a write-back starts from the stored record (and from any
+        rotation this process made); refreshes are claimed across processes in the store.
+        """
         now = self.clock()
-        changed = False
         if session.source == "oidc":
             if session.tokens.get("cid") != self.client.client_id:
                 # A session another application (another client) created: not ours.
@@ -195,29 +208,57 @@ class OIDCSessionCore:
                             reason="session of another OpenID client")
                 return None, self.sessions.forget(read.sent)
             due_tokens, due_profile = self._due(session, now)
-            if (due_tokens or due_profile) and self._claim_refresh(session.id):
+            if due_tokens or due_profile:
+                if not self._claim_refresh(session.id):
+                    return session, []   # another request of this session is refreshing it
                 try:
                     refreshed, changed = yield from self._refresh(view, session, due_tokens)
+                    if refreshed is None:
+                        ended = yield from self.sessions.destroy(session, sent=read.sent)
+                        return None, ended
+                    if not changed:
+                        return refreshed, []
+                    return (yield from self._write_back(refreshed, read, now))
                 finally:
                     self._release_refresh(session.id)
-                if refreshed is None:
-                    ended = yield from self.sessions.destroy(session, sent=read.sent)
-                    return None, ended
-                session = refreshed
-        if not changed and not self.sessions.needs_touch(session):
+        if not self.sessions.needs_touch(session):
             return session, []
-        session = session.evolve(last_active=now)
-        saved = yield from self.sessions.save(session, sent=read.sent)
+        base = yield from self._latest(session)
+        if base is None:
+            return None, self.sessions.forget(read.sent)
+        return (yield from self._write_back(base, read, now))
+
+    def _write_back(self, session: Session, read: SessionRead, now: float
+                    ) -> Flow[tuple[Session | None, list[str]]]:
+        updated = session.evolve(last_active=now)
+        saved = yield from self.sessions.save(updated, sent=read.sent)
         if saved is None:     # deleted meanwhile (a logout): stays deleted
             return None, self.sessions.forget(read.sent)
-        return session, saved
+        return updated, saved
+
+    def _latest(self, session: Session) -> Flow[Session | None]:
+        """The newest version of ``session``: the stored record (server-side stores) with any
+        rotation this process made applied; ``None`` if it is gone."""
+        if self.sessions.store is not None:
+            try:
+                stored = yield from self.sessions.load(session.id)
+            except ValueError:
+                stored = None
+            if stored is None:
+                return None
+            session = stored
+        refresh_token = session.tokens.get("rt")
+        if isinstance(refresh_token, str):
+            rotated = self._rotations.get(refresh_token, self.clock())
+            if rotated is not None:
+                session = session.evolve(tokens={**session.tokens, **rotated})
+        return session
 
     def _due(self, session: Session, now: float) -> tuple[bool, bool]:
         """(access token due for refresh, profile due for re-fetch)."""
         tokens = session.tokens
-        access_expires = tokens.get("ae")
-        due_tokens = isinstance(access_expires, int | float) and \
-            now >= access_expires - self.refresh_margin
+        due_at = tokens.get("rd", tokens.get("ae"))
+        due_tokens = isinstance(due_at, int | float) and now >= due_at
         interval = self.oidc.refresh_interval
         due_profile = interval > 0 and now - float(tokens.get("pa", 0)) >= interval
         return due_tokens, due_profile
@@ -237,23 +278,18 @@ class OIDCSessionCore:
                  ) -> Flow[tuple[Session | None, bool]]:
         """Returns ``(session, changed)``; ``(None, _)`` ends the session.
 
-        Refresh tokens rotate, and presenting a rotated one makes the provider revoke the
-        whole grant. So: the record is re-read first (another request or process may have
-        refreshed already), a rotation done in this process is reused for 2 minutes by
-        requests that still carry the old token, the refresh grant is used only when the
-        access token is due (a profile re-fetch uses userinfo), and new tokens are kept even
-        when the userinfo call that follows fails.
+        The refresh grant is used only when the access token is due (a profile re-fetch uses
+        userinfo); a rotation made by this process or, through the store, by another is
+        reused; the store arbitrates which process refreshes a token; the new tokens are
+        kept before anything else can fail.
         """
         user = session.sub
-        if self.sessions.store is not None:
-            try:
-                current = yield from self.sessions.load(session.id)
-            except ValueError:
-                current = None
-            if current is None:
-                return None, False
-            if current.tokens != session.tokens:       # refreshed by someone else meanwhile
-                return current, False
+        latest = yield from self._latest(session)
+        if latest is None:
+            return None, False
+        if latest.tokens.get("rt") != session.tokens.get("rt"):
+            return latest, False           # refreshed by another request meanwhile
+        session = latest
         tokens = dict(session.tokens)
         fresh: dict[str, Any] = {}
         if due_tokens:
@@ -262,18 +298,30 @@ class OIDCSessionCore:
                 self._event("session_ended", view, user=user,
                             reason="access token expired and there is no refresh token")
                 return None, False
-            rotated = self._rotations.get(refresh_token, self.clock())
-            if rotated is not None:
-                tokens.update(rotated)
+            fields = yield from self.sessions.recall(_rotation_key(refresh_token))
+            if fields is not None:
+                tokens.update(fields)
             else:
+                claimed = yield from self.sessions.claim_once(
+                    _rotation_key(refresh_token, "refreshing"), REFRESH_CLAIM)
+                if not claimed:
+                    return session, False   # another process is refreshing this token now
                 try:
-                    result = yield from self.client.refresh(refresh_token, sub=user)
-                except (GrantRefused, InvalidToken) as exc:
+                    data = yield from self.client.refresh_grant(refresh_token)
+                except GrantRefused as exc:
                     self._event("session_ended", view, user=user, reason=str(exc))
                     return None, False
-                fields = self._token_fields(result)
+                fields = self._token_fields(self.client.token_set(data, refresh_token))
                 self._rotations.put(refresh_token, fields, self.clock())
+                yield from self.sessions.keep(_rotation_key(refresh_token), fields,
+                                              ROTATION_GRACE)
                 tokens.update(fields)
+                try:
+                    result = yield from self.client.finish_refresh(data, refresh_token,
+                                                                   sub=user)
+                except InvalidToken as exc:
+                    self._event("session_ended", view, user=user, reason=str(exc))
+                    return None, False
                 fresh.update(result.id_claims or {})
         try:
             fresh.update((yield from self.client.userinfo(tokens["at"], sub=user)))
@@ -293,9 +341,15 @@ class OIDCSessionCore:
                       **identity_claims(fresh, self.oidc.groups_claim), "sub": user}
         return session.evolve(claims=claims, tokens=tokens), True
 
-    @staticmethod
-    def _token_fields(result: TokenSet) -> dict[str, Any]:
-        fields: dict[str, Any] = {"at": result.access_token, "ae": result.expires_at}
+    def _token_fields(self, result: TokenSet) -> dict[str, Any]:
+        """What a session keeps of a token response: the tokens, when the access token ends
+        (``ae``) and when to refresh it (``rd``: a minute early, or a quarter of a short
+        lifetime early)."""
+        lifetime = max(0.0, result.expires_at - self.clock())
+        fields: dict[str, Any] = {
+            "at": result.access_token, "ae": result.expires_at,
+            "rd": result.expires_at - min(self.refresh_margin, lifetime / 4),
+        }
         if result.refresh_token:
             fields["rt"] = result.refresh_token
         if result.id_token:

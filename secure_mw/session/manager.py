@@ -9,6 +9,7 @@ reached (the caller fails closed).
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from secure_mw._driver import Flow, Op
+from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import DecryptError, StoreUnavailable
 from secure_mw.http import RequestView
@@ -206,6 +208,28 @@ class SessionManager:
         if not hmac.compare_digest(session.id, session_id):
             raise ValueError("session record under the wrong key")
         return session
+
+    def keep(self, name: str, data: dict[str, Any], ttl: float) -> Flow[None]:
+        """Keep ``data`` under ``name`` for ``ttl`` seconds where every process sees it (the
+        Redis store, encrypted); a no-op for stores that live in one process."""
+        if self.store is None or self._objects:
+            return None
+        value = json.dumps(data, separators=(",", ":")).encode()
+        yield Op(self.store.save, self.store.asave, name, value, ttl)
+        return None
+
+    def recall(self, name: str) -> Flow[dict[str, Any] | None]:
+        """What :meth:`keep` kept under ``name``, if anything."""
+        if self.store is None or self._objects:
+            return None
+        raw = yield Op(self.store.load, self.store.aload, name)
+        if raw is None:
+            return None
+        try:
+            data = loads_strict(raw)
+        except StrictJSONError:
+            return None
+        return data if isinstance(data, dict) else None
 
     def claim_once(self, token: str, ttl: float) -> Flow[bool]:
         """True the first time ``token`` is presented within ``ttl`` seconds."""
