@@ -1,0 +1,540 @@
+"""Rate limiting with GCRA (the generic cell rate algorithm), in memory or in Redis.
+
+::
+
+    limiter = MemoryRateLimiter()                    # or RedisRateLimiter("redis://...")
+    limits = parse_rate_limit("20/second;600/minute")
+    decision = limiter.hit(f"rule0:ip:{client_ip}", limits)   # await limiter.ahit(...)
+    if not decision.allowed:
+        ...  # 429 with rate_headers(decision)
+
+Both limiters expose the same synchronous and asynchronous methods, so a request flow can
+yield ``Op(limiter.hit, limiter.ahit, key, limits)`` and run under WSGI or ASGI alike.
+
+**The algorithm.** A limit of ``n`` per ``period`` seconds has an emission interval
+``T = period / n``. For each key and limit the state is one number, the *theoretical arrival
+time* (TAT): the moment at which the key's bucket would be empty again. A request of cost
+``c`` at time ``now`` owes ``d = max(TAT - now, 0)`` seconds already and would owe
+``d + c·T``; it passes when that is at most ``period`` (so ``n`` requests may arrive at once,
+then one every ``T`` seconds), and the TAT becomes ``now + d + c·T``. A rule with several
+limits (``"20/second;600/minute"``) passes only when every limit passes, and a refused
+request consumes nothing from any of them. One decision costs O(number of limits) time and
+the state is a float per limit: no timestamps lists, no window counters.
+
+**The decision** (:class:`RateDecision`) reports the limit that decided: when allowed, the
+one with the least quota left (ties: the one that takes longest to refill); when refused,
+the one that makes the client wait longest. ``remaining`` is the quota left after this
+request (when refused: the quota available now, less than the cost), ``reset_after`` the
+seconds until that limit's full quota is back, ``retry_after`` the seconds until the same
+request would pass (0 when allowed).
+
+**Keys** must name the rule as well as the client (``"login:ip:203.0.113.9"``): the state
+of a key is per limit *index*, so two rules sharing a key would share state.
+
+**Memory** (:class:`MemoryRateLimiter`): a dict in least-recently-used order, bounded by
+``max_keys``; each decision also drops the least recently used key if its state has fully
+drained, and the least recently used key is evicted when the dict is full (that key starts
+afresh: size ``max_keys`` above the number of keys active within the longest period).
+Thread-safe; the clock is injectable.
+
+**Redis** (:class:`RedisRateLimiter`): one atomic Lua script per decision, sent with EVALSHA
+(EVAL when the server answers NOSCRIPT, which also caches the script again). The script
+reads the server's clock (``TIME``), so every application process shares one time base;
+scripts replicate by their effects, the only mode of Redis 7 and the default since 5.0
+(the minimum version). Commands per decision: ``TIME``, one ``MGET`` of the rule's keys
+and, when the request passes with a cost above zero, one ``SET ... PX`` per limit — 2 + k
+for a rule of k limits (2 when refused). The keys of one decision are
+``{prefix}rl:{<tag>}:<index>`` with ``<tag> = base64url(SHA-256(key))[:22]``: the client's
+key never reaches Redis and all keys of one decision share one hash tag, so one Cluster
+slot. Each key expires when its state has drained (``PX`` = the seconds the limit is owed,
+at most its period), so Redis memory is bounded by the active keys. Errors raise
+:class:`~secure_mw.errors.StoreUnavailable` naming only ``host:port``; whether a rule then
+fails open or closed is the caller's choice.
+
+**Headers** (:func:`rate_headers`): ``RateLimit-Policy`` and ``RateLimit`` as in
+draft-ietf-httpapi-ratelimit-headers-11 (May 2026), plus ``Retry-After`` when refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from secure_mw._encoding import b64url_encode
+from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
+from secure_mw.session.redis_store import HEALTH_CHECK_INTERVAL, _server_label
+
+if TYPE_CHECKING:
+    from secure_mw.settings import RateLimitsSettings
+
+__all__ = [
+    "MemoryRateLimiter",
+    "RateDecision",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "limiter_from_settings",
+    "rate_headers",
+]
+
+_log = logging.getLogger("secure_mw.guards.ratelimit")
+
+Limits = tuple[tuple[int, float], ...]
+
+#: Slack in seconds for the float arithmetic: a request may pass this much early. The stored
+#: times are absolute (seconds since the epoch in Redis), whose doubles resolve ~0.24 µs.
+EPSILON: Final = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# the decision
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of one :meth:`~MemoryRateLimiter.hit`; see the module docstring.
+
+    ``policy`` is the deciding limit as a RateLimit-Policy list member
+    (``"20/1s";q=20;w=1``); ``policies`` are all limits of the rule, in order.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+    policy: str
+    policies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Limit:
+    count: int
+    period: float
+    interval: float
+    window: int          # whole seconds, for the headers
+    policy: str          # '"20/1s";q=20;w=1'
+
+
+@dataclass(frozen=True)
+class _Plan:
+    limits: tuple[_Limit, ...]
+    policies: tuple[str, ...]
+    smallest: int        # the least count: no cost above it can ever pass
+    zeros: tuple[float, ...]  # the debts of a key never seen
+    args: tuple[str, ...]  # the script's per-limit arguments: count, period, ...
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(limits: Limits) -> _Plan:
+    """Validate ``limits`` once and precompute what each decision needs (cached)."""
+    if not isinstance(limits, tuple) or not limits:
+        raise ValueError("limits must be a non-empty tuple of (count, period seconds) pairs")
+    out = []
+    args: list[str] = []
+    for item in limits:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise ValueError("each limit must be a (count, period seconds) pair")
+        count, period = item
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise ValueError("a limit's count must be a positive integer")
+        if (isinstance(period, bool) or not isinstance(period, int | float)
+                or not math.isfinite(period) or period <= 0):
+            raise ValueError("a limit's period must be a positive number of seconds")
+        period = float(period)
+        window = max(1, math.ceil(period))
+        policy = f'"{count}/{window}s";q={count};w={window}'
+        out.append(_Limit(count, period, period / count, window, policy))
+        args += (str(count), repr(period))
+    return _Plan(tuple(out), tuple(x.policy for x in out), min(x.count for x in out),
+                 (0.0,) * len(out), tuple(args))
+
+
+def _prepare(key: object, limits: Limits, cost: object) -> _Plan:
+    if not isinstance(key, str):
+        raise TypeError("a rate limit key must be a string")
+    try:
+        plan = _plan(limits)
+    except TypeError:  # unhashable: a list given for the tuple
+        raise ValueError("limits must be a tuple of (count, period seconds) pairs") from None
+    if type(cost) is not int or cost < 0:  # not a bool either
+        raise ValueError("cost must be a non-negative integer")
+    if cost > plan.smallest:
+        raise ValueError(f"cost {cost} exceeds the limit of {plan.smallest}: it could never pass")
+    return plan
+
+
+def _passes(limit: _Limit, owed: float) -> bool:
+    """Whether a limit owing ``owed`` seconds (after the request) lets it through."""
+    return limit.period - owed + EPSILON >= 0
+
+
+def _decide(plan: _Plan, cost: int, debts: Sequence[float], allowed: bool) -> RateDecision:
+    """The decision for ``debts`` (seconds owed per limit *before* the request).
+
+    Shared by both limiters: the Redis script returns the debts it read and whether it
+    wrote, and the same arithmetic as :class:`MemoryRateLimiter` turns them into a decision.
+    """
+    chosen: _Limit | None = None
+    remaining = 0
+    reset = retry = 0.0
+    for i, limit in enumerate(plan.limits):
+        debt = debts[i]
+        owed = debt + cost * limit.interval
+        if allowed:
+            # the least quota left; on a tie, the longest to refill
+            left = math.floor((limit.period - owed + EPSILON) / limit.interval)
+            if chosen is None or left < remaining or (left == remaining and owed > reset):
+                chosen, remaining, reset = limit, left, owed
+        elif not _passes(limit, owed) and (chosen is None or owed - limit.period > retry):
+            # the longest wait among the limits that refuse
+            chosen, retry, reset = limit, owed - limit.period, debt
+            remaining = math.floor((limit.period - debt + EPSILON) / limit.interval)
+    if chosen is None:  # refused, yet no limit refuses: a reply this code did not produce
+        raise StoreUnavailable("rate limit store gave an inconsistent reply")
+    return RateDecision(allowed, chosen.count, min(max(remaining, 0), chosen.count), reset,
+                        retry, chosen.policy, plan.policies)
+
+
+def _name(policy: str) -> str:
+    return policy[: policy.index(";")]
+
+
+def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
+    """Response headers for ``decision``, per draft-ietf-httpapi-ratelimit-headers-11:
+
+    * ``RateLimit-Policy``: every limit of the rule as a Structured Fields list member,
+      ``"20/1s";q=20;w=1, "600/60s";q=600;w=60`` (``q`` quota, ``w`` window in seconds);
+    * ``RateLimit``: the deciding limit, ``"20/1s";r=0;t=1`` — ``r`` the quota available,
+      ``t`` the seconds until the full quota is back (when refused: until the request would
+      pass, the same as ``Retry-After``, which the draft says must not come before ``t``);
+    * ``Retry-After`` (RFC 9110, whole seconds rounded up, at least 1) when refused.
+    """
+    if decision.allowed:
+        t = math.ceil(max(decision.reset_after - EPSILON, 0.0))
+    else:
+        t = max(1, math.ceil(decision.retry_after - EPSILON))
+    policies = decision.policies or (decision.policy,)
+    headers = [
+        ("RateLimit-Policy", ", ".join(policies)),
+        ("RateLimit", f"{_name(decision.policy)};r={decision.remaining};t={t}"),
+    ]
+    if not decision.allowed:
+        headers.append(("Retry-After", str(t)))
+    return headers
+
+
+class RateLimiter(Protocol):
+    """What a middleware needs of a limiter."""
+
+    def hit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision: ...
+
+    async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+class MemoryRateLimiter:
+    """GCRA in this process; see the module docstring."""
+
+    __slots__ = ("_clock", "_lock", "_max_keys", "_state")
+
+    def __init__(self, *, max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys <= 0:
+            raise ValueError("max_keys must be a positive integer")
+        self._max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> the TAT of each limit, least recently used first
+        self._state: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return f"MemoryRateLimiter(keys={len(self._state)}, max_keys={self._max_keys})"
+
+    def hit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
+        """Count a request of ``cost`` against every limit of ``limits`` for ``key``."""
+        plan = _prepare(key, limits, cost)
+        rule = plan.limits
+        state = self._state
+        with self._lock:
+            now = self._clock()
+            tats = state.get(key)
+            debts: Sequence[float]
+            if tats is None:
+                debts = plan.zeros
+            else:
+                state.move_to_end(key)
+                debts = [tat - now if tat > now else 0.0 for tat in tats]
+                if len(debts) != len(rule):  # the key was used with another rule
+                    debts = (debts + list(plan.zeros))[: len(rule)]
+            allowed = True
+            for limit, debt in zip(rule, debts):  # noqa: B905 - same length
+                if limit.period - (debt + cost * limit.interval) + EPSILON < 0:  # _passes
+                    allowed = False
+                    break
+            if allowed and cost:
+                if tats is None and len(state) >= self._max_keys:
+                    state.popitem(last=False)
+                state[key] = [now + debt + cost * limit.interval
+                              for limit, debt in zip(rule, debts)]  # noqa: B905
+            # drop the least recently used key once it has drained: O(1) per decision
+            for oldest in state:
+                if max(state[oldest]) <= now:
+                    del state[oldest]
+                break
+        return _decide(plan, cost, debts, allowed)
+
+    async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
+        """:meth:`hit` for asyncio (no I/O: the lock is held for microseconds)."""
+        return self.hit(key, limits, cost)
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis plumbing shared with the regulator
+
+
+#: Errors that mean "the store cannot answer" (asyncio.TimeoutError differs from the
+#: built-in TimeoutError on Python 3.10).
+_STORE_ERRORS: Final = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: Printable ASCII without spaces or braces: a brace would move the Cluster hash tag.
+_PREFIX: Final = re.compile(r"[!-z|~]{0,200}")
+
+
+class _Script:
+    """A Lua script and its SHA-1 (as Redis names it in EVALSHA)."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _tag(key: str) -> str:
+    """The hash tag of ``key``: 22 base64url characters (132 bits) of its SHA-256."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return b64url_encode(digest)[:22]
+
+
+class _RedisScripts:
+    """One synchronous client and one asyncio client per running loop, running Lua scripts
+    with EVALSHA (EVAL after NOSCRIPT); every failure becomes StoreUnavailable."""
+
+    __slots__ = ("_aclient", "_aclients", "_client", "_given_aclient", "_given_client",
+                 "_kwargs", "_label", "_lock", "_prefix", "_url", "_what")
+
+    def __init__(self, url: str, *, what: str, prefix: str, socket_timeout: float,
+                 client: redis.Redis | None, aclient: redis.asyncio.Redis | None) -> None:
+        self._label = _server_label(url)
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise ValueError("the key prefix must be at most 200 printable ASCII characters "
+                             "without spaces or braces")
+        if not (isinstance(socket_timeout, int | float) and not isinstance(socket_timeout, bool)
+                and socket_timeout > 0 and math.isfinite(socket_timeout)):
+            raise ValueError("socket_timeout must be a positive number of seconds")
+        self._what = what
+        self._prefix = prefix
+        self._url = url  # kept private for the asyncio clients; never shown
+        self._kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+        }
+        self._lock = threading.Lock()
+        self._aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
+        self._given_client = client is not None
+        self._given_aclient = aclient is not None
+        self._client: redis.Redis = client if client is not None else redis.Redis.from_url(
+            url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            **self._kwargs,
+        )
+        self._aclient = aclient
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(server={self._label!r}, prefix={self._prefix!r})"
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        _log.debug("%s %s: %s", self._what, self._label, type(exc).__name__)
+        return StoreUnavailable(f"{self._what} unavailable: {self._label}")
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        if self._aclient is not None:
+            return self._aclient
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            with self._lock:
+                client = self._aclients.get(loop)
+                if client is None:
+                    self._drop_closed_loops()
+                    client = redis.asyncio.Redis.from_url(
+                        self._url,
+                        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                        **self._kwargs,
+                    )
+                    self._aclients[loop] = client
+        return client
+
+    def _drop_closed_loops(self) -> None:
+        for old in [loop for loop in self._aclients if loop.is_closed()]:
+            del self._aclients[old]
+
+    def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        client = self._client
+        try:
+            try:
+                return client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # flushed, restarted or failed over: EVAL caches it again
+                return client.eval(script.text, len(keys), *keys, *args)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _arun(self, script: _Script, keys: Sequence[str],
+                    args: Sequence[str | int]) -> Any:
+        try:
+            client = self._async_client()
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await client.eval(script.text, len(keys), *keys, *args)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def close(self) -> None:
+        """Close the synchronous connections opened here (they reopen if used again) and
+        forget the asyncio clients of closed loops; :meth:`aclose` closes the others."""
+        with self._lock:
+            self._drop_closed_loops()
+        if not self._given_client:
+            self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the connections of the running loop's client (they reopen if used again)."""
+        if self._given_aclient:
+            return
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._aclients.pop(loop, None)
+            self._drop_closed_loops()
+        if client is not None:
+            closer = getattr(client, "aclose", None) or client.close  # aclose: redis >= 5.0.1
+            await closer()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+# KEYS: one per limit. ARGV: cost, epsilon, then count and period of each limit.
+# Returns {1 if it passed else 0, the seconds owed per limit before the request, ...}; the
+# debts travel as '%.17g' strings (a Lua number in a reply would be truncated to an integer)
+# and round-trip exactly, so the client derives the same decision as MemoryRateLimiter.
+_GCRA: Final = _Script("""\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cost = tonumber(ARGV[1])
+local eps = tonumber(ARGV[2])
+local tats = redis.call('MGET', unpack(KEYS))
+local reply = {1}
+local owed = {}
+for i = 1, #KEYS do
+  local period = tonumber(ARGV[2 * i + 2])
+  local interval = period / tonumber(ARGV[2 * i + 1])
+  local debt = 0
+  if tats[i] then debt = math.max(tonumber(tats[i]) - now, 0) end
+  owed[i] = debt + cost * interval
+  if period - owed[i] + eps < 0 then reply[1] = 0 end
+  reply[i + 1] = string.format('%.17g', debt)
+end
+if reply[1] == 1 and cost > 0 then
+  for i = 1, #KEYS do
+    redis.call('SET', KEYS[i], string.format('%.17g', now + owed[i]),
+               'PX', math.max(1, math.ceil(owed[i] * 1000)))
+  end
+end
+return reply
+""")
+
+
+class RedisRateLimiter(_RedisScripts):
+    """GCRA in Redis, shared by every process using the server; see the module docstring.
+
+    ``client``/``aclient`` are used as given (and left open by :meth:`close`).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, url: str, *, prefix: str = "secure_mw:", socket_timeout: float = 0.5,
+                 client: redis.Redis | None = None,
+                 aclient: redis.asyncio.Redis | None = None) -> None:
+        super().__init__(url, what="rate limit store", prefix=prefix,
+                         socket_timeout=socket_timeout, client=client, aclient=aclient)
+
+    def redis_keys(self, key: str, limits: Limits) -> list[str]:
+        """The Redis keys of ``key`` under ``limits``: one per limit, one hash tag."""
+        if not isinstance(key, str):
+            raise TypeError("a rate limit key must be a string")
+        return self._keys(key, len(_plan(limits).limits))
+
+    def _keys(self, key: str, count: int) -> list[str]:
+        base = f"{self._prefix}rl:{{{_tag(key)}}}:"
+        return [f"{base}{i}" for i in range(count)]
+
+    def _args(self, plan: _Plan, cost: int) -> list[str | int]:
+        return [cost, repr(EPSILON), *plan.args]
+
+    @staticmethod
+    def _decision(plan: _Plan, cost: int, reply: Any) -> RateDecision:
+        try:
+            allowed = int(reply[0]) == 1
+            debts = [float(x) for x in reply[1:]]
+        except (TypeError, ValueError, IndexError):
+            raise StoreUnavailable("rate limit store gave an unexpected reply") from None
+        if len(debts) != len(plan.limits):
+            raise StoreUnavailable("rate limit store gave an unexpected reply")
+        return _decide(plan, cost, debts, allowed)
+
+    def hit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
+        """Count a request of ``cost`` for ``key``: one EVALSHA round trip."""
+        plan = _prepare(key, limits, cost)
+        reply = self._run(_GCRA, self._keys(key, len(plan.limits)), self._args(plan, cost))
+        return self._decision(plan, cost, reply)
+
+    async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
+        """:meth:`hit` for asyncio."""
+        plan = _prepare(key, limits, cost)
+        reply = await self._arun(_GCRA, self._keys(key, len(plan.limits)),
+                                 self._args(plan, cost))
+        return self._decision(plan, cost, reply)
+
+
+def limiter_from_settings(settings: RateLimitsSettings) -> MemoryRateLimiter | RedisRateLimiter:
+    """The limiter ``rate_limits.store`` names (``redis`` needs ``rate_limits.redis_url``)."""
+    if settings.store == "redis":
+        if not settings.redis_url:
+            raise ConfigError([ConfigProblem("rate_limits.redis_url",
+                                             "required when rate_limits.store = 'redis'")])
+        return RedisRateLimiter(settings.redis_url)
+    return MemoryRateLimiter()
