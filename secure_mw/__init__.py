@@ -15,6 +15,7 @@ from secure_mw.errors import (
     SecureMWError,
     StoreUnavailable,
 )
+from secure_mw.guards.redirect import is_safe_redirect
 from secure_mw.settings import Settings
 
 __version__ = "0.1.0.dev0"
@@ -29,4 +30,5 @@ __all__ = [
     "Settings",
     "StoreUnavailable",
     "__version__",
+    "is_safe_redirect",
 ]

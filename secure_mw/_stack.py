@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from secure_mw.errors import ConfigError, ConfigProblem
 from secure_mw.settings import Settings
 
@@ -12,3 +14,12 @@ def check_identity_source(settings: Settings) -> None:
         raise ConfigError([ConfigProblem(
             "oidc", "protect() needs an [oidc] section for now; the built-in password login "
                     "is not available yet")])
+
+
+def identity_provider_hosts(settings: Settings) -> list[str]:
+    """Hosts our own login and logout redirects go to (the open-redirect guard allows
+    them)."""
+    if settings.oidc is None:
+        return []
+    parts = urlsplit(settings.oidc.issuer)
+    return [parts.netloc.lower()] if parts.netloc else []

@@ -260,6 +260,9 @@ class ServerSettings:
     external_url: str | None = _opt(None, check=_check_url, doc="public URL of the app")
     auth_prefix: str = _opt("/.auth/", check=_check_auth_prefix,
                             doc="where secure_mw serves login, callback, logout and me")
+    forwarded_header: str = _opt(
+        "x-forwarded-for", choices=("x-forwarded-for", "forwarded", "auto"),
+        doc="which forwarding header trusted proxies set (auto: Forwarded when present)")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
                                       doc="peers allowed to set Forwarded / X-Forwarded-*")
 
@@ -396,6 +399,20 @@ class HeadersSettings:
     hsts_max_age: float = _opt(365 * 86400.0, duration=True)
     hsts_include_subdomains: bool = _opt(True)
     hsts_preload: bool = _opt(False)
+    csp: str | None = _opt(None, doc="Content-Security-Policy instead of the preset's; "
+                                     "{nonce} marks where the per-request nonce goes")
+    overrides: dict[str, dict[str, str]] = _opt(
+        factory=dict, doc="per path prefix: header name -> value ('' removes ours)")
+    replace_app_headers: bool = _opt(False, doc="replace headers the app set itself")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        from secure_mw.guards.headers import SecurityHeaders
+
+        try:
+            SecurityHeaders.from_settings(self)
+        except (ValueError, TypeError) as exc:
+            return [("", str(exc))]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -405,6 +422,17 @@ class RedirectsSettings:
         factory=lambda: ["rd", "next", "return_to", "redirect_uri", "post_logout_redirect_uri"]
     )
     default: str = _opt("/")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        from secure_mw.guards.redirect import RedirectPolicy
+
+        try:
+            policy = RedirectPolicy(self.allowed_hosts)
+        except (ValueError, TypeError) as exc:
+            return [("allowed_hosts", str(exc))]
+        if not policy.is_safe(self.default):
+            return [("default", f"{self.default!r} is not a safe redirect target itself")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)

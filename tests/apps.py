@@ -72,7 +72,7 @@ def wsgi_inner(environ: dict[str, Any], start_response: Callable[..., Any]) -> l
 def uvicorn_server(app: Any, port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="off", ws="websockets-sansio")
+                            lifespan="off", ws="websockets-sansio", proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

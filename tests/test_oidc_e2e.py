@@ -211,19 +211,37 @@ def test_two_tabs_can_log_in_at_once(idp: IdPServer, app: AppFactory) -> None:
         assert client.get(base + "/one").status_code == 200
 
 
-def test_open_redirect_in_rd_is_ignored(idp: IdPServer, app: AppFactory) -> None:
+HOSTILE_TARGETS = ("https://evil.example/", "//evil.example/", "/\\evil.example",
+                   "javascript:alert(1)", "/ok\r\nx: y", "https:evil.example")
+
+
+def test_open_redirect_in_rd_is_refused_by_the_guard(idp: IdPServer, app: AppFactory,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     with app(settings_for(idp)) as base, browser() as client:
-        for target in ("https://evil.example/", "//evil.example/", "/\\evil.example",
-                       "javascript:alert(1)", "/ok\r\nx: y"):
-            start = client.get(base + "/.auth/login", params={"rd": target})
-            callback = dev_login(client, start.headers["location"], username="alice",
-                                 password="alice-pw")
-            assert client.get(callback).headers["location"] == "/"
+        for target in HOSTILE_TARGETS:
+            refused = client.get(base + "/.auth/login", params={"rd": target})
+            assert refused.status_code == 400, target
         # A non-ASCII path comes back percent-encoded (a Location header is ASCII).
         start = client.get(base + "/.auth/login", params={"rd": "/caf\u00e9/\u20ac?q=\u4e2d"})
         callback = dev_login(client, start.headers["location"], username="alice",
                              password="alice-pw")
         assert client.get(callback).headers["location"] == "/caf%C3%A9/%E2%82%AC?q=%E4%B8%AD"
+    unsafe = [e for e in audit_events(caplog) if '"event":"unsafe_redirect"' in e]
+    assert len(unsafe) == len(HOSTILE_TARGETS)
+
+
+def test_session_middleware_alone_ignores_an_unsafe_rd(idp: IdPServer, flavour: str,
+                                                       clock: Clock) -> None:
+    settings = settings_for(idp)
+    module = asgi if flavour == "asgi" else wsgi
+    with serve(flavour, lambda inner: module.OIDCSessionMiddleware(
+            inner, settings=settings, clock=clock), port=APP_PORTS[0]) as base, \
+            browser() as client:
+        for target in HOSTILE_TARGETS:
+            start = client.get(base + "/.auth/login", params={"rd": target})
+            callback = dev_login(client, start.headers["location"], username="alice",
+                                 password="alice-pw")
+            assert client.get(callback).headers["location"] == "/"
 
 
 # -- refresh and the end of a session -------------------------------------------------------

@@ -7,18 +7,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from secure_mw._stack import check_identity_source
+from secure_mw._stack import check_identity_source, identity_provider_hosts
 from secure_mw.asgi._io import ASGIApp
+from secure_mw.asgi.guards import (
+    ClientAddressMiddleware,
+    RateLimitMiddleware,
+    RedirectGuardMiddleware,
+    SecurityHeadersMiddleware,
+)
 from secure_mw.asgi.session import OIDCSessionMiddleware
+from secure_mw.guards.clientaddr import TrustedProxies
+from secure_mw.guards.layers import RateLimitLayer
 from secure_mw.settings import Settings
 
-__all__ = ["OIDCSessionMiddleware", "protect"]
+__all__ = [
+    "ClientAddressMiddleware",
+    "OIDCSessionMiddleware",
+    "RateLimitMiddleware",
+    "RedirectGuardMiddleware",
+    "SecurityHeadersMiddleware",
+    "protect",
+]
 
 
 def protect(app: ASGIApp, settings: Settings, **options: Any) -> ASGIApp:
-    """Wrap ``app`` in every layer ``settings`` asks for, outermost first.
+    """Wrap ``app`` in every layer ``settings`` asks for. Outermost first: security headers,
+    client address (trusted proxies), rate limits by address or route, the open-redirect
+    guard, the login session, rate limits by user, the app.
 
-    ``options`` go to the session middleware (``keyring``, ``store``, ``clock``, ``audit``).
+    ``options`` go to the session middleware (``keyring``, ``store``, ``clock``, ``audit``);
+    ``rate_limiter=`` gives both rate-limit layers one limiter object.
     """
     check_identity_source(settings)
-    return OIDCSessionMiddleware(app, settings=settings, **options)
+    audit = options.get("audit")
+    limiter = options.pop("rate_limiter", None)
+    stacked: ASGIApp = app
+    by_user = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit,
+                             which="identity")
+    if by_user.rules:
+        stacked = RateLimitMiddleware(stacked, layer=by_user)
+    stacked = OIDCSessionMiddleware(stacked, settings=settings, **options)
+    stacked = RedirectGuardMiddleware(stacked, settings=settings,
+                                      extra_hosts=identity_provider_hosts(settings),
+                                      audit=audit)
+    by_address = RateLimitLayer(settings.rate_limits, limiter=limiter or by_user.limiter,
+                                audit=audit, which="network")
+    if by_address.rules:
+        stacked = RateLimitMiddleware(stacked, layer=by_address)
+    stacked = ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
+        settings.server.trusted_proxies, header=settings.server.forwarded_header))
+    return SecurityHeadersMiddleware(stacked, settings=settings)

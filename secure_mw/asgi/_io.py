@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from secure_mw.http import Reply
+from secure_mw.http import Reply, RequestView
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,3 +58,15 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return bytes(body)
+
+
+VIEW_KEY = "secure_mw.view"
+
+
+def view_of(scope: Scope) -> RequestView:
+    """The request view of ``scope``, built once and shared by every secure_mw layer (a layer
+    that changes what the view shows — the client address — drops it)."""
+    view = scope.get(VIEW_KEY)
+    if view is None:
+        view = scope[VIEW_KEY] = RequestView.from_scope(scope)
+    return view

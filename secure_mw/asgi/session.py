@@ -15,11 +15,12 @@ from secure_mw.asgi._io import (
     read_body,
     refuse_websocket,
     send_reply,
+    view_of,
     with_extra_headers,
 )
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.http import RequestView, html_reply
+from secure_mw.http import html_reply
 from secure_mw.identity import ANONYMOUS, AuthScopes
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
@@ -53,7 +54,7 @@ class OIDCSessionMiddleware:
         if kind not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
-        view = RequestView.from_scope(scope)
+        view = view_of(scope)
         if view.method == "POST" and self.core.is_reserved(view.path) and kind == "http":
             try:
                 view.body = await read_body(receive, MAX_FORM)

@@ -7,7 +7,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from secure_mw.http import Reply
+from secure_mw.http import Reply, RequestView
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -60,3 +60,14 @@ def read_body(environ: Environ, limit: int) -> bytes:
             raise BodyTooLarge
         return data
     return b""
+
+
+VIEW_KEY = "secure_mw.view"
+
+
+def view_of(environ: Environ) -> RequestView:
+    """The request view of ``environ``, built once and shared by every secure_mw layer."""
+    view = environ.get(VIEW_KEY)
+    if view is None:
+        view = environ[VIEW_KEY] = RequestView.from_environ(environ)
+    return view

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.http import RequestView, html_reply
+from secure_mw.http import html_reply
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
 from secure_mw.settings import Settings
@@ -17,6 +17,7 @@ from secure_mw.wsgi._io import (
     Environ,
     StartResponse,
     WSGIApp,
+    view_of,
     with_extra_headers,
     write_reply,
 )
@@ -40,7 +41,7 @@ class OIDCSessionMiddleware:
                                             require_login=require_login)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        view = RequestView.from_environ(environ)
+        view = view_of(environ)
         if view.method == "POST" and self.core.is_reserved(view.path):
             from secure_mw.wsgi._io import read_body
 

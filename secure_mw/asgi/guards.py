@@ -1,0 +1,175 @@
+"""The guard middlewares for ASGI: security headers, client address, rate limit and
+open-redirect guard. Each works alone; :func:`secure_mw.asgi.protect` stacks them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from secure_mw._driver import run_async
+from secure_mw.asgi._io import (
+    VIEW_KEY,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_reply,
+    view_of,
+)
+from secure_mw.audit import AuditLogger
+from secure_mw.guards.clientaddr import TrustedProxies
+from secure_mw.guards.headers import SecurityHeaders
+from secure_mw.guards.layers import RateLimitLayer, RedirectLayer
+from secure_mw.guards.ratelimit import RateLimiter
+from secure_mw.settings import Settings
+
+__all__ = ["ClientAddressMiddleware", "RateLimitMiddleware", "RedirectGuardMiddleware",
+           "SecurityHeadersMiddleware"]
+
+NONCE_KEY = "secure_mw.csp_nonce"
+
+
+class SecurityHeadersMiddleware:
+    """Adds the security headers to every HTTP response; the CSP nonce of the request is
+    ``scope["secure_mw.csp_nonce"]`` (use it in templates: ``<script nonce="…">``)."""
+
+    def __init__(self, app: ASGIApp, *, headers: SecurityHeaders | None = None,
+                 settings: Settings | None = None) -> None:
+        self.app = app
+        if headers is None:
+            headers = SecurityHeaders.from_settings(settings.headers) if settings \
+                else SecurityHeaders()
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path") or "/"
+        nonce = SecurityHeaders.new_nonce() if self.headers.uses_nonce(path) else None
+        scope[NONCE_KEY] = nonce
+        headers = self.headers
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                lines = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in lines}
+                extra = headers.for_response(path=path, https=scope.get("scheme") == "https",
+                                             nonce=nonce, present=present)
+                if headers.replace_app_headers and present:
+                    names = {name for name, _ in extra}
+                    lines = [line for line in lines if line[0].lower() not in names]
+                message["headers"] = lines + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ClientAddressMiddleware:
+    """Resolves the real client behind trusted proxies (RFC 7239 ``Forwarded`` or
+    ``X-Forwarded-For/-Proto/-Host``) into ``scope["client"]``, ``scope["scheme"]`` and the
+    ``host`` header; ``scope["secure_mw.client"]`` holds the :class:`ClientInfo`. Forwarding
+    headers from any other peer are ignored."""
+
+    def __init__(self, app: ASGIApp, *,
+                 trusted_proxies: TrustedProxies | Iterable[str] = ()) -> None:
+        self.app = app
+        self.proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies) \
+            else TrustedProxies(trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = view_of(scope)
+        info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
+                                    host=view.host)
+        scope["secure_mw.client"] = info
+        if info.via_proxy:
+            client = scope.get("client")
+            scope["client"] = (info.ip, client[1] if client else 0)
+            websocket = scope["type"] == "websocket"
+            scope["scheme"] = ("wss" if info.scheme == "https" else "ws") if websocket \
+                else info.scheme
+            if info.host != view.host:
+                scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"host"]
+                scope["headers"].append((b"host", info.host.encode("latin-1")))
+            scope.pop(VIEW_KEY, None)     # later layers see the resolved request
+        await self.app(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    """Applies the ``[rate_limits]`` rules: 429 with ``Retry-After`` and the IETF
+    ``RateLimit``/``RateLimit-Policy`` headers, which also go on allowed responses."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
+                 layer: RateLimitLayer | None = None, limiter: RateLimiter | None = None,
+                 audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            if settings is None:
+                raise TypeError("give settings or layer")
+            layer = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit)
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.layer.rules:
+            await self.app(scope, receive, send)
+            return
+        view = view_of(scope)
+        reply, lines = await run_async(self.layer.check(view, scope.get("secure_mw.identity")))
+        if reply is not None:
+            await send_reply(send, reply, head=view.method == "HEAD")
+            return
+        if lines:
+            extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in lines]
+            inner_send = send
+
+            async def send_with_rate(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                await inner_send(message)
+
+            send = send_with_rate
+        await self.app(scope, receive, send)
+
+
+class RedirectGuardMiddleware:
+    """400 for a request whose redirect parameters (``rd``, ``next`` …) point off the allowed
+    hosts; an unsafe ``Location`` in a response is replaced by ``redirects.default``."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
+                 layer: RedirectLayer | None = None, extra_hosts: Iterable[str] = (),
+                 audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            if settings is None:
+                raise TypeError("give settings or layer")
+            layer = RedirectLayer(settings.redirects, extra_hosts=extra_hosts, audit=audit)
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        view = view_of(scope)
+        reply = self.layer.check_request(view, scope.get("secure_mw.identity"))
+        if reply is not None:
+            await send_reply(send, reply, head=view.method == "HEAD")
+            return
+        layer = self.layer
+
+        async def send_checked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", ())
+                for index, (name, value) in enumerate(headers):
+                    if name.lower() == b"location":
+                        replacement = layer.check_location(
+                            value.decode("latin-1"), view, scope.get("secure_mw.identity"))
+                        if replacement is not None:
+                            headers = list(headers)
+                            headers[index] = (b"location", replacement.encode("latin-1"))
+                            message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_checked)

@@ -1,0 +1,151 @@
+"""The guard middlewares for WSGI: security headers, client address, rate limit and
+open-redirect guard. Each works alone; :func:`secure_mw.wsgi.protect` stacks them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from secure_mw._driver import run_sync
+from secure_mw.audit import AuditLogger
+from secure_mw.guards.clientaddr import TrustedProxies
+from secure_mw.guards.headers import SecurityHeaders
+from secure_mw.guards.layers import RateLimitLayer, RedirectLayer
+from secure_mw.guards.ratelimit import RateLimiter
+from secure_mw.settings import Settings
+from secure_mw.wsgi._io import (
+    VIEW_KEY,
+    Environ,
+    ExcInfo,
+    StartResponse,
+    WSGIApp,
+    view_of,
+    with_extra_headers,
+    write_reply,
+)
+
+__all__ = ["ClientAddressMiddleware", "RateLimitMiddleware", "RedirectGuardMiddleware",
+           "SecurityHeadersMiddleware"]
+
+NONCE_KEY = "secure_mw.csp_nonce"
+Headers = list[tuple[str, str]]
+
+
+class SecurityHeadersMiddleware:
+    """Adds the security headers to every response; the CSP nonce of the request is
+    ``environ["secure_mw.csp_nonce"]``."""
+
+    def __init__(self, app: WSGIApp, *, headers: SecurityHeaders | None = None,
+                 settings: Settings | None = None) -> None:
+        self.app = app
+        if headers is None:
+            headers = SecurityHeaders.from_settings(settings.headers) if settings \
+                else SecurityHeaders()
+        self.headers = headers
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+        nonce = SecurityHeaders.new_nonce() if self.headers.uses_nonce(path) else None
+        environ[NONCE_KEY] = nonce
+        policy = self.headers
+
+        def start(status: str, headers: Headers,
+                  exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
+            present = {name.lower().encode("latin-1") for name, _ in headers}
+            extra = policy.for_response(path=path,
+                                        https=environ.get("wsgi.url_scheme") == "https",
+                                        nonce=nonce, present=present)
+            lines = list(headers)
+            if policy.replace_app_headers and present:
+                names = {name.decode("latin-1") for name, _ in extra}
+                lines = [line for line in lines if line[0].lower() not in names]
+            lines += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra]
+            return start_response(status, lines, exc_info)
+
+        return self.app(environ, start)
+
+
+class ClientAddressMiddleware:
+    """Resolves the real client behind trusted proxies into ``REMOTE_ADDR``,
+    ``wsgi.url_scheme`` and ``HTTP_HOST`` (the originals stay under
+    ``environ["secure_mw.peer"]``); ``environ["secure_mw.client"]`` holds the
+    :class:`ClientInfo`. Forwarding headers from any other peer are ignored."""
+
+    def __init__(self, app: WSGIApp, *,
+                 trusted_proxies: TrustedProxies | Iterable[str] = ()) -> None:
+        self.app = app
+        self.proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies) \
+            else TrustedProxies(trusted_proxies)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        view = view_of(environ)
+        info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
+                                    host=view.host)
+        environ["secure_mw.client"] = info
+        if info.via_proxy:
+            environ["secure_mw.peer"] = (environ.get("REMOTE_ADDR"),
+                                         environ.get("wsgi.url_scheme"),
+                                         environ.get("HTTP_HOST"))
+            environ["REMOTE_ADDR"] = info.ip
+            environ["wsgi.url_scheme"] = info.scheme
+            environ["HTTP_HOST"] = info.host
+            environ.pop(VIEW_KEY, None)
+        return self.app(environ, start_response)
+
+
+class RateLimitMiddleware:
+    """Applies the ``[rate_limits]`` rules (see the ASGI middleware of the same name)."""
+
+    def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
+                 layer: RateLimitLayer | None = None, limiter: RateLimiter | None = None,
+                 audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            if settings is None:
+                raise TypeError("give settings or layer")
+            layer = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit)
+        self.layer = layer
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not self.layer.rules:
+            return self.app(environ, start_response)
+        view = view_of(environ)
+        reply, lines = run_sync(self.layer.check(view, environ.get("secure_mw.identity")))
+        if reply is not None:
+            return write_reply(start_response, reply, head=view.method == "HEAD")
+        if lines:
+            start_response = with_extra_headers(start_response, lines)
+        return self.app(environ, start_response)
+
+
+class RedirectGuardMiddleware:
+    """400 for unsafe redirect parameters; unsafe ``Location`` headers replaced."""
+
+    def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
+                 layer: RedirectLayer | None = None, extra_hosts: Iterable[str] = (),
+                 audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            if settings is None:
+                raise TypeError("give settings or layer")
+            layer = RedirectLayer(settings.redirects, extra_hosts=extra_hosts, audit=audit)
+        self.layer = layer
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        view = view_of(environ)
+        reply = self.layer.check_request(view, environ.get("secure_mw.identity"))
+        if reply is not None:
+            return write_reply(start_response, reply, head=view.method == "HEAD")
+        layer = self.layer
+
+        def start(status: str, headers: Headers,
+                  exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
+            checked = []
+            for name, value in headers:
+                replacement = None
+                if name.lower() == "location":
+                    replacement = layer.check_location(value, view,
+                                                       environ.get("secure_mw.identity"))
+                checked.append((name, value if replacement is None else replacement))
+            return start_response(status, checked, exc_info)
+
+        return self.app(environ, start)
