@@ -30,20 +30,41 @@ _SECRET_NAME = re.compile(
     r"(^|_)key$|assertion|otp|totp|session_id|sid$",
     re.IGNORECASE,
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+# Control characters, NEL and the C1 range, line/paragraph separators and the bidirectional
+# overrides/isolates (which could make a line read differently from what it holds).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _MAX_VALUE = 512
 _LOGFMT_BARE = re.compile(r"^[A-Za-z0-9_.:/@+\-\[\]]+$")
 
 Scalar = str | int | float | bool | None
 
 
+def _redacted(value: object, depth: int = 0) -> object:
+    """A mapping (headers, claims …) with secret-named entries redacted, at any depth."""
+    if depth > 4:
+        return "…"
+    if isinstance(value, Mapping):
+        return {str(k): "[redacted]" if _SECRET_NAME.search(str(k))
+                else _redacted(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v, depth + 1) for v in value]
+    return value
+
+
 def _clean(value: object) -> Scalar:
     if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, Mapping | list | tuple):
+        value = json.dumps(_redacted(value), ensure_ascii=False, default=str)
     text = str(value)
     if len(text) > _MAX_VALUE:
         text = text[:_MAX_VALUE] + "…"
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _utc_stamp(now: float) -> str:

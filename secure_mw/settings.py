@@ -460,6 +460,9 @@ class RegulationSettings:
         factory=lambda: ["user", "ip"],
         check=lambda v: None if set(v) <= {"user", "ip"} else "modes are 'user' and/or 'ip'",
     )
+    paths: list[str] = _opt(factory=list,
+                            doc="the app's own login endpoints (POST) to guard")
+    username_field: str = _opt("username", doc="form or JSON field holding the user name")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,3 +75,23 @@ def test_logger_writes_to_logging(caplog: pytest.LogCaptureFixture) -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="json"):
         AuditLogger(fmt="xml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("char", ["\x85", "\u202e", "\u2066", "\u200f", "\x9b", "\u061c"])
+def test_line_breaking_and_bidi_characters_are_escaped(char: str) -> None:
+    line = format_event("login_failure", {"remote_ip": "203.0.113.9", "user": f"a{char}b"},
+                        now=0)
+    assert char not in line
+    assert ("\\x" if ord(char) < 0x100 else "\\u") + format(ord(char), "02x" if ord(char)
+                                                             < 0x100 else "04x") in line
+
+
+def test_nested_mappings_have_secret_entries_redacted() -> None:
+    line = format_event("invalid_token", {
+        "remote_ip": "203.0.113.9",
+        "headers": {"Authorization": "Bearer abc.def.ghi", "Cookie": "sid=s3cret",
+                    "Accept": "text/html", "deep": {"client_secret": "xyz"}},
+    }, now=0)
+    for secret in ("abc.def.ghi", "s3cret", "xyz"):
+        assert secret not in line
+    assert "text/html" in line

@@ -4,27 +4,38 @@ open-redirect guard. Each works alone; :func:`secure_mw.asgi.protect` stacks the
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from secure_mw._driver import run_async
 from secure_mw.asgi._io import (
     VIEW_KEY,
     ASGIApp,
+    BodyTooLarge,
     Message,
     Receive,
     Scope,
     Send,
+    encode_headers,
+    read_body,
     send_reply,
     view_of,
 )
 from secure_mw.audit import AuditLogger
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
-from secure_mw.guards.layers import RateLimitLayer, RedirectLayer
+from secure_mw.guards.layers import (
+    MAX_CAPTURE,
+    MAX_LOGIN_BODY,
+    LoginGuardLayer,
+    RateLimitLayer,
+    RedirectLayer,
+)
 from secure_mw.guards.ratelimit import RateLimiter
+from secure_mw.http import json_reply
 from secure_mw.settings import Settings
 
-__all__ = ["ClientAddressMiddleware", "RateLimitMiddleware", "RedirectGuardMiddleware",
-           "SecurityHeadersMiddleware"]
+__all__ = ["ClientAddressMiddleware", "LoginGuardMiddleware", "RateLimitMiddleware",
+           "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
 
@@ -173,3 +184,74 @@ class RedirectGuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_checked)
+
+
+class LoginGuardMiddleware:
+    """Regulation (bans after repeated failures) and enumeration-resistant timing for the
+    app's own login endpoints: ``POST`` to one of ``paths`` (see
+    :class:`~secure_mw.guards.layers.LoginGuardLayer`)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
+                 layer: LoginGuardLayer | None = None, **options: Any) -> None:
+        self.app = app
+        if layer is None:
+            layer = LoginGuardLayer(settings or Settings(), **options)
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        view = view_of(scope)
+        layer = self.layer
+        if not layer.applies(view):
+            await self.app(scope, receive, send)
+            return
+        attempt = layer.delay.start()
+        success = False
+        try:
+            try:
+                body = await read_body(receive, MAX_LOGIN_BODY)
+            except BodyTooLarge:
+                await send_reply(send, json_reply(413, {"error": "too_large"}))
+                return
+            view.body = body
+            user = layer.username(view)
+            async with layer.locks.hold(layer.subjects(view, user)):
+                banned = await run_async(layer.check(view, user))
+                if banned is not None:
+                    await attempt.afinish(success=False)
+                    await send({"type": "http.response.start", "status": banned.status,
+                                "headers": encode_headers(banned.headers)})
+                    await send({"type": "http.response.body", "body": banned.body})
+                    return
+                captured: list[Message] = []
+                size = 0
+                pending: list[bytes] = [body]
+
+                async def replay() -> Message:
+                    if not pending:
+                        return await receive()
+                    return {"type": "http.request", "body": pending.pop(), "more_body": False}
+
+                async def capture(message: Message) -> None:
+                    nonlocal size
+                    captured.append(message)
+                    size += len(message.get("body", b""))
+
+                await self.app(scope, replay, capture)
+                start = next((m for m in captured if m["type"] == "http.response.start"), None)
+                status = int(start["status"]) if start else 500
+                headers = [(n.decode("latin-1"), v.decode("latin-1"))
+                           for n, v in (start or {}).get("headers", ())]
+                content = b"".join(m.get("body", b"") for m in captured
+                                   if m["type"] == "http.response.body")
+                await run_async(layer.record(view, user, status, headers,
+                                             content if size <= MAX_CAPTURE else None))
+                success = 200 <= status < 400
+            await attempt.afinish(success=success)
+            for message in captured:
+                await send(message)
+        finally:
+            if not attempt.finished:
+                await attempt.afinish(success=False)

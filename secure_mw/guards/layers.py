@@ -9,23 +9,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
+from urllib.parse import parse_qsl
 
 from secure_mw._driver import Flow, Op
+from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.audit import AuditLogger
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 from secure_mw.guards.ratelimit import RateLimiter, limiter_from_settings, rate_headers
 from secure_mw.guards.redirect import RedirectPolicy
+from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator, Regulator
+from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.identity import Identity
-from secure_mw.settings import RateLimitsSettings, RedirectsSettings, parse_rate_limit
+from secure_mw.settings import (
+    RateLimitsSettings,
+    RedirectsSettings,
+    Settings,
+    parse_rate_limit,
+)
 
-__all__ = ["RateLimitLayer", "RedirectLayer", "audit_for"]
+__all__ = ["LoginGuardLayer", "RateLimitLayer", "RedirectLayer", "audit_for"]
 
 log = logging.getLogger("secure_mw.guards")
 
@@ -40,8 +51,9 @@ def audit_for(logger: AuditLogger | None) -> AuditLogger:
 
 def _event(audit: AuditLogger, name: str, view: RequestView, identity: Identity | None,
            **fields: Any) -> None:
+    fields.setdefault("user", identity.sub if identity else None)
     audit.event(name, remote_ip=view.client, method=view.method, host=view.host,
-                path=view.path, user=identity.sub if identity else None, **fields)
+                path=view.path, **fields)
 
 
 # -- rate limiting ----------------------------------------------------------------------------
@@ -229,3 +241,203 @@ class RedirectLayer:
             return None
         _event(self.audit, "unsafe_redirect", view, identity, reason="response Location")
         return self.default
+
+
+# -- login endpoints: regulation and timing ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """A response the app gave, kept to answer a banned attempt exactly like a failure."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    status_line: str | None = None     # WSGI: the reason phrase the app chose
+
+
+# Replayed as the app sent them (framing included: a banned answer must not differ even in
+# Content-Length versus chunked), except what is per-response or would hand out a cookie.
+_NOT_REPLAYED = frozenset({"set-cookie", "date", "server"})
+MAX_LOGIN_BODY = 64 * 1024
+MAX_CAPTURE = 256 * 1024
+
+
+class LoginGuardLayer:
+    """Brute-force regulation and enumeration-resistant timing for an app's own login
+    endpoints (``POST`` to one of ``paths``).
+
+    Each attempt is held by the login delay on every exit path; attempts of one user name
+    or one address run one at a time in this process, so parallel guesses cannot outrun the
+    ban; a banned attempt is not passed to the app and gets exactly the response of the last
+    failure the app gave on that path (status, headers, body). The app's verdict is read
+    from the status: ``failure_statuses`` (401, 403 by default) are failures, 2xx/3xx
+    successes. Regulation store unreachable: 503, fail closed.
+    """
+
+    def __init__(self, settings: Settings, *, paths: Iterable[str] = ("/login",),
+                 username_field: str = "username",
+                 failure_statuses: Iterable[int] = (401, 403),
+                 regulator: Regulator | None = None, delay: LoginDelay | None = None,
+                 audit: AuditLogger | None = None) -> None:
+        self.paths = frozenset(paths)
+        self.username_field = username_field
+        self.failure_statuses = frozenset(failure_statuses)
+        if regulator is None:
+            url = settings.rate_limits.redis_url or settings.session.redis_url
+            regulator = RedisRegulator.from_settings(settings.regulation, url) \
+                if settings.session.store == "redis" and url \
+                else MemoryRegulator.from_settings(settings.regulation)
+        self.regulator = regulator
+        self.delay = delay or LoginDelay()
+        self.audit = audit_for(audit)
+        self._failures: dict[str, Captured] = {}
+        self._locks = _KeyedLocks()
+
+    def applies(self, view: RequestView) -> bool:
+        return view.method == "POST" and view.path in self.paths
+
+    def username(self, view: RequestView) -> str | None:
+        """The user name of the attempt (form or JSON body), or ``None``."""
+        content_type = view.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        body = view.body[:MAX_LOGIN_BODY]
+        value: object = None
+        try:
+            if content_type == "application/x-www-form-urlencoded":
+                pairs = parse_qsl(body.decode("utf-8", "replace"), max_num_fields=64)
+                value = next((v for k, v in pairs if k == self.username_field), None)
+            elif content_type == "application/json":
+                data = loads_strict(body)
+                value = data.get(self.username_field) if isinstance(data, dict) else None
+        except (ValueError, StrictJSONError):
+            return None
+        if not isinstance(value, str) or not value or len(value) > 256:
+            return None
+        return value
+
+    def subjects(self, view: RequestView, user: str | None) -> list[str]:
+        keys = [f"ip:{view.client}"]
+        if user is not None:
+            keys.append(f"user:{user.casefold()}")
+        return keys
+
+    def check(self, view: RequestView, user: str | None) -> Flow[Reply | None]:
+        """The reply for a banned attempt (or ``None``: let the app judge it); its headers
+        frame the body already (write them as they are)."""
+        reg = self.regulator
+        try:
+            ban = yield Op(reg.check, reg.acheck, user=user, ip=view.client)
+        except StoreUnavailable as exc:
+            _event(self.audit, "regulation_unavailable", view, None, user=user,
+                   reason=str(exc))
+            reply = json_reply(503, {"error": "login_unavailable"},
+                               headers=[("retry-after", "5")])
+            return reply.with_headers([("content-length", str(len(reply.body)))])
+        if ban is None:
+            return None
+        _event(self.audit, "login_failure", view, None, user=user,
+               reason=f"banned ({ban.subject})")
+        return self.failure_reply(view.path)
+
+    def failure_reply(self, path: str) -> Reply:
+        """Write it exactly as given: its headers already frame the body."""
+        captured = self._failures.get(path)
+        if captured is None:     # no failure seen yet in this process (bans came from others)
+            reply = json_reply(401, {"error": "invalid_credentials"})
+            return reply.with_headers([("content-length", str(len(reply.body)))])
+        return Reply(captured.status, list(captured.headers), captured.body)
+
+    def failure_status_line(self, path: str, status: int) -> str | None:
+        """The app's own status line for the captured failure (if ``status`` is its)."""
+        captured = self._failures.get(path)
+        return captured.status_line if captured and captured.status == status else None
+
+    def record(self, view: RequestView, user: str | None, status: int,
+               headers: Iterable[tuple[str, str]], body: bytes | None, *,
+               status_line: str | None = None) -> Flow[None]:
+        """Tell the regulator what the app decided (and keep a failure to replay)."""
+        reg = self.regulator
+        failed = status in self.failure_statuses
+        if failed:
+            if body is not None:
+                self._failures[view.path] = Captured(
+                    status, tuple((n, v) for n, v in headers
+                                  if n.lower() not in _NOT_REPLAYED), body, status_line)
+            _event(self.audit, "login_failure", view, None, user=user,
+                   reason="rejected by the application")
+            try:
+                ban = yield Op(reg.fail, reg.afail, user=user, ip=view.client)
+            except StoreUnavailable as exc:
+                _event(self.audit, "regulation_unavailable", view, None, user=user,
+                       reason=str(exc))
+                return None
+            if ban is not None:
+                _event(self.audit, "ban", view, None, user=user, reason=ban.subject,
+                       until=int(ban.until))
+        elif 200 <= status < 400:
+            _event(self.audit, "login_success", view, None, user=user)
+            with contextlib.suppress(StoreUnavailable):   # a success needs no bookkeeping
+                yield Op(reg.succeed, reg.asucceed, user=user, ip=view.client)
+        return None
+
+    @property
+    def locks(self) -> _KeyedLocks:
+        return self._locks
+
+
+class _KeyedLocks:
+    """One lock per key, created on demand and dropped when unused. Holds threading locks
+    for WSGI and asyncio locks for ASGI (never both for one key at the same time)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[Any, int]] = {}
+
+    def _get(self, key: str, factory: Callable[[], Any]) -> Any:
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = factory()
+            self._locks[key] = (lock, users + 1)
+            return lock
+
+    def _put(self, key: str) -> None:
+        with self._guard:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def hold(self, keys: list[str]) -> _Held:
+        return _Held(self, sorted(set(keys)))
+
+
+class _Held:
+    def __init__(self, owner: _KeyedLocks, keys: list[str]) -> None:
+        self.owner = owner
+        self.keys = keys
+        self.taken: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> None:
+        for key in self.keys:        # sorted: no two attempts wait for each other in a cycle
+            lock = self.owner._get(key, threading.Lock)
+            lock.acquire()
+            self.taken.append((key, lock))
+
+    def __exit__(self, *exc: object) -> None:
+        for key, lock in reversed(self.taken):
+            lock.release()
+            self.owner._put(key)
+        self.taken.clear()
+
+    async def __aenter__(self) -> None:
+        import asyncio
+
+        for key in self.keys:
+            lock = self.owner._get(key, asyncio.Lock)
+            await lock.acquire()
+            self.taken.append((key, lock))
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()

@@ -9,11 +9,12 @@ from typing import Any
 
 from secure_mw._stack import check_identity_source, identity_provider_hosts
 from secure_mw.guards.clientaddr import TrustedProxies
-from secure_mw.guards.layers import RateLimitLayer
+from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import WSGIApp
 from secure_mw.wsgi.guards import (
     ClientAddressMiddleware,
+    LoginGuardMiddleware,
     RateLimitMiddleware,
     RedirectGuardMiddleware,
     SecurityHeadersMiddleware,
@@ -22,6 +23,7 @@ from secure_mw.wsgi.session import OIDCSessionMiddleware
 
 __all__ = [
     "ClientAddressMiddleware",
+    "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
@@ -33,7 +35,8 @@ __all__ = [
 def protect(app: WSGIApp, settings: Settings, **options: Any) -> WSGIApp:
     """Wrap ``app`` in every layer ``settings`` asks for. Outermost first: security headers,
     client address (trusted proxies), rate limits by address or route, the open-redirect
-    guard, the login session, rate limits by user, the app.
+    guard, the login guard (``regulation.paths``), the login session, rate limits by user,
+    the app.
 
     ``options`` go to the session middleware (``keyring``, ``store``, ``clock``, ``audit``);
     ``rate_limiter=`` gives both rate-limit layers one limiter object.
@@ -47,6 +50,10 @@ def protect(app: WSGIApp, settings: Settings, **options: Any) -> WSGIApp:
     if by_user.rules:
         stacked = RateLimitMiddleware(stacked, layer=by_user)
     stacked = OIDCSessionMiddleware(stacked, settings=settings, **options)
+    if settings.regulation.paths:
+        stacked = LoginGuardMiddleware(stacked, layer=LoginGuardLayer(
+            settings, paths=settings.regulation.paths,
+            username_field=settings.regulation.username_field, audit=audit))
     stacked = RedirectGuardMiddleware(stacked, settings=settings,
                                       extra_hosts=identity_provider_hosts(settings),
                                       audit=audit)

@@ -3,28 +3,40 @@ open-redirect guard. Each works alone; :func:`secure_mw.wsgi.protect` stacks the
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
-from secure_mw.guards.layers import RateLimitLayer, RedirectLayer
+from secure_mw.guards.layers import (
+    MAX_CAPTURE,
+    MAX_LOGIN_BODY,
+    LoginGuardLayer,
+    RateLimitLayer,
+    RedirectLayer,
+)
 from secure_mw.guards.ratelimit import RateLimiter
+from secure_mw.http import json_reply
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
     VIEW_KEY,
+    BodyTooLarge,
     Environ,
     ExcInfo,
     StartResponse,
     WSGIApp,
+    read_body,
+    status_line,
     view_of,
     with_extra_headers,
     write_reply,
 )
 
-__all__ = ["ClientAddressMiddleware", "RateLimitMiddleware", "RedirectGuardMiddleware",
-           "SecurityHeadersMiddleware"]
+__all__ = ["ClientAddressMiddleware", "LoginGuardMiddleware", "RateLimitMiddleware",
+           "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
 Headers = list[tuple[str, str]]
@@ -149,3 +161,65 @@ class RedirectGuardMiddleware:
             return start_response(status, checked, exc_info)
 
         return self.app(environ, start)
+
+
+class LoginGuardMiddleware:
+    """Regulation and enumeration-resistant timing for the app's own login endpoints (see
+    the ASGI middleware of the same name)."""
+
+    def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
+                 layer: LoginGuardLayer | None = None, **options: Any) -> None:
+        self.app = app
+        if layer is None:
+            layer = LoginGuardLayer(settings or Settings(), **options)
+        self.layer = layer
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        view = view_of(environ)
+        layer = self.layer
+        if not layer.applies(view):
+            return self.app(environ, start_response)
+        attempt = layer.delay.start()
+        try:
+            try:
+                body = read_body(environ, MAX_LOGIN_BODY)
+            except BodyTooLarge:
+                attempt.finish(success=False)
+                return write_reply(start_response, json_reply(413, {"error": "too_large"}))
+            view.body = body
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            user = layer.username(view)
+            with layer.locks.hold(layer.subjects(view, user)):
+                banned = run_sync(layer.check(view, user))
+                if banned is not None:
+                    attempt.finish(success=False)
+                    start_response(layer.failure_status_line(view.path, banned.status)
+                                   or status_line(banned.status), banned.headers)
+                    return [banned.body]
+                seen: list[Any] = []
+
+                def capture(status: str, headers: Headers,
+                            exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
+                    seen[:] = [status, headers, exc_info]
+                    return lambda data: None     # write() is not supported on this path
+
+                result = self.app(environ, capture)
+                try:
+                    content = b"".join(result)
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+                status_line_text, headers, exc_info = seen or (
+                    "500 Internal Server Error", [], None)
+                status = int(str(status_line_text).split(" ", 1)[0])
+                run_sync(layer.record(view, user, status, headers,
+                                      content if len(content) <= MAX_CAPTURE else None,
+                                      status_line=str(status_line_text)))
+            attempt.finish(success=200 <= status < 400)
+            start_response(status_line_text, headers, exc_info)
+            return [content]
+        finally:
+            if not attempt.finished:
+                attempt.finish(success=False)
