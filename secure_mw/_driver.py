@@ -25,7 +25,7 @@ class Op:
     """One I/O step: ``sync(*args, **kwargs)`` under WSGI, ``await async_(...)`` under
     ASGI."""
 
-    __slots__ = ("args", "async_", "kwargs", "sync")
+    __slots__ = ("args", "async_", "inline", "kwargs", "sync")
 
     def __init__(self, sync: Callable[..., Any], async_: Callable[..., Awaitable[Any]],
                  *args: Any, **kwargs: Any) -> None:
@@ -33,6 +33,9 @@ class Op:
         self.async_ = async_
         self.args = args
         self.kwargs = kwargs
+        # An object that never blocks (in-memory stores, limiters) is called directly even
+        # under ASGI: awaiting a coroutine that does no I/O only costs time.
+        self.inline = getattr(getattr(sync, "__self__", None), "nonblocking", False) is True
 
     def __repr__(self) -> str:
         return f"Op({getattr(self.sync, '__qualname__', self.sync)!r})"
@@ -62,7 +65,10 @@ async def run_async(flow: Flow[T]) -> T:
         op = next(flow)
         while True:
             try:
-                result = await op.async_(*op.args, **op.kwargs)
+                if op.inline:
+                    result = op.sync(*op.args, **op.kwargs)
+                else:
+                    result = await op.async_(*op.args, **op.kwargs)
             except BaseException as exc:
                 op = flow.throw(exc)
             else:

@@ -257,6 +257,7 @@ class MemoryRateLimiter:
     """GCRA in this process; see the module docstring."""
 
     __slots__ = ("_clock", "_lock", "_max_keys", "_state")
+    nonblocking = True   # never waits on I/O: called inline under ASGI
 
     def __init__(self, *, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -163,6 +163,7 @@ class MemoryRegulator:
     """Regulation in this process; see the module docstring."""
 
     __slots__ = ("_clock", "_lock", "_max_subjects", "_policy", "_records")
+    nonblocking = True   # never waits on I/O: called inline under ASGI
 
     def __init__(self, *, max_retries: int = 3, find_time: float = 120.0,
                  ban_time: float = 300.0, modes: Sequence[str] = _MODES,

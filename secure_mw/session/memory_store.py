@@ -23,6 +23,7 @@ _SHARED_LOCK = threading.Lock()
 
 class MemorySessionStore:
     holds_objects = True
+    nonblocking = True   # never waits on I/O: called inline under ASGI
 
     def __init__(self, *, max_sessions: int = 100_000,
                  clock: Callable[[], float] = time.time) -> None:
