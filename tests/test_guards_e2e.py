@@ -263,3 +263,21 @@ def test_protect_stacks_every_guard_around_the_session(serve_guarded: Any) -> No
         assert login.status_code == 503        # the provider is unreachable: fail closed
 
 
+
+
+def test_redirect_guard_refuses_what_it_cannot_parse_and_checks_refresh(
+        serve_guarded: Any) -> None:
+    s = settings(redirects={"allowed_hosts": ["app.example.com"]})
+    with serve_guarded(s, "redirect") as base, httpx.Client() as client:
+        padded = "next=https://evil.test/&" + "&".join(f"a{i}=1" for i in range(80))
+        assert client.get(base + "/?" + padded).status_code == 400
+        assert client.get(base + "/?" + "&".join(f"a{i}=1" for i in range(80))).status_code \
+            == 200                         # unparsable, but no redirect parameter in it
+
+
+def test_head_counts_against_a_get_only_rule(serve_guarded: Any) -> None:
+    s = settings(rate_limits={"rules": [{"key": "ip", "limit": "2/minute",
+                                         "methods": ["GET"]}]})
+    with serve_guarded(s, "ratelimit") as base, httpx.Client() as client:
+        statuses = [client.head(base + "/").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]

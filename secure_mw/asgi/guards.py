@@ -15,23 +15,25 @@ from secure_mw.asgi._io import (
     Receive,
     Scope,
     Send,
-    encode_headers,
     read_body,
+    refuse_websocket,
     send_reply,
     view_of,
 )
 from secure_mw.audit import AuditLogger
+from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.layers import (
-    MAX_CAPTURE,
     MAX_LOGIN_BODY,
+    LoginAttemptError,
     LoginGuardLayer,
     RateLimitLayer,
     RedirectLayer,
+    TooManyWaiters,
 )
 from secure_mw.guards.ratelimit import RateLimiter
-from secure_mw.http import json_reply
+from secure_mw.guards.timing import Attempt
 from secure_mw.settings import Settings
 
 __all__ = ["ClientAddressMiddleware", "LoginGuardMiddleware", "RateLimitMiddleware",
@@ -124,13 +126,20 @@ class RateLimitMiddleware:
         self.layer = layer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.layer.rules:
+        kind = scope["type"]
+        if (kind not in {"http", "websocket"}) or not self.layer.rules:
             await self.app(scope, receive, send)
             return
         view = view_of(scope)
         reply, lines = await run_async(self.layer.check(view, scope.get("secure_mw.identity")))
         if reply is not None:
-            await send_reply(send, reply, head=view.method == "HEAD")
+            if kind == "websocket":
+                await refuse_websocket(send, receive)
+            else:
+                await send_reply(send, reply, head=view.method == "HEAD")
+            return
+        if kind == "websocket":
+            await self.app(scope, receive, send)
             return
         if lines:
             extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in lines]
@@ -174,13 +183,17 @@ class RedirectGuardMiddleware:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", ())
                 for index, (name, value) in enumerate(headers):
-                    if name.lower() == b"location":
-                        replacement = layer.check_location(
-                            value.decode("latin-1"), view, scope.get("secure_mw.identity"))
-                        if replacement is not None:
-                            headers = list(headers)
-                            headers[index] = (b"location", replacement.encode("latin-1"))
-                            message["headers"] = headers
+                    lower = name.lower()
+                    if lower not in {b"location", b"refresh"}:
+                        continue
+                    check = layer.check_location if lower == b"location" \
+                        else layer.check_refresh
+                    replacement = check(value.decode("latin-1"), view,
+                                        scope.get("secure_mw.identity"))
+                    if replacement is not None:
+                        headers = list(headers)
+                        headers[index] = (lower, replacement.encode("latin-1"))
+                        message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_checked)
@@ -207,51 +220,57 @@ class LoginGuardMiddleware:
         if not layer.applies(view):
             await self.app(scope, receive, send)
             return
-        attempt = layer.delay.start()
-        success = False
         try:
-            try:
-                body = await read_body(receive, MAX_LOGIN_BODY)
-            except BodyTooLarge:
-                await send_reply(send, json_reply(413, {"error": "too_large"}))
-                return
-            view.body = body
+            view.body = await read_body(receive, MAX_LOGIN_BODY)
+        except BodyTooLarge:
+            await send_reply(send, layer.refusal(view, 413, "login body too large"))
+            return
+        try:
             user = layer.username(view)
-            async with layer.locks.hold(layer.subjects(view, user)):
-                banned = await run_async(layer.check(view, user))
-                if banned is not None:
-                    await attempt.afinish(success=False)
-                    await send({"type": "http.response.start", "status": banned.status,
-                                "headers": encode_headers(banned.headers)})
-                    await send({"type": "http.response.body", "body": banned.body})
-                    return
-                captured: list[Message] = []
-                size = 0
-                pending: list[bytes] = [body]
-
-                async def replay() -> Message:
-                    if not pending:
-                        return await receive()
-                    return {"type": "http.request", "body": pending.pop(), "more_body": False}
-
-                async def capture(message: Message) -> None:
-                    nonlocal size
-                    captured.append(message)
-                    size += len(message.get("body", b""))
-
-                await self.app(scope, replay, capture)
-                start = next((m for m in captured if m["type"] == "http.response.start"), None)
-                status = int(start["status"]) if start else 500
-                headers = [(n.decode("latin-1"), v.decode("latin-1"))
-                           for n, v in (start or {}).get("headers", ())]
-                content = b"".join(m.get("body", b"") for m in captured
-                                   if m["type"] == "http.response.body")
-                await run_async(layer.record(view, user, status, headers,
-                                             content if size <= MAX_CAPTURE else None))
-                success = 200 <= status < 400
-            await attempt.afinish(success=success)
-            for message in captured:
-                await send(message)
+        except LoginAttemptError as exc:
+            await layer.delay.start().afinish(success=False)
+            await send_reply(send, layer.refusal(view, exc.status, exc.reason))
+            return
+        attempt: Attempt | None = None
+        success = False
+        refusal = None
+        captured: list[Message] = []
+        try:
+            async with layer.locks.hold(layer.lock_keys(view, user)):
+                attempt = layer.delay.start()
+                try:
+                    banned = await run_async(layer.check(view, user))
+                    captured = await self._call_app(
+                        scope, layer.decoy_body(view) if banned else view.body)
+                    start = next((m for m in captured
+                                  if m["type"] == "http.response.start"), None)
+                    status = int(start["status"]) if start else 500
+                    if not banned:
+                        success = await run_async(layer.record(view, user, status))
+                except StoreUnavailable as exc:
+                    refusal = layer.refusal(view, 503, str(exc), user)
+        except TooManyWaiters:
+            refusal = layer.refusal(view, 429, "too many attempts queued", user)
         finally:
-            if not attempt.finished:
-                await attempt.afinish(success=False)
+            if attempt is not None:      # waits outside the turn, on every exit path
+                await attempt.afinish(success=success)
+        if refusal is not None:
+            await send_reply(send, refusal)
+            return
+        for message in captured:
+            await send(message)
+
+    async def _call_app(self, scope: Scope, body: bytes) -> list[Message]:
+        captured: list[Message] = []
+        pending = [body]
+
+        async def replay() -> Message:
+            if pending:
+                return {"type": "http.request", "body": pending.pop(), "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def capture(message: Message) -> None:
+            captured.append(message)
+
+        await self.app(scope, replay, capture)
+        return captured

@@ -10,14 +10,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
+import secrets
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
@@ -25,7 +28,12 @@ from secure_mw.audit import AuditLogger
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 from secure_mw.guards.ratelimit import RateLimiter, limiter_from_settings, rate_headers
 from secure_mw.guards.redirect import RedirectPolicy
-from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator, Regulator
+from secure_mw.guards.regulation import (
+    MemoryRegulator,
+    RedisRegulator,
+    Regulator,
+)
+from secure_mw.guards.regulation import _ip_subject as ip_subject
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.identity import Identity
@@ -36,7 +44,8 @@ from secure_mw.settings import (
     parse_rate_limit,
 )
 
-__all__ = ["LoginGuardLayer", "RateLimitLayer", "RedirectLayer", "audit_for"]
+__all__ = ["LoginAttemptError", "LoginGuardLayer", "RateLimitLayer", "RedirectLayer",
+           "audit_for", "normalize_user"]
 
 log = logging.getLogger("secure_mw.guards")
 
@@ -70,21 +79,39 @@ class _Rule:
     fail_open: bool
 
     def applies(self, view: RequestView) -> bool:
-        if self.methods and view.method not in self.methods:
-            return False
+        if self.methods:
+            # HEAD is served by GET handlers; a WebSocket handshake is a GET.
+            method = "GET" if view.method == "HEAD" and "HEAD" not in self.methods \
+                else view.method
+            if method not in self.methods:
+                return False
         return not self.paths or any(p.search(view.path) for p in self.paths)
 
     def key_of(self, view: RequestView, identity: Identity | None) -> str | None:
         if self.key == "ip":
+            if not view.client:   # no address (a Unix socket peer): never pool everyone
+                _warn_once("rate limits by address skip requests without a client address "
+                           "(a Unix-socket peer?); list the proxy in server.trusted_proxies")
+                return None
             return f"r{self.index}:ip:{view.client}"
         if self.key == "user":
-            return f"r{self.index}:user:{identity.sub}" if identity else \
-                f"r{self.index}:ip:{view.client}"
+            if identity:
+                return f"r{self.index}:user:{identity.sub}"
+            return f"r{self.index}:ip:{view.client}" if view.client else None
         if self.key == "route":
             return f"r{self.index}:route:{view.method} {view.path}"
         assert self.key_function is not None
         custom = self.key_function(view, identity)
         return None if custom is None else f"r{self.index}:fn:{custom}"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _key_function(path: str, where: str) -> KeyFunction:
@@ -210,6 +237,8 @@ class RedirectLayer:
     def _safe(self, url: str, view: RequestView) -> bool:
         if self.policy.is_safe(url):
             return True
+        if "*" in view.host:      # the request's own host, literally, never as a pattern
+            return False
         own = self._own.get(view.host)
         if own is None:
             try:
@@ -225,7 +254,13 @@ class RedirectLayer:
         """400 when a redirect parameter of the query is not a safe target."""
         if not view.query_string or not self.params:
             return None
-        for name, values in view.query().items():
+        params = view.query()
+        if not params and self._mentions_param(view.query_string):
+            # Too long or too many fields to parse: refuse rather than let it through.
+            _event(self.audit, "unsafe_redirect", view, identity,
+                   reason="unparsable query with a redirect parameter")
+            return json_reply(400, {"error": "unsafe_redirect"})
+        for name, values in params.items():
             if name in self.params and any(not self._safe(v, view) for v in values):
                 _event(self.audit, "unsafe_redirect", view, identity, reason=f"parameter {name}")
                 return html_reply(400, "Bad request",
@@ -233,6 +268,22 @@ class RedirectLayer:
                                   "send people.") if view.wants_html else json_reply(
                     400, {"error": "unsafe_redirect", "parameter": name})
         return None
+
+    def _mentions_param(self, query: str) -> bool:
+        return any(f"{name}=" in query for name in self.params)
+
+    def check_refresh(self, value: str, view: RequestView,
+                      identity: Identity | None = None) -> str | None:
+        """A replacement for an unsafe ``Refresh: N; url=…`` header, or ``None``."""
+        _, sep, rest = value.partition(";")
+        target = rest.strip()
+        if not sep or not target.lower().startswith("url="):
+            return None
+        url = target[4:].strip().strip("'\"")
+        if self._safe(url, view):
+            return None
+        _event(self.audit, "unsafe_redirect", view, identity, reason="response Refresh")
+        return f"{value.partition(';')[0].strip()}; url={self.default}"
 
     def check_location(self, location: str, view: RequestView,
                        identity: Identity | None = None) -> str | None:
@@ -246,42 +297,60 @@ class RedirectLayer:
 # -- login endpoints: regulation and timing ---------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Captured:
-    """A response the app gave, kept to answer a banned attempt exactly like a failure."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    status_line: str | None = None     # WSGI: the reason phrase the app chose
-
-
-# Replayed as the app sent them (framing included: a banned answer must not differ even in
-# Content-Length versus chunked), except what is per-response or would hand out a cookie.
-_NOT_REPLAYED = frozenset({"set-cookie", "date", "server"})
 MAX_LOGIN_BODY = 64 * 1024
 MAX_CAPTURE = 256 * 1024
+MAX_WAITERS = 8          # attempts queued per user name or address before refusing (429)
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
+
+
+class LoginAttemptError(Exception):
+    """The attempt cannot be judged: its reply (``status``, ``reason``)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def normalize_user(name: str) -> str:
+    """How user names are compared: NFKC, surrounding space removed, case folded (so
+    ``Alice``, its fullwidth spelling and `` alice `` share one count, as login forms treat
+    them)."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 class LoginGuardLayer:
     """Brute-force regulation and enumeration-resistant timing for an app's own login
     endpoints (``POST`` to one of ``paths``).
 
-    Each attempt is held by the login delay on every exit path; attempts of one user name
-    or one address run one at a time in this process, so parallel guesses cannot outrun the
-    ban; a banned attempt is not passed to the app and gets exactly the response of the last
-    failure the app gave on that path (status, headers, body). The app's verdict is read
-    from the status: ``failure_statuses`` (401, 403 by default) are failures, 2xx/3xx
-    successes. Regulation store unreachable: 503, fail closed.
+    * The user name is read from the form (``application/x-www-form-urlencoded``) or JSON
+      (``application/json``, ``application/*+json``) field ``username_field``. An attempt
+      whose name is missing, given twice, or in another body type is refused with 400
+      without reaching the app: the guard must see the name the app will use.
+    * A banned attempt still reaches the app, with the password field replaced by random
+      text, so its answer is the app's genuine wrong-password answer (cookies, tokens and
+      all) — not counted, not a replay of somebody else's.
+    * Attempts of one user name or one address (whichever ``modes`` regulate) run one at a
+      time in this process, so parallel guesses cannot outrun the ban; at most
+      :data:`MAX_WAITERS` wait per subject, more get 429.
+    * The login delay holds every attempt from the moment it is judged (after the body is
+      read and the turn is taken), so a slow upload cannot stretch everybody's delay.
+    * The app's verdict is read from the status: ``failure_statuses`` (401, 403) are
+      failures, 2xx/3xx successes. An app that answers a failed login with a redirect back to
+      its form must list that status (or answer 401/403).
+    * Regulation store unreachable: 503, fail closed.
     """
 
     def __init__(self, settings: Settings, *, paths: Iterable[str] = ("/login",),
                  username_field: str = "username",
+                 password_field: str = "password",  # noqa: S107 - a field name
                  failure_statuses: Iterable[int] = (401, 403),
                  regulator: Regulator | None = None, delay: LoginDelay | None = None,
+                 modes: Iterable[str] | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.paths = frozenset(paths)
         self.username_field = username_field
+        self.password_field = password_field
         self.failure_statuses = frozenset(failure_statuses)
         if regulator is None:
             url = settings.rate_limits.redis_url or settings.session.redis_url
@@ -289,113 +358,131 @@ class LoginGuardLayer:
                 if settings.session.store == "redis" and url \
                 else MemoryRegulator.from_settings(settings.regulation)
         self.regulator = regulator
+        self.modes = frozenset(modes if modes is not None else settings.regulation.modes)
         self.delay = delay or LoginDelay()
         self.audit = audit_for(audit)
-        self._failures: dict[str, Captured] = {}
-        self._locks = _KeyedLocks()
+        self._locks = _KeyedLocks(MAX_WAITERS)
 
     def applies(self, view: RequestView) -> bool:
         return view.method == "POST" and view.path in self.paths
 
-    def username(self, view: RequestView) -> str | None:
-        """The user name of the attempt (form or JSON body), or ``None``."""
+    def _fields(self, view: RequestView) -> tuple[str, list[tuple[str, Any]]]:
         content_type = view.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        body = view.body[:MAX_LOGIN_BODY]
-        value: object = None
-        try:
-            if content_type == "application/x-www-form-urlencoded":
-                pairs = parse_qsl(body.decode("utf-8", "replace"), max_num_fields=64)
-                value = next((v for k, v in pairs if k == self.username_field), None)
-            elif content_type == "application/json":
+        body = view.body
+        if content_type == "application/x-www-form-urlencoded":
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LoginAttemptError(400, "form body is not UTF-8") from None
+            return "form", parse_qsl(text, keep_blank_values=True)
+        if _JSON_TYPE.fullmatch(content_type):
+            if body.startswith(b"\xef\xbb\xbf"):
+                body = body[3:]
+            try:
                 data = loads_strict(body)
-                value = data.get(self.username_field) if isinstance(data, dict) else None
-        except (ValueError, StrictJSONError):
-            return None
-        if not isinstance(value, str) or not value or len(value) > 256:
-            return None
-        return value
+            except StrictJSONError:
+                raise LoginAttemptError(400, "JSON body unreadable or with repeated keys") \
+                    from None
+            if not isinstance(data, dict):
+                raise LoginAttemptError(400, "JSON body is not an object")
+            return "json", list(data.items())
+        raise LoginAttemptError(415, f"login body of type {content_type or 'none'!r}")
 
-    def subjects(self, view: RequestView, user: str | None) -> list[str]:
-        keys = [f"ip:{view.client}"]
-        if user is not None:
-            keys.append(f"user:{user.casefold()}")
+    def username(self, view: RequestView) -> str:
+        """The normalized user name of the attempt; :class:`LoginAttemptError` when the
+        guard cannot be sure which name the app will see."""
+        _kind, pairs = self._fields(view)
+        values = [v for k, v in pairs if k == self.username_field]
+        if len(values) != 1:
+            raise LoginAttemptError(400, "user name missing or given more than once")
+        value = values[0]
+        if not isinstance(value, str) or not value.strip() or len(value) > 256:
+            raise LoginAttemptError(400, "user name missing or not a string")
+        return normalize_user(value)
+
+    def decoy_body(self, view: RequestView) -> bytes:
+        """The attempt's body with the password replaced by random text (for a banned
+        attempt: the app's answer is then a genuine failure)."""
+        kind, pairs = self._fields(view)
+        decoy = secrets.token_urlsafe(24)
+        replaced = [(k, decoy if k == self.password_field else v) for k, v in pairs]
+        if kind == "form":
+            return urlencode(replaced).encode()
+        return json.dumps(dict(replaced)).encode()
+
+    def lock_keys(self, view: RequestView, user: str) -> list[str]:
+        keys = []
+        if "ip" in self.modes and view.client:
+            keys.append(f"ip:{ip_subject(view.client)}")
+        if "user" in self.modes:
+            keys.append(f"user:{user}")
         return keys
 
-    def check(self, view: RequestView, user: str | None) -> Flow[Reply | None]:
-        """The reply for a banned attempt (or ``None``: let the app judge it); its headers
-        frame the body already (write them as they are)."""
+    def check(self, view: RequestView, user: str) -> Flow[bool]:
+        """Whether the attempt is banned (:class:`StoreUnavailable` when the store is down)."""
         reg = self.regulator
-        try:
-            ban = yield Op(reg.check, reg.acheck, user=user, ip=view.client)
-        except StoreUnavailable as exc:
-            _event(self.audit, "regulation_unavailable", view, None, user=user,
-                   reason=str(exc))
-            reply = json_reply(503, {"error": "login_unavailable"},
-                               headers=[("retry-after", "5")])
-            return reply.with_headers([("content-length", str(len(reply.body)))])
+        ban = yield Op(reg.check, reg.acheck, user=user, ip=view.client or None)
         if ban is None:
-            return None
+            return False
         _event(self.audit, "login_failure", view, None, user=user,
                reason=f"banned ({ban.subject})")
-        return self.failure_reply(view.path)
+        return True
 
-    def failure_reply(self, path: str) -> Reply:
-        """Write it exactly as given: its headers already frame the body."""
-        captured = self._failures.get(path)
-        if captured is None:     # no failure seen yet in this process (bans came from others)
-            reply = json_reply(401, {"error": "invalid_credentials"})
-            return reply.with_headers([("content-length", str(len(reply.body)))])
-        return Reply(captured.status, list(captured.headers), captured.body)
-
-    def failure_status_line(self, path: str, status: int) -> str | None:
-        """The app's own status line for the captured failure (if ``status`` is its)."""
-        captured = self._failures.get(path)
-        return captured.status_line if captured and captured.status == status else None
-
-    def record(self, view: RequestView, user: str | None, status: int,
-               headers: Iterable[tuple[str, str]], body: bytes | None, *,
-               status_line: str | None = None) -> Flow[None]:
-        """Tell the regulator what the app decided (and keep a failure to replay)."""
+    def record(self, view: RequestView, user: str, status: int) -> Flow[bool]:
+        """Tell the regulator what the app decided; returns whether it was a success."""
         reg = self.regulator
-        failed = status in self.failure_statuses
-        if failed:
-            if body is not None:
-                self._failures[view.path] = Captured(
-                    status, tuple((n, v) for n, v in headers
-                                  if n.lower() not in _NOT_REPLAYED), body, status_line)
+        ip = view.client or None
+        if status in self.failure_statuses:
             _event(self.audit, "login_failure", view, None, user=user,
                    reason="rejected by the application")
             try:
-                ban = yield Op(reg.fail, reg.afail, user=user, ip=view.client)
+                ban = yield Op(reg.fail, reg.afail, user=user, ip=ip)
             except StoreUnavailable as exc:
                 _event(self.audit, "regulation_unavailable", view, None, user=user,
                        reason=str(exc))
-                return None
+                return False
             if ban is not None:
                 _event(self.audit, "ban", view, None, user=user, reason=ban.subject,
                        until=int(ban.until))
-        elif 200 <= status < 400:
+            return False
+        if 200 <= status < 400:
             _event(self.audit, "login_success", view, None, user=user)
             with contextlib.suppress(StoreUnavailable):   # a success needs no bookkeeping
-                yield Op(reg.succeed, reg.asucceed, user=user, ip=view.client)
-        return None
+                yield Op(reg.succeed, reg.asucceed, user=user, ip=ip)
+            return True
+        return False
+
+    def refusal(self, view: RequestView, status: int, reason: str,
+                user: str | None = None) -> Reply:
+        _event(self.audit, "login_failure", view, None, user=user, reason=reason)
+        error = {400: "bad_request", 413: "too_large", 415: "unsupported_media_type",
+                 429: "too_many_attempts", 503: "login_unavailable"}.get(status, "refused")
+        return json_reply(status, {"error": error},
+                          headers=[("retry-after", "5")] if status in (429, 503) else [])
 
     @property
     def locks(self) -> _KeyedLocks:
         return self._locks
 
 
-class _KeyedLocks:
-    """One lock per key, created on demand and dropped when unused. Holds threading locks
-    for WSGI and asyncio locks for ASGI (never both for one key at the same time)."""
+class TooManyWaiters(Exception):
+    pass
 
-    def __init__(self) -> None:
+
+class _KeyedLocks:
+    """One lock per key, created on demand and dropped when unused; at most ``limit``
+    holders and waiters per key. Threading locks for WSGI, asyncio locks for ASGI."""
+
+    def __init__(self, limit: int) -> None:
         self._guard = threading.Lock()
         self._locks: dict[str, tuple[Any, int]] = {}
+        self._limit = limit
 
     def _get(self, key: str, factory: Callable[[], Any]) -> Any:
         with self._guard:
             lock, users = self._locks.get(key, (None, 0))
+            if users >= self._limit:
+                raise TooManyWaiters(key)
             if lock is None:
                 lock = factory()
             self._locks[key] = (lock, users + 1)
@@ -414,30 +501,52 @@ class _KeyedLocks:
 
 
 class _Held:
+    """Takes every lock of ``keys`` in sorted order (no cycles); on any failure or
+    cancellation midway, gives back what it took."""
+
     def __init__(self, owner: _KeyedLocks, keys: list[str]) -> None:
         self.owner = owner
         self.keys = keys
         self.taken: list[tuple[str, Any]] = []
 
-    def __enter__(self) -> None:
-        for key in self.keys:        # sorted: no two attempts wait for each other in a cycle
-            lock = self.owner._get(key, threading.Lock)
-            lock.acquire()
-            self.taken.append((key, lock))
-
-    def __exit__(self, *exc: object) -> None:
+    def _release(self) -> None:
         for key, lock in reversed(self.taken):
             lock.release()
             self.owner._put(key)
         self.taken.clear()
 
+    def __enter__(self) -> None:
+        try:
+            for key in self.keys:
+                lock = self.owner._get(key, threading.Lock)
+                try:
+                    lock.acquire()
+                except BaseException:
+                    self.owner._put(key)
+                    raise
+                self.taken.append((key, lock))
+        except BaseException:
+            self._release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
     async def __aenter__(self) -> None:
         import asyncio
 
-        for key in self.keys:
-            lock = self.owner._get(key, asyncio.Lock)
-            await lock.acquire()
-            self.taken.append((key, lock))
+        try:
+            for key in self.keys:
+                lock = self.owner._get(key, asyncio.Lock)
+                try:
+                    await lock.acquire()
+                except BaseException:      # cancelled while waiting: not ours to release
+                    self.owner._put(key)
+                    raise
+                self.taken.append((key, lock))
+        except BaseException:
+            self._release()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self.__exit__()
+        self._release()

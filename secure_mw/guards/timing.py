@@ -70,7 +70,11 @@ class LoginDelay:
         sleep: Callable[[float], None] = time.sleep,
         asleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = _SYSTEM_RANDOM.random,
+        max_record: float = 5.0,
     ) -> None:
+        if not max_record > 0:
+            raise ValueError("max_record must be positive")
+        self.max_record = float(max_record)
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError("history must be a positive integer")
         for name, value in (("floor", floor), ("jitter", jitter), ("seed", seed)):
@@ -107,8 +111,8 @@ class LoginDelay:
         with self._lock:
             # The target uses the history as it was before this attempt, like Authelia.
             base = max(sum(self._durations) / len(self._durations), self.floor)
-            if success:
-                self._durations.append(elapsed)
+            if success:   # capped: a slow client must not be able to slow every login
+                self._durations.append(min(elapsed, self.max_record))
         target = base + self.jitter * min(max(self._rng(), 0.0), 1.0)
         return max(0.0, target - elapsed)
 

@@ -9,17 +9,19 @@ from typing import Any
 
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
+from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.layers import (
-    MAX_CAPTURE,
     MAX_LOGIN_BODY,
+    LoginAttemptError,
     LoginGuardLayer,
     RateLimitLayer,
     RedirectLayer,
+    TooManyWaiters,
 )
 from secure_mw.guards.ratelimit import RateLimiter
-from secure_mw.http import json_reply
+from secure_mw.guards.timing import Attempt
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
     VIEW_KEY,
@@ -29,7 +31,6 @@ from secure_mw.wsgi._io import (
     StartResponse,
     WSGIApp,
     read_body,
-    status_line,
     view_of,
     with_extra_headers,
     write_reply,
@@ -154,9 +155,13 @@ class RedirectGuardMiddleware:
             checked = []
             for name, value in headers:
                 replacement = None
-                if name.lower() == "location":
+                lower = name.lower()
+                if lower == "location":
                     replacement = layer.check_location(value, view,
                                                        environ.get("secure_mw.identity"))
+                elif lower == "refresh":
+                    replacement = layer.check_refresh(value, view,
+                                                      environ.get("secure_mw.identity"))
                 checked.append((name, value if replacement is None else replacement))
             return start_response(status, checked, exc_info)
 
@@ -179,47 +184,62 @@ class LoginGuardMiddleware:
         layer = self.layer
         if not layer.applies(view):
             return self.app(environ, start_response)
-        attempt = layer.delay.start()
         try:
-            try:
-                body = read_body(environ, MAX_LOGIN_BODY)
-            except BodyTooLarge:
-                attempt.finish(success=False)
-                return write_reply(start_response, json_reply(413, {"error": "too_large"}))
-            view.body = body
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
+            view.body = read_body(environ, MAX_LOGIN_BODY)
+        except BodyTooLarge:
+            return write_reply(start_response,
+                               layer.refusal(view, 413, "login body too large"))
+        try:
             user = layer.username(view)
-            with layer.locks.hold(layer.subjects(view, user)):
-                banned = run_sync(layer.check(view, user))
-                if banned is not None:
-                    attempt.finish(success=False)
-                    start_response(layer.failure_status_line(view.path, banned.status)
-                                   or status_line(banned.status), banned.headers)
-                    return [banned.body]
-                seen: list[Any] = []
-
-                def capture(status: str, headers: Headers,
-                            exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
-                    seen[:] = [status, headers, exc_info]
-                    return lambda data: None     # write() is not supported on this path
-
-                result = self.app(environ, capture)
+        except LoginAttemptError as exc:
+            layer.delay.start().finish(success=False)
+            return write_reply(start_response, layer.refusal(view, exc.status, exc.reason))
+        attempt: Attempt | None = None
+        success = False
+        refusal = None
+        answer: tuple[str, Headers, Any, bytes] | None = None
+        try:
+            with layer.locks.hold(layer.lock_keys(view, user)):
+                attempt = layer.delay.start()
                 try:
-                    content = b"".join(result)
-                finally:
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()
-                status_line_text, headers, exc_info = seen or (
-                    "500 Internal Server Error", [], None)
-                status = int(str(status_line_text).split(" ", 1)[0])
-                run_sync(layer.record(view, user, status, headers,
-                                      content if len(content) <= MAX_CAPTURE else None,
-                                      status_line=str(status_line_text)))
-            attempt.finish(success=200 <= status < 400)
-            start_response(status_line_text, headers, exc_info)
-            return [content]
+                    banned = run_sync(layer.check(view, user))
+                    answer = self._call_app(environ,
+                                            layer.decoy_body(view) if banned else view.body)
+                    status = int(answer[0].split(" ", 1)[0])
+                    if not banned:
+                        success = run_sync(layer.record(view, user, status))
+                except StoreUnavailable as exc:
+                    refusal = layer.refusal(view, 503, str(exc), user)
+        except TooManyWaiters:
+            refusal = layer.refusal(view, 429, "too many attempts queued", user)
         finally:
-            if not attempt.finished:
-                attempt.finish(success=False)
+            if attempt is not None:      # waits outside the turn, on every exit path
+                attempt.finish(success=success)
+        if refusal is not None or answer is None:
+            return write_reply(start_response,
+                               refusal or layer.refusal(view, 503, "no answer", user))
+        status_line_text, headers, exc_info, content = answer
+        start_response(status_line_text, headers, exc_info)
+        return [content]
+
+    def _call_app(self, environ: Environ, body: bytes) -> tuple[str, Headers, Any, bytes]:
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        seen: list[Any] = []
+        written: list[bytes] = []
+
+        def capture(status: str, headers: Headers,
+                    exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
+            seen[:] = [status, headers, exc_info]
+            return written.append
+
+        result = self.app(environ, capture)
+        try:
+            content = b"".join([*written, *result])
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if not seen:
+            return "500 Internal Server Error", [], None, b""
+        return str(seen[0]), list(seen[1]), seen[2], content
