@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit
 
 from secure_mw.errors import ConfigError, ConfigProblem
@@ -23,3 +25,38 @@ def identity_provider_hosts(settings: Settings) -> list[str]:
         return []
     parts = urlsplit(settings.oidc.issuer)
     return [parts.netloc.lower()] if parts.netloc else []
+
+
+def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[str, Any]
+             ) -> Any:
+    """The stack ``protect()`` builds, from the middleware classes of ``flavour``
+    (:mod:`secure_mw.asgi` or :mod:`secure_mw.wsgi`, which have the same names). Outermost
+    first: security headers, client address, rate limits by address or route, the
+    open-redirect guard, the login guard (``regulation.paths``), the login session, rate
+    limits by user, the app."""
+    from secure_mw.guards.clientaddr import TrustedProxies
+    from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
+
+    check_identity_source(settings)
+    audit = options.get("audit")
+    limiter = options.pop("rate_limiter", None)
+    stacked = app
+    by_user = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit,
+                             which="identity")
+    if by_user.rules:
+        stacked = flavour.RateLimitMiddleware(stacked, layer=by_user)
+    stacked = flavour.OIDCSessionMiddleware(stacked, settings=settings, **options)
+    if settings.regulation.paths:
+        stacked = flavour.LoginGuardMiddleware(stacked, layer=LoginGuardLayer(
+            settings, paths=settings.regulation.paths,
+            username_field=settings.regulation.username_field, audit=audit))
+    stacked = flavour.RedirectGuardMiddleware(stacked, settings=settings,
+                                              extra_hosts=identity_provider_hosts(settings),
+                                              audit=audit)
+    by_address = RateLimitLayer(settings.rate_limits, limiter=limiter or by_user.limiter,
+                                audit=audit, which="network")
+    if by_address.rules:
+        stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
+    stacked = flavour.ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
+        settings.server.trusted_proxies, header=settings.server.forwarded_header))
+    return flavour.SecurityHeadersMiddleware(stacked, settings=settings)

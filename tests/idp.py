@@ -21,26 +21,23 @@ under ``SECURE_MW_REQUIRE_EXTERNAL=1``, as for every external program (see tests
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
-import pytest
 
 from secure_mw.tokens import generate_private_jwks
-from tests.servers import REQUIRE_EXTERNAL, find_program, free_port, wait_for_port
+from tests.servers import ensure_npm_packages, find_program, free_port, wait_for_port
 
 __all__ = ["IDP_DIR", "IdPServer", "dev_login", "ensure_idp_packages", "rp_logout"]
 
@@ -50,58 +47,9 @@ _START_TIMEOUT = 30.0
 _MAX_STEPS = 20
 
 
-def _skip_or_fail(message: str) -> NoReturn:
-    if REQUIRE_EXTERNAL:
-        pytest.fail(message + " and SECURE_MW_REQUIRE_EXTERNAL=1 forbids skipping", pytrace=False)
-    pytest.skip(message + " (set SECURE_MW_REQUIRE_EXTERNAL=1 to make this a failure)")
-
-
-def _packages_installed() -> bool:
-    """Whether node_modules holds exactly the versions package.json pins."""
-    manifest = json.loads((IDP_DIR / "package.json").read_text(encoding="utf-8"))
-    for name, version in manifest.get("dependencies", {}).items():
-        installed = IDP_DIR / "node_modules" / name / "package.json"
-        try:
-            if json.loads(installed.read_text(encoding="utf-8")).get("version") != version:
-                return False
-        except (OSError, ValueError):
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
-    """An exclusive lock shared by every test process installing the IdP's packages."""
-    tag = hashlib.sha256(str(IDP_DIR).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"secure-mw-idp-npm-{tag}.lock"
-    with open(path, "a+b") as handle:
-        if sys.platform == "win32":  # pragma: no cover - the project's CI is POSIX
-            yield
-            return
-        import fcntl
-
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_idp_packages() -> None:
     """Install integrations/idp's node packages with ``npm ci`` unless they are there."""
-    if _packages_installed():
-        return
-    npm = find_program("npm")
-    with _install_lock():
-        if _packages_installed():  # another process installed them while we waited
-            return
-        result = subprocess.run(
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-            cwd=IDP_DIR, capture_output=True, text=True, timeout=600, check=False,
-        )
-        if result.returncode != 0 or not _packages_installed():
-            output = (result.stdout + result.stderr)[-2000:]
-            _skip_or_fail(f"`npm ci` in {IDP_DIR} failed ({result.returncode}):\n{output}")
+    ensure_npm_packages(IDP_DIR)
 
 
 class IdPServer:

@@ -28,19 +28,15 @@ marks HSTS and redirection ``*-invalid-cert``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import pytest
-
-from tests.servers import REQUIRE_EXTERNAL, find_program
+from tests.servers import ensure_npm_packages, find_program, install_lock
 
 __all__ = ["OBSERVATORY_DIR", "describe", "ensure_observatory_packages", "observatory_scan"]
 
@@ -54,25 +50,6 @@ _SCAN_TIMEOUT = 60.0
 # what a test scans; the proxy lists get loopback added instead.
 _DROPPED_ENV = ("CONFIG_FILE", "RETRIEVER_USER_AGENT", "CORS_ORIGIN", "ABORT_TIMEOUT",
                 "CLIENT_TIMEOUT", "NODE_OPTIONS")
-
-
-def _skip_or_fail(message: str) -> NoReturn:
-    if REQUIRE_EXTERNAL:
-        pytest.fail(message + " and SECURE_MW_REQUIRE_EXTERNAL=1 forbids skipping", pytrace=False)
-    pytest.skip(message + " (set SECURE_MW_REQUIRE_EXTERNAL=1 to make this a failure)")
-
-
-def _packages_installed() -> bool:
-    """Whether node_modules holds exactly the versions package.json pins."""
-    manifest = json.loads((OBSERVATORY_DIR / "package.json").read_text(encoding="utf-8"))
-    for name, version in manifest.get("dependencies", {}).items():
-        installed = OBSERVATORY_DIR / "node_modules" / name / "package.json"
-        try:
-            if json.loads(installed.read_text(encoding="utf-8")).get("version") != version:
-                return False
-        except (OSError, ValueError):
-            return False
-    return SCAN_SCRIPT.is_file()
 
 
 def _preload_list_ready() -> bool:
@@ -98,40 +75,11 @@ def _write_empty_preload_list() -> None:
         raise
 
 
-@contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
-    """An exclusive lock shared by every test process installing the scanner's packages."""
-    tag = hashlib.sha256(str(OBSERVATORY_DIR).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"secure-mw-observatory-npm-{tag}.lock"
-    with open(path, "a+b") as handle:
-        if sys.platform == "win32":  # pragma: no cover - the project's CI is POSIX
-            yield
-            return
-        import fcntl
-
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_observatory_packages() -> None:
     """Install integrations/observatory's node packages with ``npm ci`` unless they are there,
     and give the scanner its (empty) HSTS preload list."""
-    if _packages_installed() and _preload_list_ready():
-        return
-    with _install_lock():
-        if not _packages_installed():  # another process may have installed them meanwhile
-            npm = find_program("npm")
-            result = subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-                cwd=OBSERVATORY_DIR, capture_output=True, text=True, timeout=600, check=False,
-            )
-            if result.returncode != 0 or not _packages_installed():
-                output = (result.stdout + result.stderr)[-2000:]
-                _skip_or_fail(
-                    f"`npm ci` in {OBSERVATORY_DIR} failed ({result.returncode}):\n{output}")
+    ensure_npm_packages(OBSERVATORY_DIR)
+    with install_lock(OBSERVATORY_DIR):
         if not _preload_list_ready():
             _write_empty_preload_list()
 

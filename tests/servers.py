@@ -6,13 +6,18 @@ A missing program skips the tests that need it, unless ``SECURE_MW_REQUIRE_EXTER
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -90,3 +95,56 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip the test for a missing external dependency, or fail it in CI."""
+    if REQUIRE_EXTERNAL:
+        pytest.fail(message + " and SECURE_MW_REQUIRE_EXTERNAL=1 forbids skipping", pytrace=False)
+    pytest.skip(message + " (set SECURE_MW_REQUIRE_EXTERNAL=1 to make this a failure)")
+
+
+def npm_packages_installed(directory: Path) -> bool:
+    """Whether ``directory/node_modules`` holds exactly the versions package.json pins."""
+    manifest = json.loads((directory / "package.json").read_text(encoding="utf-8"))
+    for name, version in manifest.get("dependencies", {}).items():
+        installed = directory / "node_modules" / name / "package.json"
+        try:
+            if json.loads(installed.read_text(encoding="utf-8")).get("version") != version:
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def install_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock shared by every test process installing into ``directory``."""
+    import fcntl
+
+    tag = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"secure-mw-npm-{tag}.lock"
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_npm_packages(directory: Path) -> None:
+    """``npm ci`` in ``directory`` (scripts off) unless its pinned packages are there; a
+    missing npm or a failed install skips the test, or fails it in CI."""
+    if npm_packages_installed(directory):
+        return
+    npm = find_program("npm")
+    with install_lock(directory):
+        if npm_packages_installed(directory):   # another process installed them meanwhile
+            return
+        result = subprocess.run(
+            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+            cwd=directory, capture_output=True, text=True, timeout=600, check=False,
+        )
+        if result.returncode != 0 or not npm_packages_installed(directory):
+            output = (result.stdout + result.stderr)[-2000:]
+            skip_or_fail(f"`npm ci` in {directory} failed ({result.returncode}):\n{output}")

@@ -14,25 +14,17 @@ Both pass with a score modifier of 0, so the grade is the one a real host would 
 
 from __future__ import annotations
 
-import datetime
 import html
-import ipaddress
 import secrets
 import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -42,6 +34,7 @@ from secure_mw import Settings
 from secure_mw.asgi import SecurityHeadersMiddleware, protect
 from secure_mw.crypto import KeyRing
 from tests.observatory import describe, ensure_observatory_packages, observatory_scan
+from tests.pki import Pki, make_pki
 from tests.servers import find_program, free_port, wait_for_port
 
 pytestmark = pytest.mark.external("node")
@@ -61,13 +54,6 @@ COOKIE = "__Host-sample_session"
 NO_HTTP_REDIRECTION = {"redirection-not-needed-no-http", "redirection-to-https"}
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _scanner() -> None:
     """node and the scanner's packages, before any server starts (skip or fail early)."""
@@ -78,41 +64,8 @@ def _scanner() -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A throw-away self-signed CA and a server certificate it issued for 127.0.0.1."""
-    directory = tmp_path_factory.mktemp("observatory-tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secure_mw observatory CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(
-              digital_signature=False, content_commitment=False, key_encipherment=False,
-              data_encipherment=False, key_agreement=False, key_cert_sign=True,
-              crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = Pki(ca=directory / "ca.pem", cert=directory / "cert.pem", key=directory / "key.pem")
-    paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    paths.key.chmod(0o600)
-    return paths
+    return make_pki(tmp_path_factory.mktemp("observatory-tls"),
+                    name="secure_mw observatory CA")
 
 
 # -- the sample app ---------------------------------------------------------------------------

@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from secure_mw._stack import check_identity_source, identity_provider_hosts
-from secure_mw.guards.clientaddr import TrustedProxies
-from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
+from secure_mw._stack import assemble
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import WSGIApp
 from secure_mw.wsgi.guards import (
@@ -41,26 +40,5 @@ def protect(app: WSGIApp, settings: Settings, **options: Any) -> WSGIApp:
     ``options`` go to the session middleware (``keyring``, ``store``, ``clock``, ``audit``);
     ``rate_limiter=`` gives both rate-limit layers one limiter object.
     """
-    check_identity_source(settings)
-    audit = options.get("audit")
-    limiter = options.pop("rate_limiter", None)
-    stacked: WSGIApp = app
-    by_user = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit,
-                             which="identity")
-    if by_user.rules:
-        stacked = RateLimitMiddleware(stacked, layer=by_user)
-    stacked = OIDCSessionMiddleware(stacked, settings=settings, **options)
-    if settings.regulation.paths:
-        stacked = LoginGuardMiddleware(stacked, layer=LoginGuardLayer(
-            settings, paths=settings.regulation.paths,
-            username_field=settings.regulation.username_field, audit=audit))
-    stacked = RedirectGuardMiddleware(stacked, settings=settings,
-                                      extra_hosts=identity_provider_hosts(settings),
-                                      audit=audit)
-    by_address = RateLimitLayer(settings.rate_limits, limiter=limiter or by_user.limiter,
-                                audit=audit, which="network")
-    if by_address.rules:
-        stacked = RateLimitMiddleware(stacked, layer=by_address)
-    stacked = ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
-        settings.server.trusted_proxies, header=settings.server.forwarded_header))
-    return SecurityHeadersMiddleware(stacked, settings=settings)
+    stacked: WSGIApp = assemble(app, settings, sys.modules[__name__], options)
+    return stacked
