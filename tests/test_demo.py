@@ -62,12 +62,20 @@ def test_demo_serves_and_protects_its_cookie(demo: tuple[str, Path, subprocess.P
             reply = httpx.get(base + "/", cookies={"demo_visits": forged})
             assert reply.status_code == 200 and 'id="visits">1<' in reply.text, i
         assert httpx.get(base + "/healthz").json() == {"status": "ok"}
+        # The guards: security headers with a fresh nonce that styles the page, and an
+        # off-site redirect parameter refused.
+        csp = first.headers["content-security-policy"]
+        nonce = csp.split("'nonce-", 1)[1].split("'", 1)[0]
+        assert f'<style nonce="{nonce}">' in first.text
+        assert first.headers["x-frame-options"] == "DENY"
+        assert client.get("/", params={"next": "https://evil.example/"}).status_code == 400
     # Ctrl-C stops it cleanly, and the refusals were audited without the cookie value.
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert "open http://127.0.0.1:" in out and "generated into" in out
     assert '"event":"cookie_rejected"' in out
+    assert '"event":"unsafe_redirect"' in out
     assert cookie not in out
 
 

@@ -49,14 +49,19 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
     def index(request: Request) -> Response:
         visits = visits_from(request) + 1
         summary = html.escape(settings.summary())
+        nonce = html.escape(request.scope.get("secure_mw.csp_nonce") or "", quote=True)
         body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>secure_mw demo</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto;">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style nonce="{nonce}">body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto}}
+</style></head>
+<body>
 <h1>secure_mw demo</h1>
 <p>This page has been visited <strong id="visits">{visits}</strong> time(s) in this browser.
 The counter lives in an encrypted cookie (XChaCha20-Poly1305, bound to its name);
-change one character of it and it is refused, audited and reset.</p>
+change one character of it and it is refused, audited and reset. Every response carries
+secure_mw's security headers (a per-request CSP nonce styles this page), and redirect
+parameters that leave this site are refused.</p>
 <h2>Effective configuration</h2>
 <pre>{summary}</pre>
 <p>Key ring ids: <code>{html.escape(", ".join(ring.key_ids))}</code></p>

@@ -38,7 +38,16 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
     except ConfigError as exc:
         print(f"secure_mw demo: {exc}", file=sys.stderr)
         return 1
-    app = create_app(settings, ring)
+    from secure_mw.asgi import (
+        ClientAddressMiddleware,
+        RedirectGuardMiddleware,
+        SecurityHeadersMiddleware,
+    )
+
+    # The guards a public page gets; the login stack arrives with the built-in login.
+    app = SecurityHeadersMiddleware(ClientAddressMiddleware(
+        RedirectGuardMiddleware(create_app(settings, ring), settings=settings),
+        trusted_proxies=settings.server.trusted_proxies), settings=settings)
     print(f"secure_mw demo: encryption key {where}")
     print(f"secure_mw demo: open http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
