@@ -6,16 +6,22 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from secure_mw.errors import ConfigError, ConfigProblem
 from secure_mw.settings import Settings
 
 
-def check_identity_source(settings: Settings) -> None:
-    """``protect()`` needs somewhere to log users in."""
-    if settings.oidc is None:
-        raise ConfigError([ConfigProblem(
-            "oidc", "protect() needs an [oidc] section for now; the built-in password login "
-                    "is not available yet")])
+def session_core(settings: Settings, **options: Any) -> Any:
+    """The session core for ``settings``: the OpenID provider's when ``[oidc]`` is set,
+    otherwise the built-in password login (``local_users.file``). ``users``, ``regulator``
+    and ``delay`` options go to the built-in login only."""
+    if settings.oidc is not None:
+        from secure_mw.oidc.core import OIDCSessionCore
+
+        for name in ("users", "regulator", "delay"):
+            options.pop(name, None)
+        return OIDCSessionCore(settings, **options)
+    from secure_mw.login.core import LocalLoginCore
+
+    return LocalLoginCore(settings, **options)
 
 
 def identity_provider_hosts(settings: Settings) -> list[str]:
@@ -37,7 +43,6 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 
-    check_identity_source(settings)
     audit = options.get("audit")
     limiter = options.pop("rate_limiter", None)
     stacked = app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.apps import browser
 from tests.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,42 +43,73 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
                 proc.kill()
 
 
-def test_demo_serves_and_protects_its_cookie(demo: tuple[str, Path, subprocess.Popen[str]]
-                                            ) -> None:
+def _password(proc: subprocess.Popen[str]) -> str:
+    """The demo user's password, from the line the demo prints at start-up."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"sign in as 'demo' with password '([^']+)'", line)
+        if match:
+            return match.group(1)
+        if "open http://" in line:
+            break
+    raise AssertionError("the demo printed no password")
+
+
+def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess.Popen[str]]
+                                               ) -> None:
     base, state, proc = demo
+    password = _password(proc)
     key_file = state / "encryption.keys"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    with httpx.Client(base_url=base) as client:
-        first = client.get("/")
-        assert first.status_code == 200 and 'id="visits">1<' in first.text
-        assert "identity source" in first.text
-        second = client.get("/")
+    assert stat.S_IMODE((state / "users.toml").stat().st_mode) == 0o600
+    with browser() as client:
+        # A new visitor is sent to the login page, signs in, and sees who they are.
+        start = client.get(base + "/")
+        assert start.status_code == 302 and start.headers["location"] == "/.auth/login?rd=/"
+        form = client.get(base + start.headers["location"])
+        assert form.status_code == 200 and 'name="password"' in form.text
+        state_value = re.search(r'name="state" value="([^"]+)"', form.text)
+        assert state_value
+        wrong = client.post(base + "/.auth/login", data={
+            "state": state_value.group(1), "username": "demo", "password": "wrong"})
+        assert wrong.status_code == 401
+        state_value = re.search(r'name="state" value="([^"]+)"', wrong.text)
+        assert state_value
+        signed_in = client.post(base + "/.auth/login", data={
+            "state": state_value.group(1), "username": "demo", "password": password})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/"
+        first = client.get(base + "/")
+        assert first.status_code == 200 and 'id="who">Demo User<' in first.text
+        assert 'id="visits">1<' in first.text and "identity source" in first.text
+        second = client.get(base + "/")
         assert 'id="visits">2<' in second.text
-        cookie = client.cookies["demo_visits"]
-        assert len(cookie) > 60  # the encrypted envelope, not the plain count
+        visits = client.cookies.get("demo_visits")
+        assert visits and len(visits) > 60  # the encrypted envelope, not the plain count
+        session = client.cookies.get("__Host-secure_mw_session")
         # every character changed in turn: refused (count resets), never a 500
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-        for i in range(0, len(cookie), 7):
-            swapped = alphabet[(alphabet.index(cookie[i]) + 1) % 64]
-            forged = cookie[:i] + swapped + cookie[i + 1:]
-            reply = httpx.get(base + "/", cookies={"demo_visits": forged})
+        for i in range(0, len(visits), 7):
+            swapped = alphabet[(alphabet.index(visits[i]) + 1) % 64]
+            forged = visits[:i] + swapped + visits[i + 1:]
+            reply = httpx.get(base + "/", headers={
+                "Cookie": f"__Host-secure_mw_session={session}; demo_visits={forged}"})
             assert reply.status_code == 200 and 'id="visits">1<' in reply.text, i
-        assert httpx.get(base + "/healthz").json() == {"status": "ok"}
         # The guards: security headers with a fresh nonce that styles the page, and an
         # off-site redirect parameter refused.
         csp = first.headers["content-security-policy"]
         nonce = csp.split("'nonce-", 1)[1].split("'", 1)[0]
         assert f'<style nonce="{nonce}">' in first.text
         assert first.headers["x-frame-options"] == "DENY"
-        assert client.get("/", params={"next": "https://evil.example/"}).status_code == 400
-    # Ctrl-C stops it cleanly, and the refusals were audited without the cookie value.
+        assert client.get(base + "/", params={"next": "https://evil.example/"}).status_code \
+            == 400
+        assert client.get(base + "/healthz").json() == {"status": "ok"}
+    # Ctrl-C stops it cleanly; the refusals were audited without any secret.
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0
-    assert "open http://127.0.0.1:" in out and "generated into" in out
-    assert '"event":"cookie_rejected"' in out
-    assert '"event":"unsafe_redirect"' in out
-    assert cookie not in out
+    assert '"event":"cookie_rejected"' in out and '"event":"unsafe_redirect"' in out
+    assert '"event":"login_failure"' in out and '"event":"login_success"' in out
+    assert visits not in out and str(session) not in out
 
 
 def test_demo_reuses_its_key_file(tmp_path: Path) -> None:

@@ -50,6 +50,9 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
         visits = visits_from(request) + 1
         summary = html.escape(settings.summary())
         nonce = html.escape(request.scope.get("secure_mw.csp_nonce") or "", quote=True)
+        identity = request.scope.get("secure_mw.identity")
+        who = html.escape(identity.display_name if identity else "nobody")
+        groups = html.escape(", ".join(identity.groups) if identity else "")
         body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>secure_mw demo</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -57,6 +60,8 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
 </style></head>
 <body>
 <h1>secure_mw demo</h1>
+<p>Signed in as <strong id="who">{who}</strong> (groups: {groups}).
+<a href="/.auth/logout">Sign out</a></p>
 <p>This page has been visited <strong id="visits">{visits}</strong> time(s) in this browser.
 The counter lives in an encrypted cookie (XChaCha20-Poly1305, bound to its name);
 change one character of it and it is refused, audited and reset. Every response carries

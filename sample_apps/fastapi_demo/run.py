@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -26,31 +28,48 @@ def _key_ring(state_dir: Path, settings: Settings) -> tuple[KeyRing, str]:
     return KeyRing.from_file(path, algorithm=keys.encryption_algorithm), f"read from {path}"
 
 
+def _demo_user(state_dir: Path, settings: Settings) -> tuple[str, str, str]:
+    """The users file with a ``demo`` user whose password is new at every start."""
+    from secure_mw.login import UsersFile
+
+    path = Path(settings.local_users.file)
+    users = UsersFile(path)
+    password = secrets.token_urlsafe(12)
+    if users.get("demo") is None:
+        users.add("demo", password=password, display_name="Demo User",
+                  email="demo@example.com", groups=["demo"])
+    else:
+        users.set_password("demo", password)
+    return str(path), "demo", password
+
+
 def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-mw-demo") -> int:
     import uvicorn
 
     from sample_apps.fastapi_demo.app import create_app
+    from secure_mw.asgi import protect
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    state = Path(state_dir)
     try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The demo's users file lives in its state directory unless configured elsewhere.
+        os.environ.setdefault("SECURE_MW_LOCAL_USERS__FILE", str(state / "users.toml"))
         settings = Settings.from_environment()
-        ring, where = _key_ring(Path(state_dir), settings)
+        ring, where = _key_ring(state, settings)
+        users_file, name, password = _demo_user(state, settings)
     except ConfigError as exc:
         print(f"secure_mw demo: {exc}", file=sys.stderr)
         return 1
-    from secure_mw.asgi import (
-        ClientAddressMiddleware,
-        RedirectGuardMiddleware,
-        SecurityHeadersMiddleware,
-    )
-
-    # The guards a public page gets; the login stack arrives with the built-in login.
-    app = SecurityHeadersMiddleware(ClientAddressMiddleware(
-        RedirectGuardMiddleware(create_app(settings, ring), settings=settings),
-        trusted_proxies=settings.server.trusted_proxies), settings=settings)
+    # The whole stack: security headers, client address, redirect guard, the built-in
+    # login (or the OpenID provider, when [oidc] is configured) and its sessions.
+    app = protect(create_app(settings, ring), settings, keyring=ring)
     print(f"secure_mw demo: encryption key {where}")
+    print(f"secure_mw demo: users file {users_file}")
+    print(f"secure_mw demo: sign in as {name!r} with password {password!r} "
+          "(new at every start)")
     print(f"secure_mw demo: open http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
     print("secure_mw demo: stopped")
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from secure_mw._driver import run_async
+from secure_mw._stack import session_core
 from secure_mw.asgi._io import (
     ASGIApp,
     BodyTooLarge,
@@ -43,11 +45,11 @@ class OIDCSessionMiddleware:
     def __init__(self, app: ASGIApp, *, settings: Settings, keyring: KeyRing | None = None,
                  store: SessionStore | None = None, clock: Callable[[], float] = time.time,
                  audit: AuditLogger | None = None, require_login: bool = True,
-                 core: OIDCSessionCore | None = None) -> None:
+                 core: OIDCSessionCore | None = None, **login_options: Any) -> None:
         self.app = app
-        self.core = core or OIDCSessionCore(settings, keyring=keyring, store=store,
-                                            clock=clock, audit=audit,
-                                            require_login=require_login)
+        self.core = core or session_core(settings, keyring=keyring, store=store, clock=clock,
+                                         audit=audit, require_login=require_login,
+                                         **login_options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -501,6 +501,11 @@ class UsersFile:
             return None
         return user
 
+    @property
+    def hasher(self) -> PasswordHasher:
+        """The hasher this file verifies and hashes with."""
+        return self._hasher
+
     def needs_rehash(self, user: User) -> bool:
         """True when ``user``'s hash was made with other parameters than this hasher's
         (upgrade it with :meth:`set_hash` after a successful login)."""

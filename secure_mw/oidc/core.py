@@ -122,13 +122,27 @@ class OIDCSessionCore:
                  require_login: bool = True) -> None:
         if settings.oidc is None:
             raise ValueError("OIDCSessionCore needs an [oidc] section in the settings")
-        self.settings = settings
+        self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
+                    require_login=require_login)
         self.oidc = settings.oidc
+        self.client = client or OIDCClient(settings.oidc, clock=clock)
+        self._routes.update({
+            "login": self._login,
+            "callback": self._callback,
+            "logout": self._logout,
+            "logged-out": self._logged_out,
+            "me": self._me,
+        })
+
+    def _setup(self, settings: Settings, *, keyring: KeyRing | None,
+               store: SessionStore | None, clock: Callable[[], float],
+               audit: AuditLogger | None, require_login: bool) -> None:
+        """What every identity source shares: sessions, the pre-login cookie, audit."""
+        self.settings = settings
         self.keyring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
         self.clock = clock
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
                                        clock=clock, secure=settings.session.cookie_secure)
-        self.client = client or OIDCClient(settings.oidc, clock=clock)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
@@ -140,13 +154,13 @@ class OIDCSessionCore:
         self._refreshing: set[str] = set()
         self._rotations = _Rotations()
         self._refreshing_lock = threading.Lock()
-        self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {
-            "login": self._login,
-            "callback": self._callback,
-            "logout": self._logout,
-            "logged-out": self._logged_out,
-            "me": self._me,
-        }
+        self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {}
+
+    def _foreign(self, session: Session) -> str | None:
+        """Why ``session`` is not one this application accepts, or ``None``."""
+        if session.source == "oidc" and session.tokens.get("cid") != self.client.client_id:
+            return "session of another OpenID client"
+        return None
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -201,12 +215,11 @@ class OIDCSessionCore:
         rotation this process made); refreshes are claimed across processes in the store.
         """
         now = self.clock()
+        foreign = self._foreign(session)
+        if foreign is not None:    # a session another application created: not ours
+            self._event("invalid_session_cookie", view, user=session.sub, reason=foreign)
+            return None, self.sessions.forget(read.sent)
         if session.source == "oidc":
-            if session.tokens.get("cid") != self.client.client_id:
-                # A session another application (another client) created: not ours.
-                self._event("invalid_session_cookie", view, user=session.sub,
-                            reason="session of another OpenID client")
-                return None, self.sessions.forget(read.sent)
             due_tokens, due_profile = self._due(session, now)
             if due_tokens or due_profile:
                 if not self._claim_refresh(session.id):

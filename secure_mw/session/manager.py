@@ -250,7 +250,7 @@ class SessionManager:
         """
         now = self.clock()
         ttl = session.ends_at(self.settings.inactivity) - now
-        max_age = int(session.expires - now) if session.remember else None
+        max_age = round(session.expires - now) if session.remember else None
         if self.cookie_mode:
             token = self.keyring.encrypt(session.to_bytes(), self._aad)
             try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from secure_mw._driver import run_sync
+from secure_mw._stack import session_core
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.http import html_reply
@@ -34,11 +36,11 @@ class OIDCSessionMiddleware:
     def __init__(self, app: WSGIApp, *, settings: Settings, keyring: KeyRing | None = None,
                  store: SessionStore | None = None, clock: Callable[[], float] = time.time,
                  audit: AuditLogger | None = None, require_login: bool = True,
-                 core: OIDCSessionCore | None = None) -> None:
+                 core: OIDCSessionCore | None = None, **login_options: Any) -> None:
         self.app = app
-        self.core = core or OIDCSessionCore(settings, keyring=keyring, store=store,
-                                            clock=clock, audit=audit,
-                                            require_login=require_login)
+        self.core = core or session_core(settings, keyring=keyring, store=store, clock=clock,
+                                         audit=audit, require_login=require_login,
+                                         **login_options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         view = view_of(environ)

@@ -1,0 +1,182 @@
+"""The built-in password login: the session core with a login form instead of a provider.
+
+:class:`LocalLoginCore` serves ``login`` (a server-rendered form: no JavaScript, labelled,
+keyboard-friendly), ``logout``, ``logged-out`` and ``me`` under ``server.auth_prefix`` and
+guards every other request exactly as the OpenID session core does. A login attempt is
+regulated (bans by user and address), held by the enumeration-resistant delay on every exit
+path, and an unknown user, a wrong password, a disabled user and a banned attempt all get
+the same answer. The session id is new at every login; a password hash with outdated
+parameters is upgraded after a successful login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from secure_mw._driver import Flow, Op
+from secure_mw.audit import AuditLogger
+from secure_mw.crypto import KeyRing
+from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator, Regulator
+from secure_mw.guards.timing import LoginDelay
+from secure_mw.http import Reply, RequestView, html_reply, redirect_reply
+from secure_mw.login.users import User, UsersFile, normalize_username
+from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore, Outcome, local_target
+from secure_mw.oidc.prelogin import PendingLogin
+from secure_mw.session.manager import SessionStore
+from secure_mw.session.model import Session
+from secure_mw.settings import Settings
+
+__all__ = ["LocalLoginCore"]
+
+FAILED = "Incorrect user name or password."
+
+
+class LocalLoginCore(OIDCSessionCore):
+    """Sessions backed by the users file (``local_users.file``)."""
+
+    def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
+                 store: SessionStore | None = None, users: UsersFile | None = None,
+                 regulator: Regulator | None = None, delay: LoginDelay | None = None,
+                 clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
+                 require_login: bool = True) -> None:
+        self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
+                    require_login=require_login)
+        self.users = users or UsersFile(settings.local_users.file)
+        if regulator is None:
+            url = settings.rate_limits.redis_url or settings.session.redis_url
+            regulator = RedisRegulator.from_settings(settings.regulation, url) \
+                if settings.session.store == "redis" and url \
+                else MemoryRegulator.from_settings(settings.regulation)
+        self.regulator = regulator
+        self.delay = delay or LoginDelay()
+        self._routes.update({
+            "login": self._local_login,
+            "logout": self._logout,
+            "logged-out": self._logged_out,
+            "me": self._me,
+        })
+
+    def _foreign(self, session: Session) -> str | None:
+        if session.source == "oidc":
+            return "session of an OpenID login, and this application has none"
+        return None
+
+    # -- the form ---------------------------------------------------------------------------
+
+    def _form(self, view: RequestView, *, status: int = 200, error: str = "",
+              return_to: str = "/", remember: bool = False) -> Reply:
+        pending = PendingLogin.start(verifier="", return_to=return_to, now=self.clock(),
+                                     remember=remember)
+        remember_box = ""
+        if self.settings.session.remember_me > 0:
+            remember_box = ('<p><label><input type="checkbox" name="remember_me" value="1"> '
+                            'Keep me signed in on this device</label></p>')
+        alert = f'<p role="alert"><strong>{html.escape(error)}</strong></p>' if error else ""
+        form = (
+            f'{alert}<form method="post" action="{self.prefix}login">'
+            f'<input type="hidden" name="state" value="{pending.state}">'
+            '<p><label for="username">User name</label><br>'
+            '<input id="username" name="username" autocomplete="username" required '
+            'autocapitalize="none" spellcheck="false" autofocus></p>'
+            '<p><label for="password">Password</label><br>'
+            '<input id="password" name="password" type="password" '
+            'autocomplete="current-password" required></p>'
+            f'{remember_box}<p><button type="submit">Sign in</button></p></form>'
+        )
+        return html_reply(status, "Sign in", "Sign in to continue.", body_html=form,
+                          headers=[("set-cookie", self.prelogin.add(view, pending))])
+
+    def _local_login(self, view: RequestView) -> Flow[Outcome]:
+        if view.method in ("GET", "HEAD"):
+            params = view.query()
+            values = params.get("rd") or []
+            target = local_target(values[0] if len(values) == 1 else None) or "/"
+            return Outcome(self._form(view, return_to=target))
+        if view.method != "POST":
+            return Outcome(html_reply(405, "Method not allowed", "Use the sign-in form.",
+                                      headers=[("allow", "GET, POST")]))
+        form = _form_fields(view)
+        state = form.get("state", "")
+        pending, prelogin_cookie = self.prelogin.take(view, state) if state else (None, None)
+        if pending is None:
+            self._event("login_failure", view, reason="sign-in form expired or forged")
+            return Outcome(self._form(view, status=400,
+                                      error="The sign-in form had expired. Please try again."))
+        cookies = [prelogin_cookie] if prelogin_cookie else []
+        username = form.get("username", "")
+        password = form.get("password", "")
+        remember = form.get("remember_me") == "1"
+        name = normalize_username(username) if username else ""
+        attempt = self.delay.start()
+        ip = view.client or None
+        reg = self.regulator
+        user: User | None = None
+        banned = yield Op(reg.check, reg.acheck, user=name or None, ip=ip)
+        if banned is None and name and password:
+            user = yield Op(self.users.verify, self._averify, username, password)
+        if user is None:
+            reason = f"banned ({banned.subject})" if banned else "invalid credentials"
+            self._event("login_failure", view, user=name or None, reason=reason)
+            if banned is None:
+                ban = yield Op(reg.fail, reg.afail, user=name or None, ip=ip)
+                if ban is not None:
+                    self._event("ban", view, user=name or None, reason=ban.subject,
+                                until=int(ban.until))
+            yield Op(attempt.finish, attempt.afinish, success=False)
+            reply = self._form(view, status=401, error=FAILED,
+                               return_to=pending.return_to, remember=remember)
+            return Outcome(reply.with_headers(("set-cookie", c) for c in cookies))
+        yield Op(reg.succeed, reg.asucceed, user=name, ip=ip)
+        if self.users.needs_rehash(user):
+            yield Op(self._rehash, self._arehash, user, password)
+        old = yield from self.sessions.read(view)
+        if old.session is not None:       # a new id at every login
+            yield from self.sessions.destroy(old.session)
+        session = self.sessions.new(claims={
+            "sub": user.username, "email": user.email, "name": user.display_name,
+            "groups": list(user.groups)}, source="local", remember=remember)
+        cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
+        self._event("login_success", view, user=user.username, level=logging.INFO,
+                    session=session.digest)
+        yield Op(attempt.finish, attempt.afinish, success=True)
+        return Outcome(redirect_reply(pending.return_to, status=303,
+                                      headers=[("set-cookie", c) for c in cookies]))
+
+    # -- blocking work, off the event loop under ASGI --------------------------------------
+
+    async def _averify(self, username: str, password: str) -> User | None:
+        return await asyncio.to_thread(self.users.verify, username, password)
+
+    def _rehash(self, user: User, password: str) -> None:
+        try:
+            self.users.set_hash(user.username, self.users.hasher.hash(password),
+                                expected=user.password_hash)
+        except (OSError, ValueError, LookupError) as exc:   # the login stands; log why
+            logging.getLogger("secure_mw.login").warning(
+                "could not upgrade the password hash of %r: %s", user.username, exc)
+
+    async def _arehash(self, user: User, password: str) -> None:
+        await asyncio.to_thread(self._rehash, user, password)
+
+
+def _form_fields(view: RequestView) -> dict[str, Any]:
+    content_type = view.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        pairs = parse_qsl(view.body[:MAX_FORM].decode("utf-8"), max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in fields:            # a field given twice: read as nothing
+            fields[key] = ""
+        else:
+            fields[key] = value
+    return fields

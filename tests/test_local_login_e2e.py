@@ -1,0 +1,184 @@
+"""The built-in password login end to end on real servers, both flavours: the login form,
+sessions, the same answer for every kind of failure, bans, remember-me, logout, and the
+upgrade of an outdated password hash."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from secure_mw import Settings, asgi, wsgi
+from secure_mw.crypto import KeyRing, PasswordHasher
+from secure_mw.guards.regulation import MemoryRegulator
+from secure_mw.guards.timing import LoginDelay
+from secure_mw.login import UsersFile
+from secure_mw.session import MemorySessionStore
+from tests.apps import FLAVOURS, asgi_inner, browser, uvicorn_server, wsgi_inner, wsgi_server
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
+WEAKER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> UsersFile:
+    path = tmp_path / "users.toml"
+    users = UsersFile(path, hasher=FAST)
+    users.add("alice", password="correct horse", display_name="Alice Example",
+              email="alice@example.com", groups=["admins", "staff"])
+    users.add("bob", password="battery staple", email="bob@example.com")
+    users.add("carol", password="carol pw")
+    users.set_disabled("carol", True)
+    return users
+
+
+@pytest.fixture
+def app(flavour: str, users: UsersFile) -> Callable[..., Any]:
+    @contextmanager
+    def run(**options: Any) -> Iterator[str]:
+        settings = Settings.from_mapping({"keys": {"encryption_keys": [KeyRing.new_key_text()]},
+                                          "local_users": {"file": str(users.path)}},
+                                         environ={})
+        options.setdefault("users", users)
+        options.setdefault("store", MemorySessionStore())
+        options.setdefault("delay", LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
+        module = asgi if flavour == "asgi" else wsgi
+        inner = asgi_inner() if flavour == "asgi" else wsgi_inner
+        server = uvicorn_server if flavour == "asgi" else wsgi_server
+        with server(module.protect(inner, settings, **options)) as url:
+            yield url
+
+    return run
+
+
+def form_state(page: str) -> str:
+    match = re.search(r'name="state" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def sign_in(client: httpx.Client, base: str, user: str, password: str, *,
+            path: str = "/hello", remember: bool = False) -> httpx.Response:
+    first = client.get(base + path)
+    assert first.status_code == 302
+    form = client.get(base + first.headers["location"])
+    assert form.status_code == 200
+    data = {"state": form_state(form.text), "username": user, "password": password}
+    if remember:
+        data["remember_me"] = "1"
+    return client.post(base + "/.auth/login", data=data)
+
+
+def test_the_login_form_is_plain_accessible_html(app: Any) -> None:
+    with app() as base, browser() as client:
+        form = client.get(base + "/.auth/login?rd=/x")
+    assert form.status_code == 200
+    text = form.text
+    assert '<label for="username">' in text and '<label for="password">' in text
+    assert 'autocomplete="current-password"' in text and "<script" not in text
+    assert "default-src 'none'" in form.headers["content-security-policy"]
+    assert form.headers["x-frame-options"] == "DENY"          # the guards wrap it too
+    assert any(c.startswith("__Host-secure_mw_session_login=")
+               for c in form.headers.get_list("set-cookie"))
+
+
+def test_sign_in_then_the_app_sees_who_it_is(app: Any,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    with app() as base, browser() as client:
+        done = sign_in(client, base, "alice", "correct horse")
+        assert done.status_code == 303 and done.headers["location"] == "/hello"
+        who = client.get(base + "/hello").json()
+        assert who["sub"] == "alice" and who["groups"] == ["admins", "staff"]
+        assert who["email"] == "alice@example.com" and who["name"] == "Alice Example"
+        me = client.get(base + "/.auth/me").json()
+        assert me["authenticated"] and me["sub"] == "alice"
+        csrf = me["csrf_token"]
+        out = client.post(base + "/.auth/logout", data={"csrf": csrf})
+        assert out.status_code == 303 and out.headers["location"] == "/.auth/logged-out"
+        assert client.get(base + "/hello").status_code == 302
+    lines = [r.getMessage() for r in caplog.records if r.name == "secure_mw.audit"]
+    assert not any("correct horse" in line for line in lines)
+
+
+def test_every_failure_gets_the_same_answer(app: Any, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    def shape(response: httpx.Response) -> tuple[int, str]:
+        return response.status_code, re.sub(r'value="[^"]+"', 'value=""', response.text)
+
+    regulator = MemoryRegulator(max_retries=100, find_time=120, ban_time=300)
+    with app(regulator=regulator) as base, browser() as client:
+        unknown = sign_in(client, base, "nobody", "x")
+        wrong = sign_in(client, base, "alice", "wrong")
+        disabled = sign_in(client, base, "carol", "carol pw")
+        empty = sign_in(client, base, "", "")
+    assert shape(unknown) == shape(wrong) == shape(disabled) == shape(empty)
+    assert unknown.status_code == 401 and "Incorrect user name or password." in unknown.text
+
+
+def test_repeated_failures_ban_and_a_ban_looks_like_a_wrong_password(app: Any) -> None:
+    def shape(response: httpx.Response) -> tuple[int, str]:
+        return response.status_code, re.sub(r'value="[^"]+"', 'value=""', response.text)
+
+    regulator = MemoryRegulator(max_retries=3, find_time=120, ban_time=300, modes=["user"])
+    with app(regulator=regulator) as base, browser() as client:
+        wrong = [sign_in(client, base, "bob", f"guess {i}") for i in range(3)]
+        banned = sign_in(client, base, "bob", "battery staple")
+        assert shape(banned) == shape(wrong[-1])
+        assert client.get(base + "/hello").status_code == 302       # not signed in
+        assert sign_in(client, base, "alice", "correct horse").status_code == 303
+
+
+def test_a_forged_or_reused_form_is_refused(app: Any) -> None:
+    with app() as base, browser() as client:
+        forged = client.post(base + "/.auth/login", data={
+            "state": "forged", "username": "alice", "password": "correct horse"})
+        assert forged.status_code == 400
+        form = client.get(base + "/.auth/login")
+        data = {"state": form_state(form.text), "username": "alice",
+                "password": "correct horse"}
+        assert client.post(base + "/.auth/login", data=data).status_code == 303
+        assert client.post(base + "/.auth/login", data=data).status_code == 400
+
+
+def test_remember_me_and_a_new_session_id_at_login(app: Any) -> None:
+    with app() as base, browser() as client:
+        first = sign_in(client, base, "alice", "correct horse")
+        before = client.cookies.get("__Host-secure_mw_session")
+        form = client.get(base + "/.auth/login")
+        second = client.post(base + "/.auth/login", data={
+            "state": form_state(form.text), "username": "alice", "password": "correct horse",
+            "remember_me": "1"})
+        after = client.cookies.get("__Host-secure_mw_session")
+        assert first.status_code == second.status_code == 303
+        assert before != after
+        line = next(c for c in second.headers.get_list("set-cookie")
+                    if c.startswith("__Host-secure_mw_session="))
+        assert "Max-Age=2592000" in line
+        stale = httpx.get(base + "/hello", headers={
+            "Cookie": f"__Host-secure_mw_session={before}", "Accept": "application/json"})
+        assert stale.status_code == 401
+
+
+def test_an_outdated_hash_is_upgraded_after_a_successful_login(app: Any, users: UsersFile
+                                                                ) -> None:
+    users.set_hash("bob", WEAKER.hash("battery staple"))
+    weak = users.get("bob")
+    assert weak is not None and users.needs_rehash(weak)
+    with app() as base, browser() as client:
+        assert sign_in(client, base, "bob", "battery staple").status_code == 303
+    users.reload()
+    upgraded = users.get("bob")
+    assert upgraded is not None and not users.needs_rehash(upgraded)
+    assert FAST.verify(upgraded.password_hash, "battery staple")
+    assert json.dumps(upgraded.groups) == "[]"
