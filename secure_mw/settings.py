@@ -356,6 +356,9 @@ class OIDCSettings:
 @dataclass(frozen=True, kw_only=True)
 class LocalUsersSettings:
     file: str = _opt("users.toml", path=True)
+    totp_file: str = _opt("totp.json", path=True,
+                          doc="enrolled TOTP secrets, encrypted with the key ring (0600)")
+    totp_issuer: str = _opt("secure_mw", doc="the name authenticator apps show")
 
 
 @dataclass(frozen=True, kw_only=True)

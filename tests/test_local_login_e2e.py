@@ -182,3 +182,52 @@ def test_an_outdated_hash_is_upgraded_after_a_successful_login(app: Any, users: 
     assert upgraded is not None and not users.needs_rehash(upgraded)
     assert FAST.verify(upgraded.password_hash, "battery staple")
     assert json.dumps(upgraded.groups) == "[]"
+
+
+def test_totp_enrolment_then_two_step_sign_in(app: Any) -> None:
+    from secure_mw.login.totp import TOTP, TOTPStore
+    from tests.clock import Clock
+
+    clock = Clock()
+    totp = TOTP(issuer="secure_mw tests", clock=clock)
+    secrets_store = TOTPStore()
+    with app(totp=totp, totp_store=secrets_store) as base, browser() as client:
+        sign_in(client, base, "alice", "correct horse")
+        one_factor = client.cookies.get("__Host-secure_mw_session")
+        assert client.get(base + "/.auth/me").json()["auth_level"] == 1
+        page = client.get(base + "/.auth/2fa?rd=/admin")
+        assert page.status_code == 200 and "<svg" in page.text and "<script" not in page.text
+        secret = re.search(r"Or type the key: <code>([A-Z2-7]+)</code>", page.text)
+        enrol = re.search(r'name="enrol" value="([^"]+)"', page.text)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert secret and enrol and csrf
+        wrong = client.post(base + "/.auth/2fa?rd=/admin", data={
+            "csrf": csrf.group(1), "enrol": enrol.group(1), "code": "000000"})
+        assert wrong.status_code == 401 and secrets_store.get("alice") is None
+        done = client.post(base + "/.auth/2fa?rd=/admin", data={
+            "csrf": csrf.group(1), "enrol": enrol.group(1),
+            "code": totp.code(secret.group(1))})
+        assert done.status_code == 303 and done.headers["location"] == "/admin"
+        assert secrets_store.get("alice") is not None          # enrolled, sealed
+        assert secret.group(1) not in str(secrets_store.get("alice"))
+        me = client.get(base + "/.auth/me").json()
+        assert me["auth_level"] == 2
+        assert client.cookies.get("__Host-secure_mw_session") != one_factor   # rotated
+        assert httpx.get(base + "/.auth/me", headers={
+            "Cookie": f"__Host-secure_mw_session={one_factor}"}).status_code == 401
+        # A later sign-in asks for a code; the same code cannot be used twice.
+        used = totp.code(secret.group(1))
+        csrf_token = client.get(base + "/.auth/me").json()["csrf_token"]
+        client.post(base + "/.auth/logout", data={"csrf": csrf_token})
+        sign_in(client, base, "alice", "correct horse")
+        page = client.get(base + "/.auth/2fa")
+        assert "<svg" not in page.text and 'name="code"' in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        replay = client.post(base + "/.auth/2fa", data={"csrf": csrf.group(1), "code": used})
+        assert replay.status_code == 401
+        clock.advance(30)
+        fresh = client.post(base + "/.auth/2fa", data={
+            "csrf": csrf.group(1), "code": totp.code(secret.group(1))})
+        assert fresh.status_code == 303
+        assert client.get(base + "/.auth/me").json()["auth_level"] == 2

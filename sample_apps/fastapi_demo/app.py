@@ -12,7 +12,7 @@ import html
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from secure_mw import Settings
 from secure_mw.audit import AuditLogger
@@ -41,6 +41,18 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
                         reason="visit counter cookie failed authentication")
             return 0
 
+    @app.get("/two-factor", response_class=HTMLResponse)
+    def two_factor(request: Request) -> Response:
+        identity = request.scope.get("secure_mw.identity")
+        if identity is None or identity.auth_level < 2:
+            # (The two_factor policy of access rules will do this for any path.)
+            return RedirectResponse("/.auth/2fa?rd=/two-factor", status_code=303)
+        name = html.escape(identity.display_name)
+        return HTMLResponse(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Two-step page</title></head><body><h1>Two-step page</h1>
+<p id="two-factor">{name} passed the second step (TOTP).</p><p><a href="/">Back</a></p>
+</body></html>""")
+
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -61,6 +73,7 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
 <body>
 <h1>secure_mw demo</h1>
 <p>Signed in as <strong id="who">{who}</strong> (groups: {groups}).
+<a href="/two-factor">A page that needs a second step</a> ·
 <a href="/.auth/logout">Sign out</a></p>
 <p>This page has been visited <strong id="visits">{visits}</strong> time(s) in this browser.
 The counter lives in an encrypted cookie (XChaCha20-Poly1305, bound to its name);

@@ -55,6 +55,7 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The demo's users file lives in its state directory unless configured elsewhere.
         os.environ.setdefault("SECURE_MW_LOCAL_USERS__FILE", str(state / "users.toml"))
+        os.environ.setdefault("SECURE_MW_LOCAL_USERS__TOTP_FILE", str(state / "totp.json"))
         settings = Settings.from_environment()
         ring, where = _key_ring(state, settings)
         users_file, name, password = _demo_user(state, settings)

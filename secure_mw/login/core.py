@@ -12,19 +12,31 @@ parameters is upgraded after a successful login.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from secure_mw._driver import Flow, Op
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
+from secure_mw.errors import DecryptError
 from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator, Regulator
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, redirect_reply
+from secure_mw.login.totp import (
+    TOTP,
+    FileTOTPStore,
+    SecretBox,
+    TOTPStore,
+    UsedCodes,
+    UsedCodeStore,
+    acheck_code,
+    check_code,
+)
 from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore, Outcome, local_target
 from secure_mw.oidc.prelogin import PendingLogin
@@ -43,6 +55,8 @@ class LocalLoginCore(OIDCSessionCore):
     def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
                  store: SessionStore | None = None, users: UsersFile | None = None,
                  regulator: Regulator | None = None, delay: LoginDelay | None = None,
+                 totp: TOTP | None = None, totp_store: TOTPStore | None = None,
+                 used_codes: UsedCodeStore | None = None,
                  clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
                  require_login: bool = True) -> None:
         self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
@@ -55,7 +69,13 @@ class LocalLoginCore(OIDCSessionCore):
                 else MemoryRegulator.from_settings(settings.regulation)
         self.regulator = regulator
         self.delay = delay or LoginDelay()
+        self.totp = totp or TOTP(issuer=settings.local_users.totp_issuer, clock=clock)
+        self.totp_secrets = totp_store if totp_store is not None else FileTOTPStore(
+            settings.local_users.totp_file)
+        self.used_codes = used_codes or UsedCodes()
+        self.secret_box = SecretBox(self.keyring)
         self._routes.update({
+            "2fa": self._second_factor,
             "login": self._local_login,
             "logout": self._logout,
             "logged-out": self._logged_out,
@@ -147,6 +167,102 @@ class LocalLoginCore(OIDCSessionCore):
         yield Op(attempt.finish, attempt.afinish, success=True)
         return Outcome(redirect_reply(pending.return_to, status=303,
                                       headers=[("set-cookie", c) for c in cookies]))
+
+    # -- the second factor ---------------------------------------------------------------
+
+    def _second_factor(self, view: RequestView) -> Flow[Outcome]:
+        """``/.auth/2fa?rd=/path``: enrol a TOTP authenticator (first time) or enter a code;
+        success gives the session a second factor under a new id."""
+        read = yield from self.sessions.read(view)
+        session = read.session
+        params = view.query()
+        values = params.get("rd") or []
+        target = local_target(values[0] if len(values) == 1 else None) or "/"
+        if session is None or session.source != "local":
+            return Outcome(self.challenge(view))
+        if session.auth_level >= 2:
+            return Outcome(redirect_reply(target))
+        user = session.sub
+        sealed = yield Op(self.totp_secrets.get, self.totp_secrets.aget, user)
+        if view.method in ("GET", "HEAD"):
+            return Outcome(self._code_form(session, target, enrolled=sealed is not None))
+        if view.method != "POST":
+            return Outcome(html_reply(405, "Method not allowed", "Use the form.",
+                                      headers=[("allow", "GET, POST")]))
+        form = _form_fields(view)
+        if not hmac.compare_digest(str(form.get("csrf", "")).encode(), session.csrf.encode()):
+            self._event("csrf_failure", view, user=user, reason="second-factor form")
+            return Outcome(html_reply(403, "Refused", "The form had expired. Please try again."))
+        enrolling = sealed is None
+        try:
+            token = sealed if sealed is not None else str(form.get("enrol", ""))
+            secret = self.secret_box.open(user, token)
+        except DecryptError:
+            self._event("login_failure", view, user=user, reason="second factor: bad enrolment")
+            return Outcome(self._code_form(session, target, enrolled=False, status=400,
+                                           error="The enrolment had expired. Scan again."))
+        attempt = self.delay.start()
+        reg = self.regulator
+        banned = yield Op(reg.check, reg.acheck, user=user, ip=view.client or None)
+        code = str(form.get("code", ""))
+        ok = False
+        if banned is None:
+            ok = yield Op(check_code, acheck_code, self.totp, self.used_codes, user, secret,
+                          code)
+        if not ok:
+            reason = f"banned ({banned.subject})" if banned else "second factor: wrong code"
+            self._event("login_failure", view, user=user, reason=reason)
+            if banned is None:
+                ban = yield Op(reg.fail, reg.afail, user=user, ip=view.client or None)
+                if ban is not None:
+                    self._event("ban", view, user=user, reason=ban.subject,
+                                until=int(ban.until))
+            yield Op(attempt.finish, attempt.afinish, success=False)
+            return Outcome(self._code_form(
+                session, target, enrolled=not enrolling, status=401,
+                error="That code is not valid.", enrol_token=None if not enrolling else token))
+        if enrolling:
+            yield Op(self.totp_secrets.set, self.totp_secrets.aset, user,
+                     self.secret_box.seal(user, secret))
+            self._event("totp_enrolled", view, user=user, level=logging.INFO)
+        # A new auth level, a new session id: the one-factor session is gone.
+        upgraded = self.sessions.rotate(session, auth_level=2)
+        yield from self.sessions.destroy(session)
+        cookies = (yield from self.sessions.save(upgraded, sent=read.sent, new=True)) or []
+        self._event("login_success", view, user=user, level=logging.INFO,
+                    reason="second factor", session=upgraded.digest)
+        yield Op(attempt.finish, attempt.afinish, success=True)
+        return Outcome(redirect_reply(target, status=303,
+                                      headers=[("set-cookie", c) for c in cookies]))
+
+    def _code_form(self, session: Session, target: str, *, enrolled: bool, status: int = 200,
+                   error: str = "", enrol_token: str | None = None) -> Reply:
+        user = session.sub
+        alert = f'<p role="alert"><strong>{html.escape(error)}</strong></p>' if error else ""
+        enrol = ""
+        if not enrolled:
+            if enrol_token is None:
+                enrol_token = self.secret_box.seal(user, self.totp.new_secret())
+            secret = self.secret_box.open(user, enrol_token)
+            enrol = (
+                "<p>Scan this code with an authenticator app, then enter the six digits it "
+                "shows.</p>"
+                f'<figure>{self.totp.qr_svg(secret, user)}'
+                f"<figcaption>Or type the key: <code>{html.escape(secret)}</code>"
+                "</figcaption></figure>"
+                f'<input type="hidden" name="enrol" value="{html.escape(enrol_token)}">'
+            )
+        form = (
+            f'{alert}<form method="post" action="{self.prefix}2fa?rd='
+            f'{html.escape(quote(target, safe="/"))}">{enrol}'
+            f'<input type="hidden" name="csrf" value="{session.csrf}">'
+            '<p><label for="code">Six-digit code</label><br>'
+            '<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" '
+            'pattern="[0-9 ]{6,8}" required autofocus></p>'
+            '<p><button type="submit">Verify</button></p></form>'
+        )
+        title = "Set up two-step sign-in" if not enrolled else "Two-step sign-in"
+        return html_reply(status, title, "A second step protects this page.", body_html=form)
 
     # -- blocking work, off the event loop under ASGI --------------------------------------
 
