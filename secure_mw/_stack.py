@@ -39,13 +39,18 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     (:mod:`secure_mw.asgi` or :mod:`secure_mw.wsgi`, which have the same names). Outermost
     first: security headers, client address, rate limits by address or route, the
     open-redirect guard, the login guard (``regulation.paths``), the login session, rate
-    limits by user, the app."""
+    limits by user, authorization (when ``access_control.rules`` are set; otherwise every
+    request needs a login), the app."""
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 
     audit = options.get("audit")
     limiter = options.pop("rate_limiter", None)
     stacked = app
+    if settings.access_control.rules:
+        # The rules decide who gets in; the session only says who is there.
+        stacked = flavour.AuthorizationMiddleware(stacked, settings=settings, audit=audit)
+        options.setdefault("require_login", False)
     by_user = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit,
                              which="identity")
     if by_user.rules:

@@ -80,6 +80,7 @@ def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess
         assert signed_in.status_code == 303 and signed_in.headers["location"] == "/"
         first = client.get(base + "/")
         assert first.status_code == 200 and 'id="who">Demo User<' in first.text
+        assert 'id="rule">rule 2: authenticated<' in first.text
         assert 'id="visits">1<' in first.text and "identity source" in first.text
         second = client.get(base + "/")
         assert 'id="visits">2<' in second.text
@@ -103,6 +104,10 @@ def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess
         assert client.get(base + "/", params={"next": "https://evil.example/"}).status_code \
             == 400
         assert client.get(base + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(base + "/healthz").status_code == 200          # bypassed: public
+        two_step = client.get(base + "/two-factor")
+        assert two_step.status_code == 302
+        assert two_step.headers["location"] == "/.auth/2fa?rd=/two-factor"
     # Ctrl-C stops it cleanly; the refusals were audited without any secret.
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)

@@ -65,6 +65,8 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
         identity = request.scope.get("secure_mw.identity")
         who = html.escape(identity.display_name if identity else "nobody")
         groups = html.escape(", ".join(identity.groups) if identity else "")
+        decision = request.scope.get("secure_mw.decision")
+        rule = html.escape(decision.reason if decision else "no access rules configured")
         body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>secure_mw demo</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -73,6 +75,7 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
 <body>
 <h1>secure_mw demo</h1>
 <p>Signed in as <strong id="who">{who}</strong> (groups: {groups}).
+Let in by <strong id="rule">{rule}</strong>.
 <a href="/two-factor">A page that needs a second step</a> ·
 <a href="/.auth/logout">Sign out</a></p>
 <p>This page has been visited <strong id="visits">{visits}</strong> time(s) in this browser.

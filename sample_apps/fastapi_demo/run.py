@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -26,6 +27,14 @@ def _key_ring(state_dir: Path, settings: Settings) -> tuple[KeyRing, str]:
         return KeyRing.from_file(path, algorithm=keys.encryption_algorithm), \
             f"generated into {path} (mode 0600)"
     return KeyRing.from_file(path, algorithm=keys.encryption_algorithm), f"read from {path}"
+
+
+# The demo's access rules (your own [access_control] replaces them).
+DEMO_RULES = Settings.from_mapping({"access_control": {"default_policy": "deny", "rules": [
+    {"resources": ["^/healthz$"], "policy": "bypass"},
+    {"resources": ["^/two-factor$"], "policy": "two_factor"},
+    {"policy": "authenticated"},
+]}}, environ={})
 
 
 def _demo_user(state_dir: Path, settings: Settings) -> tuple[str, str, str]:
@@ -59,6 +68,8 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
         settings = Settings.from_environment()
         ring, where = _key_ring(state, settings)
         users_file, name, password = _demo_user(state, settings)
+        if not settings.access_control.rules:
+            settings = dataclasses.replace(settings, access_control=DEMO_RULES.access_control)
     except ConfigError as exc:
         print(f"secure_mw demo: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from typing import Any
 from secure_mw._stack import assemble
 from secure_mw.asgi._io import ASGIApp
 from secure_mw.asgi.guards import (
+    AuthorizationMiddleware,
     ClientAddressMiddleware,
     LoginGuardMiddleware,
     RateLimitMiddleware,
@@ -21,6 +22,7 @@ from secure_mw.asgi.session import OIDCSessionMiddleware
 from secure_mw.settings import Settings
 
 __all__ = [
+    "AuthorizationMiddleware",
     "ClientAddressMiddleware",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",

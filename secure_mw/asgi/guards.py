@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from secure_mw._driver import run_async
 from secure_mw.asgi._io import (
@@ -21,6 +22,7 @@ from secure_mw.asgi._io import (
     view_of,
 )
 from secure_mw.audit import AuditLogger
+from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
@@ -36,8 +38,8 @@ from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
 from secure_mw.settings import Settings
 
-__all__ = ["ClientAddressMiddleware", "LoginGuardMiddleware", "RateLimitMiddleware",
-           "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
+__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
+           "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
 
@@ -274,3 +276,42 @@ class LoginGuardMiddleware:
 
         await self.app(scope, replay, capture)
         return captured
+
+
+class AuthorizationMiddleware:
+    """``[access_control]`` rules for every request and WebSocket handshake (refused before
+    it is accepted). Runs after the session (it needs the identity); the app receives the
+    normalized path in ``scope["path"]`` and the deciding rule in
+    ``scope["secure_mw.decision"]``."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
+                 layer: AuthorizationLayer | None = None,
+                 audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            if settings is None:
+                raise TypeError("give settings or layer")
+            layer = AuthorizationLayer(settings, audit=audit)
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = view_of(scope)
+        raw = scope.get("raw_path")
+        verdict = self.layer.decide(view, scope.get("secure_mw.identity"),
+                                    raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None)
+        if verdict.reply is not None:
+            if kind == "websocket":
+                await refuse_websocket(send, receive)
+            else:
+                await send_reply(send, verdict.reply, head=view.method == "HEAD")
+            return
+        if verdict.path != scope.get("path"):
+            scope["path"] = verdict.path
+            scope["raw_path"] = quote(verdict.path).encode("ascii")
+            scope.pop(VIEW_KEY, None)
+        scope["secure_mw.decision"] = verdict.decision
+        await self.app(scope, receive, send)

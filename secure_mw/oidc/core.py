@@ -33,7 +33,7 @@ from secure_mw.session.manager import SessionManager, SessionRead, SessionStore
 from secure_mw.session.model import Session, identity_claims
 from secure_mw.settings import Settings
 
-__all__ = ["OIDCSessionCore", "Outcome", "local_target"]
+__all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target"]
 
 log = logging.getLogger("secure_mw.oidc")
 
@@ -64,6 +64,21 @@ def local_target(value: str | None) -> str | None:
     # Non-ASCII is percent-encoded: a Location header carries ASCII only.
     encoded = quote(value, safe="!#$%&'()*+,/:;=?@[]~-._")
     return encoded if len(encoded) <= _MAX_TARGET else None
+
+
+def challenge(view: RequestView, prefix: str, cookie_name: str, *,
+              step: str = "login") -> Reply:
+    """Send a browser navigation to ``prefix + step`` (``login``, or ``2fa`` for a second
+    factor) with the way back; anything else gets 401 saying where to go."""
+    target = view.path + (f"?{view.query_string}" if view.query_string else "")
+    page = f"{prefix}{step}"
+    if view.wants_html:
+        return redirect_reply(f"{page}?rd={quote(target, safe='/')}")
+    error = "unauthenticated" if step == "login" else "second_factor_required"
+    return json_reply(401, {"error": error, "login_url": page}, headers=[
+        ("www-authenticate",
+         f'Cookie realm="secure_mw", form-action="{page}", cookie-name="{cookie_name}"'),
+    ])
 
 
 def _one(params: dict[str, list[str]], name: str) -> str | None:
@@ -371,15 +386,7 @@ class OIDCSessionCore:
 
     def challenge(self, view: RequestView) -> Reply:
         """302 to the login page for a browser navigation; 401 for anything else."""
-        target = view.path + (f"?{view.query_string}" if view.query_string else "")
-        login = f"{self.prefix}login"
-        if view.wants_html:
-            return redirect_reply(f"{login}?rd={quote(target, safe='/')}")
-        return json_reply(401, {"error": "unauthenticated", "login_url": login}, headers=[
-            ("www-authenticate",
-             f'Cookie realm="secure_mw", form-action="{login}", '
-             f'cookie-name="{self.sessions.cookie_name}"'),
-        ])
+        return challenge(view, self.prefix, self.sessions.cookie_name)
 
     # -- /.auth/login ---------------------------------------------------------------------
 

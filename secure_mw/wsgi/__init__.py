@@ -12,6 +12,7 @@ from secure_mw._stack import assemble
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import WSGIApp
 from secure_mw.wsgi.guards import (
+    AuthorizationMiddleware,
     ClientAddressMiddleware,
     LoginGuardMiddleware,
     RateLimitMiddleware,
@@ -21,6 +22,7 @@ from secure_mw.wsgi.guards import (
 from secure_mw.wsgi.session import OIDCSessionMiddleware
 
 __all__ = [
+    "AuthorizationMiddleware",
     "ClientAddressMiddleware",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",

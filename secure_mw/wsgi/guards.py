@@ -9,6 +9,7 @@ from typing import Any
 
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
+from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
@@ -36,8 +37,8 @@ from secure_mw.wsgi._io import (
     write_reply,
 )
 
-__all__ = ["ClientAddressMiddleware", "LoginGuardMiddleware", "RateLimitMiddleware",
-           "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
+__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
+           "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
 Headers = list[tuple[str, str]]
@@ -243,3 +244,36 @@ class LoginGuardMiddleware:
         if not seen:
             return "500 Internal Server Error", [], None, b""
         return str(seen[0]), list(seen[1]), seen[2], content
+
+
+class AuthorizationMiddleware:
+    """``[access_control]`` rules for every request (see the ASGI middleware of the same
+    name); the app receives the normalized path in ``PATH_INFO`` and the deciding rule in
+    ``environ["secure_mw.decision"]``."""
+
+    def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
+                 layer: AuthorizationLayer | None = None,
+                 audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            if settings is None:
+                raise TypeError("give settings or layer")
+            layer = AuthorizationLayer(settings, audit=audit)
+        self.layer = layer
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        view = view_of(environ)
+        raw = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode(
+            "latin-1", "replace")
+        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if isinstance(raw_uri, str):          # servers that keep the undecoded path
+            raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace")
+        verdict = self.layer.decide(view, environ.get("secure_mw.identity"), raw)
+        if verdict.reply is not None:
+            return write_reply(start_response, verdict.reply, head=view.method == "HEAD")
+        script = environ.get("SCRIPT_NAME", "")
+        if verdict.path != view.path and verdict.path.startswith(script):
+            environ["PATH_INFO"] = verdict.path[len(script):].encode("utf-8").decode("latin-1")
+            environ.pop(VIEW_KEY, None)
+        environ["secure_mw.decision"] = verdict.decision
+        return self.app(environ, start_response)

@@ -1,0 +1,88 @@
+"""What the authorization middlewares decide, framework-free: both flavours call this."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from secure_mw.audit import AuditLogger, audit_logger
+from secure_mw.authz.paths import PathRefused, check_raw_path, normalize_path
+from secure_mw.authz.rules import AccessPolicy, Decision
+from secure_mw.http import Reply, RequestView, html_reply, json_reply
+from secure_mw.identity import Identity
+from secure_mw.oidc.core import challenge
+from secure_mw.settings import Settings
+
+__all__ = ["AuthorizationLayer", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``reply`` to send instead of calling the app, or ``None`` with the normalized
+    ``path`` the app must route and the ``decision`` that let the request in."""
+
+    reply: Reply | None
+    path: str
+    decision: Decision | None
+
+
+class AuthorizationLayer:
+    """``[access_control]`` for every request (and every WebSocket handshake): the path is
+    normalized first (ambiguous encodings refused with 400), then the rules decide; every
+    refusal is an ``authorization_denied`` audit event."""
+
+    def __init__(self, settings: Settings, *, policy: AccessPolicy | None = None,
+                 audit: AuditLogger | None = None, two_factor_step: bool | None = None
+                 ) -> None:
+        self.policy = policy or AccessPolicy.from_settings(settings.access_control)
+        self.prefix = settings.server.auth_prefix
+        self.cookie_name = settings.session.cookie_name
+        from secure_mw.session.cookies import CookieJarSpec
+
+        jar = CookieJarSpec(secure=settings.session.cookie_secure,
+                            domain=settings.session.cookie_domain)
+        self.cookie_name = jar.name(settings.session.cookie_name)
+        # The built-in login offers a second step; an OpenID provider's sessions cannot
+        # be stepped up here, so a two_factor rule refuses them.
+        self.two_factor_step = settings.oidc is None if two_factor_step is None \
+            else two_factor_step
+        self.audit = audit or audit_logger()
+
+    def decide(self, view: RequestView, identity: Identity | None,
+               raw_path: bytes | None = None) -> Verdict:
+        try:
+            if raw_path is not None:
+                check_raw_path(raw_path)
+            path = normalize_path(view.path)
+        except PathRefused as exc:
+            self._refused(view, identity, None, "deny", f"path refused: {exc.reason}")
+            return Verdict(_bad_path(view), view.path, None)
+        if path.startswith(self.prefix):     # the login pages themselves
+            return Verdict(None, path, None)
+        decision = self.policy.evaluate(view, identity, path=path)
+        effect = decision.effect
+        if effect == "allow":
+            return Verdict(None, path, decision)
+        if effect == "login":
+            return Verdict(challenge(view, self.prefix, self.cookie_name), path, decision)
+        if effect == "two_factor" and self.two_factor_step:
+            return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,
+                           decision)
+        self._refused(view, identity, decision.rule, effect, decision.reason)
+        if view.wants_html:
+            return Verdict(html_reply(403, "Access denied",
+                                      "You do not have access to this page."), path, decision)
+        return Verdict(json_reply(403, {"error": "forbidden"}), path, decision)
+
+    def _refused(self, view: RequestView, identity: Identity | None, rule: int | None,
+                 effect: str, reason: str) -> None:
+        self.audit.event("authorization_denied", level=logging.WARNING,
+                         remote_ip=view.client, method=view.method, host=view.host,
+                         path=view.path, user=identity.sub if identity else None,
+                         rule=rule, effect=effect, reason=reason)
+
+
+def _bad_path(view: RequestView) -> Reply:
+    if view.wants_html:
+        return html_reply(400, "Bad request", "This address is not one this site serves.")
+    return json_reply(400, {"error": "bad_path"})
