@@ -231,3 +231,18 @@ def test_totp_enrolment_then_two_step_sign_in(app: Any) -> None:
             "csrf": csrf.group(1), "code": totp.code(secret.group(1))})
         assert fresh.status_code == 303
         assert client.get(base + "/.auth/me").json()["auth_level"] == 2
+
+
+def test_a_failed_attempt_sets_the_form_cookie_once(app: Any) -> None:
+    """A browser keeps only the last of two Set-Cookie headers for one name: the page after
+    a failure must carry exactly one, holding the new form's token (found by the browser
+    test: the retry then failed with "form expired")."""
+    with app() as base, browser() as client:
+        failed = sign_in(client, base, "alice", "wrong")
+        lines = [c for c in failed.headers.get_list("set-cookie")
+                 if c.startswith("__Host-secure_mw_session_login=")]
+        assert len(lines) == 1
+        retry = client.post(base + "/.auth/login", data={
+            "state": form_state(failed.text), "username": "alice",
+            "password": "correct horse"})
+        assert retry.status_code == 303

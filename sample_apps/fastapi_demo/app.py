@@ -71,6 +71,7 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
 <html lang="en"><head><meta charset="utf-8"><title>secure_mw demo</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style nonce="{nonce}">body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto}}
+pre{{overflow-x:auto}}
 </style></head>
 <body>
 <h1>secure_mw demo</h1>

@@ -90,9 +90,13 @@ class LocalLoginCore(OIDCSessionCore):
     # -- the form ---------------------------------------------------------------------------
 
     def _form(self, view: RequestView, *, status: int = 200, error: str = "",
-              return_to: str = "/", remember: bool = False) -> Reply:
+              return_to: str = "/", remember: bool = False,
+              used: PendingLogin | None = None) -> Reply:
         pending = PendingLogin.start(verifier="", return_to=return_to, now=self.clock(),
                                      remember=remember)
+        # One Set-Cookie for the attempts cookie: the request's attempts less the one just
+        # used (each works once), plus this form's — a browser keeps only the last of two.
+        kept = [p for p in self.prelogin.read(view) if used is None or p.state != used.state]
         remember_box = ""
         if self.settings.session.remember_me > 0:
             remember_box = ('<p><label><input type="checkbox" name="remember_me" value="1"> '
@@ -110,7 +114,7 @@ class LocalLoginCore(OIDCSessionCore):
             f'{remember_box}<p><button type="submit">Sign in</button></p></form>'
         )
         return html_reply(status, "Sign in", "Sign in to continue.", body_html=form,
-                          headers=[("set-cookie", self.prelogin.add(view, pending))])
+                          headers=[("set-cookie", self.prelogin.write([*kept, pending]))])
 
     def _local_login(self, view: RequestView) -> Flow[Outcome]:
         if view.method in ("GET", "HEAD"):
@@ -149,9 +153,8 @@ class LocalLoginCore(OIDCSessionCore):
                     self._event("ban", view, user=name or None, reason=ban.subject,
                                 until=int(ban.until))
             yield Op(attempt.finish, attempt.afinish, success=False)
-            reply = self._form(view, status=401, error=FAILED,
-                               return_to=pending.return_to, remember=remember)
-            return Outcome(reply.with_headers(("set-cookie", c) for c in cookies))
+            return Outcome(self._form(view, status=401, error=FAILED, used=pending,
+                                      return_to=pending.return_to, remember=remember))
         yield Op(reg.succeed, reg.asucceed, user=name, ip=ip)
         if self.users.needs_rehash(user):
             yield Op(self._rehash, self._arehash, user, password)

@@ -1,0 +1,263 @@
+"""A real browser against the demo: Debian's Chromium, headless, driven through Selenium and
+Debian's chromedriver (the same Chromium build, so the two always match; no browser or driver
+is downloaded).
+
+The demo is started as a user starts it (``python -m sample_apps.fastapi_demo``); the browser
+is sent to the built-in login, fails once, signs in with the password the demo printed, sees
+who it is on a page styled through its CSP nonce with no CSP violation in the console, and
+signs out through the confirmation page. Screenshots of the login page and of the protected
+page are saved in ``test-artifacts/``.
+
+Chromium and chromedriver are external programs (Debian's ``chromium`` and ``chromium-driver``),
+``selenium`` a Python package: a missing one skips the test, or fails it under
+``SECURE_MW_REQUIRE_EXTERNAL=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.servers import find_program, free_port, skip_or_fail, wait_for_port
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+SESSION_COOKIE = "__Host-secure_mw_session"
+WAIT = 20.0   # seconds, for each explicit wait (a login answer takes the timing guard's delay)
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-dev-shm-usage", "--window-size=1280,900",   # a small /dev/shm in containers
+)
+
+
+def require_module(name: str) -> ModuleType:
+    """Import a Python package the test needs: skip when missing, or fail under
+    ``SECURE_MW_REQUIRE_EXTERNAL=1`` (unlike ``pytest.importorskip``, which always skips)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_or_fail(f"Python package {name.partition('.')[0]!r} is not installed ({exc})")
+
+
+# -- the demo, started as a user starts it ------------------------------------------------------
+
+@dataclass
+class Demo:
+    base: str
+    password: str
+    proc: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+
+def _read_banner(proc: subprocess.Popen[str], output: list[str]) -> str:
+    """The demo user's password, from the lines the demo prints before it serves."""
+    assert proc.stdout is not None
+    password = None
+    for line in proc.stdout:
+        output.append(line)
+        match = re.search(r"sign in as 'demo' with password '([^']+)'", line)
+        if match:
+            password = match.group(1)
+        if "open http://" in line:
+            break
+    if password is None:
+        raise AssertionError("the demo printed no password:\n" + "".join(output))
+    return password
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sample_apps.fastapi_demo", "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    drain: threading.Thread | None = None
+    try:
+        password = _read_banner(proc, output)
+        # Keep reading its output (the audit log) so that a full pipe never blocks it.
+        drain = threading.Thread(target=lambda: output.extend(proc.stdout or ()), daemon=True)
+        drain.start()
+        wait_for_port(port, timeout=30, proc=proc)  # type: ignore[arg-type]
+        yield Demo(f"http://127.0.0.1:{port}", password, proc, output)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if drain is not None:
+            drain.join(timeout=5)
+
+
+# -- the browser --------------------------------------------------------------------------------
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[WebDriver]:
+    chromium = find_program("chromium")
+    chromedriver = find_program("chromedriver")
+    webdriver = require_module("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: Selenium Manager is never run, nothing is downloaded.
+    service = webdriver.ChromeService(executable_path=chromedriver,
+                                      log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.set_page_load_timeout(WAIT)
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Console:
+    """Everything the browser's console logged, collected page after page."""
+
+    def __init__(self, driver: WebDriver) -> None:
+        self.driver = driver
+        self.entries: list[dict[str, Any]] = []
+
+    def collect(self) -> list[dict[str, Any]]:
+        new = list(self.driver.get_log("browser"))
+        self.entries.extend(new)
+        return new
+
+    def csp_violations(self) -> list[str]:
+        self.collect()
+        return [str(e.get("message", "")) for e in self.entries
+                if "Content Security Policy" in str(e.get("message", ""))]
+
+
+def path_of(driver: WebDriver) -> str:
+    return urlsplit(driver.current_url).path
+
+
+def wait_for_path(driver: WebDriver, path: str) -> None:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(driver, WAIT).until(
+            lambda d: path_of(d) == path
+            and d.execute_script("return document.readyState") == "complete")
+    except TimeoutException:
+        alerts = [a.text for a in driver.find_elements(By.CSS_SELECTOR, '[role="alert"]')]
+        raise AssertionError(f"the browser did not reach {path} in {WAIT:g} s: it shows "
+                             f"{driver.current_url} ({driver.title!r}, alerts {alerts})"
+                             ) from None
+
+
+def computed(driver: WebDriver, prop: str, selector: str = "body") -> str:
+    return str(driver.execute_script(
+        "return getComputedStyle(document.querySelector(arguments[0]))"
+        ".getPropertyValue(arguments[1]);", selector, prop))
+
+
+# -- the scenario -------------------------------------------------------------------------------
+
+def test_browser_signs_in_and_out_of_the_demo(chrome: WebDriver, demo: Demo) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, console = chrome, Console(chrome)
+    wait = WebDriverWait(driver, WAIT)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # A new visitor is sent to the login page: labelled fields, styled by its hashed <style>.
+    driver.get(demo.base + "/")
+    wait_for_path(driver, "/.auth/login")
+    assert urlsplit(driver.current_url).query == "rd=/"
+    assert driver.title == "Sign in"
+    username = driver.find_element(By.ID, "username")
+    password = driver.find_element(By.ID, "password")
+    assert username.accessible_name == "User name"
+    assert password.accessible_name == "Password"
+    assert password.get_attribute("type") == "password"
+    assert driver.switch_to.active_element == username   # autofocus: type straight away
+    assert computed(driver, "background-color") == "rgb(244, 245, 247)"
+    assert driver.save_screenshot(str(ARTIFACTS / "login-page.png"))
+
+    # A wrong password: the same page again, with the error announced (role=alert).
+    username.send_keys("demo")
+    password.send_keys("not the password", Keys.ENTER)
+    wait.until(ec.staleness_of(username))
+    alert = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, '[role="alert"]')))
+    assert alert.text == "Incorrect user name or password."
+    assert path_of(driver) == "/.auth/login"
+    assert driver.get_cookie(SESSION_COOKIE) is None
+
+    # The right password, read from the demo's output: back on the page first asked for.
+    driver.find_element(By.ID, "username").send_keys("demo")
+    driver.find_element(By.ID, "password").send_keys(demo.password)
+    driver.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
+    wait_for_path(driver, "/")
+    who = wait.until(ec.visibility_of_element_located((By.ID, "who")))
+    assert who.text == "Demo User"
+    assert "Signed in as Demo User" in driver.find_element(By.TAG_NAME, "body").text
+    # The session cookie, __Host- and Secure, was kept by the browser on http://127.0.0.1
+    # (a potentially trustworthy origin).
+    session = driver.get_cookie(SESSION_COOKIE)
+    assert session is not None, driver.get_cookies()
+    assert session["secure"] is True and session["httpOnly"] is True
+    assert session["path"] == "/" and session["domain"] == "127.0.0.1"   # host-only
+    assert driver.save_screenshot(str(ARTIFACTS / "protected-page.png"))
+
+    # The security headers, honoured: the nonce'd <style> styled the page, and the browser
+    # reported no CSP violation on any page so far.
+    assert computed(driver, "max-width") == "736px"          # 46rem
+    assert "system-ui" in computed(driver, "font-family")
+    assert console.csp_violations() == [], console.entries
+    # ... and the console would have shown one: a <style> without the nonce is refused.
+    driver.execute_script(
+        "const s = document.createElement('style');"
+        "s.textContent = 'body{max-width:1px}'; document.head.appendChild(s);")
+    wait.until(lambda _: console.csp_violations(),
+               message="the browser logged no CSP violation for a <style> without nonce")
+    assert computed(driver, "max-width") == "736px"
+
+    # Sign out: a confirmation page with a button, then the signed-out page.
+    driver.find_element(By.LINK_TEXT, "Sign out").click()
+    wait_for_path(driver, "/.auth/logout")
+    button = wait.until(ec.element_to_be_clickable(
+        (By.XPATH, "//form//button[normalize-space()='Sign out']")))
+    button.click()
+    wait_for_path(driver, "/.auth/logged-out")
+    assert "You are signed out." in driver.find_element(By.TAG_NAME, "body").text
+    assert driver.get_cookie(SESSION_COOKIE) is None
+
+    # The protected page asks for the login again.
+    driver.get(demo.base + "/")
+    wait_for_path(driver, "/.auth/login")
+    assert driver.find_element(By.ID, "password").is_displayed()
+    assert demo.proc.poll() is None
