@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,12 +12,13 @@ from secure_mw.settings import Settings
 
 def session_core(settings: Settings, **options: Any) -> Any:
     """The session core for ``settings``: the OpenID provider's when ``[oidc]`` is set,
-    otherwise the built-in password login (``local_users.file``). ``users``, ``regulator``
-    and ``delay`` options go to the built-in login only."""
-    if settings.oidc is not None:
+    the built-in password login (``local_users.file``) when it is not, and both — a login
+    page that offers the provider too — when ``[oidc]`` is set and the users file exists.
+    ``users``, ``regulator``, ``delay`` and the TOTP options go to the built-in login only."""
+    if settings.oidc is not None and not Path(settings.local_users.file).exists():
         from secure_mw.oidc.core import OIDCSessionCore
 
-        for name in ("users", "regulator", "delay"):
+        for name in ("users", "regulator", "delay", "totp", "totp_store", "used_codes"):
             options.pop(name, None)
         return OIDCSessionCore(settings, **options)
     from secure_mw.login.core import LocalLoginCore

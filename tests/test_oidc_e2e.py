@@ -751,3 +751,44 @@ def test_an_identity_cannot_be_changed_by_the_app() -> None:
         identity.groups = ("admins",)  # type: ignore[misc]
     with pytest.raises(TypeError):
         identity.claims["sub"] = "mallory"  # type: ignore[index]
+
+
+def test_provider_and_local_users_together_get_a_choice(
+        idp: IdPServer, flavour: str, clock: Clock, tmp_path: Any) -> None:
+    """With [oidc] and an existing users file, the login page offers both ways in."""
+    import dataclasses
+
+    from secure_mw.crypto import PasswordHasher
+    from secure_mw.guards.timing import LoginDelay
+    from secure_mw.login import UsersFile
+
+    users = UsersFile(tmp_path / "users.toml",
+                      hasher=PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    users.add("dave", password="dave pw", groups=["local"])
+    base_settings = settings_for(idp)
+    local = Settings.from_mapping({"local_users": {"file": str(users.path)}}, environ={})
+    settings = dataclasses.replace(base_settings, local_users=local.local_users)
+    module = asgi if flavour == "asgi" else wsgi
+    with serve(flavour, lambda inner: module.protect(
+            inner, settings, clock=clock, users=users, store=MemorySessionStore(clock=clock),
+            delay=LoginDelay(floor=0.01, seed=0.01, jitter=0.001)),
+            port=APP_PORTS[0]) as base:
+        with browser() as local_client:
+            page = local_client.get(base + "/.auth/login?rd=/x")
+            assert page.status_code == 200
+            assert f"Sign in with {urlsplit(idp.issuer).netloc}" in page.text
+            import re
+
+            state = re.search(r'name="state" value="([^"]+)"', page.text)
+            assert state
+            done = local_client.post(base + "/.auth/login", data={
+                "state": state.group(1), "username": "dave", "password": "dave pw"})
+            assert done.status_code == 303
+            assert local_client.get(base + "/x").json()["sub"] == "dave"
+        with browser() as oidc_client:
+            start = oidc_client.get(base + "/.auth/login/oidc?rd=/y")
+            assert start.headers["location"].startswith(idp.issuer)
+            callback = dev_login(oidc_client, start.headers["location"], username="alice",
+                                 password="alice-pw")
+            assert oidc_client.get(callback).headers["location"] == "/y"
+            assert oidc_client.get(base + "/y").json()["sub"] == "alice"

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from secure_mw._driver import Flow, Op
 from secure_mw.audit import AuditLogger
@@ -38,6 +38,7 @@ from secure_mw.login.totp import (
     check_code,
 )
 from secure_mw.login.users import User, UsersFile, normalize_username
+from secure_mw.oidc.client import OIDCClient
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore, Outcome, local_target
 from secure_mw.oidc.prelogin import PendingLogin
 from secure_mw.session.manager import SessionStore
@@ -56,7 +57,7 @@ class LocalLoginCore(OIDCSessionCore):
                  store: SessionStore | None = None, users: UsersFile | None = None,
                  regulator: Regulator | None = None, delay: LoginDelay | None = None,
                  totp: TOTP | None = None, totp_store: TOTPStore | None = None,
-                 used_codes: UsedCodeStore | None = None,
+                 used_codes: UsedCodeStore | None = None, client: OIDCClient | None = None,
                  clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
                  require_login: bool = True) -> None:
         self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
@@ -81,11 +82,17 @@ class LocalLoginCore(OIDCSessionCore):
             "logged-out": self._logged_out,
             "me": self._me,
         })
+        # With an OpenID provider configured too, the login page offers both.
+        self.provider = settings.oidc is not None
+        if settings.oidc is not None:
+            self.oidc = settings.oidc
+            self.client = client or OIDCClient(settings.oidc, clock=clock)
+            self._routes.update({"login/oidc": self._login, "callback": self._callback})
 
     def _foreign(self, session: Session) -> str | None:
-        if session.source == "oidc":
+        if session.source == "oidc" and not self.provider:
             return "session of an OpenID login, and this application has none"
-        return None
+        return super()._foreign(session)
 
     # -- the form ---------------------------------------------------------------------------
 
@@ -113,6 +120,11 @@ class LocalLoginCore(OIDCSessionCore):
             'autocomplete="current-password" required></p>'
             f'{remember_box}<p><button type="submit">Sign in</button></p></form>'
         )
+        if self.provider:
+            provider = html.escape(urlsplit(self.oidc.issuer).netloc)
+            link = f"{self.prefix}login/oidc?rd={quote(return_to, safe='/')}"
+            form += (f'<p>or</p><p><a class="button" id="provider" href="{html.escape(link)}">'
+                     f"Sign in with {provider}</a></p>")
         return html_reply(status, "Sign in", "Sign in to continue.", body_html=form,
                           headers=[("set-cookie", self.prelogin.write([*kept, pending]))])
 
