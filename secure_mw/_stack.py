@@ -42,13 +42,20 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     first: security headers, client address, rate limits by address or route, the
     open-redirect guard, the login guard (``regulation.paths``), the login session, rate
     limits by user, authorization (when ``access_control.rules`` are set; otherwise every
-    request needs a login), the app."""
+    request needs a login), the signed identity header for the app, the app. With
+    ``signed_headers.verify``, a proxy's signed assertion replaces the login session."""
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 
     audit = options.get("audit")
     limiter = options.pop("rate_limiter", None)
     stacked = app
+    issue = None
+    if settings.signed_headers.issue:
+        from secure_mw.tokens.headers import IssueLayer
+
+        issue = IssueLayer(settings)
+        stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:
         # The rules decide who gets in; the session only says who is there.
         stacked = flavour.AuthorizationMiddleware(stacked, settings=settings, audit=audit)
@@ -57,7 +64,11 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
                              which="identity")
     if by_user.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_user)
-    stacked = flavour.OIDCSessionMiddleware(stacked, settings=settings, **options)
+    if settings.signed_headers.verify is not None:
+        # Behind Pomerium or another secure_mw: the proxy's signed assertion is the identity.
+        stacked = flavour.SignedHeaderMiddleware(stacked, settings=settings, audit=audit)
+    else:
+        stacked = flavour.OIDCSessionMiddleware(stacked, settings=settings, **options)
     if settings.regulation.paths:
         stacked = flavour.LoginGuardMiddleware(stacked, layer=LoginGuardLayer(
             settings, paths=settings.regulation.paths,
@@ -69,6 +80,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
                                 audit=audit, which="network")
     if by_address.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
+    if issue is not None:      # the public keys need no login
+        stacked = flavour.JWKSMiddleware(stacked, layer=issue)
     stacked = flavour.ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
         settings.server.trusted_proxies, header=settings.server.forwarded_header))
     return flavour.SecurityHeadersMiddleware(stacked, settings=settings)

@@ -10,6 +10,11 @@ from typing import Any
 
 from secure_mw._stack import assemble
 from secure_mw.asgi._io import ASGIApp
+from secure_mw.asgi.assertions import (
+    IdentityHeaderMiddleware,
+    JWKSMiddleware,
+    SignedHeaderMiddleware,
+)
 from secure_mw.asgi.guards import (
     AuthorizationMiddleware,
     ClientAddressMiddleware,
@@ -24,11 +29,14 @@ from secure_mw.settings import Settings
 __all__ = [
     "AuthorizationMiddleware",
     "ClientAddressMiddleware",
+    "IdentityHeaderMiddleware",
+    "JWKSMiddleware",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
     "SecurityHeadersMiddleware",
+    "SignedHeaderMiddleware",
     "protect",
 ]
 

@@ -18,6 +18,7 @@ See :mod:`secure_mw.tokens.jwt`, :mod:`~secure_mw.tokens.jwks` and :mod:`~secure
 from __future__ import annotations
 
 from secure_mw.tokens.assertions import AssertionSigner, AssertionVerifier
+from secure_mw.tokens.headers import AssertionAuth
 from secure_mw.tokens.jwks import KeySet, KeySource, RemoteKeySet
 from secure_mw.tokens.jwt import JWTVerifier, sign, verify
 from secure_mw.tokens.keys import (
@@ -31,6 +32,7 @@ from secure_mw.tokens.keys import (
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
+    "AssertionAuth",
     "AssertionSigner",
     "AssertionVerifier",
     "JWTVerifier",

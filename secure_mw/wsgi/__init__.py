@@ -11,6 +11,11 @@ from typing import Any
 from secure_mw._stack import assemble
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import WSGIApp
+from secure_mw.wsgi.assertions import (
+    IdentityHeaderMiddleware,
+    JWKSMiddleware,
+    SignedHeaderMiddleware,
+)
 from secure_mw.wsgi.guards import (
     AuthorizationMiddleware,
     ClientAddressMiddleware,
@@ -24,11 +29,14 @@ from secure_mw.wsgi.session import OIDCSessionMiddleware
 __all__ = [
     "AuthorizationMiddleware",
     "ClientAddressMiddleware",
+    "IdentityHeaderMiddleware",
+    "JWKSMiddleware",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
     "SecurityHeadersMiddleware",
+    "SignedHeaderMiddleware",
     "protect",
 ]
 

@@ -1,0 +1,150 @@
+"""Signed identity headers, framework-free: what the issuing and verifying middlewares do.
+
+* :class:`IssueLayer` — after authorization, a JWT assertion of the identity for the wrapped
+  app (header ``signed_headers.header``), signed once per session and reused while fresh;
+  any copy a client sent is dropped first; the public keys at
+  ``/.well-known/secure-mw/jwks.json`` (and Pomerium's path) with ``Cache-Control`` and
+  ``ETag``. :class:`AssertionAuth` puts the current request's assertion on the app's own
+  outbound httpx calls.
+* :class:`VerifyLayer` — for an app behind Pomerium or another secure_mw: the assertion in
+  ``signed_headers.verify.header`` is verified against the pinned JWKS (issuer pinned,
+  audience the request host unless configured) and becomes the request's identity.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import threading
+from collections.abc import Generator
+
+import httpx
+
+from secure_mw.audit import AuditLogger, audit_logger
+from secure_mw.errors import InvalidToken
+from secure_mw.http import Reply, RequestView, json_reply
+from secure_mw.identity import Identity
+from secure_mw.settings import Settings
+from secure_mw.tokens.assertions import AssertionSigner, AssertionVerifier
+from secure_mw.tokens.jwks import KeySet, KeySource, RemoteKeySet
+from secure_mw.tokens.keys import generate_private_jwks
+
+__all__ = ["JWKS_PATHS", "AssertionAuth", "IssueLayer", "VerifyLayer", "current_assertion"]
+
+log = logging.getLogger("secure_mw.tokens")
+
+JWKS_PATHS = ("/.well-known/secure-mw/jwks.json", "/.well-known/pomerium/jwks.json")
+
+#: The assertion of the request being served (set by the issuing middleware).
+current_assertion: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "secure_mw_assertion", default=None)
+
+
+def _host(view: RequestView) -> str:
+    host = view.host
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class IssueLayer:
+    def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None) -> None:
+        config = settings.signed_headers
+        self.header = config.header.lower()
+        if signer is None:
+            jwks_text = settings.keys.signing_jwks
+            if jwks_text:
+                jwks = json.loads(jwks_text)
+            else:
+                log.warning("keys.signing_jwks is not set: identity assertions are signed with "
+                            "a key made at start-up (other processes cannot verify them)")
+                jwks = generate_private_jwks(("ES256",))
+            signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime)
+        self.signer = signer
+        body, etag = signer.jwks_document()
+        self._jwks_headers = [("content-type", "application/json"), ("etag", etag),
+                              ("cache-control", "public, max-age=300")]
+        self._jwks_body = body
+        self._etag = etag
+
+    def jwks_reply(self, view: RequestView) -> Reply | None:
+        """The public keys, when ``view`` asks for them."""
+        if view.path not in JWKS_PATHS or view.method not in ("GET", "HEAD"):
+            return None
+        if self._etag in view.headers.get("if-none-match", ""):
+            return Reply(304, [(n, v) for n, v in self._jwks_headers if n != "content-type"])
+        return Reply(200, list(self._jwks_headers), self._jwks_body)
+
+    def assertion(self, view: RequestView, identity: Identity | None) -> str | None:
+        if identity is None:
+            return None
+        claims = {"sub": identity.sub, "email": identity.email, "name": identity.name,
+                  "groups": list(identity.groups)}
+        host = _host(view)
+        return self.signer.sign(claims, audience=host, issuer=host,
+                                session_id=identity.session_id or None)
+
+
+class AssertionAuth(httpx.Auth):
+    """httpx authentication that forwards the current request's identity assertion::
+
+        client = httpx.AsyncClient(auth=AssertionAuth())     # inside a protected request
+    """
+
+    def __init__(self, header: str = "X-Secure-MW-Jwt-Assertion") -> None:
+        self.header = header
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = current_assertion.get()
+        if token:
+            request.headers[self.header] = token
+        yield request
+
+
+class VerifyLayer:
+    """Verifies ``signed_headers.verify`` assertions; one verifier per audience (the
+    request host unless configured), all sharing the pinned key set."""
+
+    def __init__(self, settings: Settings, *, audit: AuditLogger | None = None,
+                 keys: KeySource | None = None) -> None:
+        config = settings.signed_headers.verify
+        if config is None:
+            raise ValueError("signed_headers.verify is not configured")
+        self.config = config
+        self.header = config.header.lower()
+        if keys is None:
+            keys = KeySet.from_file(config.jwks_file) if config.jwks_file \
+                else RemoteKeySet(str(config.jwks_url))
+        self.keys = keys
+        self.audit = audit or audit_logger()
+        self._verifiers: dict[str, AssertionVerifier] = {}
+        self._lock = threading.Lock()
+
+    def _verifier(self, audience: str) -> AssertionVerifier:
+        verifier = self._verifiers.get(audience)
+        if verifier is None:
+            with self._lock:
+                if len(self._verifiers) >= 64:      # Host headers are the client's: bounded
+                    self._verifiers.pop(next(iter(self._verifiers)))
+                verifier = self._verifiers[audience] = AssertionVerifier(
+                    jwks=self.keys, issuer=self.config.issuer, audience=audience,
+                    algorithms=self.config.algorithms, leeway=self.config.leeway,
+                    require_low_s=False)   # Pomerium's ES256 signatures are not normalized
+        return verifier
+
+    def identity(self, view: RequestView) -> tuple[Identity | None, Reply | None]:
+        token = view.headers.get(self.header)
+        reason = "missing assertion"
+        if token:
+            audience = self.config.audience or _host(view)
+            try:
+                claims = self._verifier(audience).verify(token)
+            except InvalidToken as exc:
+                reason = str(exc)
+            else:
+                return Identity.from_claims(claims, source="assertion"), None
+        self.audit.event("invalid_token", remote_ip=view.client, method=view.method,
+                         host=view.host, path=view.path, reason=reason)
+        return None, json_reply(401, {"error": "invalid_assertion"}, headers=[
+            ("www-authenticate", 'Bearer realm="secure_mw", error="invalid_token"')])

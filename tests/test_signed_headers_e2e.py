@@ -1,0 +1,125 @@
+"""Signed identity headers end to end on real servers, both flavours: one secure_mw (the
+front, with the built-in login) issues an assertion to its app and publishes its keys; a
+second app behind it verifies the assertion with SignedHeaderMiddleware."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from secure_mw import Settings, asgi, wsgi
+from secure_mw.crypto import KeyRing, PasswordHasher
+from secure_mw.guards.timing import LoginDelay
+from secure_mw.login import UsersFile
+from secure_mw.session import MemorySessionStore
+from secure_mw.tokens import AssertionAuth, AssertionVerifier, generate_private_jwks
+from tests.apps import FLAVOURS, browser, uvicorn_server, wsgi_server
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
+
+
+def echo_asgi() -> Callable[..., Any]:
+    async def app(scope: dict[str, Any], receive: Callable[..., Any],
+                  send: Callable[..., Any]) -> None:
+        headers = {k.decode(): v.decode() for k, v in scope.get("headers", ())}
+        identity = scope.get("secure_mw.identity")
+        body = json.dumps({"assertion": headers.get("x-secure-mw-jwt-assertion"),
+                           "sub": identity.sub if identity else None,
+                           "source": identity.source if identity else None}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def echo_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    identity = environ.get("secure_mw.identity")
+    body = json.dumps({"assertion": environ.get("HTTP_X_SECURE_MW_JWT_ASSERTION"),
+                       "sub": identity.sub if identity else None,
+                       "source": identity.source if identity else None}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_issue_then_verify_behind_it(flavour: str, tmp_path: Path,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    users = UsersFile(tmp_path / "users.toml", hasher=FAST)
+    users.add("alice", password="alice pw", email="alice@example.com", groups=["staff"])
+    front = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()],
+                 "signing_jwks": json.dumps(generate_private_jwks(("ES256",)))},
+        "local_users": {"file": str(users.path)},
+    }, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    inner = echo_asgi() if flavour == "asgi" else echo_wsgi
+    app = module.protect(inner, front, users=users, store=MemorySessionStore(),
+                         delay=LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
+    with server(app) as base, browser() as client:
+        host = base.split("//", 1)[1].split(":", 1)[0]
+        jwks = client.get(base + "/.well-known/secure-mw/jwks.json")
+        assert jwks.status_code == 200 and jwks.headers["cache-control"].startswith("public")
+        again = client.get(base + "/.well-known/secure-mw/jwks.json",
+                           headers={"If-None-Match": jwks.headers["etag"]})
+        assert again.status_code == 304
+        form = client.get(base + "/.auth/login")
+        state = re.search(r'name="state" value="([^"]+)"', form.text)
+        assert state
+        client.post(base + "/.auth/login", data={"state": state.group(1), "username": "alice",
+                                                 "password": "alice pw"})
+        forged = client.get(base + "/x", headers={"X-Secure-MW-Jwt-Assertion": "forged"})
+        token = forged.json()["assertion"]
+        assert token and token != "forged"                  # the client's copy was dropped
+        assert client.get(base + "/y").json()["assertion"] == token    # reused, not re-signed
+        claims = AssertionVerifier(jwks=jwks.json(), issuer=host, audience=host).verify(token)
+        assert claims["sub"] == "alice" and claims["groups"] == ["staff"]
+        assert claims["email"] == "alice@example.com" and claims["exp"] - claims["iat"] == 300
+        # A second app behind this one verifies the assertion against the published keys.
+        behind = Settings.from_mapping({"signed_headers": {"verify": {
+            "header": "X-Secure-MW-Jwt-Assertion",
+            "jwks_url": base + "/.well-known/secure-mw/jwks.json", "issuer": host}}},
+            environ={})
+        inner2 = echo_asgi() if flavour == "asgi" else echo_wsgi
+        second = module.SignedHeaderMiddleware(inner2, settings=behind)
+        with server(second) as base2:
+            ok = httpx.get(base2 + "/z", headers={"X-Secure-MW-Jwt-Assertion": token})
+            assert ok.status_code == 200
+            assert ok.json()["sub"] == "alice" and ok.json()["source"] == "assertion"
+            assert httpx.get(base2 + "/z").status_code == 401
+            tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+            bad = httpx.get(base2 + "/z", headers={"X-Secure-MW-Jwt-Assertion": tampered})
+            assert bad.status_code == 401
+            assert bad.headers["www-authenticate"].startswith("Bearer")
+    events = [json.loads(r.getMessage()) for r in caplog.records
+              if r.name == "secure_mw.audit" and '"invalid_token"' in r.getMessage()]
+    assert len(events) == 2 and token not in json.dumps(events)
+
+
+def test_assertion_auth_forwards_the_current_assertion() -> None:
+    from secure_mw.tokens.headers import current_assertion
+
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-secure-mw-jwt-assertion"))
+        return httpx.Response(200)
+
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=AssertionAuth()) as c:
+        c.get("https://api.internal/")
+        token = current_assertion.set("abc.def.ghi")
+        try:
+            c.get("https://api.internal/")
+        finally:
+            current_assertion.reset(token)
+    assert seen == [None, "abc.def.ghi"]
