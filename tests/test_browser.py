@@ -5,7 +5,11 @@ is downloaded).
 The demo is started as a user starts it (``python -m sample_apps.fastapi_demo``); the browser
 is sent to the built-in login, fails once, signs in with the password the demo printed, sees
 who it is on a page styled through its CSP nonce with no CSP violation in the console, and
-signs out through the confirmation page. Screenshots of the login page and of the protected
+signs out through the confirmation page. On the way it opens the demo's page that needs a second
+step: the first time it enrols a TOTP authenticator (the QR code, drawn without breaking the
+CSP, and the key in text, from which the test computes the code as an authenticator app
+would); after signing in again, only a code is asked for, and a code already used is refused.
+Screenshots of the login page, the protected page, the TOTP enrolment page and the two-step
 page are saved in ``test-artifacts/``.
 
 Chromium and chromedriver are external programs (Debian's ``chromium`` and ``chromium-driver``),
@@ -22,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +181,50 @@ def wait_for_path(driver: WebDriver, path: str) -> None:
                              ) from None
 
 
+def sign_out(driver: WebDriver, *, link_from: str | None = None) -> None:
+    """Sign out through the "Sign out" link (of ``link_from``, or of the page shown): its
+    confirmation page, its button, then the signed-out page without a session cookie."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if link_from is not None:
+        driver.get(urlsplit(driver.current_url)._replace(path=link_from, query="").geturl())
+        wait_for_path(driver, link_from)
+    WebDriverWait(driver, WAIT).until(
+        ec.element_to_be_clickable((By.LINK_TEXT, "Sign out"))).click()
+    wait_for_path(driver, "/.auth/logout")
+    button = WebDriverWait(driver, WAIT).until(ec.element_to_be_clickable(
+        (By.XPATH, "//form//button[normalize-space()='Sign out']")))
+    button.click()
+    wait_for_path(driver, "/.auth/logged-out")
+    assert "You are signed out." in driver.find_element(By.TAG_NAME, "body").text
+    assert driver.get_cookie(SESSION_COOKIE) is None
+
+
+def current_code(driver: WebDriver, secret: str, *, after: int = -1,
+                 margin: float = 2.0) -> tuple[str, int]:
+    """The code an authenticator app shows now for ``secret``, and its time step: one with at
+    least ``margin`` seconds left in its step, from a step later than ``after`` (a code is
+    accepted once). Waits on the wall clock, as the user of an authenticator does."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from secure_mw.login.totp import TOTP
+
+    totp = TOTP(issuer="x")    # only the secret, digits, period and algorithm matter
+
+    def usable(_: object) -> tuple[str, int] | None:
+        now = time.time()
+        step = totp.step(now)
+        if step > after and (step + 1) * totp.period - now >= margin:
+            return totp.code(secret, step), step
+        return None
+
+    # At most a whole period (waiting for a step after `after`) plus `margin`.
+    return WebDriverWait(driver, totp.period * 2 + margin, poll_frequency=0.1).until(
+        usable, message="no usable TOTP step came")
+
+
 def computed(driver: WebDriver, prop: str, selector: str = "body") -> str:
     return str(driver.execute_script(
         "return getComputedStyle(document.querySelector(arguments[0]))"
@@ -238,23 +287,79 @@ def test_browser_signs_in_and_out_of_the_demo(chrome: WebDriver, demo: Demo) -> 
     assert computed(driver, "max-width") == "736px"          # 46rem
     assert "system-ui" in computed(driver, "font-family")
     assert console.csp_violations() == [], console.entries
-    # ... and the console would have shown one: a <style> without the nonce is refused.
+
+    # A page that needs a second step: the first time, the enrolment page (a QR code drawn in
+    # inline SVG, with no CSP violation, and the key in text for those who cannot scan).
+    one_factor = session["value"]
+    driver.find_element(By.LINK_TEXT, "A page that needs a second step").click()
+    wait_for_path(driver, "/.auth/2fa")
+    assert urlsplit(driver.current_url).query == "rd=/two-factor"
+    assert driver.title == "Set up two-step sign-in"
+    qr = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "figure svg")))
+    assert qr.size["width"] > 100 and qr.size["height"] > 100, qr.size
+    code_field = driver.find_element(By.ID, "code")
+    assert code_field.accessible_name == "Six-digit code"
+    assert driver.switch_to.active_element == code_field
+    assert console.csp_violations() == [], console.entries
+    assert driver.save_screenshot(str(ARTIFACTS / "totp-enrolment.png"))
+    secret = driver.find_element(By.CSS_SELECTOR, "figcaption code").text
+    assert re.fullmatch(r"[A-Z2-7]{32}", secret), secret
+
+    # The code an authenticator app computes from that key: the page needing it is reached,
+    # under a new session id (the one-factor session is gone).
+    code, used_step = current_code(driver, secret)
+    code_field.send_keys(code)
+    driver.find_element(By.XPATH, "//form//button[normalize-space()='Verify']").click()
+    wait_for_path(driver, "/two-factor")
+    passed = wait.until(ec.visibility_of_element_located((By.ID, "two-factor")))
+    assert passed.text == "Demo User passed the second step (TOTP)."
+    two_factor = driver.get_cookie(SESSION_COOKIE)
+    assert two_factor is not None and two_factor["value"] != one_factor
+    assert console.csp_violations() == [], console.entries
+    assert driver.save_screenshot(str(ARTIFACTS / "two-factor-page.png"))
+    driver.find_element(By.LINK_TEXT, "Back").click()
+    wait_for_path(driver, "/")
+    wait.until(ec.visibility_of_element_located((By.ID, "who")))
+
+    # No CSP violation so far, and the console would have shown one: a <style> without the
+    # nonce is refused.
     driver.execute_script(
         "const s = document.createElement('style');"
         "s.textContent = 'body{max-width:1px}'; document.head.appendChild(s);")
     wait.until(lambda _: console.csp_violations(),
                message="the browser logged no CSP violation for a <style> without nonce")
     assert computed(driver, "max-width") == "736px"
+    injected = len(console.csp_violations())   # any later one is a finding
 
     # Sign out: a confirmation page with a button, then the signed-out page.
-    driver.find_element(By.LINK_TEXT, "Sign out").click()
-    wait_for_path(driver, "/.auth/logout")
-    button = wait.until(ec.element_to_be_clickable(
-        (By.XPATH, "//form//button[normalize-space()='Sign out']")))
-    button.click()
-    wait_for_path(driver, "/.auth/logged-out")
-    assert "You are signed out." in driver.find_element(By.TAG_NAME, "body").text
-    assert driver.get_cookie(SESSION_COOKIE) is None
+    sign_out(driver)
+
+    # Signed in again, the page needing a second step asks for a code only: the key is
+    # enrolled. The code used before is refused (each step is accepted once); a code of a
+    # later step lets the browser in.
+    driver.get(demo.base + "/two-factor")
+    wait_for_path(driver, "/.auth/login")
+    driver.find_element(By.ID, "username").send_keys("demo")
+    driver.find_element(By.ID, "password").send_keys(demo.password, Keys.ENTER)
+    wait_for_path(driver, "/.auth/2fa")
+    assert urlsplit(driver.current_url).query == "rd=/two-factor"
+    assert driver.title == "Two-step sign-in"
+    assert driver.find_elements(By.TAG_NAME, "svg") == []
+    assert driver.find_elements(By.TAG_NAME, "figcaption") == []
+    assert secret not in driver.page_source
+    code_field = driver.find_element(By.ID, "code")
+    code_field.send_keys(code, Keys.ENTER)
+    wait.until(ec.staleness_of(code_field))
+    alert = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, '[role="alert"]')))
+    assert alert.text == "That code is not valid."
+    assert path_of(driver) == "/.auth/2fa"
+    code, _ = current_code(driver, secret, after=used_step)
+    driver.find_element(By.ID, "code").send_keys(code, Keys.ENTER)
+    wait_for_path(driver, "/two-factor")
+    passed = wait.until(ec.visibility_of_element_located((By.ID, "two-factor")))
+    assert passed.text == "Demo User passed the second step (TOTP)."
+    assert console.csp_violations()[injected:] == [], console.entries
+    sign_out(driver, link_from="/")
 
     # The protected page asks for the login again.
     driver.get(demo.base + "/")
