@@ -151,3 +151,44 @@ def test_without_rules_every_request_needs_a_login(flavour: str, tmp_path: Path)
     with server(module.protect(inner, settings, users=users)) as base:
         assert httpx.get(base + "/healthz", headers={"Accept": "application/json"}
                          ).status_code == 401
+
+
+def test_a_path_that_normalizes_into_the_login_pages_is_not_let_through(site: str) -> None:
+    for target in ("/x/../.auth/secret", "//.auth/anything", "/a/./../.auth/me2"):
+        assert raw_get(site, target) == 404, target
+
+
+def test_a_client_copy_of_the_assertion_header_never_reaches_the_app_in_any_spelling(
+        ) -> None:
+    import asyncio
+
+    from secure_mw.asgi import IdentityHeaderMiddleware
+
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(list(scope["headers"]))
+
+    settings = Settings.from_mapping({}, environ={})
+    middleware = IdentityHeaderMiddleware(app, settings=settings)
+    scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"",
+             "headers": [(b"host", b"app.test"), (b"x-secure-mw-jwt-assertion", b"forged1"),
+                         (b"x_secure_mw_jwt_assertion", b"forged2"),
+                         (b"X_Secure_MW_Jwt_Assertion", b"forged3")],
+             "client": ("203.0.113.5", 1)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    asyncio.run(middleware(scope, receive, send))
+    assert not any(value.startswith(b"forged") for _, value in seen[0])
+
+
+def test_wsgi_normalized_path_leaving_the_mount_is_refused() -> None:
+    from secure_mw.authz.layer import inside
+
+    assert inside("/app/x", "/app") and inside("/app", "/app") and inside("/x", "")
+    assert not inside("/application", "/app") and not inside("/public", "/app")

@@ -123,3 +123,26 @@ def test_assertion_auth_forwards_the_current_assertion() -> None:
         finally:
             current_assertion.reset(token)
     assert seen == [None, "abc.def.ghi"]
+
+
+@pytest.mark.parametrize("host", [":80", "[", ""])
+def test_a_hostile_host_header_is_never_a_500(host: str) -> None:
+    from secure_mw.http import RequestView
+    from secure_mw.identity import Identity
+    from secure_mw.tokens.headers import IssueLayer, VerifyLayer
+    from secure_mw.tokens.keys import public_jwks
+
+    private = generate_private_jwks(("ES256",))
+    settings = Settings.from_mapping({"keys": {"signing_jwks": json.dumps(private)}},
+                                     environ={})
+    view = RequestView("GET", "https", host, "/", "", {}, "203.0.113.9")
+    assert IssueLayer(settings).assertion(view, Identity(sub="alice")) is None
+    from secure_mw.tokens import KeySet
+
+    behind = Settings.from_mapping({"signed_headers": {"verify": {
+        "jwks_url": "https://proxy.example/jwks.json", "issuer": "proxy"}}}, environ={})
+    layer = VerifyLayer(behind, keys=KeySet.from_dict(public_jwks(private)))
+    hostile = RequestView("GET", "https", host, "/", "",
+                          {"x-pomerium-jwt-assertion": "a.b.c"}, "203.0.113.9")
+    identity, reply = layer.identity(hostile)
+    assert identity is None and reply is not None and reply.status == 401

@@ -37,7 +37,10 @@ class IdentityHeaderMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = [(n, v) for n, v in scope.get("headers", ()) if n.lower() != self.name]
+        # Every spelling of the name a server or framework could read as ours goes
+        # (X_Secure_MW_… becomes HTTP_X_SECURE_MW_… in Django's ASGI handler).
+        headers = [(n, v) for n, v in scope.get("headers", ())
+                   if n.lower().replace(b"_", b"-") != self.name]
         view = view_of(scope)
         if kind == "http":
             reply = self.layer.jwks_reply(view)

@@ -22,7 +22,7 @@ from secure_mw.asgi._io import (
     view_of,
 )
 from secure_mw.audit import AuditLogger
-from secure_mw.authz.layer import AuthorizationLayer
+from secure_mw.authz.layer import AuthorizationLayer, inside
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
@@ -36,6 +36,7 @@ from secure_mw.guards.layers import (
 )
 from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
+from secure_mw.http import json_reply
 from secure_mw.settings import Settings
 
 __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
@@ -310,6 +311,10 @@ class AuthorizationMiddleware:
                 await send_reply(send, verdict.reply, head=view.method == "HEAD")
             return
         if verdict.path != scope.get("path"):
+            if not inside(verdict.path, scope.get("root_path") or ""):
+                await send_reply(send, json_reply(400, {"error": "bad_path"}),
+                                 head=view.method == "HEAD")
+                return
             scope["path"] = verdict.path
             scope["raw_path"] = quote(verdict.path).encode("ascii")
             scope.pop(VIEW_KEY, None)

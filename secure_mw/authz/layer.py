@@ -57,8 +57,11 @@ class AuthorizationLayer:
         except PathRefused as exc:
             self._refused(view, identity, None, "deny", f"path refused: {exc.reason}")
             return Verdict(_bad_path(view), view.path, None)
-        if path.startswith(self.prefix):     # the login pages themselves
-            return Verdict(None, path, None)
+        if path.startswith(self.prefix):
+            # The session core answers its own pages before this layer runs; a path that
+            # only normalizes into them (/x/../.auth/…) must not slip past the rules.
+            self._refused(view, identity, None, "deny", "path normalizes into the login pages")
+            return Verdict(_not_found(view), path, None)
         decision = self.policy.evaluate(view, identity, path=path)
         effect = decision.effect
         if effect == "allow":
@@ -86,3 +89,14 @@ def _bad_path(view: RequestView) -> Reply:
     if view.wants_html:
         return html_reply(400, "Bad request", "This address is not one this site serves.")
     return json_reply(400, {"error": "bad_path"})
+
+
+def _not_found(view: RequestView) -> Reply:
+    if view.wants_html:
+        return html_reply(404, "Not found", "There is no such page.")
+    return json_reply(404, {"error": "not_found"})
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies under the mount point ``root`` (segment-wise)."""
+    return not root or path == root or path.startswith(root.rstrip("/") + "/")

@@ -82,6 +82,8 @@ class IssueLayer:
         claims = {"sub": identity.sub, "email": identity.email, "name": identity.name,
                   "groups": list(identity.groups)}
         host = _host(view)
+        if not host:           # a hostile Host header: no assertion rather than an error
+            return None
         return self.signer.sign(claims, audience=host, issuer=host,
                                 session_id=identity.session_id or None)
 
@@ -139,6 +141,8 @@ class VerifyLayer:
         if token:
             audience = self.config.audience or _host(view)
             try:
+                if not audience:
+                    raise InvalidToken("no audience: the request has no usable Host")
                 claims = self._verifier(audience).verify(token)
             except InvalidToken as exc:
                 reason = str(exc)

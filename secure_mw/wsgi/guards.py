@@ -9,7 +9,7 @@ from typing import Any
 
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
-from secure_mw.authz.layer import AuthorizationLayer
+from secure_mw.authz.layer import AuthorizationLayer, inside
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies
 from secure_mw.guards.headers import SecurityHeaders
@@ -23,6 +23,7 @@ from secure_mw.guards.layers import (
 )
 from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
+from secure_mw.http import json_reply
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
     VIEW_KEY,
@@ -271,8 +272,13 @@ class AuthorizationMiddleware:
         verdict = self.layer.decide(view, environ.get("secure_mw.identity"), raw)
         if verdict.reply is not None:
             return write_reply(start_response, verdict.reply, head=view.method == "HEAD")
-        script = environ.get("SCRIPT_NAME", "")
-        if verdict.path != view.path and verdict.path.startswith(script):
+        script = environ.get("SCRIPT_NAME", "").rstrip("/")
+        if verdict.path != view.path:
+            if not inside(verdict.path, script):
+                # The normalized path leaves the mount point: the app could not route what
+                # was authorized.
+                return write_reply(start_response, json_reply(400, {"error": "bad_path"}),
+                                   head=view.method == "HEAD")
             environ["PATH_INFO"] = verdict.path[len(script):].encode("utf-8").decode("latin-1")
             environ.pop(VIEW_KEY, None)
         environ["secure_mw.decision"] = verdict.decision
