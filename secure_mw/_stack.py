@@ -83,5 +83,6 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     if issue is not None:      # the public keys need no login
         stacked = flavour.JWKSMiddleware(stacked, layer=issue)
     stacked = flavour.ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
-        settings.server.trusted_proxies, header=settings.server.forwarded_header))
+        settings.server.trusted_proxies, header=settings.server.forwarded_header),
+        client_cert_header=settings.server.client_cert_header)
     return flavour.SecurityHeadersMiddleware(stacked, settings=settings)

@@ -23,6 +23,30 @@ MAX_COOKIE_HEADER = 40 * 1024   # room for MAX_CHUNKS session cookies and more
 MAX_QUERY = 8 * 1024
 
 
+CLIENT_CERT_KEY = "secure_mw.client_cert"
+
+
+def pem_to_der(pem: str) -> bytes | None:
+    """The DER bytes of a PEM certificate, or ``None`` if it is not one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        return x509.load_pem_x509_certificate(pem.encode("ascii")).public_bytes(Encoding.DER)
+    except (ValueError, UnicodeEncodeError, TypeError):
+        return None
+
+
+def proxy_client_cert(value: str | None) -> bytes | None:
+    """A certificate a trusted proxy passed in a header: URL-escaped PEM (nginx's
+    ``$ssl_client_escaped_cert``) or plain PEM; ``None`` when absent or not a certificate."""
+    if not value or len(value) > 16 * 1024:
+        return None
+    from urllib.parse import unquote
+
+    return pem_to_der(unquote(value) if "%" in value else value)
+
+
 def parse_cookies(header: str) -> dict[str, str]:
     """Cookies of a ``Cookie`` header; the first of several same-named cookies wins.
 
@@ -58,6 +82,7 @@ class RequestView:
     client: str
     websocket: bool = False
     body: bytes = b""   # read by the flavour only for POSTs to our own endpoints
+    client_cert: bytes | None = None   # the client certificate (DER): TLS or a trusted proxy
     _cookies: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -86,6 +111,11 @@ class RequestView:
             if server:
                 host = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
         client = scope.get("client")
+        cert = scope.get(CLIENT_CERT_KEY)
+        if cert is None:
+            chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain")
+            if chain:
+                cert = pem_to_der(chain[0])
         return cls(
             method="GET" if websocket else str(scope.get("method", "GET")).upper(),
             scheme=scheme,
@@ -95,6 +125,7 @@ class RequestView:
             headers=headers,
             client=str(client[0]) if client else "",
             websocket=websocket,
+            client_cert=cert if isinstance(cert, bytes) else None,
         )
 
     @classmethod
@@ -114,6 +145,9 @@ class RequestView:
             path = raw_path.encode("latin-1").decode("utf-8")
         except (UnicodeDecodeError, UnicodeEncodeError):
             path = raw_path
+        cert = environ.get(CLIENT_CERT_KEY)
+        if cert is None and environ.get("SSL_CLIENT_CERT"):   # mod_wsgi and the like
+            cert = pem_to_der(str(environ["SSL_CLIENT_CERT"]))
         return cls(
             method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
             scheme=str(environ.get("wsgi.url_scheme", "http")),
@@ -122,6 +156,7 @@ class RequestView:
             query_string=str(environ.get("QUERY_STRING", "")),
             headers=headers,
             client=str(environ.get("REMOTE_ADDR", "")),
+            client_cert=cert if isinstance(cert, bytes) else None,
         )
 
     @property

@@ -263,6 +263,9 @@ class ServerSettings:
     forwarded_header: str = _opt(
         "x-forwarded-for", choices=("x-forwarded-for", "forwarded", "auto"),
         doc="which forwarding header trusted proxies set (auto: Forwarded when present)")
+    client_cert_header: str | None = _opt(
+        None, doc="header in which trusted proxies pass the client certificate (URL-escaped "
+                  "PEM, as nginx's $ssl_client_escaped_cert)")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
                                       doc="peers allowed to set Forwarded / X-Forwarded-*")
 

@@ -36,7 +36,7 @@ from secure_mw.guards.layers import (
 )
 from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
-from secure_mw.http import json_reply
+from secure_mw.http import CLIENT_CERT_KEY, json_reply, proxy_client_cert
 from secure_mw.settings import Settings
 
 __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
@@ -88,10 +88,12 @@ class ClientAddressMiddleware:
     headers from any other peer are ignored."""
 
     def __init__(self, app: ASGIApp, *,
-                 trusted_proxies: TrustedProxies | Iterable[str] = ()) -> None:
+                 trusted_proxies: TrustedProxies | Iterable[str] = (),
+                 client_cert_header: str | None = None) -> None:
         self.app = app
         self.proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies) \
             else TrustedProxies(trusted_proxies)
+        self.cert_header = client_cert_header.lower() if client_cert_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -101,6 +103,11 @@ class ClientAddressMiddleware:
         info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
                                     host=view.host)
         scope["secure_mw.client"] = info
+        if self.cert_header and view.client and self.proxies.is_trusted(view.client):
+            cert = proxy_client_cert(view.headers.get(self.cert_header))
+            if cert is not None:
+                scope[CLIENT_CERT_KEY] = cert
+                scope.pop(VIEW_KEY, None)
         if info.via_proxy:
             client = scope.get("client")
             scope["client"] = (info.ip, client[1] if client else 0)

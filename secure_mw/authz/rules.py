@@ -73,7 +73,9 @@ For tests, :attr:`AccessPolicy.rules_tested` counts compiled rules examined.
 
 from __future__ import annotations
 
+import base64
 import difflib
+import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -432,7 +434,8 @@ def _as_list(value: Any) -> list[Any]:
 
 
 _CRITERIA = ("accept", "reject", "authenticated_user", "email", "domain", "user", "groups",
-             "http_method", "http_path", "source_ip", "cors_preflight", "day_of_week",
+             "http_method", "http_path", "source_ip", "cors_preflight", "client_certificate",
+             "day_of_week",
              "time_of_day")
 _OPERATORS = ("and", "or", "not", "nor")
 _STRING_MATCHERS = ("is", "in", "starts_with", "ends_with", "contains")
@@ -669,6 +672,8 @@ class _Compiler:
         if name == "source_ip":
             nets = self._networks(where, value)
             return lambda ctx: _in_networks(ctx, nets)
+        if name == "client_certificate":
+            return _client_certificate(where, value)
         if name == "groups":
             return _groups(where, value)
         if name == "day_of_week":
@@ -720,6 +725,52 @@ def _tri_not(pred: Pred) -> Pred:
         v = pred(ctx)
         return None if v is None else not v
     return negated
+
+
+def _client_certificate(where: str, value: Any) -> Pred:
+    """``client_certificate: {fingerprint: …}`` (SHA-256 of the certificate, hex, colons
+    allowed) or ``{spki_hash: …}`` (SHA-256 of its SubjectPublicKeyInfo, base64); each a
+    string or a list. The certificate is the one TLS or a trusted proxy presented."""
+    if not isinstance(value, dict) or not value or not set(value) <= {"fingerprint",
+                                                                     "spki_hash"}:
+        raise _Invalid(where, "client_certificate takes {fingerprint: …} or {spki_hash: …}")
+    fingerprints: set[str] = set()
+    spki: set[str] = set()
+    for kind, wanted in value.items():
+        items = wanted if isinstance(wanted, list) else [wanted]
+        if not items or not all(isinstance(i, str) and i for i in items):
+            raise _Invalid(f"{where}.{kind}", "must be a string or a list of strings")
+        if kind == "fingerprint":
+            for item in items:
+                text = item.replace(":", "").lower()
+                if not re.fullmatch(r"[0-9a-f]{64}", text):
+                    raise _Invalid(f"{where}.fingerprint", f"{item!r} is not a SHA-256 in hex")
+                fingerprints.add(text)
+        else:
+            spki.update(items)
+
+    def matches(ctx: _Ctx) -> Tri:
+        der = ctx.view.client_cert
+        if der is None:
+            return False
+        if fingerprints and hashlib.sha256(der).hexdigest() in fingerprints:
+            return True
+        if spki:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import (
+                Encoding,
+                PublicFormat,
+            )
+
+            try:
+                key = x509.load_der_x509_certificate(der).public_key().public_bytes(
+                    Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            except ValueError:
+                return False
+            return base64.b64encode(hashlib.sha256(key).digest()).decode() in spki
+        return False
+
+    return matches
 
 
 def _cors_preflight(ctx: _Ctx) -> Tri:

@@ -23,7 +23,7 @@ from secure_mw.guards.layers import (
 )
 from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
-from secure_mw.http import json_reply
+from secure_mw.http import CLIENT_CERT_KEY, json_reply, proxy_client_cert
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
     VIEW_KEY,
@@ -86,16 +86,23 @@ class ClientAddressMiddleware:
     :class:`ClientInfo`. Forwarding headers from any other peer are ignored."""
 
     def __init__(self, app: WSGIApp, *,
-                 trusted_proxies: TrustedProxies | Iterable[str] = ()) -> None:
+                 trusted_proxies: TrustedProxies | Iterable[str] = (),
+                 client_cert_header: str | None = None) -> None:
         self.app = app
         self.proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies) \
             else TrustedProxies(trusted_proxies)
+        self.cert_header = client_cert_header.lower() if client_cert_header else None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         view = view_of(environ)
         info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
                                     host=view.host)
         environ["secure_mw.client"] = info
+        if self.cert_header and view.client and self.proxies.is_trusted(view.client):
+            cert = proxy_client_cert(view.headers.get(self.cert_header))
+            if cert is not None:
+                environ[CLIENT_CERT_KEY] = cert
+                environ.pop(VIEW_KEY, None)
         if info.via_proxy:
             environ["secure_mw.peer"] = (environ.get("REMOTE_ADDR"),
                                          environ.get("wsgi.url_scheme"),
