@@ -322,7 +322,7 @@ class Bench:
         stack = secure_mw.asgi.protect(starlette_app(), settings, store=store, clock=fixed)
         scope = asgi_scope(session_cookie(settings, CLAIMS, store=store))
         check_asgi(loop, stack, scope, user="alice")
-        self.add("stack", "protect(): headers, client, rate limit, redirect, session",
+        self.add("stack", "protect(): every layer incl. signed assertion",
                  asgi_runner(loop, stack, scope), "asgi-bare")
 
         if with_redis:
