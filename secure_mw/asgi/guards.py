@@ -22,9 +22,9 @@ from secure_mw.asgi._io import (
     view_of,
 )
 from secure_mw.audit import AuditLogger
-from secure_mw.authz.layer import AuthorizationLayer, inside
+from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.errors import StoreUnavailable
-from secure_mw.guards.clientaddr import TrustedProxies
+from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
@@ -36,7 +36,7 @@ from secure_mw.guards.layers import (
 )
 from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
-from secure_mw.http import CLIENT_CERT_KEY, json_reply, proxy_client_cert
+from secure_mw.http import CLIENT_CERT_KEY
 from secure_mw.settings import Settings
 
 __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
@@ -103,11 +103,10 @@ class ClientAddressMiddleware:
         info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
                                     host=view.host)
         scope["secure_mw.client"] = info
-        if self.cert_header and view.client and self.proxies.is_trusted(view.client):
-            cert = proxy_client_cert(view.headers.get(self.cert_header))
-            if cert is not None:
-                scope[CLIENT_CERT_KEY] = cert
-                scope.pop(VIEW_KEY, None)
+        cert = forwarded_client_cert(self.proxies, self.cert_header, view)
+        if cert is not None:
+            scope[CLIENT_CERT_KEY] = cert
+            scope.pop(VIEW_KEY, None)
         if info.via_proxy:
             client = scope.get("client")
             scope["client"] = (info.ip, client[1] if client else 0)
@@ -310,7 +309,8 @@ class AuthorizationMiddleware:
         view = view_of(scope)
         raw = scope.get("raw_path")
         verdict = self.layer.decide(view, scope.get("secure_mw.identity"),
-                                    raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None)
+                                    raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None,
+                                    root=scope.get("root_path") or "")
         if verdict.reply is not None:
             if kind == "websocket":
                 await refuse_websocket(send, receive)
@@ -318,10 +318,6 @@ class AuthorizationMiddleware:
                 await send_reply(send, verdict.reply, head=view.method == "HEAD")
             return
         if verdict.path != scope.get("path"):
-            if not inside(verdict.path, scope.get("root_path") or ""):
-                await send_reply(send, json_reply(400, {"error": "bad_path"}),
-                                 head=view.method == "HEAD")
-                return
             scope["path"] = verdict.path
             scope["raw_path"] = quote(verdict.path).encode("ascii")
             scope.pop(VIEW_KEY, None)

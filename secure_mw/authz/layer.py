@@ -36,7 +36,6 @@ class AuthorizationLayer:
                  ) -> None:
         self.policy = policy or AccessPolicy.from_settings(settings.access_control)
         self.prefix = settings.server.auth_prefix
-        self.cookie_name = settings.session.cookie_name
         from secure_mw.session.cookies import CookieJarSpec
 
         jar = CookieJarSpec(secure=settings.session.cookie_secure,
@@ -49,7 +48,17 @@ class AuthorizationLayer:
         self.audit = audit or audit_logger()
 
     def decide(self, view: RequestView, identity: Identity | None,
-               raw_path: bytes | None = None) -> Verdict:
+               raw_path: bytes | None = None, *, root: str = "") -> Verdict:
+        """``root``: the app's mount point (ASGI ``root_path``, WSGI ``SCRIPT_NAME``); a
+        normalized path that leaves it is refused, since the app could not route it."""
+        verdict = self._decide(view, identity, raw_path)
+        if verdict.reply is None and verdict.path != view.path \
+                and not inside(verdict.path, root.rstrip("/")):
+            return Verdict(json_reply(400, {"error": "bad_path"}), verdict.path, None)
+        return verdict
+
+    def _decide(self, view: RequestView, identity: Identity | None,
+                raw_path: bytes | None) -> Verdict:
         try:
             if raw_path is not None:
                 check_raw_path(raw_path)

@@ -50,7 +50,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = ["MAX_FORWARDING_HEADER", "ClientInfo", "TrustedProxies"]
+from secure_mw.http import RequestView, proxy_client_cert
+
+__all__ = ["MAX_FORWARDING_HEADER", "ClientInfo", "TrustedProxies", "forwarded_client_cert"]
 
 MAX_FORWARDING_HEADER = 8 * 1024
 _CACHE_LIMIT = 4096
@@ -398,3 +400,12 @@ def _plain_peer(peer: str) -> str:
         if addr is not None:
             return str(addr)
     return peer
+
+
+def forwarded_client_cert(proxies: TrustedProxies, header: str | None,
+                          view: RequestView) -> bytes | None:
+    """The client certificate a trusted proxy passed in ``header`` (None from anyone else,
+    or when absent or not a certificate)."""
+    if not header or not view.client or not proxies.is_trusted(view.client):
+        return None
+    return proxy_client_cert(view.headers.get(header))

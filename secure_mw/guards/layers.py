@@ -298,7 +298,6 @@ class RedirectLayer:
 
 
 MAX_LOGIN_BODY = 64 * 1024
-MAX_CAPTURE = 256 * 1024
 MAX_WAITERS = 8          # attempts queued per user name or address before refusing (429)
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
 

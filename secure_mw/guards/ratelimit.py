@@ -72,13 +72,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from secure_mw._encoding import b64url_encode
+from secure_mw._redis import LoopClients
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 from secure_mw.session.redis_store import HEALTH_CHECK_INTERVAL, _server_label
 
@@ -340,7 +340,7 @@ def _tag(key: str) -> str:
     return b64url_encode(digest)[:22]
 
 
-class _RedisScripts:
+class _RedisScripts(LoopClients):
     """One synchronous client and one asyncio client per running loop, running Lua scripts
     with EVALSHA (EVAL after NOSCRIPT); every failure becomes StoreUnavailable."""
 
@@ -380,28 +380,6 @@ class _RedisScripts:
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         _log.debug("%s %s: %s", self._what, self._label, type(exc).__name__)
         return StoreUnavailable(f"{self._what} unavailable: {self._label}")
-
-    def _async_client(self) -> redis.asyncio.Redis:
-        if self._aclient is not None:
-            return self._aclient
-        loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is None:
-            with self._lock:
-                client = self._aclients.get(loop)
-                if client is None:
-                    self._drop_closed_loops()
-                    client = redis.asyncio.Redis.from_url(
-                        self._url,
-                        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                        **self._kwargs,
-                    )
-                    self._aclients[loop] = client
-        return client
-
-    def _drop_closed_loops(self) -> None:
-        for old in [loop for loop in self._aclients if loop.is_closed()]:
-            del self._aclients[old]
 
     def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         client = self._client

@@ -17,8 +17,7 @@ import html
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from secure_mw._driver import Flow, Op
 from secure_mw.audit import AuditLogger
@@ -39,7 +38,7 @@ from secure_mw.login.totp import (
 )
 from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.client import OIDCClient
-from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore, Outcome, local_target
+from secure_mw.oidc.core import OIDCSessionCore, Outcome, local_target
 from secure_mw.oidc.prelogin import PendingLogin
 from secure_mw.session.manager import SessionStore
 from secure_mw.session.model import Session
@@ -137,7 +136,7 @@ class LocalLoginCore(OIDCSessionCore):
         if view.method != "POST":
             return Outcome(html_reply(405, "Method not allowed", "Use the sign-in form.",
                                       headers=[("allow", "GET, POST")]))
-        form = _form_fields(view)
+        form = view.form(max_fields=16)
         state = form.get("state", "")
         pending, prelogin_cookie = self.prelogin.take(view, state) if state else (None, None)
         if pending is None:
@@ -204,7 +203,7 @@ class LocalLoginCore(OIDCSessionCore):
         if view.method != "POST":
             return Outcome(html_reply(405, "Method not allowed", "Use the form.",
                                       headers=[("allow", "GET, POST")]))
-        form = _form_fields(view)
+        form = view.form(max_fields=16)
         if not hmac.compare_digest(str(form.get("csrf", "")).encode(), session.csrf.encode()):
             self._event("csrf_failure", view, user=user, reason="second-factor form")
             return Outcome(html_reply(403, "Refused", "The form had expired. Please try again."))
@@ -294,20 +293,3 @@ class LocalLoginCore(OIDCSessionCore):
 
     async def _arehash(self, user: User, password: str) -> None:
         await asyncio.to_thread(self._rehash, user, password)
-
-
-def _form_fields(view: RequestView) -> dict[str, Any]:
-    content_type = view.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        return {}
-    try:
-        pairs = parse_qsl(view.body[:MAX_FORM].decode("utf-8"), max_num_fields=16)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    fields: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in fields:            # a field given twice: read as nothing
-            fields[key] = ""
-        else:
-            fields[key] = value
-    return fields

@@ -19,13 +19,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
-from secure_mw.http import Reply, RequestView, html_reply, json_reply, redirect_reply
+from secure_mw.http import (
+    MAX_FORM_BODY,
+    Reply,
+    RequestView,
+    html_reply,
+    json_reply,
+    redirect_reply,
+)
 from secure_mw.identity import Identity
 from secure_mw.oidc.client import GrantRefused, OIDCClient, TokenSet, pkce_pair
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
@@ -37,7 +44,7 @@ __all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target"]
 
 log = logging.getLogger("secure_mw.oidc")
 
-MAX_FORM = 16 * 1024
+MAX_FORM = MAX_FORM_BODY   # what the flavours read of a POST to our pages
 ROTATION_GRACE = 3600.0   # how long a rotation is remembered for stale copies of a session
 REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token
 _MAX_TARGET = 1024
@@ -515,7 +522,7 @@ class OIDCSessionCore:
         if session is None:
             return Outcome(redirect_reply(f"{self.prefix}logged-out", status=303, headers=[
                 ("set-cookie", c) for c in self.sessions.forget(read.sent)]))
-        sent_token = view.headers.get("x-csrf-token") or _form_field(view, "csrf") or ""
+        sent_token = view.headers.get("x-csrf-token") or view.form().get("csrf") or ""
         if not hmac.compare_digest(sent_token.encode(), session.csrf.encode()):
             self._event("csrf_failure", view, user=session.sub, reason="logout without token")
             return Outcome(html_reply(403, "Sign-out refused",
@@ -600,18 +607,6 @@ class _Found:
     session: Session | None
     identity: Identity | None
     cookies: list[str]
-
-
-def _form_field(view: RequestView, name: str) -> str | None:
-    if not view.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        return None
-    body = view.body[:MAX_FORM].decode("utf-8", "replace")
-    try:
-        pairs = parse_qsl(body, max_num_fields=32)
-    except ValueError:   # too many fields
-        return None
-    values = [v for k, v in pairs if k == name]
-    return values[0] if len(values) == 1 else None
 
 
 def _method_not_allowed(allow: str) -> Reply:

@@ -48,13 +48,13 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from secure_mw._encoding import b64url_encode
+from secure_mw._redis import LoopClients
 from secure_mw.crypto.keyring import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem, DecryptError, StoreUnavailable
 
@@ -112,7 +112,7 @@ def _check_client(client: Any, what: str) -> None:
         raise ValueError(f"{what} must not use decode_responses: session values are bytes")
 
 
-class RedisSessionStore:
+class RedisSessionStore(LoopClients):
     """Encrypted session values in Redis; see the module docstring."""
 
     __slots__ = ("_aclient", "_aclients", "_client", "_given_aclient", "_given_client",
@@ -212,29 +212,6 @@ class RedisSessionStore:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError("a session value must be bytes")
         return self._keyring.encrypt_bytes(bytes(value), aad=key.encode("ascii"))
-
-    def _async_client(self) -> redis.asyncio.Redis:
-        if self._aclient is not None:
-            return self._aclient
-        loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is None:
-            with self._lock:
-                client = self._aclients.get(loop)
-                if client is None:
-                    self._drop_closed_loops()
-                    client = redis.asyncio.Redis.from_url(
-                        self._url,
-                        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                        **self._kwargs,
-                    )
-                    self._aclients[loop] = client
-        return client
-
-    def _drop_closed_loops(self) -> None:
-        """Forget the asyncio clients of closed loops (their sockets close when collected)."""
-        for old in [loop for loop in self._aclients if loop.is_closed()]:
-            del self._aclients[old]
 
     # -- synchronous ----------------------------------------------------------------------
 

@@ -26,8 +26,7 @@ class IdentityHeaderMiddleware:
         self.key = _environ_key(self.layer.header)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        environ.pop(self.key, None)
-        environ.pop(VIEW_KEY, None)
+        environ.pop(self.key, None)      # a client's copy (every spelling maps onto this key)
         view = view_of(environ)
         reply = self.layer.jwks_reply(view)
         if reply is not None:

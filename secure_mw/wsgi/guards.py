@@ -9,9 +9,9 @@ from typing import Any
 
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
-from secure_mw.authz.layer import AuthorizationLayer, inside
+from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.errors import StoreUnavailable
-from secure_mw.guards.clientaddr import TrustedProxies
+from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
@@ -23,7 +23,7 @@ from secure_mw.guards.layers import (
 )
 from secure_mw.guards.ratelimit import RateLimiter
 from secure_mw.guards.timing import Attempt
-from secure_mw.http import CLIENT_CERT_KEY, json_reply, proxy_client_cert
+from secure_mw.http import CLIENT_CERT_KEY
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
     VIEW_KEY,
@@ -98,11 +98,10 @@ class ClientAddressMiddleware:
         info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
                                     host=view.host)
         environ["secure_mw.client"] = info
-        if self.cert_header and view.client and self.proxies.is_trusted(view.client):
-            cert = proxy_client_cert(view.headers.get(self.cert_header))
-            if cert is not None:
-                environ[CLIENT_CERT_KEY] = cert
-                environ.pop(VIEW_KEY, None)
+        cert = forwarded_client_cert(self.proxies, self.cert_header, view)
+        if cert is not None:
+            environ[CLIENT_CERT_KEY] = cert
+            environ.pop(VIEW_KEY, None)
         if info.via_proxy:
             environ["secure_mw.peer"] = (environ.get("REMOTE_ADDR"),
                                          environ.get("wsgi.url_scheme"),
@@ -276,16 +275,11 @@ class AuthorizationMiddleware:
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if isinstance(raw_uri, str):          # servers that keep the undecoded path
             raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace")
-        verdict = self.layer.decide(view, environ.get("secure_mw.identity"), raw)
+        script = environ.get("SCRIPT_NAME", "").rstrip("/")
+        verdict = self.layer.decide(view, environ.get("secure_mw.identity"), raw, root=script)
         if verdict.reply is not None:
             return write_reply(start_response, verdict.reply, head=view.method == "HEAD")
-        script = environ.get("SCRIPT_NAME", "").rstrip("/")
         if verdict.path != view.path:
-            if not inside(verdict.path, script):
-                # The normalized path leaves the mount point: the app could not route what
-                # was authorized.
-                return write_reply(start_response, json_reply(400, {"error": "bad_path"}),
-                                   head=view.method == "HEAD")
             environ["PATH_INFO"] = verdict.path[len(script):].encode("utf-8").decode("latin-1")
             environ.pop(VIEW_KEY, None)
         environ["secure_mw.decision"] = verdict.decision
