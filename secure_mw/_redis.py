@@ -1,35 +1,169 @@
-"""What every Redis-backed store shares: one asyncio client per event loop.
+"""What every Redis-backed store shares, and the only module that imports redis-py.
 
-redis.asyncio connections belong to the loop that opened them, and a process may run
-several loops (tests, ``asyncio.run`` per job): a client is made lazily per running loop,
-with one immediate retry on a dropped connection (a restarted server), and clients of closed
-loops are forgotten.
+redis is an optional dependency (``pip install 'secure-mw[redis]'``): the modules of the
+Redis engines import this one, and nothing else in the package imports them until a Redis
+store is asked for, so a plain install imports and runs without it.
+
+* :class:`RedisClients`: one synchronous client and, lazily, one asyncio client per running
+  event loop (redis.asyncio connections belong to the loop that opened them; clients of
+  closed loops are forgotten); one immediate retry after a dropped connection (a restarted
+  server); every failure becomes :class:`~secure_mw.errors.StoreUnavailable` naming only
+  ``host:port``; Lua scripts run with EVALSHA (EVAL after NOSCRIPT).
+* :func:`server_label`, :func:`ttl_ms`, :func:`tag`, :class:`Script`: small helpers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import math
+import re
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit
 
-import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+try:
+    import redis
+    import redis.asyncio
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoScriptError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised by the plain-install test
+    raise ImportError(
+        "the Redis stores need redis-py, which secure_mw installs with its 'redis' extra: "
+        "pip install 'secure-mw[redis]'"
+    ) from exc
 
-__all__ = ["LoopClients"]
+from secure_mw._encoding import b64url_encode
+from secure_mw.errors import StoreUnavailable
+
+__all__ = ["HEALTH_CHECK_INTERVAL", "STORE_ERRORS", "RedisClients", "Script", "server_label",
+           "tag", "ttl_ms"]
+
+_log = logging.getLogger("secure_mw.redis")
+
+#: Errors that mean "the store cannot answer" (asyncio.TimeoutError differs from the
+#: built-in TimeoutError on Python 3.10).
+STORE_ERRORS: Final = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: Seconds a pooled connection may stay idle before it is PINGed ahead of the next command.
+HEALTH_CHECK_INTERVAL: Final = 30
+_SCHEMES: Final = ("redis", "rediss", "unix")
+#: Printable ASCII without spaces or braces: a brace would move the Cluster hash tag.
+_PREFIX: Final = re.compile(r"[!-z|~]{0,200}")
 
 
-class LoopClients:
-    """Mixin: ``_async_client()`` for the running loop. The class sets ``_url``,
-    ``_kwargs``, ``_aclient`` (a client given by the caller, or None), ``_aclients`` (a dict)
-    and ``_lock``."""
+def server_label(url: str) -> str:
+    """``host:port`` (or ``unix:/path``) of a Redis URL; raises ValueError without the URL."""
+    if not isinstance(url, str):
+        raise TypeError("the Redis URL must be a string")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("the Redis URL is malformed (bad host or port)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ValueError("the Redis URL must start with redis://, rediss:// or unix://")
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// Redis URL needs a socket path")
+        return f"unix:{parts.path}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port or 6379}"
 
-    _url: str
-    _kwargs: dict[str, Any]
-    _aclient: redis.asyncio.Redis | None
-    _aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis]
-    _lock: threading.Lock
+
+def ttl_ms(ttl: float) -> int | None:
+    """Milliseconds for a TTL in seconds, rounded up; None when ``ttl <= 0``."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError("ttl must be a number of seconds")
+    if not math.isfinite(ttl):
+        raise ValueError("ttl must be finite")
+    if ttl <= 0:
+        return None
+    return max(1, math.ceil(ttl * 1000))
+
+
+def tag(key: str) -> str:
+    """The hash tag of ``key``: 22 base64url characters (132 bits) of its SHA-256."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return b64url_encode(digest)[:22]
+
+
+class Script:
+    """A Lua script and its SHA-1 (as Redis names it in EVALSHA)."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _check_client(client: Any, what: str) -> None:
+    if client.get_connection_kwargs().get("decode_responses"):
+        raise ValueError(f"{what} must not use decode_responses: session values are bytes")
+
+
+class RedisClients:
+    """The clients of one Redis-backed store; see the module docstring.
+
+    ``client``/``aclient`` are used as given (and left open by :meth:`close`); they must not
+    use ``decode_responses`` when the store keeps bytes (``keeps_bytes``). ``tls`` holds
+    redis-py's ``ssl_*`` options (rediss:// only).
+    """
+
+    __slots__ = ("_aclient", "_aclients", "_client", "_given_aclient", "_given_client",
+                 "_kwargs", "_label", "_lock", "_prefix", "_url", "_what")
+
+    def __init__(self, url: str, *, what: str, prefix: str, socket_timeout: float,
+                 client: redis.Redis | None, aclient: redis.asyncio.Redis | None,
+                 tls: dict[str, str] | None = None, keeps_bytes: bool = False) -> None:
+        self._label = server_label(url)
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise ValueError("the key prefix must be at most 200 printable ASCII characters "
+                             "without spaces or braces")
+        if not (isinstance(socket_timeout, int | float) and not isinstance(socket_timeout, bool)
+                and socket_timeout > 0 and math.isfinite(socket_timeout)):
+            raise ValueError("socket_timeout must be a positive number of seconds")
+        self._what = what
+        self._prefix = prefix
+        self._url = url  # kept private for the asyncio clients; never shown
+        self._kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+        }
+        if tls:
+            if not url.lower().startswith("rediss://"):
+                raise ValueError("TLS files are given but the Redis URL is not rediss://")
+            self._kwargs.update(tls)
+        self._lock = threading.Lock()
+        self._aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
+        self._given_client = client is not None
+        self._given_aclient = aclient is not None
+        if keeps_bytes:
+            if client is not None:
+                _check_client(client, "client")
+            if aclient is not None:
+                _check_client(aclient, "aclient")
+        self._client: redis.Redis = client if client is not None else redis.Redis.from_url(
+            url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            **self._kwargs,
+        )
+        self._aclient = aclient
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(server={self._label!r}, prefix={self._prefix!r})"
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        _log.debug("%s %s: %s", self._what, self._label, type(exc).__name__)
+        return StoreUnavailable(f"{self._what} unavailable: {self._label}")
 
     def _async_client(self) -> redis.asyncio.Redis:
         if self._aclient is not None:
@@ -53,3 +187,44 @@ class LoopClients:
         """Forget the asyncio clients of closed loops (their sockets close when collected)."""
         for old in [loop for loop in self._aclients if loop.is_closed()]:
             del self._aclients[old]
+
+    def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        client = self._client
+        try:
+            try:
+                return client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # flushed, restarted or failed over: EVAL caches it again
+                return client.eval(script.text, len(keys), *keys, *args)
+        except STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _arun(self, script: Script, keys: Sequence[str],
+                    args: Sequence[str | int]) -> Any:
+        try:
+            client = self._async_client()
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await client.eval(script.text, len(keys), *keys, *args)
+        except STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def close(self) -> None:
+        """Close the synchronous connections opened here (they reopen if used again) and
+        forget the asyncio clients of closed loops; :meth:`aclose` closes the others."""
+        with self._lock:
+            self._drop_closed_loops()
+        if not self._given_client:
+            self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the connections of the running loop's client (they reopen if used again)."""
+        if self._given_aclient:
+            return
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._aclients.pop(loop, None)
+            self._drop_closed_loops()
+        if client is not None:
+            closer = getattr(client, "aclose", None) or client.close  # aclose: redis >= 5.0.1
+            await closer()

@@ -76,7 +76,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     stacked = flavour.RedirectGuardMiddleware(stacked, settings=settings,
                                               extra_hosts=identity_provider_hosts(settings),
                                               audit=audit)
-    by_address = RateLimitLayer(settings.rate_limits, limiter=limiter or by_user.limiter,
+    by_address = RateLimitLayer(settings.rate_limits,
+                                limiter=by_user.limiter if limiter is None else limiter,
                                 audit=audit, which="network")
     if by_address.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)

@@ -34,7 +34,8 @@ class AuthorizationLayer:
     def __init__(self, settings: Settings, *, policy: AccessPolicy | None = None,
                  audit: AuditLogger | None = None, two_factor_step: bool | None = None
                  ) -> None:
-        self.policy = policy or AccessPolicy.from_settings(settings.access_control)
+        self.policy = policy if policy is not None else AccessPolicy.from_settings(
+            settings.access_control)
         self.prefix = settings.server.auth_prefix
         from secure_mw.session.cookies import CookieJarSpec
 

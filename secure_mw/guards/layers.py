@@ -28,11 +28,7 @@ from secure_mw.audit import AuditLogger
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 from secure_mw.guards.ratelimit import RateLimiter, limiter_from_settings, rate_headers
 from secure_mw.guards.redirect import RedirectPolicy
-from secure_mw.guards.regulation import (
-    MemoryRegulator,
-    RedisRegulator,
-    Regulator,
-)
+from secure_mw.guards.regulation import Regulator, regulator_from_settings
 from secure_mw.guards.regulation import _ip_subject as ip_subject
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
@@ -351,12 +347,7 @@ class LoginGuardLayer:
         self.username_field = username_field
         self.password_field = password_field
         self.failure_statuses = frozenset(failure_statuses)
-        if regulator is None:
-            url = settings.rate_limits.redis_url or settings.session.redis_url
-            regulator = RedisRegulator.from_settings(settings.regulation, url) \
-                if settings.session.store == "redis" and url \
-                else MemoryRegulator.from_settings(settings.regulation)
-        self.regulator = regulator
+        self.regulator = regulator if regulator is not None else regulator_from_settings(settings)
         self.modes = frozenset(modes if modes is not None else settings.regulation.modes)
         self.delay = delay or LoginDelay()
         self.audit = audit_for(audit)

@@ -57,12 +57,9 @@ draft-ietf-httpapi-ratelimit-headers-11 (May 2026), plus ``Retry-After`` when re
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -70,19 +67,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import redis
-import redis.asyncio
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.retry import Retry
-
-from secure_mw._encoding import b64url_encode
-from secure_mw._redis import LoopClients
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
-from secure_mw.session.redis_store import HEALTH_CHECK_INTERVAL, _server_label
 
 if TYPE_CHECKING:
+    from secure_mw.guards.ratelimit_redis import RedisRateLimiter
     from secure_mw.settings import RateLimitsSettings
 
 __all__ = [
@@ -313,207 +301,23 @@ class MemoryRateLimiter:
         return self.hit(key, limits, cost)
 
 
-# ---------------------------------------------------------------------------------------------
-# Redis plumbing shared with the regulator
-
-
-#: Errors that mean "the store cannot answer" (asyncio.TimeoutError differs from the
-#: built-in TimeoutError on Python 3.10).
-_STORE_ERRORS: Final = (redis.RedisError, OSError, asyncio.TimeoutError)
-#: Printable ASCII without spaces or braces: a brace would move the Cluster hash tag.
-_PREFIX: Final = re.compile(r"[!-z|~]{0,200}")
-
-
-class _Script:
-    """A Lua script and its SHA-1 (as Redis names it in EVALSHA)."""
-
-    __slots__ = ("sha", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.sha = hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
-def _tag(key: str) -> str:
-    """The hash tag of ``key``: 22 base64url characters (132 bits) of its SHA-256."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-    return b64url_encode(digest)[:22]
-
-
-class _RedisScripts(LoopClients):
-    """One synchronous client and one asyncio client per running loop, running Lua scripts
-    with EVALSHA (EVAL after NOSCRIPT); every failure becomes StoreUnavailable."""
-
-    __slots__ = ("_aclient", "_aclients", "_client", "_given_aclient", "_given_client",
-                 "_kwargs", "_label", "_lock", "_prefix", "_url", "_what")
-
-    def __init__(self, url: str, *, what: str, prefix: str, socket_timeout: float,
-                 client: redis.Redis | None, aclient: redis.asyncio.Redis | None) -> None:
-        self._label = _server_label(url)
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-            raise ValueError("the key prefix must be at most 200 printable ASCII characters "
-                             "without spaces or braces")
-        if not (isinstance(socket_timeout, int | float) and not isinstance(socket_timeout, bool)
-                and socket_timeout > 0 and math.isfinite(socket_timeout)):
-            raise ValueError("socket_timeout must be a positive number of seconds")
-        self._what = what
-        self._prefix = prefix
-        self._url = url  # kept private for the asyncio clients; never shown
-        self._kwargs: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-            "health_check_interval": HEALTH_CHECK_INTERVAL,
-        }
-        self._lock = threading.Lock()
-        self._aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
-        self._given_client = client is not None
-        self._given_aclient = aclient is not None
-        self._client: redis.Redis = client if client is not None else redis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            **self._kwargs,
-        )
-        self._aclient = aclient
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(server={self._label!r}, prefix={self._prefix!r})"
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        _log.debug("%s %s: %s", self._what, self._label, type(exc).__name__)
-        return StoreUnavailable(f"{self._what} unavailable: {self._label}")
-
-    def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        client = self._client
-        try:
-            try:
-                return client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:  # flushed, restarted or failed over: EVAL caches it again
-                return client.eval(script.text, len(keys), *keys, *args)
-        except _STORE_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    async def _arun(self, script: _Script, keys: Sequence[str],
-                    args: Sequence[str | int]) -> Any:
-        try:
-            client = self._async_client()
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return await client.eval(script.text, len(keys), *keys, *args)
-        except _STORE_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    def close(self) -> None:
-        """Close the synchronous connections opened here (they reopen if used again) and
-        forget the asyncio clients of closed loops; :meth:`aclose` closes the others."""
-        with self._lock:
-            self._drop_closed_loops()
-        if not self._given_client:
-            self._client.close()
-
-    async def aclose(self) -> None:
-        """Close the connections of the running loop's client (they reopen if used again)."""
-        if self._given_aclient:
-            return
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._aclients.pop(loop, None)
-            self._drop_closed_loops()
-        if client is not None:
-            closer = getattr(client, "aclose", None) or client.close  # aclose: redis >= 5.0.1
-            await closer()
-
-
-# ---------------------------------------------------------------------------------------------
-# Redis
-
-# KEYS: one per limit. ARGV: cost, epsilon, then count and period of each limit.
-# Returns {1 if it passed else 0, the seconds owed per limit before the request, ...}; the
-# debts travel as '%.17g' strings (a Lua number in a reply would be truncated to an integer)
-# and round-trip exactly, so the client derives the same decision as MemoryRateLimiter.
-_GCRA: Final = _Script("""\
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cost = tonumber(ARGV[1])
-local eps = tonumber(ARGV[2])
-local tats = redis.call('MGET', unpack(KEYS))
-local reply = {1}
-local owed = {}
-for i = 1, #KEYS do
-  local period = tonumber(ARGV[2 * i + 2])
-  local interval = period / tonumber(ARGV[2 * i + 1])
-  local debt = 0
-  if tats[i] then debt = math.max(tonumber(tats[i]) - now, 0) end
-  owed[i] = debt + cost * interval
-  if period - owed[i] + eps < 0 then reply[1] = 0 end
-  reply[i + 1] = string.format('%.17g', debt)
-end
-if reply[1] == 1 and cost > 0 then
-  for i = 1, #KEYS do
-    redis.call('SET', KEYS[i], string.format('%.17g', now + owed[i]),
-               'PX', math.max(1, math.ceil(owed[i] * 1000)))
-  end
-end
-return reply
-""")
-
-
-class RedisRateLimiter(_RedisScripts):
-    """GCRA in Redis, shared by every process using the server; see the module docstring.
-
-    ``client``/``aclient`` are used as given (and left open by :meth:`close`).
-    """
-
-    __slots__ = ()
-
-    def __init__(self, url: str, *, prefix: str = "secure_mw:", socket_timeout: float = 0.5,
-                 client: redis.Redis | None = None,
-                 aclient: redis.asyncio.Redis | None = None) -> None:
-        super().__init__(url, what="rate limit store", prefix=prefix,
-                         socket_timeout=socket_timeout, client=client, aclient=aclient)
-
-    def redis_keys(self, key: str, limits: Limits) -> list[str]:
-        """The Redis keys of ``key`` under ``limits``: one per limit, one hash tag."""
-        if not isinstance(key, str):
-            raise TypeError("a rate limit key must be a string")
-        return self._keys(key, len(_plan(limits).limits))
-
-    def _keys(self, key: str, count: int) -> list[str]:
-        base = f"{self._prefix}rl:{{{_tag(key)}}}:"
-        return [f"{base}{i}" for i in range(count)]
-
-    def _args(self, plan: _Plan, cost: int) -> list[str | int]:
-        return [cost, repr(EPSILON), *plan.args]
-
-    @staticmethod
-    def _decision(plan: _Plan, cost: int, reply: Any) -> RateDecision:
-        try:
-            allowed = int(reply[0]) == 1
-            debts = [float(x) for x in reply[1:]]
-        except (TypeError, ValueError, IndexError):
-            raise StoreUnavailable("rate limit store gave an unexpected reply") from None
-        if len(debts) != len(plan.limits):
-            raise StoreUnavailable("rate limit store gave an unexpected reply")
-        return _decide(plan, cost, debts, allowed)
-
-    def hit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
-        """Count a request of ``cost`` for ``key``: one EVALSHA round trip."""
-        plan = _prepare(key, limits, cost)
-        reply = self._run(_GCRA, self._keys(key, len(plan.limits)), self._args(plan, cost))
-        return self._decision(plan, cost, reply)
-
-    async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
-        """:meth:`hit` for asyncio."""
-        plan = _prepare(key, limits, cost)
-        reply = await self._arun(_GCRA, self._keys(key, len(plan.limits)),
-                                 self._args(plan, cost))
-        return self._decision(plan, cost, reply)
-
-
 def limiter_from_settings(settings: RateLimitsSettings) -> MemoryRateLimiter | RedisRateLimiter:
     """The limiter ``rate_limits.store`` names (``redis`` needs ``rate_limits.redis_url``)."""
     if settings.store == "redis":
         if not settings.redis_url:
             raise ConfigError([ConfigProblem("rate_limits.redis_url",
                                              "required when rate_limits.store = 'redis'")])
+        from secure_mw.guards.ratelimit_redis import RedisRateLimiter
+
         return RedisRateLimiter(settings.redis_url)
     return MemoryRateLimiter()
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis engine lives in its own module (redis-py is an optional dependency); it is
+    # imported when first named here, with a message naming the extra when redis is missing.
+    if name in ("RedisRateLimiter", "_GCRA"):
+        from secure_mw.guards import ratelimit_redis
+
+        return getattr(ratelimit_redis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

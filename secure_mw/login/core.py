@@ -23,7 +23,7 @@ from secure_mw._driver import Flow, Op
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import DecryptError
-from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator, Regulator
+from secure_mw.guards.regulation import Regulator, regulator_from_settings
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, redirect_reply
 from secure_mw.login.totp import (
@@ -62,17 +62,12 @@ class LocalLoginCore(OIDCSessionCore):
         self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
                     require_login=require_login)
         self.users = users or UsersFile(settings.local_users.file)
-        if regulator is None:
-            url = settings.rate_limits.redis_url or settings.session.redis_url
-            regulator = RedisRegulator.from_settings(settings.regulation, url) \
-                if settings.session.store == "redis" and url \
-                else MemoryRegulator.from_settings(settings.regulation)
-        self.regulator = regulator
+        self.regulator = regulator if regulator is not None else regulator_from_settings(settings)
         self.delay = delay or LoginDelay()
         self.totp = totp or TOTP(issuer=settings.local_users.totp_issuer, clock=clock)
         self.totp_secrets = totp_store if totp_store is not None else FileTOTPStore(
             settings.local_users.totp_file)
-        self.used_codes = used_codes or UsedCodes()
+        self.used_codes = used_codes if used_codes is not None else UsedCodes()
         self.secret_box = SecretBox(self.keyring)
         self._routes.update({
             "2fa": self._second_factor,

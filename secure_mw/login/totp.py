@@ -68,16 +68,13 @@ from urllib.parse import quote
 import pyotp
 import segno
 
-from secure_mw._encoding import StrictJSONError, b64url_encode, loads_strict
+from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw._files import read_secret_file, write_secret_file
 from secure_mw.crypto.keyring import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem, DecryptError, StoreUnavailable
-from secure_mw.guards.ratelimit import _STORE_ERRORS, _RedisScripts
-from secure_mw.session.redis_store import _ttl_ms
 
 if TYPE_CHECKING:
-    import redis
-    import redis.asyncio
+    from secure_mw.login.totp_redis import RedisUsedCodes
 
 try:  # POSIX; elsewhere the file store serializes writers within one process only
     import fcntl
@@ -342,44 +339,6 @@ class UsedCodes:
         return self.claim(username, step, ttl)
 
 
-class RedisUsedCodes(_RedisScripts):
-    """Claimed (user, step) pairs in Redis, shared by every process using the server: one
-    ``SET key 1 NX PX ttl`` per claim, the key ``{prefix}totp:<base64url(SHA-256(user))>:
-    <step>``. Any Redis failure raises StoreUnavailable naming only ``host:port``.
-    ``client``/``aclient`` are used as given (and left open by :meth:`close`)."""
-
-    __slots__ = ()
-
-    def __init__(self, url: str, *, prefix: str = "secure_mw:", socket_timeout: float = 0.5,
-                 client: redis.Redis | None = None,
-                 aclient: redis.asyncio.Redis | None = None) -> None:
-        super().__init__(url, what="TOTP replay store", prefix=prefix,
-                         socket_timeout=socket_timeout, client=client, aclient=aclient)
-
-    def redis_key(self, username: str, step: int) -> str:
-        digest = hashlib.sha256(username.encode("utf-8", "surrogatepass")).digest()
-        return f"{self._prefix}totp:{b64url_encode(digest)}:{step}"
-
-    def claim(self, username: str, step: int, ttl: float) -> bool:
-        """True the first time (``username``, ``step``) is claimed within ``ttl`` seconds, by
-        any process sharing this Redis."""
-        _check_claim(username, step, ttl)
-        try:
-            return bool(self._client.set(self.redis_key(username, step), b"1",
-                                         px=_ttl_ms(ttl) or 1, nx=True))
-        except _STORE_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    async def aclaim(self, username: str, step: int, ttl: float) -> bool:
-        """:meth:`claim` for asyncio."""
-        _check_claim(username, step, ttl)
-        try:
-            return bool(await self._async_client().set(self.redis_key(username, step), b"1",
-                                                       px=_ttl_ms(ttl) or 1, nx=True))
-        except _STORE_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-
 def check_code(totp: TOTP, used: UsedCodeStore, username: str, secret: str,
                code: str) -> bool:
     """True when ``code`` is valid now and its step was not used before by ``username``;
@@ -556,3 +515,12 @@ class FileTOTPStore(TOTPStore):
         _check_user(username)
         with self._writing() as changed:
             return changed.pop(username, None) is not None
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis engine lives in its own module (redis-py is an optional dependency).
+    if name == "RedisUsedCodes":
+        from secure_mw.login.totp_redis import RedisUsedCodes
+
+        return RedisUsedCodes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

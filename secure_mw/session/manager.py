@@ -126,7 +126,8 @@ class SessionManager:
         self.touch_interval = min(60.0, settings.inactivity / 10)
 
     def __repr__(self) -> str:
-        return f"SessionManager(store={self.store or 'cookie'!r}, cookie={self.cookie_name!r})"
+        store = "cookie" if self.store is None else self.store
+        return f"SessionManager(store={store!r}, cookie={self.cookie_name!r})"
 
     # -- creating -------------------------------------------------------------------------
 

@@ -37,86 +37,32 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import math
-import re
-import threading
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
-
-import redis
-import redis.asyncio
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from typing import TYPE_CHECKING
 
 from secure_mw._encoding import b64url_encode
-from secure_mw._redis import LoopClients
+from secure_mw._redis import STORE_ERRORS as _STORE_ERRORS
+from secure_mw._redis import RedisClients
+from secure_mw._redis import ttl_ms as _ttl_ms
 from secure_mw.crypto.keyring import KeyRing
-from secure_mw.errors import ConfigError, ConfigProblem, DecryptError, StoreUnavailable
+from secure_mw.errors import ConfigError, ConfigProblem, DecryptError
 
 if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
     from secure_mw.settings import SessionSettings
 
 __all__ = ["RedisSessionStore"]
 
 _log = logging.getLogger("secure_mw.session.redis")
 
-#: Errors that mean "the store cannot answer" (asyncio.TimeoutError differs from the
-#: built-in TimeoutError on Python 3.10).
-_STORE_ERRORS: Final = (RedisError, OSError, asyncio.TimeoutError)
-_SCHEMES: Final = ("redis", "rediss", "unix")
-_PREFIX: Final = re.compile(r"[!-~]{0,200}")  # printable ASCII without spaces
-#: Seconds a pooled connection may stay idle before it is PINGed ahead of the next command.
-HEALTH_CHECK_INTERVAL: Final = 30
 
-
-def _server_label(url: str) -> str:
-    """``host:port`` (or ``unix:/path``) of a Redis URL; raises ValueError without the URL."""
-    if not isinstance(url, str):
-        raise TypeError("the Redis URL must be a string")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError("the Redis URL is malformed (bad host or port)") from None
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ValueError("the Redis URL must start with redis://, rediss:// or unix://")
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError("a unix:// Redis URL needs a socket path")
-        return f"unix:{parts.path}"
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port or 6379}"
-
-
-def _ttl_ms(ttl: float) -> int | None:
-    """Milliseconds for a TTL in seconds, rounded up; None when ``ttl <= 0``."""
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError("ttl must be a number of seconds")
-    if not math.isfinite(ttl):
-        raise ValueError("ttl must be finite")
-    if ttl <= 0:
-        return None
-    return max(1, math.ceil(ttl * 1000))
-
-
-def _check_client(client: Any, what: str) -> None:
-    if client.get_connection_kwargs().get("decode_responses"):
-        raise ValueError(f"{what} must not use decode_responses: session values are bytes")
-
-
-class RedisSessionStore(LoopClients):
+class RedisSessionStore(RedisClients):
     """Encrypted session values in Redis; see the module docstring."""
 
-    __slots__ = ("_aclient", "_aclients", "_client", "_given_aclient", "_given_client",
-                 "_keyring", "_kwargs", "_label", "_lock", "_prefix", "_url")
+    __slots__ = ("_keyring",)
 
     def __init__(
         self,
@@ -131,42 +77,13 @@ class RedisSessionStore(LoopClients):
         client: redis.Redis | None = None,
         aclient: redis.asyncio.Redis | None = None,
     ) -> None:
-        self._label = _server_label(url)
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-            raise ValueError("the key prefix must be at most 200 printable ASCII characters "
-                             "without spaces")
-        if not (isinstance(socket_timeout, int | float) and socket_timeout > 0
-                and math.isfinite(socket_timeout)):
-            raise ValueError("socket_timeout must be a positive number of seconds")
-        kwargs: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-            "health_check_interval": HEALTH_CHECK_INTERVAL,
-        }
         tls = {"ssl_ca_certs": ssl_ca_file, "ssl_certfile": ssl_cert_file,
                "ssl_keyfile": ssl_key_file}
-        given_tls = {k: v for k, v in tls.items() if v is not None}
-        if given_tls:
-            if not url.lower().startswith("rediss://"):
-                raise ValueError("TLS files are given but the Redis URL is not rediss://")
-            kwargs.update(given_tls)
+        super().__init__(url, what="session store", prefix=prefix,
+                         socket_timeout=socket_timeout, client=client, aclient=aclient,
+                         tls={k: v for k, v in tls.items() if v is not None},
+                         keeps_bytes=True)
         self._keyring = keyring
-        self._prefix = prefix
-        self._url = url  # kept private for the asyncio clients; never shown
-        self._kwargs = kwargs
-        self._lock = threading.Lock()
-        self._aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
-        self._given_client = client is not None
-        self._given_aclient = aclient is not None
-        if client is not None:
-            _check_client(client, "client")
-        if aclient is not None:
-            _check_client(aclient, "aclient")
-        self._client: redis.Redis = client if client is not None else redis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            **kwargs,
-        )
-        self._aclient = aclient
 
     @classmethod
     def from_settings(cls, session: SessionSettings, keyring: KeyRing) -> RedisSessionStore:
@@ -175,9 +92,6 @@ class RedisSessionStore(LoopClients):
             raise ConfigError([ConfigProblem("session.redis_url",
                                              "required when session.store = 'redis'")])
         return cls(session.redis_url, keyring=keyring, prefix=session.redis_key_prefix)
-
-    def __repr__(self) -> str:
-        return f"RedisSessionStore(server={self._label!r}, prefix={self._prefix!r})"
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -191,10 +105,6 @@ class RedisSessionStore(LoopClients):
     def _once_key(self, token: str) -> str:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         return f"{self._prefix}once:{b64url_encode(digest)}"
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        _log.debug("session store %s: %s", self._label, type(exc).__name__)
-        return StoreUnavailable(f"session store unavailable: {self._label}")
 
     def _open(self, key: str, blob: object) -> bytes | None:
         if blob is None:
@@ -269,14 +179,6 @@ class RedisSessionStore(LoopClients):
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
-    def close(self) -> None:
-        """Close the synchronous connections the store opened (they reopen if used again)
-        and forget the asyncio clients of closed loops; :meth:`aclose` closes the others."""
-        with self._lock:
-            self._drop_closed_loops()
-        if not self._given_client:
-            self._client.close()
-
     # -- asyncio --------------------------------------------------------------------------
 
     async def aload(self, session_id: str) -> bytes | None:
@@ -329,15 +231,3 @@ class RedisSessionStore(LoopClients):
             await self._async_client().delete(key)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-
-    async def aclose(self) -> None:
-        """Close the connections of the running loop's client (they reopen if used again)."""
-        if self._given_aclient:
-            return
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._aclients.pop(loop, None)
-            self._drop_closed_loops()
-        if client is not None:
-            closer = getattr(client, "aclose", None) or client.close  # aclose: redis >= 5.0.1
-            await closer()
