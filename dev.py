@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,31 @@ def _run(args: list[str]) -> int:
     return subprocess.run(args, cwd=ROOT).returncode
 
 
+def _serve(args: list[str]) -> int:
+    """Run a long-lived child (the demo) and stop it with us: SIGINT, SIGTERM and SIGHUP
+    sent to this process are passed on once and we wait for the child, so it never keeps
+    serving after we are gone. The child has its own process group, so a terminal's Ctrl-C
+    reaches it once (through us), not twice."""
+    posix = os.name == "posix"
+    child = subprocess.Popen(args, cwd=ROOT, start_new_session=posix)
+    names = ("SIGINT", "SIGTERM", "SIGHUP") if posix else ("SIGINT",)
+    signals = [getattr(signal, name) for name in names]
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:   # a hang-up asks for the same clean stop as SIGTERM
+            child.send_signal(signal.SIGTERM if posix and signum == signal.SIGHUP else signum)
+
+    previous = {s: signal.signal(s, forward) for s in signals}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if child.poll() is None:      # we are leaving for another reason: take it along
+            child.terminate()
+            child.wait()
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "lint", "bench", "tox"):
         print(__doc__)
@@ -61,10 +87,8 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     _ensure_venv()
     if command == "demo":
-        try:
-            return _run([str(PY), "-m", "sample_apps.fastapi_demo", *rest])
-        except KeyboardInterrupt:
-            return 0
+        code = _serve([str(PY), "-m", "sample_apps.fastapi_demo", *rest])
+        return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code
     if command == "test":
         code = _run([str(PY), "-m", "pytest", *rest])
         if code == 5:
@@ -83,7 +107,7 @@ def main(argv: list[str]) -> int:
         os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
         return _run([str(BIN / "tox"), *rest])
     # bench: every benchmark in turn, or `bench NAME [options]` for one of them
-    names = ["crypto", "sessions", "ratelimit", "authz"]
+    names = ["crypto", "sessions", "ratelimit", "authz", "login_timing"]
     if rest and rest[0] in names:
         return _run([str(PY), "-m", f"benchmarks.{rest[0]}", *rest[1:]])
     code = 0

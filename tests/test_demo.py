@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -127,3 +128,30 @@ def test_demo_reuses_its_key_file(tmp_path: Path) -> None:
     ring2, where2 = _key_ring(state, settings)
     assert "generated" in where1 and "read from" in where2
     assert ring2.decrypt(ring1.encrypt(b"x")) == b"x"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_dev_py_demo_stops_its_server_with_it(tmp_path: Path, signum: int) -> None:
+    """``python3 dev.py demo`` passes a signal on to the demo and waits for it: once dev.py
+    has exited, nothing serves the demo's port any more."""
+    if not (Path(sys.prefix) / ".secure-mw-installed").exists():
+        pytest.skip("runs in the venv dev.py made (python3 dev.py test)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env["SECURE_MW_VENV"] = sys.prefix
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "dev.py"), "demo", "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, timeout=60, proc=proc)  # type: ignore[arg-type]
+        proc.send_signal(signum)      # to dev.py alone, as `kill` or a supervisor sends it
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "secure_mw demo: stopped" in out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

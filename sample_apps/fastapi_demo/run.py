@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -81,9 +82,28 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
     print(f"secure_mw demo: sign in as {name!r} with password {password!r} "
           "(new at every start)")
     print(f"secure_mw demo: open http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
-    print("secure_mw demo: stopped")
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again:
+    # ours turns that into a clean return (SIGHUP, from a closed terminal, stops it too).
+    stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                                else [])
+    previous = {s: signal.signal(s, _stop) for s in stops}
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    except _Stopped:
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print("secure_mw demo: stopped", flush=True)
     return 0
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
