@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from secure_mw.errors import ConfigError, ConfigProblem
 from secure_mw.settings import Settings
+
+T = TypeVar("T")
 
 
 def session_core(settings: Settings, **options: Any) -> Any:
@@ -35,6 +39,37 @@ def identity_provider_hosts(settings: Settings) -> list[str]:
     return [parts.netloc.lower()] if parts.netloc else []
 
 
+class _Problems:
+    """Every configuration problem the layers find while the stack is built, so start-up
+    (and ``secure-mw check-config``, which builds the same stack) reports them all at once."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigProblem] = []
+
+    def build(self, where: str, make: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """``make(*args, **kwargs)``, or None after recording why it could not be built."""
+        try:
+            return make(*args, **kwargs)
+        except ConfigError as exc:
+            self.found.extend(exc.problems)
+        except ImportError as exc:        # an optional dependency: the message names the extra
+            self.found.append(ConfigProblem(where, str(exc)))
+        except (ValueError, OSError) as exc:
+            self.found.append(ConfigProblem(where, str(exc)))
+        return None
+
+    def wrap(self, where: str, inner: Any, make: Callable[..., Any], *args: Any,
+             **kwargs: Any) -> Any:
+        """A middleware around ``inner``, or ``inner`` itself when it could not be built."""
+        built = self.build(where, make, inner, *args, **kwargs)
+        return inner if built is None else built
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            unique = list(dict.fromkeys(self.found))
+            raise ConfigError(unique)
+
+
 def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[str, Any]
              ) -> Any:
     """The stack ``protect()`` builds, from the middleware classes of ``flavour``
@@ -43,10 +78,13 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     open-redirect guard, the login guard (``regulation.paths``), the login session, rate
     limits by user, authorization (when ``access_control.rules`` are set; otherwise every
     request needs a login), the signed identity header for the app, the app. With
-    ``signed_headers.verify``, a proxy's signed assertion replaces the login session."""
+    ``signed_headers.verify``, a proxy's signed assertion replaces the login session.
+    Every layer is built even when an earlier one fails, and one ConfigError lists every
+    problem found."""
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 
+    found = _Problems()
     audit = options.get("audit")
     limiter = options.pop("rate_limiter", None)
     stacked = app
@@ -54,36 +92,117 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     if settings.signed_headers.issue:
         from secure_mw.tokens.headers import IssueLayer
 
-        issue = IssueLayer(settings)
-        stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
+        issue = found.build("keys.signing_jwks", IssueLayer, settings)
+        if issue is not None:
+            stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:
         # The rules decide who gets in; the session only says who is there.
-        stacked = flavour.AuthorizationMiddleware(stacked, settings=settings, audit=audit)
+        stacked = found.wrap("access_control", stacked, flavour.AuthorizationMiddleware,
+                             settings=settings, audit=audit)
         options.setdefault("require_login", False)
-    by_user = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit,
-                             which="identity")
-    if by_user.rules:
+    by_user = found.build("rate_limits", RateLimitLayer, settings.rate_limits,
+                          limiter=limiter, audit=audit, which="identity")
+    if by_user is not None and by_user.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_user)
     if settings.signed_headers.verify is not None:
         # Behind Pomerium or another secure_mw: the proxy's signed assertion is the identity.
-        stacked = flavour.SignedHeaderMiddleware(stacked, settings=settings, audit=audit)
+        stacked = found.wrap("signed_headers.verify", stacked, flavour.SignedHeaderMiddleware,
+                             settings=settings, audit=audit)
     else:
-        stacked = flavour.OIDCSessionMiddleware(stacked, settings=settings, **options)
+        stacked = found.wrap("session", stacked, flavour.OIDCSessionMiddleware,
+                             settings=settings, **options)
     if settings.regulation.paths:
-        stacked = flavour.LoginGuardMiddleware(stacked, layer=LoginGuardLayer(
-            settings, paths=settings.regulation.paths,
-            username_field=settings.regulation.username_field, audit=audit))
-    stacked = flavour.RedirectGuardMiddleware(stacked, settings=settings,
-                                              extra_hosts=identity_provider_hosts(settings),
-                                              audit=audit)
-    by_address = RateLimitLayer(settings.rate_limits,
-                                limiter=by_user.limiter if limiter is None else limiter,
-                                audit=audit, which="network")
-    if by_address.rules:
+        guard = found.build("regulation", LoginGuardLayer, settings,
+                            paths=settings.regulation.paths,
+                            username_field=settings.regulation.username_field, audit=audit)
+        if guard is not None:
+            stacked = flavour.LoginGuardMiddleware(stacked, layer=guard)
+    stacked = found.wrap("redirects", stacked, flavour.RedirectGuardMiddleware,
+                         settings=settings, extra_hosts=identity_provider_hosts(settings),
+                         audit=audit)
+    if limiter is None and by_user is not None:
+        limiter = by_user.limiter
+    by_address = found.build("rate_limits", RateLimitLayer, settings.rate_limits,
+                             limiter=limiter, audit=audit, which="network")
+    if by_address is not None and by_address.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
     if issue is not None:      # the public keys need no login
         stacked = flavour.JWKSMiddleware(stacked, layer=issue)
-    stacked = flavour.ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
-        settings.server.trusted_proxies, header=settings.server.forwarded_header),
-        client_cert_header=settings.server.client_cert_header)
-    return flavour.SecurityHeadersMiddleware(stacked, settings=settings)
+    stacked = found.wrap("server", stacked, flavour.ClientAddressMiddleware,
+                         trusted_proxies=TrustedProxies(settings.server.trusted_proxies,
+                                                        header=settings.server.forwarded_header),
+                         client_cert_header=settings.server.client_cert_header)
+    stacked = found.wrap("headers", stacked, flavour.SecurityHeadersMiddleware,
+                         settings=settings)
+    found.raise_if_any()
+    return stacked
+
+
+def sign_in_warning(settings: Settings) -> str | None:
+    """Why nobody could sign in with ``settings``, or None: no provider, no proxy assertion,
+    and a users file that is missing or has no enabled user."""
+    if settings.oidc is not None or settings.signed_headers.verify is not None:
+        return None
+    path = Path(settings.local_users.file)
+    fix = ("add one with `secure-mw users add NAME --config FILE`, or configure an OpenID "
+           "provider in [oidc]")
+    if not path.exists():
+        return (f"nobody can sign in: there is no [oidc] section and the users file "
+                f"{str(path.absolute())!r} "
+                f"does not exist; {fix}")
+    from secure_mw.login.users import UsersFile
+
+    try:
+        enabled = [u for u in UsersFile(path).users() if not u.disabled]
+    except ConfigError:
+        return None   # the problems of the file itself are reported as problems
+    if not enabled:
+        return (f"nobody can sign in: the users file {str(path.absolute())!r} has no enabled "
+                f"user; {fix}")
+    return None
+
+
+def dry_run(settings: Settings) -> tuple[list[ConfigProblem], list[str]]:
+    """Build what start-up builds — the stack of both flavours around an empty app — without
+    serving anything: the problems start-up would raise and the warnings it would log (plus
+    :func:`sign_in_warning`). ``secure-mw check-config`` is this, so a file it accepts
+    starts."""
+    import logging
+
+    from secure_mw import asgi, wsgi
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+        return None
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:  # pragma: no cover
+        return []
+
+    warnings: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    logger = logging.getLogger("secure_mw")
+    handler = Collect(logging.WARNING)
+    propagate, level = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    problems: list[ConfigProblem] = []
+    try:
+        for build in (lambda: asgi.protect(asgi_app, settings),
+                      lambda: wsgi.protect(wsgi_app, settings)):
+            try:
+                build()
+            except ConfigError as exc:
+                problems += [p for p in exc.problems if p not in problems]
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = propagate, level
+    warning = sign_in_warning(settings)
+    if warning is not None:   # says it plainly, in place of the users file's own warning
+        users_file = repr(str(Path(settings.local_users.file)))
+        warnings = [w for w in warnings if users_file not in w] + [warning]
+    return problems, list(dict.fromkeys(warnings))

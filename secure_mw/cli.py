@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from secure_mw import __version__
 from secure_mw._files import write_secret_file
-from secure_mw.errors import ConfigError
+from secure_mw.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from secure_mw.login import UsersFile
@@ -38,13 +38,30 @@ USERS_FILE_ENV = "SECURE_MW_USERS_FILE"
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Every problem in one run: the settings' own, then what building the stack start-up
+    builds finds (done even when the settings have problems, on a best-effort copy)."""
+    from secure_mw._stack import dry_run
     from secure_mw.settings import Settings
 
+    problems: list[ConfigProblem] = []
+    settings: Settings | None
     try:
         settings = Settings.from_file(args.file, environ=None if args.no_env else _environ())
     except ConfigError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
+        problems += exc.problems
+        settings = exc.partial if isinstance(exc.partial, Settings) else None
+    warnings: list[str] = []
+    if settings is not None:
+        built, warnings = dry_run(settings)
+        # Skip what follows from a value already reported (it was replaced by its default).
+        problems += [p for p in built if not any(
+            p.path == q.path or (q.path and p.path.startswith(q.path + ".")) for q in problems)]
+    for warning in warnings:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    if problems:
+        print(f"{args.file}: {ConfigError(problems)}", file=sys.stderr)
         return 1
+    assert settings is not None
     print(f"{args.file}: configuration is valid")
     print(settings.summary())
     return 0

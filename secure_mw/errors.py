@@ -51,6 +51,9 @@ class ConfigError(SecureMWError, ValueError):
         self.problems: tuple[ConfigProblem, ...] = tuple(
             p if isinstance(p, ConfigProblem) else ConfigProblem("", p) for p in problems
         )
+        #: For configuration files: what could be built despite the problems (invalid values
+        #: replaced by defaults), so that later checks can still run; None otherwise.
+        self.partial: object | None = None
         count = len(self.problems)
         head = "1 configuration problem" if count == 1 else f"{count} configuration problems"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))

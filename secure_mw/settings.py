@@ -542,18 +542,26 @@ class Settings:
         are resolved against ``base_dir`` (default: the current directory)."""
         problems: list[ConfigProblem] = []
         built = None
+        builder = _Builder(problems, Path(base_dir) if base_dir is not None else None)
         try:
             merged = _apply_environment(cls, _plain(data, ""), environ or {}, problems)
-            builder = _Builder(problems, Path(base_dir) if base_dir is not None else None)
             built = builder.build(cls, merged, "")
         except _NotPlain as exc:
             problems.append(ConfigProblem(exc.path, str(exc)))
         except (RecursionError, OverflowError):
             problems.append(ConfigProblem("", "the configuration is nested too deeply or holds "
                                               "a number too large to use"))
-        _cross_checks(built, problems)
+        cross: list[ConfigProblem] = []
+        _cross_checks(built, cross)
+        problems += [p for p in cross if not any(
+            p.path == bad or _mentions(p.message, bad) for bad in builder.invalid)]
         if problems:
-            raise ConfigError(problems)
+            error = ConfigError(problems)
+            # What could be built, invalid values replaced by their defaults: lets
+            # `secure-mw check-config` go on to the checks start-up makes (every problem in
+            # one run). Never used to start anything.
+            error.partial = built
+            raise error
         return typing.cast(_S, built)
 
     @classmethod
@@ -568,8 +576,9 @@ class Settings:
         try:
             raw = p.read_bytes()
         except OSError as exc:
-            raise ConfigError([ConfigProblem("", f"cannot read {str(p)!r}: {exc.strerror}")]) \
-                from None
+            where = f" (looked in {str(p.absolute().parent)!r})" if not p.is_absolute() else ""
+            raise ConfigError([ConfigProblem(
+                "", f"cannot read {str(p)!r}{where}: {exc.strerror}")]) from None
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -594,8 +603,10 @@ class Settings:
 
     # -- reporting ------------------------------------------------------------------------
 
-    def summary(self) -> str:
-        """A human summary without any secret value (used by ``secure-mw check-config``)."""
+    def summary(self, *, encryption_source: str | None = None) -> str:
+        """A human summary without any secret value (used by ``secure-mw check-config``).
+        ``encryption_source`` describes a key ring given to ``protect()`` instead of the
+        settings (as the demo's key file)."""
         lines = []
         identity = f"OpenID provider {self.oidc.issuer}" if self.oidc else \
             f"built-in password login (users file {self.local_users.file})"
@@ -606,7 +617,9 @@ class Settings:
             f"{_fmt(self.session.remember_me) if self.session.remember_me else 'disabled'}"
         )
         keys = self.keys
-        if keys.encryption_keys:
+        if encryption_source:
+            source = encryption_source
+        elif keys.encryption_keys:
             source = f"{len(keys.encryption_keys)} key(s) in the key ring"
         elif keys.encryption_passphrase:
             source = f"derived from a passphrase ({keys.encryption_kdf})"
@@ -677,10 +690,18 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def _mentions(message: str, key: str) -> bool:
+    """Whether a problem's message names ``key`` (a key name or a dotted path)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None \
+        or re.search(rf"\.{re.escape(key.rpartition('.')[2])}(?![\w])", message) is not None
+
+
 class _Builder:
     def __init__(self, problems: list[ConfigProblem], base_dir: Path | None) -> None:
         self.problems = problems
         self.base_dir = base_dir
+        #: Dotted paths of values found invalid (replaced by their defaults).
+        self.invalid: set[str] = set()
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(ConfigProblem(path, message))
@@ -716,16 +737,25 @@ class _Builder:
         ]
         for name in missing:
             self.problem(f"{path}.{name}" if path else name, "required key is missing")
-        if any(v is _INVALID for v in values.values()) or missing:
+        # Best effort, so that one run reports every problem: an invalid value is replaced
+        # by its default and the section's own checks still run, except those that mention
+        # a key already found invalid (they would judge the default, not the user's value).
+        invalid = {name for name, v in values.items() if v is _INVALID}
+        if any(name in invalid for name in missing) or missing or any(
+                fields[name].default is dataclasses.MISSING
+                and fields[name].default_factory is dataclasses.MISSING for name in invalid):
             return None
+        self.invalid.update(f"{path}.{name}" if path else name for name in invalid)
         try:
-            obj = cls(**values)
+            obj = cls(**{k: v for k, v in values.items() if k not in invalid})
         except TypeError as exc:  # pragma: no cover - guarded by the checks above
             self.problem(path, str(exc))
             return None
         validate = getattr(obj, "_problems", None)
         if validate is not None:
             for sub, message in validate():
+                if sub in invalid or any(_mentions(message, name) for name in invalid):
+                    continue
                 self.problem(".".join(p for p in (path, sub) if p), message)
         return obj
 

@@ -64,3 +64,87 @@ def test_check_config_exit_status(tmp_path: Path) -> None:
     fail = cli("check-config", "--no-env", str(bad))
     assert fail.returncode == 1
     assert "session.store" in fail.stderr and "session.expiry" in fail.stderr
+
+
+# Problems found at three depths: a section's own values, the checks that need the whole
+# section, and what only building the stack finds (regexes, criteria, key functions, keys).
+STAGED = """
+[server]
+trusted_proxies = ["nonsense"]
+[session]
+store = "redis"
+cookie_name = "__Host-x"
+[keys]
+encryption_keys = ["short"]
+[[access_control.rules]]
+resources = ["^/admin("]
+policy = "two_factor"
+[[access_control.rules]]
+allow = {or = [{unknown_criterion = true}]}
+[rate_limits]
+[[rate_limits.rules]]
+limit = "5/minute"
+paths = ["^/login("]
+[[rate_limits.rules]]
+limit = "5/minute"
+key = "nodots"
+[regulation]
+max_retries = 0
+"""
+STAGED_PATHS = [
+    "server.trusted_proxies", "session.cookie_name", "session.redis_url",
+    "regulation.max_retries", "access_control.rules[0].resources[0]",
+    "access_control.rules[1].allow.or[0].unknown_criterion", "rate_limits.rules[0].paths",
+    "rate_limits.rules[1].key", "keys.encryption_keys[0]",
+]
+
+
+def test_check_config_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    config = tmp_path / "staged.toml"
+    config.write_text(STAGED)
+    result = cli("check-config", "--no-env", str(config))
+    assert result.returncode == 1
+    reported = [line.split(": ", 1)[0].strip()[2:] for line in result.stderr.splitlines()
+                if line.startswith("  - ")]
+    assert sorted(reported) == sorted(STAGED_PATHS), result.stderr
+    assert f"{len(STAGED_PATHS)} configuration problems" in result.stderr
+
+
+def test_start_up_reports_what_check_config_reports(tmp_path: Path) -> None:
+    """check-config builds what start-up builds: the same problems, all at once."""
+    from secure_mw import Settings
+    from secure_mw.asgi import protect
+    from secure_mw.errors import ConfigError
+
+    fixed = STAGED.replace('trusted_proxies = ["nonsense"]', "") \
+        .replace('cookie_name = "__Host-x"', 'redis_url = "redis://127.0.0.1:1/0"') \
+        .replace("max_retries = 0", "max_retries = 3")
+    config = tmp_path / "startup.toml"
+    config.write_text(fixed)
+    settings = Settings.from_file(config, environ={})   # the settings themselves are valid
+
+    async def app(scope: object, receive: object, send: object) -> None: ...
+
+    try:
+        protect(app, settings)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        at_start = sorted(p.path for p in exc.problems)
+    else:
+        raise AssertionError("start-up accepted an invalid configuration")
+    checked = cli("check-config", "--no-env", str(config))
+    assert checked.returncode == 1
+    reported = sorted(line.split(": ", 1)[0].strip()[2:] for line in checked.stderr.splitlines()
+                      if line.startswith("  - "))
+    assert reported == at_start == sorted(STAGED_PATHS[4:])
+
+
+def test_check_config_says_plainly_that_nobody_can_sign_in(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    result = cli("check-config", "--no-env", str(empty), cwd=tmp_path)
+    assert result.returncode == 0
+    assert "warning: nobody can sign in" in result.stderr
+    assert str(tmp_path / "users.toml") in result.stderr
+    assert result.stderr.count("users.toml") == 1     # one plain statement, not two
+    missing = cli("check-config", "--no-env", "absent.toml", cwd=tmp_path)
+    assert missing.returncode == 1 and f"looked in {str(tmp_path)!r}" in missing.stderr

@@ -1,9 +1,11 @@
-"""A small FastAPI app showing the secure_mw foundation at work.
+"""The demo app: a small FastAPI app that shows what the secure_mw stack around it does.
 
-What protects it today: settings validated at start-up (every problem at once), an
-encryption key kept in a 0600 file, and an encrypted visit counter cookie bound to its name
-by associated data — a tampered cookie is refused, audited and reset, never a 500.
-Later capabilities (login sessions, authorization, guards) wrap this same app.
+``run.py`` wraps it in ``protect()``: security headers with a per-request CSP nonce, the
+trusted client address, the open-redirect guard, the built-in password login (or an OpenID
+provider) with its sessions, the access rules and the signed identity header. The page shows
+who is signed in and which rule let them in, and keeps an encrypted visit counter cookie
+bound to its name by associated data: a tampered cookie is refused, audited and reset, never
+a 500. ``/two-factor`` needs the second step; ``/healthz`` is public.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ COOKIE = "demo_visits"
 AAD = b"cookie:" + COOKIE.encode()
 
 
-def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None = None) -> FastAPI:
+def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None = None,
+               key_source: str | None = None) -> FastAPI:
     audit = audit or AuditLogger(fmt="json" if settings.audit.format == "json" else "logfmt",
                                  logger=logging.getLogger(settings.audit.logger))
     app = FastAPI(title="secure_mw demo", docs_url=None, redoc_url=None, openapi_url=None)
@@ -60,7 +63,7 @@ def create_app(settings: Settings, ring: KeyRing, *, audit: AuditLogger | None =
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> Response:
         visits = visits_from(request) + 1
-        summary = html.escape(settings.summary())
+        summary = html.escape(settings.summary(encryption_source=key_source))
         nonce = html.escape(request.scope.get("secure_mw.csp_nonce") or "", quote=True)
         identity = request.scope.get("secure_mw.identity")
         who = html.escape(identity.display_name if identity else "nobody")

@@ -76,7 +76,8 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
         return 1
     # The whole stack: security headers, client address, redirect guard, the built-in
     # login (or the OpenID provider, when [oidc] is configured) and its sessions.
-    app = protect(create_app(settings, ring), settings, keyring=ring)
+    app = protect(create_app(settings, ring, key_source=f"{len(ring.key_ids)} key(s), {where}"),
+                  settings, keyring=ring)
     print(f"secure_mw demo: encryption key {where}")
     print(f"secure_mw demo: users file {users_file}")
     print(f"secure_mw demo: sign in as {name!r} with password {password!r} "

@@ -148,7 +148,11 @@ class RateLimitLayer:
                     problems.append(ConfigProblem(
                         f"{where}.key", "ip, user, route or a dotted path to a function"))
                     continue
-                key_function = _key_function(rule.key, f"{where}.key")
+                try:
+                    key_function = _key_function(rule.key, f"{where}.key")
+                except ConfigError as exc:
+                    problems.extend(exc.problems)
+                    continue
             network = rule.key in ("ip", "route")
             if (which == "network" and not network) or (which == "identity" and network):
                 continue
