@@ -385,6 +385,10 @@ class AccessRule:
     policy: str | None = _opt(None, choices=("bypass", "authenticated", "two_factor", "deny"))
     allow: dict[str, Any] | None = _opt(None)
     deny: dict[str, Any] | None = _opt(None)
+    subject_mismatch: str | None = _opt(
+        None, choices=("deny", "continue"),
+        doc="a signed-in user the subject does not name: refused (deny, the default) or "
+            "passed on to the next rules (continue)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
