@@ -1,6 +1,10 @@
 """The ``secure-mw`` command.
 
-    secure-mw check-config FILE        print a summary, or every problem (exit 1)
+    secure-mw check-config FILE        print a summary and warnings, or every problem (exit 1)
+    secure-mw explain URL [--config FILE] [--user NAME --group G ... --email E
+                          --email-verified --two-factor] [--method M] [--ip ADDR]
+                                       which access rule decides a request, and why
+                                       (exit 0 allowed, 3 refused, 4 login, 5 second factor)
     secure-mw hash-password            Argon2id PHC string; password from a prompt or stdin
     secure-mw gen-keys [--jwks FILE] [--encryption FILE]
                                        private signing JWKS (0600; public JWKS printed) and/or
@@ -29,7 +33,10 @@ from secure_mw._files import write_secret_file
 from secure_mw.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
+    from secure_mw.authz.layer import Explained
+    from secure_mw.identity import Identity
     from secure_mw.login import UsersFile
+    from secure_mw.settings import Settings
 
 __all__ = ["main"]
 
@@ -137,6 +144,155 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
     return run(host=args.host, port=args.port, state_dir=args.state_dir)
+
+
+# -- secure-mw explain ----------------------------------------------------------------------
+
+#: ``secure-mw explain`` exit statuses by the layer's effect (1: bad configuration, 2: usage).
+EXPLAIN_EXIT = {"allow": 0, "deny": 3, "bad_path": 3, "not_found": 3, "login": 4,
+                "two_factor": 5}
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from urllib.parse import unquote, urlsplit
+
+    from secure_mw.authz.layer import AuthorizationLayer
+    from secure_mw.http import RequestView
+    from secure_mw.settings import Settings
+
+    environ = None if args.no_env else _environ()
+    if args.config:
+        settings = Settings.from_file(args.config, environ=environ)
+    else:
+        settings = Settings.from_mapping({}, environ=environ) if args.no_env \
+            else Settings.from_environment()
+    parts = urlsplit(args.url)
+    if not parts.path.startswith("/") and not parts.netloc:
+        print(f"{args.url!r} is neither an absolute URL nor a path starting with '/'",
+              file=sys.stderr)
+        return 2
+    host = parts.netloc.rpartition("@")[2]
+    if not host and settings.server.external_url:
+        host = urlsplit(settings.server.external_url).netloc
+    headers = {"host": host}
+    for line in args.header or ():
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            print(f"--header {line!r} is not 'Name: value'", file=sys.stderr)
+            return 2
+        headers[name.strip().lower()] = value.strip()
+    raw = parts.path or "/"
+    view = RequestView(method=args.method.upper(), scheme=parts.scheme or "https", host=host,
+                       path=unquote(raw, errors="surrogateescape"),
+                       query_string=parts.query, headers=headers, client=args.ip or "")
+    identity = _explain_identity(args)
+    print(f"request   {view.method} {args.url}" + ("" if host else "  (no host: rules with "
+                                                    "a domain cannot match)"))
+    print(f"client    {args.ip}" if args.ip else "client    no address (networks match nothing)")
+    print(f"identity  {_describe_identity(identity)}")
+    if not settings.access_control.rules:
+        print("rules     none: protect() adds no authorization layer, every request needs "
+              "a login")
+        effect = "allow" if identity is not None else "login"
+        print(f"result    {effect}")
+        return EXPLAIN_EXIT[effect]
+    quiet = logging.getLogger("secure_mw.authz")   # warnings are printed below instead
+    quiet.disabled = True
+    try:
+        layer = AuthorizationLayer(settings)
+    finally:
+        quiet.disabled = False
+    explained = layer.explain(view, identity, raw.encode("latin-1", "replace"))
+    _print_explained(explained, settings.access_control.default_policy)
+    for warning in layer.policy.warnings():
+        print(f"warning   {warning}")
+    return EXPLAIN_EXIT[explained.effect]
+
+
+def _explain_identity(args: argparse.Namespace) -> Identity | None:
+    from secure_mw.identity import Identity
+
+    if args.user is None:
+        given = [flag for flag, value in (("--group", args.group), ("--email", args.email),
+                                          ("--email-verified", args.email_verified),
+                                          ("--two-factor", args.two_factor)) if value]
+        if given:
+            raise _ExplainUsage(f"{', '.join(given)} describe a user: give --user NAME too")
+        return None
+    if args.email_verified and not args.email:
+        raise _ExplainUsage("--email-verified needs --email")
+    return Identity(sub=args.user, email=args.email or "", email_verified=args.email_verified,
+                    groups=args.group or (), auth_level=2 if args.two_factor else 1,
+                    source="explain")
+
+
+class _ExplainUsage(Exception):
+    """A contradictory set of ``secure-mw explain`` options (exit status 2)."""
+
+
+def _describe_identity(identity: Identity | None) -> str:
+    if identity is None:
+        return "anonymous (give --user NAME to sign someone in)"
+    parts = [identity.sub]
+    parts.append("groups " + ", ".join(identity.groups) if identity.groups else "no groups")
+    if identity.email:
+        state = "verified" if identity.email_verified else "not verified"
+        parts.append(f"email {identity.email} ({state})")
+    parts.append("two factors" if identity.two_factor else "one factor")
+    return "; ".join(parts)
+
+
+def _print_explained(explained: Explained, default_policy: str) -> None:
+    if explained.explanation is None:
+        print(f"path      {explained.path!r}")
+        print(f"result    {explained.effect}: {explained.outcome}")
+        return
+    ex = explained.explanation
+    print(f"rules see host {ex.host!r}, path {ex.path!r} (resources never see the query)")
+    for step in ex.steps:
+        label = f"rule {step.rule}".ljust(9)
+        print(f"{label} {'DECIDES' if step.decides else 'skipped'}  {step.text}")
+        print(f"{'':9} {'':7}  {step.reason}")
+    if ex.decision.rule is None:
+        print(f"default   DECIDES  default_policy = {json.dumps(default_policy)}")
+        print(f"{'':9} {'':7}  no rule selects the request: {ex.decision.reason}")
+    print(f"result    {explained.effect}: {explained.outcome}")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    try:
+        return _explain(args)
+    except _ExplainUsage as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+def _add_explain_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("explain", help="which access rule decides a request, and why",
+                       description="Build the access rules exactly as start-up does, normalize "
+                       "the path and say which rule decides, and why each earlier rule did not. "
+                       "No --user: an anonymous request. Exit status: 0 allowed, 3 refused, "
+                       "4 login needed, 5 second factor needed, 1 bad configuration, 2 usage.")
+    p.add_argument("url", metavar="URL",
+                   help="https://host/path?query, or /path?query (host from "
+                        "server.external_url)")
+    p.add_argument("--config", metavar="FILE",
+                   help="the configuration (default: $SECURE_MW_CONFIG and SECURE_MW_* "
+                        "variables, as at start-up)")
+    p.add_argument("--no-env", action="store_true", help="ignore SECURE_MW_* overrides")
+    p.add_argument("--user", metavar="NAME", help="a signed-in user with this sub")
+    p.add_argument("--group", action="append", metavar="GROUP",
+                   help="a group of the user (repeat for several)")
+    p.add_argument("--email", metavar="ADDRESS", help="the user's email")
+    p.add_argument("--email-verified", action="store_true",
+                   help="the email is verified (email rules only match verified emails)")
+    p.add_argument("--two-factor", action="store_true",
+                   help="the user has passed a second factor")
+    p.add_argument("--method", default="GET", help="the HTTP method (default GET)")
+    p.add_argument("--ip", metavar="ADDR", help="the client address")
+    p.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                   help="a request header (repeat for several)")
+    p.set_defaults(func=_run_explain)
 
 
 # -- secure-mw users ------------------------------------------------------------------------
@@ -323,6 +479,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     _add_users_parser(sub)
+    _add_explain_parser(sub)
     return parser
 
 

@@ -4,7 +4,8 @@
 in ``scope["secure_mw.identity"]`` / ``environ["secure_mw.identity"]``; it also serves as
 ``scope["user"]``, having the properties of Starlette's ``BaseUser`` (``is_authenticated``,
 ``display_name``, ``identity``), so ``request.user`` works unchanged. :data:`ANONYMOUS` stands
-in when nobody is logged in.
+in when nobody is logged in. ``email_verified`` says whether the email is one the identity
+source vouches for; access rules on emails look only at verified ones (docs/authorization.md).
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ANONYMOUS", "AnonymousUser", "AuthScopes", "Identity", "claims_groups"]
+__all__ = ["ANONYMOUS", "AnonymousUser", "AuthScopes", "Identity", "claims_groups",
+           "email_verified_claim"]
 
 # The claims an identity keeps from an OpenID provider (everything else is dropped: tokens
 # can carry a lot, and sessions must stay small).
 IDENTITY_CLAIMS = ("sub", "email", "email_verified", "name", "preferred_username", "groups")
+
+
+def email_verified_claim(claims: Mapping[str, Any], *, assume: bool = False) -> bool:
+    """Whether ``claims`` say their email is verified: an ``email_verified`` of ``true`` (or
+    the string ``"true"``, as some providers send it); ``assume`` when the claim is absent."""
+    value = claims.get("email_verified")
+    if value is None:
+        return assume
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def claims_groups(value: object) -> tuple[str, ...]:
@@ -32,10 +43,11 @@ def claims_groups(value: object) -> tuple[str, ...]:
 class Identity:
     """An authenticated user (immutable)."""
 
-    __slots__ = ("auth_level", "claims", "email", "groups", "name", "session_id", "source",
-                 "sub")
+    __slots__ = ("auth_level", "claims", "email", "email_verified", "groups", "name",
+                 "session_id", "source", "sub")
     sub: str
     email: str
+    email_verified: bool
     name: str
     groups: tuple[str, ...]
     claims: Mapping[str, Any]
@@ -45,12 +57,14 @@ class Identity:
 
     is_authenticated = True
 
-    def __init__(self, *, sub: str, email: str = "", name: str = "",
-                 groups: Iterable[str] = (), claims: Mapping[str, Any] | None = None,
-                 auth_level: int = 1, source: str = "oidc", session_id: str = "") -> None:
+    def __init__(self, *, sub: str, email: str = "", email_verified: bool = False,
+                 name: str = "", groups: Iterable[str] = (),
+                 claims: Mapping[str, Any] | None = None, auth_level: int = 1,
+                 source: str = "oidc", session_id: str = "") -> None:
         init = object.__setattr__
         init(self, "sub", sub)
         init(self, "email", email)
+        init(self, "email_verified", bool(email) and email_verified is True)
         init(self, "name", name)
         init(self, "groups", tuple(groups))
         init(self, "claims", MappingProxyType(dict(claims or {})))
@@ -66,13 +80,17 @@ class Identity:
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], *, auth_level: int = 1,
-                    source: str = "oidc", session_id: str = "") -> Identity:
+                    source: str = "oidc", session_id: str = "",
+                    assume_email_verified: bool = False) -> Identity:
+        """``assume_email_verified``: the email counts as verified when the claims have no
+        ``email_verified`` (see :func:`email_verified_claim`)."""
         email = claims.get("email")
         name = next((v for v in (claims.get("name"), claims.get("preferred_username"))
                      if isinstance(v, str) and v), "")
         return cls(
             sub=str(claims["sub"]),
             email=email if isinstance(email, str) else "",
+            email_verified=email_verified_claim(claims, assume=assume_email_verified),
             name=name,
             groups=claims_groups(claims.get("groups")),
             claims=claims,
@@ -94,8 +112,8 @@ class Identity:
         return self.auth_level >= 2
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sub": self.sub, "email": self.email, "name": self.name,
-                "groups": list(self.groups), "auth_level": self.auth_level,
+        return {"sub": self.sub, "email": self.email, "email_verified": self.email_verified,
+                "name": self.name, "groups": list(self.groups), "auth_level": self.auth_level,
                 "source": self.source}
 
     def __repr__(self) -> str:

@@ -334,6 +334,9 @@ class OIDCSettings:
     refresh_interval: float = _opt(300.0, duration=True)
     post_logout_redirect_uri: str | None = _opt(None, check=_check_url)
     redirect_uri: str | None = _opt(None, check=_check_url)
+    assume_email_verified: bool = _opt(
+        False, doc="count the provider's emails as verified when it sends no email_verified "
+                   "claim (an explicit false stays false)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -382,6 +385,10 @@ class AccessRule:
     policy: str | None = _opt(None, choices=("bypass", "authenticated", "two_factor", "deny"))
     allow: dict[str, Any] | None = _opt(None)
     deny: dict[str, Any] | None = _opt(None)
+    subject_mismatch: str | None = _opt(
+        None, choices=("deny", "continue"),
+        doc="a signed-in user the subject does not name: refused (deny, the default) or "
+            "passed on to the next rules (continue)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -485,6 +492,9 @@ class SignedHeadersVerifySettings:
     )
     leeway: float = _opt(30.0, duration=True,
                          check=lambda v: None if v <= 60 else "must be at most 60s")
+    assume_email_verified: bool = _opt(
+        False, doc="count the assertion's email as verified when it has no email_verified "
+                   "claim (Pomerium's have none)")
 
     def _problems(self) -> list[tuple[str, str]]:
         if not (self.jwks_url or self.jwks_file):

@@ -31,7 +31,8 @@ def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level:
                    remember: bool = False, keyring: KeyRing | None = None,
                    store: SessionStore | None = None, source: str = "test") -> str:
     """A ``name=value`` Cookie header value for a new session of ``claims`` (``sub``
-    required; ``email``, ``name`` and ``groups`` are kept).
+    required; ``email``, ``email_verified``, ``name`` and ``groups`` are kept: access rules
+    on emails need ``"email_verified": True``).
 
     Pass ``store`` when the app under test was given a store object of its own.
     """
@@ -45,7 +46,9 @@ def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level:
     manager = SessionManager(settings.session, keyring=keyring, store=store,
                              secure=settings.session.cookie_secure)
     groups_claim = settings.oidc.groups_claim if settings.oidc else "groups"
-    session = manager.new(claims={**identity_claims(claims, groups_claim), "sub": claims["sub"]},
+    assume = settings.oidc.assume_email_verified if settings.oidc else False
+    kept = identity_claims(claims, groups_claim, assume_email_verified=assume)
+    session = manager.new(claims={**kept, "sub": claims["sub"]},
                           auth_level=auth_level, source=source, remember=remember)
     set_cookies = run_sync(manager.save(session, new=True))
     assert set_cookies is not None   # a new record is always written

@@ -9,6 +9,7 @@ import json
 import re
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,13 +22,23 @@ from secure_mw.crypto import KeyRing, PasswordHasher
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.login import UsersFile
 from secure_mw.session import MemorySessionStore
-from tests.apps import FLAVOURS, asgi_inner, browser, uvicorn_server, wsgi_inner, wsgi_server
+from tests.apps import (
+    FLAVOURS,
+    asgi_inner,
+    browser,
+    serve,
+    uvicorn_server,
+    wsgi_inner,
+    wsgi_server,
+)
+from tests.idp import IdPServer, dev_login
+from tests.servers import free_port
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 RULES = [
     {"resources": ["^/healthz$"], "policy": "bypass"},
+    # a gate: signed-in users outside the subject are refused here
     {"resources": ["^/admin(/|$)"], "subject": [["group:admins"]], "policy": "authenticated"},
-    {"resources": ["^/admin(/|$)"], "policy": "deny"},     # (a subject is a match criterion)
     {"resources": ["^/secure(/|$)"], "policy": "two_factor"},
     {"resources": ["^/closed(/|$)"], "policy": "deny"},
     {"policy": "authenticated"},
@@ -67,12 +78,12 @@ def sign_in(client: httpx.Client, base: str, user: str, password: str) -> None:
     assert done.status_code == 303
 
 
-def raw_get(base: str, target: str, cookie: str = "") -> int:
+def raw_get(base: str, target: str, cookie: str = "", *, host: str = "") -> int:
     """The status of a request whose target is sent exactly as written (no client-side
-    normalization of dot segments or escapes)."""
+    normalization of dot segments or escapes), to ``host`` (default: the server's)."""
     parts = urlsplit(base)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        request = (f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        request = (f"GET {target} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
                    f"Accept: application/json\r\nConnection: close\r\n")
         if cookie:
             request += f"Cookie: {cookie}\r\n"
@@ -105,7 +116,7 @@ def test_rules_decide_per_request(site: str, caplog: pytest.LogCaptureFixture) -
     denied = [json.loads(r.getMessage()) for r in caplog.records
               if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
     assert [(d["user"], d["rule"], d["path"]) for d in denied] == [
-        ("bob", 2, "/admin/users"), ("bob", 4, "/closed")]
+        ("bob", 1, "/admin/users"), ("bob", 3, "/closed")]
 
 
 def test_ambiguous_paths_are_refused_and_the_app_routes_the_normalized_one(
@@ -192,3 +203,213 @@ def test_wsgi_normalized_path_leaving_the_mount_is_refused() -> None:
 
     assert inside("/app/x", "/app") and inside("/app", "/app") and inside("/x", "")
     assert not inside("/application", "/app") and not inside("/public", "/app")
+
+
+# -- attacks: the query string, the documented layout, unverified emails -------------------
+
+STORES = ("memory", "cookie", "redis")
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@contextmanager
+def serve_rules(flavour: str, tmp_path: Path, access_control: dict[str, Any], *,
+                store: str = "memory", redis_url: str | None = None) -> Iterator[str]:
+    """The protected test app behind the built-in login (alice in admins, bob in staff)."""
+    users = UsersFile(tmp_path / "users.toml", hasher=FAST)
+    users.add("alice", password="alice pw", email="alice@example.com", groups=["admins"])
+    users.add("bob", password="bob pw", email="bob@example.com", groups=["staff"])
+    session: dict[str, Any] = {"store": store}
+    if redis_url:
+        session["redis_url"] = redis_url
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "session": session,
+        "local_users": {"file": str(users.path)},
+        "access_control": access_control,
+    }, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    options: dict[str, Any] = {"store": MemorySessionStore()} if store == "memory" else {}
+    with serve(flavour, lambda inner: module.protect(
+            inner, settings, users=users, delay=LoginDelay(floor=0.01, seed=0.01,
+                                                           jitter=0.001), **options)) as url:
+        yield url
+
+
+def session_of(client: httpx.Client) -> str:
+    """The Cookie header value a signed-in browser sends."""
+    return "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
+
+
+def test_a_query_string_does_not_walk_around_resources(
+        flavour: str, store_kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        caplog: pytest.LogCaptureFixture) -> None:
+    redis_url = request.getfixturevalue("redis_server").url if store_kind == "redis" else None
+    with serve_rules(flavour, tmp_path, {"default_policy": "deny", "rules": RULES},
+                     store=store_kind, redis_url=redis_url) as base, browser() as bob, \
+            browser() as alice:
+        sign_in(bob, base, "bob", "bob pw")
+        sign_in(alice, base, "alice", "alice pw")
+        bob_cookie, alice_cookie = session_of(bob), session_of(alice)
+        for target in ("/admin?x=1", "/admin?", "/admin/?x=1", "/admin/users?a=b&c",
+                       "/closed?x=1", "/x/../admin?x=1"):
+            assert raw_get(base, target, bob_cookie) == 403, target
+            assert raw_get(base, target, "") == (401 if "admin" in target else 403), target
+        assert raw_get(base, "/admin?x=1", alice_cookie) == 200
+        # one factor on a two_factor rule: the second step, with or without a query
+        for target in ("/secure", "/secure?x=1", "/secure/?x=1&y"):
+            assert raw_get(base, target, bob_cookie) == 401, target   # second_factor_required
+        assert raw_get(base, "/page?x=1", bob_cookie) == 200
+        # a resource regex sees the path only: "?" in a regex never matches
+    denied = [json.loads(r.getMessage()) for r in caplog.records
+              if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
+    assert {(d["user"], d["rule"]) for d in denied if d["path"].startswith("/admin")} == {
+        ("bob", 1)}
+
+
+DOCUMENTED = Path(__file__).resolve().parents[1] / "docs" / "authorization.md"
+
+
+def documented_toml(title: str) -> dict[str, Any]:
+    """The TOML example of docs/authorization.md that follows the line ``<!-- title -->``."""
+    import tomllib
+
+    text = DOCUMENTED.read_text()
+    marker = f"<!-- example: {title} -->"
+    assert marker in text, f"docs/authorization.md has no example {title!r}"
+    block = text.split(marker, 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    return tomllib.loads(block)
+
+
+def test_the_documented_layout_refuses_users_outside_the_subject(
+        flavour: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/authorization.md's first example, copied verbatim: admins need two factors at
+    /admin; a signed-in user outside the group is refused there, not let in by the catch-all
+    rule after it."""
+    access_control = documented_toml("layout")["access_control"]
+    host = "app.example.com"
+    with serve_rules(flavour, tmp_path, access_control) as base, browser() as bob, \
+            browser() as alice:
+        sign_in(bob, base, "bob", "bob pw")
+        sign_in(alice, base, "alice", "alice pw")
+        for target in ("/admin", "/admin/", "/admin/users", "/admin?x=1", "//admin"):
+            assert raw_get(base, target, session_of(bob), host=host) == 403, target
+            assert raw_get(base, target, session_of(alice), host=host) == 401, target  # 2fa
+            assert raw_get(base, target, "", host=host) == 401, target              # login
+        assert raw_get(base, "/page", session_of(bob), host=host) == 200
+        assert raw_get(base, "/healthz", "", host=host) == 200
+    denied = [json.loads(r.getMessage()) for r in caplog.records
+              if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
+    assert denied and all(d["user"] == "bob" and d["rule"] == 1 for d in denied)
+    assert denied[0]["reason"] == "rule 1: subject does not match"
+
+
+EMAIL_RULES = [
+    {"resources": ["^/boss(/|$)"], "subject": [["email:boss@example.com"]],
+     "policy": "authenticated"},
+    {"resources": ["^/mail(/|$)"], "allow": {"or": [{"email": "boss@example.com"}]}},
+    {"resources": ["^/corp(/|$)"], "allow": {"or": [{"domain": "corp.example"}]}},
+    {"policy": "authenticated"},
+]
+OIDC_SECRET = "authz-client-secret-for-tests-only"
+OIDC_PORTS = [free_port() for _ in range(2)]
+OIDC_USERS = [
+    {"sub": "boss", "password": "boss-pw", "email": "boss@example.com",
+     "email_verified": True, "name": "The Boss"},
+    {"sub": "impostor", "password": "impostor-pw", "email": "boss@example.com",
+     "email_verified": False, "name": "Not The Boss"},
+    {"sub": "x", "password": "x-pw", "email": "x@corp.example", "email_verified": False},
+    {"sub": "y", "password": "y-pw", "email": "y@corp.example", "email_verified": True},
+    {"sub": "silent", "password": "silent-pw", "email": "boss@example.com"},  # no claim
+]
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[IdPServer]:
+    uris = [f"http://127.0.0.1:{p}" for p in OIDC_PORTS]
+    server = IdPServer(clients=[{
+        "client_id": "authz", "client_secret": OIDC_SECRET,
+        "redirect_uris": [f"{u}/.auth/callback" for u in uris],
+        "grant_types": ["authorization_code"], "response_types": ["code"],
+        "token_endpoint_auth_method": "client_secret_basic"}], users=OIDC_USERS)
+    server.start()
+    yield server
+    server.stop()
+
+
+def oidc_sign_in(client: httpx.Client, base: str, idp: IdPServer, user: str) -> None:
+    start = client.get(base + "/.auth/login?rd=/")
+    assert start.status_code == 302 and start.headers["location"].startswith(idp.issuer)
+    callback = dev_login(client, start.headers["location"], username=user,
+                         password=f"{user}-pw")
+    assert client.get(callback).status_code == 302
+
+
+@pytest.mark.parametrize("assume", [False, True])
+def test_an_unverified_email_matches_no_email_rule(flavour: str, idp: IdPServer,
+                                                   assume: bool) -> None:
+    oidc: dict[str, Any] = {"issuer": idp.issuer, "client_id": "authz",
+                            "client_secret": OIDC_SECRET}
+    if assume:
+        oidc["assume_email_verified"] = True
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]}, "oidc": oidc,
+        "access_control": {"default_policy": "deny", "rules": EMAIL_RULES}}, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    port = OIDC_PORTS[0 if assume else 1]
+    expected = {  # (user, path) -> status; the provider's own false always counts
+        ("boss", "/boss"): 200, ("boss", "/mail"): 200, ("boss", "/corp"): 403,
+        ("impostor", "/boss"): 403, ("impostor", "/mail"): 403, ("impostor", "/x"): 200,
+        ("x", "/corp"): 403, ("y", "/corp"): 200,
+        ("silent", "/boss"): 200 if assume else 403,
+        ("silent", "/mail"): 200 if assume else 403,
+    }
+    with serve(flavour, lambda inner: module.protect(inner, settings,
+                                                     store=MemorySessionStore()),
+               port=port) as base:
+        for user in ("impostor", "x", "boss", "y", "silent"):
+            with browser() as client:
+                oidc_sign_in(client, base, idp, user)
+                for (who, path), status in expected.items():
+                    if who == user:
+                        assert client.get(base + path).status_code == status, (user, path)
+                me = client.get(base + "/.auth/me").json()
+                page = client.get(base + "/x").json()
+                listed = next(u for u in OIDC_USERS if u["sub"] == user)
+                verified = listed.get("email_verified", assume) is True
+                # the email is still shown, with its flag
+                assert (me["email"], me["email_verified"]) == (listed["email"], verified)
+                assert (page["email"], page["email_verified"]) == (listed["email"], verified)
+
+
+def test_the_built_in_logins_emails_count_as_verified(flavour: str, tmp_path: Path) -> None:
+    """The users file is the administrator's: its emails match email rules."""
+    rules = {"rules": [
+        {"resources": ["^/mine(/|$)"], "subject": ["email:alice@example.com"],
+         "policy": "authenticated"},
+        {"resources": ["^/example(/|$)"], "allow": {"or": [{"domain": "example.com"}]}},
+        {"policy": "authenticated"}]}
+    with serve_rules(flavour, tmp_path, rules) as base, browser() as alice, \
+            browser() as bob:
+        sign_in(alice, base, "alice", "alice pw")
+        sign_in(bob, base, "bob", "bob pw")
+        assert raw_get(base, "/mine?x=1", session_of(alice)) == 200
+        assert raw_get(base, "/mine", session_of(bob)) == 403
+        assert raw_get(base, "/example/x", session_of(bob)) == 200
+        me = alice.get(base + "/.auth/me").json()
+        assert (me["email"], me["email_verified"]) == ("alice@example.com", True)
+
+
+def test_a_padded_query_string_does_not_slip_past_query_conditions(
+        flavour: str, tmp_path: Path) -> None:
+    rules = {"rules": [{"query": [{"key": "debug", "value": "1"}], "policy": "deny"},
+                       {"policy": "authenticated"}]}
+    padded = "/x?" + "&".join(["a=1"] * 70) + "&debug=1"     # the app still reads debug=1
+    with serve_rules(flavour, tmp_path, rules) as base, browser() as bob:
+        sign_in(bob, base, "bob", "bob pw")
+        assert raw_get(base, "/x?debug=1", session_of(bob)) == 403
+        assert raw_get(base, padded, session_of(bob)) == 403
+        assert raw_get(base, "/x?debug=2&" + "&".join(["a=1"] * 20), session_of(bob)) == 200

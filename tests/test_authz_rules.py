@@ -13,12 +13,13 @@ from secure_mw.http import RequestView
 from secure_mw.identity import Identity
 from secure_mw.settings import AccessControlSettings, AccessRule, NamedNetwork, Settings
 
-ALICE = Identity(sub="alice", email="Alice@Example.com", groups=["admins", "dev"],
+ALICE = Identity(sub="alice", email="Alice@Example.com", email_verified=True,
+                 groups=["admins", "dev"],
                  claims={"sub": "alice", "org": {"team": "blue"}, "roles": ["ops", "qa"],
                          "level": 3, "flag": True})
-ALICE_2FA = Identity(sub="alice", email="alice@example.com", groups=["admins", "dev"],
-                     auth_level=2)
-BOB = Identity(sub="bob", email="bob@other.org", groups=["dev"])
+ALICE_2FA = Identity(sub="alice", email="alice@example.com", email_verified=True,
+                     groups=["admins", "dev"], auth_level=2)
+BOB = Identity(sub="bob", email="bob@other.org", email_verified=True, groups=["dev"])
 
 
 def view(host: str = "app.example.com", path: str = "/", *, method: str = "GET",
@@ -130,15 +131,38 @@ def test_ipv6_host_with_port() -> None:
     assert decide(p, host="[::1]:8080").effect == "allow"
 
 
-def test_resources_on_normalized_path_and_query() -> None:
+def test_resources_match_the_normalized_path_never_the_query() -> None:
     p = policy({"resources": [r"^/admin(/|$)"], "policy": "deny"},
-               {"resources": [r"[?&]debug=1"], "policy": "deny"},
+               {"resources": [r"^/exact$"], "policy": "deny"},
+               {"resources": [r"[?&]debug=1"], "policy": "deny"},     # can never match
                {"policy": "bypass"})
     v = view(path="/public/../admin/")
     assert p.evaluate(v, None, path=normalize_path(v.path)).effect == "deny"
     assert decide(p, path="/adminx").effect == "allow"
+    for query in ("x=1", "", "a=b&c", "?", "/"):
+        assert decide(p, path="/admin", query=query).rule == 0, query
+        assert decide(p, path="/exact", query=query).rule == 1, query
+    assert decide(p, path="/x", query="a=2&debug=1").effect == "allow"
+
+
+def test_query_conditions_select_on_the_query() -> None:
+    p = policy({"query": [{"key": "debug", "value": "1"}], "policy": "deny"},
+               {"policy": "bypass"})
     assert decide(p, path="/x", query="a=2&debug=1").effect == "deny"
     assert decide(p, path="/x", query="debug=2").effect == "allow"
+
+
+def test_a_query_too_large_to_read_is_denied_by_a_rule_with_query_conditions() -> None:
+    p = policy({"resources": ["^/open$"], "policy": "bypass"},
+               {"query": [{"key": "debug", "value": "1"}], "policy": "deny"},
+               {"policy": "bypass"})
+    padded = "&".join(["a=1"] * 80) + "&debug=1"     # RequestView.query reads none of it
+    assert view(query=padded).query() == {}
+    assert decide(p, path="/x", query=padded) == Decision(
+        "deny", 1, "rule 1: query string too large to evaluate")
+    assert decide(p, path="/x", query="debug=1&" + "b" * 9000).effect == "deny"
+    assert decide(p, path="/open", query=padded).effect == "allow"   # no query conditions
+    assert decide(p, path="/x", query="&".join(["a=1"] * 40)).effect == "allow"
 
 
 def test_methods() -> None:
@@ -166,9 +190,9 @@ def test_subject_or_of_ands() -> None:
                 "policy": "authenticated"})
     assert decide(p, ALICE).effect == "allow"        # both of the first group (email folded)
     assert decide(p, BOB).effect == "allow"          # the second group
-    carol = Identity(sub="carol", email="carol@example.com", groups=["admins"])
-    assert decide(p, carol).effect == "deny"         # only half of the first group: default
-    assert decide(p, carol).rule is None
+    carol = Identity(sub="carol", email="carol@example.com", email_verified=True,
+                     groups=["admins"])
+    assert decide(p, carol) == Decision("deny", 0, "rule 0: subject does not match")
 
 
 def test_subject_strings_accepted() -> None:
@@ -302,9 +326,9 @@ def test_ppl_allow_and_deny_beats_allow() -> None:
                 "deny": {"or": [{"email": {"is": "alice@example.com"}}]}})
     assert decide(p, ALICE).effect == "deny"          # allowed by domain, denied by email
     assert decide(p, BOB).effect == "allow"
-    carol = Identity(sub="carol", email="carol@EXAMPLE.com")
+    carol = Identity(sub="carol", email="carol@EXAMPLE.com", email_verified=True)
     assert decide(p, carol).effect == "allow"
-    dave = Identity(sub="dave", email="dave@elsewhere.test")
+    dave = Identity(sub="dave", email="dave@elsewhere.test", email_verified=True)
     d = decide(p, dave)
     assert d.effect == "deny" and d.rule == 0
 
@@ -331,7 +355,7 @@ def test_ppl_operators() -> None:
         "not": ("deny", "allow", "deny"),
         "nor": ("deny", "allow", "allow"),
     }
-    carol = Identity(sub="carol", email="carol@example.com")
+    carol = Identity(sub="carol", email="carol@example.com", email_verified=True)
     for op, effects in expected.items():
         p = policy({"allow": {op: [a, b]}})
         got = tuple(decide(p, who).effect for who in (ALICE, BOB, carol))
@@ -500,3 +524,294 @@ def test_merge_cache_bounded_by_configuration_not_hosts() -> None:
 def test_domain_with_leading_dot_is_refused() -> None:
     err = config_error({"domain": [".example.com"], "policy": "bypass"})
     assert paths(err) == ["access_control.rules[0].domain"]
+
+
+# -- subjects are gates ----------------------------------------------------------------------
+
+
+def test_a_subject_rule_refuses_signed_in_users_it_does_not_name() -> None:
+    p = policy({"resources": ["^/admin(/|$)"], "subject": [["group:admins"]],
+                "policy": "authenticated"},
+               {"policy": "authenticated"})              # the catch-all after it
+    assert decide(p, BOB, path="/admin") == Decision("deny", 0,
+                                                     "rule 0: subject does not match")
+    assert decide(p, BOB, path="/admin/x", query="y=1").rule == 0
+    assert decide(p, ALICE, path="/admin").effect == "allow"
+    assert decide(p, None, path="/admin") == Decision(
+        "login", 0, "rule 0: needs a login to match its subject")
+    assert decide(p, BOB, path="/elsewhere") == Decision("allow", 1, "rule 1: authenticated")
+
+
+def test_a_deny_rule_with_a_subject_passes_the_others_on() -> None:
+    p = policy({"subject": ["user:bob"], "policy": "deny", "allow": {"or": [{"accept": True}]}},
+               {"policy": "authenticated"})
+    assert decide(p, BOB).rule == 0 and decide(p, BOB).effect == "deny"
+    assert decide(p, ALICE) == Decision("allow", 1, "rule 1: authenticated")
+
+
+def test_subject_mismatch_continue_is_authelias_fall_through() -> None:
+    p = policy({"resources": ["^/admin(/|$)"], "subject": ["group:admins"],
+                "subject_mismatch": "continue", "policy": "two_factor"},
+               {"resources": ["^/admin(/|$)"], "policy": "authenticated"})
+    assert decide(p, ALICE, path="/admin").effect == "two_factor"
+    assert decide(p, ALICE_2FA, path="/admin").effect == "allow"
+    assert decide(p, BOB, path="/admin") == Decision("allow", 1, "rule 1: authenticated")
+    assert decide(p, None, path="/admin").rule == 0          # a login first, as Authelia
+    explicit = policy({"subject": ["group:admins"], "subject_mismatch": "deny",
+                       "policy": "authenticated"}, {"policy": "bypass"})
+    assert decide(explicit, BOB).rule == 0 and decide(explicit, BOB).effect == "deny"
+
+
+def test_subject_mismatch_configuration_errors() -> None:
+    err = config_error({"subject_mismatch": "continue", "policy": "authenticated"},
+                       {"subject": ["user:x"], "subject_mismatch": "deny", "policy": "deny"},
+                       {"subject": ["user:x"], "subject_mismatch": "contnue",
+                        "policy": "authenticated"})
+    assert paths(err) == [f"access_control.rules[{i}].subject_mismatch" for i in range(3)]
+    assert "has no subject" in str(err) and "did you mean 'continue'" in str(err)
+    loaded = Settings.from_mapping({"access_control": {"rules": [
+        {"subject": ["user:x"], "subject_mismatch": "continue", "policy": "authenticated"}]}},
+        environ={})
+    assert loaded.access_control.rules[0].subject_mismatch == "continue"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"access_control": {"rules": [
+            {"subject": ["user:x"], "subject_mismatch": "maybe", "policy": "deny"}]}},
+            environ={})
+    assert "access_control.rules[0].subject_mismatch" in str(info.value)
+
+
+# -- emails must be verified -----------------------------------------------------------------
+
+
+UNVERIFIED_BOSS = Identity(sub="impostor", email="boss@example.com")
+UNVERIFIED_CORP = Identity(sub="x", email="x@corp.example", email_verified=False)
+BOSS = Identity(sub="boss", email="Boss@Example.com", email_verified=True)
+
+
+@pytest.mark.parametrize("rule", [
+    {"subject": ["email:boss@example.com"], "policy": "authenticated"},
+    {"allow": {"or": [{"email": "boss@example.com"}]}},
+    {"allow": {"or": [{"email": {"ends_with": "@example.com"}}]}},
+    {"allow": {"or": [{"domain": "example.com"}]}},
+])
+def test_email_criteria_match_only_a_verified_email(rule: dict[str, Any]) -> None:
+    p = policy(rule, {"policy": "bypass"})
+    assert decide(p, BOSS).effect == "allow"
+    refused = decide(p, UNVERIFIED_BOSS)
+    assert refused.effect == "deny" and refused.rule == 0
+    assert UNVERIFIED_BOSS.email == "boss@example.com"          # still shown
+    assert UNVERIFIED_BOSS.as_dict()["email_verified"] is False
+
+
+def test_an_unverified_email_is_no_email_to_the_blocks() -> None:
+    p = policy({"allow": {"or": [{"domain": "corp.example"}]}})
+    assert decide(p, UNVERIFIED_CORP).effect == "deny"
+    p = policy({"allow": {"not": [{"domain": "corp.example"}]}})   # a deny-list: weak
+    assert decide(p, UNVERIFIED_CORP).effect == "allow"
+    assert decide(p, None).effect == "login"
+    verified = Identity(sub="y", email="y@corp.example", email_verified=True)
+    assert decide(p, verified).effect == "deny"
+
+
+def test_email_verified_needs_an_email() -> None:
+    assert Identity(sub="s", email_verified=True).email_verified is False
+
+
+# -- resources that look for a query; rules that can never apply ----------------------------
+
+
+def test_resources_that_look_for_a_query_string_are_a_warning() -> None:
+    p = policy({"resources": ["^/ok$", r"[?&]debug=1"], "policy": "deny"},
+               {"resources": [r"^/api\?v=2", r"^/x/?$"], "policy": "deny"})
+    assert [w.split(" ")[0] for w in p.warnings()] == [
+        "access_control.rules[0].resources[1]", "access_control.rules[1].resources[0]"]
+
+
+def unreachable(*rules: dict[str, Any]) -> list[tuple[int, int]]:
+    return policy(*rules).unreachable()
+
+
+def test_everything_after_a_catch_all_can_never_apply() -> None:
+    assert unreachable({"resources": ["^/a"], "policy": "bypass"},
+                       {"policy": "authenticated"},
+                       {"resources": ["^/b"], "policy": "bypass"},
+                       {"policy": "deny"}) == [(2, 1), (3, 1)]
+    # a catch-all with Pomerium-style blocks decides too (its allow block or a deny)
+    assert unreachable({"allow": {"or": [{"groups": "x"}]}}, {"policy": "bypass"}) == [(1, 0)]
+    # and so does a subject gate without request fields
+    assert unreachable({"subject": ["group:admins"], "policy": "authenticated"},
+                       {"policy": "bypass"}) == [(1, 0)]
+
+
+def test_the_old_deny_after_a_subject_rule_is_reported() -> None:
+    rules = [{"resources": ["^/admin(/|$)"], "subject": [["group:admins"]],
+              "policy": "authenticated"},
+             {"resources": ["^/admin(/|$)"], "policy": "deny"},
+             {"policy": "authenticated"}]
+    p = policy(*rules)
+    assert p.unreachable() == [(1, 0)]
+    assert p.warnings() == [
+        "access_control.rules[1] can never apply: rule 0 (resources = [\"^/admin(/|$)\"], "
+        "subject = [[\"group:admins\"]], policy = \"authenticated\") selects every request "
+        "it would and decides them first"]
+
+
+@pytest.mark.parametrize(("earlier", "later"), [
+    ({"domain": ["a.example.com", "b.example.com"]}, {"domain": ["a.example.com"],
+                                                      "resources": ["^/x"]}),
+    ({"domain": ["*.example.com"]}, {"domain": ["a.example.com", "*.b.example.com"]}),
+    ({"domain_regex": [r".*\.test"]}, {"domain": ["a.test"]}),
+    ({"resources": ["^/a", "^/b"]}, {"resources": ["^/b"], "methods": ["GET"]}),
+    ({"methods": ["GET", "HEAD"]}, {"methods": ["HEAD"]}),
+    ({"networks": ["10.0.0.0/8"]}, {"networks": ["10.1.0.0/16", "10.2.3.4"]}),
+    ({"query": [{"key": "a"}]}, {"query": [{"key": "a"}, {"key": "b", "value": "1"}]}),
+])
+def test_a_rule_covered_by_an_earlier_one_is_reported(earlier: dict[str, Any],
+                                                      later: dict[str, Any]) -> None:
+    assert unreachable({**earlier, "policy": "deny"}, {**later, "policy": "bypass"}) == [
+        (1, 0)]
+
+
+@pytest.mark.parametrize(("earlier", "later"), [
+    ({"domain": ["a.example.com"]}, {"domain": ["a.example.com", "c.example.com"]}),
+    ({"domain": ["a.example.com"]}, {"resources": ["^/x"]}),
+    ({"domain": ["a.example.com"]}, {"domain": ["*.a.example.com"]}),
+    ({"domain_regex": [r".*\.test"]}, {"domain_regex": [r"a\.test"]}),   # not provable
+    ({"resources": ["^/a"]}, {"resources": ["^/a", "^/b"]}),
+    ({"resources": ["^/a"]}, {"resources": ["^/a/b"]}),                  # not compared
+    ({"methods": ["GET"]}, {"methods": ["GET", "POST"]}),
+    ({"networks": ["10.1.0.0/16"]}, {"networks": ["10.0.0.0/8"]}),
+    ({"query": [{"key": "a"}]}, {"policy": "bypass"}),
+    ({"subject": ["user:x"], "subject_mismatch": "continue"}, {"resources": ["^/a"]}),
+])
+def test_a_rule_an_earlier_one_may_pass_on_is_not_reported(earlier: dict[str, Any],
+                                                           later: dict[str, Any]) -> None:
+    assert unreachable({**earlier, "policy": "authenticated"}, {"policy": "bypass", **later}
+                       ) == []
+
+
+def test_a_deny_rule_for_some_subjects_shadows_nothing() -> None:
+    assert unreachable({"subject": ["user:bob"], "policy": "deny"},
+                       {"policy": "authenticated"}) == []
+
+
+def test_the_analysis_of_a_long_rule_list_is_bounded() -> None:
+    rules = [{"methods": ["GET"], "networks": [f"10.{i // 256}.{i % 256}.0/24"],
+              "policy": "deny"} for i in range(3000)]
+    p = policy(*rules, {"policy": "authenticated"}, {"resources": ["^/x"], "policy": "deny"})
+    assert p.unreachable() == [(3001, 3000)]
+    assert policy(*_many(10_000)).unreachable() == []
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+EXPLAINED = [
+    {"resources": ["^/healthz$"], "policy": "bypass"},
+    {"domain": ["app.example.com"], "resources": ["^/admin(/|$)"],
+     "subject": [["group:admins"]], "policy": "two_factor"},
+    {"methods": ["POST"], "policy": "deny"},
+    {"networks": ["10.0.0.0/8"], "policy": "bypass"},
+    {"query": [{"key": "debug"}], "policy": "deny"},
+    {"subject": ["user:mallory"], "policy": "deny"},
+    {"domain": ["*.internal.test"], "policy": "authenticated"},
+]
+
+
+def test_explain_names_the_first_field_each_earlier_rule_missed() -> None:
+    p = policy(*EXPLAINED)
+    v = view(path="/x", query="a=1", client="192.0.2.1")
+    ex = p.explain(v, BOB, path="/x")
+    assert ex.decision == Decision("deny", None, "default policy: deny")
+    assert (ex.host, ex.path) == ("app.example.com", "/x")
+    assert [(s.rule, s.decides) for s in ex.steps] == [(i, False) for i in range(7)]
+    assert [s.reason.split(":")[0] for s in ex.steps] == [
+        "resources", "resources", "methods", "networks", "query", "subject", "domain"]
+    assert ex.steps[0].text == 'resources = ["^/healthz$"], policy = "bypass"'
+    assert ex.steps[6].reason == "domain: the host 'app.example.com' is not among its domains"
+    admin = p.explain(view(path="/admin"), BOB, path="/admin")
+    assert [s.decides for s in admin.steps] == [False, True]
+    assert admin.steps[1].reason == "rule 1: subject does not match"
+
+
+@pytest.mark.parametrize("identity", [None, ALICE, ALICE_2FA, BOB,
+                                      Identity(sub="mallory", email="m@x.test")])
+@pytest.mark.parametrize(("host", "path", "method", "query", "client"), [
+    ("app.example.com", "/healthz", "GET", "", "192.0.2.1"),
+    ("app.example.com", "/admin/x", "GET", "a=1", "192.0.2.1"),
+    ("other.test", "/admin/x", "POST", "", "10.1.1.1"),
+    ("a.internal.test", "/y", "GET", "debug", "10.1.1.1"),
+    ("a.internal.test", "/y", "GET", "z", ""),
+    ("a.internal.test", "/y", "GET", "&".join(["a"] * 99), ""),
+])
+def test_explain_always_agrees_with_evaluate(identity: Identity | None, host: str, path: str,
+                                             method: str, query: str, client: str) -> None:
+    p = policy(*EXPLAINED)
+    v = view(host, path, method=method, query=query, client=client)
+    ex = p.explain(v, identity, path=path)
+    assert ex.decision == p.evaluate(v, identity, path=path)
+    deciding = [s for s in ex.steps if s.decides]
+    assert [s.rule for s in deciding] == ([] if ex.decision.rule is None
+                                          else [ex.decision.rule])
+    assert [s.rule for s in ex.steps] == list(range(len(ex.steps)))
+
+
+# -- the examples of docs/authorization.md ----------------------------------------------------
+
+
+def _doc_examples() -> dict[str, str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "authorization.md").read_text()
+    examples = {}
+    for chunk in text.split("<!-- example: ")[1:]:
+        name, _, rest = chunk.partition(" -->")
+        block = rest.split("```", 2)[1]
+        examples[name] = block.split("\n", 1)[1]
+    return examples
+
+
+def doc_policy(name: str) -> AccessPolicy:
+    import textwrap
+
+    import tomllib
+
+    data = tomllib.loads(textwrap.dedent(_doc_examples()[name]))
+    s = Settings.from_mapping(data, environ={})
+    return AccessPolicy.from_settings(s.access_control)
+
+
+def test_every_documented_example_compiles_without_a_warning() -> None:
+    examples = _doc_examples()
+    assert set(examples) == {"layout", "query", "deny-subject", "fall-through", "email",
+                             "explain"}
+    for name in examples:
+        if name != "explain":
+            assert doc_policy(name).warnings() == [], name
+
+
+def test_the_documented_examples_do_what_the_docs_say() -> None:
+    layout = doc_policy("layout")
+    for path, query in (("/admin", ""), ("/admin/", ""), ("/admin/users", ""),
+                        ("/admin", "tab=users")):
+        assert decide(layout, BOB, path=path, query=query).effect == "deny"
+        assert decide(layout, ALICE, path=path, query=query).effect == "two_factor"
+        assert decide(layout, None, path=path, query=query).effect == "login"
+    assert decide(layout, BOB, path="/page").effect == "allow"
+    assert decide(layout, None, path="/healthz").effect == "allow"
+    query = doc_policy("query")
+    assert decide(query, BOB, path="/reports", query="format=csv").effect == "two_factor"
+    assert decide(query, BOB, path="/reports/q1", query="a=1&format=csv").rule == 0
+    assert decide(query, BOB, path="/reports", query="format=pdf").rule is None
+    deny = doc_policy("deny-subject")
+    assert decide(deny, Identity(sub="mallory")).effect == "deny"
+    assert decide(deny, BOB).effect == "allow" and decide(deny, None).effect == "login"
+    fall = doc_policy("fall-through")
+    assert decide(fall, ALICE, path="/admin").effect == "two_factor"
+    assert decide(fall, BOB, path="/admin").effect == "allow"
+    email = doc_policy("email")
+    staff = Identity(sub="s", email="s@example.com", email_verified=True)
+    assert decide(email, staff, path="/staff").effect == "allow"
+    assert decide(email, Identity(sub="s", email="s@example.com"), path="/staff"
+                  ).effect == "deny"
+    contractor = Identity(sub="c", email="contractor@partner.test", email_verified=True)
+    assert decide(email, contractor, path="/staff/x").effect == "allow"

@@ -148,3 +148,118 @@ def test_check_config_says_plainly_that_nobody_can_sign_in(tmp_path: Path) -> No
     assert result.stderr.count("users.toml") == 1     # one plain statement, not two
     missing = cli("check-config", "--no-env", "absent.toml", cwd=tmp_path)
     assert missing.returncode == 1 and f"looked in {str(tmp_path)!r}" in missing.stderr
+# -- secure-mw explain -----------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "authorization.md"
+
+
+def doc_block(name: str) -> str:
+    block = DOCS.read_text().split(f"<!-- example: {name} -->", 1)[1].split("```", 2)[1]
+    return block.split("\n", 1)[1]
+
+
+def test_explain_prints_what_the_docs_show(tmp_path: Path) -> None:
+    import shlex
+
+    (tmp_path / "secure-mw.toml").write_text(doc_block("layout"))
+    command, *expected = doc_block("explain").splitlines()
+    argv = shlex.split(command.removeprefix("$ "))
+    assert argv[0] == "secure-mw"
+    result = cli(*argv[1:], cwd=tmp_path)
+    assert result.stdout.splitlines() == expected, result.stderr
+    assert result.returncode == 3
+
+
+RULES_TOML = """
+[server]
+external_url = "https://app.example.com"
+[access_control]
+default_policy = "deny"
+[[access_control.networks]]
+name = "office"
+networks = ["10.0.0.0/8"]
+[[access_control.rules]]
+resources = ["^/healthz$"]
+policy = "bypass"
+[[access_control.rules]]
+resources = ["^/admin(/|$)"]
+subject = [["group:admins"]]
+policy = "two_factor"
+[[access_control.rules]]
+resources = ["^/boss$"]
+subject = ["email:boss@example.com"]
+policy = "authenticated"
+[[access_control.rules]]
+networks = ["office"]
+methods = ["POST"]
+policy = "authenticated"
+[[access_control.rules]]
+policy = "authenticated"
+[[access_control.rules]]
+resources = ["^/late"]
+policy = "bypass"
+"""
+
+
+def test_explain_exit_status_follows_the_decision(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(RULES_TOML)
+
+    def explain(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli("explain", "--config", str(config), "--no-env", *args)
+
+    ok = explain("/healthz")                               # the host from external_url
+    assert ok.returncode == 0 and "host 'app.example.com'" in ok.stdout
+    assert explain("https://app.example.com/page").returncode == 4          # anonymous
+    assert explain("/page", "--user", "bob").returncode == 0
+    admin = explain("/admin?x=1", "--user", "alice", "--group", "admins")
+    assert admin.returncode == 5 and "second step" in admin.stdout
+    assert explain("/admin", "--user", "alice", "--group", "admins", "--two-factor"
+                   ).returncode == 0
+    assert explain("/admin", "--user", "bob").returncode == 3
+    # an email criterion needs a verified email
+    unverified = explain("/boss", "--user", "x", "--email", "boss@example.com")
+    assert unverified.returncode == 3 and "not verified" in unverified.stdout
+    assert explain("/boss", "--user", "x", "--email", "boss@example.com", "--email-verified"
+                   ).returncode == 0
+    # the path is normalized and refused as the middleware would
+    walked = explain("/healthz/../admin", "--user", "bob")
+    assert walked.returncode == 3 and "path '/admin'" in walked.stdout
+    encoded = explain("/healthz/..%2Fadmin")
+    assert encoded.returncode == 3 and "encoded slash" in encoded.stdout
+    assert explain("/.auth/../x/../.auth/me").returncode == 3
+    # networks and methods
+    post = explain("/x", "--method", "post", "--ip", "10.2.3.4", "--user", "bob")
+    assert post.returncode == 0 and "rule 3    DECIDES" in post.stdout
+    # the unreachable rule is named, on stdout, without changing the status
+    assert "access_control.rules[5] can never apply: rule 4" in ok.stdout
+
+
+def test_explain_usage_and_configuration_errors(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(RULES_TOML)
+    lone = cli("explain", "/x", "--config", str(config), "--no-env", "--group", "admins")
+    assert lone.returncode == 2 and "--user" in lone.stderr
+    relative = cli("explain", "x", "--config", str(config), "--no-env")
+    assert relative.returncode == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[access_control.rules]]\nresources = ["^/(x"]\npolicy = "deny"\n')
+    broken = cli("explain", "/x", "--config", str(bad), "--no-env")
+    assert broken.returncode == 1 and "access_control.rules[0].resources[0]" in broken.stderr
+
+
+def test_check_config_compiles_the_rules_and_reports_unreachable_ones(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(RULES_TOML)
+    ok = cli("check-config", "--no-env", str(config))
+    assert ok.returncode == 0
+    assert "warning: access_control.rules[5] can never apply: rule 4 " \
+           '(policy = "authenticated")' in ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[access_control.rules]]\nresources = ["^/(x"]\npolicy = "deny"\n'
+                   '[[access_control.rules]]\nsubject_mismatch = "continue"\n'
+                   'policy = "deny"\n')
+    fail = cli("check-config", "--no-env", str(bad))
+    assert fail.returncode == 1
+    assert "access_control.rules[0].resources[0]" in fail.stderr
+    assert "access_control.rules[1].subject_mismatch" in fail.stderr

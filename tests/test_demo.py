@@ -109,6 +109,11 @@ def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess
         two_step = client.get(base + "/two-factor")
         assert two_step.status_code == 302
         assert two_step.headers["location"] == "/.auth/2fa?rd=/two-factor"
+        # the rule, not the page's own check (303), answers a query string too
+        for target in ("/two-factor?x=1", "/two-factor/?x=1"):
+            queried = client.get(base + target)
+            assert queried.status_code == 302, target
+            assert queried.headers["location"].startswith("/.auth/2fa?rd=/two-factor")
     # Ctrl-C stops it cleanly; the refusals were audited without any secret.
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)

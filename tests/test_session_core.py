@@ -645,7 +645,7 @@ def test_evolve_makes_a_new_record() -> None:
 def test_identity_claims_keeps_only_identity_claims() -> None:
     out = identity_claims({"sub": "s", "email": "e", "iss": "https://idp", "aud": "x",
                            "nonce": "n", "groups": ["g"]})
-    assert out == {"sub": "s", "email": "e", "groups": ["g"]}
+    assert out == {"sub": "s", "email": "e", "email_verified": False, "groups": ["g"]}
 
 
 def test_identity_claims_renames_the_groups_claim() -> None:
@@ -1419,3 +1419,42 @@ def test_cookie_store_superscript_count_is_suspicious_not_an_exception(clock: Cl
         (b"cookie", b"__Host-secure_mw_session=\xb2.abc; __Host-secure_mw_session.1=def")]))
     got = read(manager, view)
     assert got.session is None and got.suspicious is True
+
+
+@pytest.mark.parametrize(("claims", "assume", "verified"), [
+    ({"email": "e@x.test", "email_verified": True}, False, True),
+    ({"email": "e@x.test", "email_verified": "true"}, False, True),     # Cognito's string
+    ({"email": "e@x.test", "email_verified": "TRUE "}, False, True),
+    ({"email": "e@x.test", "email_verified": False}, True, False),      # explicit false stays
+    ({"email": "e@x.test", "email_verified": "false"}, True, False),
+    ({"email": "e@x.test", "email_verified": 1}, False, False),
+    ({"email": "e@x.test"}, False, False),
+    ({"email": "e@x.test"}, True, True),                                # assume_email_verified
+])
+def test_identity_claims_give_every_email_a_verified_flag(claims: dict[str, Any], assume: bool,
+                                                          verified: bool) -> None:
+    out = identity_claims({"sub": "s", **claims}, assume_email_verified=assume)
+    assert out["email_verified"] is verified
+    identity = Identity.from_claims(out)
+    assert (identity.email, identity.email_verified) == ("e@x.test", verified)
+    assert identity.as_dict()["email_verified"] is verified
+    assert "email_verified" not in identity_claims({"sub": "s"}, assume_email_verified=True)
+
+
+def test_a_new_email_from_the_provider_never_inherits_the_old_flag() -> None:
+    old = {"sub": "s", "email": "old@x.test", "email_verified": True, "groups": []}
+    fresh = identity_claims({"sub": "s", "email": "new@x.test"})        # no claim this time
+    merged = {**old, **fresh}
+    assert (merged["email"], merged["email_verified"]) == ("new@x.test", False)
+
+
+def test_a_local_session_email_counts_as_verified_even_from_an_older_record() -> None:
+    def session(source: str, claims: dict[str, Any]) -> Session:
+        return Session(id=new_session_id(), claims=claims, source=source, created=0.0,
+                       last_active=0.0, expires=10.0)
+
+    older = {"sub": "alice", "email": "alice@x.test", "groups": []}   # written before the flag
+    assert session("local", older).identity().email_verified is True
+    assert session("local", {**older, "email_verified": False}).identity().email_verified \
+        is False
+    assert session("oidc", older).identity().email_verified is False

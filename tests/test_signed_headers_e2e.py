@@ -146,3 +146,37 @@ def test_a_hostile_host_header_is_never_a_500(host: str) -> None:
                           {"x-pomerium-jwt-assertion": "a.b.c"}, "203.0.113.9")
     identity, reply = layer.identity(hostile)
     assert identity is None and reply is not None and reply.status == 401
+
+
+@pytest.mark.parametrize("assume", [False, True])
+def test_the_assertion_carries_the_email_and_its_verified_flag(assume: bool) -> None:
+    from secure_mw.http import RequestView
+    from secure_mw.identity import Identity
+    from secure_mw.tokens import AssertionSigner, KeySet
+    from secure_mw.tokens.headers import IssueLayer, VerifyLayer
+    from secure_mw.tokens.keys import public_jwks
+
+    private = generate_private_jwks(("ES256",))
+    front = Settings.from_mapping({"keys": {"signing_jwks": json.dumps(private)}}, environ={})
+    view = RequestView("GET", "https", "app.test", "/", "", {}, "203.0.113.9")
+    issue = IssueLayer(front)
+    behind = Settings.from_mapping({"signed_headers": {"verify": {
+        "jwks_url": "https://proxy.example/jwks.json", "issuer": "app.test",
+        "assume_email_verified": assume}}}, environ={})
+    verify = VerifyLayer(behind, keys=KeySet.from_dict(public_jwks(private)))
+    for verified in (True, False):
+        token = issue.assertion(view, Identity(sub="a", email="a@x.test",
+                                               email_verified=verified))
+        assert token is not None
+        claims = AssertionVerifier(jwks=KeySet.from_dict(public_jwks(private)),
+                                   issuer="app.test", audience="app.test").verify(token)
+        assert (claims["email"], claims["email_verified"]) == ("a@x.test", verified)
+        seen, _ = verify.identity(RequestView("GET", "https", "app.test", "/", "",
+                                              {"x-pomerium-jwt-assertion": token}, "::1"))
+        assert seen is not None and seen.email_verified is verified   # the claim counts
+    # Pomerium's assertions have no email_verified: only the setting makes it verified
+    pomerium = AssertionSigner(jwks=private).sign({"sub": "p", "email": "p@x.test"},
+                                                 audience="app.test", issuer="app.test")
+    seen, _ = verify.identity(RequestView("GET", "https", "app.test", "/", "",
+                                          {"x-pomerium-jwt-assertion": pomerium}, "::1"))
+    assert seen is not None and seen.email == "p@x.test" and seen.email_verified is assume

@@ -33,7 +33,7 @@ def _key_ring(state_dir: Path, settings: Settings) -> tuple[KeyRing, str]:
 # The demo's access rules (your own [access_control] replaces them).
 DEMO_RULES = Settings.from_mapping({"access_control": {"default_policy": "deny", "rules": [
     {"resources": ["^/healthz$"], "policy": "bypass"},
-    {"resources": ["^/two-factor$"], "policy": "two_factor"},
+    {"resources": ["^/two-factor(/|$)"], "policy": "two_factor"},   # path only: ?x=1 too
     {"policy": "authenticated"},
 ]}}, environ={})
 

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 from secure_mw.audit import AuditLogger, audit_logger
 from secure_mw.authz.paths import PathRefused, check_raw_path, normalize_path
-from secure_mw.authz.rules import AccessPolicy, Decision
+from secure_mw.authz.rules import AccessPolicy, Decision, Explanation
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.identity import Identity
 from secure_mw.oidc.core import challenge
 from secure_mw.settings import Settings
 
-__all__ = ["AuthorizationLayer", "Verdict"]
+__all__ = ["AuthorizationLayer", "Explained", "Verdict"]
+
+log = logging.getLogger("secure_mw.authz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,20 @@ class Verdict:
     decision: Decision | None
 
 
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """What :meth:`AuthorizationLayer.explain` found: the ``effect`` the layer enforces
+    (``allow``, ``deny``, ``login``, ``two_factor``, or ``bad_path`` / ``not_found`` for a
+    path refused before any rule), a sentence saying what the client gets, the path the
+    rules saw, and the rules' :class:`~secure_mw.authz.rules.Explanation` (None when the path
+    was refused first)."""
+
+    effect: str
+    outcome: str
+    path: str
+    explanation: Explanation | None
+
+
 class AuthorizationLayer:
     """``[access_control]`` for every request (and every WebSocket handshake): the path is
     normalized first (ambiguous encodings refused with 400), then the rules decide; every
@@ -36,6 +52,8 @@ class AuthorizationLayer:
                  ) -> None:
         self.policy = policy if policy is not None else AccessPolicy.from_settings(
             settings.access_control)
+        for warning in self.policy.warnings():
+            log.warning(warning)
         self.prefix = settings.server.auth_prefix
         from secure_mw.session.cookies import CookieJarSpec
 
@@ -58,19 +76,52 @@ class AuthorizationLayer:
             return Verdict(json_reply(400, {"error": "bad_path"}), verdict.path, None)
         return verdict
 
-    def _decide(self, view: RequestView, identity: Identity | None,
-                raw_path: bytes | None) -> Verdict:
+    def explain(self, view: RequestView, identity: Identity | None,
+                raw_path: bytes | None = None) -> Explained:
+        """What :meth:`decide` would do with this request, and why (nothing is audited)."""
+        path, refusal = self._path(view, raw_path)
+        if refusal is not None:
+            effect = "bad_path" if refusal.startswith("path refused") else "not_found"
+            status = 400 if effect == "bad_path" else 404
+            return Explained(effect, f"refused before any rule ({status}): {refusal}", path,
+                             None)
+        explanation = self.policy.explain(view, identity, path=path)
+        effect = explanation.decision.effect
+        outcome = {
+            "allow": "allowed: the request goes to the application",
+            "deny": "refused (403)",
+            "login": f"sent to the login ({self.prefix}login: 302 for a browser, 401 "
+                     "otherwise)",
+            "two_factor": f"sent to the second step ({self.prefix}2fa: 302 for a browser, "
+                          "401 otherwise)",
+        }[effect]
+        if effect == "two_factor" and not self.two_factor_step:
+            effect = "deny"
+            outcome = "refused (403): two_factor needed, and an OpenID provider's session " \
+                      "cannot be stepped up here"
+        return Explained(effect, outcome, path, explanation)
+
+    def _path(self, view: RequestView, raw_path: bytes | None) -> tuple[str, str | None]:
+        """The normalized path, and why it is refused before any rule (None: it is not)."""
         try:
             if raw_path is not None:
                 check_raw_path(raw_path)
             path = normalize_path(view.path)
         except PathRefused as exc:
-            self._refused(view, identity, None, "deny", f"path refused: {exc.reason}")
-            return Verdict(_bad_path(view), view.path, None)
+            return view.path, f"path refused: {exc.reason}"
         if path.startswith(self.prefix):
             # The session core answers its own pages before this layer runs; a path that
             # only normalizes into them (/x/../.auth/…) must not slip past the rules.
-            self._refused(view, identity, None, "deny", "path normalizes into the login pages")
+            return path, "path normalizes into the login pages"
+        return path, None
+
+    def _decide(self, view: RequestView, identity: Identity | None,
+                raw_path: bytes | None) -> Verdict:
+        path, refusal = self._path(view, raw_path)
+        if refusal is not None:
+            self._refused(view, identity, None, "deny", refusal)
+            if refusal.startswith("path refused"):
+                return Verdict(_bad_path(view), path, None)
             return Verdict(_not_found(view), path, None)
         decision = self.policy.evaluate(view, identity, path=path)
         effect = decision.effect

@@ -4,7 +4,9 @@
 every problem is collected into one :class:`~secure_mw.errors.ConfigError`, each naming
 ``access_control.rules[i].<field>``. :meth:`AccessPolicy.evaluate` answers a
 :class:`Decision` for one request, given the path already normalized by
-:func:`secure_mw.authz.paths.normalize_path`.
+:func:`secure_mw.authz.paths.normalize_path`; :meth:`AccessPolicy.explain` runs the same
+evaluation and also says why each earlier rule did not decide. :meth:`AccessPolicy.unreachable`
+names the rules an earlier rule always decides for (a start-up warning).
 
 Rule fields (all optional; an absent field matches everything):
 
@@ -15,17 +17,23 @@ Rule fields (all optional; an absent field matches everything):
     Regular expressions, full-matched against that host. A rule matches the host when a
     ``domain`` *or* a ``domain_regex`` entry does.
 ``resources``
-    Regular expressions searched (``re.search``, as Authelia does: anchor with ``^``/``$``) in
-    the normalized path, plus ``?`` and the raw query string when there is one.
+    Regular expressions searched (``re.search``: anchor with ``^``/``$``) in the normalized
+    path only, never the query string (Authelia appends the query; ``query`` is the field for
+    it here), so ``^/admin$`` also covers ``/admin?x=1``.
 ``methods``
     HTTP methods (a WebSocket handshake counts as ``GET``).
 ``networks``
     CIDRs, bare addresses or names of ``access_control.networks`` entries. An empty or
     unparsable client address matches no network.
 ``subject``
-    ``user:<sub>``, ``group:<name>``, ``email:<address>``; a list of lists is an OR of ANDs.
+    ``user:<sub>``, ``group:<name>``, ``email:<address>`` (a verified email only); a list of
+    lists is an OR of ANDs. A rule selected by its other fields is a gate: a signed-in user
+    it does not name is refused (``"rule i: subject does not match"``), an anonymous one sent
+    to the login. Exceptions: a ``deny`` rule concerns only its subjects, and
+    ``subject_mismatch = "continue"`` passes the others on to later rules (Authelia's way).
 ``query``
-    Conditions on query parameters: a list of ``{key, value?, operator?}`` tables, all of which
+    Conditions on query parameters (a query string too large to parse denies the request at
+    the first rule that has conditions): a list of ``{key, value?, operator?}`` tables, all of which
     must hold, or a list of such lists (OR of ANDs). ``operator`` is one of ``equal`` (default
     when a ``value`` is given), ``not equal``, ``present`` (default without a value),
     ``absent``, ``pattern`` and ``not pattern`` (``value`` is a regular expression, searched).
@@ -48,7 +56,8 @@ in one table must all hold. ``and``: every item; ``or``: some item; ``not``: no 
 key: a criterion or a nested operator. Criteria and their values:
 
 * ``accept: true``, ``reject: true``, ``authenticated_user: true``
-* ``email``, ``domain`` (of the email), ``user`` (the ``sub``), ``http_method``, ``http_path``:
+* ``email``, ``domain`` (of the email; both hold only for a verified email), ``user`` (the
+  ``sub``), ``http_method``, ``http_path`` (the normalized path, without the query):
   a string matcher — a bare string (``is``) or a table of ``is``, ``in`` (list),
   ``starts_with``, ``ends_with``, ``contains`` (all given must hold). ``email``, ``domain``
   and ``http_method`` compare case-insensitively.
@@ -77,6 +86,7 @@ import base64
 import difflib
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,11 +95,11 @@ from typing import Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from secure_mw.errors import ConfigError, ConfigProblem
-from secure_mw.http import RequestView
+from secure_mw.http import MAX_QUERY, RequestView, _few_fields
 from secure_mw.identity import Identity
 from secure_mw.settings import AccessControlSettings, AccessRule
 
-__all__ = ["AccessPolicy", "Decision", "Effect"]
+__all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step"]
 
 Effect: TypeAlias = Literal["allow", "deny", "login", "two_factor"]
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -103,7 +113,14 @@ METHODS = frozenset({
     "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "UNLOCK",
 })
 _RULE_FIELDS = ("domain", "domain_regex", "resources", "methods", "networks", "subject",
-                "query", "policy", "allow", "deny")
+                "subject_mismatch", "query", "policy", "allow", "deny")
+# A resource pattern written for Authelia's path-and-query string: an escaped "?", or "?"
+# inside a character class.
+_LOOKS_FOR_QUERY = re.compile(r"\\\?|\[[^\]]*\?")
+# Earlier rules :meth:`AccessPolicy.unreachable` tries against each rule, at most.
+_COVER_CANDIDATES = 32
+# What :meth:`_Rule.mismatch` answers when a rule's query conditions cannot be evaluated.
+_QUERY_UNREADABLE = "query string too large to evaluate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +130,28 @@ class Decision:
     effect: Effect
     rule: int | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One rule :meth:`AccessPolicy.explain` looked at: ``decides`` is false for a rule that
+    let the request go on, with ``reason`` naming the first field that did not match."""
+
+    rule: int
+    text: str
+    decides: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """:meth:`AccessPolicy.explain`'s answer: the decision (exactly :meth:`evaluate`'s),
+    the host and path the rules saw, and every rule up to the deciding one, in order."""
+
+    decision: Decision
+    host: str
+    path: str
+    steps: tuple[Step, ...]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,15 +183,15 @@ class _Ctx:
         return self._addr  # type: ignore[return-value]
 
     @property
-    def params(self) -> dict[str, list[str]]:
+    def params(self) -> dict[str, list[str]] | None:
+        """The query parameters, or None when the query string is beyond what
+        :meth:`RequestView.query` parses (it would answer none, and the app might see some)."""
         if self._params is None:
+            qs = self.view.query_string
+            if len(qs) > MAX_QUERY or not _few_fields(qs):
+                return None
             self._params = self.view.query()
         return self._params
-
-    @property
-    def resource(self) -> str:
-        qs = self.view.query_string
-        return f"{self.path}?{qs}" if qs else self.path
 
 
 def _in_networks(ctx: _Ctx, networks: Sequence[Network]) -> bool:
@@ -187,6 +226,10 @@ class _Query:
     value: str | None
     pattern: re.Pattern[str] | None
 
+    @property
+    def key_tuple(self) -> tuple[str, str, str | None]:
+        return (self.key, self.operator, self.value)
+
     def holds(self, params: Mapping[str, list[str]]) -> bool:
         values = params.get(self.key)
         if self.operator == "present":
@@ -216,6 +259,10 @@ class _Rule:
     allow: Pred | None = None
     deny: Pred | None = None
     has_ppl: bool = False
+    mismatch_continue: bool = False          # subject_mismatch = "continue"
+    text: str = ""                           # a short rendering, for explain and warnings
+    query_like: tuple[int, ...] = ()         # resources that look for a "?" (a warning)
+    net_ranges: tuple[tuple[int, int, int], ...] = ()   # (version, first, last) of networks
 
     @property
     def indexable(self) -> bool:
@@ -228,24 +275,73 @@ class _Rule:
             return True
         return any(r.fullmatch(host) for r in self.host_regex)
 
-    def selects(self, ctx: _Ctx) -> bool:
-        """The request-shaped fields (everything but subject, policy and blocks)."""
+    def mismatch(self, ctx: _Ctx) -> str | None:
+        """The first request-shaped field (everything but subject, policy and blocks) that
+        does not match, or None when the rule selects the request; the host is checked
+        apart. :data:`_QUERY_UNREADABLE` when the query conditions cannot be evaluated."""
         if self.methods is not None and ctx.view.method not in self.methods:
-            return False
+            return "methods"
         if self.networks is not None and not _in_networks(ctx, self.networks):
-            return False
+            return "networks"
         if self.resources:
-            resource = ctx.resource
-            if not any(r.search(resource) for r in self.resources):
-                return False
+            path = ctx.path
+            if not any(r.search(path) for r in self.resources):
+                return "resources"
         if self.query:
             params = ctx.params
+            if params is None:
+                return _QUERY_UNREADABLE
             if not any(all(q.holds(params) for q in group) for group in self.query):
+                return "query"
+        return None
+
+    @property
+    def selects_everything(self) -> bool:
+        """No request field: every request is selected."""
+        return not (self.exact or self.wildcards or self.host_regex or self.resources
+                    or self.methods is not None or self.networks is not None or self.query)
+
+    @property
+    def always_decides(self) -> bool:
+        """Whether every request this rule selects ends here (whoever makes it)."""
+        return not self.subject or (self.policy != "deny" and not self.mismatch_continue)
+
+    def covers(self, later: _Rule) -> bool:
+        """Whether this rule selects every request ``later`` selects (a sufficient test on
+        the compiled fields: regexes are compared as text)."""
+        if self.exact or self.wildcards or self.host_regex:
+            if not (later.exact or later.wildcards or later.host_regex):
+                return False
+            if not all(self.host_matches(h) for h in later.exact):
+                return False
+            if not all(any(w.endswith(mine) for mine in self.wildcards)
+                       for w in later.wildcards):
+                return False
+            mine_rx = {r.pattern for r in self.host_regex}
+            if not all(r.pattern in mine_rx for r in later.host_regex):
+                return False
+        if self.resources:
+            mine_res = {r.pattern for r in self.resources}
+            if not later.resources or not all(r.pattern in mine_res for r in later.resources):
+                return False
+        if self.methods is not None and (later.methods is None
+                                         or not later.methods <= self.methods):
+            return False
+        if self.networks is not None and (later.networks is None or not all(
+                any(v == mv and lo >= mlo and hi <= mhi for mv, mlo, mhi in self.net_ranges)
+                for v, lo, hi in later.net_ranges)):
+            return False
+        if self.query:
+            if not later.query:
+                return False
+            mine_q = [{q.key_tuple for q in g} for g in self.query]
+            if not all(any(m <= {q.key_tuple for q in g} for m in mine_q)
+                       for g in later.query):
                 return False
         return True
 
     def subject_holds(self, identity: Identity) -> bool:
-        email = identity.email.lower()
+        email = identity.email.lower() if identity.email_verified else ""
         for group in self.subject:
             if all(_subject_item(kind, value, identity, email) for kind, value in group):
                 return True
@@ -340,6 +436,28 @@ class AccessPolicy:
     def evaluate(self, view: RequestView, identity: Identity | None, *, path: str) -> Decision:
         """The decision for ``view`` made by ``identity`` (None: anonymous); ``path`` is the
         normalized path (:func:`~secure_mw.authz.paths.normalize_path`)."""
+        return self._run(view, identity, path, None)
+
+    def explain(self, view: RequestView, identity: Identity | None, *,
+                path: str) -> Explanation:
+        """:meth:`evaluate`, with the reason each rule before the deciding one let the
+        request go on (the same code path: the two cannot disagree)."""
+        passed: dict[int, str] = {}
+        decision = self._run(view, identity, path, passed)
+        host = _host_of(view.host)
+        steps = []
+        for pos, rule in enumerate(self._rules):
+            if rule.index == decision.rule:
+                steps.append(Step(rule.index, rule.text, True, decision.reason))
+                break
+            why = passed.get(pos, "domain")       # not a candidate: the host index left it out
+            steps.append(Step(rule.index, rule.text, False, _detail(why, rule, host, path)))
+        return Explanation(decision, host, path, tuple(steps))
+
+    def _run(self, view: RequestView, identity: Identity | None, path: str,
+             passed: dict[int, str] | None) -> Decision:
+        """The evaluation; ``passed``, when given, gets why each examined rule did not
+        decide (by position)."""
         if not isinstance(identity, Identity):
             identity = None
         host = _host_of(view.host)
@@ -349,18 +467,121 @@ class AccessPolicy:
             rule = rules[pos]
             self.rules_tested += 1
             if not rule.indexable and not rule.host_matches(host):
+                if passed is not None:
+                    passed[pos] = "domain"
                 continue
-            if not rule.selects(ctx):
+            miss = rule.mismatch(ctx)
+            if miss is not None:
+                if miss is _QUERY_UNREADABLE:
+                    return Decision("deny", rule.index, f"rule {rule.index}: {miss}")
+                if passed is not None:
+                    passed[pos] = miss
                 continue
             if rule.subject:
                 if identity is None:
                     if rule.policy == "deny" and not rule.has_ppl:
-                        continue   # a deny for named subjects does not concern anonymous
-                    return Decision("login", rule.index, "rule needs a matching subject")
+                        # a deny for named subjects does not concern anonymous requests
+                        if passed is not None:
+                            passed[pos] = ("subject: a deny rule for named subjects does not "
+                                           "concern anonymous requests")
+                        continue
+                    return Decision("login", rule.index,
+                                    f"rule {rule.index}: needs a login to match its subject")
                 if not rule.subject_holds(identity):
-                    continue
+                    if rule.policy == "deny" or rule.mismatch_continue:
+                        if passed is not None:
+                            passed[pos] = "subject: does not match " + (
+                                "(a deny rule concerns only its subjects)"
+                                if rule.policy == "deny" else "(subject_mismatch = continue)")
+                        continue
+                    return Decision("deny", rule.index,
+                                    f"rule {rule.index}: subject does not match")
             return _apply(rule, ctx)
         return _policy_effect(self.default_policy, identity, None, "default policy")
+
+    # -- configuration analysis ------------------------------------------------------------
+
+    def unreachable(self) -> list[tuple[int, int]]:
+        """``(later, earlier)`` for each rule that can never decide because an earlier one
+        selects every request it selects and always decides them (no subject, or a subject
+        that refuses the users it does not name). Sufficient, not complete: regexes are
+        compared as text. Everything after a catch-all is found; otherwise candidates come
+        from an index by host and first resource, at most :data:`_COVER_CANDIDATES` of them
+        per rule, so a long rule list costs about linear time."""
+        found: list[tuple[int, int]] = []
+        deciders: dict[tuple[str, str], list[int]] = {}
+        catch_all: int | None = None
+        for pos, rule in enumerate(self._rules):
+            if catch_all is not None:
+                found.append((rule.index, catch_all))
+                continue
+            candidates = sorted({p for key in _cover_lookup(rule)
+                                 for p in deciders.get(key, ())[:_COVER_CANDIDATES]})
+            for p in candidates[:_COVER_CANDIDATES]:
+                if self._rules[p].covers(rule):
+                    found.append((rule.index, self._rules[p].index))
+                    break
+            if rule.always_decides and rule.selects_everything:
+                catch_all = rule.index
+            if rule.always_decides:
+                for key in _cover_keys(rule):
+                    deciders.setdefault(key, []).append(pos)
+        return found
+
+    def warnings(self) -> list[str]:
+        """What :meth:`unreachable` found, as sentences naming both rules, and resources
+        that look for a query string (they only ever see the path)."""
+        text = {r.index: r.text for r in self._rules}
+        out = [f"access_control.rules[{r.index}].resources[{j}] looks for a '?', but "
+               "resources match the path only: put conditions on the query string in 'query'"
+               for r in self._rules for j in r.query_like]
+        out += [f"access_control.rules[{later}] can never apply: rule {earlier} "
+                f"({text[earlier]}) selects every request it would and decides them first"
+                for later, earlier in self.unreachable()]
+        return out
+
+
+def _host_keys(rule: _Rule) -> list[str]:
+    return ([f"={h}" for h in rule.exact] + [f"*{w}" for w in rule.wildcards]
+            + (["~"] if rule.host_regex else [])) or [""]
+
+
+def _cover_keys(rule: _Rule) -> list[tuple[str, str]]:
+    """Where a rule that always decides is filed for :meth:`AccessPolicy.unreachable`."""
+    resources = [r.pattern for r in rule.resources] or [""]
+    return [(h, r) for h in _host_keys(rule) for r in resources]
+
+
+def _cover_lookup(rule: _Rule) -> list[tuple[str, str]]:
+    """The keys under which any rule covering ``rule`` is filed: it has no host constraint or
+    one matching ``rule``'s first host (or a host regex), and no resources or ``rule``'s
+    first resource."""
+    hosts = [""] + (["~"] if rule.exact or rule.wildcards or rule.host_regex else [])
+    if rule.exact:
+        first = min(rule.exact)
+        hosts.append("=" + first)
+        hosts += ["*" + first[i:] for i in range(len(first)) if first[i] == "."]
+    elif rule.wildcards:
+        first = rule.wildcards[0]
+        hosts += ["*" + first[i:] for i in range(len(first)) if first[i] == "."]
+    resources = [""] + ([rule.resources[0].pattern] if rule.resources else [])
+    return [(h, r) for h in hosts for r in resources]
+
+
+def _detail(field_name: str, rule: _Rule, host: str, path: str) -> str:
+    """A sentence for :meth:`AccessPolicy.explain` from the field :meth:`_Rule.mismatch`
+    named."""
+    if field_name == "domain":
+        return f"domain: the host {host!r} is not among its domains"
+    if field_name == "resources":
+        return f"resources: no pattern matches the path {path!r}"
+    if field_name == "methods":
+        return f"methods: the method is not among {', '.join(sorted(rule.methods or ()))}"
+    if field_name == "networks":
+        return "networks: the client address is in none of them"
+    if field_name == "query":
+        return "query: the query parameters do not meet its conditions"
+    return field_name           # already a sentence
 
 
 def _policy_effect(policy: str | None, identity: Identity | None, index: int | None,
@@ -422,6 +643,18 @@ def _compile_named_networks(entries: Iterable[Any],
     return named
 
 
+def _render(rule: AccessRule) -> str:
+    """A short one-line rendering of a rule's set fields (``resources = ["^/x"], ...``)."""
+    parts = []
+    for name in _RULE_FIELDS:
+        value = getattr(rule, name, None)
+        if not value and value is not False:
+            continue
+        parts.append(f"{name} = {json.dumps(value, ensure_ascii=False)}")
+    text = ", ".join(parts)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -465,17 +698,22 @@ class _Compiler:
                                            message))
 
     def rule(self, rule: AccessRule) -> _Rule | None:
-        out = _Rule(index=self.index, policy=rule.policy)
+        out = _Rule(index=self.index, policy=rule.policy, text=_render(rule))
         extra = set(getattr(rule, "__dict__", {})) - set(_RULE_FIELDS)
         for name in sorted(extra):
             self.problem(name, "unknown field" + _did_you_mean(name, _RULE_FIELDS))
         self._policy(rule, out)
         self._domains(rule, out)
         out.resources = tuple(self._regexes("resources", rule.resources, search=True))
+        out.query_like = tuple(j for j, r in enumerate(out.resources)
+                               if _LOOKS_FOR_QUERY.search(r.pattern))
         self._methods(rule, out)
         if rule.networks:
             out.networks = self._networks("networks", rule.networks)
+            out.net_ranges = tuple((n.version, int(n.network_address),
+                                    int(n.broadcast_address)) for n in out.networks)
         self._subject(rule, out)
+        self._subject_mismatch(rule, out)
         self._query(rule, out)
         for block in ("allow", "deny"):
             body = getattr(rule, block)
@@ -575,6 +813,20 @@ class _Compiler:
             if terms:
                 compiled.append(tuple(terms))
         out.subject = tuple(compiled)
+
+    def _subject_mismatch(self, rule: AccessRule, out: _Rule) -> None:
+        value = getattr(rule, "subject_mismatch", None)
+        if value is None:
+            return
+        if value not in ("deny", "continue"):
+            self.problem("subject_mismatch", f"{value!r} is not one of deny, continue"
+                         + _did_you_mean(str(value), ("deny", "continue")))
+        elif not rule.subject:
+            self.problem("subject_mismatch", "the rule has no subject")
+        elif rule.policy == "deny" and value == "deny":
+            self.problem("subject_mismatch", "a 'deny' rule with a subject concerns only its "
+                         "subjects: others always continue to the next rules")
+        out.mismatch_continue = value == "continue"
 
     def _query(self, rule: AccessRule, out: _Rule) -> None:
         if not rule.query:
@@ -686,9 +938,13 @@ class _Compiler:
         if name in ("http_method", "http_path"):
             return lambda ctx: test(getter(ctx))
 
+        verified = name in ("email", "domain")
+
         def identity_test(ctx: _Ctx) -> Tri:
             if ctx.identity is None:
                 return None
+            if verified and not ctx.identity.email_verified:
+                return False          # an unverified email could be anyone's
             return test(getter(ctx))
 
         return identity_test

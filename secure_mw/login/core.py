@@ -168,8 +168,9 @@ class LocalLoginCore(OIDCSessionCore):
         if old.session is not None:       # a new id at every login
             yield from self.sessions.destroy(old.session)
         session = self.sessions.new(claims={
-            "sub": user.username, "email": user.email, "name": user.display_name,
-            "groups": list(user.groups)}, source="local", remember=remember)
+            "sub": user.username, "email": user.email, "email_verified": bool(user.email),
+            "name": user.display_name, "groups": list(user.groups)}, source="local",
+            remember=remember)
         cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
         self._event("login_success", view, user=user.username, level=logging.INFO,
                     session=session.digest)

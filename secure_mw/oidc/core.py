@@ -373,7 +373,9 @@ class OIDCSessionCore:
         claims = dict(session.claims)
         if fresh:
             claims = {**{k: v for k, v in claims.items() if k != "groups"},
-                      **identity_claims(fresh, self.oidc.groups_claim), "sub": user}
+                      **identity_claims(fresh, self.oidc.groups_claim,
+                                        assume_email_verified=self.oidc.assume_email_verified),
+                      "sub": user}
         return session.evolve(claims=claims, tokens=tokens), True
 
     def _token_fields(self, result: TokenSet) -> dict[str, Any]:
@@ -487,7 +489,8 @@ class OIDCSessionCore:
         tokens["cid"] = self.client.client_id
         session = self.sessions.new(
             claims=identity_claims({**claims, **info, "sub": claims["sub"]},
-                                   self.oidc.groups_claim),
+                                   self.oidc.groups_claim,
+                                   assume_email_verified=self.oidc.assume_email_verified),
             remember=pending.remember, tokens=tokens)
         cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
         self._event("login_success", view, user=session.sub, level=logging.INFO,

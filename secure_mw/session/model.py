@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from secure_mw._encoding import StrictJSONError, b64url_encode, loads_strict
-from secure_mw.identity import IDENTITY_CLAIMS, Identity
+from secure_mw.identity import IDENTITY_CLAIMS, Identity, email_verified_claim
 
 __all__ = ["Session", "new_session_id", "session_digest"]
 
@@ -59,8 +59,11 @@ class Session:
     def identity(self) -> Identity:
         identity = self._identity
         if identity is None:
+            # The built-in login's emails come from the administrator's users file: verified
+            # (records written before the flag was stored have none).
             identity = Identity.from_claims(self.claims, auth_level=self.auth_level,
-                                            source=self.source, session_id=self.digest)
+                                            source=self.source, session_id=self.digest,
+                                            assume_email_verified=self.source == "local")
             object.__setattr__(self, "_identity", identity)
         return identity
 
@@ -119,9 +122,16 @@ class Session:
         return session
 
 
-def identity_claims(claims: Mapping[str, Any], groups_claim: str = "groups") -> dict[str, Any]:
-    """The identity part of provider claims, with the groups claim renamed to ``groups``."""
+def identity_claims(claims: Mapping[str, Any], groups_claim: str = "groups", *,
+                    assume_email_verified: bool = False) -> dict[str, Any]:
+    """The identity part of provider claims, with the groups claim renamed to ``groups``.
+
+    Claims with an ``email`` always get a boolean ``email_verified`` (the provider's, or
+    ``assume_email_verified`` when it sent none), so that a later profile update with a new
+    email never inherits the old email's flag."""
     out = {k: claims[k] for k in IDENTITY_CLAIMS if k in claims and k != "groups"}
+    if "email" in out or "email_verified" in out:
+        out["email_verified"] = email_verified_claim(claims, assume=assume_email_verified)
     groups = claims.get(groups_claim)
     if groups is None and "." in groups_claim:   # a nested claim path, e.g. realm_access.roles
         node: Any = claims

@@ -79,7 +79,8 @@ class IssueLayer:
     def assertion(self, view: RequestView, identity: Identity | None) -> str | None:
         if identity is None:
             return None
-        claims = {"sub": identity.sub, "email": identity.email, "name": identity.name,
+        claims = {"sub": identity.sub, "email": identity.email,
+                  "email_verified": identity.email_verified, "name": identity.name,
                   "groups": list(identity.groups)}
         host = _host(view)
         if not host:           # a hostile Host header: no assertion rather than an error
@@ -147,7 +148,9 @@ class VerifyLayer:
             except InvalidToken as exc:
                 reason = str(exc)
             else:
-                return Identity.from_claims(claims, source="assertion"), None
+                return Identity.from_claims(
+                    claims, source="assertion",
+                    assume_email_verified=self.config.assume_email_verified), None
         self.audit.event("invalid_token", remote_ip=view.client, method=view.method,
                          host=view.host, path=view.path, reason=reason)
         return None, json_reply(401, {"error": "invalid_assertion"}, headers=[
