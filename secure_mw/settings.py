@@ -356,6 +356,16 @@ class OIDCSettings:
         return out
 
 
+def _parse_refresh_interval(value: object) -> float:
+    """A duration, or ``"always"`` (0: the users file is consulted at every request)."""
+    if isinstance(value, str) and value.strip().lower() == "always":
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError("expected a duration like '5m' or '1h', or 'always'") from None
+
+
 def _check_min_length(value: int) -> str | None:
     # 8: NIST SP 800-63B's floor; 1024: the password hasher's limit (MAX_PASSWORD_BYTES).
     if not 8 <= value <= 1024:
@@ -375,6 +385,9 @@ class LocalUsersSettings:
     totp_file: str = _opt("totp.json", path=True,
                           doc="enrolled TOTP secrets, encrypted with the key ring (0600)")
     totp_issuer: str = _opt("secure_mw", doc="the name authenticator apps show")
+    refresh_interval: float = _opt(
+        300.0, duration=True, parse=_parse_refresh_interval,
+        doc="how often a session's user is looked up again in the users file ('always')")
     password_min_length: int = _opt(12, check=_check_min_length,
                                     doc="new passwords: at least this many characters")
     password_blocklist_file: str | None = _opt(

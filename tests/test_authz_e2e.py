@@ -42,8 +42,8 @@ def flavour(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def site(flavour: str, tmp_path: Path) -> Iterator[str]:
     users = UsersFile(tmp_path / "users.toml", hasher=FAST)
-    users.add("alice", password="alice pw", groups=["admins"])
-    users.add("bob", password="bob pw", groups=["staff"])
+    users.add("alice", password="quartz falcon 11", groups=["admins"])
+    users.add("bob", password="velvet harbor 22", groups=["staff"])
     settings = Settings.from_mapping({
         "keys": {"encryption_keys": [KeyRing.new_key_text()]},
         "local_users": {"file": str(users.path)},
@@ -91,7 +91,7 @@ def test_rules_decide_per_request(site: str, caplog: pytest.LogCaptureFixture) -
         assert anonymous.get(base + "/admin").status_code == 401            # could admit
     with browser() as bob:
         assert bob.get(base + "/page").headers["location"] == "/.auth/login?rd=/page"
-        sign_in(bob, base, "bob", "bob pw")
+        sign_in(bob, base, "bob", "velvet harbor 22")
         assert bob.get(base + "/page").json()["sub"] == "bob"
         refused = bob.get(base + "/admin/users")
         assert refused.status_code == 403 and "Access denied" in refused.text
@@ -100,7 +100,7 @@ def test_rules_decide_per_request(site: str, caplog: pytest.LogCaptureFixture) -
         assert step.status_code == 302
         assert step.headers["location"] == "/.auth/2fa?rd=/secure/report"
     with browser() as alice:
-        sign_in(alice, base, "alice", "alice pw")
+        sign_in(alice, base, "alice", "quartz falcon 11")
         assert alice.get(base + "/admin/users").status_code == 200
     denied = [json.loads(r.getMessage()) for r in caplog.records
               if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
@@ -112,7 +112,7 @@ def test_ambiguous_paths_are_refused_and_the_app_routes_the_normalized_one(
         site: str, caplog: pytest.LogCaptureFixture) -> None:
     base = site
     with browser() as alice:
-        sign_in(alice, base, "alice", "alice pw")
+        sign_in(alice, base, "alice", "quartz falcon 11")
         cookie = "__Host-secure_mw_session=" + str(alice.cookies.get("__Host-secure_mw_session"))
     # Encoded separators and dot segments: refused before any rule is consulted.
     for target in ("/healthz/..%2Fadmin", "/a%2F..%2Fadmin", "/%2e%2e/admin",
