@@ -359,12 +359,43 @@ class OIDCSettings:
         return out
 
 
+def _parse_refresh_interval(value: object) -> float:
+    """A duration, or ``"always"`` (0: the users file is consulted at every request)."""
+    if isinstance(value, str) and value.strip().lower() == "always":
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError("expected a duration like '5m' or '1h', or 'always'") from None
+
+
+def _check_min_length(value: int) -> str | None:
+    # 8: NIST SP 800-63B's floor; 1024: the password hasher's limit (MAX_PASSWORD_BYTES).
+    if not 8 <= value <= 1024:
+        return "must be between 8 and 1024 characters"
+    return None
+
+
+def _check_readable_file(value: str) -> str | None:
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        return f"{value!r} is not a readable file"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class LocalUsersSettings:
     file: str = _opt("users.toml", path=True)
     totp_file: str = _opt("totp.json", path=True,
                           doc="enrolled TOTP secrets, encrypted with the key ring (0600)")
     totp_issuer: str = _opt("secure_mw", doc="the name authenticator apps show")
+    refresh_interval: float = _opt(
+        300.0, duration=True, parse=_parse_refresh_interval,
+        doc="how often a session's user is looked up again in the users file ('always')")
+    password_min_length: int = _opt(12, check=_check_min_length,
+                                    doc="new passwords: at least this many characters")
+    password_blocklist_file: str | None = _opt(
+        None, path=True, check=_check_readable_file,
+        doc="new passwords: refuse those listed here (one a line)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -764,7 +764,7 @@ def test_provider_and_local_users_together_get_a_choice(
 
     users = UsersFile(tmp_path / "users.toml",
                       hasher=PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
-    users.add("dave", password="dave pw", groups=["local"])
+    users.add("dave", password="copper kettle 33", groups=["local"])
     base_settings = settings_for(idp)
     local = Settings.from_mapping({"local_users": {"file": str(users.path)}}, environ={})
     settings = dataclasses.replace(base_settings, local_users=local.local_users)
@@ -782,7 +782,7 @@ def test_provider_and_local_users_together_get_a_choice(
             state = re.search(r'name="state" value="([^"]+)"', page.text)
             assert state
             done = local_client.post(base + "/.auth/login", data={
-                "state": state.group(1), "username": "dave", "password": "dave pw"})
+                "state": state.group(1), "username": "dave", "password": "copper kettle 33"})
             assert done.status_code == 303
             assert local_client.get(base + "/x").json()["sub"] == "dave"
         with browser() as oidc_client:

@@ -55,7 +55,7 @@ def flavour(request: pytest.FixtureRequest) -> str:
 def test_issue_then_verify_behind_it(flavour: str, tmp_path: Path,
                                      caplog: pytest.LogCaptureFixture) -> None:
     users = UsersFile(tmp_path / "users.toml", hasher=FAST)
-    users.add("alice", password="alice pw", email="alice@example.com", groups=["staff"])
+    users.add("alice", password="quartz falcon 11", email="alice@example.com", groups=["staff"])
     front = Settings.from_mapping({
         "keys": {"encryption_keys": [KeyRing.new_key_text()],
                  "signing_jwks": json.dumps(generate_private_jwks(("ES256",)))},
@@ -77,7 +77,7 @@ def test_issue_then_verify_behind_it(flavour: str, tmp_path: Path,
         state = re.search(r'name="state" value="([^"]+)"', form.text)
         assert state
         client.post(base + "/.auth/login", data={"state": state.group(1), "username": "alice",
-                                                 "password": "alice pw"})
+                                                 "password": "quartz falcon 11"})
         forged = client.get(base + "/x", headers={"X-Secure-MW-Jwt-Assertion": "forged"})
         token = forged.json()["assertion"]
         assert token and token != "forged"                  # the client's copy was dropped
