@@ -39,11 +39,12 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
              ) -> Any:
     """The stack ``protect()`` builds, from the middleware classes of ``flavour``
     (:mod:`secure_mw.asgi` or :mod:`secure_mw.wsgi`, which have the same names). Outermost
-    first: security headers, client address, rate limits by address or route, the
-    open-redirect guard, the login guard (``regulation.paths``), the login session, rate
-    limits by user, authorization (when ``access_control.rules`` are set; otherwise every
-    request needs a login), the signed identity header for the app, the app. With
-    ``signed_headers.verify``, a proxy's signed assertion replaces the login session."""
+    first: the Host allow-list (and the UTF-8 path check), security headers, client address,
+    rate limits by address or route, the open-redirect guard, the login guard
+    (``regulation.paths``), the login session, rate limits by user, authorization (when
+    ``access_control.rules`` are set; otherwise every request needs a login), the signed
+    identity header for the app, the app. With ``signed_headers.verify``, a proxy's signed
+    assertion replaces the login session."""
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 
@@ -83,7 +84,11 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
     if issue is not None:      # the public keys need no login
         stacked = flavour.JWKSMiddleware(stacked, layer=issue)
-    stacked = flavour.ClientAddressMiddleware(stacked, trusted_proxies=TrustedProxies(
-        settings.server.trusted_proxies, header=settings.server.forwarded_header),
-        client_cert_header=settings.server.client_cert_header)
-    return flavour.SecurityHeadersMiddleware(stacked, settings=settings)
+    proxies = TrustedProxies(settings.server.trusted_proxies,
+                             header=settings.server.forwarded_header)
+    stacked = flavour.ClientAddressMiddleware(
+        stacked, trusted_proxies=proxies, client_cert_header=settings.server.client_cert_header)
+    stacked = flavour.SecurityHeadersMiddleware(stacked, settings=settings)
+    # Before anything else: a request for a host we do not serve never reaches a layer.
+    return flavour.HostGuardMiddleware(stacked, settings=settings, trusted_proxies=proxies,
+                                       audit=audit)

@@ -154,6 +154,12 @@ def _check_issuer(value: str) -> str | None:
     return None
 
 
+def _check_allowed_hosts(values: list[str]) -> str | None:
+    from secure_mw.guards.hosts import check_entries
+
+    return check_entries(values)
+
+
 def _check_cidrs(values: list[str]) -> str | None:
     bad = []
     for v in values:
@@ -268,6 +274,9 @@ class ServerSettings:
                   "PEM, as nginx's $ssl_client_escaped_cert)")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
                                       doc="peers allowed to set Forwarded / X-Forwarded-*")
+    allowed_hosts: list[str] = _opt(
+        factory=list, check=_check_allowed_hosts,
+        doc="host names the app answers for (default: external_url's host, else loopback)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -600,6 +609,9 @@ class Settings:
         identity = f"OpenID provider {self.oidc.issuer}" if self.oidc else \
             f"built-in password login (users file {self.local_users.file})"
         lines.append(f"identity source : {identity}")
+        from secure_mw.guards.hosts import describe
+
+        lines.append(describe(self.server))
         lines.append(
             f"session store   : {self.session.store}; expiration {_fmt(self.session.expiration)},"
             f" inactivity {_fmt(self.session.inactivity)}, remember-me "

@@ -8,7 +8,11 @@
   outbound httpx calls.
 * :class:`VerifyLayer` — for an app behind Pomerium or another secure_mw: the assertion in
   ``signed_headers.verify.header`` is verified against the pinned JWKS (issuer pinned,
-  audience the request host unless configured) and becomes the request's identity.
+  audience ``verify.audience``, else the host of ``server.external_url``, else the request
+  host when ``server.allowed_hosts`` lists it) and becomes the request's identity.
+
+An assertion's ``iss`` and ``aud`` are the host of ``server.external_url``, or the request's
+host only when ``server.allowed_hosts`` lists it: never an unlisted ``Host`` header.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 
 from secure_mw.audit import AuditLogger, audit_logger
 from secure_mw.errors import InvalidToken
+from secure_mw.guards.hosts import HostPolicy
 from secure_mw.http import Reply, RequestView, json_reply
 from secure_mw.identity import Identity
 from secure_mw.settings import Settings
@@ -41,13 +46,6 @@ current_assertion: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "secure_mw_assertion", default=None)
 
 
-def _host(view: RequestView) -> str:
-    host = view.host
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 class IssueLayer:
     def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None) -> None:
         config = settings.signed_headers
@@ -62,6 +60,7 @@ class IssueLayer:
                 jwks = generate_private_jwks(("ES256",))
             signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime)
         self.signer = signer
+        self.hosts = HostPolicy.from_settings(settings.server)
         body, etag = signer.jwks_document()
         self._jwks_headers = [("content-type", "application/json"), ("etag", etag),
                               ("cache-control", "public, max-age=300")]
@@ -81,8 +80,8 @@ class IssueLayer:
             return None
         claims = {"sub": identity.sub, "email": identity.email, "name": identity.name,
                   "groups": list(identity.groups)}
-        host = _host(view)
-        if not host:           # a hostile Host header: no assertion rather than an error
+        host = self.hosts.public_host(view)
+        if not host:           # an unlisted or hostile Host: no assertion rather than an error
             return None
         return self.signer.sign(claims, audience=host, issuer=host,
                                 session_id=identity.session_id or None)
@@ -119,6 +118,7 @@ class VerifyLayer:
             keys = KeySet.from_file(config.jwks_file) if config.jwks_file \
                 else RemoteKeySet(str(config.jwks_url))
         self.keys = keys
+        self.hosts = HostPolicy.from_settings(settings.server)
         self.audit = audit or audit_logger()
         self._verifiers: dict[str, AssertionVerifier] = {}
         self._lock = threading.Lock()
@@ -139,10 +139,10 @@ class VerifyLayer:
         token = view.headers.get(self.header)
         reason = "missing assertion"
         if token:
-            audience = self.config.audience or _host(view)
+            audience = self.config.audience or self.hosts.public_host(view)
             try:
                 if not audience:
-                    raise InvalidToken("no audience: the request has no usable Host")
+                    raise InvalidToken("no audience: the request's host is not allowed")
                 claims = self._verifier(audience).verify(token)
             except InvalidToken as exc:
                 reason = str(exc)
