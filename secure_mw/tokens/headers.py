@@ -131,8 +131,7 @@ class VerifyLayer:
                     self._verifiers.pop(next(iter(self._verifiers)))
                 verifier = self._verifiers[audience] = AssertionVerifier(
                     jwks=self.keys, issuer=self.config.issuer, audience=audience,
-                    algorithms=self.config.algorithms, leeway=self.config.leeway,
-                    require_low_s=False)   # Pomerium's ES256 signatures are not normalized
+                    algorithms=self.config.algorithms, leeway=self.config.leeway)
         return verifier
 
     def identity(self, view: RequestView) -> tuple[Identity | None, Reply | None]:
