@@ -55,7 +55,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     if settings.signed_headers.issue:
         from secure_mw.tokens.headers import IssueLayer
 
-        issue = IssueLayer(settings)
+        issue = IssueLayer(settings, keyring=options.get("keyring"))
         stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:
         # The rules decide who gets in; the session only says who is there.

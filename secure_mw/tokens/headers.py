@@ -22,10 +22,13 @@ import json
 import logging
 import threading
 from collections.abc import Generator
+from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from secure_mw.audit import AuditLogger, audit_logger
+from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken
 from secure_mw.guards.hosts import HostPolicy
 from secure_mw.http import Reply, RequestView, json_reply
@@ -33,9 +36,10 @@ from secure_mw.identity import Identity
 from secure_mw.settings import Settings
 from secure_mw.tokens.assertions import AssertionSigner, AssertionVerifier
 from secure_mw.tokens.jwks import KeySet, KeySource, RemoteKeySet
-from secure_mw.tokens.keys import generate_private_jwks
+from secure_mw.tokens.keys import SigningKey, generate_private_jwks
 
-__all__ = ["JWKS_PATHS", "AssertionAuth", "IssueLayer", "VerifyLayer", "current_assertion"]
+__all__ = ["JWKS_PATHS", "AssertionAuth", "IssueLayer", "VerifyLayer", "current_assertion",
+           "derived_signing_jwks"]
 
 log = logging.getLogger("secure_mw.tokens")
 
@@ -46,17 +50,46 @@ current_assertion: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "secure_mw_assertion", default=None)
 
 
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+SIGNING_KEY_PURPOSE = "assertion signing key ES256"
+
+
+def derived_signing_jwks(keyring: KeyRing) -> dict[str, Any]:
+    """A private JWK Set of ES256 keys derived from ``keyring``: one per ring key, the
+    encrypting key's first (it signs; the others are published, so assertions signed before a
+    rotation still verify). Every process with the same ring derives the same keys. Each
+    private scalar is 384 bits of HKDF output reduced into [1, n-1] (FIPS 186-5 A.2.1); the
+    ``kid`` is the public key's RFC 7638 thumbprint."""
+    keys = []
+    for seed in keyring.derive(SIGNING_KEY_PURPOSE, 48):
+        scalar = int.from_bytes(seed, "big") % (_P256_ORDER - 1) + 1
+        private = ec.derive_private_key(scalar, ec.SECP256R1())
+        keys.append(SigningKey(private, alg="ES256").private_jwk())
+    return {"keys": keys}
+
+
 class IssueLayer:
-    def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None) -> None:
+    """Signs the identity assertion for the app and serves the public keys. The keys are
+    ``keys.signing_jwks``; without it, ES256 keys derived from the key ring
+    (``keys.encryption_keys`` or the passphrase, or ``keyring``), so that every process
+    signs with the same key; with no key configured at all, a key made at start-up."""
+
+    def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None,
+                 keyring: KeyRing | None = None) -> None:
         config = settings.signed_headers
         self.header = config.header.lower()
         if signer is None:
             jwks_text = settings.keys.signing_jwks
             if jwks_text:
                 jwks = json.loads(jwks_text)
+            elif keyring is not None or settings.keys.encryption_keys or \
+                    settings.keys.encryption_passphrase:
+                jwks = derived_signing_jwks(keyring if keyring is not None
+                                            else KeyRing.from_settings(settings.keys))
             else:
-                log.warning("keys.signing_jwks is not set: identity assertions are signed with "
-                            "a key made at start-up (other processes cannot verify them)")
+                log.warning("neither keys.signing_jwks nor keys.encryption_keys is set: "
+                            "identity assertions are signed with a key made at start-up "
+                            "(other processes cannot verify them)")
                 jwks = generate_private_jwks(("ES256",))
             signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime)
         self.signer = signer
