@@ -303,9 +303,16 @@ class KeysSettings:
         return out
 
 
+class _Default(str):
+    """A default choice: equal to the same text written in a configuration, but told
+    apart from it (``session.store`` nobody chose versus ``store = "memory"``)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class SessionSettings:
-    store: str = _opt("memory", choices=("memory", "cookie", "redis"))
+    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis"))
     redis_url: str | None = _opt(None, secret=True)
     redis_key_prefix: str = _opt("secure_mw:")
     cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name)
@@ -316,6 +323,12 @@ class SessionSettings:
     inactivity: float = _opt(300.0, duration=True, check=_check_positive)
     remember_me: float = _opt(30 * 86400.0, duration=True)
     memory_max_sessions: int = _opt(100_000, check=_check_positive)
+
+    @property
+    def store_explicit(self) -> bool:
+        """Whether ``store`` was set (in a file, a mapping, the environment or code) rather
+        than left at its default."""
+        return not isinstance(self.store, _Default)
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []

@@ -191,6 +191,9 @@ class OIDCSessionCore:
         return path.startswith(self.prefix)
 
     def handle(self, view: RequestView) -> Flow[Outcome]:
+        refusal = self.sessions.worker_refusal(view)
+        if refusal is not None:     # the memory store in several workers: cannot work
+            return Outcome(refusal)
         try:
             if view.path.startswith(self.prefix):
                 route = self._routes.get(view.path[len(self.prefix):])
