@@ -359,3 +359,25 @@ def test_a_long_hostile_host_is_logged_cut_and_escaped(caplog: pytest.LogCapture
     assert reply is not None and reply.status == 400
     [event] = _audit(caplog, "host_refused")
     assert len(event["host"]) <= 110 and "\x1b" not in event["host"]
+
+
+@pytest.mark.parametrize("target", [b"/%c0%ae", b"/%ed%a0%80", b"/a%80"])
+def test_a_path_that_is_not_utf8_gets_400_under_gunicorn(tmp_path: Path, target: bytes) -> None:
+    """gunicorn hands WSGI apps the raw bytes ("/\\xc0\\xae"), where uvicorn gives U+FFFD."""
+    pytest.importorskip("gunicorn")
+    import os
+    import sys
+
+    from tests.servers import ServerProcess, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env["SECURE_MW_ACCESS_CONTROL__RULES"] = json.dumps([{"resources": ["^/"],
+                                                           "policy": "bypass"}])
+    with ServerProcess([sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
+                        "tests.e2e_app:wsgi_app()"], port=port, env=env,
+                       log=tmp_path / "gunicorn.log") as server:
+        status, body = _raw_get(server.url, target)
+        assert status == 400 and json.loads(body) == {"error": "bad_path"}
+        status, body = _raw_get(server.url, b"/caf%c3%a9")
+        assert status == 200 and json.loads(body)["path"] == "/caf\u00c3\u00a9"  # PEP 3333
