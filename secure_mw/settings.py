@@ -154,6 +154,12 @@ def _check_issuer(value: str) -> str | None:
     return None
 
 
+def _check_allowed_hosts(values: list[str]) -> str | None:
+    from secure_mw.guards.hosts import check_entries
+
+    return check_entries(values)
+
+
 def _check_cidrs(values: list[str]) -> str | None:
     bad = []
     for v in values:
@@ -268,6 +274,9 @@ class ServerSettings:
                   "PEM, as nginx's $ssl_client_escaped_cert)")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
                                       doc="peers allowed to set Forwarded / X-Forwarded-*")
+    allowed_hosts: list[str] = _opt(
+        factory=list, check=_check_allowed_hosts,
+        doc="host names the app answers for (default: external_url's host, else loopback)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,9 +303,16 @@ class KeysSettings:
         return out
 
 
+class _Default(str):
+    """A default choice: equal to the same text written in a configuration, but told
+    apart from it (``session.store`` nobody chose versus ``store = "memory"``)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class SessionSettings:
-    store: str = _opt("memory", choices=("memory", "cookie", "redis"))
+    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis"))
     redis_url: str | None = _opt(None, secret=True)
     redis_key_prefix: str = _opt("secure_mw:")
     cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name)
@@ -307,6 +323,12 @@ class SessionSettings:
     inactivity: float = _opt(300.0, duration=True, check=_check_positive)
     remember_me: float = _opt(30 * 86400.0, duration=True)
     memory_max_sessions: int = _opt(100_000, check=_check_positive)
+
+    @property
+    def store_explicit(self) -> bool:
+        """Whether ``store`` was set (in a file, a mapping, the environment or code) rather
+        than left at its default."""
+        return not isinstance(self.store, _Default)
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -652,6 +674,9 @@ class Settings:
         identity = f"OpenID provider {self.oidc.issuer}" if self.oidc else \
             f"built-in password login (users file {self.local_users.file})"
         lines.append(f"identity source : {identity}")
+        from secure_mw.guards.hosts import describe
+
+        lines.append(describe(self.server))
         lines.append(
             f"session store   : {self.session.store}; expiration {_fmt(self.session.expiration)},"
             f" inactivity {_fmt(self.session.inactivity)}, remember-me "

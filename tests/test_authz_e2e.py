@@ -217,7 +217,8 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @contextmanager
 def serve_rules(flavour: str, tmp_path: Path, access_control: dict[str, Any], *,
-                store: str = "memory", redis_url: str | None = None) -> Iterator[str]:
+                store: str = "memory", redis_url: str | None = None,
+                hosts: tuple[str, ...] = ()) -> Iterator[str]:
     """The protected test app behind the built-in login (alice in admins, bob in staff)."""
     users = UsersFile(tmp_path / "users.toml", hasher=FAST)
     users.add("alice", password="quartz falcon 11", email="alice@example.com", groups=["admins"])
@@ -230,6 +231,7 @@ def serve_rules(flavour: str, tmp_path: Path, access_control: dict[str, Any], *,
         "session": session,
         "local_users": {"file": str(users.path)},
         "access_control": access_control,
+        **({"server": {"allowed_hosts": ["127.0.0.1", *hosts]}} if hosts else {}),
     }, environ={})
     module = asgi if flavour == "asgi" else wsgi
     options: dict[str, Any] = {"store": MemorySessionStore()} if store == "memory" else {}
@@ -291,8 +293,8 @@ def test_the_documented_layout_refuses_users_outside_the_subject(
     rule after it."""
     access_control = documented_toml("layout")["access_control"]
     host = "app.example.com"
-    with serve_rules(flavour, tmp_path, access_control) as base, browser() as bob, \
-            browser() as alice:
+    with serve_rules(flavour, tmp_path, access_control, hosts=(host,)) as base, \
+            browser() as bob, browser() as alice:
         sign_in(bob, base, "bob", "velvet harbor 22")
         sign_in(alice, base, "alice", "quartz falcon 11")
         for target in ("/admin", "/admin/", "/admin/users", "/admin?x=1", "//admin"):

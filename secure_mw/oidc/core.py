@@ -25,6 +25,7 @@ from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
+from secure_mw.guards.hosts import public_base
 from secure_mw.http import (
     MAX_FORM_BODY,
     Reply,
@@ -190,6 +191,9 @@ class OIDCSessionCore:
         return path.startswith(self.prefix)
 
     def handle(self, view: RequestView) -> Flow[Outcome]:
+        refusal = self.sessions.worker_refusal(view)
+        if refusal is not None:     # the memory store in several workers: cannot work
+            return Outcome(refusal)
         try:
             if view.path.startswith(self.prefix):
                 route = self._routes.get(view.path[len(self.prefix):])
@@ -402,7 +406,9 @@ class OIDCSessionCore:
     def redirect_uri(self, view: RequestView) -> str:
         if self.oidc.redirect_uri:
             return self.oidc.redirect_uri
-        base = self.settings.server.external_url or view.origin
+        base = public_base(self.settings.server, view)
+        if base is None:     # never a URL on a host we do not serve
+            raise _BadRequest("this site does not answer for that host name")
         return base.rstrip("/") + f"{self.prefix}callback"
 
     def _login(self, view: RequestView) -> Flow[Outcome]:
@@ -544,12 +550,13 @@ class OIDCSessionCore:
         if session.source == "oidc":
             try:
                 meta = yield from self.client.metadata()
+                base = public_base(self.settings.server, view)
                 back = self.oidc.post_logout_redirect_uri or (
-                    (self.settings.server.external_url or view.origin).rstrip("/")
-                    + f"{self.prefix}logged-out")
-                location = self.client.end_session_url(
-                    meta, id_token_hint=session.tokens.get("it"),
-                    post_logout_redirect_uri=back, state=session.digest) or location
+                    base.rstrip("/") + f"{self.prefix}logged-out" if base else None)
+                if back is not None:    # never a return URL on a host we do not serve
+                    location = self.client.end_session_url(
+                        meta, id_token_hint=session.tokens.get("it"),
+                        post_logout_redirect_uri=back, state=session.digest) or location
             except StoreUnavailable as exc:   # signed out here; the provider can't be told
                 self._event("idp_logout_failed", view, user=session.sub, reason=str(exc))
         return Outcome(redirect_reply(location, status=303,

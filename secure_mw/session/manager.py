@@ -22,7 +22,7 @@ from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import DecryptError, StoreUnavailable
-from secure_mw.http import RequestView
+from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.session.cookies import (
     CookieJarSpec,
     chunk_name,
@@ -31,7 +31,7 @@ from secure_mw.session.cookies import (
     join_chunks,
     split_chunks,
 )
-from secure_mw.session.memory_store import MemorySessionStore
+from secure_mw.session.memory_store import MemorySessionStore, SiblingWorkers
 from secure_mw.session.model import Session, new_session_id
 from secure_mw.settings import SessionSettings
 
@@ -97,6 +97,7 @@ class SessionManager:
         self.keyring = keyring
         self.clock = clock
         self.cookie_mode = settings.store == "cookie"
+        chosen = store is not None or settings.store_explicit
         if store is None and not self.cookie_mode:
             if settings.store == "redis":
                 from secure_mw.session.redis_store import RedisSessionStore
@@ -109,6 +110,9 @@ class SessionManager:
                 store = MemorySessionStore(max_sessions=settings.memory_max_sessions,
                                            clock=clock)
         self.store = store
+        # A store of this process only: find out whether sibling workers use one too.
+        self.workers = SiblingWorkers(settings.cookie_name, explicit=chosen) \
+            if isinstance(store, MemorySessionStore) else None
         self._objects = bool(getattr(store, "holds_objects", False))
         # Records already decoded, by their exact authenticated form (the cookie value, or
         # the plaintext a bytes store decrypted); lifetimes are still checked every time.
@@ -128,6 +132,19 @@ class SessionManager:
     def __repr__(self) -> str:
         store = "cookie" if self.store is None else self.store
         return f"SessionManager(store={store!r}, cookie={self.cookie_name!r})"
+
+    def worker_refusal(self, view: RequestView) -> Reply | None:
+        """503 when several worker processes of this server use the in-memory store that
+        nobody chose (see :class:`~secure_mw.session.memory_store.SiblingWorkers`); with
+        ``session.store = "memory"`` set on purpose, a warning only."""
+        if self.workers is None or not view.server:
+            return None
+        problem = self.workers.check(view.server)
+        if problem is None:
+            return None
+        if view.wants_html:
+            return html_reply(503, "Service misconfigured", problem)
+        return json_reply(503, {"error": "session_store_misconfigured", "detail": problem})
 
     # -- creating -------------------------------------------------------------------------
 
