@@ -792,3 +792,141 @@ def test_provider_and_local_users_together_get_a_choice(
                                  password="alice-pw")
             assert oidc_client.get(callback).headers["location"] == "/y"
             assert oidc_client.get(base + "/y").json()["sub"] == "alice"
+
+
+# -- a refused or ended session stays ended, in every store ---------------------------------
+
+SESSION = "__Host-secure_mw_session"
+
+
+def _session_cookie(client: httpx.Client) -> str:
+    """The session cookie header the client holds (every chunk of a cookie-store session)."""
+    parts = [f"{c.name}={c.value}" for c in client.cookies.jar
+             if c.name == SESSION or c.name.startswith(SESSION + ".")]
+    assert parts
+    return "; ".join(sorted(parts))
+
+
+def _usable_offsets(base: str, cookie: str, clock: Clock, *, step: float,
+                    until: float) -> list[float]:
+    """Replay ``cookie`` every ``step`` (injected) seconds up to ``until``; the offsets at
+    which the app still served it as signed in."""
+    served = []
+    offset = 0.0
+    while offset < until:
+        offset += step
+        clock.advance(step)
+        replay = httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                 "Accept": "application/json"})
+        assert replay.status_code in (200, 401, 503), replay.text
+        if replay.status_code == 200:
+            served.append(offset)
+    return served
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie", "redis"])
+def test_a_refused_refresh_ends_the_session_for_every_copy_of_the_cookie(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    """The provider refuses a refresh (user disabled): the cookie the browser held, replayed
+    every 5 s afterwards, is never served again (the report: 200 from 5 s to 71 s)."""
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        clock.advance(ACCESS_TTL - 30)
+        assert client.get(base + "/hello").status_code == 200     # refreshed once
+        cookie = _session_cookie(client)
+        idp.disable_user("bob")
+        try:
+            clock.advance(ACCESS_TTL - 30)
+            assert client.get(base + "/hello").status_code == 302  # refused: ended
+            served = _usable_offsets(base, cookie, clock, step=5, until=500)
+        finally:
+            idp.enable_user("bob")
+        assert served == [], f"served at {served}"
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie", "redis"])
+def test_the_old_cookie_replayed_after_logout_is_refused(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = _session_cookie(client)
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        assert client.post(base + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        now = httpx.get(base + "/x", headers={"Cookie": cookie, "Accept": "application/json"})
+        assert now.status_code == 401
+        # ... and later, also when its access token is due and the replay would refresh.
+        served = _usable_offsets(base, cookie, clock, step=15, until=400)
+        assert served == [], f"served at {served}"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_request_that_cannot_refresh_an_expired_token_is_served_only_within_the_grace(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    """Another process holds the refresh claim (it hangs, or died): requests of the session
+    are served while the access token is valid and for REFRESH_GRACE after, then fail
+    closed with 503 + Retry-After instead of being served on an expired token."""
+    import hashlib
+
+    from secure_mw.oidc.core import REFRESH_GRACE
+    from secure_mw.session.redis_store import RedisSessionStore
+
+    if store == "redis":
+        redis_url = request.getfixturevalue("redis_server").url
+        settings = settings_for(idp, store="redis", redis_url=redis_url, inactivity="10m")
+        sessions: Any = RedisSessionStore(redis_url, keyring=KeyRing.from_strings([KEY]))
+        options: dict[str, Any] = {}
+    else:
+        settings = settings_for(idp, inactivity="10m")
+        sessions = MemorySessionStore(clock=clock)
+        options = {"store": sessions}
+    with app(settings, **options) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        session_id = str(client.cookies.get(SESSION))
+        from secure_mw.session.model import Session
+
+        record = sessions.load(session_id)
+        record = record if isinstance(record, Session) else Session.from_bytes(record)
+        digest = hashlib.sha256(record.tokens["rt"].encode()).hexdigest()
+        assert sessions.claim_once(f"refreshing:{digest}", 3600)   # "another process"
+        ends = record.tokens["ae"]
+        api = {"Cookie": f"{SESSION}={session_id}", "Accept": "application/json"}
+        clock.now = ends - 20                       # due, not expired: served
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.now = ends + REFRESH_GRACE - 1        # just expired: still served
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.now = ends + REFRESH_GRACE            # beyond the grace: fail closed
+        refused = httpx.get(base + "/x", headers=api)
+        assert refused.status_code == 503
+        assert refused.json() == {"error": "session_refreshing"}
+        assert refused.headers["retry-after"] == "2"
+        page = client.get(base + "/x")
+        assert page.status_code == 503 and page.headers["refresh"] == "2"
+        sessions.release(f"refreshing:{digest}")    # the other one gave up: we refresh
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+
+
+def test_cookie_store_with_redis_ends_a_session_in_every_process(
+        idp: IdPServer, app: AppFactory, clock: Clock, redis_server: RedisServer) -> None:
+    """With ``session.redis_url`` the cookie store keeps its revocations (and refresh claims
+    and rotations) in Redis: a logout in one process ends the copied cookie in another."""
+    settings = settings_for(idp, store="cookie", redis_url=redis_server.url, inactivity="10m")
+    with app(settings, 0) as first, app(settings, 1) as second, browser() as client:
+        login(client, first, idp, user="bob", password="bob-pw")
+        cookie = _session_cookie(client)
+        api = {"Cookie": cookie, "Accept": "application/json"}
+        assert httpx.get(second + "/x", headers=api).status_code == 200
+        # Both processes at refresh time: one refreshes, the other reuses its result.
+        clock.advance(ACCESS_TTL - 30)
+        assert httpx.get(second + "/x", headers=api).status_code == 200
+        assert httpx.get(first + "/x", headers=api).status_code == 200
+        csrf = client.get(first + "/.auth/me").json()["csrf_token"]
+        assert client.post(first + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        assert httpx.get(second + "/x", headers=api).status_code == 401
+        assert httpx.get(first + "/x", headers=api).status_code == 401

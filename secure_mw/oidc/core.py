@@ -46,7 +46,12 @@ log = logging.getLogger("secure_mw.oidc")
 
 MAX_FORM = MAX_FORM_BODY   # what the flavours read of a POST to our pages
 ROTATION_GRACE = 3600.0   # how long a rotation is remembered for stale copies of a session
-REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token
+REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token at most
+# A request that finds another refreshing the session's expired access token is served the
+# session for this long after the token's end, then gets 503 + Retry-After (fail closed).
+REFRESH_GRACE = 10.0
+RETRY_AFTER = 2           # seconds, for a request refused while another refreshes
+_RELEASE_BEFORE = REFRESH_CLAIM - 5.0   # a claim older than this may be another's by now
 _MAX_TARGET = 1024
 
 
@@ -99,6 +104,15 @@ def _one(params: dict[str, list[str]], name: str) -> str | None:
 
 class _BadRequest(Exception):
     pass
+
+
+class _StillRefreshing(Exception):
+    """The access token has ended (beyond :data:`REFRESH_GRACE`) and another request is
+    refreshing it: this request cannot be served as signed in right now."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__("another request is refreshing the session")
+        self.user = user
 
 
 class _Rotations:
@@ -164,7 +178,8 @@ class OIDCSessionCore:
         self.keyring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
         self.clock = clock
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
-                                       clock=clock, secure=settings.session.cookie_secure)
+                                       clock=clock, secure=settings.session.cookie_secure,
+                                       on_refused=self._cookie_refused)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
@@ -177,6 +192,11 @@ class OIDCSessionCore:
         self._rotations = _Rotations()
         self._refreshing_lock = threading.Lock()
         self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {}
+
+    def _cookie_refused(self, view: RequestView, problem: str) -> None:
+        """A session cookie that is malformed, forged or made with other keys (another
+        application's) is audited wherever it is read."""
+        self._event("invalid_session_cookie", view, reason=problem)
 
     def _foreign(self, session: Session) -> str | None:
         """Why ``session`` is not one this application accepts, or ``None``."""
@@ -200,6 +220,10 @@ class OIDCSessionCore:
         except StoreUnavailable as exc:
             self._event("store_unavailable", view, reason=str(exc))
             return Outcome(self._unavailable(view))
+        except _StillRefreshing as exc:
+            self._event("session_refresh_pending", view, user=exc.user, level=logging.INFO,
+                        reason="access token expired while another request refreshes it")
+            return Outcome(self._refresh_pending(view))
         except _BadRequest as exc:
             self._event("bad_request", view, reason=str(exc))
             return Outcome(html_reply(400, "Bad request", str(exc)))
@@ -211,10 +235,8 @@ class OIDCSessionCore:
         cookies: list[str] = []
         session = read.session
         if session is None:
-            if read.sent:
+            if read.sent:     # (a forged one was audited as it was read)
                 cookies += self.sessions.forget(read.sent)
-                if read.suspicious:
-                    self._event("invalid_session_cookie", view, reason=read.problem)
             if self.require_login:
                 return Outcome(self.challenge(view), None, cookies)
             return Outcome(None, None, cookies)
@@ -245,7 +267,10 @@ class OIDCSessionCore:
             due_tokens, due_profile = self._due(session, now)
             if due_tokens or due_profile:
                 if not self._claim_refresh(session.id):
-                    return session, []   # another request of this session is refreshing it
+                    # Another request of this session is refreshing it: serve the session
+                    # while its access token is valid (or just ended), else fail closed.
+                    self._within_grace(session, now)
+                    return session, []
                 try:
                     refreshed, changed = yield from self._refresh(view, session, due_tokens)
                     if refreshed is None:
@@ -298,6 +323,20 @@ class OIDCSessionCore:
         due_profile = interval > 0 and now - float(tokens.get("pa", 0)) >= interval
         return due_tokens, due_profile
 
+    def _within_grace(self, session: Session, now: float) -> None:
+        """Raise :class:`_StillRefreshing` when ``session``'s access token ended more than
+        :data:`REFRESH_GRACE` seconds ago (this request cannot refresh it)."""
+        ends = session.tokens.get("ae")
+        if isinstance(ends, int | float) and now >= ends + REFRESH_GRACE:
+            raise _StillRefreshing(session.sub)
+
+    def _release_claim(self, claim: str, claimed_at: float) -> Flow[None]:
+        """Give the refresh claim back, so a later request may refresh (after a failure) at
+        once; a claim held too long may have run out and been taken by another: left alone."""
+        if self.clock() - claimed_at < _RELEASE_BEFORE:
+            yield from self.sessions.release(claim)
+        return None
+
     def _claim_refresh(self, session_id: str) -> bool:
         with self._refreshing_lock:
             if session_id in self._refreshing:
@@ -337,19 +376,26 @@ class OIDCSessionCore:
             if fields is not None:
                 tokens.update(fields)
             else:
-                claimed = yield from self.sessions.claim_once(
-                    _rotation_key(refresh_token, "refreshing"), REFRESH_CLAIM)
-                if not claimed:
-                    return session, False   # another process is refreshing this token now
+                claim = _rotation_key(refresh_token, "refreshing")
+                claimed = yield from self.sessions.claim_once(claim, REFRESH_CLAIM)
+                if not claimed:     # another process is refreshing this token now
+                    self._within_grace(session, self.clock())
+                    return session, False
+                claimed_at = self.clock()
                 try:
                     data = yield from self.client.refresh_grant(refresh_token)
                 except GrantRefused as exc:
+                    yield from self._release_claim(claim, claimed_at)
                     self._event("session_ended", view, user=user, reason=str(exc))
-                    return None, False
+                    return None, False     # the caller destroys (revokes) the session
+                except StoreUnavailable:
+                    yield from self._release_claim(claim, claimed_at)
+                    raise
                 fields = self._token_fields(self.client.token_set(data, refresh_token))
                 self._rotations.put(refresh_token, fields, self.clock())
                 yield from self.sessions.keep(_rotation_key(refresh_token), fields,
                                               ROTATION_GRACE)
+                yield from self._release_claim(claim, claimed_at)
                 tokens.update(fields)
                 try:
                     result = yield from self.client.finish_refresh(data, refresh_token,
@@ -589,6 +635,14 @@ class OIDCSessionCore:
                               "Please try again in a moment.", headers=[("retry-after", "5")])
         return json_reply(503, {"error": "identity_unavailable"},
                           headers=[("retry-after", "5")])
+
+    def _refresh_pending(self, view: RequestView) -> Reply:
+        headers = [("retry-after", str(RETRY_AFTER))]
+        if view.wants_html:
+            return html_reply(503, "One moment", "Your session is being renewed. This page "
+                              "reloads in a moment.",
+                              headers=[*headers, ("refresh", str(RETRY_AFTER))])
+        return json_reply(503, {"error": "session_refreshing"}, headers=headers)
 
     def _login_again(self, view: RequestView, status: int, message: str,
                      cookies: list[str] | None = None) -> Reply:
