@@ -36,6 +36,9 @@ USERS = [
     {"sub": "many", "password": "many-pw", "email": "many@example.com",
      "email_verified": True, "name": "In Many Groups",
      "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(600)]},
+    {"sub": "huge", "password": "huge-pw", "email": "huge@example.com",
+     "email_verified": True, "name": "In Very Many Groups",      # an id_token of ~120 KB
+     "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(2000)]},
 ]
 APP_PORTS = [free_port() for _ in range(4)]
 CLIENT_JWKS = generate_private_jwks(("ES256",))
@@ -930,3 +933,69 @@ def test_cookie_store_with_redis_ends_a_session_in_every_process(
         assert client.post(first + "/.auth/logout", data={"csrf": csrf}).status_code == 303
         assert httpx.get(second + "/x", headers=api).status_code == 401
         assert httpx.get(first + "/x", headers=api).status_code == 401
+
+
+# -- cookies of another application ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["cookie", "redis"])
+def test_a_cookie_of_another_app_is_refused_with_an_audit_line_everywhere(
+        idp: IdPServer, app: AppFactory, store: str, request: pytest.FixtureRequest,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another application (other keys, same cookie name, and for Redis the same server and
+    prefix): its cookie is refused and audited on every path that reads a session, and no
+    audit line carries the cookie's value."""
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url)
+    other = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "session": {"store": store, **({"redis_url": redis_url} if redis_url else {})},
+    }, environ={})
+    cookie = session_cookie(other, {"sub": "mallory"})
+    value = cookie.split("=", 1)[1]
+    paths = [("GET", "/x"), ("GET", "/.auth/me"), ("GET", "/.auth/logout"),
+             ("POST", "/.auth/logout")]
+    with app(settings) as base:
+        for method, path in paths:
+            caplog.clear()
+            answer = httpx.request(method, base + path, headers={
+                "Cookie": cookie, "Accept": "application/json"})
+            assert answer.status_code in (401, 302, 303), (path, answer.text)
+            assert any(c.startswith(f"{SESSION}=;") for c in answer.headers.get_list(
+                "set-cookie")), path
+            lines = [e for e in audit_events(caplog) if '"event":"invalid_session_cookie"' in e]
+            assert len(lines) == 1, (method, path, audit_events(caplog))
+            assert "does not decrypt" in lines[0] and value[:40] not in lines[0]
+
+
+
+# -- very large id_tokens ---------------------------------------------------------------------
+
+
+def test_an_id_token_above_the_cap_is_refused_naming_the_setting_then_accepted_when_raised(
+        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login?rd=/there").headers["location"]
+        refused = client.get(dev_login(client, start, username="huge", password="huge-pw"))
+        assert refused.status_code == 401
+        assert "oidc.max_token_size" in refused.text
+    failure = [e for e in audit_events(caplog) if '"event":"login_failure"' in e]
+    assert failure and "oidc.max_token_size" in failure[-1] and "65536" in failure[-1]
+    settings = settings_for(idp)
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]},
+        "oidc": {"issuer": idp.issuer, "client_id": "app", "client_secret": SECRET,
+                 "scopes": ["openid", "profile", "email", "groups"],
+                 "max_token_size": "256KiB"}}, environ={})
+    with app(settings) as base, browser() as client:
+        done = login(client, base, idp, user="huge", password="huge-pw", path="/there")
+        assert done.status_code == 302 and done.headers["location"] == "/there"
+        who = client.get(base + "/there").json()
+        assert who["sub"] == "huge" and len(who["groups"]) == 2000
+        # Signing out still works: the ~120 KB id_token is not put in the logout URL.
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        out = client.post(base + "/.auth/logout", data={"csrf": csrf})
+        assert out.status_code == 303 and len(out.headers["location"]) < 4096
+        back = rp_logout(client, out.headers["location"])
+        assert back.startswith(base + "/.auth/logged-out")
+        assert client.get(base + "/there").status_code == 302

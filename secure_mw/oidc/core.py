@@ -34,7 +34,14 @@ from secure_mw.http import (
     redirect_reply,
 )
 from secure_mw.identity import Identity
-from secure_mw.oidc.client import GrantRefused, OIDCClient, TokenSet, pkce_pair
+from secure_mw.oidc.client import (
+    ID_TOKEN_HINT_MAX,
+    GrantRefused,
+    OIDCClient,
+    TokenSet,
+    TokenTooLarge,
+    pkce_pair,
+)
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
 from secure_mw.session.manager import SessionManager, SessionRead, SessionStore
 from secure_mw.session.model import Session, identity_claims
@@ -433,7 +440,7 @@ class OIDCSessionCore:
         }
         if result.refresh_token:
             fields["rt"] = result.refresh_token
-        if result.id_token:
+        if result.id_token and len(result.id_token) <= ID_TOKEN_HINT_MAX:
             fields["it"] = result.id_token
         return fields
 
@@ -521,6 +528,12 @@ class OIDCSessionCore:
             self._event("login_failure", view, reason=f"code refused: {exc.error}")
             return Outcome(self._login_again(
                 view, 400, "The identity provider refused this sign-in.", cookies))
+        except TokenTooLarge as exc:
+            self._event("login_failure", view, reason=f"id_token refused: {exc}")
+            return Outcome(self._login_again(
+                view, 401, "The identity provider's answer is larger than this application "
+                "accepts. Please ask its administrator to raise the setting "
+                "oidc.max_token_size.", cookies))
         except InvalidToken as exc:
             self._event("login_failure", view, reason=f"id_token refused: {exc}")
             return Outcome(self._login_again(
