@@ -999,3 +999,69 @@ def test_an_id_token_above_the_cap_is_refused_naming_the_setting_then_accepted_w
         back = rp_logout(client, out.headers["location"])
         assert back.startswith(base + "/.auth/logged-out")
         assert client.get(base + "/there").status_code == 302
+
+
+# -- a broken JWKS at the provider ------------------------------------------------------------
+
+
+def _back_to_the_app(client: httpx.Client, url: str, base: str) -> str:
+    """Follow the provider's redirects from ``url`` without filling any form: the provider
+    still has its session, so it must send the browser straight back to ``base``."""
+    for _ in range(10):
+        response = client.get(url)
+        assert response.is_redirect, f"the provider asked again: {response.text[:300]}"
+        url = httpx.URL(url).join(response.headers["location"]).__str__()
+        if url.startswith(base):
+            return url
+    raise AssertionError("the provider did not send the browser back")
+
+
+@pytest.mark.parametrize("fault", ["garbage", "empty", "error"])
+@pytest.mark.parametrize("cached", [False, True], ids=["no-keys-yet", "keys-cached"])
+def test_a_broken_jwks_costs_no_login_once_it_is_fixed(
+        idp: IdPServer, app: AppFactory, clock: Clock, fault: str, cached: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Report: after one garbage or empty JWKS answer the first login succeeded 61 s after
+    the JWKS was fixed, and every failed callback used up the user's login. Now a set
+    already fetched is kept; without one, the callback says "try again" with a link that
+    restarts the login for the same target, which the provider answers at once, and the
+    fetch is retried within a second of the fix (still at most a few fetches a minute)."""
+    from secure_mw.oidc.client import OIDCClient
+
+    settings = settings_for(idp)
+    assert settings.oidc is not None
+    mono = Clock(1000.0)
+    client_app = OIDCClient(settings.oidc, clock=clock, monotonic=mono)
+    with app(settings, client=client_app) as base, browser() as client:
+        if cached:
+            login(client, base, idp)
+            client.cookies.clear()
+            mono.advance(3600)              # the cached JWKS and metadata are stale now
+        idp.set_jwks(fault)
+        try:
+            start = client.get(base + "/.auth/login?rd=/there").headers["location"]
+            callback = dev_login(client, start, username="alice", password="alice-pw")
+            fetches = idp.jwks_requests()
+            answer = client.get(callback)
+            if cached:                      # the kept key set verified the id_token
+                assert answer.status_code == 302 and answer.headers["location"] == "/there"
+                assert idp.jwks_requests() == fetches + 1
+                return
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "5"
+            assert 'href="/.auth/login?rd=/there"' in answer.text
+            failure = [e for e in audit_events(caplog) if '"event":"login_failure"' in e]
+            assert failure and "identity provider unavailable" in failure[-1]
+            # Retrying at once while the JWKS is still broken costs no fetch (backoff) ...
+            again = _back_to_the_app(client, str(client.get(
+                base + "/.auth/login?rd=/there").headers["location"]), base)
+            assert client.get(again).status_code == 503
+            assert idp.jwks_requests() == fetches + 1
+        finally:
+            idp.set_jwks("normal")
+        mono.advance(1)                     # ... and a second after the fix it works.
+        start = client.get(base + "/.auth/login?rd=/there").headers["location"]
+        done = client.get(_back_to_the_app(client, start, base))
+        assert done.status_code == 302 and done.headers["location"] == "/there"
+        assert client.get(base + "/there").json()["sub"] == "alice"
+        assert idp.jwks_requests() == fetches + 2

@@ -506,7 +506,10 @@ class OIDCSessionCore:
             return Outcome(self._login_again(
                 view, status, f"The identity provider did not sign you in ({error_code}).",
                 cookies))
-        meta = yield from self.client.metadata()
+        try:
+            meta = yield from self.client.metadata()
+        except StoreUnavailable as exc:
+            return Outcome(self._retry_login(view, pending, exc, cookies))
         iss = _one(params, "iss")
         if (iss is not None and iss != self.client.issuer) or \
                 (iss is None and meta.iss_parameter_supported):
@@ -528,6 +531,8 @@ class OIDCSessionCore:
             self._event("login_failure", view, reason=f"code refused: {exc.error}")
             return Outcome(self._login_again(
                 view, 400, "The identity provider refused this sign-in.", cookies))
+        except StoreUnavailable as exc:     # our side (JWKS, network): not the user's fault
+            return Outcome(self._retry_login(view, pending, exc, cookies))
         except TokenTooLarge as exc:
             self._event("login_failure", view, reason=f"id_token refused: {exc}")
             return Outcome(self._login_again(
@@ -656,6 +661,22 @@ class OIDCSessionCore:
                               "reloads in a moment.",
                               headers=[*headers, ("refresh", str(RETRY_AFTER))])
         return json_reply(503, {"error": "session_refreshing"}, headers=headers)
+
+    def _retry_login(self, view: RequestView, pending: PendingLogin, exc: StoreUnavailable,
+                     cookies: list[str]) -> Reply:
+        """The callback failed on our side (the provider's keys or endpoints unreachable):
+        503 with a link that starts the login again for the same target; the provider still
+        has its session, so it sends the user straight back without asking again."""
+        self._event("login_failure", view, reason=f"identity provider unavailable: {exc}")
+        again = f"{self.prefix}login?rd={quote(pending.return_to, safe='/')}"
+        if pending.remember:
+            again += "&remember_me=1"
+        link = f'<p><a class="button" href="{html.escape(again)}">Try again</a></p>'
+        return html_reply(503, "Sign-in is unavailable",
+                          "The sign-in could not be completed on our side. Please try again "
+                          "in a moment; you will not need to enter your password again.",
+                          body_html=link,
+                          headers=[("retry-after", "5"), *(("set-cookie", c) for c in cookies)])
 
     def _login_again(self, view: RequestView, status: int, message: str,
                      cookies: list[str] | None = None) -> Reply:
