@@ -913,6 +913,18 @@ def test_a_request_that_cannot_refresh_an_expired_token_is_served_only_within_th
         assert page.status_code == 503 and page.headers["refresh"] == "2"
         sessions.release(f"refreshing:{digest}")    # the other one gave up: we refresh
         assert httpx.get(base + "/x", headers=api).status_code == 200
+        # Found held long after the (new) token ended: served while that refresh may still
+        # be running (another request may have just started it), for the grace, not beyond.
+        record = sessions.load(session_id)
+        record = record if isinstance(record, Session) else Session.from_bytes(record)
+        digest = hashlib.sha256(record.tokens["rt"].encode()).hexdigest()
+        assert sessions.claim_once(f"refreshing:{digest}", 3600)
+        clock.now = record.tokens["ae"] + 300
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.advance(REFRESH_GRACE - 1)
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.advance(1)
+        assert httpx.get(base + "/x", headers=api).status_code == 503
 
 
 def test_cookie_store_with_redis_ends_a_session_in_every_process(
@@ -1065,3 +1077,63 @@ def test_a_broken_jwks_costs_no_login_once_it_is_fixed(
         assert done.status_code == 302 and done.headers["location"] == "/there"
         assert client.get(base + "/there").json()["sub"] == "alice"
         assert idp.jwks_requests() == fetches + 2
+
+
+
+def test_parallel_requests_long_after_the_token_ended_are_all_served(
+        idp: IdPServer, app: AppFactory, clock: Clock) -> None:
+    """A user back after the access token ended loads a page and its resources at once: one
+    request refreshes, the others are served within the grace of that refresh (not 503)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with app(settings_for(idp, inactivity="10m")) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = "__Host-secure_mw_session=" + str(client.cookies.get("__Host-secure_mw_session"))
+        clock.advance(ACCESS_TTL + 300)
+
+        def one(_: int) -> int:
+            return httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                   "Accept": "application/json"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(one, range(16))) == {200}
+
+
+def test_a_refresh_that_ends_between_look_up_and_claim_is_reused_not_repeated(
+        idp: IdPServer, app: AppFactory, clock: Clock, redis_server: RedisServer) -> None:
+    """Two processes, one session, its token due. Process B looks for a rotation (none yet);
+    process A then refreshes, keeps the rotation and gives the claim back; B now gets the
+    claim. B must reuse A's rotation: presenting the spent token would make the provider
+    revoke the grant. (The flows are stepped by hand to force this interleaving.)"""
+    from secure_mw._driver import Op
+    from secure_mw.http import RequestView
+    from secure_mw.oidc.core import OIDCSessionCore
+
+    settings = settings_for(idp, store="redis", redis_url=redis_server.url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = f"{SESSION}={client.cookies.get(SESSION)}"
+    clock.advance(ACCESS_TTL - 30)
+    view = RequestView("GET", "https", "app.test", "/x", "", {"cookie": cookie,
+                                                               "accept": "application/json"},
+                       "127.0.0.1")
+    first, second = (OIDCSessionCore(settings, clock=clock) for _ in range(2))
+    flow_b = second.handle(view)
+    op: Op = next(flow_b)
+    while not (op.sync.__name__ == "load" and str(op.args[0]).startswith("rotation:")):
+        op = flow_b.send(op.sync(*op.args, **op.kwargs))
+    nothing = op.sync(*op.args, **op.kwargs)       # B: no rotation yet
+    assert nothing is None
+    from secure_mw._driver import run_sync
+
+    done_a = run_sync(first.handle(view))          # A refreshes, keeps it, releases
+    assert done_a.identity is not None and done_a.identity.sub == "bob"
+    try:
+        op = flow_b.send(nothing)
+        while True:
+            op = flow_b.send(op.sync(*op.args, **op.kwargs))
+    except StopIteration as stop:
+        done_b = stop.value
+    assert done_b.identity is not None and done_b.identity.sub == "bob"
+    clock.advance(ACCESS_TTL - 30)                 # the grant is alive: refreshes again
+    assert run_sync(first.handle(view)).identity is not None

@@ -54,8 +54,9 @@ log = logging.getLogger("secure_mw.oidc")
 MAX_FORM = MAX_FORM_BODY   # what the flavours read of a POST to our pages
 ROTATION_GRACE = 3600.0   # how long a rotation is remembered for stale copies of a session
 REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token at most
-# A request that finds another refreshing the session's expired access token is served the
-# session for this long after the token's end, then gets 503 + Retry-After (fail closed).
+# A request that finds another refreshing the session's access token is served the session
+# while the token is valid or ended less than this long ago, or while the refresh it waits
+# for started less than this long ago; otherwise it gets 503 + Retry-After (fail closed).
 REFRESH_GRACE = 10.0
 RETRY_AFTER = 2           # seconds, for a request refused while another refreshes
 _RELEASE_BEFORE = REFRESH_CLAIM - 5.0   # a claim older than this may be another's by now
@@ -195,7 +196,10 @@ class OIDCSessionCore:
         self.prefix = settings.server.auth_prefix
         self.require_login = require_login
         self.refresh_margin = 60.0
-        self._refreshing: set[str] = set()
+        # Session id -> when a request of this process started refreshing it.
+        self._refreshing: dict[str, float] = {}
+        # Refresh claim -> when this process first found it held by another process.
+        self._contended: OrderedDict[str, float] = OrderedDict()
         self._rotations = _Rotations()
         self._refreshing_lock = threading.Lock()
         self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {}
@@ -273,10 +277,11 @@ class OIDCSessionCore:
         if session.source == "oidc":
             due_tokens, due_profile = self._due(session, now)
             if due_tokens or due_profile:
-                if not self._claim_refresh(session.id):
+                started = self._claim_refresh(session.id, now)
+                if started is not None:
                     # Another request of this session is refreshing it: serve the session
-                    # while its access token is valid (or just ended), else fail closed.
-                    self._within_grace(session, now)
+                    # within the grace, else fail closed.
+                    self._within_grace(session, now, started)
                     return session, []
                 try:
                     refreshed, changed = yield from self._refresh(view, session, due_tokens)
@@ -330,12 +335,23 @@ class OIDCSessionCore:
         due_profile = interval > 0 and now - float(tokens.get("pa", 0)) >= interval
         return due_tokens, due_profile
 
-    def _within_grace(self, session: Session, now: float) -> None:
-        """Raise :class:`_StillRefreshing` when ``session``'s access token ended more than
-        :data:`REFRESH_GRACE` seconds ago (this request cannot refresh it)."""
+    def _within_grace(self, session: Session, now: float, since: float) -> None:
+        """Raise :class:`_StillRefreshing` unless ``session``'s access token ended less than
+        :data:`REFRESH_GRACE` seconds ago, or the refresh this request cannot do itself was
+        seen under way ``since`` less than that long ago."""
+        if now < since + REFRESH_GRACE:
+            return
         ends = session.tokens.get("ae")
         if isinstance(ends, int | float) and now >= ends + REFRESH_GRACE:
             raise _StillRefreshing(session.sub)
+
+    def _held_since(self, claim: str, now: float) -> float:
+        """When this process first found ``claim`` held by another (bounded memory)."""
+        with self._refreshing_lock:
+            seen = self._contended.setdefault(claim, now)
+            while len(self._contended) > 10_000:
+                self._contended.popitem(last=False)
+            return seen
 
     def _release_claim(self, claim: str, claimed_at: float) -> Flow[None]:
         """Give the refresh claim back, so a later request may refresh (after a failure) at
@@ -344,16 +360,19 @@ class OIDCSessionCore:
             yield from self.sessions.release(claim)
         return None
 
-    def _claim_refresh(self, session_id: str) -> bool:
+    def _claim_refresh(self, session_id: str, now: float) -> float | None:
+        """``None`` when this request may refresh the session, else when the request of
+        this process that is refreshing it started."""
         with self._refreshing_lock:
-            if session_id in self._refreshing:
-                return False   # another request of this session is refreshing it right now
-            self._refreshing.add(session_id)
-            return True
+            started = self._refreshing.get(session_id)
+            if started is not None:
+                return started
+            self._refreshing[session_id] = now
+            return None
 
     def _release_refresh(self, session_id: str) -> None:
         with self._refreshing_lock:
-            self._refreshing.discard(session_id)
+            self._refreshing.pop(session_id, None)
 
     def _refresh(self, view: RequestView, session: Session, due_tokens: bool
                  ) -> Flow[tuple[Session | None, bool]]:
@@ -380,37 +399,32 @@ class OIDCSessionCore:
                             reason="access token expired and there is no refresh token")
                 return None, False
             fields = yield from self.sessions.recall(_rotation_key(refresh_token))
-            if fields is not None:
-                tokens.update(fields)
-            else:
+            if fields is None:
                 claim = _rotation_key(refresh_token, "refreshing")
                 claimed = yield from self.sessions.claim_once(claim, REFRESH_CLAIM)
                 if not claimed:     # another process is refreshing this token now
-                    self._within_grace(session, self.clock())
+                    now = self.clock()
+                    self._within_grace(session, now, self._held_since(claim, now))
                     return session, False
                 claimed_at = self.clock()
-                try:
-                    data = yield from self.client.refresh_grant(refresh_token)
-                except GrantRefused as exc:
+                with self._refreshing_lock:
+                    self._contended.pop(claim, None)
+                # A refresh that ended (and gave the claim back) between the look-up above
+                # and this claim left its result: use it, never present the spent token.
+                fields = self._rotations.get(refresh_token, claimed_at)
+                if fields is None:
+                    fields = yield from self.sessions.recall(_rotation_key(refresh_token))
+                if fields is not None:
                     yield from self._release_claim(claim, claimed_at)
-                    self._event("session_ended", view, user=user, reason=str(exc))
-                    return None, False     # the caller destroys (revokes) the session
-                except StoreUnavailable:
-                    yield from self._release_claim(claim, claimed_at)
-                    raise
-                fields = self._token_fields(self.client.token_set(data, refresh_token))
-                self._rotations.put(refresh_token, fields, self.clock())
-                yield from self.sessions.keep(_rotation_key(refresh_token), fields,
-                                              ROTATION_GRACE)
-                yield from self._release_claim(claim, claimed_at)
+                else:
+                    result = yield from self._refresh_grant(
+                        view, session, refresh_token, claim=claim, claimed_at=claimed_at,
+                        tokens=tokens)
+                    if result is None:
+                        return None, False
+                    fresh.update(result.id_claims or {})
+            if fields is not None:
                 tokens.update(fields)
-                try:
-                    result = yield from self.client.finish_refresh(data, refresh_token,
-                                                                   sub=user)
-                except InvalidToken as exc:
-                    self._event("session_ended", view, user=user, reason=str(exc))
-                    return None, False
-                fresh.update(result.id_claims or {})
         try:
             fresh.update((yield from self.client.userinfo(tokens["at"], sub=user)))
         except (GrantRefused, InvalidToken) as exc:
@@ -428,6 +442,34 @@ class OIDCSessionCore:
             claims = {**{k: v for k, v in claims.items() if k != "groups"},
                       **identity_claims(fresh, self.oidc.groups_claim), "sub": user}
         return session.evolve(claims=claims, tokens=tokens), True
+
+    def _refresh_grant(self, view: RequestView, session: Session, refresh_token: str, *,
+                       claim: str, claimed_at: float, tokens: dict[str, Any]
+                       ) -> Flow[TokenSet | None]:
+        """Use the refresh grant under ``claim``; the new tokens go into ``tokens`` (and are
+        kept for stale copies of the session) before anything else can fail. ``None``: the
+        provider refused, the session ends."""
+        user = session.sub
+        try:
+            data = yield from self.client.refresh_grant(refresh_token)
+        except GrantRefused as exc:
+            yield from self._release_claim(claim, claimed_at)
+            self._event("session_ended", view, user=user, reason=str(exc))
+            return None            # the caller destroys (revokes) the session
+        except StoreUnavailable:
+            yield from self._release_claim(claim, claimed_at)
+            raise
+        fields = self._token_fields(self.client.token_set(data, refresh_token))
+        self._rotations.put(refresh_token, fields, self.clock())
+        yield from self.sessions.keep(_rotation_key(refresh_token), fields, ROTATION_GRACE)
+        yield from self._release_claim(claim, claimed_at)
+        tokens.update(fields)
+        try:
+            result = yield from self.client.finish_refresh(data, refresh_token, sub=user)
+        except InvalidToken as exc:
+            self._event("session_ended", view, user=user, reason=str(exc))
+            return None
+        return result
 
     def _token_fields(self, result: TokenSet) -> dict[str, Any]:
         """What a session keeps of a token response: the tokens, when the access token ends
