@@ -1062,8 +1062,10 @@ def test_a_broken_jwks_costs_no_login_once_it_is_fixed(
             assert answer.status_code == 503, answer.text
             assert answer.headers["retry-after"] == "5"
             assert 'href="/.auth/login?rd=/there"' in answer.text
-            failure = [e for e in audit_events(caplog) if '"event":"login_failure"' in e]
-            assert failure and "identity provider unavailable" in failure[-1]
+            events = audit_events(caplog)
+            assert not any('"event":"login_failure"' in e for e in events)   # not a ban
+            ours = [e for e in events if '"event":"store_unavailable"' in e]
+            assert ours and "the sign-in could not be completed: JWKS unavailable" in ours[-1]
             # Retrying at once while the JWKS is still broken costs no fetch (backoff) ...
             again = _back_to_the_app(client, str(client.get(
                 base + "/.auth/login?rd=/there").headers["location"]), base)

@@ -709,7 +709,9 @@ class OIDCSessionCore:
         """The callback failed on our side (the provider's keys or endpoints unreachable):
         503 with a link that starts the login again for the same target; the provider still
         has its session, so it sends the user straight back without asking again."""
-        self._event("login_failure", view, reason=f"identity provider unavailable: {exc}")
+        # Not a login_failure: those count towards bans (fail2ban), and this one is ours.
+        self._event("store_unavailable", view,
+                    reason=f"the sign-in could not be completed: {exc}")
         again = f"{self.prefix}login?rd={quote(pending.return_to, safe='/')}"
         if pending.remember:
             again += "&remember_me=1"

@@ -318,7 +318,7 @@ class RemoteKeySet:
             self._failures += 1
         _log.warning("JWKS fetch from %s failed: %s", outbound.host_of(self.url), exc)
         if raise_errors or self._keys is None:
-            raise exc
+            raise StoreUnavailable(f"JWKS unavailable: {exc}") from exc
 
     # -- I/O ------------------------------------------------------------------------------
 
