@@ -61,6 +61,7 @@ __all__ = [
     "SignedHeadersVerifySettings",
     "parse_duration",
     "parse_rate_limit",
+    "parse_size",
 ]
 
 ENV_PREFIX = "SECURE_MW_"
@@ -102,6 +103,28 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{value!r} is not a non-negative finite duration")
     return seconds
+
+
+_SIZE = re.compile(r"(\d{1,12})\s*(b|kib|mib)?")
+_SIZE_UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024 * 1024}
+
+
+def parse_size(value: object) -> int:
+    """``"64KiB"`` → 65536; ``"1MiB"`` → 1048576; ``4096`` or ``"4096"`` → 4096 (bytes).
+    Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+        return value
+    m = _SIZE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"{value!r} is not a size; write e.g. '64KiB', '1MiB' or a number "
+                         "of bytes")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def _check_token_size(value: int) -> str | None:
+    if not 1024 <= value <= 1024 * 1024:
+        return "must be from 1KiB to 1MiB (the largest answer read from the provider)"
+    return None
 
 
 _RATE_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day|s|m|h|d)s?\s*")
@@ -359,6 +382,8 @@ class OIDCSettings:
     assume_email_verified: bool = _opt(
         False, doc="count the provider's emails as verified when it sends no email_verified "
                    "claim (an explicit false stays false)")
+    max_token_size: int = _opt(64 * 1024, parse=parse_size, check=_check_token_size,
+                               doc="largest id_token accepted (users in many groups)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -1037,7 +1062,8 @@ def _resolve_env_path(cls: type, parts: list[str]) -> tuple[list[str], Any, str 
             wrong = ENV_PREFIX + "__".join(parts[: i + 1]).upper()
             return parts, None, "unknown setting" + _suggest(wrong, env_names)
         current = hints[part]
-        if fields[part].metadata.get("duration"):
+        if fields[part].metadata.get("duration") or fields[part].metadata.get("parse") \
+                is parse_size:
             current = str
     return parts, current, None
 

@@ -3,7 +3,10 @@
 Records are kept as immutable :class:`~secure_mw.session.model.Session` objects (nothing is
 at rest outside the process, so nothing is encrypted here). At most ``max_sessions`` are kept;
 beyond that the least recently used one is dropped. Expired records are dropped when read and
-in small batches on every write, so memory never holds more than the bound.
+in small batches on every write, so memory never holds more than the bound. Single-use claims
+and revocation marks each expire at their own deadline (a heap orders them), are bounded by
+``max_sessions`` too (beyond it the one closest to its end goes first), and claims can be
+released.
 
 Such a store is only right for one process. :class:`SiblingWorkers` finds out, from the
 requests themselves, whether other worker processes of the same server use one too: the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import logging
 import os
 import stat
@@ -37,6 +41,42 @@ _SHARED: dict[str, MemorySessionStore] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+class _Deadlines:
+    """Keys that each live until their own deadline; not thread-safe (the store locks)."""
+
+    __slots__ = ("_heap", "_limit", "_until")
+
+    def __init__(self, limit: int) -> None:
+        self._until: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []   # may hold stale entries; rebuilt when big
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def live(self, key: str, now: float) -> bool:
+        deadline = self._until.get(key)
+        return deadline is not None and deadline > now
+
+    def add(self, key: str, deadline: float, now: float) -> None:
+        self._until[key] = deadline
+        heapq.heappush(self._heap, (deadline, key))
+        self.sweep(now)
+
+    def discard(self, key: str) -> None:
+        self._until.pop(key, None)
+
+    def sweep(self, now: float) -> None:
+        heap, until = self._heap, self._until
+        while heap and (heap[0][0] <= now or len(until) > self._limit):
+            deadline, key = heapq.heappop(heap)
+            if until.get(key) == deadline:
+                del until[key]
+        if len(heap) > 2 * len(until) + 64:    # released or re-added keys left stale entries
+            self._heap = [(d, k) for k, d in until.items()]
+            heapq.heapify(self._heap)
+
+
 class MemorySessionStore:
     holds_objects = True
     nonblocking = True   # never waits on I/O: called inline under ASGI
@@ -48,7 +88,8 @@ class MemorySessionStore:
         self.max_sessions = max_sessions
         self._clock = clock
         self._items: OrderedDict[str, tuple[float, Session]] = OrderedDict()
-        self._once: OrderedDict[str, float] = OrderedDict()   # claimed tokens, oldest first
+        self._once = _Deadlines(max_sessions)       # claimed single-use tokens
+        self._revoked = _Deadlines(max_sessions)    # ended sessions (the cookie store)
         self._lock = threading.Lock()
 
     @classmethod
@@ -98,18 +139,30 @@ class MemorySessionStore:
             return True
 
     def claim_once(self, token: str, ttl: float) -> bool:
-        """True the first time ``token`` is claimed within ``ttl`` seconds (in this process)."""
+        """True the first time ``token`` is claimed within ``ttl`` seconds (in this process),
+        or after the claim was released."""
         with self._lock:
             now = self._clock()
-            once = self._once
-            while once and next(iter(once.values())) <= now:
-                once.popitem(last=False)
-            if token in once:
+            if self._once.live(token, now):
                 return False
-            once[token] = now + ttl
-            while len(once) > self.max_sessions:
-                once.popitem(last=False)
+            self._once.add(token, now + ttl, now)
             return True
+
+    def release(self, token: str) -> None:
+        """Give up a claim (the next :meth:`claim_once` of ``token`` succeeds)."""
+        with self._lock:
+            self._once.discard(token)
+
+    def revoke(self, key: str, ttl: float) -> None:
+        """Remember for ``ttl`` seconds that the session ``key`` names has ended."""
+        with self._lock:
+            now = self._clock()
+            if ttl > 0 and not self._revoked.live(key, now + ttl):
+                self._revoked.add(key, now + ttl, now)
+
+    def is_revoked(self, key: str) -> bool:
+        # One dict look-up, atomic by itself: no lock on the path of every cookie-store read.
+        return self._revoked.live(key, self._clock())
 
     def delete(self, session_id: str) -> None:
         with self._lock:
@@ -137,6 +190,15 @@ class MemorySessionStore:
 
     async def aclaim_once(self, token: str, ttl: float) -> bool:
         return self.claim_once(token, ttl)
+
+    async def arelease(self, token: str) -> None:
+        self.release(token)
+
+    async def arevoke(self, key: str, ttl: float) -> None:
+        self.revoke(key, ttl)
+
+    async def ais_revoked(self, key: str) -> bool:
+        return self.is_revoked(key)
 
     async def adelete(self, session_id: str) -> None:
         self.delete(session_id)
