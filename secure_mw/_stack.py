@@ -60,8 +60,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         # The rules decide who gets in; the session only says who is there.
         stacked = flavour.AuthorizationMiddleware(stacked, settings=settings, audit=audit)
         options.setdefault("require_login", False)
-    by_user = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit,
-                             which="identity")
+    by_user = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit,
+                                     which="identity")
     if by_user.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_user)
     if settings.signed_headers.verify is not None:
@@ -76,9 +76,9 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     stacked = flavour.RedirectGuardMiddleware(stacked, settings=settings,
                                               extra_hosts=identity_provider_hosts(settings),
                                               audit=audit)
-    by_address = RateLimitLayer(settings.rate_limits,
-                                limiter=by_user.limiter if limiter is None else limiter,
-                                audit=audit, which="network")
+    by_address = RateLimitLayer.for_app(settings,
+                                        limiter=by_user.limiter if limiter is None else limiter,
+                                        audit=audit, which="network")
     if by_address.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
     if issue is not None:      # the public keys need no login

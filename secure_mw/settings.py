@@ -447,7 +447,17 @@ class RateLimitRule:
     limit: str = _opt(check=_check_rate)
     methods: list[str] = _opt(factory=list)
     paths: list[str] = _opt(factory=list)
-    fail_open: bool = _opt(True)
+    fail_open: bool | None = _opt(
+        None, doc="store unreachable: allow (true) or 503 (false); unset: allow, except "
+                  "requests to credential endpoints and rules that protect credentials")
+    protects_credentials: bool = _opt(
+        False, doc="the rule guards credentials (its own token or login endpoints): it "
+                   "fails closed whatever the path")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        if self.protects_credentials and self.fail_open:
+            return [("fail_open", "a rule that protects credentials fails closed")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)

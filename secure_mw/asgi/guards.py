@@ -129,7 +129,7 @@ class RateLimitMiddleware:
         if layer is None:
             if settings is None:
                 raise TypeError("give settings or layer")
-            layer = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit)
+            layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
         self.layer = layer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

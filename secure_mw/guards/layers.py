@@ -77,7 +77,8 @@ class _Rule:
     key_function: KeyFunction | None
     methods: frozenset[str]
     paths: tuple[re.Pattern[str], ...]
-    fail_open: bool
+    fail_open: bool | None
+    protects_credentials: bool
 
     def applies(self, view: RequestView) -> bool:
         if self.methods:
@@ -129,13 +130,23 @@ def _key_function(path: str, where: str) -> KeyFunction:
 
 class RateLimitLayer:
     """The ``[rate_limits]`` rules, compiled at start-up (a bad regex or key function is a
-    :class:`ConfigError` naming the rule)."""
+    :class:`ConfigError` naming the rule).
+
+    When the store cannot answer, a rule fails closed (503) for a request to one of
+    ``credential_paths`` (the login endpoints), for a rule with ``protects_credentials`` or
+    ``fail_open = false``; otherwise it lets the request through. Either way the decision
+    is a ``rate_limit_unavailable`` audit event and is counted in :attr:`without_store`.
+    """
 
     def __init__(self, settings: RateLimitsSettings, *, limiter: RateLimiter | None = None,
-                 audit: AuditLogger | None = None, which: str = "all") -> None:
+                 audit: AuditLogger | None = None, which: str = "all",
+                 credential_paths: Iterable[str] = (), key_prefix: str = "secure_mw:",
+                 redis_url: str | None = None) -> None:
         """``which``: ``"network"`` keeps the rules keyed by address or route (they can run
         before anyone is identified), ``"identity"`` those keyed by user or a function
-        (they run after the session), ``"all"`` both."""
+        (they run after the session), ``"all"`` both. ``key_prefix`` and ``redis_url``
+        (else ``rate_limits.redis_url``) describe the Redis store; :meth:`for_app` takes
+        all three from the application's settings."""
         if which not in ("all", "network", "identity"):
             raise ValueError("which is 'all', 'network' or 'identity'")
         rules = []
@@ -159,14 +170,33 @@ class RateLimitLayer:
                 continue
             rules.append(_Rule(index, parse_rate_limit(rule.limit), rule.key, key_function,
                                frozenset(m.upper() for m in rule.methods), paths,
-                               rule.fail_open))
+                               rule.fail_open, rule.protects_credentials))
         if problems:
             raise ConfigError(problems)
         self.rules = tuple(rules)
         if limiter is None and rules:
-            limiter = limiter_from_settings(settings)
+            limiter = limiter_from_settings(settings, prefix=key_prefix, redis_url=redis_url)
         self.limiter = limiter
         self.audit = audit_for(audit)
+        self.credential_paths = frozenset(credential_paths)
+        self.without_store = StoreFailures()
+
+    @classmethod
+    def for_app(cls, settings: Settings, **options: Any) -> RateLimitLayer:
+        """The layer of an application: its credential endpoints (the built-in login, the
+        second factor, the OpenID callback, ``regulation.paths``) fail closed, and Redis keys
+        go under ``session.redis_key_prefix`` like every other key of the app."""
+        auth = settings.server.auth_prefix
+        options.setdefault("credential_paths", [f"{auth}login", f"{auth}2fa",
+                                                f"{auth}callback", *settings.regulation.paths])
+        options.setdefault("key_prefix", settings.session.redis_key_prefix)
+        options.setdefault("redis_url",
+                           settings.rate_limits.redis_url or settings.session.redis_url)
+        return cls(settings.rate_limits, **options)
+
+    def _fails_closed(self, rule: _Rule, view: RequestView) -> bool:
+        return (rule.protects_credentials or rule.fail_open is False
+                or view.path in self.credential_paths)
 
     @property
     def needs_identity(self) -> bool:
@@ -188,11 +218,13 @@ class RateLimitLayer:
             try:
                 decision = yield Op(limiter.hit, limiter.ahit, key, rule.limits)
             except StoreUnavailable as exc:
-                if rule.fail_open:
-                    log.warning("rate limit rule %d not enforced: %s", rule.index, exc)
-                    continue
+                closed = self._fails_closed(rule, view)
+                outcome = "refused" if closed else "allowed"
+                self.without_store.add(outcome)
                 _event(self.audit, "rate_limit_unavailable", view, identity,
-                       rule=rule.index, reason=str(exc))
+                       rule=rule.index, reason=str(exc), outcome=outcome)
+                if not closed:
+                    continue
                 return json_reply(503, {"error": "rate_limit_unavailable"},
                                   headers=[("retry-after", "5")]), []
             if not decision.allowed:
