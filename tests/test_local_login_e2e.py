@@ -389,6 +389,36 @@ def test_the_device_cookie_lets_the_owner_past_a_ban_of_her_name(app: Any) -> No
         assert again.status_code == 303
 
 
+def test_a_sign_in_post_works_once(app: Any, users: UsersFile) -> None:
+    """Before: the same POST (state + login cookie) made a new session each time."""
+    counted = counting(users)
+    with app(users=counted) as base:
+        client, state = fresh_form(base)
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        client.close()
+
+        def replay(password: str) -> httpx.Response:
+            return httpx.post(base + "/.auth/login", headers={"Cookie": cookie}, data={
+                "state": state, "username": "alice", "password": password})
+
+        statuses = [replay("correct horse").status_code for _ in range(5)]
+        assert statuses == [303, 400, 400, 400, 400]
+        client, state = fresh_form(base)            # a failed attempt is spent too
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        client.close()
+        assert replay("wrong").status_code == 401
+        again = replay("correct horse")
+        assert again.status_code == 400 and "already used" in again.text
+        client, state = fresh_form(base)            # and in parallel
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        client.close()
+        with ThreadPoolExecutor(10) as pool:
+            parallel = list(pool.map(lambda _: replay("correct horse").status_code,
+                                     range(10)))
+        assert sorted(parallel) == [303] + [400] * 9
+    assert counted.checks == ["correct horse", "wrong", "correct horse"]
+
+
 @pytest.mark.parametrize("kind", FAULTS)
 def test_regulation_that_cannot_answer_refuses_the_sign_in(
         app: Any, redis_server: RedisServer, kind: str) -> None:

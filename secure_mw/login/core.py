@@ -41,7 +41,7 @@ from secure_mw.login.totp import (
 from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.client import OIDCClient
 from secure_mw.oidc.core import OIDCSessionCore, Outcome, local_target
-from secure_mw.oidc.prelogin import PendingLogin
+from secure_mw.oidc.prelogin import LIFETIME, PendingLogin
 from secure_mw.session.manager import SessionStore
 from secure_mw.session.model import Session
 from secure_mw.settings import Settings
@@ -150,6 +150,15 @@ class LocalLoginCore(OIDCSessionCore):
         username = form.get("username", "")
         password = form.get("password", "")
         remember = form.get("remember_me") == "1"
+        # A form's state works once, success or failure, in every process: claimed in the
+        # store before anything else (a replay of the same POST, in parallel too, fails).
+        first_use = yield from self.sessions.claim_once(f"login-form:{pending.state}",
+                                                        LIFETIME)
+        if not first_use:
+            self._event("login_failure", view, reason="sign-in form used twice")
+            return Outcome(self._form(view, status=400, used=pending,
+                                      error="This sign-in form was already used. Please "
+                                            "try again.", return_to=pending.return_to))
         name = normalize_username(username) if username else ""
         turn = yield from self.attempts.begin(view, name or None)
         if turn.refusal is not None and turn.refusal.reason == "busy":
