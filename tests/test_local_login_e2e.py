@@ -359,9 +359,19 @@ def test_too_many_attempts_at_once_get_429(app: Any, users: UsersFile) -> None:
     assert counted.checks == ["correct horse"]
 
 
-def test_the_owner_signs_in_after_an_attack_from_another_address(app: Any) -> None:
+def redis_sections(request: pytest.FixtureRequest, store: str) -> dict[str, Any]:
+    if store != "redis":
+        return {}
+    url = request.getfixturevalue("redis_server").url
+    return {"session": {"store": "redis", "redis_url": url}}
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_owner_signs_in_after_an_attack_from_another_address(
+        app: Any, store: str, request: pytest.FixtureRequest) -> None:
     """Before: three wrong passwords from anywhere banned the name for five minutes."""
-    with app() as base, browser() as attacker, browser() as owner:
+    with app(redis_sections(request, store)) as base, browser() as attacker, \
+            browser() as owner:
         for i in range(4):
             assert sign_in(attacker, base, "alice", f"guess {i}",
                            ip="198.51.100.7").status_code == 401
@@ -370,8 +380,10 @@ def test_the_owner_signs_in_after_an_attack_from_another_address(app: Any) -> No
         assert owner.get(base + "/hello").json()["sub"] == "alice"
 
 
-def test_the_device_cookie_lets_the_owner_past_a_ban_of_her_name(app: Any) -> None:
-    with app() as base, browser() as owner:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_device_cookie_lets_the_owner_past_a_ban_of_her_name(
+        app: Any, store: str, request: pytest.FixtureRequest) -> None:
+    with app(redis_sections(request, store)) as base, browser() as owner:
         assert sign_in(owner, base, "alice", "correct horse",
                        ip="203.0.113.5").status_code == 303
         assert owner.cookies.get("__Host-secure_mw_session_device")
@@ -389,16 +401,23 @@ def test_the_device_cookie_lets_the_owner_past_a_ban_of_her_name(app: Any) -> No
         assert again.status_code == 303
 
 
-def test_a_sign_in_post_works_once(app: Any, users: UsersFile) -> None:
-    """Before: the same POST (state + login cookie) made a new session each time."""
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_sign_in_post_works_once(app: Any, users: UsersFile, store: str,
+                                   request: pytest.FixtureRequest) -> None:
+    """Before: the same POST (state + login cookie) made a new session each time. With
+    Redis, the replays go to two servers (two processes of one app) in turn."""
     counted = counting(users)
-    with app(users=counted) as base:
+    sections = redis_sections(request, store)
+    with app(sections, users=counted) as base, app(sections, users=counted) as other:
+        bases = [base, other] if store == "redis" else [base]
         client, state = fresh_form(base)
         cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
         client.close()
+        turn = iter(range(10**6))
 
         def replay(password: str) -> httpx.Response:
-            return httpx.post(base + "/.auth/login", headers={"Cookie": cookie}, data={
+            target = bases[next(turn) % len(bases)]
+            return httpx.post(target + "/.auth/login", headers={"Cookie": cookie}, data={
                 "state": state, "username": "alice", "password": password})
 
         statuses = [replay("correct horse").status_code for _ in range(5)]

@@ -329,12 +329,20 @@ def test_attempts_beyond_the_budget_get_429_at_once(guarded: Any) -> None:
 # -- B: the owner gets through --------------------------------------------------------------
 
 
+def store_settings(request: pytest.FixtureRequest, store: str) -> Settings:
+    if store != "redis":
+        return app_settings()
+    url = request.getfixturevalue("redis_server").url
+    return app_settings(session={"store": "redis", "redis_url": url})
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_the_owner_logs_in_from_her_address_after_an_attack_from_another(
-        guarded: Any) -> None:
+        guarded: Any, store: str, request: pytest.FixtureRequest) -> None:
     """Before: three wrong guesses from anywhere banned the name, so the owner's right
     password was refused for five minutes."""
     login = LoginApp()
-    with guarded(login) as base:
+    with guarded(login, settings=store_settings(request, store)) as base:
         for i in range(3):
             assert attempt(base, "alice", f"guess {i}", ip="198.51.100.7").status_code == 401
         assert attempt(base, "alice", "x", ip="198.51.100.7").status_code == 401   # banned
@@ -342,9 +350,11 @@ def test_the_owner_logs_in_from_her_address_after_an_attack_from_another(
     assert login.guesses == ["guess 0", "guess 1", "guess 2", "correct horse"]
 
 
-def test_a_device_cookie_passes_a_ban_of_the_user_name(guarded: Any) -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_device_cookie_passes_a_ban_of_the_user_name(guarded: Any, store: str,
+                                                       request: pytest.FixtureRequest) -> None:
     login = LoginApp()
-    with guarded(login) as base:
+    with guarded(login, settings=store_settings(request, store)) as base:
         first = attempt(base, "alice", "correct horse", ip="203.0.113.5")
         device = device_cookie(first)
         assert first.status_code == 200 and device
