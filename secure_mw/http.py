@@ -86,6 +86,7 @@ class RequestView:
     client_cert: bytes | None = None   # the client certificate (DER): TLS or a trusted proxy
     server: str = ""    # the listening port (or socket path) that took the request
     _cookies: dict[str, str] | None = field(default=None, repr=False)
+    _route: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestView:
@@ -170,6 +171,16 @@ class RequestView:
         if self._cookies is None:
             self._cookies = parse_cookies(self.headers.get("cookie", ""))
         return self._cookies
+
+    @property
+    def route_path(self) -> str:
+        """The normalized path guards match on (:func:`secure_mw.authz.paths.route_path`):
+        ``//login`` and ``/x/../login`` are ``/login`` to every guard, as to the app."""
+        if self._route is None:
+            from secure_mw.authz.paths import route_path
+
+            self._route = route_path(self.path)
+        return self._route
 
     @property
     def origin(self) -> str:

@@ -140,3 +140,28 @@ def browser(**kwargs: Any) -> httpx.Client:
                           event_hooks={"request": [add_cookies]}, **kwargs)
     assert client.cookies.jar is jar
     return client
+
+
+def raw_request(base: str, method: str, target: str, *, headers: dict[str, str] | None = None,
+                body: bytes = b"") -> tuple[int, dict[str, str]]:
+    """Send a request whose target goes out exactly as written (an HTTP client would resolve
+    ``//x``, ``/./x`` or ``/a/../x`` first); the status and the (lower-cased, last-wins)
+    response headers."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
+             f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    found = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        found[name.strip().lower()] = value.strip()
+    return int(head[0].split(" ", 2)[1]), found

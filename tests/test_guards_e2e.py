@@ -18,7 +18,7 @@ from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
 from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
-from tests.apps import FLAVOURS, uvicorn_server, wsgi_server
+from tests.apps import FLAVOURS, raw_request, uvicorn_server, wsgi_server
 from tests.redis_faults import FAULTS, fault
 from tests.servers import RedisServer
 
@@ -345,3 +345,28 @@ def test_head_counts_against_a_get_only_rule(serve_guarded: Any) -> None:
     with serve_guarded(s, "ratelimit") as base, httpx.Client() as client:
         statuses = [client.head(base + "/").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+# -- guards match the path the app routes ---------------------------------------------------
+
+VARIANTS = ["//limited", "/./limited", "/x/../limited", "/limited/./", "///limited"]
+
+
+def test_a_rate_limited_path_cannot_be_spelled_around(serve_guarded: Any) -> None:
+    """``//limited`` and ``/x/../limited`` are ``/limited`` to the app (the authorization
+    layer hands it the normalized path): they are ``/limited`` to the rate limit too."""
+    s = settings(rate_limits={"rules": [{"key": "ip", "limit": "1/minute",
+                                         "paths": ["^/limited/?$"]}]})
+    with serve_guarded(s, "ratelimit") as base:
+        assert raw_request(base, "GET", "/limited")[0] == 200
+        assert [raw_request(base, "GET", v)[0] for v in VARIANTS] == [429] * len(VARIANTS)
+        assert raw_request(base, "GET", "/other")[0] == 200
+
+
+def test_header_overrides_follow_the_path_the_app_routes(serve_guarded: Any) -> None:
+    s = settings(headers={"overrides": {"/account": {"cache-control": "no-store"}}})
+    with serve_guarded(s, "headers") as base:
+        for target in ("/account", "//account", "/./account/", "/x/../account"):
+            status, headers = raw_request(base, "GET", target)
+            assert status == 200 and headers.get("cache-control") == "no-store", target
+        assert "cache-control" not in raw_request(base, "GET", "/accountant")[1]

@@ -534,3 +534,21 @@ def test_attempts_whose_user_name_the_guard_cannot_be_sure_of_are_refused(
                          b'"password":"x"}',
                          headers={"Content-Type": "application/vnd.api+json"})
         assert bom.status_code == 401 and login.calls == calls + 1   # read, judged, counted
+
+
+def test_the_login_path_cannot_be_spelled_around_the_guard(guarded: Any) -> None:
+    """POST //login, /./login and /x/../login reach the same login as /login (the
+    authorization layer hands the app the normalized path): the guard counts them all."""
+    from tests.apps import raw_request
+
+    login = LoginApp()
+    form = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": "192.0.2.10"}
+    with guarded(login) as base:
+        for target in ("//login", "/./login", "/x/../login"):
+            status, _ = raw_request(base, "POST", target, headers=form,
+                                    body=b"username=bob&password=wrong")
+            assert status == 401, target
+        status, _ = raw_request(base, "POST", "/login", headers=form,
+                                body=b"username=bob&password=battery+staple")
+        assert status in (401, 429)       # the pair's budget of 3 is spent: not judged
+    assert login.guesses == ["wrong", "wrong", "wrong"]

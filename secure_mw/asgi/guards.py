@@ -23,6 +23,7 @@ from secure_mw.asgi._io import (
 )
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
+from secure_mw.authz.paths import route_path
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
@@ -107,7 +108,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path") or "/"
+        path = route_path(scope.get("path") or "/")   # overrides see what the app routes
         nonce = SecurityHeaders.new_nonce() if self.headers.uses_nonce(path) else None
         scope[NONCE_KEY] = nonce
         headers = self.headers

@@ -22,12 +22,14 @@ All raise :class:`PathRefused` (status 400); none raises anything else.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 
 from secure_mw.errors import SecureMWError
 
-__all__ = ["MAX_PATH", "PathRefused", "check_raw_path", "check_utf8_path", "normalize_path"]
+__all__ = ["MAX_PATH", "PathRefused", "check_raw_path", "check_utf8_path", "normalize_path",
+           "route_path"]
 
 #: Longest path accepted, in characters (decoded) or bytes (raw).
 MAX_PATH = 8 * 1024
@@ -131,6 +133,18 @@ def normalize_path(raw_path: str) -> str:
     if "//" not in path and "/." not in path:
         return path  # the common case: nothing to merge or resolve
     return _remove_dot_segments(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def route_path(path: str) -> str:
+    """The path guards match on (rate-limit and regulation paths, header overrides): the
+    normalized path the application routes when access rules are set, so ``//login``,
+    ``/./login`` and ``/x/../login`` count as ``/login``; the path itself when normalization
+    refuses it (the authorization layer answers 400 then). Never raises; memoized."""
+    try:
+        return normalize_path(path)
+    except PathRefused:
+        return path
 
 
 def _remove_dot_segments(path: str) -> str:

@@ -87,7 +87,7 @@ class _Rule:
                 else view.method
             if method not in self.methods:
                 return False
-        return not self.paths or any(p.search(view.path) for p in self.paths)
+        return not self.paths or any(p.search(view.route_path) for p in self.paths)
 
     def key_of(self, view: RequestView, identity: Identity | None) -> str | None:
         if self.key == "ip":
@@ -101,7 +101,7 @@ class _Rule:
                 return f"r{self.index}:user:{identity.sub}"
             return f"r{self.index}:ip:{view.client}" if view.client else None
         if self.key == "route":
-            return f"r{self.index}:route:{view.method} {view.path}"
+            return f"r{self.index}:route:{view.method} {view.route_path}"
         assert self.key_function is not None
         custom = self.key_function(view, identity)
         return None if custom is None else f"r{self.index}:fn:{custom}"
@@ -200,7 +200,7 @@ class RateLimitLayer:
 
     def _fails_closed(self, rule: _Rule, view: RequestView) -> bool:
         return (rule.protects_credentials or rule.fail_open is False
-                or view.path in self.credential_paths)
+                or view.route_path in self.credential_paths)
 
     @property
     def needs_identity(self) -> bool:
@@ -408,7 +408,7 @@ class LoginGuardLayer:
         return self.attempts.without_store
 
     def applies(self, view: RequestView) -> bool:
-        return view.method == "POST" and view.path in self.paths
+        return view.method == "POST" and view.route_path in self.paths
 
     def _fields(self, view: RequestView) -> tuple[str, list[tuple[str, Any]]]:
         content_type = view.headers.get("content-type", "").split(";", 1)[0].strip().lower()

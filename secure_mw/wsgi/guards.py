@@ -10,6 +10,7 @@ from typing import Any
 from secure_mw._driver import run_sync
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
+from secure_mw.authz.paths import route_path
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
@@ -103,7 +104,8 @@ class SecurityHeadersMiddleware:
         self.headers = headers
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+        # Overrides see the path the app routes (// and dot segments resolved).
+        path = route_path((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/")
         nonce = SecurityHeaders.new_nonce() if self.headers.uses_nonce(path) else None
         environ[NONCE_KEY] = nonce
         policy = self.headers
