@@ -263,3 +263,21 @@ def test_check_config_compiles_the_rules_and_reports_unreachable_ones(tmp_path: 
     assert fail.returncode == 1
     assert "access_control.rules[0].resources[0]" in fail.stderr
     assert "access_control.rules[1].subject_mismatch" in fail.stderr
+
+
+def test_the_documented_redis_fallback_starts_as_check_config_says(tmp_path: Path) -> None:
+    """docs: rate_limits.redis_url defaults to session.redis_url. check-config accepted such
+    a file while start-up raised (uvicorn workers crash-looped); both accept it now."""
+    from secure_mw import Settings
+    from secure_mw.asgi import protect
+
+    config = tmp_path / "fallback.toml"
+    config.write_text(f'[keys]\nencryption_keys = ["{KeyRing.new_key_text()}"]\n'
+                      '[session]\nstore = "redis"\nredis_url = "redis://127.0.0.1:1/0"\n'
+                      '[rate_limits]\nstore = "redis"\n[[rate_limits.rules]]\n'
+                      'limit = "20/minute"\n')
+    assert cli("check-config", "--no-env", str(config)).returncode == 0
+
+    async def app(scope: object, receive: object, send: object) -> None: ...
+
+    protect(app, Settings.from_file(config, environ={}))  # type: ignore[arg-type]
