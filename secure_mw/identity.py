@@ -10,6 +10,7 @@ source vouches for; access rules on emails look only at verified ones (docs/auth
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +30,13 @@ def email_verified_claim(claims: Mapping[str, Any], *, assume: bool = False) -> 
     if value is None:
         return assume
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def normalize_username(name: str) -> str:
+    """How every part of secure_mw compares user names — the users file, regulation's
+    counters, the device cookie: NFKC, surrounding white space removed, case folded, so
+    ``Alice``, ``ALICE``, `` alice `` and ``alice`` in fullwidth letters are one user."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 def claims_groups(value: object) -> tuple[str, ...]:

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from secure_mw.crypto import PasswordHasher
 from secure_mw.errors import ConfigError
-from secure_mw.guards.layers import normalize_user
 from secure_mw.login import (
     UnknownUserError,
     User,
@@ -135,10 +134,12 @@ def test_usernames_are_normalized(users_path: Path, hasher: CountingHasher) -> N
     assert users.get(42) is None  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["Alice", " BOB ", "\uff21\uff4c\uff49\uff43\uff45",
-                                  "Stra\u00dfe", "\u0130stanbul", "e\u0301", "\u212b"])
-def test_normalization_matches_the_login_guard(name: str) -> None:
-    assert normalize_username(name) == normalize_user(name)
+def test_one_normalization_for_the_file_and_the_regulation() -> None:
+    from secure_mw.guards import attempts, regulation
+    from secure_mw.login import users
+
+    assert users.normalize_username is regulation.normalize_username \
+        is attempts.normalize_username
     assert normalize_username("STRASSE") == normalize_username("stra\u00dfe")
 
 

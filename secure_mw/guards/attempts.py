@@ -37,8 +37,9 @@ from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import DecryptError, StoreUnavailable
-from secure_mw.guards.regulation import Ban, Refusal, Regulator, Reservation, normalize_user
+from secure_mw.guards.regulation import Ban, Refusal, Regulator, Reservation
 from secure_mw.http import RequestView
+from secure_mw.identity import normalize_username
 from secure_mw.session.cookies import CookieJarSpec
 
 __all__ = ["DeviceCookies", "LoginAttempts", "StoreFailures", "Turn"]
@@ -108,13 +109,13 @@ class DeviceCookies:
         if not 0 <= self._clock() - issued < self.lifetime:
             return None
         if not hmac.compare_digest(name.encode("utf-8", "surrogatepass"),
-                                   normalize_user(user).encode("utf-8", "surrogatepass")):
+                                   normalize_username(user).encode("utf-8", "surrogatepass")):
             return None
         return str(device)
 
     def issue(self, user: str, device: str | None = None) -> str:
         """The Set-Cookie value naming ``user`` (and ``device``, else a new id)."""
-        data = json.dumps([normalize_user(user), device or secrets.token_urlsafe(16),
+        data = json.dumps([normalize_username(user), device or secrets.token_urlsafe(16),
                            self._clock()], separators=(",", ":")).encode()
         return self.jar.set(self.name, self.keyring.encrypt(data, self._aad),
                             max_age=int(self.lifetime), same_site="Strict")

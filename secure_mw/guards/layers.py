@@ -31,12 +31,11 @@ from secure_mw.guards.redirect import RedirectPolicy
 from secure_mw.guards.regulation import (
     Refusal,
     Regulator,
-    normalize_user,
     regulator_from_settings,
 )
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
-from secure_mw.identity import Identity
+from secure_mw.identity import Identity, normalize_username
 from secure_mw.session.cookies import CookieJarSpec
 from secure_mw.settings import (
     RateLimitsSettings,
@@ -46,7 +45,7 @@ from secure_mw.settings import (
 )
 
 __all__ = ["LoginAttemptError", "LoginGuardLayer", "RateLimitLayer", "RedirectLayer",
-           "audit_for", "device_cookies", "normalize_user"]
+           "audit_for", "device_cookies"]
 
 log = logging.getLogger("secure_mw.guards")
 
@@ -442,7 +441,7 @@ class LoginGuardLayer:
         value = values[0]
         if not isinstance(value, str) or not value.strip() or len(value) > 256:
             raise LoginAttemptError(400, "user name missing or not a string")
-        return normalize_user(value)
+        return normalize_username(value)
 
     def decoy_body(self, view: RequestView) -> bytes:
         """The attempt's body with the password replaced by random text (for a banned

@@ -39,7 +39,6 @@ import math
 import secrets
 import threading
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from secure_mw._encoding import b64url_encode
 from secure_mw.errors import StoreUnavailable
+from secure_mw.identity import normalize_username
 
 if TYPE_CHECKING:
     from secure_mw.guards.regulation_redis import RedisRegulator
@@ -149,12 +149,6 @@ def _ip_subject(ip: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-def normalize_user(name: str) -> str:
-    """NFKC, surrounding space removed, case folded: how every part of secure_mw compares
-    user names (``Alice``, `` ALICE `` and its fullwidth spelling are one)."""
-    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 def label(kind: str, value: str) -> str:
@@ -270,7 +264,7 @@ class _Policy:
             raise TypeError("ip must be a string or None")
         if device is not None and not isinstance(device, str):
             raise TypeError("device must be a string or None")
-        name = normalize_user(user) if user else None
+        name = normalize_username(user) if user else None
         address = _ip_subject(ip) if ip else None
         ulabel = label("user", name) if name else ""
         ilabel = label("ip", address) if address else ""
@@ -290,7 +284,7 @@ class _Policy:
     @staticmethod
     def lift_labels(user: str | None, ip: str | None) -> tuple[str, str]:
         """The labels ``bans lift`` matches: of the normalized name and the counted address."""
-        return (label("user", normalize_user(user)) if user else "",
+        return (label("user", normalize_username(user)) if user else "",
                 label("ip", _ip_subject(ip)) if ip else "")
 
 

@@ -57,6 +57,7 @@ from typing import Any, Final, TypeVar
 from secure_mw._files import read_secret_file
 from secure_mw.crypto.passwords import DEFAULT_HASHER, PasswordHasher
 from secure_mw.errors import ConfigError, ConfigProblem
+from secure_mw.identity import normalize_username
 from secure_mw.login.policy import PasswordPolicy
 
 if sys.version_info >= (3, 11):
@@ -117,13 +118,6 @@ DEFAULT_POLICY: Final = PasswordPolicy()
 
 _T = TypeVar("_T")
 _Signature = tuple[int, ...]
-
-
-def normalize_username(name: str) -> str:
-    """How user names are compared: NFKC, surrounding white space removed, case folded, so
-    ``Alice``, ``ALICE``, `` alice `` and ``alice`` in fullwidth letters are one user. (The same
-    rule as the login guard's per-user counting.)"""
-    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 @dataclass(frozen=True, slots=True)
