@@ -310,13 +310,14 @@ class Bench:
         self.add("cookie", "secure_mw cookie store, fixed clock",
                  asgi_runner(loop, mw, scope), "asgi-bare")
 
-        # The whole stack protect() builds: headers, client address, a rate limit by
-        # address (memory), the redirect guard, the session (memory store).
+        # The whole stack protect() builds: the Host allow-list, headers, client address, a
+        # rate limit by address (memory), the redirect guard, the session (memory store).
         settings = Settings.from_mapping({
             "oidc": {"issuer": "https://idp.example.com", "client_id": "bench",
                      "client_secret": "bench-secret"},
             "keys": {"encryption_keys": self.keys},
             "rate_limits": {"rules": [{"key": "ip", "limit": "1000000/second"}]},
+            "server": {"allowed_hosts": ["app.example.com"]},
         }, environ={})
         store = MemorySessionStore(clock=fixed)
         stack = secure_mw.asgi.protect(starlette_app(), settings, store=store, clock=fixed)

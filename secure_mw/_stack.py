@@ -74,13 +74,13 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
              ) -> Any:
     """The stack ``protect()`` builds, from the middleware classes of ``flavour``
     (:mod:`secure_mw.asgi` or :mod:`secure_mw.wsgi`, which have the same names). Outermost
-    first: security headers, client address, rate limits by address or route, the
-    open-redirect guard, the login guard (``regulation.paths``), the login session, rate
-    limits by user, authorization (when ``access_control.rules`` are set; otherwise every
-    request needs a login), the signed identity header for the app, the app. With
-    ``signed_headers.verify``, a proxy's signed assertion replaces the login session.
-    Every layer is built even when an earlier one fails, and one ConfigError lists every
-    problem found."""
+    first: the Host allow-list (and the UTF-8 path check), security headers, client address,
+    rate limits by address or route, the open-redirect guard, the login guard
+    (``regulation.paths``), the login session, rate limits by user, authorization (when
+    ``access_control.rules`` are set; otherwise every request needs a login), the signed
+    identity header for the app, the app. With ``signed_headers.verify``, a proxy's signed
+    assertion replaces the login session. Every layer is built even when an earlier one
+    fails, and one ConfigError lists every problem found."""
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
 
@@ -92,7 +92,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     if settings.signed_headers.issue:
         from secure_mw.tokens.headers import IssueLayer
 
-        issue = found.build("keys.signing_jwks", IssueLayer, settings)
+        issue = found.build("keys.signing_jwks", IssueLayer, settings,
+                            keyring=options.get("keyring"))
         if issue is not None:
             stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:
@@ -128,12 +129,16 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
     if issue is not None:      # the public keys need no login
         stacked = flavour.JWKSMiddleware(stacked, layer=issue)
+    proxies = TrustedProxies(settings.server.trusted_proxies,
+                             header=settings.server.forwarded_header)
     stacked = found.wrap("server", stacked, flavour.ClientAddressMiddleware,
-                         trusted_proxies=TrustedProxies(settings.server.trusted_proxies,
-                                                        header=settings.server.forwarded_header),
+                         trusted_proxies=proxies,
                          client_cert_header=settings.server.client_cert_header)
     stacked = found.wrap("headers", stacked, flavour.SecurityHeadersMiddleware,
                          settings=settings)
+    # Before anything else: a request for a host we do not serve never reaches a layer.
+    stacked = found.wrap("server.allowed_hosts", stacked, flavour.HostGuardMiddleware,
+                         settings=settings, trusted_proxies=proxies, audit=audit)
     found.raise_if_any()
     return stacked
 

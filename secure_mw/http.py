@@ -84,6 +84,7 @@ class RequestView:
     websocket: bool = False
     body: bytes = b""   # read by the flavour only for POSTs to our own endpoints
     client_cert: bytes | None = None   # the client certificate (DER): TLS or a trusted proxy
+    server: str = ""    # the listening port (or socket path) that took the request
     _cookies: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -112,6 +113,7 @@ class RequestView:
             if server:
                 host = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
         client = scope.get("client")
+        listening = scope.get("server")
         cert = scope.get(CLIENT_CERT_KEY)
         if cert is None:
             chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain")
@@ -127,6 +129,8 @@ class RequestView:
             client=str(client[0]) if client else "",
             websocket=websocket,
             client_cert=cert if isinstance(cert, bytes) else None,
+            server=(str(listening[1]) if listening[1] is not None else str(listening[0]))
+            if listening else "",
         )
 
     @classmethod
@@ -150,6 +154,7 @@ class RequestView:
         if cert is None and environ.get("SSL_CLIENT_CERT"):   # mod_wsgi and the like
             cert = pem_to_der(str(environ["SSL_CLIENT_CERT"]))
         return cls(
+            server=_wsgi_server_port(environ),
             method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
             scheme=str(environ.get("wsgi.url_scheme", "http")),
             host=host.lower(),
@@ -209,6 +214,22 @@ class RequestView:
         if mode is not None and mode != "navigate":
             return False
         return "text/html" in self.headers.get("accept", "")
+
+
+def _wsgi_server_port(environ: Mapping[str, Any]) -> str:
+    """The port that took the request: from the connection where the server exposes it
+    (gunicorn derives ``SERVER_PORT`` from the ``Host`` header), else ``SERVER_PORT``."""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            local = sock.getsockname()
+        except (OSError, AttributeError):
+            local = None
+        if isinstance(local, tuple) and len(local) >= 2:
+            return str(local[1])
+        if isinstance(local, str) and local:
+            return local
+    return str(environ.get("SERVER_PORT", ""))
 
 
 def _few_fields(query: str) -> bool:

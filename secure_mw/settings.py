@@ -61,6 +61,7 @@ __all__ = [
     "SignedHeadersVerifySettings",
     "parse_duration",
     "parse_rate_limit",
+    "parse_size",
 ]
 
 ENV_PREFIX = "SECURE_MW_"
@@ -102,6 +103,28 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{value!r} is not a non-negative finite duration")
     return seconds
+
+
+_SIZE = re.compile(r"(\d{1,12})\s*(b|kib|mib)?")
+_SIZE_UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024 * 1024}
+
+
+def parse_size(value: object) -> int:
+    """``"64KiB"`` → 65536; ``"1MiB"`` → 1048576; ``4096`` or ``"4096"`` → 4096 (bytes).
+    Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+        return value
+    m = _SIZE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"{value!r} is not a size; write e.g. '64KiB', '1MiB' or a number "
+                         "of bytes")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def _check_token_size(value: int) -> str | None:
+    if not 1024 <= value <= 1024 * 1024:
+        return "must be from 1KiB to 1MiB (the largest answer read from the provider)"
+    return None
 
 
 _RATE_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day|s|m|h|d)s?\s*")
@@ -152,6 +175,12 @@ def _check_issuer(value: str) -> str | None:
     if parts.query or parts.fragment:
         return "an issuer must not have a query or fragment"
     return None
+
+
+def _check_allowed_hosts(values: list[str]) -> str | None:
+    from secure_mw.guards.hosts import check_entries
+
+    return check_entries(values)
 
 
 def _check_cidrs(values: list[str]) -> str | None:
@@ -268,6 +297,9 @@ class ServerSettings:
                   "PEM, as nginx's $ssl_client_escaped_cert)")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
                                       doc="peers allowed to set Forwarded / X-Forwarded-*")
+    allowed_hosts: list[str] = _opt(
+        factory=list, check=_check_allowed_hosts,
+        doc="host names the app answers for (default: external_url's host, else loopback)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,9 +326,16 @@ class KeysSettings:
         return out
 
 
+class _Default(str):
+    """A default choice: equal to the same text written in a configuration, but told
+    apart from it (``session.store`` nobody chose versus ``store = "memory"``)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class SessionSettings:
-    store: str = _opt("memory", choices=("memory", "cookie", "redis"))
+    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis"))
     redis_url: str | None = _opt(None, secret=True)
     redis_key_prefix: str = _opt("secure_mw:")
     cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name)
@@ -307,6 +346,12 @@ class SessionSettings:
     inactivity: float = _opt(300.0, duration=True, check=_check_positive)
     remember_me: float = _opt(30 * 86400.0, duration=True)
     memory_max_sessions: int = _opt(100_000, check=_check_positive)
+
+    @property
+    def store_explicit(self) -> bool:
+        """Whether ``store`` was set (in a file, a mapping, the environment or code) rather
+        than left at its default."""
+        return not isinstance(self.store, _Default)
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -337,6 +382,8 @@ class OIDCSettings:
     assume_email_verified: bool = _opt(
         False, doc="count the provider's emails as verified when it sends no email_verified "
                    "claim (an explicit false stays false)")
+    max_token_size: int = _opt(64 * 1024, parse=parse_size, check=_check_token_size,
+                               doc="largest id_token accepted (users in many groups)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -359,12 +406,43 @@ class OIDCSettings:
         return out
 
 
+def _parse_refresh_interval(value: object) -> float:
+    """A duration, or ``"always"`` (0: the users file is consulted at every request)."""
+    if isinstance(value, str) and value.strip().lower() == "always":
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError("expected a duration like '5m' or '1h', or 'always'") from None
+
+
+def _check_min_length(value: int) -> str | None:
+    # 8: NIST SP 800-63B's floor; 1024: the password hasher's limit (MAX_PASSWORD_BYTES).
+    if not 8 <= value <= 1024:
+        return "must be between 8 and 1024 characters"
+    return None
+
+
+def _check_readable_file(value: str) -> str | None:
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        return f"{value!r} is not a readable file"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class LocalUsersSettings:
     file: str = _opt("users.toml", path=True)
     totp_file: str = _opt("totp.json", path=True,
                           doc="enrolled TOTP secrets, encrypted with the key ring (0600)")
     totp_issuer: str = _opt("secure_mw", doc="the name authenticator apps show")
+    refresh_interval: float = _opt(
+        300.0, duration=True, parse=_parse_refresh_interval,
+        doc="how often a session's user is looked up again in the users file ('always')")
+    password_min_length: int = _opt(12, check=_check_min_length,
+                                    doc="new passwords: at least this many characters")
+    password_blocklist_file: str | None = _opt(
+        None, path=True, check=_check_readable_file,
+        doc="new passwords: refuse those listed here (one a line)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -621,6 +699,9 @@ class Settings:
         identity = f"OpenID provider {self.oidc.issuer}" if self.oidc else \
             f"built-in password login (users file {self.local_users.file})"
         lines.append(f"identity source : {identity}")
+        from secure_mw.guards.hosts import describe
+
+        lines.append(describe(self.server))
         lines.append(
             f"session store   : {self.session.store}; expiration {_fmt(self.session.expiration)},"
             f" inactivity {_fmt(self.session.inactivity)}, remember-me "
@@ -981,7 +1062,8 @@ def _resolve_env_path(cls: type, parts: list[str]) -> tuple[list[str], Any, str 
             wrong = ENV_PREFIX + "__".join(parts[: i + 1]).upper()
             return parts, None, "unknown setting" + _suggest(wrong, env_names)
         current = hints[part]
-        if fields[part].metadata.get("duration"):
+        if fields[part].metadata.get("duration") or fields[part].metadata.get("parse") \
+                is parse_size:
             current = str
     return parts, current, None
 

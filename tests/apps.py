@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ async def _asgi_home(request: Request) -> JSONResponse:
                          "user_is_authenticated": user.is_authenticated,
                          "display_name": user.display_name,
                          "auth_scopes": list(request.auth.scopes),
-                         "path": request.url.path})
+                         "path": request.url.path, "pid": os.getpid()})
 
 
 async def _asgi_ws(websocket: WebSocket) -> None:
@@ -59,7 +60,7 @@ def asgi_inner() -> Starlette:
 
 def wsgi_inner(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     body = json.dumps({**_who(environ.get("secure_mw.identity")),
-                       "path": environ.get("PATH_INFO")}).encode()
+                       "path": environ.get("PATH_INFO"), "pid": os.getpid()}).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]

@@ -1,12 +1,39 @@
 """The protected test app as its own process: ``python -m tests.e2e_app --flavour asgi|wsgi
---port N``, configured like any deployment, from ``SECURE_MW_*`` environment variables."""
+--port N``, configured like any deployment, from ``SECURE_MW_*`` environment variables.
+
+The same app for a server's own command line, with several workers:
+``uvicorn --factory tests.e2e_app:asgi_app --workers 2`` and
+``gunicorn -w 2 'tests.e2e_app:wsgi_app()'``. ``E2E_WORKER_CHECK_INTERVAL`` (seconds) sets
+how often a worker looks again for sibling workers (the tests use 0: at every request).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 from secure_mw import Settings, asgi, wsgi
 from tests.apps import asgi_inner, wsgi_inner
+
+
+def _settings() -> Settings:
+    interval = os.environ.get("E2E_WORKER_CHECK_INTERVAL")
+    if interval is not None:
+        from secure_mw.session import memory_store
+
+        memory_store.CHECK_INTERVAL = float(interval)
+    return Settings.from_environment()
+
+
+def asgi_app() -> Any:
+    """The protected ASGI app (an app factory for ``uvicorn --factory``)."""
+    return asgi.protect(asgi_inner(), _settings())
+
+
+def wsgi_app() -> Any:
+    """The protected WSGI app (``gunicorn 'tests.e2e_app:wsgi_app()'``)."""
+    return wsgi.protect(wsgi_inner, _settings())
 
 
 def main() -> None:
@@ -14,16 +41,15 @@ def main() -> None:
     parser.add_argument("--flavour", choices=("asgi", "wsgi"), required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    settings = Settings.from_environment()
     if args.flavour == "asgi":
         import uvicorn
 
-        uvicorn.run(asgi.protect(asgi_inner(), settings), host="127.0.0.1", port=args.port,
-                    log_level="warning", lifespan="off")
+        uvicorn.run(asgi_app(), host="127.0.0.1", port=args.port, log_level="warning",
+                    lifespan="off")
     else:
         from werkzeug.serving import run_simple
 
-        run_simple("127.0.0.1", args.port, wsgi.protect(wsgi_inner, settings), threaded=True)
+        run_simple("127.0.0.1", args.port, wsgi_app(), threaded=True)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,17 @@ class IdPServer:
         """Undo :meth:`disable_user`."""
         self._control(f"users/{quote(sub, safe='')}/enable")
 
+    def set_jwks(self, mode: str) -> None:
+        """What ``/jwks`` answers from now on: ``"normal"`` (the key set), ``"garbage"``
+        (200 with invalid JSON), ``"empty"`` (``{"keys": []}``) or ``"error"`` (503)."""
+        self._control("jwks", {"mode": mode})
+
+    def jwks_requests(self) -> int:
+        """How many times ``/jwks`` was fetched since the start."""
+        response = httpx.get(self.url("/__test/jwks"), timeout=10)
+        response.raise_for_status()
+        return int(response.json()["requests"])
+
     def tamper_next_id_token(
         self, claims: Mapping[str, Any], remove: Sequence[str] = ()
     ) -> None:

@@ -148,3 +148,51 @@ def ensure_npm_packages(directory: Path) -> None:
         if result.returncode != 0 or not npm_packages_installed(directory):
             output = (result.stdout + result.stderr)[-2000:]
             skip_or_fail(f"`npm ci` in {directory} failed ({result.returncode}):\n{output}")
+
+
+class ServerProcess:
+    """A server started by its own command line (``uvicorn ... --workers 2``, ``gunicorn -w
+    2 ...``) in the repository root, on ``port``; its output is kept in ``log``. Stopped
+    (SIGTERM to the process group it started, then SIGKILL) on leaving the ``with``."""
+
+    def __init__(self, args: list[str], *, port: int, env: dict[str, str],
+                 log: Path) -> None:
+        self.args = args
+        self.port = port
+        self.env = env
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def __enter__(self) -> ServerProcess:
+        root = Path(__file__).resolve().parent.parent
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(self.args, cwd=root, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(self.port, timeout=30, proc=self.proc)
+        except RuntimeError:
+            self.__exit__()
+            raise RuntimeError(f"{self.args[:3]} did not start:\n{self.log()[-3000:]}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

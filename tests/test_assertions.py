@@ -328,12 +328,13 @@ def test_typ_other_than_jwt_refused(es_key: SigningKey, clock: Clock, typ: objec
         verifier_for(pinned(es_key), clock).verify(token)
 
 
-def test_high_s_respelling_refused(es_jwks: dict[str, Any], clock: Clock) -> None:
+def test_high_s_respelling_refused_when_strict(es_jwks: dict[str, Any], clock: Clock) -> None:
     signer = signer_for(es_jwks, clock)
     original = signer.sign(IDENTITY, audience=HOST)
     respelled = respell_s(original)
     assert respelled != original and s_of(respelled) > P256_N // 2
-    verifier = verifier_for(signer.public_jwks(), clock)
+    assert verifier_for(signer.public_jwks(), clock).verify(respelled)["sub"] == "user-1"
+    verifier = verifier_for(signer.public_jwks(), clock, require_low_s=True)
     with pytest.raises(InvalidToken, match="low-s"):
         verifier.verify(respelled)
     assert verifier.verify(original)["sub"] == "user-1"
@@ -341,11 +342,14 @@ def test_high_s_respelling_refused(es_jwks: dict[str, Any], clock: Clock) -> Non
         verifier.verify(respelled)
 
 
-def test_high_s_from_a_hand_signed_token_refused(es_key: SigningKey, clock: Clock) -> None:
-    verify = verifier_for(pinned(es_key), clock, cache_size=0).verify
+def test_high_s_from_a_hand_signed_token_refused_when_strict(es_key: SigningKey,
+                                                            clock: Clock) -> None:
+    verify = verifier_for(pinned(es_key), clock, cache_size=0, require_low_s=True).verify
+    default = verifier_for(pinned(es_key), clock, cache_size=0).verify
     for n in range(20):  # a raw signature with s > n/2 (about half of them) is refused
         token = forge(es_key, payload=claims(n=n), low_s=False)
         if s_of(token) > P256_N // 2:
+            assert default(token)["n"] == n
             with pytest.raises(InvalidToken, match="low-s"):
                 verify(token)
             assert verify(respell_s(token))["n"] == n
@@ -625,9 +629,9 @@ def test_unreachable_jwks_url_is_invalid_token(server: JWKSServer, es_jwks: dict
         asyncio.run(verifier.averify(token))
 
 
-def test_sign_helper_tokens_need_low_s(es_key: SigningKey, clock: Clock) -> None:
-    """Tokens from the core sign() are accepted exactly when their s is low."""
-    verify = verifier_for(pinned(es_key), clock, cache_size=0).verify
+def test_sign_helper_tokens_need_low_s_when_strict(es_key: SigningKey, clock: Clock) -> None:
+    """Strict: tokens from the core sign() are accepted exactly when their s is low."""
+    verify = verifier_for(pinned(es_key), clock, cache_size=0, require_low_s=True).verify
     for n in range(6):
         token = sign(claims(n=n), es_key)
         if s_of(token) <= P256_N // 2:
@@ -637,8 +641,9 @@ def test_sign_helper_tokens_need_low_s(es_key: SigningKey, clock: Clock) -> None
                 verify(token)
 
 
-def test_high_s_is_accepted_when_verifying_signers_that_do_not_normalize() -> None:
-    """Pomerium's and jose's ES256 signatures are high-s half the time."""
+def test_high_s_is_accepted_by_default() -> None:
+    """Pomerium's, jose's and PyJWT's ES256 signatures are high-s half the time; RFC 7518
+    accepts both spellings, and so does the verifier unless require_low_s=True."""
     key = SigningKey.generate("ES256")
     now = int(time.time())
     token = sign({"iss": "proxy", "aud": "app", "sub": "alice", "iat": now, "exp": now + 300},
@@ -650,9 +655,9 @@ def test_high_s_is_accepted_when_verifying_signers_that_do_not_normalize() -> No
     respelled = f"{header}.{payload}." + b64url_encode(raw[:32] + (order - s).to_bytes(32, "big"))
     high, low = (token, respelled) if s > order // 2 else (respelled, token)
     jwks = {"keys": [key.public_jwk()]}
-    strict = AssertionVerifier(jwks=jwks, issuer="proxy", audience="app")
-    lenient = AssertionVerifier(jwks=jwks, issuer="proxy", audience="app", require_low_s=False)
+    strict = AssertionVerifier(jwks=jwks, issuer="proxy", audience="app", require_low_s=True)
+    default = AssertionVerifier(jwks=jwks, issuer="proxy", audience="app")
     assert strict.verify(low)["sub"] == "alice"
     with pytest.raises(InvalidToken):
         strict.verify(high)
-    assert lenient.verify(high)["sub"] == "alice"
+    assert default.verify(high)["sub"] == "alice" and default.verify(low)["sub"] == "alice"

@@ -1,9 +1,9 @@
 """Interop of signed identity assertions with independent implementations (issue 4, item 8).
 
 * Tokens signed by panva's ``jose`` (npm, run on Node through tests/interop/jose_tool.mjs)
-  verify with our :class:`AssertionVerifier`; jose's ES256 signatures are not normalized to
-  low-s, so about half of them are refused under the default ``require_low_s=True`` and all
-  verify with ``require_low_s=False`` (both outcomes are counted and must occur).
+  and by PyJWT verify with our :class:`AssertionVerifier` as it is by default; their ES256
+  signatures are not normalized to low-s (about half are high-s: both kinds are counted and
+  must occur), and only the strict option ``require_low_s=True`` refuses the high-s ones.
 * Tokens our :class:`AssertionSigner` signs verify with PyJWT and with ``jose``, both given
   only the published JWKS document.
 * A jose token with the wrong audience or issuer, expired, or signed by a key outside the
@@ -102,30 +102,46 @@ def _respelled(token: str) -> str:
 # -- jose signs, we verify --------------------------------------------------------------------
 
 
-def test_jose_es256_tokens_verify_and_high_s_ones_need_require_low_s_false(
-    jose_tool: JoseTool, private_sets: dict[str, dict[str, Any]],
-) -> None:
-    private = private_sets["ES256"]
-    pinned = public_jwks(private)
-    claims = [_claims(jti=f"jose-{i}") for i in range(ES256_RUNS)]
-    tokens = [answer["token"] for answer in
-              jose_tool([_sign_request(private, "ES256", c) for c in claims])]
-    lenient = AssertionVerifier(jwks=pinned, issuer=HOST, audience=HOST, require_low_s=False)
-    strict = AssertionVerifier(jwks=pinned, issuer=HOST, audience=HOST)
+def _check_high_and_low_s(tokens: list[str], expected: list[dict[str, Any]],
+                          pinned: dict[str, Any], who: str) -> None:
+    default = AssertionVerifier(jwks=pinned, issuer=HOST, audience=HOST)
+    strict = AssertionVerifier(jwks=pinned, issuer=HOST, audience=HOST, require_low_s=True)
     high = low = 0
-    for token, expected in zip(tokens, claims, strict=True):
-        assert lenient.verify(token) == expected
+    for token, claims in zip(tokens, expected, strict=True):
+        assert default.verify(token) == claims          # RFC 7518: either s is valid
         if _s_of(token) > P256_N // 2:
             high += 1
             with pytest.raises(InvalidToken, match="low-s"):
                 strict.verify(token)
             # The low-s spelling of the same signature is the one strict mode accepts.
-            assert strict.verify(_respelled(token)) == expected
+            assert strict.verify(_respelled(token)) == claims
         else:
             low += 1
-            assert strict.verify(token) == expected
-    print(f"\njose ES256: {high} of {ES256_RUNS} signatures high-s, {low} low-s")
+            assert strict.verify(token) == claims
+    print(f"\n{who} ES256: {high} of {len(tokens)} signatures high-s, {low} low-s; "
+          f"{len(tokens)} verified by default")
     assert high > 0 and low > 0, (high, low)
+
+
+def test_jose_es256_tokens_verify_by_default_high_s_included(
+    jose_tool: JoseTool, private_sets: dict[str, dict[str, Any]],
+) -> None:
+    private = private_sets["ES256"]
+    claims = [_claims(jti=f"jose-{i}") for i in range(ES256_RUNS)]
+    tokens = [answer["token"] for answer in
+              jose_tool([_sign_request(private, "ES256", c) for c in claims])]
+    _check_high_and_low_s(tokens, claims, public_jwks(private), "jose")
+
+
+def test_pyjwt_es256_tokens_verify_by_default_high_s_included(
+    private_sets: dict[str, dict[str, Any]],
+) -> None:
+    private = private_sets["ES256"]
+    jwk = jwt.PyJWK(private["keys"][0])
+    kid = public_jwks(private)["keys"][0]["kid"]
+    claims = [_claims(jti=f"pyjwt-{i}") for i in range(ES256_RUNS)]
+    tokens = [jwt.encode(c, jwk.key, algorithm="ES256", headers={"kid": kid}) for c in claims]
+    _check_high_and_low_s(tokens, claims, public_jwks(private), "PyJWT")
 
 
 def test_jose_rs256_tokens_verify(
@@ -154,8 +170,7 @@ def test_jose_tokens_with_wrong_claims_or_key_are_refused(
     ]
     wrong_aud, two_auds, wrong_iss, expired, foreign = (
         answer["token"] for answer in jose_tool(requests))
-    verifier = AssertionVerifier(jwks=public_jwks(private), issuer=HOST, audience=HOST,
-                                 require_low_s=False)
+    verifier = AssertionVerifier(jwks=public_jwks(private), issuer=HOST, audience=HOST)
     for token in (wrong_aud, two_auds, wrong_iss, foreign):
         with pytest.raises(InvalidToken) as refused:
             verifier.verify(token)

@@ -53,8 +53,8 @@ def flavour(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def site(flavour: str, tmp_path: Path) -> Iterator[str]:
     users = UsersFile(tmp_path / "users.toml", hasher=FAST)
-    users.add("alice", password="alice pw", groups=["admins"])
-    users.add("bob", password="bob pw", groups=["staff"])
+    users.add("alice", password="quartz falcon 11", groups=["admins"])
+    users.add("bob", password="velvet harbor 22", groups=["staff"])
     settings = Settings.from_mapping({
         "keys": {"encryption_keys": [KeyRing.new_key_text()]},
         "local_users": {"file": str(users.path)},
@@ -102,7 +102,7 @@ def test_rules_decide_per_request(site: str, caplog: pytest.LogCaptureFixture) -
         assert anonymous.get(base + "/admin").status_code == 401            # could admit
     with browser() as bob:
         assert bob.get(base + "/page").headers["location"] == "/.auth/login?rd=/page"
-        sign_in(bob, base, "bob", "bob pw")
+        sign_in(bob, base, "bob", "velvet harbor 22")
         assert bob.get(base + "/page").json()["sub"] == "bob"
         refused = bob.get(base + "/admin/users")
         assert refused.status_code == 403 and "Access denied" in refused.text
@@ -111,7 +111,7 @@ def test_rules_decide_per_request(site: str, caplog: pytest.LogCaptureFixture) -
         assert step.status_code == 302
         assert step.headers["location"] == "/.auth/2fa?rd=/secure/report"
     with browser() as alice:
-        sign_in(alice, base, "alice", "alice pw")
+        sign_in(alice, base, "alice", "quartz falcon 11")
         assert alice.get(base + "/admin/users").status_code == 200
     denied = [json.loads(r.getMessage()) for r in caplog.records
               if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
@@ -123,7 +123,7 @@ def test_ambiguous_paths_are_refused_and_the_app_routes_the_normalized_one(
         site: str, caplog: pytest.LogCaptureFixture) -> None:
     base = site
     with browser() as alice:
-        sign_in(alice, base, "alice", "alice pw")
+        sign_in(alice, base, "alice", "quartz falcon 11")
         cookie = "__Host-secure_mw_session=" + str(alice.cookies.get("__Host-secure_mw_session"))
     # Encoded separators and dot segments: refused before any rule is consulted.
     for target in ("/healthz/..%2Fadmin", "/a%2F..%2Fadmin", "/%2e%2e/admin",
@@ -217,11 +217,12 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @contextmanager
 def serve_rules(flavour: str, tmp_path: Path, access_control: dict[str, Any], *,
-                store: str = "memory", redis_url: str | None = None) -> Iterator[str]:
+                store: str = "memory", redis_url: str | None = None,
+                hosts: tuple[str, ...] = ()) -> Iterator[str]:
     """The protected test app behind the built-in login (alice in admins, bob in staff)."""
     users = UsersFile(tmp_path / "users.toml", hasher=FAST)
-    users.add("alice", password="alice pw", email="alice@example.com", groups=["admins"])
-    users.add("bob", password="bob pw", email="bob@example.com", groups=["staff"])
+    users.add("alice", password="quartz falcon 11", email="alice@example.com", groups=["admins"])
+    users.add("bob", password="velvet harbor 22", email="bob@example.com", groups=["staff"])
     session: dict[str, Any] = {"store": store}
     if redis_url:
         session["redis_url"] = redis_url
@@ -230,6 +231,7 @@ def serve_rules(flavour: str, tmp_path: Path, access_control: dict[str, Any], *,
         "session": session,
         "local_users": {"file": str(users.path)},
         "access_control": access_control,
+        **({"server": {"allowed_hosts": ["127.0.0.1", *hosts]}} if hosts else {}),
     }, environ={})
     module = asgi if flavour == "asgi" else wsgi
     options: dict[str, Any] = {"store": MemorySessionStore()} if store == "memory" else {}
@@ -251,8 +253,8 @@ def test_a_query_string_does_not_walk_around_resources(
     with serve_rules(flavour, tmp_path, {"default_policy": "deny", "rules": RULES},
                      store=store_kind, redis_url=redis_url) as base, browser() as bob, \
             browser() as alice:
-        sign_in(bob, base, "bob", "bob pw")
-        sign_in(alice, base, "alice", "alice pw")
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        sign_in(alice, base, "alice", "quartz falcon 11")
         bob_cookie, alice_cookie = session_of(bob), session_of(alice)
         for target in ("/admin?x=1", "/admin?", "/admin/?x=1", "/admin/users?a=b&c",
                        "/closed?x=1", "/x/../admin?x=1"):
@@ -291,10 +293,10 @@ def test_the_documented_layout_refuses_users_outside_the_subject(
     rule after it."""
     access_control = documented_toml("layout")["access_control"]
     host = "app.example.com"
-    with serve_rules(flavour, tmp_path, access_control) as base, browser() as bob, \
-            browser() as alice:
-        sign_in(bob, base, "bob", "bob pw")
-        sign_in(alice, base, "alice", "alice pw")
+    with serve_rules(flavour, tmp_path, access_control, hosts=(host,)) as base, \
+            browser() as bob, browser() as alice:
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        sign_in(alice, base, "alice", "quartz falcon 11")
         for target in ("/admin", "/admin/", "/admin/users", "/admin?x=1", "//admin"):
             assert raw_get(base, target, session_of(bob), host=host) == 403, target
             assert raw_get(base, target, session_of(alice), host=host) == 401, target  # 2fa
@@ -394,8 +396,8 @@ def test_the_built_in_logins_emails_count_as_verified(flavour: str, tmp_path: Pa
         {"policy": "authenticated"}]}
     with serve_rules(flavour, tmp_path, rules) as base, browser() as alice, \
             browser() as bob:
-        sign_in(alice, base, "alice", "alice pw")
-        sign_in(bob, base, "bob", "bob pw")
+        sign_in(alice, base, "alice", "quartz falcon 11")
+        sign_in(bob, base, "bob", "velvet harbor 22")
         assert raw_get(base, "/mine?x=1", session_of(alice)) == 200
         assert raw_get(base, "/mine", session_of(bob)) == 403
         assert raw_get(base, "/example/x", session_of(bob)) == 200
@@ -409,7 +411,7 @@ def test_a_padded_query_string_does_not_slip_past_query_conditions(
                        {"policy": "authenticated"}]}
     padded = "/x?" + "&".join(["a=1"] * 70) + "&debug=1"     # the app still reads debug=1
     with serve_rules(flavour, tmp_path, rules) as base, browser() as bob:
-        sign_in(bob, base, "bob", "bob pw")
+        sign_in(bob, base, "bob", "velvet harbor 22")
         assert raw_get(base, "/x?debug=1", session_of(bob)) == 403
         assert raw_get(base, padded, session_of(bob)) == 403
         assert raw_get(base, "/x?debug=2&" + "&".join(["a=1"] * 20), session_of(bob)) == 200

@@ -862,3 +862,26 @@ def test_concurrent_first_start_agrees_on_one_salt(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert len(set(results)) == 1, attempt
+
+
+# -- derived secrets ---------------------------------------------------------------------------
+
+
+def test_derive_is_hkdf_sha256_under_the_purpose_label() -> None:
+    first, second = bytes(range(32)), bytes(range(32, 64))
+    ring = KeyRing([first, second])
+    derived = ring.derive("assertion signing key ES256", 48)
+    expected = tuple(
+        HKDF(algorithm=hashes.SHA256(), length=48, salt=None,
+             info=b"secure_mw/v1/derive\x00assertion signing key ES256").derive(secret)
+        for secret in (first, second))
+    assert derived == expected                       # the encrypting key's first
+    assert KeyRing([first, second]).derive("assertion signing key ES256", 48) == derived
+    assert ring.derive("another purpose", 48) != derived
+    assert first not in derived[0] and len(ring.derive("x")[0]) == 32
+
+
+@pytest.mark.parametrize(("purpose", "length"), [("", 32), ("x", 8), ("x", 10_000)])
+def test_derive_refuses_odd_arguments(purpose: str, length: int) -> None:
+    with pytest.raises(ValueError):
+        KeyRing.generate().derive(purpose, length)

@@ -26,6 +26,12 @@ POLICY = RedirectPolicy(ALLOWED)
 SAFE = [
     # Relative references stay on the current host.
     pytest.param("/", id="root"),
+    # Scheme-relative references to an allowed host (Django accepts them too).
+    pytest.param("//app.example.com", id="scheme-relative-allowed-host"),
+    pytest.param("//app.example.com/a?b#c", id="scheme-relative-allowed-host-path"),
+    pytest.param("//x.example.org/", id="scheme-relative-wildcard"),
+    pytest.param("//admin.example.com:8443/", id="scheme-relative-listed-port"),
+    pytest.param("//[::1]:8080/", id="scheme-relative-ipv6-port"),
     pytest.param("/a/b?c#d", id="path-query-fragment"),
     pytest.param("/a/b", id="path-absolute"),
     pytest.param("a/b", id="path-relative"),
@@ -125,7 +131,14 @@ UNSAFE = [
     pytest.param("https://app.example.com\\.evil.test", id="backslash-in-host"),
     # Scheme-relative and slash games.
     pytest.param("//evil.test", id="scheme-relative"),
-    pytest.param("//app.example.com", id="scheme-relative-allowed-host"),
+    pytest.param("//app.example.com:443/", id="scheme-relative-default-port-of-unknown-scheme"),
+    pytest.param("//admin.example.com/", id="scheme-relative-without-the-listed-port"),
+    pytest.param("//app.example.com@evil.test/", id="scheme-relative-userinfo"),
+    pytest.param("//evil.test/?//app.example.com", id="scheme-relative-other-host-query"),
+    pytest.param("//app.example.com.evil.test/", id="scheme-relative-suffix-trick"),
+    pytest.param("//example.org/", id="scheme-relative-apex-of-wildcard"),
+    pytest.param("//", id="scheme-relative-empty"),
+    pytest.param("//:443/", id="scheme-relative-port-only"),
     pytest.param("///evil.test", id="triple-slash"),
     pytest.param("////evil.test", id="quadruple-slash"),
     pytest.param("/\\evil.test", id="slash-backslash"),
@@ -424,12 +437,48 @@ def test_empty_allow_list_still_allows_relative() -> None:
         pytest.param("evil.test\uff0f.example.com", id="fullwidth-solidus"),
     ],
 )
-def test_invalid_entries(entry: str) -> None:
+def test_invalid_entries(entry: str, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError, match="invalid allowed host") as info:
         RedirectPolicy([entry])
     assert repr(entry) in str(info.value)
-    with pytest.raises(ValueError, match="invalid allowed host"):
-        is_safe_redirect("/", ["app.example.com", entry])
+    # At request time nothing raises: the bad entry matches nothing, the others still do.
+    assert is_safe_redirect("/", ["app.example.com", entry])
+    assert is_safe_redirect("https://app.example.com/", ["app.example.com", entry])
+    assert not is_safe_redirect("https://evil.test/", [entry])
+
+
+def test_is_safe_redirect_with_user_info_in_the_allow_list_never_raises(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The issue: ValueError at request time for ``user:pass@host`` in allowed_hosts."""
+    _cached_policy.cache_clear()
+    hosts = ["user:pass@portal.test", "https://portal.test", "portal.test/x"]
+    for url in ("http://user:pass@portal.test/", "https://portal.test/", "/ok", "//portal.test/"):
+        assert is_safe_redirect(url, hosts) is (url == "/ok")
+    warnings = [r.getMessage() for r in caplog.records if "is_safe_redirect" in r.getMessage()]
+    assert len(warnings) == 3 and "'user:pass@portal.test'" in warnings[0]
+    assert "user info" in warnings[0]
+
+
+@pytest.mark.parametrize("hosts", [None, 42, [None], [b"portal.test"], [["portal.test"]],
+                                   [{"a": 1}]])
+def test_is_safe_redirect_never_raises_for_odd_allow_lists(hosts: object) -> None:
+    assert is_safe_redirect("/ok", hosts) is True  # type: ignore[arg-type]
+    assert is_safe_redirect("https://portal.test/", hosts) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("entry", "reason"), [
+    ("user:pass@portal.test", "user info"), ("https://portal.test", "not a URL"),
+    ("portal.test/path", "not a URL"), ("*", "wildcard"),
+])
+def test_bad_entries_are_configuration_errors(entry: str, reason: str) -> None:
+    from secure_mw import Settings
+    from secure_mw.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"redirects": {"allowed_hosts": ["ok.test", entry]}}, environ={})
+    [problem] = info.value.problems
+    assert problem.path == "redirects.allowed_hosts"
+    assert repr(entry) in problem.message and reason in problem.message
 
 
 @pytest.mark.parametrize("entry", [None, b"app.example.com", 443])
@@ -536,7 +585,8 @@ def test_normalize(url: str, expected: str) -> None:
 
 # Django's url_has_allowed_host_and_scheme: every case its own tests exercise, in our own
 # words (hosts portal.test / other.test / evil.test), with Django's verdict and ours.
-# The only disagreements: we refuse scheme-relative URLs and user info outright.
+# The one disagreement: an allow-list entry with user info matches nothing here (and is a
+# configuration error for RedirectPolicy and the settings).
 
 PORTAL = ("portal.test", "portal2.test")
 PORTAL_OTHER = ("other.test", "portal.test")
@@ -579,13 +629,13 @@ DJANGO_PARITY = [
     pytest.param("go/?to=//evil.test", PORTAL_OTHER, False, True, True, id="dj-rel-q"),
     pytest.param("https://portal.test/", PORTAL_OTHER, False, True, True, id="dj-allowed"),
     pytest.param("HTTPS://portal.test/", PORTAL_OTHER, False, True, True, id="dj-allowed-upper"),
-    pytest.param("//portal.test/", PORTAL_OTHER, False, True, False, id="dj-scheme-relative"),
+    pytest.param("//portal.test/", PORTAL_OTHER, False, True, True, id="dj-scheme-relative"),
     pytest.param(
         "http://portal.test/a?mail=me@evil.test", PORTAL_OTHER, False, True, True, id="dj-q-at"
     ),
     pytest.param("/with%20spaces/", PORTAL_OTHER, False, True, True, id="dj-encoded-space"),
     pytest.param("seg/http:2222222222", PORTAL_OTHER, False, True, True, id="dj-colon-later"),
-    pytest.param("http://u:p@portal.test/", ("u:p@portal.test",), False, True, None, id="dj-auth"),
+    pytest.param("http://u:p@portal.test/", ("u:p@portal.test",), False, True, False, id="dj-auth"),
     pytest.param("http://u:p@portal.test/", ("portal.test",), False, False, False, id="dj-auth-2"),
     pytest.param("/confirm/me@evil.test", (), False, True, True, id="dj-no-hosts-path"),
     pytest.param(r"http://portal.test\@evil.test", (), False, False, False, id="dj-no-hosts-bs"),
@@ -602,19 +652,15 @@ DJANGO_PARITY = [
 
 @pytest.mark.parametrize(("url", "hosts", "https", "django", "ours"), DJANGO_PARITY)
 def test_django_parity(
-    url: str, hosts: tuple[str, ...] | str, https: bool, django: bool, ours: bool | None
+    url: str, hosts: tuple[str, ...] | str, https: bool, django: bool, ours: bool
 ) -> None:
-    if ours is None:  # an entry with user info is a configuration error here
-        with pytest.raises(ValueError, match="user info"):
-            is_safe_redirect(url, hosts, require_https=https)
-        return
     assert is_safe_redirect(url, hosts, require_https=https) is ours
     assert not ours or django, "never looser than Django"
 
 
 @pytest.mark.parametrize(("url", "hosts", "https", "django", "ours"), DJANGO_PARITY)
 def test_django_verdicts_are_recorded_right(
-    url: str, hosts: tuple[str, ...] | str, https: bool, django: bool, ours: bool | None
+    url: str, hosts: tuple[str, ...] | str, https: bool, django: bool, ours: bool
 ) -> None:
     http = pytest.importorskip("django.utils.http")
     verdict = http.url_has_allowed_host_and_scheme(
@@ -629,7 +675,7 @@ def test_never_looser_than_django_on_the_corpus() -> None:
     for param in SAFE:
         url = param.values[0]
         assert isinstance(url, str)
-        netloc = urlsplit(url).netloc if "://" in url else ""
+        netloc = urlsplit(url).netloc if "//" in url.split("?")[0].split("#")[0] else ""
         assert http.url_has_allowed_host_and_scheme(url, {netloc} - {""}), url
 
 
@@ -694,6 +740,15 @@ def _independent_host_check(scheme: str, host: str, port: int | None) -> bool:
     return host.endswith(".example.org") and len(host) > len(".example.org") and port == default
 
 
+def _independent_scheme_relative_check(host: str, port: int | None) -> bool:
+    """ALLOWED for ``//host[:port]``: no port matches entries without one, a port only an
+    entry that lists it."""
+    if port is None:
+        return host in ("app.example.com", "127.0.0.1", "xn--bcher-kva.example") or (
+            host.endswith(".example.org") and len(host) > len(".example.org"))
+    return (host, port) in (("admin.example.com", 8443), ("[::1]", 8080), ("localhost", 8000))
+
+
 def _check_safe_verdict(url: str) -> None:
     normalized = POLICY.normalize(url)
     if normalized is None:
@@ -715,8 +770,14 @@ def _check_safe_verdict(url: str) -> None:
         assert raw.hostname is not None
         raw_host = raw.hostname if raw.hostname.isascii() else raw.hostname.encode("idna").decode()
         assert raw_host.lower() == (parts.hostname or "").lower()
+    elif normalized.startswith("//"):
+        # Scheme-relative: the host is allowed, with a port exactly as listed (or none).
+        assert "@" not in parts.netloc and not normalized.startswith("///")
+        host = parts.netloc.rsplit(":", 1)[0] if not parts.netloc.endswith("]") else parts.netloc
+        assert _independent_scheme_relative_check(host, parts.port), url
+        for base in ("https://current.test/base/page", "http://current.test/"):
+            assert urlsplit(urljoin(base, normalized)).netloc == parts.netloc, url
     else:
-        assert not normalized.startswith("//")
         resolved = urlsplit(urljoin("https://current.test/base/page", url))
         assert resolved.netloc == "current.test", url
 
@@ -795,3 +856,21 @@ def test_allowed_host_with_any_safe_path_is_safe(
     normalized = POLICY.normalize(url)
     assert normalized is not None
     assert urlsplit(normalized).hostname == host.partition(":")[0].lower()
+
+
+@settings(max_examples=200, deadline=None)
+@given(hosts=st.lists(st.one_of(st.text(max_size=30),
+                                st.lists(st.sampled_from(TOKENS), max_size=5).map("".join)),
+                      max_size=4),
+       url=st.one_of(st.text(), st.lists(st.sampled_from(TOKENS), max_size=10).map("".join)))
+def test_is_safe_redirect_never_raises_for_any_allow_list(hosts: list[str], url: str) -> None:
+    verdict = is_safe_redirect(url, hosts)
+    assert verdict is is_safe_redirect(url, [h for h in hosts if _valid_entry(h)])
+
+
+def _valid_entry(entry: str) -> bool:
+    try:
+        RedirectPolicy([entry])
+    except ValueError:
+        return False
+    return True

@@ -195,6 +195,26 @@ def test_jwks_is_the_fixture_key(idp: IdPServer, meta: dict[str, Any]) -> None:
     assert published["keys"][0]["x"] == expected["keys"][0]["x"]
 
 
+def test_jwks_faults_on_demand(idp: IdPServer, meta: dict[str, Any]) -> None:
+    before = idp.jwks_requests()
+    try:
+        idp.set_jwks("garbage")
+        garbage = httpx.get(meta["jwks_uri"], timeout=10)
+        assert garbage.status_code == 200
+        with pytest.raises(ValueError):
+            garbage.json()
+        idp.set_jwks("empty")
+        assert httpx.get(meta["jwks_uri"], timeout=10).json() == {"keys": []}
+        idp.set_jwks("error")
+        assert httpx.get(meta["jwks_uri"], timeout=10).status_code == 503
+        with pytest.raises(RuntimeError, match="400"):
+            idp.set_jwks("nonsense")
+    finally:
+        idp.set_jwks("normal")
+    assert httpx.get(meta["jwks_uri"], timeout=10).json()["keys"]
+    assert idp.jwks_requests() == before + 4
+
+
 def test_config_file_is_private(idp: IdPServer) -> None:
     assert stat.S_IMODE(os.stat(idp.config_path).st_mode) == 0o600
 

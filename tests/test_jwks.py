@@ -315,20 +315,75 @@ def test_failure_with_cache_keeps_the_cached_set(server: JWKSServer, clock: Cloc
                                                  key_a: SigningKey) -> None:
     url = server.serve_json("/jwks", jwks(key_a), cache_control="max-age=60")
     remote = RemoteKeySet(url, clock=clock)
-    start = clock.now
     assert remote.get_key(key_a.kid) is not None
     for broken in (Route(b"<html>down</html>", 503, {"Content-Type": "text/html"}),
                    Route(b"{not json", 200, {"Content-Type": "application/json"}),
-                   Route(b'{"keys": "nope"}', 200, {"Content-Type": "application/json"})):
+                   Route(b'{"keys": "nope"}', 200, {"Content-Type": "application/json"}),
+                   Route(b'{"keys": []}', 200, {"Content-Type": "application/json"}),
+                   Route(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]})
+                         .encode(), 200, {"Content-Type": "application/json"})):
         server.routes["/jwks"] = broken
         clock.now += 60
         hits = server.hits["/jwks"]
         assert remote.get_key(key_a.kid) is not None  # stale but kept
         assert server.hits["/jwks"] == hits + 1
-        clock.now += 30
-        assert remote.get_key(key_a.kid) is not None  # no retry inside the cooldown
+        clock.now += 0.5
+        assert remote.get_key(key_a.kid) is not None  # no retry inside the backoff
         assert server.hits["/jwks"] == hits + 1
-    assert clock.now - start == 270
+        assert remote.key_set is not None and remote.key_set.kids == (key_a.kid,)
+        server.serve_json("/jwks", jwks(key_a), cache_control="max-age=60")
+        clock.now += 0.5
+        assert remote.get_key(key_a.kid) is not None  # 1 s later: retried, good again
+        assert server.hits["/jwks"] == hits + 2
+
+
+def test_failed_fetch_is_retried_with_backoff_within_the_cooldown(
+        server: JWKSServer, clock: Clock, key_a: SigningKey) -> None:
+    url = server.serve_json("/jwks", {"error": "down"}, status=503)
+    remote = RemoteKeySet(url, clock=clock, refetch_cooldown=60)
+    start = clock.now
+    fetched_at = []
+    for tenth in range(0, 2000):           # a request every 0.1 s for 200 s
+        clock.now = start + tenth / 10
+        hits = server.hits["/jwks"]
+        with pytest.raises(StoreUnavailable):
+            remote.get_key(key_a.kid)
+        if server.hits["/jwks"] > hits:
+            fetched_at.append(round(clock.now - start, 1))
+    assert fetched_at == [0, 1, 3, 7, 15, 31, 63, 123, 183]
+    server.serve_json("/jwks", jwks(key_a))
+    clock.now = start + 243
+    assert remote.get_key(key_a.kid) is not None
+    clock.now += 1                      # a success resets the backoff: the cooldown again
+    assert remote.get_key("unknown") is None
+    assert server.hits["/jwks"] == 10
+
+
+def test_a_kid_missing_from_a_set_kept_after_a_failure_is_unavailable(
+        server: JWKSServer, clock: Clock, key_a: SigningKey, key_b: SigningKey) -> None:
+    """The provider rotated to a key its broken endpoint does not show: that is our side's
+    failure (503, try again), not a forged token (401)."""
+    url = server.serve_json("/jwks", jwks(key_a), cache_control="max-age=60")
+    remote = RemoteKeySet(url, clock=clock)
+    assert remote.get_key(key_a.kid) is not None
+    server.serve_json("/jwks", {"keys": []})
+    clock.now += 60
+    with pytest.raises(StoreUnavailable, match="last fetch failed"):
+        remote.get_key(key_b.kid)
+    assert remote.get_key(key_a.kid) is not None
+    server.serve_json("/jwks", jwks(key_a, key_b))
+    clock.now += 1
+    assert remote.get_key(key_b.kid) is not None
+    assert asyncio.run(remote.aget_key("unknown")) is None        # healthy: plain "no key"
+
+
+def test_an_empty_first_answer_is_a_failure_not_an_empty_set(server: JWKSServer,
+                                                             clock: Clock) -> None:
+    url = server.serve_json("/jwks", {"keys": []})
+    with pytest.raises(StoreUnavailable, match="no usable key"):
+        RemoteKeySet(url, clock=clock).get_key("any")
+    with pytest.raises(StoreUnavailable, match="no usable key"):
+        asyncio.run(RemoteKeySet(url, clock=clock).aget_key("any"))
 
 
 def test_refresh_forces_a_fetch_and_reports_failure(server: JWKSServer, clock: Clock,
@@ -503,7 +558,7 @@ def test_plain_http_only_when_allowed() -> None:
 @pytest.mark.parametrize(
     "options",
     [{"min_ttl": 600, "max_ttl": 60}, {"refetch_cooldown": 0}, {"timeout": -1},
-     {"max_bytes": 0}, {"default_ttl": float("nan")}],
+     {"max_bytes": 0}, {"default_ttl": float("nan")}, {"retry_backoff": 0}],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_bad_remote_options(options: dict[str, Any]) -> None:

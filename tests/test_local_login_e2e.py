@@ -5,6 +5,7 @@ upgrade of an outdated password hash."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ def users(tmp_path: Path) -> UsersFile:
     users.add("alice", password="correct horse", display_name="Alice Example",
               email="alice@example.com", groups=["admins", "staff"])
     users.add("bob", password="battery staple", email="bob@example.com")
-    users.add("carol", password="carol pw")
+    users.add("carol", password="plum orchard 42")
     users.set_disabled("carol", True)
     return users
 
@@ -120,7 +121,7 @@ def test_every_failure_gets_the_same_answer(app: Any, caplog: pytest.LogCaptureF
     with app(regulator=regulator) as base, browser() as client:
         unknown = sign_in(client, base, "nobody", "x")
         wrong = sign_in(client, base, "alice", "wrong")
-        disabled = sign_in(client, base, "carol", "carol pw")
+        disabled = sign_in(client, base, "carol", "plum orchard 42")
         empty = sign_in(client, base, "", "")
     assert shape(unknown) == shape(wrong) == shape(disabled) == shape(empty)
     assert unknown.status_code == 401 and "Incorrect user name or password." in unknown.text
@@ -246,3 +247,231 @@ def test_a_failed_attempt_sets_the_form_cookie_once(app: Any) -> None:
             "state": form_state(failed.text), "username": "alice",
             "password": "correct horse"})
         assert retry.status_code == 303
+
+
+
+# -- sessions follow the users file (changed by `secure-mw users` in another process) -------
+
+CHANGES = {
+    "delete": (("delete", "alice", "--yes"), "", "user deleted"),
+    "disable": (("disable", "alice"), "", "user disabled"),
+    "passwd": (("passwd", "alice"), "lantern quarry 17\n", "sessions revoked in the users file"),
+    "end-sessions": (("end-sessions", "alice"), "", "sessions revoked in the users file"),
+}
+
+
+def users_cli(path: Path, *args: str, stdin: str = "") -> None:
+    """`secure-mw users ACTION ... --file path`, as the administrator would run it."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "SECURE_MW_USERS_FILE"}
+    environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-m", "secure_mw.cli", "users", args[0], "--file",
+                           str(path), *args[1:]], input=stdin, capture_output=True,
+                          text=True, timeout=120, env=environ)
+    assert done.returncode == 0, done.stderr
+
+
+class Stats:
+    """Counts the ``stat`` calls the users file makes on its path (each look at the file
+    is exactly one)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+        import secure_mw.login.users as module
+
+        self.count = 0
+        real = module._signature
+
+        def counting(target: Any) -> Any:
+            if Path(target) == path:
+                self.count += 1
+            return real(target)
+
+        monkeypatch.setattr(module, "_signature", counting)
+
+
+@contextmanager
+def following(flavour: str, path: Path, clock: Any, *, interval: str = "5m",
+              store: str = "memory", rules: bool = False) -> Iterator[str]:
+    """A real server of ``flavour`` whose login reads ``path``, on the injected clock."""
+    from secure_mw.login.users import DEFAULT_POLICY
+
+    config: dict[str, Any] = {
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "local_users": {"file": str(path), "refresh_interval": interval},
+        "session": {"inactivity": "1h", "expiration": "1d", "store": store}}
+    if rules:
+        config["access_control"] = {"default_policy": "deny", "rules": [
+            {"resources": ["^/admin"], "subject": "group:admins", "policy": "authenticated"},
+            {"resources": ["^/admin"], "policy": "deny"},
+            {"policy": "authenticated"}]}
+    settings = Settings.from_mapping(config, environ={})
+    options: dict[str, Any] = {
+        "users": UsersFile(path, hasher=FAST, policy=DEFAULT_POLICY),
+        "clock": clock, "delay": LoginDelay(floor=0.01, seed=0.01, jitter=0.001)}
+    if store == "memory":
+        options["store"] = MemorySessionStore(clock=clock)
+    module = asgi if flavour == "asgi" else wsgi
+    inner = asgi_inner() if flavour == "asgi" else wsgi_inner
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    with server(module.protect(inner, settings, **options)) as url:
+        yield url
+
+
+def people(tmp_path: Path) -> Path:
+    path = tmp_path / "users.toml"
+    users = UsersFile(path, hasher=FAST)
+    users.add("alice", password="correct horse", email="alice@example.com",
+              groups=["admins"])
+    users.add("bob", password="battery staple", display_name="Bob")
+    return path
+
+
+def audit_events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records
+            if r.name == "secure_mw.audit" and f'"event":"{name}"' in r.getMessage()]
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_user_gone_from_the_file_loses_the_session_within_the_interval(
+    flavour: str, tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.clock import Clock
+
+    path = people(tmp_path)
+    clock = Clock()
+    args, stdin, reason = CHANGES[change]
+    with following(flavour, path, clock) as base, browser() as client:
+        assert sign_in(client, base, "alice", "correct horse").status_code == 303
+        cookie = client.cookies.get("__Host-secure_mw_session")
+        assert client.get(base + "/hello").json()["sub"] == "alice"
+        users_cli(path, *args, stdin=stdin)
+        clock.advance(299)                    # within the interval: not looked at yet
+        assert client.get(base + "/hello").status_code == 200
+        clock.advance(2)
+        # Many requests of the session at once, all due: not one gets through.
+        jar = {"Cookie": f"__Host-secure_mw_session={cookie}", "Accept": "application/json"}
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: httpx.get(base + "/hello", headers=jar).status_code,
+                                     range(16)))
+        assert statuses == [401] * 16
+        ended = client.get(base + "/hello")
+        assert ended.status_code == 302 and ended.headers["location"] == "/.auth/login?rd=/hello"
+        assert client.get(base + "/.auth/me").json() == {"authenticated": False}
+        # and the server-side record is gone: the old cookie is unknown now
+        assert httpx.get(base + "/hello", headers=jar).status_code == 401
+    events = audit_events(caplog, "session_ended")
+    assert events and {(e["user"], e["reason"]) for e in events} == {("alice", reason)}
+    assert not any("correct horse" in r.getMessage() or "lantern" in r.getMessage()
+                   for r in caplog.records)
+
+
+def test_passwd_keep_sessions_keeps_them(flavour: str, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    from tests.clock import Clock
+
+    path = people(tmp_path)
+    clock = Clock()
+    with following(flavour, path, clock) as base, browser() as client:
+        sign_in(client, base, "alice", "correct horse")
+        users_cli(path, "passwd", "alice", "--keep-sessions", stdin="lantern quarry 17\n")
+        clock.advance(301)
+        assert client.get(base + "/hello").json()["sub"] == "alice"
+        # a new sign-in takes the new password
+        with browser() as other:
+            assert sign_in(other, base, "alice", "lantern quarry 17").status_code == 303
+    assert audit_events(caplog, "session_ended") == []
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie"])
+def test_changed_groups_reach_the_rules_and_the_app(
+    flavour: str, tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.clock import Clock
+
+    caplog.set_level(logging.INFO, "secure_mw.audit")
+    path = people(tmp_path)
+    clock = Clock()
+    stats = Stats(monkeypatch, path)
+    with following(flavour, path, clock, store=store, rules=True) as base, \
+            browser() as client:
+        sign_in(client, base, "bob", "battery staple")
+        assert client.get(base + "/admin").status_code == 403
+        users_cli(path, "set-groups", "bob", "admins", "staff")
+        users_cli(path, "set-email", "bob", "bob@example.org")
+        assert client.get(base + "/admin").status_code == 403      # not due yet
+        clock.advance(301)
+        looked = stats.count
+        admitted = client.get(base + "/admin")                     # the rules see it now
+        assert admitted.status_code == 200
+        assert admitted.json()["groups"] == ["admins", "staff"]
+        assert admitted.json()["email"] == "bob@example.org"
+        assert stats.count == looked + 1
+        if store == "cookie":    # the record travels in the cookie: written back
+            assert any(c.startswith("__Host-secure_mw_session=")
+                       for c in admitted.headers.get_list("set-cookie"))
+        for _ in range(5):       # and the next requests of the interval look at nothing
+            assert client.get(base + "/admin").status_code == 200
+        assert stats.count == looked + 1
+        users_cli(path, "set-groups", "bob", "--none")
+        clock.advance(301)
+        assert client.get(base + "/admin").status_code == 403
+        assert client.get(base + "/hello").json()["groups"] == []
+    updated = audit_events(caplog, "session_updated")
+    assert [e["reason"] for e in updated] == ["email, groups changed in the users file",
+                                              "groups changed in the users file"]
+    assert audit_events(caplog, "session_ended") == []
+
+
+def test_always_looks_at_every_request(flavour: str, tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.clock import Clock
+
+    path = people(tmp_path)
+    clock = Clock()
+    stats = Stats(monkeypatch, path)
+    with following(flavour, path, clock, interval="always", store="cookie",
+                   rules=True) as base, browser() as client:
+        sign_in(client, base, "bob", "battery staple")
+        looked = stats.count
+        for _ in range(3):       # nothing changed: nothing is written back either
+            answer = client.get(base + "/hello")
+            assert answer.status_code == 200 and "set-cookie" not in answer.headers
+        assert stats.count == looked + 3
+        users_cli(path, "set-groups", "bob", "admins")
+        assert client.get(base + "/admin").status_code == 200      # no clock advance
+        users_cli(path, "disable", "bob")
+        ended = client.get(base + "/admin", headers={"Accept": "application/json"})
+        assert ended.status_code == 401
+    assert [e["reason"] for e in audit_events(caplog, "session_ended")] == ["user disabled"]
+
+
+def test_always_can_be_written_as_zero(tmp_path: Path) -> None:
+    settings = Settings.from_mapping({"local_users": {"refresh_interval": 0}}, environ={})
+    assert settings.local_users.refresh_interval == 0.0
+    assert Settings.from_mapping({"local_users": {"refresh_interval": "ALWAYS"}},
+                                 environ={}).local_users.refresh_interval == 0.0
+    assert Settings.from_mapping({}, environ={
+        "SECURE_MW_LOCAL_USERS__REFRESH_INTERVAL": "90s"}).local_users.refresh_interval == 90
+
+
+def test_a_check_time_ahead_of_this_clock_is_due(flavour: str, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A session recorded by a process whose clock runs ahead (or before this one was set
+    back) is looked at again rather than trusted until this clock catches up."""
+    from tests.clock import Clock
+
+    path = people(tmp_path)
+    clock = Clock()
+    with following(flavour, path, clock) as base, browser() as client:
+        sign_in(client, base, "alice", "correct horse")
+        UsersFile(path, hasher=FAST).set_disabled("alice", True)
+        clock.advance(-60)
+        assert client.get(base + "/hello").status_code == 302
+    assert [e["reason"] for e in audit_events(caplog, "session_ended")] == ["user disabled"]

@@ -6,6 +6,7 @@ moves only through an injected clock (never sleep).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ from secure_mw.login import (
     UsersFileError,
     normalize_username,
 )
+from secure_mw.login.policy import PasswordPolicy, PasswordPolicyError
 from secure_mw.login.users import MAX_USERNAME, _dump, _parse
 from tests.clock import Clock
 
@@ -160,17 +162,14 @@ def test_reload_on_change_is_paced_by_the_clock(
 ) -> None:
     users = open_users(users_path, hasher, clock)
     before = users_path.stat()
-    # Rewrite in place with the same size and inode, then restore the old mtime: the
-    # signature is unchanged, so the new content is not seen ...
+    # Rewrite in place with the same size and inode, then restore the old mtime: the ctime
+    # still moves (it cannot be set back), so the new content is seen — once check_interval
+    # has passed.
     text = users_toml().replace("Alice Example", "Alice Changed")
     assert len(text) == len(users_toml())
     with open(users_path, "r+", encoding="utf-8") as fh:
         fh.write(text)
     os.utime(users_path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    clock.advance(5)
-    assert users.get("alice").display_name == "Alice Example"  # type: ignore[union-attr]
-    # ... until the mtime moves, and then only once check_interval has passed.
-    bump_mtime(users_path)
     clock.advance(1.9)
     assert users.get("alice").display_name == "Alice Example"  # type: ignore[union-attr]
     clock.advance(0.1)
@@ -357,12 +356,12 @@ def test_writes_are_atomic_0600_and_keep_other_users(
 ) -> None:
     users = open_users(users_path, hasher)
     inode = users_path.stat().st_ino
-    carol = users.add("carol", password="carol-password", display_name="Carol \u00c7",
+    carol = users.add("carol", password="velvet harbor 22", display_name="Carol \u00c7",
                       email="carol@example.com", groups=["staff"])
     assert carol == users.get("CAROL")
     assert users_path.stat().st_ino != inode  # replaced, not rewritten in place
     assert stat.S_IMODE(users_path.stat().st_mode) == 0o600
-    users.set_password("alice", "new-alice-password")
+    users.set_password("alice", "new harbour lamp 5")
     users.set_disabled("bob", True)
     assert stat.S_IMODE(users_path.stat().st_mode) == 0o600
     assert sorted(p.name for p in users_path.parent.iterdir()) == ["users.toml",
@@ -375,30 +374,30 @@ def test_writes_are_atomic_0600_and_keep_other_users(
     # a fresh reader sees what the writer saw
     again = open_users(users_path, hasher)
     assert again.users() == users.users()
-    assert again.verify("alice", "new-alice-password") is not None
+    assert again.verify("alice", "new harbour lamp 5") is not None
     assert again.verify("alice", "alice-password") is None
-    assert again.verify("carol", "carol-password") is not None
+    assert again.verify("carol", "velvet harbor 22") is not None
     assert again.verify("bob", "bob-password") is None
     users.set_disabled("BOB", False)
-    assert again.verify("bob", "bob-password") is None  # not yet looked again
-    assert open_users(users_path, hasher).verify("bob", "bob-password") is not None
+    assert again.get("bob").disabled is True  # type: ignore[union-attr]  # get() is paced
+    assert again.verify("bob", "bob-password") is not None   # a login looks now
 
 
 def test_a_writer_starts_from_the_file_not_from_its_memory(
     users_path: Path, hasher: CountingHasher
 ) -> None:
     first, second = open_users(users_path, hasher), open_users(users_path, hasher)
-    first.add("carol", password="p1")
-    second.add("dave", password="p2")  # second has not reloaded: carol must survive
+    first.add("carol", password="plum orchard 41")
+    second.add("dave", password="plum orchard 42")  # second has not reloaded: carol must survive
     assert [u.username for u in open_users(users_path, hasher).users()] == [
         "alice", "bob", "carol", "dave"]
     with pytest.raises(UserExistsError, match="carol"):
-        second.add("Carol", password="p3")
+        second.add("Carol", password="plum orchard 43")
     # a writer looks at the file, not at a copy that is still within check_interval
     third = open_users(users_path, hasher)
-    first.add("erin", password="p4")
-    third.set_password("erin", "p5")
-    assert open_users(users_path, hasher).verify("erin", "p5") is not None
+    first.add("erin", password="plum orchard 44")
+    third.set_password("erin", "plum orchard 45")
+    assert open_users(users_path, hasher).verify("erin", "plum orchard 45") is not None
 
 
 def test_add_creates_a_0600_file(tmp_path: Path, hasher: CountingHasher) -> None:
@@ -406,7 +405,7 @@ def test_add_creates_a_0600_file(tmp_path: Path, hasher: CountingHasher) -> None
     old_umask = os.umask(0o022)
     try:
         users = open_users(path, hasher)
-        users.add("alice", password="pw")
+        users.add("alice", password="plum orchard 46")
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -432,8 +431,12 @@ def test_writer_errors(users_path: Path, hasher: CountingHasher, clock: Clock) -
     with pytest.raises(UnknownUserError):
         users.set_disabled("mallory", True)
     assert hasher.hashed == 0  # refused before any costly hash
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(PasswordPolicyError, match="must not be empty"):
         users.add("carol", password="")
+    with pytest.raises(PasswordPolicyError, match="at least 12 characters; this one has 1"):
+        users.add("carol", password="x")
+    with pytest.raises(PasswordPolicyError, match="at least 12 characters; this one has 2"):
+        users.set_password("alice", "xy")
     assert users_path.read_bytes() == before
     # a broken file is not overwritten
     write(users_path, "[users.alice]\nemail = 3\n")
@@ -453,7 +456,7 @@ def test_concurrent_adds_from_threads_all_land(users_path: Path) -> None:
         target = shared if i % 2 else open_users(users_path, hasher)
         start.wait()
         try:
-            target.add(f"user{i:02d}", password=f"password-{i}", groups=[f"g{i}"])
+            target.add(f"user{i:02d}", password=f"secret number {i:02d}", groups=[f"g{i}"])
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -467,7 +470,7 @@ def test_concurrent_adds_from_threads_all_land(users_path: Path) -> None:
     names = [u.username for u in final.users()]
     assert names[:2] == ["alice", "bob"]
     assert sorted(names[2:]) == [f"user{i:02d}" for i in range(12)]
-    assert final.verify("user07", "password-7") is not None
+    assert final.verify("user07", "secret number 07") is not None
     assert stat.S_IMODE(users_path.stat().st_mode) == 0o600
 
 
@@ -499,3 +502,221 @@ def test_written_file_reads_back_the_same(
     assert problems == [] and list(parsed.values()) == [other, user]
     empty, problems = _parse(_dump([]))
     assert problems == [] and empty == {}
+
+
+# -- looking now (the session check), and edits the time stamps do not show ---------------
+
+
+def coarse_signatures(monkeypatch: pytest.MonkeyPatch, granularity_ns: int = 10**18
+                      ) -> None:
+    """Make the file system's time stamps coarse (by default: they never move), so edits
+    of the same size have one signature, whatever the real file system records."""
+    import secure_mw.login.users as module
+
+    real = module._signature
+
+    def coarse(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+        sig = real(path)
+        if sig is None or len(sig) < 6:
+            return sig
+        return (*sig[:3], sig[3] // granularity_ns * granularity_ns,
+                sig[4] // granularity_ns * granularity_ns, sig[5])
+
+    monkeypatch.setattr(module, "_signature", coarse)
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    with open(path, "r+", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.truncate()
+
+
+def test_an_edit_within_one_time_stamp_tick_is_seen(
+    users_path: Path, hasher: CountingHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coarse_signatures(monkeypatch)
+    users = UsersFile(users_path, hasher=hasher, clock=Clock(1000.0),
+                      logger=logging.getLogger(LOGGER), wall_clock=lambda: 1.0)  # "just now"
+    first = users_toml().replace("Alice Example", "Alice One....")
+    second = users_toml().replace("Alice Example", "Alice Two....")
+    for text, expected in ((first, "Alice One...."), (second, "Alice Two....")):
+        rewrite_in_place(users_path, text)        # same size, same coarse time stamps
+        user = users.lookup_now("alice")
+        assert user is not None and user.display_name == expected
+
+
+def test_a_file_with_old_time_stamps_is_only_stated(
+    users_path: Path, hasher: CountingHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secure_mw.login.users as module
+    from secure_mw._files import read_secret_file as real_read
+
+    reads: list[object] = []
+
+    def counting_read(path: str | os.PathLike[str], **kwargs: str) -> bytes:
+        reads.append(path)
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(module, "read_secret_file", counting_read)
+    wall = Clock(os.stat(users_path).st_ctime + 1.0)   # the last change: one second ago
+    users = UsersFile(users_path, hasher=hasher, logger=logging.getLogger(LOGGER),
+                      wall_clock=wall)
+    assert len(reads) == 1
+    users.lookup_now("alice")
+    assert len(reads) == 2          # too recent to trust: the content is compared
+    wall.advance(5)
+    users.lookup_now("alice")       # now old enough: from here on, a stat only
+    assert len(reads) == 3
+    for _ in range(5):
+        assert users.lookup_now("alice") is not None
+    assert len(reads) == 3
+    assert asyncio.run(users.alookup_now("bob")) == users.get("bob")
+    assert len(reads) == 3
+    bump_mtime(users_path)          # a real change moves the stamps: read again
+    users.lookup_now("alice")
+    assert len(reads) == 4
+
+
+class SignallingLock:
+    """A lock that says when a second thread starts waiting for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiter = threading.Event()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self._lock.locked():
+            self.waiter.set()
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_lookup_now_ignores_check_interval_and_waits_for_a_writer(
+    users_path: Path, hasher: CountingHasher, clock: Clock
+) -> None:
+    users = open_users(users_path, hasher, clock)
+    write(users_path, users_toml(bob_disabled=True))
+    bump_mtime(users_path)
+    assert users.get("bob").disabled is False  # type: ignore[union-attr]  # paced
+    bob = users.lookup_now("BOB")
+    assert bob is not None and bob.disabled is True
+    write(users_path, users_toml())
+    bump_mtime(users_path, 20)
+    # Another thread is reloading or writing: the lookup waits for it rather than answer
+    # from the version held (which would let a deleted user's requests through).
+    answers: list[User | None] = []
+    users._lock = SignallingLock()  # type: ignore[assignment]
+    with users._lock:
+        waiting = threading.Thread(target=lambda: answers.append(users.lookup_now("bob")))
+        waiting.start()
+        assert users._lock.waiter.wait(timeout=30)    # it has asked for the lock ...
+        assert answers == []                          # ... and cannot answer without it
+    waiting.join(timeout=30)
+    assert answers[0] is not None and answers[0].disabled is False
+    write(users_path, users_toml(bob_disabled=True))
+    bump_mtime(users_path, 30)
+    bob = asyncio.run(users.alookup_now("bob"))
+    assert bob is not None and bob.disabled is True
+    assert users.lookup_now("mallory") is None
+
+
+def test_a_reader_without_the_lock_never_pairs_new_stamps_with_old_users(
+    users_path: Path, hasher: CountingHasher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alookup_now answers without the lock once the signature matches: the reload must
+    publish the new users before the signature that vouches for them."""
+    import secure_mw.login.users as module
+
+    users = UsersFile(users_path, hasher=hasher, logger=logging.getLogger(LOGGER),
+                      wall_clock=lambda: 4e9)            # every time stamp is old: trusted
+    seen: list[tuple[bool, bool]] = []
+    real_state_of = module._State.of
+
+    def spying(found: dict[str, User]) -> module._State:
+        # at the moment the new users are built, the old signature must still be held
+        seen.append((users._seen == module._signature(users_path), "bob" in found))
+        return real_state_of(found)
+
+    monkeypatch.setattr(module._State, "of", staticmethod(spying))
+    write(users_path, users_toml().replace("[users.bob]", "[users.bobby]"))
+    bump_mtime(users_path)
+    assert asyncio.run(users.alookup_now("bob")) is None
+    assert seen == [(False, False)]
+
+
+# -- more writers -------------------------------------------------------------------------
+
+
+def test_update_delete_and_end_sessions(users_path: Path, hasher: CountingHasher) -> None:
+    wall = Clock(1_800_000_000.25)
+    users = UsersFile(users_path, hasher=hasher, logger=logging.getLogger(LOGGER),
+                      wall_clock=wall)
+    alice = users.update("ALICE", groups=["ops"], email="a@example.org")
+    assert (alice.groups, alice.email, alice.display_name) == (("ops",), "a@example.org",
+                                                               "Alice Example")
+    assert alice.password_hash == ALICE_HASH
+    inode = users_path.stat().st_ino
+    users.update("alice", groups=["ops"])           # no change: nothing written
+    assert users_path.stat().st_ino == inode
+    with pytest.raises(ValueError, match=r"users\.alice\.groups\[0\]"):
+        users.update("alice", groups=["a,b"])
+    with pytest.raises(ValueError, match=r"users\.alice\.display_name"):
+        users.update("alice", display_name="x\u202e")
+    with pytest.raises(UnknownUserError):
+        users.update("mallory", groups=[])
+    users.end_sessions("bob")
+    assert users.get("bob").sessions_not_before == 1_800_000_000.25  # type: ignore[union-attr]
+    text = users_path.read_text()
+    assert "sessions_not_before = 2027-01-15T08:00:00.250000Z" in text
+    assert tomllib.loads(text)["users"]["bob"]["sessions_not_before"].timestamp() == \
+        1_800_000_000.25
+    wall.advance(60)
+    users.set_password("bob", "tulip ladder 94", end_sessions=False)
+    assert users.get("bob").sessions_not_before == 1_800_000_000.25  # type: ignore[union-attr]
+    users.set_password("bob", "tulip ladder 95")
+    assert users.get("bob").sessions_not_before == 1_800_000_060.25  # type: ignore[union-attr]
+    removed = users.delete("BOB")
+    assert removed.username == "bob" and users.get("bob") is None
+    assert [u.username for u in open_users(users_path, hasher).users()] == ["alice"]
+    with pytest.raises(UnknownUserError):
+        users.delete("bob")
+    assert stat.S_IMODE(users_path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("2026-01-02T03:04:05Z", True), ("2026-01-02T03:04:05.5+02:00", True),
+    ("1767322800", True), ("2026-01-02T03:04:05", False), ("2026-01-02", False),
+    ('"yesterday"', False), ("true", False), ("-1", False),
+])
+def test_sessions_not_before_must_be_an_instant(
+    tmp_path: Path, hasher: CountingHasher, value: str, ok: bool
+) -> None:
+    path = write(tmp_path / "users.toml", users_toml(extra=f"sessions_not_before = {value}\n"))
+    if ok:
+        bob = open_users(path, hasher).get("bob")
+        assert bob is not None and bob.sessions_not_before > 1.7e9
+        parsed, problems = _parse(_dump([bob]))
+        assert problems == [] and parsed["bob"] == bob
+    else:
+        with pytest.raises(UsersFileError) as caught:
+            open_users(path, hasher)
+        assert [p.path for p in caught.value.problems] == ["users.bob.sessions_not_before"]
+
+
+def test_a_users_file_without_a_policy_takes_any_password(tmp_path: Path,
+                                                         hasher: CountingHasher) -> None:
+    users = UsersFile(tmp_path / "users.toml", hasher=hasher, policy=None)
+    users.add("alice", password="a")
+    assert users.verify("alice", "a") is not None
+    strict = UsersFile(tmp_path / "users.toml", hasher=hasher,
+                       policy=PasswordPolicy(min_length=20))
+    with pytest.raises(PasswordPolicyError, match="at least 20 characters; this one has 16"):
+        strict.set_password("alice", "sixteen chars ok")

@@ -33,6 +33,7 @@ from secure_mw.oidc.client import (
     GrantRefused,
     OIDCClient,
     ProviderMetadata,
+    TokenTooLarge,
     pkce_pair,
 )
 from secure_mw.oidc.core import local_target
@@ -491,6 +492,17 @@ def test_id_token_of_another_issuer_or_audience_is_refused(clock: Clock) -> None
         validate(client, id_claims(iss="https://other.example.test"))
     with pytest.raises(InvalidToken):
         validate(client, id_claims(aud="other-client"))
+
+
+def test_id_token_above_max_token_size_is_refused_naming_the_setting(clock: Clock) -> None:
+    client = make_client(clock, max_token_size="2KiB")
+    big = id_claims(groups=[f"group-{i:03d}" for i in range(200)])
+    with pytest.raises(TokenTooLarge) as refused:
+        validate(client, big)
+    assert refused.value.limit == 2048 and refused.value.size > 2048
+    assert "raise oidc.max_token_size" in str(refused.value)
+    assert isinstance(refused.value, InvalidToken)
+    assert validate(client, id_claims())["sub"] == "alice"       # small ones still pass
 
 
 def test_expired_id_token_is_refused(clock: Clock) -> None:

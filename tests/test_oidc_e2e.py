@@ -36,6 +36,9 @@ USERS = [
     {"sub": "many", "password": "many-pw", "email": "many@example.com",
      "email_verified": True, "name": "In Many Groups",
      "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(600)]},
+    {"sub": "huge", "password": "huge-pw", "email": "huge@example.com",
+     "email_verified": True, "name": "In Very Many Groups",      # an id_token of ~120 KB
+     "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(2000)]},
 ]
 APP_PORTS = [free_port() for _ in range(4)]
 CLIENT_JWKS = generate_private_jwks(("ES256",))
@@ -764,7 +767,7 @@ def test_provider_and_local_users_together_get_a_choice(
 
     users = UsersFile(tmp_path / "users.toml",
                       hasher=PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
-    users.add("dave", password="dave pw", groups=["local"])
+    users.add("dave", password="copper kettle 33", groups=["local"])
     base_settings = settings_for(idp)
     local = Settings.from_mapping({"local_users": {"file": str(users.path)}}, environ={})
     settings = dataclasses.replace(base_settings, local_users=local.local_users)
@@ -782,7 +785,7 @@ def test_provider_and_local_users_together_get_a_choice(
             state = re.search(r'name="state" value="([^"]+)"', page.text)
             assert state
             done = local_client.post(base + "/.auth/login", data={
-                "state": state.group(1), "username": "dave", "password": "dave pw"})
+                "state": state.group(1), "username": "dave", "password": "copper kettle 33"})
             assert done.status_code == 303
             assert local_client.get(base + "/x").json()["sub"] == "dave"
         with browser() as oidc_client:
@@ -792,3 +795,347 @@ def test_provider_and_local_users_together_get_a_choice(
                                  password="alice-pw")
             assert oidc_client.get(callback).headers["location"] == "/y"
             assert oidc_client.get(base + "/y").json()["sub"] == "alice"
+
+
+# -- a refused or ended session stays ended, in every store ---------------------------------
+
+SESSION = "__Host-secure_mw_session"
+
+
+def _session_cookie(client: httpx.Client) -> str:
+    """The session cookie header the client holds (every chunk of a cookie-store session)."""
+    parts = [f"{c.name}={c.value}" for c in client.cookies.jar
+             if c.name == SESSION or c.name.startswith(SESSION + ".")]
+    assert parts
+    return "; ".join(sorted(parts))
+
+
+def _usable_offsets(base: str, cookie: str, clock: Clock, *, step: float,
+                    until: float) -> list[float]:
+    """Replay ``cookie`` every ``step`` (injected) seconds up to ``until``; the offsets at
+    which the app still served it as signed in."""
+    served = []
+    offset = 0.0
+    while offset < until:
+        offset += step
+        clock.advance(step)
+        replay = httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                 "Accept": "application/json"})
+        assert replay.status_code in (200, 401, 503), replay.text
+        if replay.status_code == 200:
+            served.append(offset)
+    return served
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie", "redis"])
+def test_a_refused_refresh_ends_the_session_for_every_copy_of_the_cookie(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    """The provider refuses a refresh (user disabled): the cookie the browser held, replayed
+    every 5 s afterwards, is never served again (the report: 200 from 5 s to 71 s)."""
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        clock.advance(ACCESS_TTL - 30)
+        assert client.get(base + "/hello").status_code == 200     # refreshed once
+        cookie = _session_cookie(client)
+        idp.disable_user("bob")
+        try:
+            clock.advance(ACCESS_TTL - 30)
+            assert client.get(base + "/hello").status_code == 302  # refused: ended
+            served = _usable_offsets(base, cookie, clock, step=5, until=500)
+        finally:
+            idp.enable_user("bob")
+        assert served == [], f"served at {served}"
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie", "redis"])
+def test_the_old_cookie_replayed_after_logout_is_refused(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = _session_cookie(client)
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        assert client.post(base + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        now = httpx.get(base + "/x", headers={"Cookie": cookie, "Accept": "application/json"})
+        assert now.status_code == 401
+        # ... and later, also when its access token is due and the replay would refresh.
+        served = _usable_offsets(base, cookie, clock, step=15, until=400)
+        assert served == [], f"served at {served}"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_request_that_cannot_refresh_an_expired_token_is_served_only_within_the_grace(
+        idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    """Another process holds the refresh claim (it hangs, or died): requests of the session
+    are served while the access token is valid and for REFRESH_GRACE after, then fail
+    closed with 503 + Retry-After instead of being served on an expired token."""
+    import hashlib
+
+    from secure_mw.oidc.core import REFRESH_GRACE
+    from secure_mw.session.redis_store import RedisSessionStore
+
+    if store == "redis":
+        redis_url = request.getfixturevalue("redis_server").url
+        settings = settings_for(idp, store="redis", redis_url=redis_url, inactivity="10m")
+        sessions: Any = RedisSessionStore(redis_url, keyring=KeyRing.from_strings([KEY]))
+        options: dict[str, Any] = {}
+    else:
+        settings = settings_for(idp, inactivity="10m")
+        sessions = MemorySessionStore(clock=clock)
+        options = {"store": sessions}
+    with app(settings, **options) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        session_id = str(client.cookies.get(SESSION))
+        from secure_mw.session.model import Session
+
+        record = sessions.load(session_id)
+        record = record if isinstance(record, Session) else Session.from_bytes(record)
+        digest = hashlib.sha256(record.tokens["rt"].encode()).hexdigest()
+        assert sessions.claim_once(f"refreshing:{digest}", 3600)   # "another process"
+        ends = record.tokens["ae"]
+        api = {"Cookie": f"{SESSION}={session_id}", "Accept": "application/json"}
+        clock.now = ends - 20                       # due, not expired: served
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.now = ends + REFRESH_GRACE - 1        # just expired: still served
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.now = ends + REFRESH_GRACE            # beyond the grace: fail closed
+        refused = httpx.get(base + "/x", headers=api)
+        assert refused.status_code == 503
+        assert refused.json() == {"error": "session_refreshing"}
+        assert refused.headers["retry-after"] == "2"
+        page = client.get(base + "/x")
+        assert page.status_code == 503 and page.headers["refresh"] == "2"
+        sessions.release(f"refreshing:{digest}")    # the other one gave up: we refresh
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        # Found held long after the (new) token ended: served while that refresh may still
+        # be running (another request may have just started it), for the grace, not beyond.
+        record = sessions.load(session_id)
+        record = record if isinstance(record, Session) else Session.from_bytes(record)
+        digest = hashlib.sha256(record.tokens["rt"].encode()).hexdigest()
+        assert sessions.claim_once(f"refreshing:{digest}", 3600)
+        clock.now = record.tokens["ae"] + 300
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.advance(REFRESH_GRACE - 1)
+        assert httpx.get(base + "/x", headers=api).status_code == 200
+        clock.advance(1)
+        assert httpx.get(base + "/x", headers=api).status_code == 503
+
+
+def test_cookie_store_with_redis_ends_a_session_in_every_process(
+        idp: IdPServer, app: AppFactory, clock: Clock, redis_server: RedisServer) -> None:
+    """With ``session.redis_url`` the cookie store keeps its revocations (and refresh claims
+    and rotations) in Redis: a logout in one process ends the copied cookie in another."""
+    settings = settings_for(idp, store="cookie", redis_url=redis_server.url, inactivity="10m")
+    with app(settings, 0) as first, app(settings, 1) as second, browser() as client:
+        login(client, first, idp, user="bob", password="bob-pw")
+        cookie = _session_cookie(client)
+        api = {"Cookie": cookie, "Accept": "application/json"}
+        assert httpx.get(second + "/x", headers=api).status_code == 200
+        # Both processes at refresh time: one refreshes, the other reuses its result.
+        clock.advance(ACCESS_TTL - 30)
+        assert httpx.get(second + "/x", headers=api).status_code == 200
+        assert httpx.get(first + "/x", headers=api).status_code == 200
+        csrf = client.get(first + "/.auth/me").json()["csrf_token"]
+        assert client.post(first + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        assert httpx.get(second + "/x", headers=api).status_code == 401
+        assert httpx.get(first + "/x", headers=api).status_code == 401
+
+
+# -- cookies of another application ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["cookie", "redis"])
+def test_a_cookie_of_another_app_is_refused_with_an_audit_line_everywhere(
+        idp: IdPServer, app: AppFactory, store: str, request: pytest.FixtureRequest,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another application (other keys, same cookie name, and for Redis the same server and
+    prefix): its cookie is refused and audited on every path that reads a session, and no
+    audit line carries the cookie's value."""
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    settings = settings_for(idp, store=store, redis_url=redis_url)
+    other = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "session": {"store": store, **({"redis_url": redis_url} if redis_url else {})},
+    }, environ={})
+    cookie = session_cookie(other, {"sub": "mallory"})
+    value = cookie.split("=", 1)[1]
+    paths = [("GET", "/x"), ("GET", "/.auth/me"), ("GET", "/.auth/logout"),
+             ("POST", "/.auth/logout")]
+    with app(settings) as base:
+        for method, path in paths:
+            caplog.clear()
+            answer = httpx.request(method, base + path, headers={
+                "Cookie": cookie, "Accept": "application/json"})
+            assert answer.status_code in (401, 302, 303), (path, answer.text)
+            assert any(c.startswith(f"{SESSION}=;") for c in answer.headers.get_list(
+                "set-cookie")), path
+            lines = [e for e in audit_events(caplog) if '"event":"invalid_session_cookie"' in e]
+            assert len(lines) == 1, (method, path, audit_events(caplog))
+            assert "does not decrypt" in lines[0] and value[:40] not in lines[0]
+
+
+
+# -- very large id_tokens ---------------------------------------------------------------------
+
+
+def test_an_id_token_above_the_cap_is_refused_naming_the_setting_then_accepted_when_raised(
+        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    with app(settings_for(idp)) as base, browser() as client:
+        start = client.get(base + "/.auth/login?rd=/there").headers["location"]
+        refused = client.get(dev_login(client, start, username="huge", password="huge-pw"))
+        assert refused.status_code == 401
+        assert "oidc.max_token_size" in refused.text
+    failure = [e for e in audit_events(caplog) if '"event":"login_failure"' in e]
+    assert failure and "oidc.max_token_size" in failure[-1] and "65536" in failure[-1]
+    settings = settings_for(idp)
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]},
+        "oidc": {"issuer": idp.issuer, "client_id": "app", "client_secret": SECRET,
+                 "scopes": ["openid", "profile", "email", "groups"],
+                 "max_token_size": "256KiB"}}, environ={})
+    with app(settings) as base, browser() as client:
+        done = login(client, base, idp, user="huge", password="huge-pw", path="/there")
+        assert done.status_code == 302 and done.headers["location"] == "/there"
+        who = client.get(base + "/there").json()
+        assert who["sub"] == "huge" and len(who["groups"]) == 2000
+        # Signing out still works: the ~120 KB id_token is not put in the logout URL.
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        out = client.post(base + "/.auth/logout", data={"csrf": csrf})
+        assert out.status_code == 303 and len(out.headers["location"]) < 4096
+        back = rp_logout(client, out.headers["location"])
+        assert back.startswith(base + "/.auth/logged-out")
+        assert client.get(base + "/there").status_code == 302
+
+
+# -- a broken JWKS at the provider ------------------------------------------------------------
+
+
+def _back_to_the_app(client: httpx.Client, url: str, base: str) -> str:
+    """Follow the provider's redirects from ``url`` without filling any form: the provider
+    still has its session, so it must send the browser straight back to ``base``."""
+    for _ in range(10):
+        response = client.get(url)
+        assert response.is_redirect, f"the provider asked again: {response.text[:300]}"
+        url = httpx.URL(url).join(response.headers["location"]).__str__()
+        if url.startswith(base):
+            return url
+    raise AssertionError("the provider did not send the browser back")
+
+
+@pytest.mark.parametrize("fault", ["garbage", "empty", "error"])
+@pytest.mark.parametrize("cached", [False, True], ids=["no-keys-yet", "keys-cached"])
+def test_a_broken_jwks_costs_no_login_once_it_is_fixed(
+        idp: IdPServer, app: AppFactory, clock: Clock, fault: str, cached: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Report: after one garbage or empty JWKS answer the first login succeeded 61 s after
+    the JWKS was fixed, and every failed callback used up the user's login. Now a set
+    already fetched is kept; without one, the callback says "try again" with a link that
+    restarts the login for the same target, which the provider answers at once, and the
+    fetch is retried within a second of the fix (still at most a few fetches a minute)."""
+    from secure_mw.oidc.client import OIDCClient
+
+    settings = settings_for(idp)
+    assert settings.oidc is not None
+    mono = Clock(1000.0)
+    client_app = OIDCClient(settings.oidc, clock=clock, monotonic=mono)
+    with app(settings, client=client_app) as base, browser() as client:
+        if cached:
+            login(client, base, idp)
+            client.cookies.clear()
+            mono.advance(3600)              # the cached JWKS and metadata are stale now
+        idp.set_jwks(fault)
+        try:
+            start = client.get(base + "/.auth/login?rd=/there").headers["location"]
+            callback = dev_login(client, start, username="alice", password="alice-pw")
+            fetches = idp.jwks_requests()
+            answer = client.get(callback)
+            if cached:                      # the kept key set verified the id_token
+                assert answer.status_code == 302 and answer.headers["location"] == "/there"
+                assert idp.jwks_requests() == fetches + 1
+                return
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "5"
+            assert 'href="/.auth/login?rd=/there"' in answer.text
+            events = audit_events(caplog)
+            assert not any('"event":"login_failure"' in e for e in events)   # not a ban
+            ours = [e for e in events if '"event":"store_unavailable"' in e]
+            assert ours and "the sign-in could not be completed: JWKS unavailable" in ours[-1]
+            # Retrying at once while the JWKS is still broken costs no fetch (backoff) ...
+            again = _back_to_the_app(client, str(client.get(
+                base + "/.auth/login?rd=/there").headers["location"]), base)
+            assert client.get(again).status_code == 503
+            assert idp.jwks_requests() == fetches + 1
+        finally:
+            idp.set_jwks("normal")
+        mono.advance(1)                     # ... and a second after the fix it works.
+        start = client.get(base + "/.auth/login?rd=/there").headers["location"]
+        done = client.get(_back_to_the_app(client, start, base))
+        assert done.status_code == 302 and done.headers["location"] == "/there"
+        assert client.get(base + "/there").json()["sub"] == "alice"
+        assert idp.jwks_requests() == fetches + 2
+
+
+
+def test_parallel_requests_long_after_the_token_ended_are_all_served(
+        idp: IdPServer, app: AppFactory, clock: Clock) -> None:
+    """A user back after the access token ended loads a page and its resources at once: one
+    request refreshes, the others are served within the grace of that refresh (not 503)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with app(settings_for(idp, inactivity="10m")) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = "__Host-secure_mw_session=" + str(client.cookies.get("__Host-secure_mw_session"))
+        clock.advance(ACCESS_TTL + 300)
+
+        def one(_: int) -> int:
+            return httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                   "Accept": "application/json"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(one, range(16))) == {200}
+
+
+def test_a_refresh_that_ends_between_look_up_and_claim_is_reused_not_repeated(
+        idp: IdPServer, app: AppFactory, clock: Clock, redis_server: RedisServer) -> None:
+    """Two processes, one session, its token due. Process B looks for a rotation (none yet);
+    process A then refreshes, keeps the rotation and gives the claim back; B now gets the
+    claim. B must reuse A's rotation: presenting the spent token would make the provider
+    revoke the grant. (The flows are stepped by hand to force this interleaving.)"""
+    from secure_mw._driver import Op
+    from secure_mw.http import RequestView
+    from secure_mw.oidc.core import OIDCSessionCore
+
+    settings = settings_for(idp, store="redis", redis_url=redis_server.url, inactivity="10m")
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        cookie = f"{SESSION}={client.cookies.get(SESSION)}"
+    clock.advance(ACCESS_TTL - 30)
+    view = RequestView("GET", "https", "app.test", "/x", "", {"cookie": cookie,
+                                                               "accept": "application/json"},
+                       "127.0.0.1")
+    first, second = (OIDCSessionCore(settings, clock=clock) for _ in range(2))
+    flow_b = second.handle(view)
+    op: Op = next(flow_b)
+    while not (op.sync.__name__ == "load" and str(op.args[0]).startswith("rotation:")):
+        op = flow_b.send(op.sync(*op.args, **op.kwargs))
+    nothing = op.sync(*op.args, **op.kwargs)       # B: no rotation yet
+    assert nothing is None
+    from secure_mw._driver import run_sync
+
+    done_a = run_sync(first.handle(view))          # A refreshes, keeps it, releases
+    assert done_a.identity is not None and done_a.identity.sub == "bob"
+    try:
+        op = flow_b.send(nothing)
+        while True:
+            op = flow_b.send(op.sync(*op.args, **op.kwargs))
+    except StopIteration as stop:
+        done_b = stop.value
+    assert done_b.identity is not None and done_b.identity.sub == "bob"
+    clock.advance(ACCESS_TTL - 30)                 # the grant is alive: refreshes again
+    assert run_sync(first.handle(view)).identity is not None

@@ -950,6 +950,62 @@ def test_memory_store_bound_holds_under_concurrent_writes() -> None:
     assert len(store) == 50
 
 
+def test_memory_store_claim_expires_at_its_own_deadline_behind_a_longer_one() -> None:
+    """A 600 s login mark claimed first must not keep a 30 s refresh claim alive."""
+    clock = Clock(NOW)
+    store = MemorySessionStore(clock=clock)
+    assert store.claim_once("state:login", 600)
+    assert store.claim_once("refreshing:x", 30)
+    assert not store.claim_once("refreshing:x", 30)
+    clock.advance(30)
+    assert store.claim_once("refreshing:x", 30)          # its own deadline, not the first's
+    assert not store.claim_once("state:login", 600)
+
+
+def test_memory_store_claim_can_be_released() -> None:
+    store = MemorySessionStore(clock=Clock(NOW))
+    assert store.claim_once("refreshing:x", 30)
+    store.release("refreshing:x")
+    assert store.claim_once("refreshing:x", 30)
+    store.release("never-claimed")
+
+
+def test_memory_store_claims_and_revocations_stay_bounded() -> None:
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=10, clock=clock)
+    store.revoke("kept", 3600)
+    for i in range(1000):
+        assert store.claim_once(f"c{i}", 5 + i % 7)
+        if i % 3 == 0:
+            store.release(f"c{i}")
+        store.revoke(f"r{i}", 1 + i % 5)
+        clock.advance(0.5)
+    for marks in (store._once, store._revoked):
+        assert len(marks) <= 10
+        assert len(marks._heap) <= 2 * 10 + 64
+    assert store.is_revoked("kept")          # the soonest to expire went first
+
+
+def test_memory_store_revocation_lasts_its_ttl() -> None:
+    clock = Clock(NOW)
+    store = MemorySessionStore(clock=clock)
+    assert store.is_revoked("s") is False
+    store.revoke("s", 100)
+    store.claim_once("later-short", 1)
+    clock.advance(99)
+    assert store.is_revoked("s") is True
+    clock.advance(1)
+    assert store.is_revoked("s") is False
+
+    async def scenario() -> tuple[bool, bool]:
+        await store.arevoke("t", 10)
+        got = await store.ais_revoked("t")
+        await store.arelease("nothing")
+        return got, await store.ais_revoked("u")
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
 # =========================================================================================
 # session manager
 # =========================================================================================
@@ -1458,3 +1514,49 @@ def test_a_local_session_email_counts_as_verified_even_from_an_older_record() ->
     assert session("local", {**older, "email_verified": False}).identity().email_verified \
         is False
     assert session("oidc", older).identity().email_verified is False
+def test_cookie_store_destroyed_session_stays_ended_for_every_copy(clock: Clock) -> None:
+    manager = make_manager(clock, store="cookie", inactivity="10m")
+    session = manager.new(claims=CLAIMS)
+    first = cookie_view(run_sync(manager.save(session, new=True)) or [])
+    clock.advance(90)
+    later = cookie_view(run_sync(manager.save(session.evolve(last_active=clock()))) or [])
+    assert read(manager, first).session is not None        # (now in the decode cache)
+    run_sync(manager.destroy(session))
+    for view in (first, later):
+        got = read(manager, view)
+        assert (got.session, got.problem, got.suspicious) == \
+            (None, "session ended (signed out or refused)", False)
+    clock.advance(session.expires - clock() - 1)            # until the session's own end
+    assert read(manager, later).session is None
+    # A new login is a new id: not affected.
+    fresh = manager.new(claims=CLAIMS)
+    assert read(manager, cookie_view(run_sync(manager.save(fresh, new=True)) or [])).session
+
+
+def test_cookie_store_revocations_are_process_wide_with_the_real_clock() -> None:
+    settings = make_manager(Clock(), store="cookie",
+                            cookie_name=f"test_{uuid.uuid4().hex}").settings
+    a = SessionManager(settings, keyring=RING)
+    b = SessionManager(settings, keyring=RING)
+    session = a.new(claims=CLAIMS)
+    view = cookie_view(run_sync(a.save(session, new=True)) or [])
+    assert read(b, view).session is not None
+    run_sync(a.destroy(session))
+    assert read(b, view).session is None
+
+
+def test_manager_reports_refused_cookies_to_its_hook(clock: Clock) -> None:
+    seen: list[str] = []
+    settings = make_manager(clock, store="cookie").settings
+    manager = SessionManager(settings, keyring=RING, clock=clock,
+                             on_refused=lambda view, problem: seen.append(problem))
+    other = make_manager(clock, store="cookie", keyring=KeyRing.generate())
+    value = jar_of(run_sync(other.save(other.new(claims=CLAIMS), new=True)))
+    assert read(manager, cookie_view(value)).session is None
+    assert read(manager, cookie_view({manager.cookie_name: ""})).session is None
+    assert seen == ["session cookie does not decrypt", "incomplete session cookie"]
+    memory = SessionManager(make_manager(clock).settings, keyring=RING, clock=clock,
+                            on_refused=lambda view, problem: seen.append(problem))
+    read(memory, cookie_view({memory.cookie_name: "x" * 43}))     # unknown: not forged
+    read(memory, cookie_view({memory.cookie_name: "x!"}))
+    assert seen[2:] == ["malformed session cookie"]

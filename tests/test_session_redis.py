@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from secure_mw.crypto.keyring import KeyRing
-from secure_mw.errors import ConfigError, StoreUnavailable
+from secure_mw.errors import ConfigError, DecryptError, StoreUnavailable
 from secure_mw.session.redis_store import RedisSessionStore
 from secure_mw.settings import SessionSettings
 from tests.servers import RedisServer
@@ -136,7 +136,8 @@ def test_prefix_is_honoured(redis_server: RedisServer, ring: KeyRing, raw: redis
         assert all(SAFE_KEY.fullmatch(k) for k in keys)
         # a value moved to the other application's key is bound to its own key
         raw.set(b.redis_key(SID), raw.get(a.redis_key(SID)) or b"")
-        assert b.load(SID) is None
+        with pytest.raises(DecryptError):
+            b.load(SID)
     finally:
         a.close()
         b.close()
@@ -211,6 +212,36 @@ def test_non_finite_ttl_refused(store: RedisSessionStore, ttl: float) -> None:
         store.touch(SID, ttl)
 
 
+# -- claims and revocations ---------------------------------------------------------------
+
+
+def test_claim_release_and_revocation(store: RedisSessionStore, raw: redis.Redis) -> None:
+    assert store.claim_once("refreshing:x", 30) is True
+    assert store.claim_once("refreshing:x", 30) is False
+    store.release("refreshing:x")
+    assert store.claim_once("refreshing:x", 30) is True
+    assert store.is_revoked(SID) is False
+    store.revoke(SID, 120)
+    assert store.is_revoked(SID) is True
+    store.revoke(OTHER_SID, 0)                   # nothing left to remember
+    assert store.is_revoked(OTHER_SID) is False
+    keys = _keys(raw)
+    revoked = [k for k in keys if ":revoked:" in k]
+    assert len(revoked) == 1 and 119_000 < raw.pttl(revoked[0]) <= 120_000
+    assert all(SID not in k and SAFE_KEY.fullmatch(k) for k in keys)
+
+    async def run() -> tuple[bool, bool, bool]:
+        try:
+            await store.arevoke(OTHER_SID, 60)
+            await store.arelease("refreshing:x")
+            claimed = await store.aclaim_once("refreshing:x", 30)
+            return claimed, await store.ais_revoked(OTHER_SID), await store.ais_revoked("x")
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(run()) == (True, True, False)
+
+
 # -- integrity -----------------------------------------------------------------------------
 
 
@@ -219,16 +250,29 @@ def test_value_copied_to_another_session_is_refused(store: RedisSessionStore,
     store.save(SID, VALUE, 60)
     store.save(OTHER_SID, b"victim", 60)
     raw.set(store.redis_key(OTHER_SID), raw.get(store.redis_key(SID)) or b"")
-    assert store.load(OTHER_SID) is None
+    with pytest.raises(DecryptError):
+        store.load(OTHER_SID)
     assert store.load(SID) == VALUE
     assert raw.dbsize() == 2  # nothing deleted
 
-    async def run() -> bytes | None:
-        value = await store.aload(OTHER_SID)
-        await store.aclose()
-        return value
+    async def run() -> None:
+        try:
+            await store.aload(OTHER_SID)
+        finally:
+            await store.aclose()
 
-    assert asyncio.run(run()) is None
+    with pytest.raises(DecryptError):
+        asyncio.run(run())
+
+
+def test_value_of_another_application_does_not_decrypt(redis_server: RedisServer,
+                                                       store: RedisSessionStore) -> None:
+    other = RedisSessionStore(redis_server.url, keyring=KeyRing.generate())
+    other.save(SID, VALUE, 60)
+    with pytest.raises(DecryptError) as refused:
+        store.load(SID)
+    assert VALUE.decode() not in str(refused.value) and SID not in str(refused.value)
+    other.close()
 
 
 def test_tampered_value_is_refused(store: RedisSessionStore, raw: redis.Redis) -> None:
@@ -240,11 +284,13 @@ def test_tampered_value_is_refused(store: RedisSessionStore, raw: redis.Redis) -
         bad = bytearray(good)
         bad[position] ^= 0x01
         raw.set(key, bytes(bad))
-        assert store.load(SID) is None
+        with pytest.raises(DecryptError):
+            store.load(SID)
         assert raw.exists(key) == 1  # not deleted
     for junk in (b"", b"x", good[:-1], good + b"\x00", b"not encrypted at all"):
         raw.set(key, junk)
-        assert store.load(SID) is None
+        with pytest.raises(DecryptError):
+            store.load(SID)
 
 
 def test_older_key_of_a_rotated_ring_still_decrypts(redis_server: RedisServer) -> None:
@@ -255,11 +301,13 @@ def test_older_key_of_a_rotated_ring_still_decrypts(redis_server: RedisServer) -
     try:
         before.save(SID, VALUE, 60)
         assert after.load(SID) == VALUE
-        assert dropped.load(SID) is None  # key id no longer in the ring
+        with pytest.raises(DecryptError):
+            dropped.load(SID)             # key id no longer in the ring
         after.save(OTHER_SID, b"new key", 60)
         assert after.load(OTHER_SID) == b"new key"
         assert dropped.load(OTHER_SID) == b"new key"
-        assert before.load(OTHER_SID) is None
+        with pytest.raises(DecryptError):
+            before.load(OTHER_SID)
     finally:
         for s in (before, after, dropped):
             s.close()

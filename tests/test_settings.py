@@ -497,3 +497,22 @@ def test_private_key_jwt_needs_a_usable_client_jwks() -> None:
     s = Settings.from_mapping({"oidc": {**base, "client_jwks": good}}, environ={})
     assert s.oidc is not None and "client_jwks" not in repr(s).replace("client_jwks=", "")
     assert good not in repr(s)
+
+
+def test_sizes_are_parsed_and_bounded() -> None:
+    from secure_mw.settings import parse_size
+
+    assert [parse_size(v) for v in ("64KiB", "1 MiB", "4096", 4096, "10b")] == \
+        [65536, 1048576, 4096, 4096, 10]
+    for bad in ("64KB", "1.5MiB", "", "x", -1, True, 2.0):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    oidc = {"issuer": "https://idp.example", "client_id": "a", "client_secret": "s"}
+    default = Settings.from_mapping({"oidc": oidc}, environ={}).oidc
+    assert default is not None and default.max_token_size == 64 * 1024
+    raised = Settings.from_mapping({"oidc": oidc},
+                                   environ={"SECURE_MW_OIDC__MAX_TOKEN_SIZE": "256KiB"}).oidc
+    assert raised is not None and raised.max_token_size == 256 * 1024
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_mapping({"oidc": {**oidc, "max_token_size": "2MiB"}}, environ={})
+    assert "oidc.max_token_size" in str(refused.value)

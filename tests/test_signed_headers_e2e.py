@@ -16,6 +16,7 @@ import pytest
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing, PasswordHasher
 from secure_mw.guards.timing import LoginDelay
+from secure_mw.identity import Identity
 from secure_mw.login import UsersFile
 from secure_mw.session import MemorySessionStore
 from secure_mw.tokens import AssertionAuth, AssertionVerifier, generate_private_jwks
@@ -55,7 +56,7 @@ def flavour(request: pytest.FixtureRequest) -> str:
 def test_issue_then_verify_behind_it(flavour: str, tmp_path: Path,
                                      caplog: pytest.LogCaptureFixture) -> None:
     users = UsersFile(tmp_path / "users.toml", hasher=FAST)
-    users.add("alice", password="alice pw", email="alice@example.com", groups=["staff"])
+    users.add("alice", password="quartz falcon 11", email="alice@example.com", groups=["staff"])
     front = Settings.from_mapping({
         "keys": {"encryption_keys": [KeyRing.new_key_text()],
                  "signing_jwks": json.dumps(generate_private_jwks(("ES256",)))},
@@ -77,7 +78,7 @@ def test_issue_then_verify_behind_it(flavour: str, tmp_path: Path,
         state = re.search(r'name="state" value="([^"]+)"', form.text)
         assert state
         client.post(base + "/.auth/login", data={"state": state.group(1), "username": "alice",
-                                                 "password": "alice pw"})
+                                                 "password": "quartz falcon 11"})
         forged = client.get(base + "/x", headers={"X-Secure-MW-Jwt-Assertion": "forged"})
         token = forged.json()["assertion"]
         assert token and token != "forged"                  # the client's copy was dropped
@@ -157,10 +158,12 @@ def test_the_assertion_carries_the_email_and_its_verified_flag(assume: bool) -> 
     from secure_mw.tokens.keys import public_jwks
 
     private = generate_private_jwks(("ES256",))
-    front = Settings.from_mapping({"keys": {"signing_jwks": json.dumps(private)}}, environ={})
+    front = Settings.from_mapping({"keys": {"signing_jwks": json.dumps(private)},
+                                   "server": {"external_url": "https://app.test"}}, environ={})
     view = RequestView("GET", "https", "app.test", "/", "", {}, "203.0.113.9")
     issue = IssueLayer(front)
-    behind = Settings.from_mapping({"signed_headers": {"verify": {
+    behind = Settings.from_mapping({"server": {"external_url": "https://app.test"},
+                                    "signed_headers": {"verify": {
         "jwks_url": "https://proxy.example/jwks.json", "issuer": "app.test",
         "assume_email_verified": assume}}}, environ={})
     verify = VerifyLayer(behind, keys=KeySet.from_dict(public_jwks(private)))
@@ -180,3 +183,71 @@ def test_the_assertion_carries_the_email_and_its_verified_flag(assume: bool) -> 
     seen, _ = verify.identity(RequestView("GET", "https", "app.test", "/", "",
                                           {"x-pomerium-jwt-assertion": pomerium}, "::1"))
     assert seen is not None and seen.email == "p@x.test" and seen.email_verified is assume
+
+
+# -- the signing key without keys.signing_jwks ------------------------------------------------
+
+
+def test_without_signing_jwks_every_process_derives_the_same_keys(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from secure_mw.tokens.headers import IssueLayer
+
+    old, new = KeyRing.new_key_text(), KeyRing.new_key_text()
+    settings = Settings.from_mapping({"keys": {"encryption_keys": [new, old]}}, environ={})
+    reply = IssueLayer(settings).jwks_reply(_jwks_view())
+    assert reply is not None and reply.status == 200
+    here = json.loads(reply.body)
+    script = ("import json, sys; from secure_mw import Settings; "
+              "from secure_mw.tokens.headers import IssueLayer; "
+              "print(IssueLayer(Settings.from_environment()).signer.jwks_document()[0]"
+              ".decode())")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")},
+           "SECURE_MW_KEYS__ENCRYPTION_KEYS": f"{new},{old}"}
+    there = json.loads(subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                      capture_output=True, text=True).stdout)
+    assert here == there and len(here["keys"]) == 2
+    assert "made at start-up" not in caplog.text
+    # Rotation: what the old ring signed verifies against the new ring's published keys.
+    before = IssueLayer(Settings.from_mapping({"keys": {"encryption_keys": [old]}},
+                                              environ={}))
+    view = _jwks_view()
+    view.host = "127.0.0.1"
+    token = before.assertion(view, Identity(sub="alice"))
+    assert token is not None
+    claims = AssertionVerifier(jwks=here, issuer="127.0.0.1",
+                               audience="127.0.0.1").verify(token)
+    assert claims["sub"] == "alice"
+
+
+def test_a_passphrase_or_a_given_key_ring_derives_too(tmp_path: Path) -> None:
+    from secure_mw.tokens.headers import IssueLayer, derived_signing_jwks
+    from secure_mw.tokens.keys import public_jwks
+
+    settings = Settings.from_mapping({"keys": {
+        "encryption_passphrase": "correct horse battery staple",
+        "encryption_salt_file": str(tmp_path / "salt")}}, environ={})
+    ring = KeyRing.from_settings(settings.keys)
+    assert IssueLayer(settings).signer.public_jwks() == public_jwks(derived_signing_jwks(ring))
+    given = KeyRing.generate()
+    assert IssueLayer(Settings.from_mapping({}, environ={}), keyring=given).signer \
+        .public_jwks() == public_jwks(derived_signing_jwks(given))
+
+
+def test_with_no_key_at_all_a_key_is_made_at_start_up(caplog: pytest.LogCaptureFixture
+                                                      ) -> None:
+    from secure_mw.tokens.headers import IssueLayer
+
+    settings = Settings.from_mapping({}, environ={})
+    assert IssueLayer(settings).signer.public_jwks() != IssueLayer(settings).signer.public_jwks()
+    assert "made at start-up" in caplog.text
+
+
+def _jwks_view() -> Any:
+    from secure_mw.http import RequestView
+
+    return RequestView("GET", "http", "127.0.0.1", "/.well-known/secure-mw/jwks.json", "", {},
+                       "127.0.0.1")

@@ -341,11 +341,47 @@ function loginCheck(provider, accounts) {
   };
 }
 
-// /__test/ endpoints, and the one-shot ID token rewrite on the token endpoint's response.
+// What GET /jwks answers instead of the key set, by the mode set with POST /__test/jwks.
+const JWKS_MODES = {
+  garbage: (ctx) => { ctx.status = 200; ctx.type = 'application/json'; ctx.body = '{"keys": [ oops'; },
+  empty: (ctx) => jsonResponse(ctx, 200, { keys: [] }),
+  error: (ctx) => jsonResponse(ctx, 503, { error: 'temporarily_unavailable' }),
+};
+
+// /__test/ endpoints, the JWKS faults, and the one-shot ID token rewrite on the token
+// endpoint's response.
 function testControl(accounts, signingKeys) {
   let pendingTamper;
+  let jwksMode = 'normal';
+  let jwksRequests = 0;
   const tokenPath = '/token';
+  const jwksPath = '/jwks';
   return async function control(ctx, next) {
+    if (ctx.method === 'GET' && ctx.path === jwksPath) {
+      jwksRequests += 1;
+      if (jwksMode !== 'normal') {
+        ctx.set('Cache-Control', 'no-store');
+        JWKS_MODES[jwksMode](ctx);
+        return;
+      }
+    }
+    if (ctx.path === '/__test/jwks') {
+      if (ctx.method === 'POST') {
+        let mode;
+        try {
+          ({ mode } = JSON.parse(await readRawBody(ctx.req, MAX_TEST_BODY) || '{}'));
+        } catch {
+          mode = undefined;
+        }
+        if (mode !== 'normal' && !Object.hasOwn(JWKS_MODES, mode)) {
+          jsonResponse(ctx, 400, { error: `mode must be normal, ${Object.keys(JWKS_MODES).join(', ')}` });
+          return;
+        }
+        jwksMode = mode;
+      }
+      jsonResponse(ctx, 200, { mode: jwksMode, requests: jwksRequests });
+      return;
+    }
     if (ctx.path.startsWith('/__test/')) {
       const user = /^\/__test\/users\/([^/]+)\/(disable|enable)$/.exec(ctx.path);
       if (ctx.method === 'GET' && ctx.path === '/__test/health') {

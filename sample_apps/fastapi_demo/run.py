@@ -41,10 +41,14 @@ DEMO_RULES = Settings.from_mapping({"access_control": {"default_policy": "deny",
 def _demo_user(state_dir: Path, settings: Settings) -> tuple[str, str, str]:
     """The users file with a ``demo`` user whose password is new at every start."""
     from secure_mw.login import UsersFile
+    from secure_mw.login.policy import PasswordPolicy
 
     path = Path(settings.local_users.file)
-    users = UsersFile(path)
-    password = secrets.token_urlsafe(12)
+    policy = PasswordPolicy.from_settings(settings.local_users)
+    users = UsersFile(path, policy=policy)
+    password = secrets.token_urlsafe(max(12, policy.min_length))
+    while policy.problems(password, username="demo"):   # a rare chance: draw again
+        password = secrets.token_urlsafe(max(12, policy.min_length))
     if users.get("demo") is None:
         users.add("demo", password=password, display_name="Demo User",
                   email="demo@example.com", groups=["demo"])

@@ -18,6 +18,7 @@ from secure_mw.asgi.assertions import (
 from secure_mw.asgi.guards import (
     AuthorizationMiddleware,
     ClientAddressMiddleware,
+    HostGuardMiddleware,
     LoginGuardMiddleware,
     RateLimitMiddleware,
     RedirectGuardMiddleware,
@@ -29,6 +30,7 @@ from secure_mw.settings import Settings
 __all__ = [
     "AuthorizationMiddleware",
     "ClientAddressMiddleware",
+    "HostGuardMiddleware",
     "IdentityHeaderMiddleware",
     "JWKSMiddleware",
     "LoginGuardMiddleware",
@@ -42,10 +44,11 @@ __all__ = [
 
 
 def protect(app: ASGIApp, settings: Settings, **options: Any) -> ASGIApp:
-    """Wrap ``app`` in every layer ``settings`` asks for. Outermost first: security headers,
-    client address (trusted proxies), rate limits by address or route, the open-redirect
-    guard, the login guard (``regulation.paths``), the login session, rate limits by user,
-    the app.
+    """Wrap ``app`` in every layer ``settings`` asks for. Outermost first: the Host
+    allow-list (``server.allowed_hosts``; it also refuses paths that are not UTF-8),
+    security headers, client address (trusted proxies), rate limits by address or route, the
+    open-redirect guard, the login guard (``regulation.paths``), the login session, rate
+    limits by user, the app.
 
     ``options`` go to the session middleware (``keyring``, ``store``, ``clock``, ``audit``);
     ``rate_limiter=`` gives both rate-limit layers one limiter object.

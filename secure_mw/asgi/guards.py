@@ -26,6 +26,7 @@ from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
+from secure_mw.guards.hosts import HostGuardLayer, HostPolicy
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
     LoginAttemptError,
@@ -39,10 +40,57 @@ from secure_mw.guards.timing import Attempt
 from secure_mw.http import CLIENT_CERT_KEY
 from secure_mw.settings import Settings
 
-__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
+__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddleware",
+           "LoginGuardMiddleware",
            "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
+
+
+class HostGuardMiddleware:
+    """400 for a request whose host is not in ``server.allowed_hosts`` (or ``allowed_hosts``)
+    or whose path is not UTF-8; a WebSocket handshake is refused before it is accepted.
+    ``protect()`` stacks it outermost, so nothing else runs for such a request. The host is
+    the forwarded one when the peer is one of ``trusted_proxies`` (see
+    :class:`~secure_mw.guards.hosts.HostGuardLayer`)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
+                 allowed_hosts: Iterable[str] | None = None,
+                 trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+                 layer: HostGuardLayer | None = None, audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies | None) \
+                else TrustedProxies(trusted_proxies)
+            if allowed_hosts is not None:
+                layer = HostGuardLayer(HostPolicy(allowed_hosts), trusted_proxies=proxies,
+                                       audit=audit)
+            elif settings is not None:
+                layer = HostGuardLayer.from_settings(settings, trusted_proxies=proxies,
+                                                     audit=audit)
+            else:
+                raise TypeError("give settings, allowed_hosts or layer")
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = view_of(scope)
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes):
+            reply = self.layer.check(view, raw, encoded=True)
+        else:    # a server without raw_path: only what survived its decoding can be judged
+            reply = self.layer.check(view, view.path.encode("utf-8", "surrogatepass"),
+                                     encoded=False)
+        if reply is not None:
+            if kind == "websocket":
+                await refuse_websocket(send, receive)
+            else:
+                await send_reply(send, reply, head=view.method == "HEAD")
+            return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:

@@ -12,16 +12,22 @@ walked around (Pomerium CVE-2023-33189: ``/public/..%2fadmin``). Two checks clos
   segments resolved (RFC 3986 §5.2.4), trailing slash kept. Whatever is still ambiguous is
   refused. The middleware is expected to hand the application exactly that normalized path.
 
-Both raise :class:`PathRefused` (status 400); neither raises anything else.
+* :func:`check_utf8_path` refuses a path whose percent-decoding is not UTF-8 (overlong
+  forms such as ``%c0%ae``, lone continuation bytes, encoded surrogates): ASGI servers
+  replace such bytes with U+FFFD while WSGI servers pass them on as latin-1, so the app
+  would see a different path in each flavour. The Host guard runs it on every request.
+
+All raise :class:`PathRefused` (status 400); none raises anything else.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 from secure_mw.errors import SecureMWError
 
-__all__ = ["MAX_PATH", "PathRefused", "check_raw_path", "normalize_path"]
+__all__ = ["MAX_PATH", "PathRefused", "check_raw_path", "check_utf8_path", "normalize_path"]
 
 #: Longest path accepted, in characters (decoded) or bytes (raw).
 MAX_PATH = 8 * 1024
@@ -77,6 +83,23 @@ def check_raw_path(raw: bytes) -> None:
             if _RAW_DOT_ESCAPE.search(segment) and \
                     _RAW_DOT_ESCAPE.sub(b".", segment) in (b".", b".."):
                 raise PathRefused("encoded dot segment in path")
+
+
+def check_utf8_path(path: bytes, *, encoded: bool) -> None:
+    """Refuse ``path`` unless its bytes are UTF-8 once percent-decoded (``encoded``: the raw
+    target, as ASGI ``raw_path``) or as given (not ``encoded``: WSGI ``PATH_INFO`` as latin-1
+    bytes, already decoded by the server). A query part is not looked at. Python's strict
+    decoder refuses overlong forms, surrogates and stray continuation bytes."""
+    if encoded:
+        path = path.split(b"?", 1)[0]
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+    if path.isascii():
+        return
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PathRefused("path is not valid UTF-8") from None
 
 
 def normalize_path(raw_path: str) -> str:

@@ -12,6 +12,8 @@ per-installation salt file, derived exactly once per process and cached.
 
 Rotation: put a new key first and keep the old ones listed; :meth:`KeyRing.reencrypt`
 moves a ciphertext to the first key, :meth:`KeyRing.needs_reencrypt` says whether it must.
+:meth:`KeyRing.derive` gives, per key, a secret for another purpose (HKDF-SHA256 with a
+purpose label), the same in every process that holds the same ring.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from secure_mw.crypto.envelope import (
     b64decode,
     b64encode,
 )
-from secure_mw.crypto.primitives import pbkdf2_sha256, scrypt
+from secure_mw.crypto.primitives import hkdf_sha256, pbkdf2_sha256, scrypt
 from secure_mw.errors import ConfigError, ConfigProblem, DecryptError, KeyNotFound
 
 __all__ = ["PBKDF2_ITERATIONS", "KeyRing", "derive_master_key"]
@@ -217,6 +219,19 @@ class KeyRing:
     def key_ids(self) -> tuple[str, ...]:
         """Hex key ids, the encrypting key first."""
         return tuple(k.kid.hex() for k in self._keys)
+
+    def derive(self, purpose: str, length: int = KEY_BYTES) -> tuple[bytes, ...]:
+        """One secret of ``length`` bytes per key of the ring (the encrypting key's first),
+        derived with HKDF-SHA256 under the label ``purpose``: deterministic, so every
+        process with the same ring derives the same secrets, and independent of the
+        encryption keys themselves and of any other purpose."""
+        if not purpose or not isinstance(purpose, str):
+            raise ValueError("purpose must be a non-empty string")
+        if not 16 <= length <= 255 * 32:
+            raise ValueError("length must be between 16 and 8160 bytes")
+        info = b"secure_mw/v1/derive\x00" + purpose.encode("utf-8")
+        return tuple(hkdf_sha256(k.secret, salt=None, info=info, length=length)
+                     for k in self._keys)
 
     def encrypt_bytes(self, data: bytes, aad: bytes = b"") -> bytes:
         """Encrypt to the binary envelope (for stores that keep bytes, such as Redis)."""

@@ -14,10 +14,14 @@ construct on which browsers and server-side parsers disagree is refused rather t
 interpreted. A URL is safe when it is:
 
 * a relative reference that stays on the current host: ``/a/b?c#d``, ``a/b``, ``?q``, ``#f``
-  (never ``//host`` nor ``///host``, which browsers read as another host); or
+  (never ``///host``, which browsers read as another host); or
 * an absolute ``http`` / ``https`` URL (``https`` only with ``require_https``; relative
   references stay safe) written ``scheme://host[:port]...``, whose host and port match the
-  allow-list.
+  allow-list; or
+* a scheme-relative ``//host[:port]...`` whose host is on the allow-list (not with
+  ``require_https``: the browser keeps the current page's scheme, which may be http). Its
+  scheme is unknown, so ``//host`` matches entries without a port and ``//host:8443``
+  only an entry with that very port.
 
 Refused everywhere: any control, whitespace or invisible (format) character, backslashes,
 non-ASCII characters that compatibility-normalize into ASCII punctuation (U+FF0F, U+FF20),
@@ -28,6 +32,11 @@ any ``%``, an empty host or port, a trailing dot, numeric hosts other than dotte
 IPv4, and non-ASCII hosts that IDNA 2003 (the stdlib codec) and the browsers' UTS #46
 would map differently (``ß``, ``ς``). Refused in the path: dot segments that resolve to a
 path starting with ``//``, which some later hop could read as a scheme-relative URL.
+
+:class:`RedirectPolicy` checks its entries when it is built (a :class:`ValueError` naming the
+entry: configuration time); :meth:`RedirectPolicy.is_safe` and :func:`is_safe_redirect`
+never raise, whatever they are given (an invalid entry given to :func:`is_safe_redirect`
+matches nothing and is logged once).
 
 ``allowed_hosts`` entries are exact hosts — ``app.example.com``, ``app.example.com:8443``,
 ``[::1]:8080``, ``bücher.example`` (compared in punycode) — and ``*.example.com``
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -48,6 +58,8 @@ from urllib.parse import quote, unquote
 __all__ = ["DEFAULT_MAX_LENGTH", "RedirectPolicy", "is_safe_redirect"]
 
 DEFAULT_MAX_LENGTH = 2048
+
+log = logging.getLogger("secure_mw.guards")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -126,15 +138,17 @@ class RedirectPolicy:
         if parts is None:
             return None
         scheme, host, port, path, query, fragment = parts
-        if path.startswith("/") or scheme is not None:
+        if path.startswith("/") or host is not None:
             path = _remove_dot_segments(path) if path else "/"
         out = _encode(path, _PATH_ENCODE, _PATH_SAFE)
         if query is not None:
             out += "?" + _encode(query, _QUERY_ENCODE, _QUERY_SAFE)
         if fragment is not None:
             out += "#" + _encode(fragment, _FRAGMENT_ENCODE, _FRAGMENT_SAFE)
-        if scheme is None:
+        if host is None:
             return out
+        if scheme is None:       # scheme-relative: the port stays as written
+            return f"//{host if port is None else f'{host}:{port}'}{out}"
         authority = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
         return f"{scheme}://{authority}{out}"
 
@@ -144,9 +158,25 @@ class RedirectPolicy:
         if _BAD_ASCII.search(url) or (not url.isascii() and not _clean_unicode(url)):
             return None
         prefix = _SCHEME_PREFIX.match(url)
-        if prefix is None:
-            if url.startswith("//"):  # scheme-relative: another host
+        scheme: str | None
+        host: str | None
+        port: int | None
+        if prefix is None and url.startswith("//"):
+            # Scheme-relative: another host, unless it is an allowed one. Never with
+            # require_https (the current page may be http), never "///host".
+            if self.require_https or url.startswith("///"):
                 return None
+            end = _AUTHORITY_END.search(url, 2)
+            cut = len(url) if end is None else end.start()
+            try:
+                host, port = _parse_authority(url[2:cut])
+            except ValueError:
+                return None
+            if not self._allowed_relative(host, port):
+                return None
+            scheme = None
+            rest = url[cut:]
+        elif prefix is None:
             scheme = host = port = None
             rest = url
         else:
@@ -184,6 +214,11 @@ class RedirectPolicy:
             return None
         return scheme, host, port, path, query, fragment
 
+    def _allowed_relative(self, host: str, port: int | None) -> bool:
+        """For ``//host[:port]``: the scheme, hence the default port, is the page's, so no
+        port matches entries without one and a port only an entry with it."""
+        return self._allowed(host, port, -1)
+
     def _allowed(self, host: str, port: int | None, default: int) -> bool:
         effective = default if port is None else port
         ports = self._exact.get(host)
@@ -202,17 +237,48 @@ class RedirectPolicy:
 def is_safe_redirect(
     url: str, allowed_hosts: Iterable[str], *, require_https: bool = False
 ) -> bool:
-    """True when ``url`` is a safe redirect target for ``allowed_hosts``.
+    """True when ``url`` is a safe redirect target for ``allowed_hosts``; never raises.
 
-    Compiled policies are cached per (allowed_hosts, require_https); an invalid allow-list
-    entry raises ValueError, a bad ``url`` (of any type) only yields False."""
-    hosts = (allowed_hosts,) if isinstance(allowed_hosts, str) else tuple(allowed_hosts)
-    return _cached_policy(hosts, require_https).is_safe(url)
+    Compiled policies are cached per (allowed_hosts, require_https). An invalid allow-list
+    entry (user info, a scheme, a path …) matches nothing and is logged once — validate
+    lists at start-up with :class:`RedirectPolicy`, which raises ValueError naming the
+    entry. A bad ``url`` (of any type) only yields False."""
+    if isinstance(allowed_hosts, str):
+        hosts: tuple[object, ...] = (allowed_hosts,)
+    else:
+        try:
+            hosts = tuple(allowed_hosts)
+        except TypeError:
+            hosts = ()
+    try:
+        policy = _cached_policy(hosts, bool(require_https))
+    except TypeError:        # an unhashable entry
+        policy = _tolerant_policy(hosts, bool(require_https))
+    return policy.is_safe(url)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_policy(allowed_hosts: tuple[str, ...], require_https: bool) -> RedirectPolicy:
-    return RedirectPolicy(allowed_hosts, require_https=require_https)
+def _cached_policy(allowed_hosts: tuple[object, ...], require_https: bool) -> RedirectPolicy:
+    return _tolerant_policy(allowed_hosts, require_https)
+
+
+def _tolerant_policy(allowed_hosts: tuple[object, ...], require_https: bool) -> RedirectPolicy:
+    """The policy of the valid entries; each invalid one is logged (once) and left out."""
+    valid: list[str] = []
+    for entry in allowed_hosts:
+        try:
+            _parse_entry(entry)
+        except (ValueError, TypeError) as exc:
+            message = f"is_safe_redirect: {exc}; the entry is ignored"
+            if message not in _warned:
+                _warned.add(message)
+                log.warning(message)
+            continue
+        valid.append(entry)  # type: ignore[arg-type]  # _parse_entry checked it is a str
+    return RedirectPolicy(valid, require_https=require_https)
+
+
+_warned: set[str] = set()
 
 
 def _port_matches(ports: frozenset[int | None], effective: int, default: int) -> bool:

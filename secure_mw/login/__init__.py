@@ -2,9 +2,10 @@
 
 :class:`UsersFile` is its users database: a TOML file (0600) with one ``[users.NAME]`` table
 per user, an Argon2id hash each, reloaded when it changes and rewritten atomically by the
-``secure-mw users`` command.
+``secure-mw users`` command; :class:`PasswordPolicy` is what new passwords must satisfy.
 """
 
+from secure_mw.login.policy import PasswordPolicy, PasswordPolicyError
 from secure_mw.login.users import (
     UnknownUserError,
     User,
@@ -15,6 +16,8 @@ from secure_mw.login.users import (
 )
 
 __all__ = [
+    "PasswordPolicy",
+    "PasswordPolicyError",
     "UnknownUserError",
     "User",
     "UserExistsError",

@@ -6,7 +6,10 @@ guards every other request exactly as the OpenID session core does. A login atte
 regulated (bans by user and address), held by the enumeration-resistant delay on every exit
 path, and an unknown user, a wrong password, a disabled user and a banned attempt all get
 the same answer. The session id is new at every login; a password hash with outdated
-parameters is upgraded after a successful login.
+parameters is upgraded after a successful login. Sessions follow the users file: every
+``local_users.refresh_interval`` a session's user is looked up again, and a user deleted,
+disabled or whose sessions were revoked loses the session, while changed groups, e-mail or
+display name are applied to it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from secure_mw.errors import DecryptError
 from secure_mw.guards.regulation import Regulator, regulator_from_settings
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, redirect_reply
+from secure_mw.login.policy import PasswordPolicy
 from secure_mw.login.totp import (
     TOTP,
     FileTOTPStore,
@@ -40,13 +44,15 @@ from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.client import OIDCClient
 from secure_mw.oidc.core import OIDCSessionCore, Outcome, local_target
 from secure_mw.oidc.prelogin import PendingLogin
-from secure_mw.session.manager import SessionStore
+from secure_mw.session.manager import SessionRead, SessionStore
 from secure_mw.session.model import Session
 from secure_mw.settings import Settings
 
 __all__ = ["LocalLoginCore"]
 
 FAILED = "Incorrect user name or password."
+#: The session field holding when its user was last looked up in the users file.
+CHECKED = "pa"
 
 
 class LocalLoginCore(OIDCSessionCore):
@@ -61,7 +67,11 @@ class LocalLoginCore(OIDCSessionCore):
                  require_login: bool = True) -> None:
         self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
                     require_login=require_login)
-        self.users = users or UsersFile(settings.local_users.file)
+        self.users = users or UsersFile(
+            settings.local_users.file,
+            policy=PasswordPolicy.from_settings(settings.local_users))
+        # 0 ("always"): the users file is consulted at every request of a local session.
+        self.users_refresh = settings.local_users.refresh_interval
         self.regulator = regulator if regulator is not None else regulator_from_settings(settings)
         self.delay = delay or LoginDelay()
         self.totp = totp or TOTP(issuer=settings.local_users.totp_issuer, clock=clock)
@@ -87,6 +97,54 @@ class LocalLoginCore(OIDCSessionCore):
         if session.source == "oidc" and not self.provider:
             return "session of an OpenID login, and this application has none"
         return super()._foreign(session)
+
+    # -- sessions follow the users file -----------------------------------------------------
+
+    def _maintain(self, view: RequestView, session: Session, read: SessionRead
+                  ) -> Flow[tuple[Session | None, list[str]]]:
+        """A local session whose user was looked up more than ``refresh_interval`` ago (or,
+        by another clock, in the future) is checked against the users file first; anything
+        else costs one comparison."""
+        if session.source == "local":
+            checked = session.tokens.get(CHECKED, session.created)
+            if not isinstance(checked, int | float) or \
+                    not 0 <= self.clock() - checked < self.users_refresh:
+                return self._follow_users(view, session, read)
+        return super()._maintain(view, session, read)
+
+    def _follow_users(self, view: RequestView, session: Session, read: SessionRead
+                      ) -> Flow[tuple[Session | None, list[str]]]:
+        """End the session of a user who is gone, disabled or whose sessions were revoked;
+        write changed claims (and when this check was made) back into the session."""
+        user = yield Op(self.users.lookup_now, self.users.alookup_now, session.sub)
+        ended = None
+        if user is None:
+            ended = "user deleted"
+        elif user.disabled:
+            ended = "user disabled"
+        elif session.created < user.sessions_not_before:
+            ended = "sessions revoked in the users file"
+        if ended is not None:
+            self._event("session_ended", view, user=session.sub, reason=ended,
+                        session=session.digest)
+            cookies = yield from self.sessions.destroy(session, sent=read.sent)
+            return None, cookies
+        assert user is not None
+        now = self.clock()
+        profile = {"email": user.email, "name": user.display_name,
+                   "groups": list(user.groups)}
+        changed = sorted(k for k, v in profile.items() if session.claims.get(k) != v)
+        if changed:
+            self._event("session_updated", view, user=session.sub, level=logging.INFO,
+                        reason=", ".join(changed) + " changed in the users file",
+                        session=session.digest)
+        record = self.users_refresh > 0   # "always" records nothing
+        if not changed and not record:
+            return (yield from super()._maintain(view, session, read))
+        tokens = {**session.tokens, CHECKED: now} if record else dict(session.tokens)
+        claims = {**session.claims, **profile} if changed else session.claims
+        return (yield from self._write_back(session.evolve(claims=claims, tokens=tokens),
+                                            read, now))
 
     # -- the form ---------------------------------------------------------------------------
 

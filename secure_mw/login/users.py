@@ -8,18 +8,25 @@
     groups = ["admins", "staff"]
     password = "$argon2id$v=19$m=65536,t=3,p=4$..."
     disabled = false
+    sessions_not_before = 2026-01-02T03:04:05.678901Z   # optional
 
 * ``password`` (an Argon2id PHC string) is required; the other keys default to ``""``,
-  ``[]`` and ``false``. Any other key, a value of the wrong type, a hash of another scheme, a
-  user name with control characters or longer than :data:`MAX_USERNAME`, or two names that
-  are the same user once normalized (:func:`normalize_username`) make the file invalid;
+  ``[]`` and ``false``; ``sessions_not_before`` (an offset date-time, set by ``secure-mw
+  users passwd`` and ``end-sessions``) ends the sessions that began before it. Any other
+  key, a value of the wrong type, a hash of another scheme, a user name with control
+  characters or longer than :data:`MAX_USERNAME`, or two names that are the same user once
+  normalized (:func:`normalize_username`) make the file invalid;
   :class:`UsersFileError` (a :class:`~secure_mw.errors.ConfigError`) names every problem by
   its key (``users.alice.password``) and never shows a hash.
 * The file holds password hashes, so it is treated as a secret file: one readable or
   writable by group or others is refused.
-* :class:`UsersFile` notices a changed file (device, inode, size, mtime, mode) on a lookup,
-  at most every ``check_interval`` seconds. A broken new version is logged and the last good
-  one kept; so is a file that disappears. A file missing at start-up is an empty database.
+* :class:`UsersFile` notices a changed file (device, inode, size, mtime, ctime, mode) on a
+  lookup, at most every ``check_interval`` seconds (``lookup_now`` and ``verify``: now); while
+  the file's last change is too recent for its time stamps to tell two versions apart, its
+  content digest is compared too. A broken new version is logged and the last good one kept;
+  so is a file that disappears. A file missing at start-up is an empty database.
+* New passwords (:meth:`UsersFile.add`, :meth:`UsersFile.set_password`) must satisfy a
+  :class:`~secure_mw.login.policy.PasswordPolicy`.
 * Writers (``secure-mw users``, rehash after a successful login) take an exclusive
   ``flock`` on ``<file>.lock``, read the current file, change it and replace it atomically
   (a 0600 temporary file in the same directory, fsync, rename). The file is written in a
@@ -28,8 +35,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -47,6 +57,7 @@ from typing import Any, Final, TypeVar
 from secure_mw._files import read_secret_file
 from secure_mw.crypto.passwords import DEFAULT_HASHER, PasswordHasher
 from secure_mw.errors import ConfigError, ConfigProblem
+from secure_mw.login.policy import PasswordPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,6 +65,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_POLICY",
     "MAX_USERNAME",
     "UnknownUserError",
     "User",
@@ -71,7 +83,11 @@ MAX_GROUP: Final = 128
 MAX_GROUPS: Final = 256
 MAX_HASH: Final = 512
 
-_KEYS: Final = ("display_name", "email", "groups", "password", "disabled")
+_KEYS: Final = ("display_name", "email", "groups", "password", "disabled",
+                 "sessions_not_before")
+#: A file changed less than this many seconds before it was looked at may change again
+#: without its time stamps moving (their granularity): its content is compared too.
+RACY_SECONDS: Final = 2.0
 _PHC: Final = re.compile(
     r"\$argon2id\$(?:v=[0-9]{1,3}\$)?m=[0-9]{1,10},t=[0-9]{1,10},p=[0-9]{1,3}"
     r"\$[A-Za-z0-9+/]{8,}\$[A-Za-z0-9+/]{16,}"
@@ -91,9 +107,13 @@ _UNSAFE_NAME_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 _HEADER: Final = (
     "# Users of the secure_mw built-in password login: one [users.NAME] table per user.\n"
-    "# Managed with `secure-mw users add|passwd|disable|enable|list`, which rewrite this\n"
-    "# file (comments other than this header are not kept). Keep it mode 0600.\n"
+    "# Managed with `secure-mw users add|passwd|delete|set-groups|disable|list|...`, which\n"
+    "# rewrite this file (comments other than this header are not kept). Keep it 0600.\n"
 )
+
+#: The policy a :class:`UsersFile` applies unless given another (at least 12 characters, the
+#: built-in rules, no list).
+DEFAULT_POLICY: Final = PasswordPolicy()
 
 _T = TypeVar("_T")
 _Signature = tuple[int, ...]
@@ -116,6 +136,8 @@ class User:
     groups: tuple[str, ...]
     password_hash: str = field(repr=False)
     disabled: bool = False
+    #: Sessions that began before this time (seconds since the epoch; 0: none) are ended.
+    sessions_not_before: float = 0.0
 
 
 class UsersFileError(ConfigError):
@@ -180,18 +202,26 @@ def _shown_repr(name: object) -> str:
     return text if len(text) <= 80 else text[:80] + "…"
 
 
+def _toml_instant(seconds: float) -> str:
+    """``seconds`` since the epoch as a TOML offset date-time in UTC, to the microsecond."""
+    when = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _dump(users: Iterable[User]) -> str:
     """The file for ``users``, in order (TOML that :func:`_parse` reads back as it was)."""
     parts = [_HEADER]
     for user in users:
         groups = ", ".join(_toml_string(g) for g in user.groups)
+        revoked = (f"sessions_not_before = {_toml_instant(user.sessions_not_before)}\n"
+                   if user.sessions_not_before else "")
         parts.append(
             f"\n[users.{_toml_key(user.username)}]\n"
             f"display_name = {_toml_string(user.display_name)}\n"
             f"email = {_toml_string(user.email)}\n"
             f"groups = [{groups}]\n"
             f"password = {_toml_string(user.password_hash)}\n"
-            f"disabled = {'true' if user.disabled else 'false'}\n"
+            f"disabled = {'true' if user.disabled else 'false'}\n{revoked}"
         )
     if len(parts) == 1:
         parts.append("\n[users]\n")
@@ -305,6 +335,19 @@ def _build_user(
                                       f"must be true or false, not {_type_name(disabled)}"))
         disabled = False
 
+    not_before = 0.0
+    raw_not_before = entry.get("sessions_not_before")
+    if raw_not_before is not None:
+        if isinstance(raw_not_before, datetime.datetime) and raw_not_before.tzinfo is not None:
+            not_before = raw_not_before.timestamp()
+        elif isinstance(raw_not_before, int | float) and not isinstance(raw_not_before, bool) \
+                and 0 <= raw_not_before < 2**40:
+            not_before = float(raw_not_before)   # seconds since the epoch (the API's form)
+        else:
+            problems.append(ConfigProblem(f"{where}.sessions_not_before",
+                                          "must be a date and time with its offset, like "
+                                          "2026-01-02T03:04:05Z"))
+
     password_hash = ""
     if "password" in entry:
         problem = _hash_problem(entry["password"])
@@ -317,7 +360,8 @@ def _build_user(
                                       "(`secure-mw users passwd NAME` sets one)"))
     if problems:
         return None, problems
-    return User(name, display_name, email, tuple(groups), password_hash, disabled), []
+    return User(name, display_name, email, tuple(groups), password_hash, disabled,
+                not_before), []
 
 
 def _parse(text: str) -> tuple[dict[str, User], list[ConfigProblem]]:
@@ -361,14 +405,22 @@ def _parse(text: str) -> tuple[dict[str, User], list[ConfigProblem]]:
 
 
 def _signature(path: str | os.PathLike[str]) -> _Signature | None:
-    """What tells one version of the file from the next; ``None`` when it does not exist."""
+    """What tells one version of the file from the next; ``None`` when it does not exist.
+    The ctime moves at every write, rename and chmod (and cannot be set back)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         return (-1, exc.errno or 0)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def _changed_at(signature: _Signature | None) -> float | None:
+    """When the version with ``signature`` was last changed (seconds since the epoch)."""
+    if signature is None or len(signature) < 6:
+        return None
+    return max(signature[3], signature[4]) / 1e9
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -433,7 +485,10 @@ class UsersFile:
 
     A file that is invalid at start-up raises :class:`UsersFileError`; one missing is an
     empty database (logged). ``clock`` (default :func:`time.monotonic`) paces the checks
-    for a new version: at most one ``stat`` every ``check_interval`` seconds.
+    for a new version: at most one ``stat`` every ``check_interval`` seconds (the session
+    check, :meth:`lookup_now`, looks when it is asked). ``policy`` is what new passwords must
+    satisfy (``None``: only the hasher's limits); ``wall_clock`` stamps
+    ``sessions_not_before`` and judges whether a file's time stamps can be trusted yet.
 
     :meth:`verify` costs one Argon2id verification (tens of milliseconds, CPU-bound): an
     async app should call it in a worker thread.
@@ -447,24 +502,36 @@ class UsersFile:
         clock: Callable[[], float] = time.monotonic,
         check_interval: float = 2.0,
         logger: logging.Logger | None = None,
+        policy: PasswordPolicy | None = DEFAULT_POLICY,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = Path(path)
         self._hasher = hasher
         self._clock = clock
+        self._wall = wall_clock
         self._check_interval = check_interval
         self._logger = logger or logging.getLogger("secure_mw.login")
+        self.policy = policy
         self._lock = threading.Lock()  # one reload or write at a time in this object
         self._dummy: str | None = None
         self._state = _State.of({})
-        self._seen: _Signature | None = _signature(self._path)
+        # The version we hold: its signature, the digest of its bytes (of a broken version
+        # too, so it is neither parsed nor logged twice), and whether its time stamps are old
+        # enough that any later change must move them.
+        self._seen: _Signature | None = None
+        self._digest = b""
+        self._trusted = True
         self._checked_at = clock()
-        if self._seen is None:
+        signature = _signature(self._path)
+        if signature is None:
             self._logger.warning(
                 "users file %r does not exist: nobody can log in with a password until it "
                 "is created (`secure-mw users add --file %s NAME`)", str(self._path),
                 str(self._path))
         else:
-            self._state = _State.of(self._load())
+            raw = self._read()
+            self._state = _State.of(self._load(raw))
+            self._hold(signature, raw)
             self._logger.info("users file %r: %d users", str(self._path),
                               len(self._state.users))
 
@@ -478,9 +545,23 @@ class UsersFile:
         """The user called ``username`` (compared after :func:`normalize_username`), or
         ``None``. Picks up a new version of the file first, when it is time to look."""
         self._maybe_reload()
-        if not isinstance(username, str) or len(username) > 4 * MAX_USERNAME:
-            return None
-        return self._state.by_key.get(normalize_username(username))
+        return self._known(username)
+
+    def lookup_now(self, username: str) -> User | None:
+        """The user as the file says now: one ``stat``, and a read when the file changed or
+        its last change is too recent to trust its time stamps. Waits for a reload or write
+        of another thread to finish (it may block: under asyncio use :meth:`alookup_now`)."""
+        with self._lock:
+            self._checked_at = self._clock()
+            self._look()
+        return self._known(username)
+
+    async def alookup_now(self, username: str) -> User | None:
+        """:meth:`lookup_now` for asyncio: the ``stat`` runs inline; a read, or a wait for
+        another thread, in a worker thread."""
+        if self._trusted and _signature(self._path) == self._seen:
+            return self._known(username)   # _state is published before _seen (see _look)
+        return await asyncio.to_thread(self.lookup_now, username)
 
     def users(self) -> list[User]:
         """Every user, in file order."""
@@ -493,8 +574,9 @@ class UsersFile:
         Exactly one Argon2id verification runs whatever the outcome (for an unknown user,
         against a dummy hash made with this hasher's parameters), and a disabled user's
         password is checked too, so the time taken does not tell which case it was. The
-        hash comparison itself is constant-time (libargon2)."""
-        user = self.get(username)
+        hash comparison itself is constant-time (libargon2). The file is looked at now
+        (:meth:`lookup_now`), so a user deleted or disabled a moment ago cannot log in."""
+        user = self.lookup_now(username)
         phc = user.password_hash if user is not None else self._dummy_hash()
         matches = self._hasher.verify(phc, password)
         if user is None or not matches or user.disabled:
@@ -517,9 +599,12 @@ class UsersFile:
         with self._lock:
             self._checked_at = self._clock()
             signature = _signature(self._path)
-            self._seen = signature
-            if signature is not None:
-                self._state = _State.of(self._load())
+            if signature is None:
+                self._seen, self._trusted = None, True
+                return
+            raw = self._read()
+            self._state = _State.of(self._load(raw))
+            self._hold(signature, raw)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -533,7 +618,8 @@ class UsersFile:
         groups: Iterable[str] = (),
     ) -> User:
         """Add a user; :class:`UserExistsError` when the name is taken, ``ValueError`` when
-        an attribute is invalid."""
+        an attribute is invalid, :class:`~secure_mw.login.policy.PasswordPolicyError` when
+        the policy refuses the password."""
         entry = {"display_name": display_name, "email": email, "groups": list(groups)}
         draft, problems = _build_user(username, entry, f"users.{_shown(username)}",
                                       require_password=False)
@@ -541,6 +627,8 @@ class UsersFile:
             raise ValueError("; ".join(str(p) for p in problems))
         self._maybe_reload(force=True)
         self._refuse_existing(self._state.users, username)  # before the costly hash
+        if self.policy is not None:
+            self.policy.check(password, username=username, email=email)
         user = replace(draft, password_hash=self._hasher.hash(password))
 
         def change(users: dict[str, User]) -> User:
@@ -552,26 +640,73 @@ class UsersFile:
         self._logger.info("users file %r: added user %r", str(self._path), username)
         return user
 
-    def set_password(self, username: str, password: str) -> None:
-        """Store a new hash of ``password`` for ``username``."""
+    def set_password(self, username: str, password: str, *, end_sessions: bool = True) -> None:
+        """Store a new hash of ``password`` for ``username``; with ``end_sessions`` (the
+        default) the sessions that began before now end too (``sessions_not_before``)."""
         self._maybe_reload(force=True)
-        self._existing(self._state.users, username)  # fail before the costly hash
+        user = self._state.users[self._existing(self._state.users, username)]
+        if self.policy is not None:   # before the costly hash
+            self.policy.check(password, username=user.username, email=user.email)
         phc = self._hasher.hash(password)
-        name = self._modify(lambda users: self._update(users, username, password_hash=phc))
+        changes: dict[str, Any] = {"password_hash": phc}
+        if end_sessions:
+            changes["sessions_not_before"] = self._wall()
+        name = self._modify(lambda users: self._update(users, username, **changes))
         self._logger.info("users file %r: new password for %r", str(self._path), name)
 
     def set_disabled(self, username: str, disabled: bool) -> None:
-        """Disable (or enable again) ``username``: a disabled user cannot log in."""
+        """Disable (or enable again) ``username``: a disabled user cannot log in, and their
+        sessions end at their next check."""
         name = self._modify(lambda users: self._update(users, username, disabled=disabled))
         self._logger.info("users file %r: %s user %r", str(self._path),
                           "disabled" if disabled else "enabled", name)
+
+    def update(self, username: str, *, display_name: str | None = None,
+               email: str | None = None, groups: Iterable[str] | None = None) -> User:
+        """Change the given attributes of ``username`` (``ValueError`` when one is invalid,
+        naming its key); returns the user as written."""
+        def change(users: dict[str, User]) -> User:
+            name = self._existing(users, username)
+            old = users[name]
+            entry = {"display_name": old.display_name if display_name is None else display_name,
+                     "email": old.email if email is None else email,
+                     "groups": list(old.groups if groups is None else groups)}
+            draft, problems = _build_user(name, entry, f"users.{_shown(name)}",
+                                          require_password=False)
+            if draft is None:
+                raise ValueError("; ".join(str(p) for p in problems))
+            users[name] = replace(old, display_name=draft.display_name, email=draft.email,
+                                  groups=draft.groups)
+            return users[name]
+
+        user = self._modify(change)
+        self._logger.info("users file %r: updated user %r", str(self._path), user.username)
+        return user
+
+    def end_sessions(self, username: str) -> None:
+        """End every session of ``username`` that began before now, at its next check."""
+        now = self._wall()
+        name = self._modify(lambda users: self._update(users, username,
+                                                       sessions_not_before=now))
+        self._logger.info("users file %r: ended the sessions of %r", str(self._path), name)
+
+    def delete(self, username: str) -> User:
+        """Remove ``username`` from the file (their sessions end at their next check);
+        returns the user removed."""
+        def change(users: dict[str, User]) -> User:
+            return users.pop(self._existing(users, username))
+
+        user = self._modify(change)
+        self._logger.info("users file %r: deleted user %r", str(self._path), user.username)
+        return user
 
     def set_hash(self, username: str, password_hash: str, *, expected: str | None = None) -> bool:
         """Store ``password_hash`` (an Argon2id PHC string) for ``username``.
 
         For rehash-on-login pass ``expected=user.password_hash``: nothing is written (and
         ``False`` returned) when the stored hash changed meanwhile, so a password set by an
-        administrator in between is not overwritten by the old one."""
+        administrator in between is not overwritten by the old one. Sessions are not ended:
+        the password is the same."""
         problem = _hash_problem(password_hash)
         if problem:
             raise ValueError(f"users.{_shown(username)}.password: {problem}")
@@ -590,17 +725,26 @@ class UsersFile:
 
     # -- internals --------------------------------------------------------------------
 
+    def _known(self, username: str) -> User | None:
+        if not isinstance(username, str) or len(username) > 4 * MAX_USERNAME:
+            return None
+        return self._state.by_key.get(normalize_username(username))
+
     def _dummy_hash(self) -> str:
         if self._dummy is None:  # a race only makes two equivalent dummies
             self._dummy = self._hasher.hash(secrets.token_urlsafe(24))
         return self._dummy
 
-    def _load(self) -> dict[str, User]:
-        path = str(self._path)
+    def _read(self) -> bytes:
         try:
-            raw = read_secret_file(self._path)
+            return read_secret_file(self._path)
         except ConfigError as exc:
-            raise UsersFileError(path, exc.problems) from None
+            raise UsersFileError(str(self._path), exc.problems) from None
+
+    def _load(self, raw: bytes | None = None) -> dict[str, User]:
+        path = str(self._path)
+        if raw is None:
+            raw = self._read()
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -610,7 +754,15 @@ class UsersFile:
             raise UsersFileError(path, problems)
         return users
 
+    def _hold(self, signature: _Signature | None, raw: bytes) -> None:
+        """Remember that the version with ``signature`` holds ``raw``."""
+        self._seen = signature
+        self._digest = hashlib.sha256(raw).digest()
+        changed = _changed_at(signature)
+        self._trusted = changed is not None and self._wall() - changed >= RACY_SECONDS
+
     def _maybe_reload(self, *, force: bool = False) -> None:
+        """Look for a new version when it is time (or now, with ``force``)."""
         now = self._clock()
         if not force and now - self._checked_at < self._check_interval:
             return
@@ -618,26 +770,44 @@ class UsersFile:
             return  # another thread is reloading or writing: use what we have
         try:
             self._checked_at = now
-            signature = _signature(self._path)
-            if signature == self._seen:
-                return
-            self._seen = signature
-            path, count = str(self._path), len(self._state.users)
-            if signature is None:
+            self._look()
+        finally:
+            self._lock.release()
+
+    def _look(self) -> None:
+        """Pick up a new version of the file, if there is one (with the lock held)."""
+        signature = _signature(self._path)
+        if signature == self._seen and self._trusted:
+            return
+        path, count = str(self._path), len(self._state.users)
+        if signature is None:
+            if self._seen is not None:
                 self._logger.warning("users file %r has disappeared: keeping the last good "
                                      "version (%d users)", path, count)
-                return
+            self._seen, self._trusted = None, True
+            return
+        fresh = signature != self._seen
+        try:
+            raw = self._read()
+        except UsersFileError as exc:
+            if fresh:
+                self._logger.warning("users file %r changed but cannot be used, keeping the "
+                                     "last good version (%d users): %s", path, count,
+                                     exc.one_line())
+            self._seen, self._trusted = signature, False
+            return
+        if hashlib.sha256(raw).digest() != self._digest:   # else a touch, or seen before
             try:
-                users = self._load()
+                users = self._load(raw)
             except UsersFileError as exc:
                 self._logger.warning("users file %r changed but cannot be used, keeping the "
                                      "last good version (%d users): %s", path, count,
                                      exc.one_line())
-                return
-            self._state = _State.of(users)
-            self._logger.info("users file %r reloaded: %d users", path, len(users))
-        finally:
-            self._lock.release()
+            else:
+                self._state = _State.of(users)
+                self._logger.info("users file %r reloaded: %d users", path, len(users))
+        # Last: alookup_now reads _state without the lock once _seen matches the file.
+        self._hold(signature, raw)
 
     def _modify(self, change: Callable[[dict[str, User]], _T]) -> _T:
         """Run ``change`` on the current file's users and write the result back, with the
@@ -645,13 +815,15 @@ class UsersFile:
         target = Path(os.path.realpath(self._path))  # replace a symlink's target, not it
         with self._lock, _exclusive(target.with_name(target.name + ".lock")):
             exists = _signature(target) is not None
-            users = self._load() if exists else {}
+            raw = self._read() if exists else b""
+            users = self._load(raw) if exists else {}
             before = list(users.items())
             result = change(users)
             if not exists or list(users.items()) != before:
-                _replace_atomically(target, _dump(users.values()).encode("utf-8"))
+                raw = _dump(users.values()).encode("utf-8")
+                _replace_atomically(target, raw)
             self._state = _State.of(users)
-            self._seen = _signature(self._path)
+            self._hold(_signature(self._path), raw)
             self._checked_at = self._clock()
         return result
 

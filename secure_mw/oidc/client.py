@@ -29,15 +29,20 @@ from secure_mw.settings import OIDCSettings
 from secure_mw.tokens import JWTVerifier, RemoteKeySet, SigningKey, sign
 from secure_mw.tokens.keys import client_signing_key
 
-__all__ = ["GrantRefused", "OIDCClient", "ProviderMetadata", "TokenSet", "pkce_pair"]
+__all__ = ["GrantRefused", "OIDCClient", "ProviderMetadata", "TokenSet", "TokenTooLarge",
+           "pkce_pair"]
 
 # id_token algorithms we accept from a provider (RFC 8725: an explicit allow-list).
 ID_TOKEN_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 # at_hash: the left half of this hash of the access token (EdDSA: Ed25519's SHA-512).
 _AT_HASH = {"RS256": hashlib.sha256, "PS256": hashlib.sha256, "ES256": hashlib.sha256,
             "EdDSA": hashlib.sha512}
-# Providers put every group in the id_token; directory users can have hundreds.
+# Providers put every group in the id_token; directory users can have hundreds. The cap is
+# oidc.max_token_size; this is its default.
 ID_TOKEN_MAX_SIZE = 64 * 1024
+# An id_token larger than this is not kept for the logout's id_token_hint (a URL of the
+# provider's, which servers cap at 8-16 KB); the logout names the client instead.
+ID_TOKEN_HINT_MAX = 4096
 METADATA_TTL = 3600.0
 DEFAULT_ACCESS_LIFETIME = 300.0
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -53,6 +58,16 @@ class GrantRefused(SecureMWError):
         super().__init__(f"the provider refused the grant: {error}")
         self.error = error
         self.description = description
+
+
+class TokenTooLarge(InvalidToken):
+    """An id_token above ``oidc.max_token_size``; the message says what to raise."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the id_token is {size} bytes, above oidc.max_token_size ({limit} "
+                         "bytes): raise oidc.max_token_size (e.g. \"256KiB\") to accept it")
+        self.size = size
+        self.limit = limit
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -179,9 +194,9 @@ class OIDCClient:
         with self._lock:
             if self._metadata is None or self._metadata.jwks_uri != meta.jwks_uri:
                 self._verifier = JWTVerifier(
-                    RemoteKeySet(meta.jwks_uri, timeout=self._timeout),
+                    RemoteKeySet(meta.jwks_uri, timeout=self._timeout, clock=self._monotonic),
                     issuer=self.issuer, audience=self.client_id,
-                    algorithms=ID_TOKEN_ALGORITHMS, max_size=ID_TOKEN_MAX_SIZE,
+                    algorithms=ID_TOKEN_ALGORITHMS, max_size=self.settings.max_token_size,
                     clock=self._clock)
             self._metadata = meta
             self._metadata_until = now + METADATA_TTL
@@ -327,6 +342,8 @@ class OIDCClient:
             yield from self.metadata()
         verifier = self._verifier
         assert verifier is not None
+        if len(id_token) > self.settings.max_token_size:
+            raise TokenTooLarge(len(id_token), self.settings.max_token_size)
         claims: dict[str, Any] = yield Op(verifier.verify, verifier.averify, id_token)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255:

@@ -25,6 +25,7 @@ from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
+from secure_mw.guards.hosts import public_base
 from secure_mw.http import (
     MAX_FORM_BODY,
     Reply,
@@ -34,7 +35,14 @@ from secure_mw.http import (
     redirect_reply,
 )
 from secure_mw.identity import Identity
-from secure_mw.oidc.client import GrantRefused, OIDCClient, TokenSet, pkce_pair
+from secure_mw.oidc.client import (
+    ID_TOKEN_HINT_MAX,
+    GrantRefused,
+    OIDCClient,
+    TokenSet,
+    TokenTooLarge,
+    pkce_pair,
+)
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
 from secure_mw.session.manager import SessionManager, SessionRead, SessionStore
 from secure_mw.session.model import Session, identity_claims
@@ -46,7 +54,13 @@ log = logging.getLogger("secure_mw.oidc")
 
 MAX_FORM = MAX_FORM_BODY   # what the flavours read of a POST to our pages
 ROTATION_GRACE = 3600.0   # how long a rotation is remembered for stale copies of a session
-REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token
+REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token at most
+# A request that finds another refreshing the session's access token is served the session
+# while the token is valid or ended less than this long ago, or while the refresh it waits
+# for started less than this long ago; otherwise it gets 503 + Retry-After (fail closed).
+REFRESH_GRACE = 10.0
+RETRY_AFTER = 2           # seconds, for a request refused while another refreshes
+_RELEASE_BEFORE = REFRESH_CLAIM - 5.0   # a claim older than this may be another's by now
 _MAX_TARGET = 1024
 
 
@@ -99,6 +113,15 @@ def _one(params: dict[str, list[str]], name: str) -> str | None:
 
 class _BadRequest(Exception):
     pass
+
+
+class _StillRefreshing(Exception):
+    """The access token has ended (beyond :data:`REFRESH_GRACE`) and another request is
+    refreshing it: this request cannot be served as signed in right now."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__("another request is refreshing the session")
+        self.user = user
 
 
 class _Rotations:
@@ -164,7 +187,8 @@ class OIDCSessionCore:
         self.keyring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
         self.clock = clock
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
-                                       clock=clock, secure=settings.session.cookie_secure)
+                                       clock=clock, secure=settings.session.cookie_secure,
+                                       on_refused=self._cookie_refused)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
@@ -173,10 +197,18 @@ class OIDCSessionCore:
         self.prefix = settings.server.auth_prefix
         self.require_login = require_login
         self.refresh_margin = 60.0
-        self._refreshing: set[str] = set()
+        # Session id -> when a request of this process started refreshing it.
+        self._refreshing: dict[str, float] = {}
+        # Refresh claim -> when this process first found it held by another process.
+        self._contended: OrderedDict[str, float] = OrderedDict()
         self._rotations = _Rotations()
         self._refreshing_lock = threading.Lock()
         self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {}
+
+    def _cookie_refused(self, view: RequestView, problem: str) -> None:
+        """A session cookie that is malformed, forged or made with other keys (another
+        application's) is audited wherever it is read."""
+        self._event("invalid_session_cookie", view, reason=problem)
 
     def _foreign(self, session: Session) -> str | None:
         """Why ``session`` is not one this application accepts, or ``None``."""
@@ -190,6 +222,9 @@ class OIDCSessionCore:
         return path.startswith(self.prefix)
 
     def handle(self, view: RequestView) -> Flow[Outcome]:
+        refusal = self.sessions.worker_refusal(view)
+        if refusal is not None:     # the memory store in several workers: cannot work
+            return Outcome(refusal)
         try:
             if view.path.startswith(self.prefix):
                 route = self._routes.get(view.path[len(self.prefix):])
@@ -200,6 +235,10 @@ class OIDCSessionCore:
         except StoreUnavailable as exc:
             self._event("store_unavailable", view, reason=str(exc))
             return Outcome(self._unavailable(view))
+        except _StillRefreshing as exc:
+            self._event("session_refresh_pending", view, user=exc.user, level=logging.INFO,
+                        reason="access token expired while another request refreshes it")
+            return Outcome(self._refresh_pending(view))
         except _BadRequest as exc:
             self._event("bad_request", view, reason=str(exc))
             return Outcome(html_reply(400, "Bad request", str(exc)))
@@ -211,10 +250,8 @@ class OIDCSessionCore:
         cookies: list[str] = []
         session = read.session
         if session is None:
-            if read.sent:
+            if read.sent:     # (a forged one was audited as it was read)
                 cookies += self.sessions.forget(read.sent)
-                if read.suspicious:
-                    self._event("invalid_session_cookie", view, reason=read.problem)
             if self.require_login:
                 return Outcome(self.challenge(view), None, cookies)
             return Outcome(None, None, cookies)
@@ -244,8 +281,12 @@ class OIDCSessionCore:
         if session.source == "oidc":
             due_tokens, due_profile = self._due(session, now)
             if due_tokens or due_profile:
-                if not self._claim_refresh(session.id):
-                    return session, []   # another request of this session is refreshing it
+                started = self._claim_refresh(session.id, now)
+                if started is not None:
+                    # Another request of this session is refreshing it: serve the session
+                    # within the grace, else fail closed.
+                    self._within_grace(session, now, started)
+                    return session, []
                 try:
                     refreshed, changed = yield from self._refresh(view, session, due_tokens)
                     if refreshed is None:
@@ -298,16 +339,44 @@ class OIDCSessionCore:
         due_profile = interval > 0 and now - float(tokens.get("pa", 0)) >= interval
         return due_tokens, due_profile
 
-    def _claim_refresh(self, session_id: str) -> bool:
+    def _within_grace(self, session: Session, now: float, since: float) -> None:
+        """Raise :class:`_StillRefreshing` unless ``session``'s access token ended less than
+        :data:`REFRESH_GRACE` seconds ago, or the refresh this request cannot do itself was
+        seen under way ``since`` less than that long ago."""
+        if now < since + REFRESH_GRACE:
+            return
+        ends = session.tokens.get("ae")
+        if isinstance(ends, int | float) and now >= ends + REFRESH_GRACE:
+            raise _StillRefreshing(session.sub)
+
+    def _held_since(self, claim: str, now: float) -> float:
+        """When this process first found ``claim`` held by another (bounded memory)."""
         with self._refreshing_lock:
-            if session_id in self._refreshing:
-                return False   # another request of this session is refreshing it right now
-            self._refreshing.add(session_id)
-            return True
+            seen = self._contended.setdefault(claim, now)
+            while len(self._contended) > 10_000:
+                self._contended.popitem(last=False)
+            return seen
+
+    def _release_claim(self, claim: str, claimed_at: float) -> Flow[None]:
+        """Give the refresh claim back, so a later request may refresh (after a failure) at
+        once; a claim held too long may have run out and been taken by another: left alone."""
+        if self.clock() - claimed_at < _RELEASE_BEFORE:
+            yield from self.sessions.release(claim)
+        return None
+
+    def _claim_refresh(self, session_id: str, now: float) -> float | None:
+        """``None`` when this request may refresh the session, else when the request of
+        this process that is refreshing it started."""
+        with self._refreshing_lock:
+            started = self._refreshing.get(session_id)
+            if started is not None:
+                return started
+            self._refreshing[session_id] = now
+            return None
 
     def _release_refresh(self, session_id: str) -> None:
         with self._refreshing_lock:
-            self._refreshing.discard(session_id)
+            self._refreshing.pop(session_id, None)
 
     def _refresh(self, view: RequestView, session: Session, due_tokens: bool
                  ) -> Flow[tuple[Session | None, bool]]:
@@ -334,30 +403,32 @@ class OIDCSessionCore:
                             reason="access token expired and there is no refresh token")
                 return None, False
             fields = yield from self.sessions.recall(_rotation_key(refresh_token))
+            if fields is None:
+                claim = _rotation_key(refresh_token, "refreshing")
+                claimed = yield from self.sessions.claim_once(claim, REFRESH_CLAIM)
+                if not claimed:     # another process is refreshing this token now
+                    now = self.clock()
+                    self._within_grace(session, now, self._held_since(claim, now))
+                    return session, False
+                claimed_at = self.clock()
+                with self._refreshing_lock:
+                    self._contended.pop(claim, None)
+                # A refresh that ended (and gave the claim back) between the look-up above
+                # and this claim left its result: use it, never present the spent token.
+                fields = self._rotations.get(refresh_token, claimed_at)
+                if fields is None:
+                    fields = yield from self.sessions.recall(_rotation_key(refresh_token))
+                if fields is not None:
+                    yield from self._release_claim(claim, claimed_at)
+                else:
+                    result = yield from self._refresh_grant(
+                        view, session, refresh_token, claim=claim, claimed_at=claimed_at,
+                        tokens=tokens)
+                    if result is None:
+                        return None, False
+                    fresh.update(result.id_claims or {})
             if fields is not None:
                 tokens.update(fields)
-            else:
-                claimed = yield from self.sessions.claim_once(
-                    _rotation_key(refresh_token, "refreshing"), REFRESH_CLAIM)
-                if not claimed:
-                    return session, False   # another process is refreshing this token now
-                try:
-                    data = yield from self.client.refresh_grant(refresh_token)
-                except GrantRefused as exc:
-                    self._event("session_ended", view, user=user, reason=str(exc))
-                    return None, False
-                fields = self._token_fields(self.client.token_set(data, refresh_token))
-                self._rotations.put(refresh_token, fields, self.clock())
-                yield from self.sessions.keep(_rotation_key(refresh_token), fields,
-                                              ROTATION_GRACE)
-                tokens.update(fields)
-                try:
-                    result = yield from self.client.finish_refresh(data, refresh_token,
-                                                                   sub=user)
-                except InvalidToken as exc:
-                    self._event("session_ended", view, user=user, reason=str(exc))
-                    return None, False
-                fresh.update(result.id_claims or {})
         try:
             fresh.update((yield from self.client.userinfo(tokens["at"], sub=user)))
         except (GrantRefused, InvalidToken) as exc:
@@ -378,6 +449,34 @@ class OIDCSessionCore:
                       "sub": user}
         return session.evolve(claims=claims, tokens=tokens), True
 
+    def _refresh_grant(self, view: RequestView, session: Session, refresh_token: str, *,
+                       claim: str, claimed_at: float, tokens: dict[str, Any]
+                       ) -> Flow[TokenSet | None]:
+        """Use the refresh grant under ``claim``; the new tokens go into ``tokens`` (and are
+        kept for stale copies of the session) before anything else can fail. ``None``: the
+        provider refused, the session ends."""
+        user = session.sub
+        try:
+            data = yield from self.client.refresh_grant(refresh_token)
+        except GrantRefused as exc:
+            yield from self._release_claim(claim, claimed_at)
+            self._event("session_ended", view, user=user, reason=str(exc))
+            return None            # the caller destroys (revokes) the session
+        except StoreUnavailable:
+            yield from self._release_claim(claim, claimed_at)
+            raise
+        fields = self._token_fields(self.client.token_set(data, refresh_token))
+        self._rotations.put(refresh_token, fields, self.clock())
+        yield from self.sessions.keep(_rotation_key(refresh_token), fields, ROTATION_GRACE)
+        yield from self._release_claim(claim, claimed_at)
+        tokens.update(fields)
+        try:
+            result = yield from self.client.finish_refresh(data, refresh_token, sub=user)
+        except InvalidToken as exc:
+            self._event("session_ended", view, user=user, reason=str(exc))
+            return None
+        return result
+
     def _token_fields(self, result: TokenSet) -> dict[str, Any]:
         """What a session keeps of a token response: the tokens, when the access token ends
         (``ae``) and when to refresh it (``rd``: a minute early, or a quarter of a short
@@ -389,7 +488,7 @@ class OIDCSessionCore:
         }
         if result.refresh_token:
             fields["rt"] = result.refresh_token
-        if result.id_token:
+        if result.id_token and len(result.id_token) <= ID_TOKEN_HINT_MAX:
             fields["it"] = result.id_token
         return fields
 
@@ -402,7 +501,9 @@ class OIDCSessionCore:
     def redirect_uri(self, view: RequestView) -> str:
         if self.oidc.redirect_uri:
             return self.oidc.redirect_uri
-        base = self.settings.server.external_url or view.origin
+        base = public_base(self.settings.server, view)
+        if base is None:     # never a URL on a host we do not serve
+            raise _BadRequest("this site does not answer for that host name")
         return base.rstrip("/") + f"{self.prefix}callback"
 
     def _login(self, view: RequestView) -> Flow[Outcome]:
@@ -455,7 +556,10 @@ class OIDCSessionCore:
             return Outcome(self._login_again(
                 view, status, f"The identity provider did not sign you in ({error_code}).",
                 cookies))
-        meta = yield from self.client.metadata()
+        try:
+            meta = yield from self.client.metadata()
+        except StoreUnavailable as exc:
+            return Outcome(self._retry_login(view, pending, exc, cookies))
         iss = _one(params, "iss")
         if (iss is not None and iss != self.client.issuer) or \
                 (iss is None and meta.iss_parameter_supported):
@@ -477,6 +581,14 @@ class OIDCSessionCore:
             self._event("login_failure", view, reason=f"code refused: {exc.error}")
             return Outcome(self._login_again(
                 view, 400, "The identity provider refused this sign-in.", cookies))
+        except StoreUnavailable as exc:     # our side (JWKS, network): not the user's fault
+            return Outcome(self._retry_login(view, pending, exc, cookies))
+        except TokenTooLarge as exc:
+            self._event("login_failure", view, reason=f"id_token refused: {exc}")
+            return Outcome(self._login_again(
+                view, 401, "The identity provider's answer is larger than this application "
+                "accepts. Please ask its administrator to raise the setting "
+                "oidc.max_token_size.", cookies))
         except InvalidToken as exc:
             self._event("login_failure", view, reason=f"id_token refused: {exc}")
             return Outcome(self._login_again(
@@ -544,12 +656,13 @@ class OIDCSessionCore:
         if session.source == "oidc":
             try:
                 meta = yield from self.client.metadata()
+                base = public_base(self.settings.server, view)
                 back = self.oidc.post_logout_redirect_uri or (
-                    (self.settings.server.external_url or view.origin).rstrip("/")
-                    + f"{self.prefix}logged-out")
-                location = self.client.end_session_url(
-                    meta, id_token_hint=session.tokens.get("it"),
-                    post_logout_redirect_uri=back, state=session.digest) or location
+                    base.rstrip("/") + f"{self.prefix}logged-out" if base else None)
+                if back is not None:    # never a return URL on a host we do not serve
+                    location = self.client.end_session_url(
+                        meta, id_token_hint=session.tokens.get("it"),
+                        post_logout_redirect_uri=back, state=session.digest) or location
             except StoreUnavailable as exc:   # signed out here; the provider can't be told
                 self._event("idp_logout_failed", view, user=session.sub, reason=str(exc))
         return Outcome(redirect_reply(location, status=303,
@@ -592,6 +705,32 @@ class OIDCSessionCore:
                               "Please try again in a moment.", headers=[("retry-after", "5")])
         return json_reply(503, {"error": "identity_unavailable"},
                           headers=[("retry-after", "5")])
+
+    def _refresh_pending(self, view: RequestView) -> Reply:
+        headers = [("retry-after", str(RETRY_AFTER))]
+        if view.wants_html:
+            return html_reply(503, "One moment", "Your session is being renewed. This page "
+                              "reloads in a moment.",
+                              headers=[*headers, ("refresh", str(RETRY_AFTER))])
+        return json_reply(503, {"error": "session_refreshing"}, headers=headers)
+
+    def _retry_login(self, view: RequestView, pending: PendingLogin, exc: StoreUnavailable,
+                     cookies: list[str]) -> Reply:
+        """The callback failed on our side (the provider's keys or endpoints unreachable):
+        503 with a link that starts the login again for the same target; the provider still
+        has its session, so it sends the user straight back without asking again."""
+        # Not a login_failure: those count towards bans (fail2ban), and this one is ours.
+        self._event("store_unavailable", view,
+                    reason=f"the sign-in could not be completed: {exc}")
+        again = f"{self.prefix}login?rd={quote(pending.return_to, safe='/')}"
+        if pending.remember:
+            again += "&remember_me=1"
+        link = f'<p><a class="button" href="{html.escape(again)}">Try again</a></p>'
+        return html_reply(503, "Sign-in is unavailable",
+                          "The sign-in could not be completed on our side. Please try again "
+                          "in a moment; you will not need to enter your password again.",
+                          body_html=link,
+                          headers=[("retry-after", "5"), *(("set-cookie", c) for c in cookies)])
 
     def _login_again(self, view: RequestView, status: int, message: str,
                      cookies: list[str] | None = None) -> Reply:

@@ -3,7 +3,9 @@
 The cookie holds either the session id (memory and Redis stores) or the whole encrypted
 record (cookie store). Reading never raises for a bad cookie — it reports why there is no
 session — and raises :class:`~secure_mw.errors.StoreUnavailable` only when the store cannot be
-reached (the caller fails closed).
+reached (the caller fails closed). A destroyed session stays ended: server-side its record is
+deleted; with the cookie store, whose record the client keeps, it is marked revoked until it
+would have expired (in this process's memory, or in Redis when ``session.redis_url`` is set).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import DecryptError, StoreUnavailable
-from secure_mw.http import RequestView
+from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.session.cookies import (
     CookieJarSpec,
     chunk_name,
@@ -31,13 +33,15 @@ from secure_mw.session.cookies import (
     join_chunks,
     split_chunks,
 )
-from secure_mw.session.memory_store import MemorySessionStore
+from secure_mw.session.memory_store import MemorySessionStore, SiblingWorkers
 from secure_mw.session.model import Session, new_session_id
 from secure_mw.settings import SessionSettings
 
 __all__ = ["SessionManager", "SessionRead", "SessionStore"]
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+# A revocation outlives the session's own end by this much (clocks of processes differ).
+REVOCATION_MARGIN = 60.0
 
 
 class SessionStore(Protocol):
@@ -48,11 +52,22 @@ class SessionStore(Protocol):
              only_if_exists: bool = False) -> bool: ...
     def delete(self, session_id: str) -> None: ...
     def claim_once(self, token: str, ttl: float) -> bool: ...
+    def release(self, token: str) -> None: ...
     async def aload(self, session_id: str) -> Any: ...
     async def asave(self, session_id: str, value: Any, ttl: float, *,
                     only_if_exists: bool = False) -> bool: ...
     async def adelete(self, session_id: str) -> None: ...
     async def aclaim_once(self, token: str, ttl: float) -> bool: ...
+    async def arelease(self, token: str) -> None: ...
+
+
+class MarkStore(SessionStore, Protocol):
+    """Where the cookie store remembers ended sessions (the memory or the Redis store)."""
+
+    def revoke(self, key: str, ttl: float) -> None: ...
+    def is_revoked(self, key: str) -> bool: ...
+    async def arevoke(self, key: str, ttl: float) -> None: ...
+    async def ais_revoked(self, key: str) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -92,11 +107,15 @@ class SessionManager:
 
     def __init__(self, settings: SessionSettings, *, keyring: KeyRing,
                  store: SessionStore | None = None, clock: Callable[[], float] = time.time,
-                 secure: bool = True) -> None:
+                 secure: bool = True,
+                 on_refused: Callable[[RequestView, str], None] | None = None) -> None:
         self.settings = settings
         self.keyring = keyring
         self.clock = clock
         self.cookie_mode = settings.store == "cookie"
+        chosen = store is not None or settings.store_explicit
+        # Called for a cookie that was refused as malformed or forged (an audit line).
+        self.on_refused = on_refused
         if store is None and not self.cookie_mode:
             if settings.store == "redis":
                 from secure_mw.session.redis_store import RedisSessionStore
@@ -109,14 +128,36 @@ class SessionManager:
                 store = MemorySessionStore(max_sessions=settings.memory_max_sessions,
                                            clock=clock)
         self.store = store
+        # A store of this process only: find out whether sibling workers use one too.
+        self.workers = SiblingWorkers(settings.cookie_name, explicit=chosen) \
+            if isinstance(store, MemorySessionStore) else None
         self._objects = bool(getattr(store, "holds_objects", False))
         # Records already decoded, by their exact authenticated form (the cookie value, or
         # the plaintext a bytes store decrypted); lifetimes are still checked every time.
         self._decoded = _LRU(4096)
-        # Where single-use tokens (a login's state) are remembered: the session store, or
-        # this process's memory with the cookie store.
-        self._once: SessionStore = store if store is not None else MemorySessionStore(
-            max_sessions=10_000, clock=clock)
+        # Where single-use tokens (a login's state) and refresh claims are remembered: the
+        # session store; with the cookie store, Redis when a URL is set, else this process's
+        # memory. With the cookie store the same place remembers ended sessions.
+        marks: MarkStore | None = None
+        if store is not None:
+            self._once: SessionStore = store
+        elif settings.redis_url:
+            from secure_mw.session.redis_store import RedisSessionStore
+
+            marks = RedisSessionStore.from_settings(settings, keyring)
+            self._once = marks
+        elif clock is time.time:
+            marks = MemorySessionStore.shared(settings.cookie_name,
+                                              max_sessions=settings.memory_max_sessions)
+            self._once = marks
+        else:
+            marks = MemorySessionStore(max_sessions=settings.memory_max_sessions, clock=clock)
+            self._once = marks
+        self._revocations = marks
+        self._revocations_inline = getattr(marks, "nonblocking", False) is True
+        # Where records every process must see are kept (rotations): a bytes store.
+        self._shared: SessionStore | None = (
+            self._once if not getattr(self._once, "holds_objects", False) else None)
         self.jar = CookieJarSpec(secure=secure, domain=settings.cookie_domain,
                                  same_site=settings.same_site.capitalize())
         self.cookie_name = self.jar.name(settings.cookie_name)
@@ -128,6 +169,19 @@ class SessionManager:
     def __repr__(self) -> str:
         store = "cookie" if self.store is None else self.store
         return f"SessionManager(store={store!r}, cookie={self.cookie_name!r})"
+
+    def worker_refusal(self, view: RequestView) -> Reply | None:
+        """503 when several worker processes of this server use the in-memory store that
+        nobody chose (see :class:`~secure_mw.session.memory_store.SiblingWorkers`); with
+        ``session.store = "memory"`` set on purpose, a warning only."""
+        if self.workers is None or not view.server:
+            return None
+        problem = self.workers.check(view.server)
+        if problem is None:
+            return None
+        if view.wants_html:
+            return html_reply(503, "Service misconfigured", problem)
+        return json_reply(503, {"error": "session_store_misconfigured", "detail": problem})
 
     # -- creating -------------------------------------------------------------------------
 
@@ -158,7 +212,7 @@ class SessionManager:
         raw = join_chunks(cookies, self.cookie_name) if self.cookie_mode \
             else cookies.get(self.cookie_name)
         if not raw:
-            return SessionRead(None, "incomplete session cookie", True, sent)
+            return self._refused(view, "incomplete session cookie", sent)
         if self.cookie_mode:
             cached = self._decoded.get(raw)
             if cached is not None:
@@ -167,15 +221,15 @@ class SessionManager:
                 try:
                     session = Session.from_bytes(self.keyring.decrypt(raw, self._aad))
                 except (DecryptError, ValueError):
-                    return SessionRead(None, "session cookie does not decrypt", True, sent)
+                    return self._refused(view, "session cookie does not decrypt", sent)
                 self._decoded.put(raw, session)
         else:
             if len(sent) != 1 or not _SESSION_ID.fullmatch(raw):
-                return SessionRead(None, "malformed session cookie", True, sent)
+                return self._refused(view, "malformed session cookie", sent)
             try:
                 found = yield from self.load(raw)
             except ValueError as exc:
-                return SessionRead(None, str(exc), True, sent)
+                return self._refused(view, str(exc), sent)
             if found is None:
                 return SessionRead(None, "unknown or expired session", False, sent)
             session = found
@@ -184,13 +238,29 @@ class SessionManager:
             if self.store is not None:
                 yield Op(self.store.delete, self.store.adelete, session.id)
             return SessionRead(None, f"session {reason}", False, sent)
+        marks = self._revocations
+        if marks is not None:
+            if self._revocations_inline:
+                revoked = marks.is_revoked(session.id)
+            else:
+                revoked = yield Op(marks.is_revoked, marks.ais_revoked, session.id)
+            if revoked:
+                return SessionRead(None, "session ended (signed out or refused)", False, sent)
         return SessionRead(session, None, False, sent)
+
+    def _refused(self, view: RequestView, problem: str, sent: list[str]) -> SessionRead:
+        if self.on_refused is not None:
+            self.on_refused(view, problem)
+        return SessionRead(None, problem, True, sent)
 
     def load(self, session_id: str) -> Flow[Session | None]:
         """The stored record of ``session_id`` (server-side stores only); a corrupt record
         raises :class:`ValueError`."""
         assert self.store is not None
-        record = yield Op(self.store.load, self.store.aload, session_id)
+        try:
+            record = yield Op(self.store.load, self.store.aload, session_id)
+        except DecryptError:     # written with other keys (another app's, a retired one)
+            raise ValueError("session record does not decrypt") from None
         if record is None:
             return None
         session: Session
@@ -211,19 +281,25 @@ class SessionManager:
         return session
 
     def keep(self, name: str, data: dict[str, Any], ttl: float) -> Flow[None]:
-        """Keep ``data`` under ``name`` for ``ttl`` seconds where every process sees it (the
-        Redis store, encrypted); a no-op for stores that live in one process."""
-        if self.store is None or self._objects:
+        """Keep ``data`` under ``name`` for ``ttl`` seconds where every process sees it (Redis,
+        encrypted: the session store, or with the cookie store ``session.redis_url``); a
+        no-op for stores that live in one process."""
+        shared = self._shared
+        if shared is None:
             return None
         value = json.dumps(data, separators=(",", ":")).encode()
-        yield Op(self.store.save, self.store.asave, name, value, ttl)
+        yield Op(shared.save, shared.asave, name, value, ttl)
         return None
 
     def recall(self, name: str) -> Flow[dict[str, Any] | None]:
         """What :meth:`keep` kept under ``name``, if anything."""
-        if self.store is None or self._objects:
+        shared = self._shared
+        if shared is None:
             return None
-        raw = yield Op(self.store.load, self.store.aload, name)
+        try:
+            raw = yield Op(shared.load, shared.aload, name)
+        except DecryptError:
+            return None
         if raw is None:
             return None
         try:
@@ -233,9 +309,29 @@ class SessionManager:
         return data if isinstance(data, dict) else None
 
     def claim_once(self, token: str, ttl: float) -> Flow[bool]:
-        """True the first time ``token`` is presented within ``ttl`` seconds."""
+        """True the first time ``token`` is presented within ``ttl`` seconds (or since it was
+        released)."""
         claimed = yield Op(self._once.claim_once, self._once.aclaim_once, token, ttl)
         return bool(claimed)
+
+    def release(self, token: str) -> Flow[None]:
+        """Give up a claim of ``token``; only its holder, while the claim lasts. (A store of
+        your own without ``release`` lets the claim run out instead.)"""
+        once = self._once
+        if not hasattr(once, "release"):
+            return None
+        yield Op(once.release, once.arelease, token)
+        return None
+
+    def revoke(self, session: Session) -> Flow[None]:
+        """Remember that ``session`` has ended, until it would have expired anyway (the
+        cookie store; a server-side record is simply deleted)."""
+        marks = self._revocations
+        if marks is None:
+            return None
+        ttl = session.expires - self.clock() + REVOCATION_MARGIN
+        yield Op(marks.revoke, marks.arevoke, session.id, ttl)
+        return None
 
     def needs_touch(self, session: Session) -> bool:
         return self.clock() - session.last_active >= self.touch_interval
@@ -274,9 +370,13 @@ class SessionManager:
 
     def destroy(self, session: Session | None, *, sent: list[str] | None = None
                 ) -> Flow[list[str]]:
-        """Delete the server-side record and expire every cookie of ours the client sent."""
-        if session is not None and self.store is not None:
-            yield Op(self.store.delete, self.store.adelete, session.id)
+        """End ``session`` for good (delete its server-side record, or mark it revoked with
+        the cookie store) and expire every cookie of ours the client sent."""
+        if session is not None:
+            if self.store is not None:
+                yield Op(self.store.delete, self.store.adelete, session.id)
+            else:
+                yield from self.revoke(session)
         return [self.jar.delete(n) for n in (sent or [self.cookie_name])]
 
     def forget(self, sent: list[str]) -> list[str]:

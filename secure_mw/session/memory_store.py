@@ -3,22 +3,78 @@
 Records are kept as immutable :class:`~secure_mw.session.model.Session` objects (nothing is
 at rest outside the process, so nothing is encrypted here). At most ``max_sessions`` are kept;
 beyond that the least recently used one is dropped. Expired records are dropped when read and
-in small batches on every write, so memory never holds more than the bound.
+in small batches on every write, so memory never holds more than the bound. Single-use claims
+and revocation marks each expire at their own deadline (a heap orders them), are bounded by
+``max_sessions`` too (beyond it the one closest to its end goes first), and claims can be
+released.
+
+Such a store is only right for one process. :class:`SiblingWorkers` finds out, from the
+requests themselves, whether other worker processes of the same server use one too: the
+workers of one server share their parent process and their listening port, so each registers
+its pid in a small file named for (parent pid, port, cookie name) under a private directory
+and reads who else is there and still alive (docs/sessions.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import heapq
+import logging
+import os
+import stat
+import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from secure_mw.session.model import Session
 
-__all__ = ["MemorySessionStore"]
+__all__ = ["CHECK_INTERVAL", "MemorySessionStore", "SiblingWorkers"]
+
+log = logging.getLogger("secure_mw.session")
 
 _SHARED: dict[str, MemorySessionStore] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+class _Deadlines:
+    """Keys that each live until their own deadline; not thread-safe (the store locks)."""
+
+    __slots__ = ("_heap", "_limit", "_until")
+
+    def __init__(self, limit: int) -> None:
+        self._until: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []   # may hold stale entries; rebuilt when big
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def live(self, key: str, now: float) -> bool:
+        deadline = self._until.get(key)
+        return deadline is not None and deadline > now
+
+    def add(self, key: str, deadline: float, now: float) -> None:
+        self._until[key] = deadline
+        heapq.heappush(self._heap, (deadline, key))
+        self.sweep(now)
+
+    def discard(self, key: str) -> None:
+        self._until.pop(key, None)
+
+    def sweep(self, now: float) -> None:
+        heap, until = self._heap, self._until
+        while heap and (heap[0][0] <= now or len(until) > self._limit):
+            deadline, key = heapq.heappop(heap)
+            if until.get(key) == deadline:
+                del until[key]
+        if len(heap) > 2 * len(until) + 64:    # released or re-added keys left stale entries
+            self._heap = [(d, k) for k, d in until.items()]
+            heapq.heapify(self._heap)
 
 
 class MemorySessionStore:
@@ -32,7 +88,8 @@ class MemorySessionStore:
         self.max_sessions = max_sessions
         self._clock = clock
         self._items: OrderedDict[str, tuple[float, Session]] = OrderedDict()
-        self._once: OrderedDict[str, float] = OrderedDict()   # claimed tokens, oldest first
+        self._once = _Deadlines(max_sessions)       # claimed single-use tokens
+        self._revoked = _Deadlines(max_sessions)    # ended sessions (the cookie store)
         self._lock = threading.Lock()
 
     @classmethod
@@ -82,18 +139,30 @@ class MemorySessionStore:
             return True
 
     def claim_once(self, token: str, ttl: float) -> bool:
-        """True the first time ``token`` is claimed within ``ttl`` seconds (in this process)."""
+        """True the first time ``token`` is claimed within ``ttl`` seconds (in this process),
+        or after the claim was released."""
         with self._lock:
             now = self._clock()
-            once = self._once
-            while once and next(iter(once.values())) <= now:
-                once.popitem(last=False)
-            if token in once:
+            if self._once.live(token, now):
                 return False
-            once[token] = now + ttl
-            while len(once) > self.max_sessions:
-                once.popitem(last=False)
+            self._once.add(token, now + ttl, now)
             return True
+
+    def release(self, token: str) -> None:
+        """Give up a claim (the next :meth:`claim_once` of ``token`` succeeds)."""
+        with self._lock:
+            self._once.discard(token)
+
+    def revoke(self, key: str, ttl: float) -> None:
+        """Remember for ``ttl`` seconds that the session ``key`` names has ended."""
+        with self._lock:
+            now = self._clock()
+            if ttl > 0 and not self._revoked.live(key, now + ttl):
+                self._revoked.add(key, now + ttl, now)
+
+    def is_revoked(self, key: str) -> bool:
+        # One dict look-up, atomic by itself: no lock on the path of every cookie-store read.
+        return self._revoked.live(key, self._clock())
 
     def delete(self, session_id: str) -> None:
         with self._lock:
@@ -122,5 +191,194 @@ class MemorySessionStore:
     async def aclaim_once(self, token: str, ttl: float) -> bool:
         return self.claim_once(token, ttl)
 
+    async def arelease(self, token: str) -> None:
+        self.release(token)
+
+    async def arevoke(self, key: str, ttl: float) -> None:
+        self.revoke(key, ttl)
+
+    async def ais_revoked(self, key: str) -> bool:
+        return self.is_revoked(key)
+
     async def adelete(self, session_id: str) -> None:
         self.delete(session_id)
+
+
+# -- several worker processes on one memory store ------------------------------------------
+
+#: How often (seconds) a worker looks again for siblings after its first request.
+CHECK_INTERVAL = 5.0
+_MAX_PIDS = 1024
+
+
+def registry_directory() -> Path | None:
+    """A directory only this user can use: ``$XDG_RUNTIME_DIR/secure-mw``, else
+    ``<tmp>/secure-mw-<uid>`` (made 0700); None when neither is safe to use."""
+    if not hasattr(os, "getuid"):
+        return None
+    uid = os.getuid()
+    candidates = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        candidates.append(Path(runtime) / "secure-mw")
+    candidates.append(Path(tempfile.gettempdir()) / f"secure-mw-{uid}")
+    for directory in candidates:
+        with contextlib.suppress(FileExistsError, OSError):
+            os.mkdir(directory, 0o700)
+        try:
+            info = os.lstat(directory)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
+            return directory
+    return None
+
+
+def _process_state(pid: int) -> tuple[bool, int | None]:
+    """(alive and not a zombie, its parent pid when the system says)."""
+    if pid <= 0:
+        return False, None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, None
+    except PermissionError:     # exists, but another user's: not one of our workers
+        return False, None
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True, None       # no /proc (macOS): alive is all we know
+    fields = text.rpartition(")")[2].split()
+    if len(fields) < 2 or fields[0] in ("Z", "X"):
+        return False, None
+    try:
+        return True, int(fields[1])
+    except ValueError:
+        return True, None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[int]:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)            # closing releases the lock
+
+
+class SiblingWorkers:
+    """Whether other live worker processes of this server use a memory store for the same
+    cookie. :meth:`check` is called with each request's listening address (its port, or a
+    socket path); it registers this process at the first request and looks again at most
+    every ``interval`` seconds (``clock``), so a request costs one clock read.
+
+    ``explicit``: the memory store was chosen on purpose (``session.store = "memory"``, or
+    a store object given in code): siblings then cost one warning. Otherwise (the default)
+    :meth:`check` returns the message to refuse requests with, and logs it once as an error.
+    Without a private registry directory (or ``fcntl``) nothing is checked.
+    """
+
+    def __init__(self, cookie_name: str, *, explicit: bool, directory: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 interval: float | None = None) -> None:
+        self.cookie_name = cookie_name
+        self.explicit = explicit
+        self._directory = directory
+        self._clock = clock
+        self._interval = interval
+        self._next = float("-inf")
+        self._refusal: str | None = None
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+        self.siblings: tuple[int, ...] = ()
+
+    def check(self, server: str) -> str | None:
+        """None to go on, or why this server must not serve (the default store only)."""
+        if self._clock() < self._next or not self._lock.acquire(blocking=False):
+            return self._refusal
+        try:
+            interval = CHECK_INTERVAL if self._interval is None else self._interval
+            self._next = self._clock() + interval
+            siblings = self._register(server)
+            self.siblings = siblings
+            if not siblings:
+                self._refusal = None
+                return None
+            pids = ", ".join(str(p) for p in sorted({os.getpid(), *siblings}))
+            where = f"port {server}" if server.isdigit() else f"socket {server!r}"
+            if self.explicit:
+                self._once(
+                    f"session.store = \"memory\" while several worker processes of this "
+                    f"server (pids {pids}, {where}) serve: each keeps its own sessions, so a "
+                    "user is signed out whenever a request reaches another worker; use "
+                    "session.store = \"cookie\" or \"redis\", or run one worker",
+                    logging.WARNING)
+                return None
+            self._refusal = (
+                "several worker processes of this server use the in-memory session store "
+                "(the default), which keeps sessions in one process only: a login made in "
+                "one worker is unknown to the others. Set session.store = \"cookie\" (with "
+                "keys.encryption_keys) or session.store = \"redis\" (with "
+                "session.redis_url), or run one worker process")
+            self._once(f"refusing requests: {self._refusal} (pids {pids}, {where}; set "
+                       "session.store = \"memory\" explicitly to accept this)", logging.ERROR)
+            return self._refusal
+        finally:
+            self._lock.release()
+
+    def _once(self, message: str, level: int) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            log.log(level, message)
+
+    def _register(self, server: str) -> tuple[int, ...]:
+        """Put this pid in the registry of (parent, server, cookie); the other live pids
+        there whose parent is ours."""
+        if sys.platform == "win32":
+            return ()
+        directory = self._directory or registry_directory()
+        if directory is None:
+            return ()
+        _prune_once(directory)
+        me, parent = os.getpid(), os.getppid()
+        tag = hashlib.sha256(f"{server}\x00{self.cookie_name}".encode()).hexdigest()[:16]
+        path = directory / f"memory-store-{parent}-{tag}"
+        try:
+            with _locked(path) as fd:
+                text = os.pread(fd, 64 * 1024, 0).decode("ascii", "replace")
+                pids = {int(t) for t in text.split() if t.isdigit()}
+                alive = set()
+                for pid in sorted(pids - {me})[:_MAX_PIDS]:
+                    running, ppid = _process_state(pid)
+                    if running and ppid in (None, parent):
+                        alive.add(pid)
+                data = "".join(f"{p}\n" for p in sorted(alive | {me})).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+        except OSError as exc:
+            self._once(f"cannot check for other worker processes ({exc.strerror})",
+                       logging.WARNING)
+            return ()
+        return tuple(sorted(alive))
+
+
+_pruned: set[Path] = set()
+
+
+def _prune_once(directory: Path) -> None:
+    """Remove (once per process) the registries of parents that are gone."""
+    if directory in _pruned:
+        return
+    _pruned.add(directory)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            name = entry.name
+            if not name.startswith("memory-store-"):
+                continue
+            parent = name[len("memory-store-"):].partition("-")[0]
+            if parent.isdigit() and not _process_state(int(parent))[0]:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

@@ -13,10 +13,14 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
   the key is ``prefix + "session:" + base64url(SHA-256(session_id))``. A dump of the
   database or ``MONITOR`` shows no live cookie value.
 * **Values.** Each value is encrypted by the key ring with its Redis key as associated data:
-  a value copied under another session's key, changed, or made by a key no longer in the
-  ring does not decrypt, and :meth:`RedisSessionStore.load` returns None (deleting nothing,
-  logging nothing secret; auditing is the caller's). Values written by an older key of the
-  ring still decrypt; re-encrypting them is the caller's business.
+  a value copied under another session's key, changed, or made by keys not in the ring
+  (another application's, or a retired key) does not decrypt, and
+  :meth:`RedisSessionStore.load` raises :class:`~secure_mw.errors.DecryptError` (deleting
+  nothing, logging nothing secret; auditing is the caller's). Values written by an older key
+  of the ring still decrypt; re-encrypting them is the caller's business.
+* **Marks.** ``claim_once`` (SET NX PX) and ``release`` (DEL) for single-use tokens and
+  refresh claims; ``revoke`` (SET PX) and ``is_revoked`` (EXISTS) for ended sessions of the
+  cookie store. Their keys are hashes too (``once:``, ``revoked:``).
 * **One key per command.** Every operation is a single command on a single key (GET,
   SET ... PX, PEXPIRE, DEL): no transactions, scripts, multi-key commands, KEYS or SCAN, so
   the store works unchanged behind Redis Cluster or a proxy that shards by key.
@@ -106,17 +110,21 @@ class RedisSessionStore(RedisClients):
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         return f"{self._prefix}once:{b64url_encode(digest)}"
 
+    def _revoked_key(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        return f"{self._prefix}revoked:{b64url_encode(digest)}"
+
     def _open(self, key: str, blob: object) -> bytes | None:
         if blob is None:
             return None
         if not isinstance(blob, bytes):
             _log.debug("session value rejected: not bytes")
-            return None
+            raise DecryptError("the stored value does not decrypt")
         try:
             return self._keyring.decrypt_bytes(blob, aad=key.encode("ascii"))
         except DecryptError as exc:
             _log.debug("session value rejected: %s", exc.reason)
-            return None
+            raise DecryptError("the stored value does not decrypt") from None
 
     def _seal(self, key: str, value: bytes) -> bytes:
         if not isinstance(value, bytes | bytearray | memoryview):
@@ -126,7 +134,8 @@ class RedisSessionStore(RedisClients):
     # -- synchronous ----------------------------------------------------------------------
 
     def load(self, session_id: str) -> bytes | None:
-        """The value saved for ``session_id``; None when missing, expired or not authentic."""
+        """The value saved for ``session_id``; None when missing or expired; a value that is
+        not authentic raises :class:`~secure_mw.errors.DecryptError`."""
         key = self.redis_key(session_id)
         try:
             blob = self._client.get(key)
@@ -156,6 +165,29 @@ class RedisSessionStore(RedisClients):
         try:
             return bool(self._client.set(self._once_key(token), b"1", px=_ttl_ms(ttl) or 1,
                                          nx=True))
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def release(self, token: str) -> None:
+        """Give up a claim (DEL): only the holder calls this, before the claim's TTL ends."""
+        try:
+            self._client.delete(self._once_key(token))
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def revoke(self, key: str, ttl: float) -> None:
+        """Remember for ``ttl`` seconds, for every process, that session ``key`` has ended."""
+        ms = _ttl_ms(ttl)
+        if ms is None:
+            return
+        try:
+            self._client.set(self._revoked_key(key), b"1", px=ms)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def is_revoked(self, key: str) -> bool:
+        try:
+            return bool(self._client.exists(self._revoked_key(key)))
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -209,6 +241,30 @@ class RedisSessionStore(RedisClients):
         try:
             return bool(await self._async_client().set(
                 self._once_key(token), b"1", px=_ttl_ms(ttl) or 1, nx=True))
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def arelease(self, token: str) -> None:
+        """:meth:`release` for asyncio."""
+        try:
+            await self._async_client().delete(self._once_key(token))
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def arevoke(self, key: str, ttl: float) -> None:
+        """:meth:`revoke` for asyncio."""
+        ms = _ttl_ms(ttl)
+        if ms is None:
+            return
+        try:
+            await self._async_client().set(self._revoked_key(key), b"1", px=ms)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def ais_revoked(self, key: str) -> bool:
+        """:meth:`is_revoked` for asyncio."""
+        try:
+            return bool(await self._async_client().exists(self._revoked_key(key)))
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 

@@ -22,8 +22,12 @@ only from the pinned set, never from the token; issuer and audience pinned; ``ex
 required; leeway at most 60 s) and adds the ones an assertion needs:
 
 * ``typ``, when present, is ``JWT`` (case-insensitive, ``application/`` prefix allowed);
-* an ES256 signature must be in low-s form (``s <= n/2``), so that a token cannot be
-  re-spelled as a second valid token by replacing ``s`` with ``n - s``;
+* with ``require_low_s=True`` (off by default), an ES256 signature must be in low-s form
+  (``s <= n/2``), so that a token cannot be re-spelled as a second valid token by replacing
+  ``s`` with ``n - s``. RFC 7518 does not ask for low-s and most signers (Go, jose, PyJWT,
+  cryptography) do not normalize, so half of their tokens would be refused; a re-spelled
+  token carries the same claims, and the cache is keyed by the whole token, so accepting
+  both spellings costs only a second verification;
 * ``aud`` is the audience itself or a list holding only it: a token for several audiences is
   refused, so an assertion minted for one app is never accepted by another (no ``azp`` rules);
 * ``exp - iat`` is at most 24 hours and ``exp`` is not before ``iat``.
@@ -150,12 +154,11 @@ class AssertionVerifier:
         leeway: float = DEFAULT_LEEWAY,
         clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_CACHE_SIZE,
-        require_low_s: bool = True,
+        require_low_s: bool = False,
     ) -> None:
-        # Our own signer always writes low-s ES256 signatures; Pomerium's (Go) and jose's do
-        # not normalize s, so verifying their assertions needs require_low_s=False (a
-        # re-spelled signature then only costs a second verification: the cache is keyed
-        # by the whole token, never trusted across spellings).
+        # RFC 7518 accepts either s; Pomerium's (Go), jose's, PyJWT's and cryptography's
+        # signatures are high-s half the time. require_low_s=True is the strict option for
+        # deployments where every signer normalizes (ours always does).
         self.require_low_s = require_low_s
         if (jwks is None) == (jwks_url is None):
             raise ValueError("give exactly one of jwks and jwks_url")

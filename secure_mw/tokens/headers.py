@@ -8,7 +8,11 @@
   outbound httpx calls.
 * :class:`VerifyLayer` — for an app behind Pomerium or another secure_mw: the assertion in
   ``signed_headers.verify.header`` is verified against the pinned JWKS (issuer pinned,
-  audience the request host unless configured) and becomes the request's identity.
+  audience ``verify.audience``, else the host of ``server.external_url``, else the request
+  host when ``server.allowed_hosts`` lists it) and becomes the request's identity.
+
+An assertion's ``iss`` and ``aud`` are the host of ``server.external_url``, or the request's
+host only when ``server.allowed_hosts`` lists it: never an unlisted ``Host`` header.
 """
 
 from __future__ import annotations
@@ -18,19 +22,24 @@ import json
 import logging
 import threading
 from collections.abc import Generator
+from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from secure_mw.audit import AuditLogger, audit_logger
+from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken
+from secure_mw.guards.hosts import HostPolicy
 from secure_mw.http import Reply, RequestView, json_reply
 from secure_mw.identity import Identity
 from secure_mw.settings import Settings
 from secure_mw.tokens.assertions import AssertionSigner, AssertionVerifier
 from secure_mw.tokens.jwks import KeySet, KeySource, RemoteKeySet
-from secure_mw.tokens.keys import generate_private_jwks
+from secure_mw.tokens.keys import SigningKey, generate_private_jwks
 
-__all__ = ["JWKS_PATHS", "AssertionAuth", "IssueLayer", "VerifyLayer", "current_assertion"]
+__all__ = ["JWKS_PATHS", "AssertionAuth", "IssueLayer", "VerifyLayer", "current_assertion",
+           "derived_signing_jwks"]
 
 log = logging.getLogger("secure_mw.tokens")
 
@@ -41,27 +50,50 @@ current_assertion: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "secure_mw_assertion", default=None)
 
 
-def _host(view: RequestView) -> str:
-    host = view.host
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+SIGNING_KEY_PURPOSE = "assertion signing key ES256"
+
+
+def derived_signing_jwks(keyring: KeyRing) -> dict[str, Any]:
+    """A private JWK Set of ES256 keys derived from ``keyring``: one per ring key, the
+    encrypting key's first (it signs; the others are published, so assertions signed before a
+    rotation still verify). Every process with the same ring derives the same keys. Each
+    private scalar is 384 bits of HKDF output reduced into [1, n-1] (FIPS 186-5 A.2.1); the
+    ``kid`` is the public key's RFC 7638 thumbprint."""
+    keys = []
+    for seed in keyring.derive(SIGNING_KEY_PURPOSE, 48):
+        scalar = int.from_bytes(seed, "big") % (_P256_ORDER - 1) + 1
+        private = ec.derive_private_key(scalar, ec.SECP256R1())
+        keys.append(SigningKey(private, alg="ES256").private_jwk())
+    return {"keys": keys}
 
 
 class IssueLayer:
-    def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None) -> None:
+    """Signs the identity assertion for the app and serves the public keys. The keys are
+    ``keys.signing_jwks``; without it, ES256 keys derived from the key ring
+    (``keys.encryption_keys`` or the passphrase, or ``keyring``), so that every process
+    signs with the same key; with no key configured at all, a key made at start-up."""
+
+    def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None,
+                 keyring: KeyRing | None = None) -> None:
         config = settings.signed_headers
         self.header = config.header.lower()
         if signer is None:
             jwks_text = settings.keys.signing_jwks
             if jwks_text:
                 jwks = json.loads(jwks_text)
+            elif keyring is not None or settings.keys.encryption_keys or \
+                    settings.keys.encryption_passphrase:
+                jwks = derived_signing_jwks(keyring if keyring is not None
+                                            else KeyRing.from_settings(settings.keys))
             else:
-                log.warning("keys.signing_jwks is not set: identity assertions are signed with "
-                            "a key made at start-up (other processes cannot verify them)")
+                log.warning("neither keys.signing_jwks nor keys.encryption_keys is set: "
+                            "identity assertions are signed with a key made at start-up "
+                            "(other processes cannot verify them)")
                 jwks = generate_private_jwks(("ES256",))
             signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime)
         self.signer = signer
+        self.hosts = HostPolicy.from_settings(settings.server)
         body, etag = signer.jwks_document()
         self._jwks_headers = [("content-type", "application/json"), ("etag", etag),
                               ("cache-control", "public, max-age=300")]
@@ -82,8 +114,8 @@ class IssueLayer:
         claims = {"sub": identity.sub, "email": identity.email,
                   "email_verified": identity.email_verified, "name": identity.name,
                   "groups": list(identity.groups)}
-        host = _host(view)
-        if not host:           # a hostile Host header: no assertion rather than an error
+        host = self.hosts.public_host(view)
+        if not host:           # an unlisted or hostile Host: no assertion rather than an error
             return None
         return self.signer.sign(claims, audience=host, issuer=host,
                                 session_id=identity.session_id or None)
@@ -120,6 +152,7 @@ class VerifyLayer:
             keys = KeySet.from_file(config.jwks_file) if config.jwks_file \
                 else RemoteKeySet(str(config.jwks_url))
         self.keys = keys
+        self.hosts = HostPolicy.from_settings(settings.server)
         self.audit = audit or audit_logger()
         self._verifiers: dict[str, AssertionVerifier] = {}
         self._lock = threading.Lock()
@@ -132,18 +165,17 @@ class VerifyLayer:
                     self._verifiers.pop(next(iter(self._verifiers)))
                 verifier = self._verifiers[audience] = AssertionVerifier(
                     jwks=self.keys, issuer=self.config.issuer, audience=audience,
-                    algorithms=self.config.algorithms, leeway=self.config.leeway,
-                    require_low_s=False)   # Pomerium's ES256 signatures are not normalized
+                    algorithms=self.config.algorithms, leeway=self.config.leeway)
         return verifier
 
     def identity(self, view: RequestView) -> tuple[Identity | None, Reply | None]:
         token = view.headers.get(self.header)
         reason = "missing assertion"
         if token:
-            audience = self.config.audience or _host(view)
+            audience = self.config.audience or self.hosts.public_host(view)
             try:
                 if not audience:
-                    raise InvalidToken("no audience: the request has no usable Host")
+                    raise InvalidToken("no audience: the request's host is not allowed")
                 claims = self._verifier(audience).verify(token)
             except InvalidToken as exc:
                 reason = str(exc)

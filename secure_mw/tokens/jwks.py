@@ -13,10 +13,13 @@ without ``verify``, unsupported ``kty``/``crv``/``alg`` (so no symmetric ``oct``
 points not on the curve, short RSA moduli, and ``kid`` clashes between different keys.
 
 :class:`RemoteKeySet` honours ``Cache-Control: max-age`` (bounded, default 5 minutes when
-absent), refetches for an unknown ``kid`` at most once per cooldown, keeps serving the cached
-set when a refetch fails and raises :class:`~secure_mw.errors.StoreUnavailable` only when it
-has no set at all. Every fetch goes through :mod:`secure_mw.outbound`. Use ``aget_key`` from
-async code: ``get_key`` blocks while it fetches.
+absent), refetches for an unknown ``kid`` at most once per cooldown, retries a failed fetch
+after a short backoff (1 s, 2 s, 4 s … up to the cooldown), keeps serving the last good set
+when a refetch fails or answers no usable key, and raises
+:class:`~secure_mw.errors.StoreUnavailable` when it has no set at all, or when a ``kid`` is
+not in the set it kept because the last fetch failed. Every fetch goes through
+:mod:`secure_mw.outbound`. Use ``aget_key`` from async code: ``get_key`` blocks while it
+fetches.
 """
 
 from __future__ import annotations
@@ -148,10 +151,13 @@ class RemoteKeySet:
 
     * freshness: ``Cache-Control: max-age`` minus ``Age``, clamped to ``[min_ttl, max_ttl]``;
       ``default_ttl`` when the response gives none; ``no-store``/``no-cache`` → ``min_ttl``.
-    * an unknown ``kid`` refetches at most once per ``refetch_cooldown``; so does an expired
-      cache after a failed fetch. No request ever causes more than that.
-    * a failed fetch keeps the cached set; with none cached it raises
-      :class:`~secure_mw.errors.StoreUnavailable`.
+    * an unknown ``kid`` refetches at most once per ``refetch_cooldown``. After a failed
+      fetch (unreachable, garbage, or no usable key) the next may come after
+      ``retry_backoff`` seconds, doubling with each failure in a row up to
+      ``refetch_cooldown``. No request ever causes more than that.
+    * a failed fetch keeps the last good set; with none it raises
+      :class:`~secure_mw.errors.StoreUnavailable`, and so does a ``kid`` missing from a set
+      kept after a failure (it may be a new key the broken endpoint did not show).
 
     ``clock`` (monotonic seconds) is injectable for tests.
     """
@@ -166,6 +172,7 @@ class RemoteKeySet:
         min_ttl: float = 60.0,
         max_ttl: float = 86400.0,
         refetch_cooldown: float = 60.0,
+        retry_backoff: float = 1.0,
         allow_http: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -182,11 +189,14 @@ class RemoteKeySet:
         self.default_ttl = min(max(_positive("default_ttl", default_ttl), self.min_ttl),
                                self.max_ttl)
         self.refetch_cooldown = _positive("refetch_cooldown", refetch_cooldown)
+        self.retry_backoff = min(_positive("retry_backoff", retry_backoff),
+                                 self.refetch_cooldown)
         self.allow_http = allow_http
         self._clock = clock
         self._keys: KeySet | None = None
         self._expires_at = -math.inf
         self._last_attempt: float | None = None
+        self._failures = 0          # failed fetches in a row
         self._state_lock = threading.Lock()  # guards the fields above
         self._fetch_lock = threading.Lock()  # one synchronous fetch at a time
         self._inflight: asyncio.Future[None] | None = None
@@ -243,8 +253,15 @@ class RemoteKeySet:
         """Whether a lookup for ``kid`` at ``now`` needs a fetch and the cooldown allows one."""
         last = self._last_attempt
         return self._needs_fetch(kid, now) and (
-            last is None or now - last >= self.refetch_cooldown
+            last is None or now - last >= self._wait()
         )
+
+    def _wait(self) -> float:
+        """Seconds between fetches now: the cooldown, or the backoff after failures."""
+        if not self._failures:
+            return self.refetch_cooldown
+        return min(self.retry_backoff * 2.0 ** min(self._failures - 1, 30),
+                   self.refetch_cooldown)
 
     def _claim(self, kid: str | None) -> bool:
         """Atomically decide that this lookup fetches, recording the attempt."""
@@ -262,7 +279,11 @@ class RemoteKeySet:
         return keys
 
     def _lookup(self, kid: str | None) -> VerifyingKey | None:
-        return self._cached().get_key(kid)
+        key = self._cached().get_key(kid)
+        if key is None and self._failures:
+            raise StoreUnavailable("JWKS unavailable: the last fetch failed and the kept key "
+                                   "set has no such key")
+        return key
 
     def _ttl(self, headers: Mapping[str, str]) -> float:
         directives: dict[str, str] = {}
@@ -285,14 +306,19 @@ class RemoteKeySet:
             keys = KeySet.from_dict(data)
         except ValueError:
             raise StoreUnavailable("JWKS document is not a JWK Set") from None
+        if not len(keys):      # an empty or all-unusable set must not replace a good one
+            raise StoreUnavailable("JWKS document has no usable key")
         with self._state_lock:
             self._keys = keys
             self._expires_at = self._clock() + self._ttl(headers)
+            self._failures = 0
 
     def _failed(self, exc: StoreUnavailable, raise_errors: bool) -> None:
+        with self._state_lock:
+            self._failures += 1
         _log.warning("JWKS fetch from %s failed: %s", outbound.host_of(self.url), exc)
         if raise_errors or self._keys is None:
-            raise exc
+            raise StoreUnavailable(f"JWKS unavailable: {exc}") from exc
 
     # -- I/O ------------------------------------------------------------------------------
 

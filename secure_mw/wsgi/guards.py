@@ -13,6 +13,7 @@ from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
+from secure_mw.guards.hosts import HostGuardLayer, HostPolicy
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
     LoginAttemptError,
@@ -38,11 +39,57 @@ from secure_mw.wsgi._io import (
     write_reply,
 )
 
-__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "LoginGuardMiddleware",
+__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddleware",
+           "LoginGuardMiddleware",
            "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
 Headers = list[tuple[str, str]]
+
+
+class HostGuardMiddleware:
+    """400 for a request whose host is not allowed or whose path is not UTF-8 (see the ASGI
+    middleware of the same name); outermost in ``protect()``."""
+
+    def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
+                 allowed_hosts: Iterable[str] | None = None,
+                 trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+                 layer: HostGuardLayer | None = None, audit: AuditLogger | None = None) -> None:
+        self.app = app
+        if layer is None:
+            proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies | None) \
+                else TrustedProxies(trusted_proxies)
+            if allowed_hosts is not None:
+                layer = HostGuardLayer(HostPolicy(allowed_hosts), trusted_proxies=proxies,
+                                       audit=audit)
+            elif settings is not None:
+                layer = HostGuardLayer.from_settings(settings, trusted_proxies=proxies,
+                                                     audit=audit)
+            else:
+                raise TypeError("give settings, allowed_hosts or layer")
+        self.layer = layer
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        view = view_of(environ)
+        reply = self.layer.check(view, _path_bytes(environ), encoded=False)
+        if reply is None:
+            raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+            if isinstance(raw_uri, str):
+                # werkzeug replaces undecodable bytes in PATH_INFO with U+FFFD, gunicorn
+                # passes them on: the target as sent (gunicorn, werkzeug) settles it.
+                reply = self.layer.check(view, raw_uri.encode("latin-1", "replace"),
+                                         encoded=True)
+        if reply is not None:
+            return write_reply(start_response, reply, head=view.method == "HEAD")
+        return self.app(environ, start_response)
+
+
+def _path_bytes(environ: Environ) -> bytes:
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    try:    # PEP 3333: the decoded path's bytes, as latin-1
+        return bytes(path.encode("latin-1"))
+    except UnicodeEncodeError:   # a server that decoded it already
+        return bytes(path.encode("utf-8", "surrogatepass"))
 
 
 class SecurityHeadersMiddleware:
