@@ -101,7 +101,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         stacked = found.wrap("access_control", stacked, flavour.AuthorizationMiddleware,
                              settings=settings, audit=audit)
         options.setdefault("require_login", False)
-    by_user = found.build("rate_limits", RateLimitLayer, settings.rate_limits,
+    by_user = found.build("rate_limits", RateLimitLayer.for_app, settings,
                           limiter=limiter, audit=audit, which="identity")
     if by_user is not None and by_user.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_user)
@@ -123,7 +123,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
                          audit=audit)
     if limiter is None and by_user is not None:
         limiter = by_user.limiter
-    by_address = found.build("rate_limits", RateLimitLayer, settings.rate_limits,
+    by_address = found.build("rate_limits", RateLimitLayer.for_app, settings,
                              limiter=limiter, audit=audit, which="network")
     if by_address is not None and by_address.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)

@@ -15,6 +15,8 @@
                     end-sessions|list [--file FILE] [--config FILE] ...
                                        manage the built-in login's users file (0600);
                                        passwords from a prompt or stdin, never arguments
+    secure-mw bans list|lift [--user NAME | --ip ADDR] [--config FILE]
+                                       the login bans in force (in Redis), and lifting them
 """
 
 from __future__ import annotations
@@ -579,6 +581,70 @@ def _add_users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     q.set_defaults(users_func=_users_list)
 
 
+# -- secure-mw bans -------------------------------------------------------------------------
+
+
+def _bans(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from secure_mw.errors import StoreUnavailable
+    from secure_mw.guards.regulation import regulator_from_settings
+    from secure_mw.settings import Settings
+
+    try:
+        settings = Settings.from_file(args.config, environ=_environ()) if args.config \
+            else Settings.from_environment()
+    except ConfigError as exc:
+        print(f"{args.config or 'configuration'}: {exc}", file=sys.stderr)
+        return 1
+    regulator = regulator_from_settings(settings)
+    if not regulator.shared:
+        print("bans live in the memory of each application process: they cannot be listed "
+              "or lifted from outside it. Keep them in Redis (session.store = \"redis\") to "
+              "manage them with this command.", file=sys.stderr)
+        return 1
+    try:
+        if args.bans_command == "lift":
+            lifted = regulator.lift(user=args.user, ip=args.ip)
+            what = f"user {args.user!r}" if args.user else f"address {args.ip!r}"
+            print(f"lifted {lifted} ban(s) of {what}", file=sys.stderr)
+            return 0
+        entries = regulator.bans()
+    except StoreUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        regulator.close()
+    if not entries:
+        print("no bans in force", file=sys.stderr)
+        return 0
+    rows = [("KIND", "USER", "ADDRESS", "UNTIL (UTC)")]
+    rows += [(e.kind, e.user or "-", e.ip or "-",
+              datetime.fromtimestamp(e.until, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
+             for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _add_bans_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="the application's configuration (default: $SECURE_MW_CONFIG "
+                             "and SECURE_MW_* variables)")
+    p = sub.add_parser("bans", help="list or lift the login bans in force (Redis)")
+    p.set_defaults(func=_bans)
+    actions = p.add_subparsers(dest="bans_command", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[common],
+                       help="the bans in force: kind, hashed labels, end time")
+    q = actions.add_parser("lift", parents=[common],
+                           help="end the bans of a user name or of an address")
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", metavar="NAME", help="every ban naming this user")
+    which.add_argument("--ip", metavar="ADDR", help="every ban of this address")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secure-mw", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"secure-mw {__version__}")
@@ -609,6 +675,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_users_parser(sub)
     _add_explain_parser(sub)
+    _add_bans_parser(sub)
     return parser
 
 

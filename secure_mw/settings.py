@@ -532,7 +532,17 @@ class RateLimitRule:
     limit: str = _opt(check=_check_rate)
     methods: list[str] = _opt(factory=list)
     paths: list[str] = _opt(factory=list)
-    fail_open: bool = _opt(True)
+    fail_open: bool | None = _opt(
+        None, doc="store unreachable: allow (true) or 503 (false); unset: allow, except "
+                  "requests to credential endpoints and rules that protect credentials")
+    protects_credentials: bool = _opt(
+        False, doc="the rule guards credentials (its own token or login endpoints): it "
+                   "fails closed whatever the path")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        if self.protects_credentials and self.fail_open:
+            return [("fail_open", "a rule that protects credentials fails closed")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -544,13 +554,24 @@ class RateLimitsSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RegulationSettings:
-    max_retries: int = _opt(3, check=_check_positive)
+    max_retries: int = _opt(3, check=_check_positive,
+                            doc="guesses of one user name from one address (and from one "
+                                "device) within find_time")
+    user_max_retries: int = _opt(10, check=_check_positive,
+                                 doc="guesses of one user name from anywhere")
+    ip_max_retries: int = _opt(20, check=_check_positive,
+                               doc="guesses from one address (IPv6: its /64), any name")
     find_time: float = _opt(120.0, duration=True, check=_check_positive)
     ban_time: float = _opt(300.0, duration=True, check=_check_positive)
     modes: list[str] = _opt(
-        factory=lambda: ["user", "ip"],
-        check=lambda v: None if set(v) <= {"user", "ip"} else "modes are 'user' and/or 'ip'",
+        factory=lambda: ["pair", "user", "ip"],
+        check=lambda v: None if set(v) <= {"pair", "user", "ip"}
+        else "modes are 'pair', 'user' and/or 'ip'",
     )
+    device_lifetime: float = _opt(
+        30 * 86400.0, duration=True,
+        doc="how long the device cookie of a successful login regulates its owner's "
+            "attempts apart from everyone else's; 0 disables device cookies")
     paths: list[str] = _opt(factory=list,
                             doc="the app's own login endpoints (POST) to guard")
     username_field: str = _opt("username", doc="form or JSON field holding the user name")
@@ -727,7 +748,8 @@ class Settings:
         )
         reg = self.regulation
         lines.append(
-            f"regulation      : {reg.max_retries} failures in {_fmt(reg.find_time)} ban for "
+            f"regulation      : {reg.max_retries} failures (user {reg.user_max_retries}, "
+            f"address {reg.ip_max_retries}) in {_fmt(reg.find_time)} ban for "
             f"{_fmt(reg.ban_time)} by {', '.join(reg.modes)}"
         )
         sh = self.signed_headers

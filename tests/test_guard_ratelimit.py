@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from secure_mw.errors import ConfigError, StoreUnavailable
+from secure_mw.guards.layers import RateLimitLayer
 from secure_mw.guards.ratelimit import (
     _GCRA,
     MemoryRateLimiter,
@@ -23,7 +24,7 @@ from secure_mw.guards.ratelimit import (
     limiter_from_settings,
     rate_headers,
 )
-from secure_mw.settings import RateLimitsSettings, parse_rate_limit
+from secure_mw.settings import RateLimitsSettings, Settings, parse_rate_limit
 from tests.clock import Clock
 from tests.servers import RedisServer
 
@@ -185,6 +186,24 @@ def test_memory_is_bounded_by_max_keys(clock: Clock) -> None:
         assert len(mem) <= 3
     assert not mem.hit("f", HOURLY).allowed          # recent: still limited
     assert mem.hit("a", HOURLY).remaining == 4       # least recently used: forgotten
+
+
+def test_each_key_prefix_has_its_own_bound(clock: Clock) -> None:
+    """A flood of distinct keys in one rule (every user name an attacker tries) cannot evict
+    another rule's state (the attacker's own address) and so reset it."""
+    mem = MemoryRateLimiter(max_keys=10, clock=clock)
+    for _ in range(5):
+        mem.hit("r0:ip:203.0.113.9", HOURLY)
+    assert not mem.hit("r0:ip:203.0.113.9", HOURLY).allowed
+    for n in range(1000):
+        mem.hit(f"r1:user:name{n}", HOURLY)
+    assert not mem.hit("r0:ip:203.0.113.9", HOURLY).allowed
+    assert len(mem) == 11
+    for n in range(300):                       # keys without a prefix share one table
+        mem.hit(f"plain{n}", HOURLY)
+    for n in range(300):                       # beyond 256 prefixes, the rest share one
+        mem.hit(f"p{n}:x", HOURLY)
+    assert len(mem) <= 10 * 258
 
 
 def test_refused_keys_stay_recent(clock: Clock) -> None:
@@ -428,6 +447,34 @@ def test_limiter_from_settings(redis_server: RedisServer) -> None:
     limiter.close()
     with pytest.raises(ConfigError, match="redis_url"):
         limiter_from_settings(RateLimitsSettings(store="redis"))
+    other = limiter_from_settings(RateLimitsSettings(store="redis"), prefix="appP:",
+                                  redis_url=redis_server.url)
+    assert isinstance(other, RedisRateLimiter)
+    assert other.redis_keys("r0:ip:x", ((1, 1.0),))[0].startswith("appP:rl:{")
+    other.close()
+
+
+def test_the_layer_of_an_app_uses_its_prefix_and_credential_paths(
+        redis_server: RedisServer) -> None:
+    settings = Settings.from_mapping({
+        "session": {"redis_url": redis_server.url, "redis_key_prefix": "appQ:"},
+        "regulation": {"paths": ["/signin"]},
+        "rate_limits": {"store": "redis", "rules": [{"key": "ip", "limit": "1/second"}]}},
+        environ={})
+    layer = RateLimitLayer.for_app(settings)
+    assert isinstance(layer.limiter, RedisRateLimiter)
+    assert layer.limiter.redis_keys("k", ((1, 1.0),))[0].startswith("appQ:rl:")
+    assert layer.credential_paths == {"/.auth/login", "/.auth/2fa", "/.auth/callback",
+                                      "/signin"}
+    layer.limiter.close()
+
+
+def test_a_rule_protecting_credentials_cannot_fail_open() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"rate_limits": {"rules": [
+            {"limit": "1/second", "protects_credentials": True, "fail_open": True}]}},
+            environ={})
+    assert "rate_limits.rules[0].fail_open" in str(info.value)
 
 
 def test_many_threads_share_one_rate(rl: RedisRateLimiter) -> None:

@@ -12,12 +12,14 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+import redis
 
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
 from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
 from tests.apps import FLAVOURS, uvicorn_server, wsgi_server
+from tests.redis_faults import FAULTS, fault
 from tests.servers import RedisServer
 
 KEY = KeyRing.new_key_text()
@@ -203,6 +205,68 @@ def test_rate_limit_with_redis_down(serve_guarded: Any, redis_server: RedisServe
         assert down.status_code == (200 if fail_open else 503)
         redis_server.start()
         assert httpx.get(base + "/").status_code == 200
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+def test_rate_limits_fail_closed_for_credentials(flavour: str, redis_server: RedisServer,
+                                                 kind: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The attack: fill Redis (or stall it, or stop it) and every limit switched off —
+    a 20/minute rule let 30 of 30 login attempts through, with a log warning only. Now the
+    login endpoints and rules that protect credentials fail closed; other paths still pass
+    (fail_open unset), and every decision made without the store is audited and counted."""
+    s = settings(rate_limits={"store": "redis", "redis_url": redis_server.url, "rules": [
+        {"key": "ip", "limit": "20/minute"},
+        {"key": "ip", "limit": "20/minute", "paths": ["^/api/token$"],
+         "protects_credentials": True}]},
+        regulation={"paths": ["/login"]})
+    module = asgi if flavour == "asgi" else wsgi
+    inner = asgi_app if flavour == "asgi" else wsgi_app
+    middleware = module.RateLimitMiddleware(inner, settings=s)
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    count = 3 if kind == "paused" else 30       # a paused server costs a timeout each
+    with server(middleware) as base, fault(redis_server, kind):
+        logins = [httpx.post(base + "/login", headers={"Accept": "application/json"},
+                             timeout=30) for _ in range(count)]
+        builtin = httpx.post(base + "/.auth/login", timeout=30)
+        token = httpx.post(base + "/api/token", timeout=30)
+        pages = [httpx.get(base + "/page", timeout=30) for _ in range(count)]
+    assert [r.status_code for r in logins] == [503] * count
+    assert logins[0].json() == {"error": "rate_limit_unavailable"}
+    assert logins[0].headers["retry-after"] == "5"
+    assert builtin.status_code == 503 and token.status_code == 503
+    assert [r.status_code for r in pages] == [200] * count
+    counts = middleware.layer.without_store
+    # /api/token passes the first rule (allowed without the store), then its own refuses
+    assert counts["refused"] == count + 2 and counts["allowed"] == count + 1
+    events = [e for e in audit_lines(caplog) if e["event"] == "rate_limit_unavailable"]
+    assert len(events) == 2 * count + 3
+    assert {(e["path"], e["rule"], e["outcome"]) for e in events} == {
+        ("/login", 0, "refused"), ("/.auth/login", 0, "refused"), ("/api/token", 0, "allowed"),
+        ("/api/token", 1, "refused"), ("/page", 0, "allowed")}
+
+
+def test_rate_limit_keys_take_the_app_prefix(flavour: str, redis_server: RedisServer) -> None:
+    """Before: rate-limit keys were secure_mw:rl:… whatever session.redis_key_prefix said,
+    so two apps on one Redis shared their limits."""
+    def app(prefix: str) -> Any:
+        s = settings(session={"redis_key_prefix": prefix}, rate_limits={
+            "store": "redis", "redis_url": redis_server.url,
+            "rules": [{"key": "ip", "limit": "3/minute"}]})
+        module = asgi if flavour == "asgi" else wsgi
+        return module.RateLimitMiddleware(asgi_app if flavour == "asgi" else wsgi_app,
+                                          settings=s)
+
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    with server(app("appA:")) as a, server(app("appB:")) as b:
+        assert [httpx.get(a + "/").status_code for _ in range(4)] == [200, 200, 200, 429]
+        assert httpx.get(b + "/").status_code == 200
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        keys = raw.keys("*")
+    finally:
+        raw.close()
+    assert keys and all(k.startswith(("appA:rl:", "appB:rl:")) for k in keys)
 
 
 # -- the open-redirect guard ----------------------------------------------------------------

@@ -7,21 +7,26 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing, PasswordHasher
-from secure_mw.guards.regulation import MemoryRegulator
+from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.login import UsersFile
 from secure_mw.session import MemorySessionStore
 from tests.apps import FLAVOURS, asgi_inner, browser, uvicorn_server, wsgi_inner, wsgi_server
+from tests.redis_faults import FAULTS, fault
+from tests.servers import RedisServer
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 WEAKER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -44,15 +49,24 @@ def users(tmp_path: Path) -> UsersFile:
     return users
 
 
+KEY = KeyRing.new_key_text()
+
+
 @pytest.fixture
 def app(flavour: str, users: UsersFile) -> Callable[..., Any]:
+    """app(sections=None, **options): protect() around the test app with the built-in
+    login, on a real server; X-Forwarded-For from the test (loopback) is believed.
+    ``sections`` adds settings (with a Redis session store, no memory store is given)."""
     @contextmanager
-    def run(**options: Any) -> Iterator[str]:
-        settings = Settings.from_mapping({"keys": {"encryption_keys": [KeyRing.new_key_text()]},
-                                          "local_users": {"file": str(users.path)}},
-                                         environ={})
+    def run(sections: dict[str, Any] | None = None, **options: Any) -> Iterator[str]:
+        mapping: dict[str, Any] = {"keys": {"encryption_keys": [KEY]},
+                                   "local_users": {"file": str(users.path)},
+                                   "server": {"trusted_proxies": ["127.0.0.1/32"]}}
+        mapping.update(sections or {})
+        settings = Settings.from_mapping(mapping, environ={})
         options.setdefault("users", users)
-        options.setdefault("store", MemorySessionStore())
+        if settings.session.store != "redis":
+            options.setdefault("store", MemorySessionStore())
         options.setdefault("delay", LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
         module = asgi if flavour == "asgi" else wsgi
         inner = asgi_inner() if flavour == "asgi" else wsgi_inner
@@ -70,15 +84,17 @@ def form_state(page: str) -> str:
 
 
 def sign_in(client: httpx.Client, base: str, user: str, password: str, *,
-            path: str = "/hello", remember: bool = False) -> httpx.Response:
-    first = client.get(base + path)
+            path: str = "/hello", remember: bool = False,
+            ip: str | None = None) -> httpx.Response:
+    headers = {"X-Forwarded-For": ip} if ip else {}
+    first = client.get(base + path, headers=headers)
     assert first.status_code == 302
-    form = client.get(base + first.headers["location"])
+    form = client.get(base + first.headers["location"], headers=headers)
     assert form.status_code == 200
     data = {"state": form_state(form.text), "username": user, "password": password}
     if remember:
         data["remember_me"] = "1"
-    return client.post(base + "/.auth/login", data=data)
+    return client.post(base + "/.auth/login", data=data, headers=headers)
 
 
 def test_the_login_form_is_plain_accessible_html(app: Any) -> None:
@@ -131,7 +147,7 @@ def test_repeated_failures_ban_and_a_ban_looks_like_a_wrong_password(app: Any) -
     def shape(response: httpx.Response) -> tuple[int, str]:
         return response.status_code, re.sub(r'value="[^"]+"', 'value=""', response.text)
 
-    regulator = MemoryRegulator(max_retries=3, find_time=120, ban_time=300, modes=["user"])
+    regulator = MemoryRegulator(max_retries=3, find_time=120, ban_time=300, modes=["pair"])
     with app(regulator=regulator) as base, browser() as client:
         wrong = [sign_in(client, base, "bob", f"guess {i}") for i in range(3)]
         banned = sign_in(client, base, "bob", "battery staple")
@@ -475,3 +491,211 @@ def test_a_check_time_ahead_of_this_clock_is_due(flavour: str, tmp_path: Path,
         clock.advance(-60)
         assert client.get(base + "/hello").status_code == 302
     assert [e["reason"] for e in audit_events(caplog, "session_ended")] == ["user disabled"]
+# -- attacks on the sign-in form --------------------------------------------------------------
+
+
+class CountingUsers(UsersFile):
+    """The users file, counting password checks; the first ``hold`` checks wait until that
+    many are in (so they overlap), or until ``opened`` is set."""
+
+    def __init__(self, *args: Any, hold: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checks: list[str] = []
+        self.hold = hold
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        if hold == 0:
+            self.opened.set()
+        self._count_lock = threading.Lock()
+
+    def verify(self, username: str, password: str) -> Any:
+        with self._count_lock:
+            self.checks.append(password)
+            if len(self.checks) >= self.hold:
+                self.opened.set()
+        self.entered.set()
+        self.opened.wait(GATE_TIMEOUT)
+        return super().verify(username, password)
+
+
+GATE_TIMEOUT = 20.0      # a safety net only: a hold that never fills lets checks through
+
+
+def counting(users: UsersFile, hold: int = 0) -> CountingUsers:
+    return CountingUsers(users.path, hasher=FAST, hold=hold)
+
+
+def fresh_form(base: str, ip: str | None = None) -> tuple[httpx.Client, str]:
+    client = browser()
+    page = client.get(base + "/.auth/login",
+                      headers={"X-Forwarded-For": ip} if ip else {})
+    return client, form_state(page.text)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_fifty_parallel_wrong_passwords_then_the_right_one(
+        app: Any, users: UsersFile, store: str, request: pytest.FixtureRequest) -> None:
+    """The attack: 50 wrong passwords for one user at once, then the right one. Before:
+    every guess was checked (51 with real Argon2 parameters under ASGI) and the right one
+    got a session; now exactly max_retries are checked (held until all three are in, so
+    they truly overlap), the rest refused, and the right one is banned."""
+    counted = counting(users, hold=3)
+    sections: dict[str, Any] = {}
+    if store == "redis":
+        url = request.getfixturevalue("redis_server").url
+        sections = {"session": {"store": "redis", "redis_url": url}}
+    with app(sections, users=counted) as base:
+        forms = [fresh_form(base) for _ in range(50)]
+
+        def post(i: int) -> int:
+            client, state = forms[i]
+            return client.post(base + "/.auth/login", data={
+                "state": state, "username": "alice", "password": f"guess {i}"}).status_code
+
+        with ThreadPoolExecutor(50) as pool:
+            statuses = list(pool.map(post, range(50)))
+        client, state = fresh_form(base)
+        last = client.post(base + "/.auth/login", data={
+            "state": state, "username": "alice", "password": "correct horse"})
+        assert last.status_code == 401
+        assert client.get(base + "/hello").status_code == 302     # no session
+        for c, _ in forms:
+            c.close()
+        client.close()
+    assert len(counted.checks) == 3 and "correct horse" not in counted.checks
+    assert set(statuses) <= {401, 429} and 303 not in statuses
+
+
+def test_too_many_attempts_at_once_get_429(app: Any, users: UsersFile) -> None:
+    counted = counting(users, hold=10**6)
+    regulator = MemoryRegulator(max_retries=1)
+    with app(users=counted, regulator=regulator) as base, ThreadPoolExecutor(1) as pool:
+        c1, s1 = fresh_form(base)
+        first = pool.submit(c1.post, base + "/.auth/login", data={
+            "state": s1, "username": "alice", "password": "correct horse"})
+        assert counted.entered.wait(GATE_TIMEOUT)
+        c2, s2 = fresh_form(base)
+        busy = c2.post(base + "/.auth/login", data={
+            "state": s2, "username": "alice", "password": "correct horse"})
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert "Too many sign-in attempts" in busy.text and form_state(busy.text)
+        counted.opened.set()
+        assert first.result().status_code == 303
+        c1.close()
+        c2.close()
+    assert counted.checks == ["correct horse"]
+
+
+def redis_sections(request: pytest.FixtureRequest, store: str) -> dict[str, Any]:
+    if store != "redis":
+        return {}
+    url = request.getfixturevalue("redis_server").url
+    return {"session": {"store": "redis", "redis_url": url}}
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_owner_signs_in_after_an_attack_from_another_address(
+        app: Any, store: str, request: pytest.FixtureRequest) -> None:
+    """Before: three wrong passwords from anywhere banned the name for five minutes."""
+    with app(redis_sections(request, store)) as base, browser() as attacker, \
+            browser() as owner:
+        for i in range(4):
+            assert sign_in(attacker, base, "alice", f"guess {i}",
+                           ip="198.51.100.7").status_code == 401
+        assert sign_in(owner, base, "alice", "correct horse",
+                       ip="203.0.113.5").status_code == 303
+        assert owner.get(base + "/hello").json()["sub"] == "alice"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_device_cookie_lets_the_owner_past_a_ban_of_her_name(
+        app: Any, store: str, request: pytest.FixtureRequest) -> None:
+    with app(redis_sections(request, store)) as base, browser() as owner:
+        assert sign_in(owner, base, "alice", "correct horse",
+                       ip="203.0.113.5").status_code == 303
+        assert owner.cookies.get("__Host-secure_mw_session_device")
+        for n in range(4):                  # four addresses use up the name's budget
+            with browser() as attacker:
+                for i in range(3):
+                    sign_in(attacker, base, "alice", f"guess {n}.{i}", ip=f"198.51.100.{n}")
+        with browser() as stranger:         # the right password, without the device cookie
+            assert sign_in(stranger, base, "alice", "correct horse",
+                           ip="203.0.113.5").status_code == 401
+        page = owner.get(base + "/.auth/login", headers={"X-Forwarded-For": "203.0.113.5"})
+        again = owner.post(base + "/.auth/login", headers={"X-Forwarded-For": "203.0.113.5"},
+                           data={"state": form_state(page.text), "username": "alice",
+                                 "password": "correct horse"})
+        assert again.status_code == 303
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_sign_in_post_works_once(app: Any, users: UsersFile, store: str,
+                                   request: pytest.FixtureRequest) -> None:
+    """Before: the same POST (state + login cookie) made a new session each time. With
+    Redis, the replays go to two servers (two processes of one app) in turn."""
+    counted = counting(users)
+    sections = redis_sections(request, store)
+    with app(sections, users=counted) as base, app(sections, users=counted) as other:
+        bases = [base, other] if store == "redis" else [base]
+        client, state = fresh_form(base)
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        client.close()
+        turn = iter(range(10**6))
+
+        def replay(password: str) -> httpx.Response:
+            target = bases[next(turn) % len(bases)]
+            return httpx.post(target + "/.auth/login", headers={"Cookie": cookie}, data={
+                "state": state, "username": "alice", "password": password})
+
+        statuses = [replay("correct horse").status_code for _ in range(5)]
+        assert statuses == [303, 400, 400, 400, 400]
+        client, state = fresh_form(base)            # a failed attempt is spent too
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        client.close()
+        assert replay("wrong").status_code == 401
+        again = replay("correct horse")
+        assert again.status_code == 400 and "already used" in again.text
+        client, state = fresh_form(base)            # and in parallel
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        client.close()
+        with ThreadPoolExecutor(10) as pool:
+            parallel = list(pool.map(lambda _: replay("correct horse").status_code,
+                                     range(10)))
+        assert sorted(parallel) == [303] + [400] * 9
+    assert counted.checks == ["correct horse", "wrong", "correct horse"]
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+def test_regulation_that_cannot_answer_refuses_the_sign_in(
+        app: Any, redis_server: RedisServer, kind: str) -> None:
+    regulator = RedisRegulator(redis_server.url)
+    try:
+        with app(regulator=regulator) as base, browser() as client:
+            with fault(redis_server, kind):
+                down = sign_in(client, base, "alice", "correct horse")
+            assert down.status_code == 503 and down.headers["retry-after"] == "5"
+            assert client.get(base + "/hello").status_code == 302     # no session
+            assert sign_in(client, base, "alice", "correct horse").status_code == 303
+    finally:
+        regulator.close()
+
+
+def test_two_apps_on_one_redis_keep_bans_and_keys_apart(
+        app: Any, redis_server: RedisServer) -> None:
+    def sections(prefix: str) -> dict[str, Any]:
+        return {"session": {"store": "redis", "redis_url": redis_server.url,
+                            "redis_key_prefix": prefix}}
+
+    with app(sections("appA:")) as a, app(sections("appB:")) as b, \
+            browser() as on_a, browser() as on_b:
+        for i in range(3):
+            assert sign_in(on_a, a, "bob", f"guess {i}").status_code == 401
+        assert sign_in(on_a, a, "bob", "battery staple").status_code == 401   # banned on A
+        assert sign_in(on_b, b, "bob", "battery staple").status_code == 303   # not on B
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        keys = raw.keys("*")
+    finally:
+        raw.close()
+    assert keys and all(k.startswith(("appA:", "appB:")) for k in keys)
+    assert any(k.startswith("appA:reg:") for k in keys)

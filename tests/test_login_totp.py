@@ -704,3 +704,31 @@ def test_file_store_fails_closed_at_run_time(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(StoreUnavailable):                 # vanished: not "not enrolled"
         store.get("alice")
+
+
+def test_used_codes_follow_the_session_store_and_its_prefix(redis_server: RedisServer,
+                                                           totp: TOTP, clock: Clock) -> None:
+    """Two apps on one Redis, with their own prefixes: a code used on one is not used up on
+    the other; within one app, every process refuses it."""
+    from secure_mw.login.totp import UsedCodes, used_codes_from_settings
+    from secure_mw.settings import Settings
+
+    def app(prefix: str) -> Settings:
+        return Settings.from_mapping({
+            "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+            "session": {"store": "redis", "redis_url": redis_server.url,
+                        "redis_key_prefix": prefix}}, environ={})
+
+    one, same, other = (used_codes_from_settings(app(p)) for p in ("appA:", "appA:", "appB:"))
+    assert isinstance(one, RedisUsedCodes) and isinstance(other, RedisUsedCodes)
+    secret = TOTP.new_secret()
+    code = totp.code(secret)
+    assert check_code(totp, one, "alice", secret, code)
+    assert not check_code(totp, same, "alice", secret, code)    # another process, same app
+    assert check_code(totp, other, "alice", secret, code)       # another app
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        assert all(k.startswith(("appA:totp:", "appB:totp:")) for k in raw.keys("*"))
+    finally:
+        raw.close()
+    assert isinstance(used_codes_from_settings(Settings()), UsedCodes)

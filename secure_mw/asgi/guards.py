@@ -33,10 +33,8 @@ from secure_mw.guards.layers import (
     LoginGuardLayer,
     RateLimitLayer,
     RedirectLayer,
-    TooManyWaiters,
 )
 from secure_mw.guards.ratelimit import RateLimiter
-from secure_mw.guards.timing import Attempt
 from secure_mw.http import CLIENT_CERT_KEY
 from secure_mw.settings import Settings
 
@@ -179,7 +177,7 @@ class RateLimitMiddleware:
         if layer is None:
             if settings is None:
                 raise TypeError("give settings or layer")
-            layer = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit)
+            layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
         self.layer = layer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -288,29 +286,35 @@ class LoginGuardMiddleware:
             await layer.delay.start().afinish(success=False)
             await send_reply(send, layer.refusal(view, exc.status, exc.reason))
             return
-        attempt: Attempt | None = None
+        try:
+            turn = await run_async(layer.begin(view, user))
+        except StoreUnavailable as exc:
+            await send_reply(send, layer.refusal(view, 503, str(exc), user))
+            return
+        if turn.refusal is not None and turn.refusal.reason == "busy":
+            await send_reply(send, layer.busy(view, turn.refusal))
+            return
+        attempt = layer.delay.start()
         success = False
         refusal = None
         captured: list[Message] = []
         try:
-            async with layer.locks.hold(layer.lock_keys(view, user)):
-                attempt = layer.delay.start()
-                try:
-                    banned = await run_async(layer.check(view, user))
-                    captured = await self._call_app(
-                        scope, layer.decoy_body(view) if banned else view.body)
-                    start = next((m for m in captured
-                                  if m["type"] == "http.response.start"), None)
-                    status = int(start["status"]) if start else 500
-                    if not banned:
-                        success = await run_async(layer.record(view, user, status))
-                except StoreUnavailable as exc:
-                    refusal = layer.refusal(view, 503, str(exc), user)
-        except TooManyWaiters:
-            refusal = layer.refusal(view, 429, "too many attempts queued", user)
-        finally:
-            if attempt is not None:      # waits outside the turn, on every exit path
-                await attempt.afinish(success=success)
+            banned = turn.reservation is None
+            captured = await self._call_app(
+                scope, layer.decoy_body(view) if banned else view.body)
+            start = next((m for m in captured if m["type"] == "http.response.start"), None)
+            status = int(start["status"]) if start else 500
+            if not banned:
+                cookies = await run_async(layer.settle(view, turn, status))
+                success = 200 <= status < 400 and status not in layer.failure_statuses
+                if cookies and start is not None:
+                    start["headers"] = [*start.get("headers", ()),
+                                        *((b"set-cookie", c.encode("latin-1"))
+                                          for c in cookies)]
+        except StoreUnavailable as exc:
+            refusal = layer.refusal(view, 503, str(exc), user)
+        finally:                     # every exit path waits for the delay
+            await attempt.afinish(success=success)
         if refusal is not None:
             await send_reply(send, refusal)
             return

@@ -9,13 +9,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import secrets
-import threading
-import unicodedata
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
@@ -25,14 +23,21 @@ from urllib.parse import parse_qsl, urlencode
 from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.audit import AuditLogger
+from secure_mw.crypto import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
+from secure_mw.guards.attempts import DeviceCookies, LoginAttempts, StoreFailures, Turn
 from secure_mw.guards.ratelimit import RateLimiter, limiter_from_settings, rate_headers
 from secure_mw.guards.redirect import RedirectPolicy
-from secure_mw.guards.regulation import Regulator, regulator_from_settings
-from secure_mw.guards.regulation import _ip_subject as ip_subject
+from secure_mw.guards.regulation import (
+    Refusal,
+    Regulator,
+    normalize_user,
+    regulator_from_settings,
+)
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.identity import Identity
+from secure_mw.session.cookies import CookieJarSpec
 from secure_mw.settings import (
     RateLimitsSettings,
     RedirectsSettings,
@@ -41,7 +46,7 @@ from secure_mw.settings import (
 )
 
 __all__ = ["LoginAttemptError", "LoginGuardLayer", "RateLimitLayer", "RedirectLayer",
-           "audit_for", "normalize_user"]
+           "audit_for", "device_cookies", "normalize_user"]
 
 log = logging.getLogger("secure_mw.guards")
 
@@ -72,7 +77,8 @@ class _Rule:
     key_function: KeyFunction | None
     methods: frozenset[str]
     paths: tuple[re.Pattern[str], ...]
-    fail_open: bool
+    fail_open: bool | None
+    protects_credentials: bool
 
     def applies(self, view: RequestView) -> bool:
         if self.methods:
@@ -124,13 +130,23 @@ def _key_function(path: str, where: str) -> KeyFunction:
 
 class RateLimitLayer:
     """The ``[rate_limits]`` rules, compiled at start-up (a bad regex or key function is a
-    :class:`ConfigError` naming the rule)."""
+    :class:`ConfigError` naming the rule).
+
+    When the store cannot answer, a rule fails closed (503) for a request to one of
+    ``credential_paths`` (the login endpoints), for a rule with ``protects_credentials`` or
+    ``fail_open = false``; otherwise it lets the request through. Either way the decision
+    is a ``rate_limit_unavailable`` audit event and is counted in :attr:`without_store`.
+    """
 
     def __init__(self, settings: RateLimitsSettings, *, limiter: RateLimiter | None = None,
-                 audit: AuditLogger | None = None, which: str = "all") -> None:
+                 audit: AuditLogger | None = None, which: str = "all",
+                 credential_paths: Iterable[str] = (), key_prefix: str = "secure_mw:",
+                 redis_url: str | None = None) -> None:
         """``which``: ``"network"`` keeps the rules keyed by address or route (they can run
         before anyone is identified), ``"identity"`` those keyed by user or a function
-        (they run after the session), ``"all"`` both."""
+        (they run after the session), ``"all"`` both. ``key_prefix`` and ``redis_url``
+        (else ``rate_limits.redis_url``) describe the Redis store; :meth:`for_app` takes
+        all three from the application's settings."""
         if which not in ("all", "network", "identity"):
             raise ValueError("which is 'all', 'network' or 'identity'")
         rules = []
@@ -158,14 +174,33 @@ class RateLimitLayer:
                 continue
             rules.append(_Rule(index, parse_rate_limit(rule.limit), rule.key, key_function,
                                frozenset(m.upper() for m in rule.methods), paths,
-                               rule.fail_open))
+                               rule.fail_open, rule.protects_credentials))
         if problems:
             raise ConfigError(problems)
         self.rules = tuple(rules)
         if limiter is None and rules:
-            limiter = limiter_from_settings(settings)
+            limiter = limiter_from_settings(settings, prefix=key_prefix, redis_url=redis_url)
         self.limiter = limiter
         self.audit = audit_for(audit)
+        self.credential_paths = frozenset(credential_paths)
+        self.without_store = StoreFailures()
+
+    @classmethod
+    def for_app(cls, settings: Settings, **options: Any) -> RateLimitLayer:
+        """The layer of an application: its credential endpoints (the built-in login, the
+        second factor, the OpenID callback, ``regulation.paths``) fail closed, and Redis keys
+        go under ``session.redis_key_prefix`` like every other key of the app."""
+        auth = settings.server.auth_prefix
+        options.setdefault("credential_paths", [f"{auth}login", f"{auth}2fa",
+                                                f"{auth}callback", *settings.regulation.paths])
+        options.setdefault("key_prefix", settings.session.redis_key_prefix)
+        options.setdefault("redis_url",
+                           settings.rate_limits.redis_url or settings.session.redis_url)
+        return cls(settings.rate_limits, **options)
+
+    def _fails_closed(self, rule: _Rule, view: RequestView) -> bool:
+        return (rule.protects_credentials or rule.fail_open is False
+                or view.path in self.credential_paths)
 
     @property
     def needs_identity(self) -> bool:
@@ -187,11 +222,13 @@ class RateLimitLayer:
             try:
                 decision = yield Op(limiter.hit, limiter.ahit, key, rule.limits)
             except StoreUnavailable as exc:
-                if rule.fail_open:
-                    log.warning("rate limit rule %d not enforced: %s", rule.index, exc)
-                    continue
+                closed = self._fails_closed(rule, view)
+                outcome = "refused" if closed else "allowed"
+                self.without_store.add(outcome)
                 _event(self.audit, "rate_limit_unavailable", view, identity,
-                       rule=rule.index, reason=str(exc))
+                       rule=rule.index, reason=str(exc), outcome=outcome)
+                if not closed:
+                    continue
                 return json_reply(503, {"error": "rate_limit_unavailable"},
                                   headers=[("retry-after", "5")]), []
             if not decision.allowed:
@@ -298,7 +335,6 @@ class RedirectLayer:
 
 
 MAX_LOGIN_BODY = 64 * 1024
-MAX_WAITERS = 8          # attempts queued per user name or address before refusing (429)
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
 
 
@@ -311,11 +347,17 @@ class LoginAttemptError(Exception):
         self.reason = reason
 
 
-def normalize_user(name: str) -> str:
-    """How user names are compared: NFKC, surrounding space removed, case folded (so
-    ``Alice``, its fullwidth spelling and `` alice `` share one count, as login forms treat
-    them)."""
-    return unicodedata.normalize("NFKC", name).strip().casefold()
+def device_cookies(settings: Settings, keyring: KeyRing | None = None,
+                   clock: Callable[[], float] = time.time) -> DeviceCookies | None:
+    """The device cookies ``regulation.device_lifetime`` asks for (None when 0)."""
+    lifetime = settings.regulation.device_lifetime
+    if lifetime <= 0:
+        return None
+    ring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
+    jar = CookieJarSpec(secure=settings.session.cookie_secure,
+                        domain=settings.session.cookie_domain)
+    return DeviceCookies(ring, jar, settings.session.cookie_name, lifetime=lifetime,
+                         clock=clock)
 
 
 class LoginGuardLayer:
@@ -326,18 +368,19 @@ class LoginGuardLayer:
       (``application/json``, ``application/*+json``) field ``username_field``. An attempt
       whose name is missing, given twice, or in another body type is refused with 400
       without reaching the app: the guard must see the name the app will use.
+    * Each attempt is reserved (:class:`~secure_mw.guards.attempts.LoginAttempts`) before
+      the app sees it: parallel attempts beyond a subject's budget get 429 at once.
     * A banned attempt still reaches the app, with the password field replaced by random
       text, so its answer is the app's genuine wrong-password answer (cookies, tokens and
       all) — not counted, not a replay of somebody else's.
-    * Attempts of one user name or one address (whichever ``modes`` regulate) run one at a
-      time in this process, so parallel guesses cannot outrun the ban; at most
-      :data:`MAX_WAITERS` wait per subject, more get 429.
-    * The login delay holds every attempt from the moment it is judged (after the body is
-      read and the turn is taken), so a slow upload cannot stretch everybody's delay.
+    * The login delay holds every judged attempt from the moment it is reserved (after the
+      body is read), so a slow upload cannot stretch everybody's delay.
     * The app's verdict is read from the status: ``failure_statuses`` (401, 403) are
-      failures, 2xx/3xx successes. An app that answers a failed login with a redirect back to
-      its form must list that status (or answer 401/403).
-    * Regulation store unreachable: 503, fail closed.
+      failures, 2xx/3xx successes (which also get the device cookie). An app that answers a
+      failed login with a redirect back to its form must list that status (or answer
+      401/403).
+    * Regulation store unreachable, at the reservation or when a failure is recorded: 503,
+      fail closed.
     """
 
     def __init__(self, settings: Settings, *, paths: Iterable[str] = ("/login",),
@@ -345,17 +388,24 @@ class LoginGuardLayer:
                  password_field: str = "password",  # noqa: S107 - a field name
                  failure_statuses: Iterable[int] = (401, 403),
                  regulator: Regulator | None = None, delay: LoginDelay | None = None,
-                 modes: Iterable[str] | None = None,
+                 keyring: KeyRing | None = None, devices: DeviceCookies | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.paths = frozenset(paths)
         self.username_field = username_field
         self.password_field = password_field
         self.failure_statuses = frozenset(failure_statuses)
         self.regulator = regulator if regulator is not None else regulator_from_settings(settings)
-        self.modes = frozenset(modes if modes is not None else settings.regulation.modes)
         self.delay = delay or LoginDelay()
         self.audit = audit_for(audit)
-        self._locks = _KeyedLocks(MAX_WAITERS)
+        if devices is None:
+            devices = device_cookies(settings, keyring)
+        self.attempts = LoginAttempts(self.regulator, devices=devices, audit=self.audit)
+
+    @property
+    def without_store(self) -> StoreFailures:
+        """Decisions made without the regulation store (all refusals or unrecorded
+        successes), by outcome."""
+        return self.attempts.without_store
 
     def applies(self, view: RequestView) -> bool:
         return view.method == "POST" and view.path in self.paths
@@ -404,47 +454,31 @@ class LoginGuardLayer:
             return urlencode(replaced).encode()
         return json.dumps(dict(replaced)).encode()
 
-    def lock_keys(self, view: RequestView, user: str) -> list[str]:
-        keys = []
-        if "ip" in self.modes and view.client:
-            keys.append(f"ip:{ip_subject(view.client)}")
-        if "user" in self.modes:
-            keys.append(f"user:{user}")
-        return keys
+    def begin(self, view: RequestView, user: str) -> Flow[Turn]:
+        """Reserve the attempt (:class:`StoreUnavailable` when the store is down)."""
+        return (yield from self.attempts.begin(view, user))
 
-    def check(self, view: RequestView, user: str) -> Flow[bool]:
-        """Whether the attempt is banned (:class:`StoreUnavailable` when the store is down)."""
-        reg = self.regulator
-        ban = yield Op(reg.check, reg.acheck, user=user, ip=view.client or None)
-        if ban is None:
-            return False
-        _event(self.audit, "login_failure", view, None, user=user,
-               reason=f"banned ({ban.subject})")
-        return True
-
-    def record(self, view: RequestView, user: str, status: int) -> Flow[bool]:
-        """Tell the regulator what the app decided; returns whether it was a success."""
-        reg = self.regulator
-        ip = view.client or None
+    def settle(self, view: RequestView, turn: Turn, status: int) -> Flow[list[str]]:
+        """Tell the regulator what the app decided; the Set-Cookie values to add to its
+        answer (the device cookie after a success). :class:`StoreUnavailable` when a
+        failure cannot be recorded (answer 503 instead of the app's answer)."""
         if status in self.failure_statuses:
-            _event(self.audit, "login_failure", view, None, user=user,
-                   reason="rejected by the application")
-            try:
-                ban = yield Op(reg.fail, reg.afail, user=user, ip=ip)
-            except StoreUnavailable as exc:
-                _event(self.audit, "regulation_unavailable", view, None, user=user,
-                       reason=str(exc))
-                return False
-            if ban is not None:
-                _event(self.audit, "ban", view, None, user=user, reason=ban.subject,
-                       until=int(ban.until))
-            return False
+            yield from self.attempts.failed(turn, view, "rejected by the application")
+            return []
         if 200 <= status < 400:
-            _event(self.audit, "login_success", view, None, user=user)
-            with contextlib.suppress(StoreUnavailable):   # a success needs no bookkeeping
-                yield Op(reg.succeed, reg.asucceed, user=user, ip=ip)
-            return True
-        return False
+            _event(self.audit, "login_success", view, None, user=turn.user)
+            return (yield from self.attempts.succeeded(turn, view))
+        yield from self.attempts.released(turn, view)
+        return []
+
+    def busy(self, view: RequestView, refusal: Refusal) -> Reply:
+        """429 for an attempt beyond its subject's budget (already logged by begin)."""
+        headers = [("retry-after", str(refusal.retry_after(0.0)))]
+        if view.wants_html:
+            return html_reply(429, "Too many attempts",
+                              "Several sign-in attempts are already running. Please wait a "
+                              "moment before trying again.", headers=headers)
+        return json_reply(429, {"error": "too_many_attempts"}, headers=headers)
 
     def refusal(self, view: RequestView, status: int, reason: str,
                 user: str | None = None) -> Reply:
@@ -453,94 +487,3 @@ class LoginGuardLayer:
                  429: "too_many_attempts", 503: "login_unavailable"}.get(status, "refused")
         return json_reply(status, {"error": error},
                           headers=[("retry-after", "5")] if status in (429, 503) else [])
-
-    @property
-    def locks(self) -> _KeyedLocks:
-        return self._locks
-
-
-class TooManyWaiters(Exception):
-    pass
-
-
-class _KeyedLocks:
-    """One lock per key, created on demand and dropped when unused; at most ``limit``
-    holders and waiters per key. Threading locks for WSGI, asyncio locks for ASGI."""
-
-    def __init__(self, limit: int) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[Any, int]] = {}
-        self._limit = limit
-
-    def _get(self, key: str, factory: Callable[[], Any]) -> Any:
-        with self._guard:
-            lock, users = self._locks.get(key, (None, 0))
-            if users >= self._limit:
-                raise TooManyWaiters(key)
-            if lock is None:
-                lock = factory()
-            self._locks[key] = (lock, users + 1)
-            return lock
-
-    def _put(self, key: str) -> None:
-        with self._guard:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def hold(self, keys: list[str]) -> _Held:
-        return _Held(self, sorted(set(keys)))
-
-
-class _Held:
-    """Takes every lock of ``keys`` in sorted order (no cycles); on any failure or
-    cancellation midway, gives back what it took."""
-
-    def __init__(self, owner: _KeyedLocks, keys: list[str]) -> None:
-        self.owner = owner
-        self.keys = keys
-        self.taken: list[tuple[str, Any]] = []
-
-    def _release(self) -> None:
-        for key, lock in reversed(self.taken):
-            lock.release()
-            self.owner._put(key)
-        self.taken.clear()
-
-    def __enter__(self) -> None:
-        try:
-            for key in self.keys:
-                lock = self.owner._get(key, threading.Lock)
-                try:
-                    lock.acquire()
-                except BaseException:
-                    self.owner._put(key)
-                    raise
-                self.taken.append((key, lock))
-        except BaseException:
-            self._release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self._release()
-
-    async def __aenter__(self) -> None:
-        import asyncio
-
-        try:
-            for key in self.keys:
-                lock = self.owner._get(key, asyncio.Lock)
-                try:
-                    await lock.acquire()
-                except BaseException:      # cancelled while waiting: not ours to release
-                    self.owner._put(key)
-                    raise
-                self.taken.append((key, lock))
-        except BaseException:
-            self._release()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()

@@ -31,8 +31,10 @@ request would pass (0 when allowed).
 **Keys** must name the rule as well as the client (``"login:ip:203.0.113.9"``): the state
 of a key is per limit *index*, so two rules sharing a key would share state.
 
-**Memory** (:class:`MemoryRateLimiter`): a dict in least-recently-used order, bounded by
-``max_keys``; each decision also drops the least recently used key if its state has fully
+**Memory** (:class:`MemoryRateLimiter`): one dict in least-recently-used order per key
+prefix (the text before the first ``:``, the rule: ``"r0"``), each bounded by ``max_keys``,
+so a flood of distinct keys in one rule (user names, say) cannot evict another rule's state;
+each decision also drops the least recently used key of its prefix if its state has fully
 drained, and the least recently used key is evicted when the dict is full (that key starts
 afresh: size ``max_keys`` above the number of keys active within the longest period).
 Thread-safe; the clock is injectable.
@@ -89,6 +91,8 @@ Limits = tuple[tuple[int, float], ...]
 #: Slack in seconds for the float arithmetic: a request may pass this much early. The stored
 #: times are absolute (seconds since the epoch in Redis), whose doubles resolve ~0.24 µs.
 EPSILON: Final = 1e-6
+#: Key prefixes with a table of their own in the memory limiter.
+_MAX_PREFIXES: Final = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +248,7 @@ class RateLimiter(Protocol):
 class MemoryRateLimiter:
     """GCRA in this process; see the module docstring."""
 
-    __slots__ = ("_clock", "_lock", "_max_keys", "_state")
+    __slots__ = ("_clock", "_lock", "_max_keys", "_tables")
     nonblocking = True   # never waits on I/O: called inline under ASGI
 
     def __init__(self, *, max_keys: int = 100_000,
@@ -254,21 +258,26 @@ class MemoryRateLimiter:
         self._max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> the TAT of each limit, least recently used first
-        self._state: OrderedDict[str, list[float]] = OrderedDict()
+        # key prefix -> (key -> the TAT of each limit, least recently used first)
+        self._tables: dict[str, OrderedDict[str, list[float]]] = {}
 
     def __len__(self) -> int:
-        return len(self._state)
+        return sum(len(t) for t in self._tables.values())
 
     def __repr__(self) -> str:
-        return f"MemoryRateLimiter(keys={len(self._state)}, max_keys={self._max_keys})"
+        return f"MemoryRateLimiter(keys={len(self)}, max_keys={self._max_keys} per prefix)"
 
     def hit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
         """Count a request of ``cost`` against every limit of ``limits`` for ``key``."""
         plan = _prepare(key, limits, cost)
         rule = plan.limits
-        state = self._state
+        prefix = key.partition(":")[0] if ":" in key else ""
         with self._lock:
+            state = self._tables.get(prefix)
+            if state is None:
+                if len(self._tables) >= _MAX_PREFIXES:   # prefixes are rules: a few
+                    prefix = "\x00"                      # the rest share one table
+                state = self._tables.setdefault(prefix, OrderedDict())
             now = self._clock()
             tats = state.get(key)
             debts: Sequence[float]
@@ -301,15 +310,20 @@ class MemoryRateLimiter:
         return self.hit(key, limits, cost)
 
 
-def limiter_from_settings(settings: RateLimitsSettings) -> MemoryRateLimiter | RedisRateLimiter:
-    """The limiter ``rate_limits.store`` names (``redis`` needs ``rate_limits.redis_url``)."""
+def limiter_from_settings(settings: RateLimitsSettings, *, prefix: str = "secure_mw:",
+                          redis_url: str | None = None
+                          ) -> MemoryRateLimiter | RedisRateLimiter:
+    """The limiter ``rate_limits.store`` names: ``redis`` at ``redis_url`` (else
+    ``rate_limits.redis_url``) with keys under ``prefix`` (an application passes
+    ``session.redis_key_prefix``: one prefix for every key it writes)."""
     if settings.store == "redis":
-        if not settings.redis_url:
+        url = redis_url or settings.redis_url
+        if not url:
             raise ConfigError([ConfigProblem("rate_limits.redis_url",
                                              "required when rate_limits.store = 'redis'")])
         from secure_mw.guards.ratelimit_redis import RedisRateLimiter
 
-        return RedisRateLimiter(settings.redis_url)
+        return RedisRateLimiter(url, prefix=prefix)
     return MemoryRateLimiter()
 
 

@@ -25,9 +25,11 @@ from urllib.parse import quote, urlsplit
 from secure_mw._driver import Flow, Op
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import DecryptError
+from secure_mw.errors import DecryptError, StoreUnavailable
+from secure_mw.guards.attempts import LoginAttempts, Turn
+from secure_mw.guards.layers import device_cookies
 from secure_mw.guards.regulation import Regulator, regulator_from_settings
-from secure_mw.guards.timing import LoginDelay
+from secure_mw.guards.timing import Attempt, LoginDelay
 from secure_mw.http import Reply, RequestView, html_reply, redirect_reply
 from secure_mw.login.policy import PasswordPolicy
 from secure_mw.login.totp import (
@@ -35,15 +37,15 @@ from secure_mw.login.totp import (
     FileTOTPStore,
     SecretBox,
     TOTPStore,
-    UsedCodes,
     UsedCodeStore,
     acheck_code,
     check_code,
+    used_codes_from_settings,
 )
 from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.client import OIDCClient
 from secure_mw.oidc.core import OIDCSessionCore, Outcome, local_target
-from secure_mw.oidc.prelogin import PendingLogin
+from secure_mw.oidc.prelogin import LIFETIME, PendingLogin
 from secure_mw.session.manager import SessionRead, SessionStore
 from secure_mw.session.model import Session
 from secure_mw.settings import Settings
@@ -77,7 +79,10 @@ class LocalLoginCore(OIDCSessionCore):
         self.totp = totp or TOTP(issuer=settings.local_users.totp_issuer, clock=clock)
         self.totp_secrets = totp_store if totp_store is not None else FileTOTPStore(
             settings.local_users.totp_file)
-        self.used_codes = used_codes if used_codes is not None else UsedCodes()
+        self.used_codes = used_codes if used_codes is not None else \
+            used_codes_from_settings(settings)
+        self.attempts = LoginAttempts(self.regulator, audit=self.audit,
+                                      devices=device_cookies(settings, self.keyring, clock))
         self.secret_box = SecretBox(self.keyring)
         self._routes.update({
             "2fa": self._second_factor,
@@ -150,7 +155,7 @@ class LocalLoginCore(OIDCSessionCore):
 
     def _form(self, view: RequestView, *, status: int = 200, error: str = "",
               return_to: str = "/", remember: bool = False,
-              used: PendingLogin | None = None) -> Reply:
+              used: PendingLogin | None = None, retry_after: int | None = None) -> Reply:
         pending = PendingLogin.start(verifier="", return_to=return_to, now=self.clock(),
                                      remember=remember)
         # One Set-Cookie for the attempts cookie: the request's attempts less the one just
@@ -177,8 +182,11 @@ class LocalLoginCore(OIDCSessionCore):
             link = f"{self.prefix}login/oidc?rd={quote(return_to, safe='/')}"
             form += (f'<p>or</p><p><a class="button" id="provider" href="{html.escape(link)}">'
                      f"Sign in with {provider}</a></p>")
+        headers = [("set-cookie", self.prelogin.write([*kept, pending]))]
+        if retry_after is not None:
+            headers.append(("retry-after", str(retry_after)))
         return html_reply(status, "Sign in", "Sign in to continue.", body_html=form,
-                          headers=[("set-cookie", self.prelogin.write([*kept, pending]))])
+                          headers=headers)
 
     def _local_login(self, view: RequestView) -> Flow[Outcome]:
         if view.method in ("GET", "HEAD"):
@@ -200,26 +208,33 @@ class LocalLoginCore(OIDCSessionCore):
         username = form.get("username", "")
         password = form.get("password", "")
         remember = form.get("remember_me") == "1"
+        # A form's state works once, success or failure, in every process: claimed in the
+        # store before anything else (a replay of the same POST, in parallel too, fails).
+        first_use = yield from self.sessions.claim_once(f"login-form:{pending.state}",
+                                                        LIFETIME)
+        if not first_use:
+            self._event("login_failure", view, reason="sign-in form used twice")
+            return Outcome(self._form(view, status=400, used=pending,
+                                      error="This sign-in form was already used. Please "
+                                            "try again.", return_to=pending.return_to))
         name = normalize_username(username) if username else ""
+        turn = yield from self.attempts.begin(view, name or None)
+        if turn.refusal is not None and turn.refusal.reason == "busy":
+            return Outcome(self._form(
+                view, status=429, used=pending, return_to=pending.return_to,
+                remember=remember, retry_after=turn.refusal.retry_after(0.0),
+                error="Too many sign-in attempts are running. Please wait a moment."))
         attempt = self.delay.start()
-        ip = view.client or None
-        reg = self.regulator
         user: User | None = None
-        banned = yield Op(reg.check, reg.acheck, user=name or None, ip=ip)
-        if banned is None and name and password:
+        if turn.reservation is not None and name and password:
             user = yield Op(self.users.verify, self._averify, username, password)
         if user is None:
-            reason = f"banned ({banned.subject})" if banned else "invalid credentials"
-            self._event("login_failure", view, user=name or None, reason=reason)
-            if banned is None:
-                ban = yield Op(reg.fail, reg.afail, user=name or None, ip=ip)
-                if ban is not None:
-                    self._event("ban", view, user=name or None, reason=ban.subject,
-                                until=int(ban.until))
+            if turn.reservation is not None:
+                yield from self._failed(turn, view, attempt, "invalid credentials")
             yield Op(attempt.finish, attempt.afinish, success=False)
             return Outcome(self._form(view, status=401, error=FAILED, used=pending,
                                       return_to=pending.return_to, remember=remember))
-        yield Op(reg.succeed, reg.asucceed, user=name, ip=ip)
+        cookies += yield from self.attempts.succeeded(turn, view)
         if self.users.needs_rehash(user):
             yield Op(self._rehash, self._arehash, user, password)
         old = yield from self.sessions.read(view)
@@ -269,26 +284,26 @@ class LocalLoginCore(OIDCSessionCore):
             self._event("login_failure", view, user=user, reason="second factor: bad enrolment")
             return Outcome(self._code_form(session, target, enrolled=False, status=400,
                                            error="The enrolment had expired. Scan again."))
+        turn = yield from self.attempts.begin(view, user)
+        if turn.refusal is not None and turn.refusal.reason == "busy":
+            return Outcome(html_reply(
+                429, "Too many attempts", "Several codes are being checked already. Please "
+                "wait a moment.", headers=[("retry-after",
+                                             str(turn.refusal.retry_after(0.0)))]))
         attempt = self.delay.start()
-        reg = self.regulator
-        banned = yield Op(reg.check, reg.acheck, user=user, ip=view.client or None)
         code = str(form.get("code", ""))
         ok = False
-        if banned is None:
+        if turn.reservation is not None:
             ok = yield Op(check_code, acheck_code, self.totp, self.used_codes, user, secret,
                           code)
         if not ok:
-            reason = f"banned ({banned.subject})" if banned else "second factor: wrong code"
-            self._event("login_failure", view, user=user, reason=reason)
-            if banned is None:
-                ban = yield Op(reg.fail, reg.afail, user=user, ip=view.client or None)
-                if ban is not None:
-                    self._event("ban", view, user=user, reason=ban.subject,
-                                until=int(ban.until))
+            if turn.reservation is not None:
+                yield from self._failed(turn, view, attempt, "second factor: wrong code")
             yield Op(attempt.finish, attempt.afinish, success=False)
             return Outcome(self._code_form(
                 session, target, enrolled=not enrolling, status=401,
                 error="That code is not valid.", enrol_token=None if not enrolling else token))
+        device = yield from self.attempts.succeeded(turn, view)
         if enrolling:
             yield Op(self.totp_secrets.set, self.totp_secrets.aset, user,
                      self.secret_box.seal(user, secret))
@@ -297,6 +312,7 @@ class LocalLoginCore(OIDCSessionCore):
         upgraded = self.sessions.rotate(session, auth_level=2)
         yield from self.sessions.destroy(session)
         cookies = (yield from self.sessions.save(upgraded, sent=read.sent, new=True)) or []
+        cookies += device
         self._event("login_success", view, user=user, level=logging.INFO,
                     reason="second factor", session=upgraded.digest)
         yield Op(attempt.finish, attempt.afinish, success=True)
@@ -331,6 +347,16 @@ class LocalLoginCore(OIDCSessionCore):
         )
         title = "Set up two-step sign-in" if not enrolled else "Two-step sign-in"
         return html_reply(status, title, "A second step protects this page.", body_html=form)
+
+    def _failed(self, turn: Turn, view: RequestView, attempt: Attempt, reason: str
+                ) -> Flow[None]:
+        """Record a failure; one that cannot be recorded still waits for the delay, then
+        refuses the attempt (503: the reservation keeps counting until find_time)."""
+        try:
+            yield from self.attempts.failed(turn, view, reason)
+        except StoreUnavailable:
+            yield Op(attempt.finish, attempt.afinish, success=False)
+            raise
 
     # -- blocking work, off the event loop under ASGI --------------------------------------
 

@@ -75,6 +75,7 @@ from secure_mw.errors import ConfigError, ConfigProblem, DecryptError, StoreUnav
 
 if TYPE_CHECKING:
     from secure_mw.login.totp_redis import RedisUsedCodes
+    from secure_mw.settings import Settings
 
 try:  # POSIX; elsewhere the file store serializes writers within one process only
     import fcntl
@@ -91,6 +92,7 @@ __all__ = [
     "UsedCodes",
     "acheck_code",
     "check_code",
+    "used_codes_from_settings",
 ]
 
 _DIGESTS: Final[dict[str, Callable[..., Any]]] = {
@@ -337,6 +339,17 @@ class UsedCodes:
 
     async def aclaim(self, username: str, step: int, ttl: float) -> bool:
         return self.claim(username, step, ttl)
+
+
+def used_codes_from_settings(settings: Settings) -> UsedCodeStore:
+    """Where used codes are remembered: in Redis when sessions are (so a code used in one
+    process is refused by all; keys under ``session.redis_key_prefix``), else here."""
+    session = settings.session
+    if session.store == "redis" and session.redis_url:
+        from secure_mw.login.totp_redis import RedisUsedCodes
+
+        return RedisUsedCodes(session.redis_url, prefix=session.redis_key_prefix)
+    return UsedCodes()
 
 
 def check_code(totp: TOTP, used: UsedCodeStore, username: str, secret: str,

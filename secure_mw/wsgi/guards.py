@@ -20,10 +20,8 @@ from secure_mw.guards.layers import (
     LoginGuardLayer,
     RateLimitLayer,
     RedirectLayer,
-    TooManyWaiters,
 )
 from secure_mw.guards.ratelimit import RateLimiter
-from secure_mw.guards.timing import Attempt
 from secure_mw.http import CLIENT_CERT_KEY
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
@@ -170,7 +168,7 @@ class RateLimitMiddleware:
         if layer is None:
             if settings is None:
                 raise TypeError("give settings or layer")
-            layer = RateLimitLayer(settings.rate_limits, limiter=limiter, audit=audit)
+            layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
         self.layer = layer
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -249,27 +247,28 @@ class LoginGuardMiddleware:
         except LoginAttemptError as exc:
             layer.delay.start().finish(success=False)
             return write_reply(start_response, layer.refusal(view, exc.status, exc.reason))
-        attempt: Attempt | None = None
+        try:
+            turn = run_sync(layer.begin(view, user))
+        except StoreUnavailable as exc:
+            return write_reply(start_response, layer.refusal(view, 503, str(exc), user))
+        if turn.refusal is not None and turn.refusal.reason == "busy":
+            return write_reply(start_response, layer.busy(view, turn.refusal))
+        attempt = layer.delay.start()
         success = False
         refusal = None
         answer: tuple[str, Headers, Any, bytes] | None = None
         try:
-            with layer.locks.hold(layer.lock_keys(view, user)):
-                attempt = layer.delay.start()
-                try:
-                    banned = run_sync(layer.check(view, user))
-                    answer = self._call_app(environ,
-                                            layer.decoy_body(view) if banned else view.body)
-                    status = int(answer[0].split(" ", 1)[0])
-                    if not banned:
-                        success = run_sync(layer.record(view, user, status))
-                except StoreUnavailable as exc:
-                    refusal = layer.refusal(view, 503, str(exc), user)
-        except TooManyWaiters:
-            refusal = layer.refusal(view, 429, "too many attempts queued", user)
-        finally:
-            if attempt is not None:      # waits outside the turn, on every exit path
-                attempt.finish(success=success)
+            banned = turn.reservation is None
+            answer = self._call_app(environ, layer.decoy_body(view) if banned else view.body)
+            status = int(answer[0].split(" ", 1)[0])
+            if not banned:
+                cookies = run_sync(layer.settle(view, turn, status))
+                success = 200 <= status < 400 and status not in layer.failure_statuses
+                answer[1].extend(("Set-Cookie", c) for c in cookies)
+        except StoreUnavailable as exc:
+            refusal = layer.refusal(view, 503, str(exc), user)
+        finally:                     # every exit path waits for the delay
+            attempt.finish(success=success)
         if refusal is not None or answer is None:
             return write_reply(start_response,
                                refusal or layer.refusal(view, 503, "no answer", user))
