@@ -44,13 +44,15 @@ def base_config(tmp: Path, access_control: dict[str, Any], **extra: Any) -> dict
     """A complete configuration mapping: built-in login, encrypted cookie sessions."""
     users = UsersFile(tmp / "users.toml", hasher=FAST)
     if not (tmp / "users.toml").exists() or "alice" not in (tmp / "users.toml").read_text():
-        users.add("alice", password="alice pw", groups=["admins"], email="alice@example.com")
-        users.add("bob", password="bob pw", groups=["staff"], email="bob@example.com")
+        users.add("alice", password="quartz falcon 11", groups=["admins"], email="alice@example.com")
+        users.add("bob", password="velvet harbor 22", groups=["staff"], email="bob@example.com")
     cfg: dict[str, Any] = {
         "keys": {"encryption_keys": [KeyRing.new_key_text()]},
         "session": {"store": "cookie"},
         "local_users": {"file": str(tmp / "users.toml")},
         "access_control": access_control,
+        "server": {"allowed_hosts": ["app.example.com", "admin.example.com", "www.example.com",
+                                     "127.0.0.1", "localhost"]},
     }
     for key, value in extra.items():
         cfg.setdefault(key, {}).update(value)
