@@ -78,12 +78,13 @@ def sign_in(client: httpx.Client, base: str, user: str, password: str) -> None:
     assert done.status_code == 303
 
 
-def raw_get(base: str, target: str, cookie: str = "", *, host: str = "") -> int:
+def raw_get(base: str, target: str, cookie: str = "", *, host: str = "",
+            method: str = "GET") -> int:
     """The status of a request whose target is sent exactly as written (no client-side
     normalization of dot segments or escapes), to ``host`` (default: the server's)."""
     parts = urlsplit(base)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        request = (f"GET {target} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
+        request = (f"{method} {target} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
                    f"Accept: application/json\r\nConnection: close\r\n")
         if cookie:
             request += f"Cookie: {cookie}\r\n"
@@ -415,3 +416,26 @@ def test_a_padded_query_string_does_not_slip_past_query_conditions(
         assert raw_get(base, "/x?debug=1", session_of(bob)) == 403
         assert raw_get(base, padded, session_of(bob)) == 403
         assert raw_get(base, "/x?debug=2&" + "&".join(["a=1"] * 20), session_of(bob)) == 200
+
+
+# -- the review of the access-rule change: HEAD, repeated keys, deny-lists, mount points -------
+
+
+def test_head_is_gated_like_get(flavour: str, tmp_path: Path) -> None:
+    """A server answers HEAD with the GET handler (status, headers and Content-Length of
+    the page): a rule listing GET selects HEAD too. Before: bob's HEAD /admin/users got 200
+    on every server."""
+    rules = {"default_policy": "deny", "rules": [
+        {"resources": ["^/admin(/|$)"], "methods": ["GET", "POST"],
+         "subject": [["group:admins"]], "policy": "authenticated"},
+        {"policy": "authenticated"}]}
+    with serve_rules(flavour, tmp_path, rules) as base, browser() as bob, \
+            browser() as alice:
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        sign_in(alice, base, "alice", "quartz falcon 11")
+        for method in ("GET", "HEAD", "POST"):
+            assert raw_get(base, "/admin/users", session_of(bob), method=method) == 403, method
+            assert raw_get(base, "/admin/users", session_of(alice), method=method) == 200
+        assert raw_get(base, "/page", session_of(bob), method="HEAD") == 200
+
+

@@ -256,6 +256,36 @@ def test_query_conditions() -> None:
     assert decide(p, ALICE, query="").effect == "two_factor"   # absent counts as not equal
 
 
+def test_a_get_rule_selects_head() -> None:
+    """F2 of the review: a server runs the GET handler for HEAD."""
+    p = policy({"resources": ["^/admin(/|$)"], "methods": ["GET", "POST"],
+                "subject": [["group:admins"]], "policy": "authenticated"},
+               {"methods": ["put"], "policy": "deny"},
+               {"policy": "authenticated"})
+    for method in ("GET", "HEAD", "POST"):
+        assert decide(p, BOB, path="/admin/users", method=method) == Decision(
+            "deny", 0, "rule 0: subject does not match"), method
+    assert decide(p, BOB, path="/admin/users", method="OPTIONS").effect == "allow"
+    assert decide(p, BOB, path="/x", method="PUT").effect == "deny"
+    # HEAD is not a GET: a HEAD-only rule does not select GET
+    head = policy({"methods": ["HEAD"], "policy": "deny"}, {"policy": "bypass"})
+    assert decide(head, method="GET").effect == "allow"
+    assert decide(head, method="HEAD").effect == "deny"
+    # the blocks' http_method: HEAD matches what GET matches
+    blocks = policy({"allow": {"or": [{"accept": True}]},
+                     "deny": {"and": [{"http_method": "GET"}, {"groups": "dev"}]}})
+    assert decide(blocks, BOB, method="HEAD").effect == "deny"
+    assert decide(blocks, BOB, method="POST").effect == "allow"
+    only_get = policy({"allow": {"or": [{"http_method": {"in": ["get"]}}]}})
+    assert decide(only_get, BOB, method="HEAD").effect == "allow"
+    assert decide(only_get, BOB, method="DELETE").effect == "deny"
+
+
+def test_a_get_rule_covers_a_later_head_rule() -> None:
+    assert policy({"methods": ["GET"], "policy": "deny"},
+                  {"methods": ["HEAD"], "policy": "bypass"}).unreachable() == [(1, 0)]
+
+
 # -- configuration errors --------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ Rule fields (all optional; an absent field matches everything):
     path only, never the query string (Authelia appends the query; ``query`` is the field for
     it here), so ``^/admin$`` also covers ``/admin?x=1``.
 ``methods``
-    HTTP methods (a WebSocket handshake counts as ``GET``).
+    HTTP methods (a WebSocket handshake counts as ``GET``). ``GET`` selects ``HEAD`` too:
+    a server answers ``HEAD`` with the ``GET`` handler minus the body (RFC 9110 §9.3.2).
 ``networks``
     CIDRs, bare addresses or names of ``access_control.networks`` entries. An empty or
     unparsable client address matches no network.
@@ -57,10 +58,11 @@ key: a criterion or a nested operator. Criteria and their values:
 
 * ``accept: true``, ``reject: true``, ``authenticated_user: true``
 * ``email``, ``domain`` (of the email; both hold only for a verified email), ``user`` (the
-  ``sub``), ``http_method``, ``http_path`` (the normalized path, without the query):
-  a string matcher — a bare string (``is``) or a table of ``is``, ``in`` (list),
-  ``starts_with``, ``ends_with``, ``contains`` (all given must hold). ``email``, ``domain``
-  and ``http_method`` compare case-insensitively.
+  ``sub``), ``http_method`` (a ``HEAD`` request also matches what ``GET`` matches),
+  ``http_path`` (the normalized path, without the query): a string matcher — a bare string
+  (``is``) or a table of ``is``, ``in`` (list), ``starts_with``, ``ends_with``, ``contains``
+  (all given must hold). ``email``, ``domain`` and ``http_method`` compare
+  case-insensitively.
 * ``groups``: a list matcher — a bare string (``has``) or a table of ``has`` and ``exclude``.
 * ``claim/<name>[/<name>...]``: the (nested) claim equals the value, or, when the claim is a
   list, contains it; a list of values means any of them.
@@ -778,6 +780,8 @@ class _Compiler:
                 self.problem("methods", f"{value!r} is not an HTTP method"
                              + _did_you_mean(method, METHODS))
             methods.add(method)
+        if "GET" in methods:        # HEAD runs the GET handler (RFC 9110 §9.3.2)
+            methods.add("HEAD")
         out.methods = frozenset(methods)
 
     def _networks(self, where: str, values: Any) -> tuple[Network, ...]:
@@ -935,7 +939,11 @@ class _Compiler:
         fold = name in ("email", "domain", "http_method")
         test = _string_matcher(where, value, fold=fold)
         getter = _GETTERS[name]
-        if name in ("http_method", "http_path"):
+        if name == "http_method":
+            # HEAD is GET without the body: it matches whatever GET matches.
+            return lambda ctx: test(ctx.view.method) or (
+                ctx.view.method == "HEAD" and test("GET"))
+        if name == "http_path":
             return lambda ctx: test(getter(ctx))
 
         verified = name in ("email", "domain")
