@@ -153,8 +153,8 @@ def _demo(args: argparse.Namespace) -> int:
 # -- secure-mw explain ----------------------------------------------------------------------
 
 #: ``secure-mw explain`` exit statuses by the layer's effect (1: bad configuration, 2: usage).
-EXPLAIN_EXIT = {"allow": 0, "deny": 3, "bad_path": 3, "not_found": 3, "login": 4,
-                "two_factor": 5}
+EXPLAIN_EXIT = {"allow": 0, "deny": 3, "bad_path": 3, "not_found": 3, "bad_request": 3,
+                "login": 4, "two_factor": 5}
 
 
 def _explain(args: argparse.Namespace) -> int:

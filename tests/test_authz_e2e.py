@@ -439,3 +439,28 @@ def test_head_is_gated_like_get(flavour: str, tmp_path: Path) -> None:
         assert raw_get(base, "/page", session_of(bob), method="HEAD") == 200
 
 
+def test_a_repeated_query_key_is_refused_as_ambiguous(
+        flavour: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette reads a repeated key's last value, werkzeug its first: a bypass for
+    format=csv let an anonymous format=csv&format=pdf through (200) while the app read pdf.
+    Now 400, audited."""
+    rules = {"default_policy": "deny", "rules": [
+        {"resources": ["^/export$"], "query": [{"key": "format", "value": "csv"}],
+         "policy": "bypass"},
+        {"policy": "authenticated"}]}
+    with serve_rules(flavour, tmp_path, rules) as base, browser() as bob:
+        assert raw_get(base, "/export?format=csv") == 200
+        assert raw_get(base, "/export?format=pdf") == 401
+        for target in ("/export?format=csv&format=pdf", "/export?format=pdf&format=csv",
+                       "/export?format=csv&%66ormat=pdf"):
+            assert raw_get(base, target) == 400, target
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        assert raw_get(base, "/export?format=pdf&format=csv", session_of(bob)) == 400
+        assert raw_get(base, "/other?format=pdf&format=csv", session_of(bob)) == 200
+    denied = [json.loads(r.getMessage()) for r in caplog.records
+              if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
+    assert len(denied) == 4
+    assert {(d["rule"], d["effect"], d["reason"]) for d in denied} == {
+        (0, "bad_request", "rule 0: repeated query key format")}
+
+

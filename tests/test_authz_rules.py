@@ -247,13 +247,36 @@ def test_query_conditions() -> None:
          "policy": "two_factor"},
     )
     assert decide(p, query="mode=admin").effect == "deny"
-    assert decide(p, query="mode=user&mode=admin").effect == "deny"
+    assert decide(p, query="mode=user&mode=admin") == Decision(
+        "bad_request", 0, "rule 0: repeated query key mode")     # ambiguous: refused
     assert decide(p, query="token=").effect == "allow"
     assert decide(p, query="v=12").effect == "allow"
     assert decide(p, query="v=12&x=1").rule == 2      # x present: the AND fails
     assert decide(p, query="lang=en").rule is None
     assert decide(p, ALICE, query="lang=fr").effect == "two_factor"
     assert decide(p, ALICE, query="").effect == "two_factor"   # absent counts as not equal
+
+
+def test_a_repeated_key_a_value_condition_reads_is_refused_as_ambiguous() -> None:
+    """F3 of the review: Starlette reads the last value, werkzeug the first; a bypass for
+    format=csv must not admit format=csv&format=pdf, nor a deny for mode=admin miss
+    mode=user&mode=admin."""
+    p = policy({"resources": ["^/export$"], "query": [{"key": "format", "value": "csv"}],
+                "policy": "bypass"},
+               {"resources": ["^/tags$"], "query": [{"key": "tag", "operator": "present"}],
+                "policy": "bypass"},
+               {"policy": "authenticated"})
+    assert decide(p, path="/export", query="format=csv").effect == "allow"
+    assert decide(p, path="/export", query="format=pdf").effect == "login"
+    for query in ("format=csv&format=pdf", "format=pdf&format=csv", "format=csv&format=csv",
+                  "format=csv&%66ormat=pdf", "format=csv&format"):
+        assert decide(p, path="/export", query=query) == Decision(
+            "bad_request", 0, "rule 0: repeated query key format"), query
+    # present/absent read no value; a rule the request does not reach judges nothing
+    assert decide(p, path="/tags", query="tag=a&tag=b").effect == "allow"
+    assert decide(p, BOB, path="/other", query="format=a&format=b").effect == "allow"
+    ex = p.explain(view(path="/export", query="format=csv&format=pdf"), None, path="/export")
+    assert ex.decision.effect == "bad_request" and ex.steps[0].decides
 
 
 def test_a_get_rule_selects_head() -> None:

@@ -31,10 +31,10 @@ class Verdict:
 @dataclass(frozen=True, slots=True)
 class Explained:
     """What :meth:`AuthorizationLayer.explain` found: the ``effect`` the layer enforces
-    (``allow``, ``deny``, ``login``, ``two_factor``, or ``bad_path`` / ``not_found`` for a
-    path refused before any rule), a sentence saying what the client gets, the path the
-    rules saw, and the rules' :class:`~secure_mw.authz.rules.Explanation` (None when the path
-    was refused first)."""
+    (``allow``, ``deny``, ``login``, ``two_factor``, ``bad_request``, or ``bad_path`` /
+    ``not_found`` for a path refused before any rule), a sentence saying what the client
+    gets, the path the rules saw, and the rules' :class:`~secure_mw.authz.rules.Explanation`
+    (None when the path was refused first)."""
 
     effect: str
     outcome: str
@@ -94,6 +94,7 @@ class AuthorizationLayer:
                      "otherwise)",
             "two_factor": f"sent to the second step ({self.prefix}2fa: 302 for a browser, "
                           "401 otherwise)",
+            "bad_request": "refused (400): the request is ambiguous for this rule",
         }[effect]
         if effect == "two_factor" and not self.two_factor_step:
             effect = "deny"
@@ -133,6 +134,12 @@ class AuthorizationLayer:
             return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,
                            decision)
         self._refused(view, identity, decision.rule, effect, decision.reason)
+        if effect == "bad_request":
+            if view.wants_html:
+                return Verdict(html_reply(400, "Bad request", "This address is ambiguous: "
+                                          "a query parameter is given more than once."),
+                               path, decision)
+            return Verdict(json_reply(400, {"error": "bad_request"}), path, decision)
         if view.wants_html:
             return Verdict(html_reply(403, "Access denied",
                                       "You do not have access to this page."), path, decision)

@@ -39,7 +39,9 @@ Rule fields (all optional; an absent field matches everything):
     when a ``value`` is given), ``not equal``, ``present`` (default without a value),
     ``absent``, ``pattern`` and ``not pattern`` (``value`` is a regular expression, searched).
     ``equal``/``pattern`` hold when *some* value of the key does; their negations when *none*
-    does (an absent key included).
+    does (an absent key included). A request that repeats a key one of these four operators
+    names is ambiguous (frameworks read its first or its last value): the rule refuses it
+    with the effect ``"bad_request"`` (400).
 ``policy``
     ``bypass`` (allow anyone), ``authenticated``, ``two_factor`` or ``deny``.
 ``allow`` / ``deny``
@@ -103,7 +105,8 @@ from secure_mw.settings import AccessControlSettings, AccessRule
 
 __all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step"]
 
-Effect: TypeAlias = Literal["allow", "deny", "login", "two_factor"]
+# "bad_request": the request is ambiguous for the deciding rule (a repeated query key), 400.
+Effect: TypeAlias = Literal["allow", "deny", "login", "two_factor", "bad_request"]
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Three-valued truth: None means "unknown until someone logs in".
@@ -121,8 +124,24 @@ _RULE_FIELDS = ("domain", "domain_regex", "resources", "methods", "networks", "s
 _LOOKS_FOR_QUERY = re.compile(r"\\\?|\[[^\]]*\?")
 # Earlier rules :meth:`AccessPolicy.unreachable` tries against each rule, at most.
 _COVER_CANDIDATES = 32
+# Query operators that read a key's values (a repeated key makes them ambiguous).
+_VALUE_OPERATORS = frozenset({"equal", "not equal", "pattern", "not pattern"})
+
+
+class _Refusal(str):
+    """What :meth:`_Rule.mismatch` answers when the rule cannot judge the request: the rule
+    refuses it with ``effect`` (a sentence, the reason)."""
+
+    effect: Effect
+
+    def __new__(cls, reason: str, effect: Effect) -> _Refusal:
+        self = super().__new__(cls, reason)
+        self.effect = effect
+        return self
+
+
 # What :meth:`_Rule.mismatch` answers when a rule's query conditions cannot be evaluated.
-_QUERY_UNREADABLE = "query string too large to evaluate"
+_QUERY_UNREADABLE = _Refusal("query string too large to evaluate", "deny")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +277,7 @@ class _Rule:
     networks: tuple[Network, ...] | None = None
     subject: tuple[tuple[tuple[str, str], ...], ...] = ()
     query: tuple[tuple[_Query, ...], ...] = ()
+    query_keys: frozenset[str] = frozenset()   # keys whose values a condition reads
     allow: Pred | None = None
     deny: Pred | None = None
     has_ppl: bool = False
@@ -280,7 +300,8 @@ class _Rule:
     def mismatch(self, ctx: _Ctx) -> str | None:
         """The first request-shaped field (everything but subject, policy and blocks) that
         does not match, or None when the rule selects the request; the host is checked
-        apart. :data:`_QUERY_UNREADABLE` when the query conditions cannot be evaluated."""
+        apart. A :class:`_Refusal` when the query conditions cannot be evaluated: the query
+        string is too large to parse, or it repeats a key a condition reads."""
         if self.methods is not None and ctx.view.method not in self.methods:
             return "methods"
         if self.networks is not None and not _in_networks(ctx, self.networks):
@@ -293,6 +314,9 @@ class _Rule:
             params = ctx.params
             if params is None:
                 return _QUERY_UNREADABLE
+            for key in self.query_keys:
+                if len(params.get(key, ())) > 1:
+                    return _Refusal(f"repeated query key {key}", "bad_request")
             if not any(all(q.holds(params) for q in group) for group in self.query):
                 return "query"
         return None
@@ -474,8 +498,8 @@ class AccessPolicy:
                 continue
             miss = rule.mismatch(ctx)
             if miss is not None:
-                if miss is _QUERY_UNREADABLE:
-                    return Decision("deny", rule.index, f"rule {rule.index}: {miss}")
+                if isinstance(miss, _Refusal):
+                    return Decision(miss.effect, rule.index, f"rule {rule.index}: {miss}")
                 if passed is not None:
                     passed[pos] = miss
                 continue
@@ -847,6 +871,8 @@ class _Compiler:
                     conds.append(q)
             compiled.append(tuple(conds))
         out.query = tuple(compiled)
+        out.query_keys = frozenset(q.key for group in compiled for q in group
+                                   if q.operator in _VALUE_OPERATORS)
 
     def _query_item(self, where: str, cond: Any) -> _Query | None:
         if not isinstance(cond, Mapping):
