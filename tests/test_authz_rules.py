@@ -656,14 +656,118 @@ def test_email_criteria_match_only_a_verified_email(rule: dict[str, Any]) -> Non
     assert UNVERIFIED_BOSS.as_dict()["email_verified"] is False
 
 
-def test_an_unverified_email_is_no_email_to_the_blocks() -> None:
+def test_an_unverified_email_grants_nothing_in_the_blocks() -> None:
     p = policy({"allow": {"or": [{"domain": "corp.example"}]}})
     assert decide(p, UNVERIFIED_CORP).effect == "deny"
-    p = policy({"allow": {"not": [{"domain": "corp.example"}]}})   # a deny-list: weak
-    assert decide(p, UNVERIFIED_CORP).effect == "allow"
     assert decide(p, None).effect == "login"
-    verified = Identity(sub="y", email="y@corp.example", email_verified=True)
-    assert decide(p, verified).effect == "deny"
+
+
+# -- emails and polarity: a criterion that can only refuse sees the claimed email -------------
+
+MALLORY = Identity(sub="m", email="Mallory@Evil.test", email_verified=True)
+CLAIMS_MALLORY = Identity(sub="m2", email="mallory@evil.test")          # no email_verified
+OTHER = Identity(sub="o", email="other@good.test", email_verified=True)
+CLAIMS_OTHER = Identity(sub="o2", email="other@good.test")
+NO_EMAIL = Identity(sub="n")
+WHO = (MALLORY, CLAIMS_MALLORY, OTHER, CLAIMS_OTHER, NO_EMAIL)
+ACCEPT = {"accept": True}
+
+
+def _email(c: str) -> dict[str, Any]:
+    return {"email": "mallory@evil.test"} if c == "email" else {"domain": "evil.test"}
+
+
+# (rules, the effect for each of WHO); "email" in a rule is replaced by both criteria.
+POLARITY = [
+    # subjects: a deny rule's restricts, a gate's or a continue rule's grants
+    ([{"subject": ["email:mallory@evil.test"], "policy": "deny"}, {"policy": "bypass"}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"subject": [["email:mallory@evil.test", "user:m2"]], "policy": "deny"},
+      {"policy": "bypass"}],
+     ("allow", "deny", "allow", "allow", "allow")),
+    ([{"subject": ["email:mallory@evil.test"], "policy": "authenticated"}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    ([{"subject": ["email:mallory@evil.test"], "subject_mismatch": "continue",
+       "policy": "authenticated"}, {"policy": "deny"}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    # allow blocks: a criterion grants; under one not/nor it restricts; under two, grants
+    ([{"allow": {"or": ["email"]}}], ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"not": ["email"]}}], ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"nor": ["email"]}}], ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"and": [ACCEPT, {"not": [{"or": ["email"]}]}]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"not": [{"not": ["email"]}]}}], ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"nor": [{"nor": ["email"]}]}}], ("allow", "deny", "deny", "deny", "deny")),
+    # deny blocks: a criterion restricts; under one not/nor it grants; under two, restricts
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"or": ["email"]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"and": [{"or": ["email"]}]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"not": ["email"]}}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"nor": ["email"]}}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"nor": [{"not": ["email"]}]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+]
+
+
+def _with(rules: list[dict[str, Any]], criterion: str) -> list[dict[str, Any]]:
+    def swap(node: Any) -> Any:
+        if node == "email":
+            return _email(criterion)
+        if isinstance(node, dict):
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+    return [swap(r) for r in rules]
+
+
+@pytest.mark.parametrize(("rules", "effects", "criterion"), [
+    (rules, effects, criterion) for rules, effects in POLARITY
+    for criterion in (("email",) if "subject" in rules[0] else ("email", "domain"))])
+def test_email_criteria_follow_their_polarity(rules: list[dict[str, Any]],
+                                              effects: tuple[str, ...], criterion: str) -> None:
+    """A claimed but unverified email counts where the criterion can only refuse (the
+    subject of a deny rule, a deny block, under an odd number of not/nor in an allow
+    block) and never where it grants."""
+    p = policy(*_with(rules, criterion))
+    assert tuple(decide(p, who).effect for who in WHO) == effects
+    anonymous = decide(p, None).effect
+    assert anonymous in ("login", "allow")       # never decided on an email nobody has
+
+
+def test_the_reviewed_deny_lists_deny_the_claimed_email() -> None:
+    """F4 of the review: mallory's provider sends no email_verified."""
+    p = policy({"subject": ["email:mallory@evil.test"], "policy": "deny"},
+               {"allow": {"or": [{"accept": True}]}, "deny": {"or": [{"domain": "evil.test"}]},
+                "resources": ["^/blocks(/|$)"]},
+               {"policy": "authenticated"})
+    assert decide(p, CLAIMS_MALLORY, path="/page") == Decision("deny", 0, "rule 0: deny")
+    assert decide(p, Identity(sub="m3", email="x@evil.test"), path="/blocks").effect == "deny"
+    assert decide(p, CLAIMS_OTHER, path="/blocks").effect == "allow"
+
+
+# -- case folding: ASCII letters only ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [
+    {"subject": ["email:kate@example.com"], "policy": "authenticated"},
+    {"allow": {"or": [{"email": "kate@example.com"}]}},
+    {"allow": {"or": [{"email": {"in": ["KATE@example.com"]}}]}},
+    {"allow": {"or": [{"domain": "kelvin.test"}]}},
+])
+def test_a_kelvin_sign_is_not_a_k(rule: dict[str, Any]) -> None:
+    p = policy(rule)
+    kelvin = Identity(sub="x", email="\u212aate@example.com", email_verified=True)
+    kelvin_domain = Identity(sub="y", email="a@\u212aelvin.test", email_verified=True)
+    assert "\u212aate".lower() == "kate"                        # what str.lower() did
+    assert decide(p, kelvin).effect == "deny"
+    assert decide(p, kelvin_domain).effect == "deny"
+    kate = Identity(sub="k", email="Kate@Example.COM", email_verified=True)
+    ascii_domain = Identity(sub="z", email="a@KELVIN.test", email_verified=True)
+    assert "allow" in (decide(p, kate).effect, decide(p, ascii_domain).effect)
 
 
 def test_email_verified_needs_an_email() -> None:

@@ -27,10 +27,12 @@ Rule fields (all optional; an absent field matches everything):
     CIDRs, bare addresses or names of ``access_control.networks`` entries. An empty or
     unparsable client address matches no network.
 ``subject``
-    ``user:<sub>``, ``group:<name>``, ``email:<address>`` (a verified email only); a list of
-    lists is an OR of ANDs. A rule selected by its other fields is a gate: a signed-in user
-    it does not name is refused (``"rule i: subject does not match"``), an anonymous one sent
-    to the login. Exceptions: a ``deny`` rule concerns only its subjects, and
+    ``user:<sub>``, ``group:<name>``, ``email:<address>``; a list of lists is an OR of ANDs.
+    An ``email:`` term of a rule that admits matches a verified email only; one of a ``deny``
+    rule matches the claimed email, verified or not (see "Emails and polarity" below). A
+    rule selected by its other fields is a gate: a signed-in user it does not name is
+    refused (``"rule i: subject does not match"``), an anonymous one sent to the login.
+    Exceptions: a ``deny`` rule concerns only its subjects, and
     ``subject_mismatch = "continue"`` passes the others on to later rules (Authelia's way).
 ``query``
     Conditions on query parameters (a query string too large to parse denies the request at
@@ -59,12 +61,12 @@ in one table must all hold. ``and``: every item; ``or``: some item; ``not``: no 
 key: a criterion or a nested operator. Criteria and their values:
 
 * ``accept: true``, ``reject: true``, ``authenticated_user: true``
-* ``email``, ``domain`` (of the email; both hold only for a verified email), ``user`` (the
+* ``email``, ``domain`` (of the email; see "Emails and polarity"), ``user`` (the
   ``sub``), ``http_method`` (a ``HEAD`` request also matches what ``GET`` matches),
   ``http_path`` (the normalized path, without the query): a string matcher — a bare string
   (``is``) or a table of ``is``, ``in`` (list), ``starts_with``, ``ends_with``, ``contains``
-  (all given must hold). ``email``, ``domain`` and ``http_method`` compare
-  case-insensitively.
+  (all given must hold). ``email``, ``domain`` and ``http_method`` fold ASCII letters only
+  (``str.lower`` would turn the Kelvin sign U+212A into ``k``).
 * ``groups``: a list matcher — a bare string (``has``) or a table of ``has`` and ``exclude``.
 * ``claim/<name>[/<name>...]``: the (nested) claim equals the value, or, when the claim is a
   list, contains it; a list of values means any of them.
@@ -80,6 +82,14 @@ that is unknown, or an ``allow`` block that is unknown, answers ``"login"``, so 
 turn "nobody logged in" into access. A matching ``deny`` beats any ``allow``; when neither
 holds the rule denies (it was selected by its other fields, first match wins). A ``policy``
 given next to the blocks adds its requirement to an allow (``two_factor``, ``authenticated``).
+
+Emails and polarity
+-------------------
+An unverified email could be anyone's, so it must never grant; but an identity that claims a
+deny-listed address must still be denied. Each email criterion is compiled with its polarity:
+it *grants* in an ``allow`` block (and in the subject of a rule that admits) and *restricts*
+in a ``deny`` block (and in the subject of a ``deny`` rule); each ``not`` or ``nor`` flips it.
+A granting criterion sees only a verified email; a restricting one sees the claimed email.
 
 For tests, :attr:`AccessPolicy.rules_tested` counts compiled rules examined.
 """
@@ -126,6 +136,12 @@ _LOOKS_FOR_QUERY = re.compile(r"\\\?|\[[^\]]*\?")
 _COVER_CANDIDATES = 32
 # Query operators that read a key's values (a repeated key makes them ambiguous).
 _VALUE_OPERATORS = frozenset({"equal", "not equal", "pattern", "not pattern"})
+# Folds ASCII letters only: emails and domains compare without Unicode case folding.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
 
 
 class _Refusal(str):
@@ -367,7 +383,10 @@ class _Rule:
         return True
 
     def subject_holds(self, identity: Identity) -> bool:
-        email = identity.email.lower() if identity.email_verified else ""
+        # A deny rule's subject restricts: the claimed email counts. Any other grants: only
+        # a verified one.
+        email = _fold(identity.email) if identity.email_verified or self.policy == "deny" \
+            else ""
         for group in self.subject:
             if all(_subject_item(kind, value, identity, email) for kind, value in group):
                 return True
@@ -747,7 +766,7 @@ class _Compiler:
                 continue
             out.has_ppl = True
             try:
-                setattr(out, block, self._block(block, body))
+                setattr(out, block, self._block(block, body, grants=block == "allow"))
             except _Invalid as exc:
                 self.problem(exc.where, exc.message)
         return out if self._ok else None
@@ -837,7 +856,7 @@ class _Compiler:
                     self.problem("subject", f"{item!r} must be 'user:…', 'group:…' or "
                                  "'email:…'")
                     continue
-                terms.append((kind, name.lower() if kind == "email" else name))
+                terms.append((kind, _fold(name) if kind == "email" else name))
             if terms:
                 compiled.append(tuple(terms))
         out.subject = tuple(compiled)
@@ -910,20 +929,26 @@ class _Compiler:
 
     # -- Pomerium-style blocks ---------------------------------------------------------
 
-    def _block(self, where: str, body: Any) -> Pred:
+    # ``grants``: the polarity of what is being compiled. True where a criterion holding can
+    # only admit (an allow block), False where it can only refuse (a deny block); ``not`` and
+    # ``nor`` flip it. Email criteria read the claimed email only where they refuse.
+
+    def _block(self, where: str, body: Any, *, grants: bool) -> Pred:
         if not isinstance(body, Mapping) or not body:
             raise _Invalid(where, "expected a table of and/or/not/nor lists")
         preds = []
         for op, items in body.items():
-            preds.append(self._operator(f"{where}.{op}", str(op), items))
+            preds.append(self._operator(f"{where}.{op}", str(op), items, grants=grants))
         return preds[0] if len(preds) == 1 else _tri_and(preds)
 
-    def _operator(self, where: str, op: str, items: Any) -> Pred:
+    def _operator(self, where: str, op: str, items: Any, *, grants: bool) -> Pred:
         if op not in _OPERATORS:
             raise _Invalid(where, f"unknown operator {op!r}" + _did_you_mean(op, _OPERATORS))
         if not isinstance(items, list | tuple) or not items:
             raise _Invalid(where, "expected a non-empty list of criteria")
-        preds = [self._item(f"{where}[{k}]", item) for k, item in enumerate(items)]
+        inner = grants if op in ("and", "or") else not grants
+        preds = [self._item(f"{where}[{k}]", item, grants=inner)
+                 for k, item in enumerate(items)]
         if op == "and":
             return _tri_and(preds)
         if op == "or":
@@ -931,22 +956,22 @@ class _Compiler:
         negated = [_tri_not(p) for p in preds]
         return _tri_and(negated) if op == "not" else _tri_or(negated)
 
-    def _item(self, where: str, item: Any) -> Pred:
+    def _item(self, where: str, item: Any, *, grants: bool) -> Pred:
         if not isinstance(item, Mapping) or len(item) != 1:
             raise _Invalid(where, "each item is a table with exactly one criterion")
         (name, value), = item.items()
         name = str(name)
         sub = f"{where}.{name}"
         if name in _OPERATORS:
-            return self._operator(sub, name, value)
+            return self._operator(sub, name, value, grants=grants)
         if name.startswith("claim/"):
             return _claim(sub, name[6:], value)
         if name not in _CRITERIA:
             raise _Invalid(sub, f"unknown criterion {name!r}"
                            + _did_you_mean(name, (*_CRITERIA, *_OPERATORS, "claim/")))
-        return self._criterion(sub, name, value)
+        return self._criterion(sub, name, value, grants=grants)
 
-    def _criterion(self, where: str, name: str, value: Any) -> Pred:
+    def _criterion(self, where: str, name: str, value: Any, *, grants: bool) -> Pred:
         if name in ("accept", "reject", "authenticated_user", "cors_preflight"):
             if value is not True:
                 raise _Invalid(where, f"{name} takes the value true")
@@ -972,13 +997,13 @@ class _Compiler:
         if name == "http_path":
             return lambda ctx: test(getter(ctx))
 
-        verified = name in ("email", "domain")
+        verified = grants and name in ("email", "domain")
 
         def identity_test(ctx: _Ctx) -> Tri:
             if ctx.identity is None:
                 return None
             if verified and not ctx.identity.email_verified:
-                return False          # an unverified email could be anyone's
+                return False          # an unverified email could be anyone's: no grant
             return test(getter(ctx))
 
         return identity_test
@@ -1104,12 +1129,12 @@ def _string_matcher(where: str, value: Any, *, fold: bool) -> Callable[[str], bo
         if key == "in":
             if not isinstance(arg, list | tuple) or not all(isinstance(a, str) for a in arg):
                 raise _Invalid(f"{where}.in", "expected a list of strings")
-            options = frozenset(a.lower() if fold else a for a in arg)
+            options = frozenset(_fold(a) if fold else a for a in arg)
             tests.append(lambda s, o=options: s in o)  # type: ignore[misc]
             continue
         if not isinstance(arg, str):
             raise _Invalid(f"{where}.{key}", "expected a string")
-        a = arg.lower() if fold else arg
+        a = _fold(arg) if fold else arg
         if key == "is":
             tests.append(lambda s, a=a: s == a)  # type: ignore[misc]
         elif key == "starts_with":
@@ -1121,7 +1146,7 @@ def _string_matcher(where: str, value: Any, *, fold: bool) -> Callable[[str], bo
 
     def match(s: str) -> bool:
         if fold:
-            s = s.lower()
+            s = _fold(s)
         return all(t(s) for t in tests)
 
     return match
