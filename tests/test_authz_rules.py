@@ -777,11 +777,38 @@ def test_email_verified_needs_an_email() -> None:
 # -- resources that look for a query; rules that can never apply ----------------------------
 
 
-def test_resources_that_look_for_a_query_string_are_a_warning() -> None:
+def test_resources_that_need_a_question_mark_are_a_warning() -> None:
     p = policy({"resources": ["^/ok$", r"[?&]debug=1"], "policy": "deny"},
                {"resources": [r"^/api\?v=2", r"^/x/?$"], "policy": "deny"})
-    assert [w.split(" ")[0] for w in p.warnings()] == [
-        "access_control.rules[0].resources[1]", "access_control.rules[1].resources[0]"]
+    assert p.warnings() == [
+        "access_control.rules[0].resources[1] matches only a path with a '?' in it, but "
+        "resources never see the query string: put conditions on the query string in 'query'",
+        "access_control.rules[1].resources[0] matches only a path with a '?' in it, but "
+        "resources never see the query string: put conditions on the query string in 'query'"]
+
+
+@pytest.mark.parametrize(("pattern", "warns"), [
+    (r"^/files/[^?]+\.pdf$", False),       # a negated class: works on paths
+    (r"^/api([/?].*)?$", False),            # Authelia's idiom: /api, /api/..., /api?...
+    (r"^/api(\?.*)?$", False),              # optional: matches /api
+    (r"^/x(/|\?)", False),                  # an alternative without "?"
+    (r"^/x[ -@]", False),                    # a range holding "/" too
+    (r"^/x\??$", False),
+    (r"^/x[^/?]*$", False),
+    (r"[?&]debug=1", True),
+    (r"^/api\?v=2", True),
+    (r"^/a[?]b", True),
+    (r"(?i)^/A\?", True),
+    (r"^/x(\?a|\?b)", True),                # every alternative needs one
+    (r"^/x(?:\?)+", True),
+    (r"^/x(?=.*\?)", True),
+])
+def test_the_question_mark_warning_names_only_patterns_that_need_one(
+        pattern: str, warns: bool) -> None:
+    p = policy({"resources": [pattern], "policy": "bypass"}, {"policy": "authenticated"})
+    assert bool(p.warnings()) is warns
+    if not warns:
+        assert decide(p, path="/api").effect in ("allow", "login")
 
 
 def unreachable(*rules: dict[str, Any]) -> list[tuple[int, int]]:

@@ -102,6 +102,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone, tzinfo
@@ -112,6 +113,11 @@ from secure_mw.errors import ConfigError, ConfigProblem
 from secure_mw.http import MAX_QUERY, RequestView, _few_fields
 from secure_mw.identity import Identity
 from secure_mw.settings import AccessControlSettings, AccessRule
+
+if sys.version_info >= (3, 11):
+    from re import _parser as _sre_parse
+else:
+    import sre_parse as _sre_parse
 
 __all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step"]
 
@@ -129,9 +135,6 @@ METHODS = frozenset({
 })
 _RULE_FIELDS = ("domain", "domain_regex", "resources", "methods", "networks", "subject",
                 "subject_mismatch", "query", "policy", "allow", "deny")
-# A resource pattern written for Authelia's path-and-query string: an escaped "?", or "?"
-# inside a character class.
-_LOOKS_FOR_QUERY = re.compile(r"\\\?|\[[^\]]*\?")
 # Earlier rules :meth:`AccessPolicy.unreachable` tries against each rule, at most.
 _COVER_CANDIDATES = 32
 # Query operators that read a key's values (a repeated key makes them ambiguous).
@@ -575,10 +578,11 @@ class AccessPolicy:
 
     def warnings(self) -> list[str]:
         """What :meth:`unreachable` found, as sentences naming both rules, and resources
-        that look for a query string (they only ever see the path)."""
+        that need a ``?`` to match (they only ever see the path)."""
         text = {r.index: r.text for r in self._rules}
-        out = [f"access_control.rules[{r.index}].resources[{j}] looks for a '?', but "
-               "resources match the path only: put conditions on the query string in 'query'"
+        out = [f"access_control.rules[{r.index}].resources[{j}] matches only a path with a "
+               "'?' in it, but resources never see the query string: put conditions on the "
+               "query string in 'query'"
                for r in self._rules for j in r.query_like]
         out += [f"access_control.rules[{later}] can never apply: rule {earlier} "
                 f"({text[earlier]}) selects every request it would and decides them first"
@@ -688,6 +692,57 @@ def _compile_named_networks(entries: Iterable[Any],
     return named
 
 
+def _needs_question_mark(pattern: str, flags: int = 0) -> bool:
+    """Whether every match of ``pattern`` contains a ``?`` looked for as the start of a
+    query string: a literal ``?`` (``\\?``, ``[?]``) or a class with ``?`` but no ``/``
+    (``[?&]``). Authelia's ``^/api([/?].*)?$`` and ``[^?]`` work on paths: no. Anything the
+    parser does not show plainly counts as no (this only decides a warning)."""
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+    except (re.error, RecursionError, ValueError, TypeError):
+        return False
+    try:
+        return _requires_query_mark(list(parsed.data))
+    except (RecursionError, ValueError, TypeError, IndexError):
+        return False
+
+
+def _requires_query_mark(items: Sequence[Any]) -> bool:
+    """Over a parsed sequence: some element always matches a query-looking ``?``."""
+    return any(_element_requires(op, av) for op, av in items)
+
+
+def _element_requires(op: Any, av: Any) -> bool:
+    name = getattr(op, "name", str(op))
+    question, slash = ord("?"), ord("/")
+    if name == "LITERAL":
+        return bool(av == question)
+    if name == "IN":
+        kinds = [getattr(k, "name", str(k)) for k, _ in av]
+        if "NEGATE" in kinds or "CATEGORY" in kinds:
+            return False
+
+        def has(code: int) -> bool:
+            return any((getattr(k, "name", str(k)) == "LITERAL" and v == code)
+                       or (getattr(k, "name", str(k)) == "RANGE" and v[0] <= code <= v[1])
+                       for k, v in av)
+
+        return has(question) and not has(slash)
+    if name == "SUBPATTERN":
+        return _requires_query_mark(list(av[-1]))
+    if name == "ATOMIC_GROUP":
+        return _requires_query_mark(list(av))
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        low, _high, body = av
+        return bool(low >= 1) and _requires_query_mark(list(body))
+    if name == "BRANCH":
+        _, branches = av
+        return all(_requires_query_mark(list(b)) for b in branches)
+    if name == "ASSERT":
+        return _requires_query_mark(list(av[1]))
+    return False
+
+
 def _render(rule: AccessRule) -> str:
     """A short one-line rendering of a rule's set fields (``resources = ["^/x"], ...``)."""
     parts = []
@@ -751,7 +806,7 @@ class _Compiler:
         self._domains(rule, out)
         out.resources = tuple(self._regexes("resources", rule.resources, search=True))
         out.query_like = tuple(j for j, r in enumerate(out.resources)
-                               if _LOOKS_FOR_QUERY.search(r.pattern))
+                               if _needs_question_mark(r.pattern, r.flags))
         self._methods(rule, out)
         if rule.networks:
             out.networks = self._networks("networks", rule.networks)
