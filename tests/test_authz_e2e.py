@@ -304,6 +304,9 @@ def test_the_documented_layout_refuses_users_outside_the_subject(
             assert raw_get(base, target, "", host=host) == 401, target              # login
         assert raw_get(base, "/page", session_of(bob), host=host) == 200
         assert raw_get(base, "/healthz", "", host=host) == 200
+        # another host of server.allowed_hosts is just as gated (the review's F1: a rule
+        # scoped to app.example.com let bob in at Host: 127.0.0.1 through the catch-all)
+        assert raw_get(base, "/admin/users", session_of(bob), host="127.0.0.1") == 403
     denied = [json.loads(r.getMessage()) for r in caplog.records
               if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
     assert denied and all(d["user"] == "bob" and d["rule"] == 1 for d in denied)
