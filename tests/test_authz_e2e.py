@@ -467,3 +467,48 @@ def test_a_repeated_query_key_is_refused_as_ambiguous(
         (0, "bad_request", "rule 0: repeated query key format")}
 
 
+@contextmanager
+def serve_mounted(flavour: str, settings: Settings, root: str) -> Iterator[str]:
+    """protect(app) mounted at ``root``: ``uvicorn --root-path`` (the proxy in front strips
+    the prefix, so clients' targets arrive without it) or werkzeug's DispatcherMiddleware
+    (``SCRIPT_NAME``; targets include the prefix)."""
+    if flavour == "asgi":
+        with uvicorn_server(asgi.protect(asgi_inner(), settings), root_path=root) as url:
+            yield url
+    else:
+        from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+        def elsewhere(environ: dict[str, Any], start_response: Callable[..., Any]
+                      ) -> list[bytes]:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not mounted here"]
+
+        with wsgi_server(DispatcherMiddleware(elsewhere, {
+                root: wsgi.protect(wsgi_inner, settings)})) as url:
+            yield url
+
+
+def test_the_rules_match_the_path_the_app_routes_under_a_mount_point(flavour: str,
+                                                                     tmp_path: Path) -> None:
+    """Under /app the rules saw /app/admin/users while the app routed /admin/users, so
+    `^/admin(/|$)` missed and bob got 200. The documented layout, mounted."""
+    from secure_mw.testing import session_cookie
+
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]}, "session": {"store": "cookie"},
+        "access_control": documented_toml("layout")["access_control"]}, environ={})
+    bob = session_cookie(settings, {"sub": "bob", "groups": ["staff"]})
+    alice = session_cookie(settings, {"sub": "alice", "groups": ["admins"]}, auth_level=2)
+    sent = "" if flavour == "asgi" else "/app"     # what the client's target starts with
+    with serve_mounted(flavour, settings, "/app") as base:
+        for target in ("/admin/users", "/admin", "/admin/", "//admin/x", "/x/../admin"):
+            assert raw_get(base, sent + target, bob) == 403, target
+        assert raw_get(base, sent + "/admin/users", alice) == 200
+        assert raw_get(base, sent + "/page", bob) == 200
+        assert raw_get(base, sent + "/healthz") == 200
+        assert raw_get(base, sent + "/page") == 401
+        with httpx.Client() as client:
+            seen = client.get(base + sent + "/admin//users", headers={
+                "Cookie": alice, "Accept": "application/json"}).json()
+        assert seen["path"].endswith("/admin/users") and seen["sub"] == "alice"
+        assert raw_get(base, sent + "/../admin/users", alice) == 400   # leaves the mount
