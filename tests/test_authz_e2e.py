@@ -330,6 +330,13 @@ OIDC_USERS = [
     {"sub": "x", "password": "x-pw", "email": "x@corp.example", "email_verified": False},
     {"sub": "y", "password": "y-pw", "email": "y@corp.example", "email_verified": True},
     {"sub": "silent", "password": "silent-pw", "email": "boss@example.com"},  # no claim
+    # deny-lists: a claimed email (no email_verified) and other claims the rules read
+    {"sub": "mallory", "password": "mallory-pw", "email": "mallory@evil.test"},
+    {"sub": "eve", "password": "eve-pw", "email": "eve@evil.test"},
+    {"sub": "carl", "password": "carl-pw", "email": "carl@good.test", "email_verified": True,
+     "claims": {"department": "contractors", "org": {"unit": "ext"}}},
+    {"sub": "sam", "password": "sam-pw", "email": "sam@good.test", "email_verified": True,
+     "claims": {"department": "sales"}},
 ]
 
 
@@ -465,6 +472,59 @@ def test_a_repeated_query_key_is_refused_as_ambiguous(
     assert len(denied) == 4
     assert {(d["rule"], d["effect"], d["reason"]) for d in denied} == {
         (0, "bad_request", "rule 0: repeated query key format")}
+
+
+DENY_LIST_RULES = [
+    {"subject": ["email:mallory@evil.test"], "policy": "deny"},
+    {"resources": ["^/blocks(/|$)"], "allow": {"or": [{"accept": True}]},
+     "deny": {"or": [{"domain": "evil.test"}]}},
+    {"allow": {"or": [{"authenticated_user": True}]},
+     "deny": {"or": [{"claim/department": "contractors"}, {"claim/org/unit": "banned"}]}},
+]
+
+
+def test_deny_lists_deny_on_the_real_provider(flavour: str, idp: IdPServer) -> None:
+    """An email deny-list denies the claimed email even when the provider sends no
+    email_verified (it let mallory in with 200 since emails had to be verified), and a deny
+    block on another claim holds (sessions kept six claims, so it never did)."""
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "oidc": {"issuer": idp.issuer, "client_id": "authz", "client_secret": OIDC_SECRET},
+        "access_control": {"default_policy": "deny", "rules": DENY_LIST_RULES}}, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    expected = {"mallory": {"/page": 403, "/blocks": 403},
+                "eve": {"/page": 200, "/blocks": 403},
+                "carl": {"/page": 403, "/blocks": 200},
+                "sam": {"/page": 200, "/blocks": 200}}
+    with serve(flavour, lambda inner: module.protect(inner, settings,
+                                                     store=MemorySessionStore()),
+               port=OIDC_PORTS[0]) as base:
+        for user, statuses in expected.items():
+            with browser() as client:
+                oidc_sign_in(client, base, idp, user)
+                got = {path: client.get(base + path).status_code for path in statuses}
+                assert got == statuses, user
+
+
+def test_a_userinfo_email_does_not_inherit_the_id_tokens_flag(flavour: str,
+                                                              idp: IdPServer) -> None:
+    """The id_token says me@corp.example, verified; userinfo says boss@example.com with no
+    flag. The identity's email is userinfo's, so its flag must be too (it was the
+    id_token's: boss@example.com counted as verified)."""
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "oidc": {"issuer": idp.issuer, "client_id": "authz", "client_secret": OIDC_SECRET},
+        "access_control": {"default_policy": "deny", "rules": EMAIL_RULES}}, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    with serve(flavour, lambda inner: module.protect(inner, settings,
+                                                     store=MemorySessionStore()),
+               port=OIDC_PORTS[1]) as base, browser() as client:
+        idp.tamper_next_id_token({"email": "me@corp.example", "email_verified": True})
+        oidc_sign_in(client, base, idp, "silent")
+        me = client.get(base + "/.auth/me").json()
+        assert (me["email"], me["email_verified"]) == ("boss@example.com", False)
+        assert client.get(base + "/boss").status_code == 403
+        assert client.get(base + "/mail").status_code == 403
 
 
 @contextmanager

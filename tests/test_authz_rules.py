@@ -999,3 +999,22 @@ def test_the_documented_examples_do_what_the_docs_say() -> None:
                   ).effect == "deny"
     contractor = Identity(sub="c", email="contractor@partner.test", email_verified=True)
     assert decide(email, contractor, path="/staff/x").effect == "allow"
+
+
+# -- the claims the rules read -----------------------------------------------------------------
+
+
+def test_the_policy_names_the_top_level_claims_its_rules_read() -> None:
+    from secure_mw.authz.rules import claim_names
+
+    p = policy({"allow": {"or": [{"claim/department": "sales"},
+                                 {"not": [{"claim/org/team": "blue"}]}]},
+                "deny": {"and": [{"nor": [{"claim/roles": "r"}]}]}},
+               {"resources": ["^/x"], "policy": "authenticated"})
+    assert p.claim_names == {"department", "org", "roles"}
+    assert policy({"policy": "bypass"}).claim_names == frozenset()
+    # the names of rules that do not compile are still found (check-config reports those)
+    odd = AccessControlSettings(rules=[AccessRule(allow={"or": [{"claim/": 1}, "x", 3]}),
+                                       AccessRule(deny={"claim/level": 3})])
+    assert claim_names(odd) == {"level"}
+    assert decide(p, ALICE, path="/y").effect == "deny"              # team blue, no dept

@@ -69,7 +69,9 @@ key: a criterion or a nested operator. Criteria and their values:
   (``str.lower`` would turn the Kelvin sign U+212A into ``k``).
 * ``groups``: a list matcher — a bare string (``has``) or a table of ``has`` and ``exclude``.
 * ``claim/<name>[/<name>...]``: the (nested) claim equals the value, or, when the claim is a
-  list, contains it; a list of values means any of them.
+  list, contains it; a list of values means any of them. The raw claim: ``claim/email``
+  knows nothing of verification. :func:`claim_names` lists the top-level names, which the
+  session keeps for the rules.
 * ``source_ip``: a CIDR, address or named network, or a list of them.
 * ``cors_preflight: true``: an ``OPTIONS`` request with ``Origin`` and
   ``Access-Control-Request-Method``.
@@ -119,7 +121,7 @@ if sys.version_info >= (3, 11):
 else:
     import sre_parse as _sre_parse
 
-__all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step"]
+__all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step", "claim_names"]
 
 # "bad_request": the request is ambiguous for the deciding rule (a repeated query key), 400.
 Effect: TypeAlias = Literal["allow", "deny", "login", "two_factor", "bad_request"]
@@ -428,6 +430,8 @@ class AccessPolicy:
             else:
                 self._general.append(pos)
         self._merged: dict[str, list[int]] = {}
+        #: The top-level claims ``claim/…`` criteria read (:func:`claim_names`).
+        self.claim_names: frozenset[str] = frozenset()
         #: Number of compiled rules examined so far (for tests and benchmarks).
         self.rules_tested = 0
 
@@ -453,7 +457,9 @@ class AccessPolicy:
                 rules.append(compiled)
         if problems:
             raise ConfigError(problems)
-        return cls(rules, default, now or (lambda: datetime.now(timezone.utc)))
+        policy = cls(rules, default, now or (lambda: datetime.now(timezone.utc)))
+        policy.claim_names = claim_names(access_control)
+        return policy
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -690,6 +696,31 @@ def _compile_named_networks(entries: Iterable[Any],
                                               f"{value!r} is not a CIDR network"))
         named[name] = tuple(nets)
     return named
+
+
+def claim_names(access_control: AccessControlSettings) -> frozenset[str]:
+    """The top-level claim names the ``claim/<name>[/…]`` criteria of the rules' blocks read
+    (``claim/org/team`` reads ``org``): what a session must keep for the rules to see them.
+    Malformed rules are walked as far as they go (compiling them reports the problems)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if isinstance(key, str) and key.startswith("claim/"):
+                    first = key[6:].split("/", 1)[0]
+                    if first:
+                        names.add(first)
+                else:
+                    walk(value)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+
+    for rule in access_control.rules:
+        for block in ("allow", "deny"):
+            walk(getattr(rule, block, None))
+    return frozenset(names)
 
 
 def _needs_question_mark(pattern: str, flags: int = 0) -> bool:
