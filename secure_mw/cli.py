@@ -2,7 +2,8 @@
 
     secure-mw check-config FILE        print a summary and warnings, or every problem (exit 1)
     secure-mw explain URL [--config FILE] [--user NAME --group G ... --email E
-                          --email-verified --two-factor] [--method M] [--ip ADDR]
+                          --email-verified --two-factor --claim NAME=JSON ...]
+                          [--method M] [--ip ADDR] [--root PATH]
                                        which access rule decides a request, and why
                                        (exit 0 allowed, 3 refused, 4 login, 5 second factor)
     secure-mw hash-password            Argon2id PHC string; password from a prompt or stdin
@@ -37,6 +38,7 @@ from secure_mw.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from secure_mw.authz.layer import Explained
+    from secure_mw.http import RequestView
     from secure_mw.identity import Identity
     from secure_mw.login import User, UsersFile
     from secure_mw.login.totp import FileTOTPStore
@@ -153,8 +155,8 @@ def _demo(args: argparse.Namespace) -> int:
 # -- secure-mw explain ----------------------------------------------------------------------
 
 #: ``secure-mw explain`` exit statuses by the layer's effect (1: bad configuration, 2: usage).
-EXPLAIN_EXIT = {"allow": 0, "deny": 3, "bad_path": 3, "not_found": 3, "login": 4,
-                "two_factor": 5}
+EXPLAIN_EXIT = {"allow": 0, "own_page": 0, "deny": 3, "bad_path": 3, "not_found": 3,
+                "bad_request": 3, "login": 4, "two_factor": 5}
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -170,7 +172,12 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         settings = Settings.from_mapping({}, environ=environ) if args.no_env \
             else Settings.from_environment()
-    parts = urlsplit(args.url)
+    try:
+        parts = urlsplit(args.url)
+    except ValueError as exc:
+        raise _ExplainUsage(f"{args.url!r} is not a URL: {exc}") from None
+    if args.root is not None and not args.root.startswith("/"):
+        raise _ExplainUsage(f"--root {args.root!r} is not a path starting with '/'")
     if not parts.path.startswith("/") and not parts.netloc:
         print(f"{args.url!r} is neither an absolute URL nor a path starting with '/'",
               file=sys.stderr)
@@ -194,6 +201,11 @@ def _explain(args: argparse.Namespace) -> int:
                                                     "a domain cannot match)"))
     print(f"client    {args.ip}" if args.ip else "client    no address (networks match nothing)")
     print(f"identity  {_describe_identity(identity)}")
+    raw_bytes = raw.encode("utf-8", "surrogateescape")
+    early = _before_the_rules(settings, view, raw_bytes)
+    if early is not None:
+        _print_explained(early, settings.access_control.default_policy)
+        return EXPLAIN_EXIT[early.effect]
     if not settings.access_control.rules:
         print("rules     none: protect() adds no authorization layer, every request needs "
               "a login")
@@ -206,11 +218,69 @@ def _explain(args: argparse.Namespace) -> int:
         layer = AuthorizationLayer(settings)
     finally:
         quiet.disabled = False
-    explained = layer.explain(view, identity, raw.encode("latin-1", "replace"))
+    explained = layer.explain(view, identity, raw_bytes, root=args.root or "")
     _print_explained(explained, settings.access_control.default_policy)
     for warning in layer.policy.warnings():
         print(f"warning   {warning}")
     return EXPLAIN_EXIT[explained.effect]
+
+
+def _before_the_rules(settings: Settings, view: RequestView, raw: bytes) -> Explained | None:
+    """What the layers in front of the rules answer, as a live server does: the Host
+    guard's UTF-8 check (400), and the session layer's own pages under
+    ``server.auth_prefix``, which it answers for any path starting there (404 when it is
+    not one of them, ``/.auth/../x`` included)."""
+    from secure_mw.authz.layer import Explained
+    from secure_mw.authz.paths import PathRefused, check_utf8_path
+
+    try:
+        check_utf8_path(raw, encoded=True)
+    except PathRefused as exc:
+        return Explained("bad_path", f"refused before any rule (400): path refused: "
+                         f"{exc.reason}", view.path, None)
+    prefix = settings.server.auth_prefix
+    if settings.signed_headers.verify is not None or not view.path.startswith(prefix):
+        return None
+    page = view.path[len(prefix):]
+    if page in _own_pages(settings):
+        return Explained("own_page", f"served by secure_mw's own page {prefix}{page}, "
+                         "before any rule", view.path, None)
+    return Explained("not_found", f"answered by the session layer before any rule (404): "
+                     f"no page {page!r} under {prefix}", view.path, None)
+
+
+def _own_pages(settings: Settings) -> frozenset[str]:
+    """The pages the session core of ``settings`` serves under ``server.auth_prefix`` (as
+    ``_stack.session_core`` chooses it)."""
+    from pathlib import Path
+
+    common = {"login", "logout", "logged-out", "me"}
+    if settings.oidc is not None and not Path(settings.local_users.file).exists():
+        return frozenset({*common, "callback"})
+    local = {*common, "2fa"}
+    return frozenset({*local, "login/oidc", "callback"} if settings.oidc is not None
+                     else local)
+
+
+#: Claims that ``--user``, ``--email``, ``--email-verified`` and ``--group`` set.
+_IDENTITY_OPTIONS = {"sub": "--user", "email": "--email", "email_verified": "--email-verified",
+                     "groups": "--group"}
+
+
+def _explain_claims(values: Sequence[str]) -> dict[str, Any]:
+    claims: dict[str, Any] = {}
+    for item in values:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise _ExplainUsage(f"--claim {item!r} is not NAME=JSON_VALUE")
+        if name in _IDENTITY_OPTIONS:
+            raise _ExplainUsage(f"--claim {name}: use {_IDENTITY_OPTIONS[name]} for it")
+        try:
+            claims[name] = json.loads(text)
+        except ValueError:
+            raise _ExplainUsage(f"--claim {item!r}: the value is not JSON (a string is "
+                                f"written {name}='\"{text}\"')") from None
+    return claims
 
 
 def _explain_identity(args: argparse.Namespace) -> Identity | None:
@@ -219,15 +289,20 @@ def _explain_identity(args: argparse.Namespace) -> Identity | None:
     if args.user is None:
         given = [flag for flag, value in (("--group", args.group), ("--email", args.email),
                                           ("--email-verified", args.email_verified),
-                                          ("--two-factor", args.two_factor)) if value]
+                                          ("--two-factor", args.two_factor),
+                                          ("--claim", args.claim)) if value]
         if given:
             raise _ExplainUsage(f"{', '.join(given)} describe a user: give --user NAME too")
         return None
     if args.email_verified and not args.email:
         raise _ExplainUsage("--email-verified needs --email")
+    claims: dict[str, Any] = {"sub": args.user, "groups": list(args.group or ())}
+    if args.email:
+        claims.update(email=args.email, email_verified=args.email_verified)
+    claims.update(_explain_claims(args.claim or ()))
     return Identity(sub=args.user, email=args.email or "", email_verified=args.email_verified,
                     groups=args.group or (), auth_level=2 if args.two_factor else 1,
-                    source="explain")
+                    claims=claims, source="explain")
 
 
 class _ExplainUsage(Exception):
@@ -243,6 +318,10 @@ def _describe_identity(identity: Identity | None) -> str:
         state = "verified" if identity.email_verified else "not verified"
         parts.append(f"email {identity.email} ({state})")
     parts.append("two factors" if identity.two_factor else "one factor")
+    extra = {k: v for k, v in identity.claims.items() if k not in _IDENTITY_OPTIONS}
+    if extra:
+        parts.append("claims " + ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
+                                           for k, v in extra.items()))
     return "; ".join(parts)
 
 
@@ -292,10 +371,16 @@ def _add_explain_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="the email is verified (email rules only match verified emails)")
     p.add_argument("--two-factor", action="store_true",
                    help="the user has passed a second factor")
+    p.add_argument("--claim", action="append", metavar="NAME=JSON_VALUE",
+                   help="another claim of the user, for claim/... criteria, e.g. "
+                        "department='\"sales\"' or level=3 (repeat for several)")
     p.add_argument("--method", default="GET", help="the HTTP method (default GET)")
     p.add_argument("--ip", metavar="ADDR", help="the client address")
     p.add_argument("--header", action="append", metavar="'NAME: VALUE'",
                    help="a request header (repeat for several)")
+    p.add_argument("--root", metavar="PATH",
+                   help="the app's mount point (WSGI SCRIPT_NAME, uvicorn --root-path): the "
+                        "URL's path includes it, the rules see the path after it")
     p.set_defaults(func=_run_explain)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from secure_mw._driver import run_sync
+from secure_mw.authz.rules import claim_names
 from secure_mw.crypto import KeyRing
 from secure_mw.session.manager import SessionManager, SessionStore
 from secure_mw.session.model import identity_claims
@@ -31,8 +32,9 @@ def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level:
                    remember: bool = False, keyring: KeyRing | None = None,
                    store: SessionStore | None = None, source: str = "test") -> str:
     """A ``name=value`` Cookie header value for a new session of ``claims`` (``sub``
-    required; ``email``, ``email_verified``, ``name`` and ``groups`` are kept: access rules
-    on emails need ``"email_verified": True``).
+    required; ``email``, ``email_verified``, ``name`` and ``groups`` are kept, and the claims
+    the access rules of ``settings`` read with ``claim/…``, as a login keeps them; access
+    rules that admit by email need ``"email_verified": True``).
 
     Pass ``store`` when the app under test was given a store object of its own.
     """
@@ -47,7 +49,8 @@ def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level:
                              secure=settings.session.cookie_secure)
     groups_claim = settings.oidc.groups_claim if settings.oidc else "groups"
     assume = settings.oidc.assume_email_verified if settings.oidc else False
-    kept = identity_claims(claims, groups_claim, assume_email_verified=assume)
+    kept = identity_claims(claims, groups_claim, assume_email_verified=assume,
+                           keep=claim_names(settings.access_control))
     session = manager.new(claims={**kept, "sub": claims["sub"]},
                           auth_level=auth_level, source=source, remember=remember)
     set_cookies = run_sync(manager.save(session, new=True))

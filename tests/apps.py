@@ -70,10 +70,12 @@ def wsgi_inner(environ: dict[str, Any], start_response: Callable[..., Any]) -> l
 
 
 @contextmanager
-def uvicorn_server(app: Any, port: int | None = None) -> Iterator[str]:
+def uvicorn_server(app: Any, port: int | None = None, **options: Any) -> Iterator[str]:
+    """``options``: more of uvicorn.Config's (``root_path="/app"``)."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="off", ws="websockets-sansio", proxy_headers=False)
+                            lifespan="off", ws="websockets-sansio", proxy_headers=False,
+                            **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

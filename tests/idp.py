@@ -56,7 +56,8 @@ class IdPServer:
     """The test OpenID provider on a free loopback port, with the given clients and users.
 
     ``clients`` are oidc-provider client metadata; ``users`` are ``{sub, password, email,
-    email_verified, name, groups}``; ``ttl`` overrides lifetimes in seconds (AccessToken,
+    email_verified, name, groups, claims}`` (``claims``: any other claims, such as
+    ``{"department": "sales"}``); ``ttl`` overrides lifetimes in seconds (AccessToken,
     IdToken, RefreshToken, Session, Interaction, Grant, AuthorizationCode). The ID tokens are
     signed with a fresh key per algorithm in ``algorithms`` (the first one by default);
     :attr:`jwks_private` holds them, so tests can sign tokens the IdP's JWKS verifies.
@@ -240,6 +241,10 @@ class IdPServer:
     def enable_user(self, sub: str) -> None:
         """Undo :meth:`disable_user`."""
         self._control(f"users/{quote(sub, safe='')}/enable")
+
+    def set_claims(self, sub: str, claims: Mapping[str, Any]) -> None:
+        """Replace the user's other claims (names some user had in the config) from now on."""
+        self._control(f"users/{quote(sub, safe='')}/claims", claims)
 
     def set_jwks(self, mode: str) -> None:
         """What ``/jwks`` answers from now on: ``"normal"`` (the key set), ``"garbage"``

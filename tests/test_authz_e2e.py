@@ -78,12 +78,13 @@ def sign_in(client: httpx.Client, base: str, user: str, password: str) -> None:
     assert done.status_code == 303
 
 
-def raw_get(base: str, target: str, cookie: str = "", *, host: str = "") -> int:
+def raw_get(base: str, target: str, cookie: str = "", *, host: str = "",
+            method: str = "GET") -> int:
     """The status of a request whose target is sent exactly as written (no client-side
     normalization of dot segments or escapes), to ``host`` (default: the server's)."""
     parts = urlsplit(base)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        request = (f"GET {target} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
+        request = (f"{method} {target} HTTP/1.1\r\nHost: {host or parts.netloc}\r\n"
                    f"Accept: application/json\r\nConnection: close\r\n")
         if cookie:
             request += f"Cookie: {cookie}\r\n"
@@ -303,6 +304,9 @@ def test_the_documented_layout_refuses_users_outside_the_subject(
             assert raw_get(base, target, "", host=host) == 401, target              # login
         assert raw_get(base, "/page", session_of(bob), host=host) == 200
         assert raw_get(base, "/healthz", "", host=host) == 200
+        # another host of server.allowed_hosts is just as gated (the review's F1: a rule
+        # scoped to app.example.com let bob in at Host: 127.0.0.1 through the catch-all)
+        assert raw_get(base, "/admin/users", session_of(bob), host="127.0.0.1") == 403
     denied = [json.loads(r.getMessage()) for r in caplog.records
               if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
     assert denied and all(d["user"] == "bob" and d["rule"] == 1 for d in denied)
@@ -326,6 +330,13 @@ OIDC_USERS = [
     {"sub": "x", "password": "x-pw", "email": "x@corp.example", "email_verified": False},
     {"sub": "y", "password": "y-pw", "email": "y@corp.example", "email_verified": True},
     {"sub": "silent", "password": "silent-pw", "email": "boss@example.com"},  # no claim
+    # deny-lists: a claimed email (no email_verified) and other claims the rules read
+    {"sub": "mallory", "password": "mallory-pw", "email": "mallory@evil.test"},
+    {"sub": "eve", "password": "eve-pw", "email": "eve@evil.test"},
+    {"sub": "carl", "password": "carl-pw", "email": "carl@good.test", "email_verified": True,
+     "claims": {"department": "contractors", "org": {"unit": "ext"}}},
+    {"sub": "sam", "password": "sam-pw", "email": "sam@good.test", "email_verified": True,
+     "claims": {"department": "sales"}},
 ]
 
 
@@ -415,3 +426,174 @@ def test_a_padded_query_string_does_not_slip_past_query_conditions(
         assert raw_get(base, "/x?debug=1", session_of(bob)) == 403
         assert raw_get(base, padded, session_of(bob)) == 403
         assert raw_get(base, "/x?debug=2&" + "&".join(["a=1"] * 20), session_of(bob)) == 200
+
+
+# -- the review of the access-rule change: HEAD, repeated keys, deny-lists, mount points -------
+
+
+def test_head_is_gated_like_get(flavour: str, tmp_path: Path) -> None:
+    """A server answers HEAD with the GET handler (status, headers and Content-Length of
+    the page): a rule listing GET selects HEAD too. Before: bob's HEAD /admin/users got 200
+    on every server."""
+    rules = {"default_policy": "deny", "rules": [
+        {"resources": ["^/admin(/|$)"], "methods": ["GET", "POST"],
+         "subject": [["group:admins"]], "policy": "authenticated"},
+        {"policy": "authenticated"}]}
+    with serve_rules(flavour, tmp_path, rules) as base, browser() as bob, \
+            browser() as alice:
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        sign_in(alice, base, "alice", "quartz falcon 11")
+        for method in ("GET", "HEAD", "POST"):
+            assert raw_get(base, "/admin/users", session_of(bob), method=method) == 403, method
+            assert raw_get(base, "/admin/users", session_of(alice), method=method) == 200
+        assert raw_get(base, "/page", session_of(bob), method="HEAD") == 200
+
+
+def test_a_repeated_query_key_is_refused_as_ambiguous(
+        flavour: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette reads a repeated key's last value, werkzeug its first: a bypass for
+    format=csv let an anonymous format=csv&format=pdf through (200) while the app read pdf.
+    Now 400, audited."""
+    rules = {"default_policy": "deny", "rules": [
+        {"resources": ["^/export$"], "query": [{"key": "format", "value": "csv"}],
+         "policy": "bypass"},
+        {"policy": "authenticated"}]}
+    with serve_rules(flavour, tmp_path, rules) as base, browser() as bob:
+        assert raw_get(base, "/export?format=csv") == 200
+        assert raw_get(base, "/export?format=pdf") == 401
+        for target in ("/export?format=csv&format=pdf", "/export?format=pdf&format=csv",
+                       "/export?format=csv&%66ormat=pdf"):
+            assert raw_get(base, target) == 400, target
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        assert raw_get(base, "/export?format=pdf&format=csv", session_of(bob)) == 400
+        assert raw_get(base, "/other?format=pdf&format=csv", session_of(bob)) == 200
+    denied = [json.loads(r.getMessage()) for r in caplog.records
+              if r.name == "secure_mw.audit" and '"authorization_denied"' in r.getMessage()]
+    assert len(denied) == 4
+    assert {(d["rule"], d["effect"], d["reason"]) for d in denied} == {
+        (0, "bad_request", "rule 0: repeated query key format")}
+
+
+DENY_LIST_RULES = [
+    {"subject": ["email:mallory@evil.test"], "policy": "deny"},
+    {"resources": ["^/blocks(/|$)"], "allow": {"or": [{"accept": True}]},
+     "deny": {"or": [{"domain": "evil.test"}]}},
+    {"allow": {"or": [{"authenticated_user": True}]},
+     "deny": {"or": [{"claim/department": "contractors"}, {"claim/org/unit": "banned"}]}},
+]
+
+
+def test_deny_lists_deny_on_the_real_provider(flavour: str, idp: IdPServer) -> None:
+    """An email deny-list denies the claimed email even when the provider sends no
+    email_verified (it let mallory in with 200 since emails had to be verified), and a deny
+    block on another claim holds (sessions kept six claims, so it never did)."""
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "oidc": {"issuer": idp.issuer, "client_id": "authz", "client_secret": OIDC_SECRET},
+        "access_control": {"default_policy": "deny", "rules": DENY_LIST_RULES}}, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    expected = {"mallory": {"/page": 403, "/blocks": 403},
+                "eve": {"/page": 200, "/blocks": 403},
+                "carl": {"/page": 403, "/blocks": 200},
+                "sam": {"/page": 200, "/blocks": 200}}
+    with serve(flavour, lambda inner: module.protect(inner, settings,
+                                                     store=MemorySessionStore()),
+               port=OIDC_PORTS[0]) as base:
+        for user, statuses in expected.items():
+            with browser() as client:
+                oidc_sign_in(client, base, idp, user)
+                got = {path: client.get(base + path).status_code for path in statuses}
+                assert got == statuses, user
+
+
+def test_a_userinfo_email_does_not_inherit_the_id_tokens_flag(flavour: str,
+                                                              idp: IdPServer) -> None:
+    """The id_token says me@corp.example, verified; userinfo says boss@example.com with no
+    flag. The identity's email is userinfo's, so its flag must be too (it was the
+    id_token's: boss@example.com counted as verified)."""
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "oidc": {"issuer": idp.issuer, "client_id": "authz", "client_secret": OIDC_SECRET},
+        "access_control": {"default_policy": "deny", "rules": EMAIL_RULES}}, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    with serve(flavour, lambda inner: module.protect(inner, settings,
+                                                     store=MemorySessionStore()),
+               port=OIDC_PORTS[1]) as base, browser() as client:
+        idp.tamper_next_id_token({"email": "me@corp.example", "email_verified": True})
+        oidc_sign_in(client, base, idp, "silent")
+        me = client.get(base + "/.auth/me").json()
+        assert (me["email"], me["email_verified"]) == ("boss@example.com", False)
+        assert client.get(base + "/boss").status_code == 403
+        assert client.get(base + "/mail").status_code == 403
+
+
+@contextmanager
+def serve_mounted(flavour: str, settings: Settings, root: str) -> Iterator[str]:
+    """protect(app) mounted at ``root``: ``uvicorn --root-path`` (the proxy in front strips
+    the prefix, so clients' targets arrive without it) or werkzeug's DispatcherMiddleware
+    (``SCRIPT_NAME``; targets include the prefix)."""
+    if flavour == "asgi":
+        with uvicorn_server(asgi.protect(asgi_inner(), settings), root_path=root) as url:
+            yield url
+    else:
+        from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+        def elsewhere(environ: dict[str, Any], start_response: Callable[..., Any]
+                      ) -> list[bytes]:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not mounted here"]
+
+        with wsgi_server(DispatcherMiddleware(elsewhere, {
+                root: wsgi.protect(wsgi_inner, settings)})) as url:
+            yield url
+
+
+def test_the_rules_match_the_path_the_app_routes_under_a_mount_point(flavour: str,
+                                                                     tmp_path: Path) -> None:
+    """Under /app the rules saw /app/admin/users while the app routed /admin/users, so
+    `^/admin(/|$)` missed and bob got 200. The documented layout, mounted."""
+    from secure_mw.testing import session_cookie
+
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]}, "session": {"store": "cookie"},
+        "access_control": documented_toml("layout")["access_control"]}, environ={})
+    bob = session_cookie(settings, {"sub": "bob", "groups": ["staff"]})
+    alice = session_cookie(settings, {"sub": "alice", "groups": ["admins"]}, auth_level=2)
+    sent = "" if flavour == "asgi" else "/app"     # what the client's target starts with
+    with serve_mounted(flavour, settings, "/app") as base:
+        for target in ("/admin/users", "/admin", "/admin/", "//admin/x", "/x/../admin"):
+            assert raw_get(base, sent + target, bob) == 403, target
+        assert raw_get(base, sent + "/admin/users", alice) == 200
+        assert raw_get(base, sent + "/page", bob) == 200
+        assert raw_get(base, sent + "/healthz") == 200
+        assert raw_get(base, sent + "/page") == 401
+        with httpx.Client() as client:
+            seen = client.get(base + sent + "/admin//users", headers={
+                "Cookie": alice, "Accept": "application/json"}).json()
+        assert seen["path"].endswith("/admin/users") and seen["sub"] == "alice"
+        assert raw_get(base, sent + "/../admin/users", alice) == 400   # leaves the mount
+
+
+def test_two_host_headers_do_not_walk_around_a_domain_gate(flavour: str,
+                                                          tmp_path: Path) -> None:
+    """Two Host headers: the rules must not judge one host while the app routes the other
+    (Starlette's Host routing takes the first). Held when reviewed; kept as a test."""
+    rules = {"default_policy": "deny", "rules": [
+        {"domain": ["admin.example.com"], "subject": [["group:admins"]],
+         "policy": "authenticated"},
+        {"policy": "authenticated"}]}
+    hosts = ("admin.example.com", "www.example.com")
+    with serve_rules(flavour, tmp_path, rules, hosts=hosts) as base, browser() as bob:
+        sign_in(bob, base, "bob", "velvet harbor 22")
+        assert raw_get(base, "/settings", session_of(bob), host="admin.example.com") == 403
+        assert raw_get(base, "/settings", session_of(bob), host="www.example.com") == 200
+        parts = urlsplit(base)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(("GET /settings HTTP/1.1\r\nHost: admin.example.com\r\n"
+                          "Host: www.example.com\r\nAccept: application/json\r\n"
+                          f"Cookie: {session_of(bob)}\r\nConnection: close\r\n\r\n"
+                          ).encode("latin-1"))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert int(data.split(b" ", 2)[1]) in (400, 403)

@@ -247,13 +247,66 @@ def test_query_conditions() -> None:
          "policy": "two_factor"},
     )
     assert decide(p, query="mode=admin").effect == "deny"
-    assert decide(p, query="mode=user&mode=admin").effect == "deny"
+    assert decide(p, query="mode=user&mode=admin") == Decision(
+        "bad_request", 0, "rule 0: repeated query key mode")     # ambiguous: refused
     assert decide(p, query="token=").effect == "allow"
     assert decide(p, query="v=12").effect == "allow"
     assert decide(p, query="v=12&x=1").rule == 2      # x present: the AND fails
     assert decide(p, query="lang=en").rule is None
     assert decide(p, ALICE, query="lang=fr").effect == "two_factor"
     assert decide(p, ALICE, query="").effect == "two_factor"   # absent counts as not equal
+
+
+def test_a_repeated_key_a_value_condition_reads_is_refused_as_ambiguous() -> None:
+    """F3 of the review: Starlette reads the last value, werkzeug the first; a bypass for
+    format=csv must not admit format=csv&format=pdf, nor a deny for mode=admin miss
+    mode=user&mode=admin."""
+    p = policy({"resources": ["^/export$"], "query": [{"key": "format", "value": "csv"}],
+                "policy": "bypass"},
+               {"resources": ["^/tags$"], "query": [{"key": "tag", "operator": "present"}],
+                "policy": "bypass"},
+               {"policy": "authenticated"})
+    assert decide(p, path="/export", query="format=csv").effect == "allow"
+    assert decide(p, path="/export", query="format=pdf").effect == "login"
+    for query in ("format=csv&format=pdf", "format=pdf&format=csv", "format=csv&format=csv",
+                  "format=csv&%66ormat=pdf", "format=csv&format"):
+        assert decide(p, path="/export", query=query) == Decision(
+            "bad_request", 0, "rule 0: repeated query key format"), query
+    # present/absent read no value; a rule the request does not reach judges nothing
+    assert decide(p, path="/tags", query="tag=a&tag=b").effect == "allow"
+    assert decide(p, BOB, path="/other", query="format=a&format=b").effect == "allow"
+    ex = p.explain(view(path="/export", query="format=csv&format=pdf"), None, path="/export")
+    assert ex.decision.effect == "bad_request" and ex.steps[0].decides
+
+
+def test_a_get_rule_selects_head() -> None:
+    """F2 of the review: a server runs the GET handler for HEAD."""
+    p = policy({"resources": ["^/admin(/|$)"], "methods": ["GET", "POST"],
+                "subject": [["group:admins"]], "policy": "authenticated"},
+               {"methods": ["put"], "policy": "deny"},
+               {"policy": "authenticated"})
+    for method in ("GET", "HEAD", "POST"):
+        assert decide(p, BOB, path="/admin/users", method=method) == Decision(
+            "deny", 0, "rule 0: subject does not match"), method
+    assert decide(p, BOB, path="/admin/users", method="OPTIONS").effect == "allow"
+    assert decide(p, BOB, path="/x", method="PUT").effect == "deny"
+    # HEAD is not a GET: a HEAD-only rule does not select GET
+    head = policy({"methods": ["HEAD"], "policy": "deny"}, {"policy": "bypass"})
+    assert decide(head, method="GET").effect == "allow"
+    assert decide(head, method="HEAD").effect == "deny"
+    # the blocks' http_method: HEAD matches what GET matches
+    blocks = policy({"allow": {"or": [{"accept": True}]},
+                     "deny": {"and": [{"http_method": "GET"}, {"groups": "dev"}]}})
+    assert decide(blocks, BOB, method="HEAD").effect == "deny"
+    assert decide(blocks, BOB, method="POST").effect == "allow"
+    only_get = policy({"allow": {"or": [{"http_method": {"in": ["get"]}}]}})
+    assert decide(only_get, BOB, method="HEAD").effect == "allow"
+    assert decide(only_get, BOB, method="DELETE").effect == "deny"
+
+
+def test_a_get_rule_covers_a_later_head_rule() -> None:
+    assert policy({"methods": ["GET"], "policy": "deny"},
+                  {"methods": ["HEAD"], "policy": "bypass"}).unreachable() == [(1, 0)]
 
 
 # -- configuration errors --------------------------------------------------------------------
@@ -603,14 +656,118 @@ def test_email_criteria_match_only_a_verified_email(rule: dict[str, Any]) -> Non
     assert UNVERIFIED_BOSS.as_dict()["email_verified"] is False
 
 
-def test_an_unverified_email_is_no_email_to_the_blocks() -> None:
+def test_an_unverified_email_grants_nothing_in_the_blocks() -> None:
     p = policy({"allow": {"or": [{"domain": "corp.example"}]}})
     assert decide(p, UNVERIFIED_CORP).effect == "deny"
-    p = policy({"allow": {"not": [{"domain": "corp.example"}]}})   # a deny-list: weak
-    assert decide(p, UNVERIFIED_CORP).effect == "allow"
     assert decide(p, None).effect == "login"
-    verified = Identity(sub="y", email="y@corp.example", email_verified=True)
-    assert decide(p, verified).effect == "deny"
+
+
+# -- emails and polarity: a criterion that can only refuse sees the claimed email -------------
+
+MALLORY = Identity(sub="m", email="Mallory@Evil.test", email_verified=True)
+CLAIMS_MALLORY = Identity(sub="m2", email="mallory@evil.test")          # no email_verified
+OTHER = Identity(sub="o", email="other@good.test", email_verified=True)
+CLAIMS_OTHER = Identity(sub="o2", email="other@good.test")
+NO_EMAIL = Identity(sub="n")
+WHO = (MALLORY, CLAIMS_MALLORY, OTHER, CLAIMS_OTHER, NO_EMAIL)
+ACCEPT = {"accept": True}
+
+
+def _email(c: str) -> dict[str, Any]:
+    return {"email": "mallory@evil.test"} if c == "email" else {"domain": "evil.test"}
+
+
+# (rules, the effect for each of WHO); "email" in a rule is replaced by both criteria.
+POLARITY = [
+    # subjects: a deny rule's restricts, a gate's or a continue rule's grants
+    ([{"subject": ["email:mallory@evil.test"], "policy": "deny"}, {"policy": "bypass"}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"subject": [["email:mallory@evil.test", "user:m2"]], "policy": "deny"},
+      {"policy": "bypass"}],
+     ("allow", "deny", "allow", "allow", "allow")),
+    ([{"subject": ["email:mallory@evil.test"], "policy": "authenticated"}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    ([{"subject": ["email:mallory@evil.test"], "subject_mismatch": "continue",
+       "policy": "authenticated"}, {"policy": "deny"}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    # allow blocks: a criterion grants; under one not/nor it restricts; under two, grants
+    ([{"allow": {"or": ["email"]}}], ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"not": ["email"]}}], ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"nor": ["email"]}}], ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"and": [ACCEPT, {"not": [{"or": ["email"]}]}]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"not": [{"not": ["email"]}]}}], ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"nor": [{"nor": ["email"]}]}}], ("allow", "deny", "deny", "deny", "deny")),
+    # deny blocks: a criterion restricts; under one not/nor it grants; under two, restricts
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"or": ["email"]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"and": [{"or": ["email"]}]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"not": ["email"]}}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"nor": ["email"]}}],
+     ("allow", "deny", "deny", "deny", "deny")),
+    ([{"allow": {"or": [ACCEPT]}, "deny": {"nor": [{"not": ["email"]}]}}],
+     ("deny", "deny", "allow", "allow", "allow")),
+]
+
+
+def _with(rules: list[dict[str, Any]], criterion: str) -> list[dict[str, Any]]:
+    def swap(node: Any) -> Any:
+        if node == "email":
+            return _email(criterion)
+        if isinstance(node, dict):
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+    return [swap(r) for r in rules]
+
+
+@pytest.mark.parametrize(("rules", "effects", "criterion"), [
+    (rules, effects, criterion) for rules, effects in POLARITY
+    for criterion in (("email",) if "subject" in rules[0] else ("email", "domain"))])
+def test_email_criteria_follow_their_polarity(rules: list[dict[str, Any]],
+                                              effects: tuple[str, ...], criterion: str) -> None:
+    """A claimed but unverified email counts where the criterion can only refuse (the
+    subject of a deny rule, a deny block, under an odd number of not/nor in an allow
+    block) and never where it grants."""
+    p = policy(*_with(rules, criterion))
+    assert tuple(decide(p, who).effect for who in WHO) == effects
+    anonymous = decide(p, None).effect
+    assert anonymous in ("login", "allow")       # never decided on an email nobody has
+
+
+def test_the_reviewed_deny_lists_deny_the_claimed_email() -> None:
+    """F4 of the review: mallory's provider sends no email_verified."""
+    p = policy({"subject": ["email:mallory@evil.test"], "policy": "deny"},
+               {"allow": {"or": [{"accept": True}]}, "deny": {"or": [{"domain": "evil.test"}]},
+                "resources": ["^/blocks(/|$)"]},
+               {"policy": "authenticated"})
+    assert decide(p, CLAIMS_MALLORY, path="/page") == Decision("deny", 0, "rule 0: deny")
+    assert decide(p, Identity(sub="m3", email="x@evil.test"), path="/blocks").effect == "deny"
+    assert decide(p, CLAIMS_OTHER, path="/blocks").effect == "allow"
+
+
+# -- case folding: ASCII letters only ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [
+    {"subject": ["email:kate@example.com"], "policy": "authenticated"},
+    {"allow": {"or": [{"email": "kate@example.com"}]}},
+    {"allow": {"or": [{"email": {"in": ["KATE@example.com"]}}]}},
+    {"allow": {"or": [{"domain": "kelvin.test"}]}},
+])
+def test_a_kelvin_sign_is_not_a_k(rule: dict[str, Any]) -> None:
+    p = policy(rule)
+    kelvin = Identity(sub="x", email="\u212aate@example.com", email_verified=True)
+    kelvin_domain = Identity(sub="y", email="a@\u212aelvin.test", email_verified=True)
+    assert "\u212aate".lower() == "kate"                        # what str.lower() did
+    assert decide(p, kelvin).effect == "deny"
+    assert decide(p, kelvin_domain).effect == "deny"
+    kate = Identity(sub="k", email="Kate@Example.COM", email_verified=True)
+    ascii_domain = Identity(sub="z", email="a@KELVIN.test", email_verified=True)
+    assert "allow" in (decide(p, kate).effect, decide(p, ascii_domain).effect)
 
 
 def test_email_verified_needs_an_email() -> None:
@@ -620,11 +777,38 @@ def test_email_verified_needs_an_email() -> None:
 # -- resources that look for a query; rules that can never apply ----------------------------
 
 
-def test_resources_that_look_for_a_query_string_are_a_warning() -> None:
+def test_resources_that_need_a_question_mark_are_a_warning() -> None:
     p = policy({"resources": ["^/ok$", r"[?&]debug=1"], "policy": "deny"},
                {"resources": [r"^/api\?v=2", r"^/x/?$"], "policy": "deny"})
-    assert [w.split(" ")[0] for w in p.warnings()] == [
-        "access_control.rules[0].resources[1]", "access_control.rules[1].resources[0]"]
+    assert p.warnings() == [
+        "access_control.rules[0].resources[1] matches only a path with a '?' in it, but "
+        "resources never see the query string: put conditions on the query string in 'query'",
+        "access_control.rules[1].resources[0] matches only a path with a '?' in it, but "
+        "resources never see the query string: put conditions on the query string in 'query'"]
+
+
+@pytest.mark.parametrize(("pattern", "warns"), [
+    (r"^/files/[^?]+\.pdf$", False),       # a negated class: works on paths
+    (r"^/api([/?].*)?$", False),            # Authelia's idiom: /api, /api/..., /api?...
+    (r"^/api(\?.*)?$", False),              # optional: matches /api
+    (r"^/x(/|\?)", False),                  # an alternative without "?"
+    (r"^/x[ -@]", False),                    # a range holding "/" too
+    (r"^/x\??$", False),
+    (r"^/x[^/?]*$", False),
+    (r"[?&]debug=1", True),
+    (r"^/api\?v=2", True),
+    (r"^/a[?]b", True),
+    (r"(?i)^/A\?", True),
+    (r"^/x(\?a|\?b)", True),                # every alternative needs one
+    (r"^/x(?:\?)+", True),
+    (r"^/x(?=.*\?)", True),
+])
+def test_the_question_mark_warning_names_only_patterns_that_need_one(
+        pattern: str, warns: bool) -> None:
+    p = policy({"resources": [pattern], "policy": "bypass"}, {"policy": "authenticated"})
+    assert bool(p.warnings()) is warns
+    if not warns:
+        assert decide(p, path="/api").effect in ("allow", "login")
 
 
 def unreachable(*rules: dict[str, Any]) -> list[tuple[int, int]]:
@@ -815,3 +999,22 @@ def test_the_documented_examples_do_what_the_docs_say() -> None:
                   ).effect == "deny"
     contractor = Identity(sub="c", email="contractor@partner.test", email_verified=True)
     assert decide(email, contractor, path="/staff/x").effect == "allow"
+
+
+# -- the claims the rules read -----------------------------------------------------------------
+
+
+def test_the_policy_names_the_top_level_claims_its_rules_read() -> None:
+    from secure_mw.authz.rules import claim_names
+
+    p = policy({"allow": {"or": [{"claim/department": "sales"},
+                                 {"not": [{"claim/org/team": "blue"}]}]},
+                "deny": {"and": [{"nor": [{"claim/roles": "r"}]}]}},
+               {"resources": ["^/x"], "policy": "authenticated"})
+    assert p.claim_names == {"department", "org", "roles"}
+    assert policy({"policy": "bypass"}).claim_names == frozenset()
+    # the names of rules that do not compile are still found (check-config reports those)
+    odd = AccessControlSettings(rules=[AccessRule(allow={"or": [{"claim/": 1}, "x", 3]}),
+                                       AccessRule(deny={"claim/level": 3})])
+    assert claim_names(odd) == {"level"}
+    assert decide(p, ALICE, path="/y").effect == "deny"              # team blue, no dept

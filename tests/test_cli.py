@@ -281,3 +281,141 @@ def test_the_documented_redis_fallback_starts_as_check_config_says(tmp_path: Pat
     async def app(scope: object, receive: object, send: object) -> None: ...
 
     protect(app, Settings.from_file(config, environ={}))  # type: ignore[arg-type]
+# -- explain agrees with a live server ----------------------------------------------------------
+
+LIVE_TOML = """
+[server]
+external_url = "https://app.example.com"
+[session]
+store = "cookie"
+[access_control]
+default_policy = "deny"
+[[access_control.rules]]
+resources = ["^/v(/|$)"]
+allow = {or = [{"claim/department" = "sales"}]}
+[[access_control.rules]]
+resources = ["^/admin(/|$)"]
+methods = ["GET"]
+subject = ["group:admins"]
+policy = "authenticated"
+[[access_control.rules]]
+resources = ["^/export$"]
+query = [{key = "format", value = "csv"}]
+policy = "bypass"
+[[access_control.rules]]
+policy = "authenticated"
+"""
+
+
+def _status(base: str, target: str, cookie: str, method: str = "GET") -> int:
+    """The status for a target sent exactly as written, with Host app.example.com."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    assert parts.hostname and parts.port
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall((f"{method} {target} HTTP/1.1\r\nHost: app.example.com\r\n"
+                      f"Accept: application/json\r\nCookie: {cookie}\r\n"
+                      "Connection: close\r\n\r\n").encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_explain_agrees_with_a_live_server(tmp_path: Path) -> None:
+    """The review's differential test: claim criteria (explain's identity had no claims),
+    a path normalizing into /.auth/ (explain allowed what the session layer answers with
+    404), a non-UTF-8 path, a repeated query key, HEAD on a GET gate."""
+    from secure_mw import Settings, asgi, wsgi
+    from secure_mw.testing import session_cookie
+    from tests.apps import serve
+
+    config = _live_config(tmp_path)
+    settings = Settings.from_file(config, environ=None)
+    people = {"sales": ({"sub": "s", "department": "sales"}, ["--claim", 'department="sales"']),
+              "contractor": ({"sub": "c", "department": "contractors"},
+                             ["--claim", 'department="contractors"']),
+              "bob": ({"sub": "bob", "groups": ["staff"]}, ["--group", "staff"]),
+              "anonymous": (None, [])}
+    cases = [("sales", "GET", "/v"), ("contractor", "GET", "/v"), ("anonymous", "GET", "/v"),
+             ("anonymous", "GET", "/p%C0%AF"), ("sales", "GET", "/.auth/../p"),
+             ("anonymous", "GET", "/.auth/%2e%2e/p"),
+             ("anonymous", "GET", "/export?format=csv&format=pdf"),
+             ("anonymous", "GET", "/export?format=csv"), ("bob", "HEAD", "/admin"),
+             ("bob", "GET", "/page")]
+    exit_for = {200: 0, 400: 3, 403: 3, 404: 3, 401: 4}
+    for flavour in ("asgi", "wsgi"):
+        module = asgi if flavour == "asgi" else wsgi
+        with serve(flavour, lambda inner, m=module: m.protect(inner, settings)) as base:
+            for who, method, target in cases:
+                claims, options = people[who]
+                cookie = session_cookie(settings, claims) if claims else ""
+                live = _status(base, target, cookie, method)
+                argv = ["explain", f"https://app.example.com{target}", "--config", str(config),
+                        "--no-env", "--method", method]
+                if claims:
+                    argv += ["--user", claims["sub"], *options]
+                result = cli(*argv, cwd=tmp_path)
+                assert "Traceback" not in result.stderr
+                assert result.returncode == exit_for[live], (flavour, who, target, live,
+                                                             result.stdout)
+
+
+def _live_config(tmp_path: Path) -> Path:
+    config = tmp_path / "secure-mw.toml"
+    config.write_text(f'[keys]\nencryption_keys = ["{KeyRing.new_key_text()}"]\n' + LIVE_TOML)
+    return config
+
+
+def test_explain_takes_claims_and_a_mount_point(tmp_path: Path) -> None:
+    config = _live_config(tmp_path)
+
+    def explain(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli("explain", "--config", str(config), "--no-env", *args)
+
+    sales = explain("/v", "--user", "s", "--claim", 'department="sales"', "--claim", "level=3")
+    assert sales.returncode == 0
+    assert 'identity  s; no groups; one factor; claims department="sales", level=3' \
+        in sales.stdout
+    # under --root the rules see the path after the mount point, as the app routes it
+    mounted = explain("/app/admin/users", "--root", "/app", "--user", "bob")
+    assert mounted.returncode == 3 and "path '/admin/users'" in mounted.stdout
+    assert explain("/app/admin/users", "--user", "bob").returncode == 0
+    assert explain("/app/../admin", "--root", "/app", "--user", "bob").returncode == 3
+    assert explain("/.auth/login").returncode == 0            # the session layer's own page
+    for bad in (["--root", "app"], ["--claim", "department=sales", "--user", "s"],
+                ["--claim", "email=\"x@y\"", "--user", "s"], ["--claim", "nothing"],
+                ["--claim", 'department="x"']):
+        refused = explain("/v", *bad)
+        assert refused.returncode == 2 and refused.stderr, bad
+        assert "Traceback" not in refused.stderr
+
+
+def test_explain_says_a_malformed_url_is_bad_usage(tmp_path: Path) -> None:
+    config = _live_config(tmp_path)
+    for url in ("https://[::1/admin", "http://[x]/"):
+        result = cli("explain", url, "--config", str(config), "--no-env")
+        assert result.returncode == 2, result.stderr
+        assert "is not a URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_explain_knows_the_pages_the_session_layer_serves(tmp_path: Path) -> None:
+    from secure_mw import Settings
+    from secure_mw._stack import session_core
+    from secure_mw.cli import _own_pages
+    from secure_mw.login import UsersFile
+
+    keys = {"encryption_keys": [KeyRing.new_key_text()]}
+    oidc = {"issuer": "https://idp.example", "client_id": "x", "client_secret": "s" * 32}
+    absent = {"file": str(tmp_path / "absent.toml")}
+    users = UsersFile(tmp_path / "users.toml",
+                      hasher=PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    users.add("alice", password="quartz falcon 11")
+    present = {"file": str(users.path)}
+    for mapping in ({"keys": keys, "oidc": oidc, "local_users": absent},
+                    {"keys": keys, "local_users": absent},
+                    {"keys": keys, "oidc": oidc, "local_users": present}):
+        settings = Settings.from_mapping(mapping, environ={})
+        assert _own_pages(settings) == set(session_core(settings)._routes), mapping

@@ -36,6 +36,8 @@ USERS = [
     {"sub": "many", "password": "many-pw", "email": "many@example.com",
      "email_verified": True, "name": "In Many Groups",
      "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(600)]},
+    {"sub": "dana", "password": "dana-pw", "email": "dana@example.com",
+     "email_verified": True, "claims": {"department": "sales"}},
     {"sub": "huge", "password": "huge-pw", "email": "huge@example.com",
      "email_verified": True, "name": "In Very Many Groups",      # an id_token of ~120 KB
      "groups": [f"cn=group-{i:04d},ou=groups,dc=example,dc=com" for i in range(2000)]},
@@ -291,6 +293,47 @@ def test_profile_is_refetched_every_refresh_interval(idp: IdPServer, app: AppFac
             assert client.get(base + "/hello").status_code == 302
         finally:
             idp.enable_user("alice")
+
+
+def test_the_claims_the_rules_read_are_kept_and_follow_the_provider(
+        idp: IdPServer, app: AppFactory, clock: Clock, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A deny block on claim/department: the session keeps the claim (it kept six claims
+    only, so the block never held), a profile re-fetch brings the new value, and a claim
+    too large to keep ends the session rather than leave the rules blind."""
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]}, "session": {"inactivity": "1h"},
+        "oidc": {"issuer": idp.issuer, "client_id": "app", "client_secret": SECRET,
+                 "scopes": ["openid", "profile", "email"], "refresh_interval": "60s"},
+        "access_control": {"default_policy": "deny", "rules": [
+            {"allow": {"or": [{"authenticated_user": True}]},
+             "deny": {"or": [{"claim/department": "contractors"}]}}]}}, environ={})
+    try:
+        with app(settings) as base, browser() as client:
+            login(client, base, idp, user="dana", password="dana-pw")
+            assert client.get(base + "/hello").status_code == 200
+            idp.set_claims("dana", {"department": "contractors"})
+            clock.advance(30)                     # the profile is not due: the old value
+            assert client.get(base + "/hello").status_code == 200
+            clock.advance(31)                     # re-fetched: now a contractor
+            assert client.get(base + "/hello").status_code == 403
+            idp.set_claims("dana", {"department": "x" * 5000})
+            clock.advance(61)
+            assert client.get(base + "/hello").status_code == 302      # session ended
+            assert client.get(base + "/.auth/me").status_code == 401
+            # a new sign-in with such a claim is refused, audited
+            first = client.get(base + "/.auth/login?rd=/")
+            callback = dev_login(client, first.headers["location"], username="dana",
+                                 password="dana-pw")
+            refused = client.get(callback)
+            assert refused.status_code == 401 and "larger than" in refused.text
+    finally:
+        idp.set_claims("dana", {"department": "sales"})
+    events = audit_events(caplog)
+    assert any('"event":"session_ended"' in e and "claims the access rules read" in e
+               for e in events)
+    assert any('"event":"login_failure"' in e and "claims the access rules read" in e
+               for e in events)
 
 
 def test_absolute_expiration_and_inactivity(idp: IdPServer, app: AppFactory,

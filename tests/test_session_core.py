@@ -1560,3 +1560,73 @@ def test_manager_reports_refused_cookies_to_its_hook(clock: Clock) -> None:
     read(memory, cookie_view({memory.cookie_name: "x" * 43}))     # unknown: not forged
     read(memory, cookie_view({memory.cookie_name: "x!"}))
     assert seen[2:] == ["malformed session cookie"]
+
+
+# -- the claims a session keeps for the access rules; where email_verified comes from --------
+
+
+def test_identity_claims_keep_the_claims_the_rules_name() -> None:
+    from secure_mw.authz.rules import claim_names
+    from secure_mw.settings import Settings
+
+    rules = Settings.from_mapping({"access_control": {"rules": [
+        {"allow": {"or": [{"authenticated_user": True}]},
+         "deny": {"or": [{"claim/department": "contractors"},
+                         {"not": [{"claim/org/unit": "core"}]}]}}]}}, environ={})
+    names = claim_names(rules.access_control)
+    assert names == {"department", "org"}
+    provider = {"sub": "c", "department": "contractors", "org": {"unit": "ext"},
+                "iss": "https://idp", "address": {"street": "x"}}
+    kept = identity_claims(provider, keep=names)
+    assert kept == {"sub": "c", "department": "contractors", "org": {"unit": "ext"},
+                    "groups": []}
+    assert identity_claims(provider) == {"sub": "c", "groups": []}    # nothing named: dropped
+    identity = Identity.from_claims(kept)
+    assert identity.claims["department"] == "contractors"
+
+
+def test_the_kept_claims_are_bounded() -> None:
+    from secure_mw.session.model import MAX_KEPT_CLAIMS, ClaimsTooLarge
+
+    near = "x" * (MAX_KEPT_CLAIMS - len('{"roles":""}'))
+    assert identity_claims({"sub": "s", "roles": near}, keep={"roles"})["roles"] == near
+    with pytest.raises(ClaimsTooLarge, match=r"claims the access rules read \(roles\)"):
+        identity_claims({"sub": "s", "roles": near + "x"}, keep={"roles"})
+    with pytest.raises(ClaimsTooLarge):
+        identity_claims({"sub": "s", "a": ["y"] * 600, "b": ["z"] * 600}, keep={"a", "b"})
+
+
+def test_the_claims_named_by_rules_survive_a_session_round_trip() -> None:
+    claims = identity_claims({"sub": "c", "department": "contractors"}, keep={"department"})
+    session = Session(id=new_session_id(), claims=claims, created=0.0, last_active=0.0,
+                      expires=10.0)
+    again = Session.from_bytes(session.to_bytes())
+    assert again.identity().claims["department"] == "contractors"
+
+
+@pytest.mark.parametrize(("id_token", "userinfo", "email", "verified"), [
+    # userinfo's own address without a flag: unverified, whatever the id_token said
+    ({"email": "me@corp.example", "email_verified": True}, {"email": "boss@example.com"},
+     "boss@example.com", False),
+    # the same address at userinfo without a flag: the id_token's flag stands
+    ({"email": "me@corp.example", "email_verified": True}, {"email": "me@corp.example"},
+     "me@corp.example", True),
+    # userinfo's flag wins for userinfo's address
+    ({"email": "a@x.test", "email_verified": True}, {"email": "a@x.test",
+                                                     "email_verified": False},
+     "a@x.test", False),
+    ({"email": "a@x.test"}, {"email": "b@x.test", "email_verified": True}, "b@x.test", True),
+    # an id_token's address: its own flag, never userinfo's lone flag
+    ({"email": "a@x.test"}, {"email_verified": True}, "a@x.test", False),
+    ({"email": "a@x.test", "email_verified": True}, {"name": "A"}, "a@x.test", True),
+    ({}, {"email": "b@x.test"}, "b@x.test", False),
+])
+def test_email_verified_comes_from_the_source_of_the_email(
+        id_token: dict[str, Any], userinfo: dict[str, Any], email: str,
+        verified: bool) -> None:
+    from secure_mw.oidc.core import profile
+
+    merged = profile({"sub": "s", **id_token}, {"sub": "s", **userinfo})
+    kept = identity_claims(merged)
+    assert (kept["email"], kept["email_verified"]) == (email, verified)
+    assert profile({"sub": "s"}, {"sub": "other"})["sub"] == "s"

@@ -251,3 +251,36 @@ def _jwks_view() -> Any:
 
     return RequestView("GET", "http", "127.0.0.1", "/.well-known/secure-mw/jwks.json", "", {},
                        "127.0.0.1")
+
+
+def test_claim_criteria_see_every_claim_of_a_verified_assertion(flavour: str,
+                                                               tmp_path: Path) -> None:
+    """Behind a proxy the identity is the assertion's, all its claims kept: a deny block on
+    claim/department holds there as it does for a login session."""
+    from secure_mw.tokens import AssertionSigner
+    from secure_mw.tokens.keys import public_jwks
+
+    private = generate_private_jwks(("ES256",))
+    jwks_file = tmp_path / "proxy-jwks.json"
+    jwks_file.write_text(json.dumps(public_jwks(private)))
+    settings = Settings.from_mapping({
+        "server": {"allowed_hosts": ["127.0.0.1"]},
+        "signed_headers": {"issue": False, "verify": {
+            "jwks_file": str(jwks_file), "issuer": "proxy.test", "audience": "app.test"}},
+        "access_control": {"default_policy": "deny", "rules": [
+            {"allow": {"or": [{"authenticated_user": True}]},
+             "deny": {"or": [{"claim/department": "contractors"},
+                             {"claim/org/unit": "banned"}]}}]}}, environ={})
+    signer = AssertionSigner(jwks=private)
+    module = asgi if flavour == "asgi" else wsgi
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    inner = echo_asgi() if flavour == "asgi" else echo_wsgi
+    with server(module.protect(inner, settings)) as base:
+        def status(claims: dict[str, Any]) -> int:
+            token = signer.sign(claims, audience="app.test", issuer="proxy.test")
+            return httpx.get(base + "/page", headers={
+                "X-Pomerium-Jwt-Assertion": token, "Accept": "application/json"}).status_code
+
+        assert status({"sub": "c", "department": "contractors"}) == 403
+        assert status({"sub": "b", "org": {"unit": "banned"}}) == 403
+        assert status({"sub": "s", "department": "sales", "org": {"unit": "core"}}) == 200

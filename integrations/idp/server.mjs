@@ -26,6 +26,8 @@ const DEFAULT_TTL = {
   Grant: 24 * 3600,
 };
 const TTL_NAMES = new Set(Object.keys(DEFAULT_TTL));
+// The claims a user's own fields give; `claims` adds others (granted with `profile`).
+const STANDARD_CLAIMS = ['sub', 'email', 'email_verified', 'name', 'groups'];
 // oidc-provider's error events worth a line on stderr (with the detail it keeps from clients).
 const ERROR_EVENTS = [
   'authorization.error', 'grant.error', 'userinfo.error', 'revocation.error',
@@ -90,6 +92,11 @@ function checkConfig(config) {
     if (typeof user.sub !== 'string' || !user.sub || typeof user.password !== 'string') {
       fail('every user needs a non-empty string sub and a string password');
     }
+    if (user.claims !== undefined && (!isObject(user.claims)
+        || Object.keys(user.claims).some((name) => STANDARD_CLAIMS.includes(name)))) {
+      fail(`users[${user.sub}].claims must be an object of other claims than `
+           + STANDARD_CLAIMS.join(', '));
+    }
   }
   if (!isObject(config.jwks) || !Array.isArray(config.jwks.keys) || !config.jwks.keys.length) {
     fail('config.jwks must be a private JWK Set with at least one key');
@@ -143,7 +150,7 @@ class Accounts {
       accountId: user.sub,
       // oidc-provider keeps only the claims that the granted scopes (or claims) allow.
       async claims() {
-        const claims = { sub: user.sub };
+        const claims = { ...(user.claims ?? {}), sub: user.sub };
         for (const name of ['email', 'email_verified', 'name', 'groups']) {
           if (user[name] !== undefined) claims[name] = user[name];
         }
@@ -226,6 +233,7 @@ function parseTamperRequest(body) {
 
 function buildProvider(config, accounts) {
   const ttl = { ...DEFAULT_TTL, ...(config.ttl ?? {}) };
+  const extraClaims = [...new Set(config.users.flatMap((u) => Object.keys(u.claims ?? {})))];
   const firstAlg = config.jwks.keys[0].alg;
 
   const provider = new Provider(config.issuer, {
@@ -245,7 +253,7 @@ function buildProvider(config, accounts) {
     },
     claims: {
       openid: ['sub'],
-      profile: ['name'],
+      profile: ['name', ...extraClaims],
       email: ['email', 'email_verified'],
       groups: ['groups'],
     },
@@ -384,6 +392,7 @@ function testControl(accounts, signingKeys) {
     }
     if (ctx.path.startsWith('/__test/')) {
       const user = /^\/__test\/users\/([^/]+)\/(disable|enable)$/.exec(ctx.path);
+      const claimsOf = /^\/__test\/users\/([^/]+)\/claims$/.exec(ctx.path);
       if (ctx.method === 'GET' && ctx.path === '/__test/health') {
         jsonResponse(ctx, 200, { ok: true });
       } else if (ctx.method === 'POST' && user) {
@@ -394,6 +403,24 @@ function testControl(accounts, signingKeys) {
           if (user[2] === 'disable') accounts.disabled.add(sub);
           else accounts.disabled.delete(sub);
           jsonResponse(ctx, 200, { sub, disabled: accounts.disabled.has(sub) });
+        }
+      } else if (ctx.method === 'POST' && claimsOf) {
+        const found = accounts.users.get(decodeURIComponent(claimsOf[1]));
+        let claims;
+        try {
+          claims = JSON.parse(await readRawBody(ctx.req, MAX_TEST_BODY) || '{}');
+        } catch {
+          claims = undefined;
+        }
+        if (!found) {
+          jsonResponse(ctx, 404, { error: 'no such user' });
+        } else if (!isObject(claims)
+                   || Object.keys(claims).some((name) => STANDARD_CLAIMS.includes(name))) {
+          jsonResponse(ctx, 400, { error: `the body must be an object of other claims than ${
+            STANDARD_CLAIMS.join(', ')}` });
+        } else {
+          found.claims = claims;
+          jsonResponse(ctx, 200, { sub: found.sub, claims });
         }
       } else if (ctx.method === 'POST' && ctx.path === '/__test/tamper') {
         try {

@@ -1,4 +1,8 @@
-"""What the authorization middlewares decide, framework-free: both flavours call this."""
+"""What the authorization middlewares decide, framework-free: both flavours call this.
+
+The rules match the path the application routes: normalized, and relative to the app's
+mount point (ASGI ``root_path``, WSGI ``SCRIPT_NAME``), as Starlette's and werkzeug's routers
+take it (docs/authorization.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ log = logging.getLogger("secure_mw.authz")
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """``reply`` to send instead of calling the app, or ``None`` with the normalized
-    ``path`` the app must route and the ``decision`` that let the request in."""
+    ``path`` the app must be given (mount point included, as the request had it) and the
+    ``decision`` that let the request in."""
 
     reply: Reply | None
     path: str
@@ -31,10 +36,10 @@ class Verdict:
 @dataclass(frozen=True, slots=True)
 class Explained:
     """What :meth:`AuthorizationLayer.explain` found: the ``effect`` the layer enforces
-    (``allow``, ``deny``, ``login``, ``two_factor``, or ``bad_path`` / ``not_found`` for a
-    path refused before any rule), a sentence saying what the client gets, the path the
-    rules saw, and the rules' :class:`~secure_mw.authz.rules.Explanation` (None when the path
-    was refused first)."""
+    (``allow``, ``deny``, ``login``, ``two_factor``, ``bad_request``, or ``bad_path`` /
+    ``not_found`` for a path refused before any rule), a sentence saying what the client
+    gets, the path the rules saw, and the rules' :class:`~secure_mw.authz.rules.Explanation`
+    (None when the path was refused first)."""
 
     effect: str
     outcome: str
@@ -68,24 +73,21 @@ class AuthorizationLayer:
 
     def decide(self, view: RequestView, identity: Identity | None,
                raw_path: bytes | None = None, *, root: str = "") -> Verdict:
-        """``root``: the app's mount point (ASGI ``root_path``, WSGI ``SCRIPT_NAME``); a
-        normalized path that leaves it is refused, since the app could not route it."""
-        verdict = self._decide(view, identity, raw_path)
-        if verdict.reply is None and verdict.path != view.path \
-                and not inside(verdict.path, root.rstrip("/")):
-            return Verdict(json_reply(400, {"error": "bad_path"}), verdict.path, None)
-        return verdict
+        """``root``: the app's mount point (ASGI ``root_path``, WSGI ``SCRIPT_NAME``). The
+        rules see the normalized path relative to it; a normalized path that leaves it is
+        refused, since the app could not route it."""
+        return self._decide(view, identity, raw_path, root.rstrip("/"))
 
     def explain(self, view: RequestView, identity: Identity | None,
-                raw_path: bytes | None = None) -> Explained:
+                raw_path: bytes | None = None, *, root: str = "") -> Explained:
         """What :meth:`decide` would do with this request, and why (nothing is audited)."""
-        path, refusal = self._path(view, raw_path)
+        path, refusal = self._path(view, raw_path, root.rstrip("/"))
         if refusal is not None:
             effect = "bad_path" if refusal.startswith("path refused") else "not_found"
             status = 400 if effect == "bad_path" else 404
             return Explained(effect, f"refused before any rule ({status}): {refusal}", path,
                              None)
-        explanation = self.policy.explain(view, identity, path=path)
+        explanation = self.policy.explain(view, identity, path=routed(path, root))
         effect = explanation.decision.effect
         outcome = {
             "allow": "allowed: the request goes to the application",
@@ -94,6 +96,7 @@ class AuthorizationLayer:
                      "otherwise)",
             "two_factor": f"sent to the second step ({self.prefix}2fa: 302 for a browser, "
                           "401 otherwise)",
+            "bad_request": "refused (400): the request is ambiguous for this rule",
         }[effect]
         if effect == "two_factor" and not self.two_factor_step:
             effect = "deny"
@@ -101,7 +104,8 @@ class AuthorizationLayer:
                       "cannot be stepped up here"
         return Explained(effect, outcome, path, explanation)
 
-    def _path(self, view: RequestView, raw_path: bytes | None) -> tuple[str, str | None]:
+    def _path(self, view: RequestView, raw_path: bytes | None,
+              root: str) -> tuple[str, str | None]:
         """The normalized path, and why it is refused before any rule (None: it is not)."""
         try:
             if raw_path is not None:
@@ -113,17 +117,19 @@ class AuthorizationLayer:
             # The session core answers its own pages before this layer runs; a path that
             # only normalizes into them (/x/../.auth/…) must not slip past the rules.
             return path, "path normalizes into the login pages"
+        if path != view.path and not inside(path, root):
+            return path, "path refused: the normalized path leaves the mount point"
         return path, None
 
     def _decide(self, view: RequestView, identity: Identity | None,
-                raw_path: bytes | None) -> Verdict:
-        path, refusal = self._path(view, raw_path)
+                raw_path: bytes | None, root: str) -> Verdict:
+        path, refusal = self._path(view, raw_path, root)
         if refusal is not None:
             self._refused(view, identity, None, "deny", refusal)
             if refusal.startswith("path refused"):
                 return Verdict(_bad_path(view), path, None)
             return Verdict(_not_found(view), path, None)
-        decision = self.policy.evaluate(view, identity, path=path)
+        decision = self.policy.evaluate(view, identity, path=routed(path, root))
         effect = decision.effect
         if effect == "allow":
             return Verdict(None, path, decision)
@@ -133,6 +139,12 @@ class AuthorizationLayer:
             return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,
                            decision)
         self._refused(view, identity, decision.rule, effect, decision.reason)
+        if effect == "bad_request":
+            if view.wants_html:
+                return Verdict(html_reply(400, "Bad request", "This address is ambiguous: "
+                                          "a query parameter is given more than once."),
+                               path, decision)
+            return Verdict(json_reply(400, {"error": "bad_request"}), path, decision)
         if view.wants_html:
             return Verdict(html_reply(403, "Access denied",
                                       "You do not have access to this page."), path, decision)
@@ -161,3 +173,13 @@ def _not_found(view: RequestView) -> Reply:
 def inside(path: str, root: str) -> bool:
     """Whether ``path`` lies under the mount point ``root`` (segment-wise)."""
     return not root or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def routed(path: str, root: str) -> str:
+    """The path an application mounted at ``root`` routes for the full ``path``: relative
+    to the mount point when under it (the mount point itself is ``/``), else unchanged — as
+    Starlette's ``get_route_path`` does, and as WSGI's ``PATH_INFO`` is."""
+    root = root.rstrip("/")
+    if not root or not inside(path, root):
+        return path
+    return path[len(root):] or "/"

@@ -21,15 +21,18 @@ Rule fields (all optional; an absent field matches everything):
     path only, never the query string (Authelia appends the query; ``query`` is the field for
     it here), so ``^/admin$`` also covers ``/admin?x=1``.
 ``methods``
-    HTTP methods (a WebSocket handshake counts as ``GET``).
+    HTTP methods (a WebSocket handshake counts as ``GET``). ``GET`` selects ``HEAD`` too:
+    a server answers ``HEAD`` with the ``GET`` handler minus the body (RFC 9110 §9.3.2).
 ``networks``
     CIDRs, bare addresses or names of ``access_control.networks`` entries. An empty or
     unparsable client address matches no network.
 ``subject``
-    ``user:<sub>``, ``group:<name>``, ``email:<address>`` (a verified email only); a list of
-    lists is an OR of ANDs. A rule selected by its other fields is a gate: a signed-in user
-    it does not name is refused (``"rule i: subject does not match"``), an anonymous one sent
-    to the login. Exceptions: a ``deny`` rule concerns only its subjects, and
+    ``user:<sub>``, ``group:<name>``, ``email:<address>``; a list of lists is an OR of ANDs.
+    An ``email:`` term of a rule that admits matches a verified email only; one of a ``deny``
+    rule matches the claimed email, verified or not (see "Emails and polarity" below). A
+    rule selected by its other fields is a gate: a signed-in user it does not name is
+    refused (``"rule i: subject does not match"``), an anonymous one sent to the login.
+    Exceptions: a ``deny`` rule concerns only its subjects, and
     ``subject_mismatch = "continue"`` passes the others on to later rules (Authelia's way).
 ``query``
     Conditions on query parameters (a query string too large to parse denies the request at
@@ -38,7 +41,9 @@ Rule fields (all optional; an absent field matches everything):
     when a ``value`` is given), ``not equal``, ``present`` (default without a value),
     ``absent``, ``pattern`` and ``not pattern`` (``value`` is a regular expression, searched).
     ``equal``/``pattern`` hold when *some* value of the key does; their negations when *none*
-    does (an absent key included).
+    does (an absent key included). A request that repeats a key one of these four operators
+    names is ambiguous (frameworks read its first or its last value): the rule refuses it
+    with the effect ``"bad_request"`` (400).
 ``policy``
     ``bypass`` (allow anyone), ``authenticated``, ``two_factor`` or ``deny``.
 ``allow`` / ``deny``
@@ -56,14 +61,17 @@ in one table must all hold. ``and``: every item; ``or``: some item; ``not``: no 
 key: a criterion or a nested operator. Criteria and their values:
 
 * ``accept: true``, ``reject: true``, ``authenticated_user: true``
-* ``email``, ``domain`` (of the email; both hold only for a verified email), ``user`` (the
-  ``sub``), ``http_method``, ``http_path`` (the normalized path, without the query):
-  a string matcher — a bare string (``is``) or a table of ``is``, ``in`` (list),
-  ``starts_with``, ``ends_with``, ``contains`` (all given must hold). ``email``, ``domain``
-  and ``http_method`` compare case-insensitively.
+* ``email``, ``domain`` (of the email; see "Emails and polarity"), ``user`` (the
+  ``sub``), ``http_method`` (a ``HEAD`` request also matches what ``GET`` matches),
+  ``http_path`` (the normalized path, without the query): a string matcher — a bare string
+  (``is``) or a table of ``is``, ``in`` (list), ``starts_with``, ``ends_with``, ``contains``
+  (all given must hold). ``email``, ``domain`` and ``http_method`` fold ASCII letters only
+  (``str.lower`` would turn the Kelvin sign U+212A into ``k``).
 * ``groups``: a list matcher — a bare string (``has``) or a table of ``has`` and ``exclude``.
 * ``claim/<name>[/<name>...]``: the (nested) claim equals the value, or, when the claim is a
-  list, contains it; a list of values means any of them.
+  list, contains it; a list of values means any of them. The raw claim: ``claim/email``
+  knows nothing of verification. :func:`claim_names` lists the top-level names, which the
+  session keeps for the rules.
 * ``source_ip``: a CIDR, address or named network, or a list of them.
 * ``cors_preflight: true``: an ``OPTIONS`` request with ``Origin`` and
   ``Access-Control-Request-Method``.
@@ -77,6 +85,14 @@ turn "nobody logged in" into access. A matching ``deny`` beats any ``allow``; wh
 holds the rule denies (it was selected by its other fields, first match wins). A ``policy``
 given next to the blocks adds its requirement to an allow (``two_factor``, ``authenticated``).
 
+Emails and polarity
+-------------------
+An unverified email could be anyone's, so it must never grant; but an identity that claims a
+deny-listed address must still be denied. Each email criterion is compiled with its polarity:
+it *grants* in an ``allow`` block (and in the subject of a rule that admits) and *restricts*
+in a ``deny`` block (and in the subject of a ``deny`` rule); each ``not`` or ``nor`` flips it.
+A granting criterion sees only a verified email; a restricting one sees the claimed email.
+
 For tests, :attr:`AccessPolicy.rules_tested` counts compiled rules examined.
 """
 
@@ -88,6 +104,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone, tzinfo
@@ -99,9 +116,15 @@ from secure_mw.http import MAX_QUERY, RequestView, _few_fields
 from secure_mw.identity import Identity
 from secure_mw.settings import AccessControlSettings, AccessRule
 
-__all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step"]
+if sys.version_info >= (3, 11):
+    from re import _parser as _sre_parse
+else:
+    import sre_parse as _sre_parse
 
-Effect: TypeAlias = Literal["allow", "deny", "login", "two_factor"]
+__all__ = ["AccessPolicy", "Decision", "Effect", "Explanation", "Step", "claim_names"]
+
+# "bad_request": the request is ambiguous for the deciding rule (a repeated query key), 400.
+Effect: TypeAlias = Literal["allow", "deny", "login", "two_factor", "bad_request"]
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Three-valued truth: None means "unknown until someone logs in".
@@ -114,13 +137,32 @@ METHODS = frozenset({
 })
 _RULE_FIELDS = ("domain", "domain_regex", "resources", "methods", "networks", "subject",
                 "subject_mismatch", "query", "policy", "allow", "deny")
-# A resource pattern written for Authelia's path-and-query string: an escaped "?", or "?"
-# inside a character class.
-_LOOKS_FOR_QUERY = re.compile(r"\\\?|\[[^\]]*\?")
 # Earlier rules :meth:`AccessPolicy.unreachable` tries against each rule, at most.
 _COVER_CANDIDATES = 32
+# Query operators that read a key's values (a repeated key makes them ambiguous).
+_VALUE_OPERATORS = frozenset({"equal", "not equal", "pattern", "not pattern"})
+# Folds ASCII letters only: emails and domains compare without Unicode case folding.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+class _Refusal(str):
+    """What :meth:`_Rule.mismatch` answers when the rule cannot judge the request: the rule
+    refuses it with ``effect`` (a sentence, the reason)."""
+
+    effect: Effect
+
+    def __new__(cls, reason: str, effect: Effect) -> _Refusal:
+        self = super().__new__(cls, reason)
+        self.effect = effect
+        return self
+
+
 # What :meth:`_Rule.mismatch` answers when a rule's query conditions cannot be evaluated.
-_QUERY_UNREADABLE = "query string too large to evaluate"
+_QUERY_UNREADABLE = _Refusal("query string too large to evaluate", "deny")
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +298,7 @@ class _Rule:
     networks: tuple[Network, ...] | None = None
     subject: tuple[tuple[tuple[str, str], ...], ...] = ()
     query: tuple[tuple[_Query, ...], ...] = ()
+    query_keys: frozenset[str] = frozenset()   # keys whose values a condition reads
     allow: Pred | None = None
     deny: Pred | None = None
     has_ppl: bool = False
@@ -278,7 +321,8 @@ class _Rule:
     def mismatch(self, ctx: _Ctx) -> str | None:
         """The first request-shaped field (everything but subject, policy and blocks) that
         does not match, or None when the rule selects the request; the host is checked
-        apart. :data:`_QUERY_UNREADABLE` when the query conditions cannot be evaluated."""
+        apart. A :class:`_Refusal` when the query conditions cannot be evaluated: the query
+        string is too large to parse, or it repeats a key a condition reads."""
         if self.methods is not None and ctx.view.method not in self.methods:
             return "methods"
         if self.networks is not None and not _in_networks(ctx, self.networks):
@@ -291,6 +335,9 @@ class _Rule:
             params = ctx.params
             if params is None:
                 return _QUERY_UNREADABLE
+            for key in self.query_keys:
+                if len(params.get(key, ())) > 1:
+                    return _Refusal(f"repeated query key {key}", "bad_request")
             if not any(all(q.holds(params) for q in group) for group in self.query):
                 return "query"
         return None
@@ -341,7 +388,10 @@ class _Rule:
         return True
 
     def subject_holds(self, identity: Identity) -> bool:
-        email = identity.email.lower() if identity.email_verified else ""
+        # A deny rule's subject restricts: the claimed email counts. Any other grants: only
+        # a verified one.
+        email = _fold(identity.email) if identity.email_verified or self.policy == "deny" \
+            else ""
         for group in self.subject:
             if all(_subject_item(kind, value, identity, email) for kind, value in group):
                 return True
@@ -380,6 +430,8 @@ class AccessPolicy:
             else:
                 self._general.append(pos)
         self._merged: dict[str, list[int]] = {}
+        #: The top-level claims ``claim/…`` criteria read (:func:`claim_names`).
+        self.claim_names: frozenset[str] = frozenset()
         #: Number of compiled rules examined so far (for tests and benchmarks).
         self.rules_tested = 0
 
@@ -405,7 +457,9 @@ class AccessPolicy:
                 rules.append(compiled)
         if problems:
             raise ConfigError(problems)
-        return cls(rules, default, now or (lambda: datetime.now(timezone.utc)))
+        policy = cls(rules, default, now or (lambda: datetime.now(timezone.utc)))
+        policy.claim_names = claim_names(access_control)
+        return policy
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -472,8 +526,8 @@ class AccessPolicy:
                 continue
             miss = rule.mismatch(ctx)
             if miss is not None:
-                if miss is _QUERY_UNREADABLE:
-                    return Decision("deny", rule.index, f"rule {rule.index}: {miss}")
+                if isinstance(miss, _Refusal):
+                    return Decision(miss.effect, rule.index, f"rule {rule.index}: {miss}")
                 if passed is not None:
                     passed[pos] = miss
                 continue
@@ -530,10 +584,11 @@ class AccessPolicy:
 
     def warnings(self) -> list[str]:
         """What :meth:`unreachable` found, as sentences naming both rules, and resources
-        that look for a query string (they only ever see the path)."""
+        that need a ``?`` to match (they only ever see the path)."""
         text = {r.index: r.text for r in self._rules}
-        out = [f"access_control.rules[{r.index}].resources[{j}] looks for a '?', but "
-               "resources match the path only: put conditions on the query string in 'query'"
+        out = [f"access_control.rules[{r.index}].resources[{j}] matches only a path with a "
+               "'?' in it, but resources never see the query string: put conditions on the "
+               "query string in 'query'"
                for r in self._rules for j in r.query_like]
         out += [f"access_control.rules[{later}] can never apply: rule {earlier} "
                 f"({text[earlier]}) selects every request it would and decides them first"
@@ -643,6 +698,82 @@ def _compile_named_networks(entries: Iterable[Any],
     return named
 
 
+def claim_names(access_control: AccessControlSettings) -> frozenset[str]:
+    """The top-level claim names the ``claim/<name>[/…]`` criteria of the rules' blocks read
+    (``claim/org/team`` reads ``org``): what a session must keep for the rules to see them.
+    Malformed rules are walked as far as they go (compiling them reports the problems)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if isinstance(key, str) and key.startswith("claim/"):
+                    first = key[6:].split("/", 1)[0]
+                    if first:
+                        names.add(first)
+                else:
+                    walk(value)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+
+    for rule in access_control.rules:
+        for block in ("allow", "deny"):
+            walk(getattr(rule, block, None))
+    return frozenset(names)
+
+
+def _needs_question_mark(pattern: str, flags: int = 0) -> bool:
+    """Whether every match of ``pattern`` contains a ``?`` looked for as the start of a
+    query string: a literal ``?`` (``\\?``, ``[?]``) or a class with ``?`` but no ``/``
+    (``[?&]``). Authelia's ``^/api([/?].*)?$`` and ``[^?]`` work on paths: no. Anything the
+    parser does not show plainly counts as no (this only decides a warning)."""
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+    except (re.error, RecursionError, ValueError, TypeError):
+        return False
+    try:
+        return _requires_query_mark(list(parsed.data))
+    except (RecursionError, ValueError, TypeError, IndexError):
+        return False
+
+
+def _requires_query_mark(items: Sequence[Any]) -> bool:
+    """Over a parsed sequence: some element always matches a query-looking ``?``."""
+    return any(_element_requires(op, av) for op, av in items)
+
+
+def _element_requires(op: Any, av: Any) -> bool:
+    name = getattr(op, "name", str(op))
+    question, slash = ord("?"), ord("/")
+    if name == "LITERAL":
+        return bool(av == question)
+    if name == "IN":
+        kinds = [getattr(k, "name", str(k)) for k, _ in av]
+        if "NEGATE" in kinds or "CATEGORY" in kinds:
+            return False
+
+        def has(code: int) -> bool:
+            return any((getattr(k, "name", str(k)) == "LITERAL" and v == code)
+                       or (getattr(k, "name", str(k)) == "RANGE" and v[0] <= code <= v[1])
+                       for k, v in av)
+
+        return has(question) and not has(slash)
+    if name == "SUBPATTERN":
+        return _requires_query_mark(list(av[-1]))
+    if name == "ATOMIC_GROUP":
+        return _requires_query_mark(list(av))
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        low, _high, body = av
+        return bool(low >= 1) and _requires_query_mark(list(body))
+    if name == "BRANCH":
+        _, branches = av
+        return all(_requires_query_mark(list(b)) for b in branches)
+    if name == "ASSERT":
+        return _requires_query_mark(list(av[1]))
+    return False
+
+
 def _render(rule: AccessRule) -> str:
     """A short one-line rendering of a rule's set fields (``resources = ["^/x"], ...``)."""
     parts = []
@@ -706,7 +837,7 @@ class _Compiler:
         self._domains(rule, out)
         out.resources = tuple(self._regexes("resources", rule.resources, search=True))
         out.query_like = tuple(j for j, r in enumerate(out.resources)
-                               if _LOOKS_FOR_QUERY.search(r.pattern))
+                               if _needs_question_mark(r.pattern, r.flags))
         self._methods(rule, out)
         if rule.networks:
             out.networks = self._networks("networks", rule.networks)
@@ -721,7 +852,7 @@ class _Compiler:
                 continue
             out.has_ppl = True
             try:
-                setattr(out, block, self._block(block, body))
+                setattr(out, block, self._block(block, body, grants=block == "allow"))
             except _Invalid as exc:
                 self.problem(exc.where, exc.message)
         return out if self._ok else None
@@ -778,6 +909,8 @@ class _Compiler:
                 self.problem("methods", f"{value!r} is not an HTTP method"
                              + _did_you_mean(method, METHODS))
             methods.add(method)
+        if "GET" in methods:        # HEAD runs the GET handler (RFC 9110 §9.3.2)
+            methods.add("HEAD")
         out.methods = frozenset(methods)
 
     def _networks(self, where: str, values: Any) -> tuple[Network, ...]:
@@ -809,7 +942,7 @@ class _Compiler:
                     self.problem("subject", f"{item!r} must be 'user:…', 'group:…' or "
                                  "'email:…'")
                     continue
-                terms.append((kind, name.lower() if kind == "email" else name))
+                terms.append((kind, _fold(name) if kind == "email" else name))
             if terms:
                 compiled.append(tuple(terms))
         out.subject = tuple(compiled)
@@ -843,6 +976,8 @@ class _Compiler:
                     conds.append(q)
             compiled.append(tuple(conds))
         out.query = tuple(compiled)
+        out.query_keys = frozenset(q.key for group in compiled for q in group
+                                   if q.operator in _VALUE_OPERATORS)
 
     def _query_item(self, where: str, cond: Any) -> _Query | None:
         if not isinstance(cond, Mapping):
@@ -880,20 +1015,26 @@ class _Compiler:
 
     # -- Pomerium-style blocks ---------------------------------------------------------
 
-    def _block(self, where: str, body: Any) -> Pred:
+    # ``grants``: the polarity of what is being compiled. True where a criterion holding can
+    # only admit (an allow block), False where it can only refuse (a deny block); ``not`` and
+    # ``nor`` flip it. Email criteria read the claimed email only where they refuse.
+
+    def _block(self, where: str, body: Any, *, grants: bool) -> Pred:
         if not isinstance(body, Mapping) or not body:
             raise _Invalid(where, "expected a table of and/or/not/nor lists")
         preds = []
         for op, items in body.items():
-            preds.append(self._operator(f"{where}.{op}", str(op), items))
+            preds.append(self._operator(f"{where}.{op}", str(op), items, grants=grants))
         return preds[0] if len(preds) == 1 else _tri_and(preds)
 
-    def _operator(self, where: str, op: str, items: Any) -> Pred:
+    def _operator(self, where: str, op: str, items: Any, *, grants: bool) -> Pred:
         if op not in _OPERATORS:
             raise _Invalid(where, f"unknown operator {op!r}" + _did_you_mean(op, _OPERATORS))
         if not isinstance(items, list | tuple) or not items:
             raise _Invalid(where, "expected a non-empty list of criteria")
-        preds = [self._item(f"{where}[{k}]", item) for k, item in enumerate(items)]
+        inner = grants if op in ("and", "or") else not grants
+        preds = [self._item(f"{where}[{k}]", item, grants=inner)
+                 for k, item in enumerate(items)]
         if op == "and":
             return _tri_and(preds)
         if op == "or":
@@ -901,22 +1042,22 @@ class _Compiler:
         negated = [_tri_not(p) for p in preds]
         return _tri_and(negated) if op == "not" else _tri_or(negated)
 
-    def _item(self, where: str, item: Any) -> Pred:
+    def _item(self, where: str, item: Any, *, grants: bool) -> Pred:
         if not isinstance(item, Mapping) or len(item) != 1:
             raise _Invalid(where, "each item is a table with exactly one criterion")
         (name, value), = item.items()
         name = str(name)
         sub = f"{where}.{name}"
         if name in _OPERATORS:
-            return self._operator(sub, name, value)
+            return self._operator(sub, name, value, grants=grants)
         if name.startswith("claim/"):
             return _claim(sub, name[6:], value)
         if name not in _CRITERIA:
             raise _Invalid(sub, f"unknown criterion {name!r}"
                            + _did_you_mean(name, (*_CRITERIA, *_OPERATORS, "claim/")))
-        return self._criterion(sub, name, value)
+        return self._criterion(sub, name, value, grants=grants)
 
-    def _criterion(self, where: str, name: str, value: Any) -> Pred:
+    def _criterion(self, where: str, name: str, value: Any, *, grants: bool) -> Pred:
         if name in ("accept", "reject", "authenticated_user", "cors_preflight"):
             if value is not True:
                 raise _Invalid(where, f"{name} takes the value true")
@@ -935,16 +1076,20 @@ class _Compiler:
         fold = name in ("email", "domain", "http_method")
         test = _string_matcher(where, value, fold=fold)
         getter = _GETTERS[name]
-        if name in ("http_method", "http_path"):
+        if name == "http_method":
+            # HEAD is GET without the body: it matches whatever GET matches.
+            return lambda ctx: test(ctx.view.method) or (
+                ctx.view.method == "HEAD" and test("GET"))
+        if name == "http_path":
             return lambda ctx: test(getter(ctx))
 
-        verified = name in ("email", "domain")
+        verified = grants and name in ("email", "domain")
 
         def identity_test(ctx: _Ctx) -> Tri:
             if ctx.identity is None:
                 return None
             if verified and not ctx.identity.email_verified:
-                return False          # an unverified email could be anyone's
+                return False          # an unverified email could be anyone's: no grant
             return test(getter(ctx))
 
         return identity_test
@@ -1070,12 +1215,12 @@ def _string_matcher(where: str, value: Any, *, fold: bool) -> Callable[[str], bo
         if key == "in":
             if not isinstance(arg, list | tuple) or not all(isinstance(a, str) for a in arg):
                 raise _Invalid(f"{where}.in", "expected a list of strings")
-            options = frozenset(a.lower() if fold else a for a in arg)
+            options = frozenset(_fold(a) if fold else a for a in arg)
             tests.append(lambda s, o=options: s in o)  # type: ignore[misc]
             continue
         if not isinstance(arg, str):
             raise _Invalid(f"{where}.{key}", "expected a string")
-        a = arg.lower() if fold else arg
+        a = _fold(arg) if fold else arg
         if key == "is":
             tests.append(lambda s, a=a: s == a)  # type: ignore[misc]
         elif key == "starts_with":
@@ -1087,7 +1232,7 @@ def _string_matcher(where: str, value: Any, *, fold: bool) -> Callable[[str], bo
 
     def match(s: str) -> bool:
         if fold:
-            s = s.lower()
+            s = _fold(s)
         return all(t(s) for t in tests)
 
     return match

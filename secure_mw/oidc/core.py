@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -45,7 +45,7 @@ from secure_mw.oidc.client import (
 )
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
 from secure_mw.session.manager import SessionManager, SessionRead, SessionStore
-from secure_mw.session.model import Session, identity_claims
+from secure_mw.session.model import ClaimsTooLarge, Session, identity_claims
 from secure_mw.settings import Settings
 
 __all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target"]
@@ -196,6 +196,10 @@ class OIDCSessionCore:
                                           clock=clock)
         self.prefix = settings.server.auth_prefix
         self.require_login = require_login
+        from secure_mw.authz.rules import claim_names
+
+        # The claims the access rules read (claim/...): kept in the session for them.
+        self.kept_claims = claim_names(settings.access_control)
         self.refresh_margin = 60.0
         # Session id -> when a request of this process started refreshing it.
         self._refreshing: dict[str, float] = {}
@@ -395,7 +399,7 @@ class OIDCSessionCore:
             return latest, False           # refreshed by another request meanwhile
         session = latest
         tokens = dict(session.tokens)
-        fresh: dict[str, Any] = {}
+        fresh: dict[str, Any] = {}        # the new id_token's claims
         if due_tokens:
             refresh_token = tokens.get("rt")
             if not isinstance(refresh_token, str) or not refresh_token:
@@ -430,7 +434,7 @@ class OIDCSessionCore:
             if fields is not None:
                 tokens.update(fields)
         try:
-            fresh.update((yield from self.client.userinfo(tokens["at"], sub=user)))
+            info = yield from self.client.userinfo(tokens["at"], sub=user)
         except (GrantRefused, InvalidToken) as exc:
             self._event("session_ended", view, user=user, reason=str(exc))
             return None, False
@@ -442,10 +446,15 @@ class OIDCSessionCore:
             return session.evolve(tokens=tokens), True
         tokens["pa"] = self.clock()
         claims = dict(session.claims)
-        if fresh:
-            claims = {**{k: v for k, v in claims.items() if k != "groups"},
-                      **identity_claims(fresh, self.oidc.groups_claim,
-                                        assume_email_verified=self.oidc.assume_email_verified),
+        if fresh or info:
+            try:
+                kept = identity_claims(profile(fresh, info), self.oidc.groups_claim,
+                                       assume_email_verified=self.oidc.assume_email_verified,
+                                       keep=self.kept_claims)
+            except ClaimsTooLarge as exc:
+                self._event("session_ended", view, user=user, reason=str(exc))
+                return None, False
+            claims = {**{k: v for k, v in claims.items() if k != "groups"}, **kept,
                       "sub": user}
         return session.evolve(claims=claims, tokens=tokens), True
 
@@ -593,17 +602,22 @@ class OIDCSessionCore:
             self._event("login_failure", view, reason=f"id_token refused: {exc}")
             return Outcome(self._login_again(
                 view, 401, "The identity provider's answer could not be verified.", cookies))
+        try:
+            kept = identity_claims(profile(claims, info), self.oidc.groups_claim,
+                                   assume_email_verified=self.oidc.assume_email_verified,
+                                   keep=self.kept_claims)
+        except ClaimsTooLarge as exc:
+            self._event("login_failure", view, reason=f"id_token refused: {exc}")
+            return Outcome(self._login_again(
+                view, 401, "The identity provider's answer is larger than this application "
+                "accepts. Please ask its administrator.", cookies))
         old = yield from self.sessions.read(view)
         if old.session is not None:    # a new id at every login: the old one is gone
             yield from self.sessions.destroy(old.session)
         tokens = self._token_fields(result)
         tokens["pa"] = self.clock()
         tokens["cid"] = self.client.client_id
-        session = self.sessions.new(
-            claims=identity_claims({**claims, **info, "sub": claims["sub"]},
-                                   self.oidc.groups_claim,
-                                   assume_email_verified=self.oidc.assume_email_verified),
-            remember=pending.remember, tokens=tokens)
+        session = self.sessions.new(claims=kept, remember=pending.remember, tokens=tokens)
         cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
         self._event("login_success", view, user=session.sub, level=logging.INFO,
                     session=session.digest)
@@ -742,6 +756,23 @@ class OIDCSessionCore:
                **fields: Any) -> None:
         self.audit.event(name, level=level, remote_ip=view.client, method=view.method,
                          host=view.host, path=view.path, **fields)
+
+
+def profile(id_claims: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+    """The claims of an id_token and of userinfo, merged (userinfo wins, ``sub`` from the
+    id_token when it has one), with ``email_verified`` from the same source as ``email``:
+    an address only userinfo sends never inherits the id_token's flag for another one."""
+    merged = {**id_claims, **info}
+    if "sub" in id_claims:
+        merged["sub"] = id_claims["sub"]
+    source = id_claims
+    if "email" in info and ("email_verified" in info
+                            or info.get("email") != id_claims.get("email")):
+        source = info
+    merged.pop("email_verified", None)
+    if "email_verified" in source:
+        merged["email_verified"] = source["email_verified"]
+    return merged
 
 
 @dataclass(slots=True)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from secure_mw._encoding import StrictJSONError, b64url_encode, loads_strict
+from secure_mw.errors import InvalidToken
 from secure_mw.identity import IDENTITY_CLAIMS, Identity, email_verified_claim
 
-__all__ = ["Session", "new_session_id", "session_digest"]
+__all__ = ["ClaimsTooLarge", "Session", "identity_claims", "new_session_id", "session_digest"]
 
 SESSION_ID_BYTES = 32          # 256 bits
 FORMAT_VERSION = 1
+#: At most this many bytes (compact JSON) of the claims kept for the access rules.
+MAX_KEPT_CLAIMS = 4096
+
+
+class ClaimsTooLarge(InvalidToken):
+    """The claims the access rules read are larger than a session keeps
+    (:data:`MAX_KEPT_CLAIMS`): the sign-in is refused rather than the rules left blind."""
 
 
 def new_session_id() -> str:
@@ -123,13 +131,26 @@ class Session:
 
 
 def identity_claims(claims: Mapping[str, Any], groups_claim: str = "groups", *,
-                    assume_email_verified: bool = False) -> dict[str, Any]:
-    """The identity part of provider claims, with the groups claim renamed to ``groups``.
+                    assume_email_verified: bool = False,
+                    keep: Collection[str] = ()) -> dict[str, Any]:
+    """The identity part of provider claims, with the groups claim renamed to ``groups``,
+    and the top-level claims named in ``keep`` (those the access rules read:
+    :func:`secure_mw.authz.rules.claim_names`) as they are; those may take at most
+    :data:`MAX_KEPT_CLAIMS` bytes, else :class:`ClaimsTooLarge`.
 
     Claims with an ``email`` always get a boolean ``email_verified`` (the provider's, or
     ``assume_email_verified`` when it sent none), so that a later profile update with a new
     email never inherits the old email's flag."""
     out = {k: claims[k] for k in IDENTITY_CLAIMS if k in claims and k != "groups"}
+    kept = {k: claims[k] for k in sorted(keep) if k in claims and k not in IDENTITY_CLAIMS}
+    if kept:
+        size = len(json.dumps(kept, separators=(",", ":"), ensure_ascii=False,
+                              default=str).encode())
+        if size > MAX_KEPT_CLAIMS:
+            raise ClaimsTooLarge(f"the claims the access rules read ({', '.join(kept)}) "
+                                 f"take {size} bytes, above the {MAX_KEPT_CLAIMS} a session "
+                                 "keeps")
+        out.update(kept)
     if "email" in out or "email_verified" in out:
         out["email_verified"] = email_verified_claim(claims, assume=assume_email_verified)
     groups = claims.get(groups_claim)
