@@ -70,6 +70,7 @@ class IdPServer:
         host: str = "127.0.0.1",
         ttl: dict[str, int] | None = None,
         algorithms: Sequence[str] = ("ES256",),
+        rotate_refresh_tokens: bool = True,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"host must be one of {_ALLOWED_HOSTS} (the IdP listens on loopback)")
@@ -77,6 +78,7 @@ class IdPServer:
         self.users = [dict(user) for user in users]
         self.host = host
         self.ttl = dict(ttl or {})
+        self.rotate_refresh_tokens = rotate_refresh_tokens
         self.jwks_private: dict[str, Any] = generate_private_jwks(tuple(algorithms))
         self.port = free_port()
         self.dir: str | None = None
@@ -174,6 +176,7 @@ class IdPServer:
             "users": self.users,
             "jwks": self.jwks_private,
             "ttl": self.ttl,
+            "rotate_refresh_tokens": self.rotate_refresh_tokens,
         }
         data = json.dumps(config, indent=2).encode("utf-8")
         path = self.config_path

@@ -110,6 +110,10 @@ function checkConfig(config) {
       || !config.cookie_keys.length || !config.cookie_keys.every((k) => typeof k === 'string'))) {
     fail('config.cookie_keys, when given, must be a non-empty list of strings');
   }
+  if (config.rotate_refresh_tokens !== undefined
+      && typeof config.rotate_refresh_tokens !== 'boolean') {
+    fail('config.rotate_refresh_tokens, when given, must be true or false');
+  }
 }
 
 // -- accounts ----------------------------------------------------------------------------
@@ -260,7 +264,9 @@ function buildProvider(config, accounts) {
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     // Every refresh_token grant returns a new refresh token and consumes the old one;
     // presenting a consumed one again fails and revokes the whole grant.
-    rotateRefreshToken: true,
+    // (config.rotate_refresh_tokens = false: the same refresh token is returned every time,
+    // as Google, Auth0 and Okta do by default.)
+    rotateRefreshToken: config.rotate_refresh_tokens ?? true,
     ttl,
     features: {
       devInteractions: { enabled: true },
