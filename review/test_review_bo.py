@@ -247,3 +247,150 @@ def test_gunicorn_with_one_worker_reloaded_gracefully_is_not_flagged(tmp_path: P
             release.touch()
             hold.join(timeout=60)
         assert held == [200]
+
+
+# -- F4: a JWKS fetch blocks the ASGI event loop ----------------------------------------------
+
+
+def _forged_assertion(kid: str) -> str:
+    import base64
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'ES256', 'kid': kid})}.{part({'sub': 'x'})}.{'A' * 86}"
+
+
+@pytest.mark.xfail(strict=True, reason="F4: the ASGI SignedHeaderMiddleware verifies with the "
+                   "blocking get_key, so a hanging JWKS fetch stops the whole event loop")
+def test_a_hanging_jwks_fetch_does_not_stop_other_requests_under_asgi() -> None:
+    """An anonymous client sends an assertion with an unknown kid; the JWKS endpoint does
+    not answer (an outage). Another request, without any assertion, must be answered (401)
+    meanwhile. Today it waits until the fetch times out: the sync verifier runs on the event
+    loop (review/probes/jwks_blocking.py: the worker answered nothing for about 20 of 30 s
+    while a client re-triggered fetches at the new 1-2-4-8 s retry backoff)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from secure_mw.tokens import RemoteKeySet
+    from secure_mw.tokens.headers import VerifyLayer
+    from tests.apps import asgi_inner, uvicorn_server
+
+    fetched, release = threading.Event(), threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            fetched.set()
+            release.wait(60)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    jwks = ThreadingHTTPServer(("127.0.0.1", free_port()), Hanging)
+    threading.Thread(target=jwks.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{jwks.server_port}/jwks"
+    settings = Settings.from_mapping({"signed_headers": {"issue": False, "verify": {
+        "jwks_url": url, "issuer": "proxy", "audience": "app"}}}, environ={})
+    layer = VerifyLayer(settings, keys=RemoteKeySet(url, timeout=60))
+    app = asgi.SignedHeaderMiddleware(asgi_inner(), settings=settings, layer=layer)
+    try:
+        with uvicorn_server(app) as base:
+            attacker = threading.Thread(target=lambda: httpx.get(
+                base + "/x", headers={"X-Pomerium-Jwt-Assertion": _forged_assertion("k1")},
+                timeout=90))
+            attacker.start()
+            assert fetched.wait(30)
+            try:
+                other = httpx.get(base + "/x", timeout=20)
+                assert other.status_code == 401
+            finally:
+                release.set()
+                attacker.join(timeout=90)
+    finally:
+        release.set()
+        jwks.shutdown()
+
+
+# -- F5, F6: an old cookie-store copy is served on a rotation, never refreshed ----------------
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[IdPServer]:
+    server = IdPServer(clients=[_client()], users=[
+        {**USERS[0], "groups": ["admins", "staff"]}], ttl={"AccessToken": ACCESS_TTL})
+    server.start()
+    yield server
+    server.stop()
+
+
+def _cookie_header(client: httpx.Client) -> str:
+    return "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar
+                     if c.name == SESSION or c.name.startswith(SESSION + "."))
+
+
+@pytest.mark.xfail(strict=True, reason="F5: a copy older than the last refresh is served on "
+                   "the in-process rotation record for up to an hour, never refreshed")
+def test_an_old_cookie_copy_is_refused_once_the_provider_refuses_the_grant(
+        idp: IdPServer, flavour: str) -> None:
+    """Cookie store, remember-me. An attacker copied the cookie before its first refresh;
+    the user's browser refreshes it once, then the user is disabled at the provider and
+    goes away. The copy, replayed every 5 minutes, must stop being served once its access
+    token (and the rotated one) has ended: a refresh would be refused. Today it is served
+    for 55 minutes (ROTATION_GRACE): the rotation record stands in for a refresh that never
+    happens, with no refresh grant and no userinfo call."""
+    clock = Clock()
+    settings = _settings(idp, "cookie")
+    module = asgi if flavour == "asgi" else wsgi
+    with serve(flavour, lambda inner: module.protect(inner, settings, clock=clock),
+               port=APP_PORTS[1]) as base, browser() as client:
+        start = client.get(base + "/.auth/login?remember_me=1")
+        client.get(dev_login(client, start.headers["location"], username="bob",
+                             password="bob-pw"))
+        stolen = _cookie_header(client)
+        clock.advance(ACCESS_TTL - 20)                       # due: the browser refreshes
+        assert client.get(base + "/x", headers={"Accept": "application/json"}
+                          ).status_code == 200
+        idp.disable_user("bob")
+        try:
+            served = []
+            for minute in range(5, 60, 5):
+                clock.advance(300)
+                answer = httpx.get(base + "/x", headers={"Cookie": stolen,
+                                                         "Accept": "application/json"})
+                if answer.status_code == 200:
+                    served.append(minute)
+        finally:
+            idp.enable_user("bob")
+    assert served == [], f"the old copy was served {len(served)} times, at minutes {served}"
+
+
+@pytest.mark.xfail(strict=True, reason="F6: a refreshed profile too large for the cookie "
+                   "store is dropped; the old cookie keeps its old groups, refresh skipped")
+def test_groups_removed_at_the_provider_are_removed_with_the_cookie_store(
+        idp: IdPServer, flavour: str) -> None:
+    """Cookie store. The provider removes the user from "admins" and puts them in 600
+    other groups (a re-org). At the next refresh the new profile does not fit in the
+    cookie: the request gets a 503 page saying the identity service cannot be reached, no
+    cookie is written, and every later request is served from the old cookie, through the
+    rotation record, still in "admins" — until the session ends."""
+    clock = Clock()
+    settings = _settings(idp, "cookie")
+    module = asgi if flavour == "asgi" else wsgi
+    api = {"Accept": "application/json"}
+    try:
+        with serve(flavour, lambda inner: module.protect(inner, settings, clock=clock),
+                   port=APP_PORTS[2]) as base, browser() as client:
+            _login(client, base, idp)
+            assert "admins" in client.get(base + "/x", headers=api).json()["groups"]
+            idp.set_groups("bob", [f"cn=group-{i:04d},ou=groups,dc=example,dc=com"
+                                   for i in range(600)])
+            clock.advance(ACCESS_TTL - 20)
+            client.get(base + "/x", headers=api)             # the refresh that cannot be kept
+            for _ in range(3):
+                clock.advance(30)
+                answer = client.get(base + "/x", headers=api)
+                assert answer.status_code != 200 or "admins" not in answer.json()["groups"], \
+                    "served as a member of admins after the provider removed it"
+    finally:
+        idp.set_groups("bob", ["admins", "staff"])

@@ -244,6 +244,10 @@ class IdPServer:
         """Undo :meth:`disable_user`."""
         self._control(f"users/{quote(sub, safe='')}/enable")
 
+    def set_groups(self, sub: str, groups: Sequence[str]) -> None:
+        """The user's groups from now on (userinfo and new ID tokens)."""
+        self._control(f"users/{quote(sub, safe='')}/groups", {"groups": list(groups)})
+
     def set_jwks(self, mode: str) -> None:
         """What ``/jwks`` answers from now on: ``"normal"`` (the key set), ``"garbage"``
         (200 with invalid JSON), ``"empty"`` (``{"keys": []}``) or ``"error"`` (503)."""

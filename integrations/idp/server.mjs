@@ -401,6 +401,24 @@ function testControl(accounts, signingKeys) {
           else accounts.disabled.delete(sub);
           jsonResponse(ctx, 200, { sub, disabled: accounts.disabled.has(sub) });
         }
+      } else if (ctx.method === 'POST' && /^\/__test\/users\/[^/]+\/groups$/.test(ctx.path)) {
+        // The user's groups from now on (userinfo, new ID tokens): {"groups": [...]}.
+        const sub = decodeURIComponent(ctx.path.split('/')[3]);
+        let body;
+        try {
+          body = JSON.parse(await readRawBody(ctx.req, MAX_TEST_BODY));
+        } catch (err) {
+          body = undefined;
+        }
+        if (!accounts.users.has(sub)) {
+          jsonResponse(ctx, 404, { error: 'no such user' });
+        } else if (!isObject(body) || !Array.isArray(body.groups)
+                   || !body.groups.every((g) => typeof g === 'string')) {
+          jsonResponse(ctx, 400, { error: 'give {"groups": [strings]}' });
+        } else {
+          accounts.users.get(sub).groups = body.groups;
+          jsonResponse(ctx, 200, { sub, groups: body.groups.length });
+        }
       } else if (ctx.method === 'POST' && ctx.path === '/__test/tamper') {
         try {
           pendingTamper = parseTamperRequest(await readRawBody(ctx.req, MAX_TEST_BODY));
