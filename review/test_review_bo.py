@@ -394,3 +394,126 @@ def test_groups_removed_at_the_provider_are_removed_with_the_cookie_store(
                     "served as a member of admins after the provider removed it"
     finally:
         idp.set_groups("bob", ["admins", "staff"])
+
+
+# -- F8: no usable temporary directory: 500 ---------------------------------------------------
+
+
+def _read_only_server(flavour: str, port: int) -> list[str]:
+    """tests.e2e_app in a mount namespace where /tmp, /var/tmp, /usr/tmp and the working
+    directory are read-only (a container with readOnlyRootFilesystem and no tmpfs)."""
+    mounts = " ".join(f"mount --bind -o ro {d} {d};" for d in ("/tmp", "/var/tmp", str(ROOT)))
+    script = (f"set -e; {mounts} if [ -d /usr/tmp ]; then mount --bind -o ro /usr/tmp "
+              f"/usr/tmp; fi; exec {PY} -m tests.e2e_app --flavour {flavour} --port {port}")
+    return ["unshare", "-m", "bash", "-c", script]
+
+
+@pytest.mark.xfail(strict=True, reason="F8: registry_directory() lets tempfile.gettempdir()'s "
+                   "FileNotFoundError escape: 500 at every check")
+def test_no_writable_temp_directory_is_not_a_500(flavour: str, tmp_path: Path) -> None:
+    """docs/sessions.md: "Without such a directory (Windows, no writable temp directory)
+    nothing is checked." With no writable temporary directory at all, tempfile raises
+    FileNotFoundError inside the worker check: one request in every CHECK_INTERVAL (5 s)
+    answers 500 on a single-worker deployment on the defaults (here the interval is 0, so
+    every request)."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a mount namespace here (needs root and unshare)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SECURE_MW_") and k not in ("XDG_RUNTIME_DIR", "TMPDIR")}
+    env.update({"SECURE_MW_ACCESS_CONTROL__RULES": json.dumps(
+        [{"resources": ["^/"], "policy": "bypass"}]), "E2E_WORKER_CHECK_INTERVAL": "0",
+        "PYTHONDONTWRITEBYTECODE": "1"})
+    with ServerProcess(_read_only_server(flavour, port), port=port, env=env,
+                       log=tmp_path / "server.log") as server:
+        statuses = [httpx.get(server.url + "/x", headers={"Accept": "application/json"},
+                              timeout=10).status_code for _ in range(5)]
+        assert "No usable temporary directory" not in server.log()
+    assert statuses == [200] * 5
+
+
+# -- F9: HostGuardMiddleware alone checks a host the app never sees ---------------------------
+
+
+def _echo_host_asgi() -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hosts = [v.decode("latin-1") for n, v in scope["headers"] if n == b"host"]
+        body = json.dumps({"host": hosts}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def _echo_host_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = json.dumps({"host": [environ.get("HTTP_HOST")]}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+@pytest.mark.xfail(strict=True, reason="F9: standalone, the guard judges the forwarded host "
+                   "but passes the request on with the Host header it did not judge")
+def test_the_host_guard_alone_never_lets_an_unlisted_host_reach_the_app(flavour: str) -> None:
+    """HostGuardMiddleware(app, allowed_hosts=[...], trusted_proxies=[...]) without
+    ClientAddressMiddleware ("each middleware also works alone"): behind a proxy that
+    passes the client's Host on and sets X-Forwarded-Host itself (nginx:
+    ``proxy_set_header Host $http_host; proxy_set_header X-Forwarded-Host $server_name``),
+    a request with ``Host: evil.example`` passes the guard and the app builds its links
+    from evil.example."""
+    from tests.apps import uvicorn_server, wsgi_server
+
+    module = asgi if flavour == "asgi" else wsgi
+    inner = _echo_host_asgi() if flavour == "asgi" else _echo_host_wsgi
+    app = module.HostGuardMiddleware(inner, allowed_hosts=["app.example.com"],
+                                     trusted_proxies=["127.0.0.1/32"])
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    with server(app) as base:
+        answer = httpx.get(base + "/x", headers={
+            "Host": "evil.example", "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-Host": "app.example.com"})
+    assert answer.status_code == 400 or answer.json()["host"] == ["app.example.com"], \
+        f"the app saw Host {answer.json()['host']}"
+
+
+# -- F10: a retired key makes fail2ban ban the users of the Redis store -----------------------
+
+
+@pytest.mark.xfail(strict=True, reason="F10: a Redis record that does not decrypt is audited "
+                   "as the client's forgery (invalid_session_cookie), which fail2ban bans")
+def test_a_retired_key_does_not_make_fail2ban_ban_redis_store_users(
+        flavour: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """With the Redis store the client only holds a 256-bit random id: a record under it
+    that does not decrypt (written with a key since removed from the ring, or by another
+    app sharing the Redis prefix) cannot be the client's forgery. Since the reviewed change
+    it is audited ``invalid_session_cookie`` on every path, an event the shipped fail2ban
+    filter counts: one page load of 12 parallel requests (a page and its resources) after
+    the key was removed is 12 lines from the user's address, above the jail's maxretry 10."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from secure_mw.testing import session_cookie
+
+    old, new = KeyRing.new_key_text(), KeyRing.new_key_text()
+
+    def settings(key: str) -> Settings:
+        return Settings.from_mapping({
+            "keys": {"encryption_keys": [key]},
+            "session": {"store": "redis", "redis_url": redis_server.url},
+            "access_control": {"rules": [{"resources": ["^/"], "policy": "authenticated"}]},
+        }, environ={})
+
+    cookie = session_cookie(settings(old), {"sub": "alice"})   # signed in before the change
+    module = asgi if flavour == "asgi" else wsgi
+    caplog.set_level("INFO", "secure_mw.audit")
+    with serve(flavour, lambda inner: module.protect(inner, settings(new))) as base:
+        def one(_: int) -> int:
+            return httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                   "Accept": "application/json"}).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            assert set(pool.map(one, range(12))) <= {401, 302}
+    banning = ("login_failure", "ban", "rate_limited", "csrf_failure", "invalid_session_cookie",
+               "invalid_token", "unsafe_redirect", "authorization_denied")
+    counted = [r.getMessage() for r in caplog.records if r.name == "secure_mw.audit"
+               and any(f'"event":"{e}"' in r.getMessage() for e in banning)]
+    assert counted == [], f"{len(counted)} fail2ban-counted lines for one page load"
