@@ -318,7 +318,10 @@ def test_a_hanging_jwks_fetch_does_not_stop_other_requests_under_asgi() -> None:
 @pytest.fixture(scope="module")
 def idp() -> Iterator[IdPServer]:
     server = IdPServer(clients=[_client()], users=[
-        {**USERS[0], "groups": ["admins", "staff"]}], ttl={"AccessToken": ACCESS_TTL})
+        {**USERS[0], "groups": ["admins", "staff"]},
+        {"sub": "mallory", "password": "mallory-pw", "email": "mallory@example.com",
+         "email_verified": True, "name": "Mallory", "groups": []}],
+        ttl={"AccessToken": ACCESS_TTL})
     server.start()
     yield server
     server.stop()
@@ -517,3 +520,91 @@ def test_a_retired_key_does_not_make_fail2ban_ban_redis_store_users(
     counted = [r.getMessage() for r in caplog.records if r.name == "secure_mw.audit"
                and any(f'"event":"{e}"' in r.getMessage() for e in banning)]
     assert counted == [], f"{len(counted)} fail2ban-counted lines for one page load"
+
+
+# -- F11: revocations of the cookie store are evicted by anyone who signs out -----------------
+
+
+def _sign_in_out(base: str, idp: IdPServer, user: str, password: str, *,
+                 remember: bool) -> str:
+    """Sign in (remember-me or not) and out again; the session cookie as it was."""
+    with browser() as client:
+        start = client.get(base + "/.auth/login" + ("?remember_me=1" if remember else ""))
+        client.get(dev_login(client, start.headers["location"], username=user,
+                             password=password))
+        cookie = _cookie_header(client)
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        assert client.post(base + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        return cookie
+
+
+@pytest.mark.xfail(strict=True, reason="F11: when the revocation table is full the mark "
+                   "closest to its end is dropped: any user's sign-outs evict the victim's")
+def test_a_signed_out_cookie_stays_refused_whoever_signs_out_after(
+        idp: IdPServer, flavour: str) -> None:
+    """Cookie store without Redis (revocations in process memory, bounded by
+    ``session.memory_max_sessions``, 3 here for the test; 100,000 by default). Bob signs
+    out; his copied cookie is refused. Mallory then signs in with remember-me and out, as
+    many times as the bound: her marks end in 30 days, Bob's within the hour, so his is
+    the one dropped, and his copied cookie is served again."""
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]},
+        "session": {"store": "cookie", "memory_max_sessions": 3},
+        "oidc": {"issuer": idp.issuer, "client_id": "app", "client_secret": SECRET,
+                 "scopes": ["openid", "profile", "email", "groups"]}}, environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    api = {"Accept": "application/json"}
+    with serve(flavour, lambda inner: module.protect(inner, settings, clock=Clock()),
+               port=APP_PORTS[0]) as base:
+        stolen = _sign_in_out(base, idp, "bob", "bob-pw", remember=False)
+        assert httpx.get(base + "/x", headers={**api, "Cookie": stolen}).status_code == 401
+        for _ in range(3):
+            _sign_in_out(base, idp, "mallory", "mallory-pw", remember=True)
+        replay = httpx.get(base + "/x", headers={**api, "Cookie": stolen})
+    assert replay.status_code == 401, f"Bob's signed-out cookie is served again: {replay.text}"
+
+
+# -- F7: the 503 page for several workers recommends the cookie store without Redis -----------
+
+_CHECKER = r"""
+import sys
+from pathlib import Path
+from secure_mw.session.memory_store import SiblingWorkers
+workers = SiblingWorkers("sid", explicit=False, directory=Path(sys.argv[1]), interval=0)
+for line in sys.stdin:
+    print(repr(workers.check("8000")), flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="F7: the refusal names session.store = \"cookie\" as "
+                   "the fix for several workers; docs/sessions.md says that cookie store "
+                   "cannot arbitrate refreshes or share sign-outs across processes")
+def test_the_fix_the_multi_worker_refusal_names_works_with_several_workers(
+        tmp_path: Path) -> None:
+    """Two workers on the defaults get 503 naming the fix: 'session.store = "cookie"
+    (with keys.encryption_keys)'. Applied to two workers (review/probes/
+    cookie_two_workers.py, two app instances with their own cores): parallel requests at
+    refresh time presented a spent refresh token and the provider ended the session in 5
+    of 5 trials, and a sign-out is known only to the worker that served it. The advice must
+    name what works with several workers: Redis (store = "redis", or redis_url with the
+    cookie store)."""
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o700)
+    procs = [subprocess.Popen([PY, "-c", _CHECKER, str(registry)], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        answers = []
+        for proc in procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            answers.append(proc.stdout.readline().strip())
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    refusal = answers[1]
+    assert "several worker processes" in refusal
+    cookie_advice = refusal.split('session.store = "cookie"', 1)
+    assert len(cookie_advice) == 1 or "redis_url" in cookie_advice[1].split(" or ", 1)[0], \
+        refusal
