@@ -608,3 +608,55 @@ def test_the_fix_the_multi_worker_refusal_names_works_with_several_workers(
     cookie_advice = refusal.split('session.store = "cookie"', 1)
     assert len(cookie_advice) == 1 or "redis_url" in cookie_advice[1].split(" or ", 1)[0], \
         refusal
+
+
+# -- F12: a local user switches the check off without a word ----------------------------------
+
+_CHECKER_DEFAULT_DIR = r"""
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from secure_mw.session.memory_store import SiblingWorkers
+workers = SiblingWorkers("sid", explicit=False, interval=0)
+for line in sys.stdin:
+    print(repr(workers.check("8000")), flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="F12: a registry directory that is not ours (another "
+                   "user's, a symlink) silently disables the check: no refusal, no log line")
+@pytest.mark.parametrize("planted", ["other-owner", "symlink"])
+def test_a_planted_registry_directory_does_not_silently_disable_the_check(
+        tmp_path: Path, planted: str) -> None:
+    """Another local user creates ``<tmp>/secure-mw-<uid>`` first (or a symlink there);
+    without ``$XDG_RUNTIME_DIR`` (services usually have none) that is the only candidate.
+    Two workers on the defaults then serve with the memory store, unflagged, and nothing
+    is logged: at least a warning naming the directory is due."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    target = temp / f"secure-mw-{os.getuid()}"
+    if planted == "symlink":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        target.symlink_to(elsewhere)
+    else:
+        target.mkdir()
+        os.chown(target, 65534, 65534)       # "nobody" got there first
+        target.chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = str(temp)
+    procs = [subprocess.Popen([PY, "-c", _CHECKER_DEFAULT_DIR], cwd=ROOT, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        answers = []
+        for proc in procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            answers.append(proc.stdout.readline().strip())
+    finally:
+        errors = ""
+        for proc in procs:
+            proc.kill()
+            errors += proc.communicate()[1]
+    assert answers[1] != "None" or str(target) in errors, (answers, errors)
