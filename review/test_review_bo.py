@@ -278,7 +278,7 @@ def test_a_hanging_jwks_fetch_does_not_stop_other_requests_under_asgi() -> None:
     fetched, release = threading.Event(), threading.Event()
 
     class Hanging(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             fetched.set()
             release.wait(60)
             self.send_response(503)

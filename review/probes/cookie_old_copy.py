@@ -4,13 +4,16 @@ disabled at the provider, is served on the rotation record. Review probe.
 PYTHONPATH=. python review/probes/cookie_old_copy.py asgi|wsgi remember|plain
 """
 import sys
+
 import httpx
+
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
-from tests.apps import serve, browser
+from tests.apps import browser, serve
 from tests.clock import Clock
 from tests.idp import IdPServer, dev_login
-from tests.servers import free_port, RedisServer
+from tests.servers import free_port
+
 port = free_port()
 S = "s" * 32
 idp = IdPServer(clients=[{"client_id": "app", "client_secret": S,

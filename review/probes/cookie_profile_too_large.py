@@ -4,13 +4,14 @@ refreshed profile does not fit, and the old cookie keeps "admins". Review probe.
 PYTHONPATH=. python review/probes/cookie_profile_too_large.py asgi|wsgi
 """
 import sys
-import httpx
+
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
-from tests.apps import serve, browser
+from tests.apps import browser, serve
 from tests.clock import Clock
 from tests.idp import IdPServer, dev_login
 from tests.servers import free_port
+
 port = free_port()
 S = "s" * 32
 idp = IdPServer(clients=[{"client_id": "app", "client_secret": S,

@@ -5,13 +5,16 @@ PYTHONPATH=. python review/probes/cookie_two_workers.py asgi|wsgi
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
 import httpx
+
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
-from tests.apps import serve, browser
+from tests.apps import browser, serve
 from tests.clock import Clock
 from tests.idp import IdPServer, dev_login
 from tests.servers import free_port
+
 ports = [free_port(), free_port()]
 S = "s" * 32
 idp = IdPServer(clients=[{"client_id": "app", "client_secret": S,

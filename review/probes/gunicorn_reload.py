@@ -29,6 +29,7 @@ def free_port() -> int:
 
 
 def main() -> None:
+    os.makedirs("/tmp/rv", exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
     env.update({"SECURE_MW_ACCESS_CONTROL__RULES": json.dumps(
@@ -37,7 +38,7 @@ def main() -> None:
                              "--threads", "4", "--graceful-timeout", "30",
                              "-b", f"127.0.0.1:{port}", "review.probes.slow_app:wsgi_app()"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open("/tmp/rv/gunicorn_reload.log", "w"),
+                            stderr=subprocess.DEVNULL,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -1,11 +1,14 @@
 """300,000 random Host values: whenever HostPolicy allows one, Starlette, urllib and
 werkzeug must parse it to a listed host (0 mismatches). Review probe.
 """
-import random, itertools
-from secure_mw.guards.hosts import HostPolicy
+import random
+from urllib.parse import urlsplit
+
 from starlette.datastructures import URL
 from werkzeug.sansio.utils import get_host
-from urllib.parse import urlsplit
+
+from secure_mw.guards.hosts import HostPolicy
+
 pol = HostPolicy(["app.example.com", "*.good.example", "[::1]", "127.0.0.1", "admin.example.com:8443"])
 ok_names = {"app.example.com", "127.0.0.1", "::1", "[::1]"}
 def allowed_name(name, port):

@@ -25,7 +25,7 @@ fetches: list[float] = []
 
 
 class SlowJWKS(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         fetches.append(time.monotonic())
         time.sleep(HANG)                       # an outage: the answer never comes in time
         self.send_response(503)

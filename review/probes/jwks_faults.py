@@ -3,11 +3,15 @@ to http metadata. Review probe.
 
 PYTHONPATH=. python review/probes/jwks_faults.py
 """
-import gzip, json, threading, time
+import gzip
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from secure_mw.tokens import RemoteKeySet
+
 from secure_mw.errors import StoreUnavailable
+from secure_mw.tokens import RemoteKeySet
 from tests.clock import Clock
+
 hits = {}
 BOMB = gzip.compress(b'{"keys": [' + b" " * (50 * 1024 * 1024) + b"]}")
 class H(BaseHTTPRequestHandler):

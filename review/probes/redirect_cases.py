@@ -2,8 +2,11 @@
 
 python review/probes/redirect_cases.py && node review/probes/redirect_whatwg.mjs
 """
-import json, random
+import json
+import random
+
 from secure_mw.guards.redirect import RedirectPolicy
+
 pol = RedirectPolicy(["app.example.com", "*.good.example", "admin.example.com:8443"])
 atoms = ["//", "/", "\\", "app.example.com", "evil.com", "@", ":", "8443", "443", "80", ".", "..", "%2f", "%5c", "%2e", "%40", "?", "#", "x.good.example", "good.example", "\t", "\n", " ", "%09", "。", "ａ", "%00", "[::1]", "[", "]", "admin.example.com", "evil", ";", ",", "&", "=", "http:", "https:", "HTTP:", "javascript:", "0x7f.1", "%252f", "\u3002", "\uff0f", "ß", "xn--", "-", "_"]
 random.seed(7)
