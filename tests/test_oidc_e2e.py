@@ -1300,6 +1300,48 @@ def test_an_old_cookie_copy_refreshed_from_the_rotation_keeps_the_grant_alive(
             assert thief.get(base + "/x", headers=api).status_code == 200
 
 
+def test_a_refreshed_profile_too_large_for_the_cookie_ends_the_session_with_a_clear_page(
+        idp: IdPServer, app: AppFactory, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Cookie store. The provider moves Alice out of "admins" into 600 groups: the refreshed
+    profile no longer fits in the cookie. The session ends (cookies expired, every copy
+    refused, `session_ended` with the reason) with a page naming the cause and the fix; it
+    is never served again with the old groups. (The old cookie stayed in place and was
+    served, through the rotation, as a member of "admins".)"""
+    settings = settings_for(idp, store="cookie", inactivity="10m")
+    api = {"Accept": "application/json"}
+    try:
+        with app(settings) as base, browser() as client:
+            login(client, base, idp)
+            assert "admins" in client.get(base + "/x", headers=api).json()["groups"]
+            before = _session_cookie(client)
+            idp.set_groups("alice", [f"cn=group-{i:04d},ou=groups,dc=example,dc=com"
+                                     for i in range(600)])
+            clock.advance(ACCESS_TTL - 20)
+            caplog.clear()
+            caplog.set_level(logging.INFO, "secure_mw.audit")
+            page = client.get(base + "/x")
+            assert page.status_code == 503
+            assert "too large" in page.text and "redis" in page.text \
+                and "groups" in page.text
+            assert any(c.startswith(f"{SESSION}=;") for c in page.headers.get_list(
+                "set-cookie"))
+            ended = [e for e in audit_events(caplog) if '"event":"session_ended"' in e]
+            assert len(ended) == 1 and "too large for the cookie store" in ended[0]
+            assert client.get(base + "/x", headers=api).status_code == 401
+            served = _usable_offsets(base, before, clock, step=30, until=150)
+            assert served == [], f"the old cookie was served at {served}"
+            replay = httpx.get(base + "/x", headers={**api, "Cookie": before})
+            assert replay.status_code == 401
+            # A new login meets the same limit: the page says so instead of "unavailable".
+            start = client.get(base + "/.auth/login").headers["location"]
+            again = client.get(dev_login(client, start, username="alice",
+                                         password="alice-pw"))
+            assert again.status_code == 503 and "session.store" in again.text
+    finally:
+        idp.set_groups("alice", ["admins", "staff"])
+
+
 @pytest.mark.parametrize(("elapsed", "released"), [(1.0, True), (26.0, False)])
 def test_a_refresh_claim_held_too_long_is_left_alone_whatever_the_wall_clock_says(
         idp: IdPServer, app: AppFactory, clock: Clock, redis_server: RedisServer,

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
+from secure_mw.errors import InvalidToken, SecureMWError, SessionTooLarge, StoreUnavailable
 from secure_mw.guards.hosts import public_base
 from secure_mw.http import (
     MAX_FORM_BODY,
@@ -133,6 +133,15 @@ class _Wait:
 
 
 _WAIT = _Wait()
+
+
+class _NotKept(Exception):
+    """A refreshed session could not be saved (too large for the cookie store): it has been
+    ended; ``cookies`` expire the client's copy."""
+
+    def __init__(self, cookies: list[str]) -> None:
+        super().__init__("the refreshed session cannot be kept")
+        self.cookies = cookies
 
 
 def _tokens_due(tokens: Mapping[str, Any], now: float) -> bool:
@@ -283,6 +292,11 @@ class OIDCSessionCore:
                     return Outcome(html_reply(404, "Not found", "There is no such page."))
                 return (yield from route(view))
             return (yield from self._gate(view))
+        except _NotKept as exc:     # audited (session_ended) where it was ended
+            return Outcome(self._too_large(view, exc.cookies))
+        except SessionTooLarge as exc:
+            self._event("session_too_large", view, reason=str(exc))
+            return Outcome(self._too_large(view, []))
         except StoreUnavailable as exc:
             self._event("store_unavailable", view, reason=str(exc))
             return Outcome(self._unavailable(view))
@@ -345,7 +359,14 @@ class OIDCSessionCore:
                         return None, ended
                     if not changed:
                         return refreshed, []
-                    return (yield from self._write_back(refreshed, read, now))
+                    try:
+                        return (yield from self._write_back(refreshed, read, now))
+                    except SessionTooLarge as exc:
+                        # Never serve the record of before instead: end it for every copy.
+                        self._event("session_ended", view, user=session.sub,
+                                    reason=f"the refreshed session cannot be kept: {exc}")
+                        ended = yield from self.sessions.destroy(session, sent=read.sent)
+                        raise _NotKept(ended) from None
                 finally:
                     self._release_refresh(session.id)
         if not self.sessions.needs_touch(session):
@@ -794,6 +815,19 @@ class OIDCSessionCore:
                               "Please try again in a moment.", headers=[("retry-after", "5")])
         return json_reply(503, {"error": "identity_unavailable"},
                           headers=[("retry-after", "5")])
+
+    def _too_large(self, view: RequestView, cookies: list[str]) -> Reply:
+        """The session does not fit in the cookie store: say why, and what fixes it."""
+        headers = [("set-cookie", c) for c in cookies]
+        if not view.wants_html:
+            return json_reply(503, {"error": "session_too_large"}, headers=headers)
+        return html_reply(
+            503, "Session too large",
+            "Your profile from the identity provider (your groups, most likely) is too large "
+            "for this application's cookie-based sessions: you cannot stay signed in. "
+            "Administrators: keep sessions in Redis (session.store = \"redis\"), or have the "
+            "identity provider send fewer groups (filter its groups claim; "
+            "oidc.groups_claim names the claim read).", headers=headers)
 
     def _refresh_pending(self, view: RequestView) -> Reply:
         headers = [("retry-after", str(RETRY_AFTER))]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import DecryptError, StoreUnavailable
+from secure_mw.errors import DecryptError, SessionTooLarge
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.session.cookies import (
     CookieJarSpec,
@@ -353,8 +353,8 @@ class SessionManager:
             try:
                 parts = split_chunks(token)
             except ValueError:
-                raise StoreUnavailable("the session is too large for the cookie store "
-                                       "(use the redis store)") from None
+                raise SessionTooLarge("the session is too large for the cookie store "
+                                      "(use the redis store)") from None
             headers = [self.jar.set(chunk_name(self.cookie_name, i), part, max_age=max_age)
                        for i, part in enumerate(parts)]
             names = {chunk_name(self.cookie_name, i) for i in range(len(parts))}
