@@ -1273,27 +1273,46 @@ def test_manager_with_a_bytes_store_round_trips(clock: Clock) -> None:
     assert read(manager, view).session == session
 
 
-def test_manager_corrupt_record_is_suspicious(clock: Clock) -> None:
-    store = BytesStore()
+def _unreadable_manager(clock: Clock, store: BytesStore
+                        ) -> tuple[SessionManager, list[str], list[str]]:
+    refused: list[str] = []
+    unreadable: list[str] = []
     manager = make_manager(clock, session_store=store)
+    manager.on_refused = lambda view, problem: refused.append(problem)
+    manager.on_unreadable = lambda view, problem: unreadable.append(problem)
+    return manager, refused, unreadable
+
+
+def test_manager_corrupt_record_is_unreadable_not_the_clients_forgery(clock: Clock) -> None:
+    """The client holds a random id: a bad record under it is the store's problem."""
+    store = BytesStore()
+    manager, refused, unreadable = _unreadable_manager(clock, store)
     session = manager.new(claims=CLAIMS)
     view = cookie_view(run_sync(manager.save(session, new=True)))
     store.items[session.id] = b'{"v":1'
     got = read(manager, view)
     assert (got.session, got.problem, got.suspicious) == \
-        (None, "session record is corrupt", True)
+        (None, "session record is corrupt", False)
+    assert (refused, unreadable) == ([], ["session record is corrupt"])
 
 
 def test_manager_record_of_another_id_is_refused(clock: Clock) -> None:
     store = BytesStore()
-    manager = make_manager(clock, session_store=store)
+    manager, refused, unreadable = _unreadable_manager(clock, store)
     victim = manager.new(claims={"sub": "victim"})
     run_sync(manager.save(victim, new=True))
     attacker_id = new_session_id()
-    store.items[attacker_id] = store.items[victim.id]
+    store.items[attacker_id] = store.items[victim.id]    # written by someone in the store
     got = read(manager, cookie_view({"__Host-secure_mw_session": attacker_id}))
     assert (got.session, got.problem, got.suspicious) == \
-        (None, "session record under the wrong key", True)
+        (None, "session record under the wrong key", False)
+    assert (refused, unreadable) == ([], ["session record under the wrong key"])
+
+
+def test_manager_malformed_id_is_still_the_clients_problem(clock: Clock) -> None:
+    manager, refused, unreadable = _unreadable_manager(clock, BytesStore())
+    got = read(manager, cookie_view({"__Host-secure_mw_session": "not-an-id"}))
+    assert got.suspicious and (refused, unreadable) == (["malformed session cookie"], [])
 
 
 def test_manager_needs_touch_interval(clock: Clock) -> None:

@@ -244,7 +244,8 @@ class OIDCSessionCore:
         self._monotonic = time.monotonic    # elapsed times (claims); ``clock`` is for tokens
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
                                        clock=clock, secure=settings.session.cookie_secure,
-                                       on_refused=self._cookie_refused)
+                                       on_refused=self._cookie_refused,
+                                       on_unreadable=self._record_unreadable)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
@@ -269,6 +270,12 @@ class OIDCSessionCore:
         """A session cookie that is malformed, forged or made with other keys (another
         application's) is audited wherever it is read."""
         self._event("invalid_session_cookie", view, reason=problem)
+
+    def _record_unreadable(self, view: RequestView, problem: str) -> None:
+        """A server-side record the client's session id names cannot be read: audited under
+        an event of its own, which fail2ban does not count (the client cannot have forged
+        it; one page load after a key left the ring would otherwise ban its user)."""
+        self._event("session_record_unreadable", view, reason=problem)
 
     def _foreign(self, session: Session) -> str | None:
         """Why ``session`` is not one this application accepts, or ``None``."""
