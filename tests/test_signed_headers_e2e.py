@@ -284,3 +284,73 @@ def test_claim_criteria_see_every_claim_of_a_verified_assertion(flavour: str,
         assert status({"sub": "c", "department": "contractors"}) == 403
         assert status({"sub": "b", "org": {"unit": "banned"}}) == 403
         assert status({"sub": "s", "department": "sales", "org": {"unit": "core"}}) == 200
+
+
+# -- a JWKS fetch never holds up other requests ------------------------------------------------
+
+
+def _forged_assertion(kid: str) -> str:
+    import base64
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'ES256', 'kid': kid})}.{part({'sub': 'x'})}.{'A' * 86}"
+
+
+def test_a_hanging_jwks_fetch_does_not_stop_other_requests(flavour: str) -> None:
+    """An anonymous client sends an assertion with an unknown kid while the JWKS endpoint
+    hangs (an outage): another request, without an assertion, is answered (401) meanwhile,
+    and the forged one gets its 401 once the fetch fails. (Under ASGI the verifier ran the
+    blocking fetch on the event loop: the worker answered nothing for ~20 of 30 s while a
+    client re-triggered fetches at the 1-2-4-8 s retry backoff.)"""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from secure_mw.tokens import RemoteKeySet
+    from secure_mw.tokens.headers import VerifyLayer
+    from tests.apps import asgi_inner, wsgi_inner
+    from tests.servers import free_port
+
+    fetched, release = threading.Event(), threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.set()
+            release.wait(60)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    jwks = ThreadingHTTPServer(("127.0.0.1", free_port()), Hanging)
+    threading.Thread(target=jwks.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{jwks.server_port}/jwks"
+    settings = Settings.from_mapping({"signed_headers": {"issue": False, "verify": {
+        "jwks_url": url, "issuer": "proxy", "audience": "app"}}}, environ={})
+    layer = VerifyLayer(settings, keys=RemoteKeySet(url, timeout=60))
+    module = asgi if flavour == "asgi" else wsgi
+    inner = asgi_inner() if flavour == "asgi" else wsgi_inner
+    app = module.SignedHeaderMiddleware(inner, settings=settings, layer=layer)
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    forged: list[int] = []
+    try:
+        with server(app) as base:
+            attacker = threading.Thread(target=lambda: forged.append(httpx.get(
+                base + "/x", headers={"X-Pomerium-Jwt-Assertion": _forged_assertion("k1")},
+                timeout=90).status_code))
+            attacker.start()
+            assert fetched.wait(30)
+            try:
+                assert attacker.is_alive()                   # its fetch hangs ...
+                other = httpx.get(base + "/x", timeout=20)   # ... and this one is served
+                assert other.status_code == 401
+                assert other.json() == {"error": "invalid_assertion"}
+            finally:
+                release.set()
+                attacker.join(timeout=90)
+    finally:
+        release.set()
+        jwks.shutdown()
+    assert forged == [401]
