@@ -1391,3 +1391,37 @@ def test_a_refresh_claim_held_too_long_is_left_alone_whatever_the_wall_clock_say
     assert after["at"] != before["at"]                       # it did refresh
     claim = rotation_key(before, "refreshing")
     assert records.claim_once(claim, 30) is released         # released only when in time
+
+
+def _sign_in_and_out(base: str, idp: IdPServer, user: str, password: str, *,
+                     remember: bool) -> str:
+    """Sign in (remember-me or not) and out again; the session cookie as it was."""
+    with browser() as client:
+        start = client.get(base + "/.auth/login" + ("?remember_me=1" if remember else ""))
+        client.get(dev_login(client, start.headers["location"], username=user,
+                             password=password))
+        cookie = _session_cookie(client)
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        assert client.post(base + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        return cookie
+
+
+def test_a_signed_out_cookie_stays_refused_whoever_signs_out_after(
+        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """Cookie store without Redis: revocations in this process's memory, bounded by
+    ``session.memory_max_sessions`` (3 here; 100,000 by default). Bob signs out; Dana then
+    signs in with remember-me and out, three times and more: her marks end in 30 days,
+    Bob's within the hour, yet only her own are dropped, and Bob's copied cookie stays
+    refused. (Bob's mark, the closest to its end, was the one dropped: his cookie was
+    served again.)"""
+    settings = settings_for(idp, store="cookie", memory_max_sessions=3)
+    api = {"Accept": "application/json"}
+    with app(settings) as base:
+        stolen = _sign_in_and_out(base, idp, "bob", "bob-pw", remember=False)
+        assert httpx.get(base + "/x", headers={**api, "Cookie": stolen}).status_code == 401
+        dana = [_sign_in_and_out(base, idp, "dana", "dana-pw", remember=True)
+                for _ in range(5)]
+        replay = httpx.get(base + "/x", headers={**api, "Cookie": stolen})
+        assert replay.status_code == 401, f"Bob's signed-out cookie is served: {replay.text}"
+        assert httpx.get(base + "/x", headers={**api, "Cookie": dana[-1]}).status_code == 401
+    assert sum("memory_max_sessions" in r.getMessage() for r in caplog.records) == 1

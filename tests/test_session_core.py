@@ -980,10 +980,60 @@ def test_memory_store_claims_and_revocations_stay_bounded() -> None:
             store.release(f"c{i}")
         store.revoke(f"r{i}", 1 + i % 5)
         clock.advance(0.5)
-    for marks in (store._once, store._revoked):
-        assert len(marks) <= 10
-        assert len(marks._heap) <= 2 * 10 + 64
+    assert len(store._once) <= 10 and len(store._once._heap) <= 2 * 10 + 64
+    assert len(store._revoked) <= 10 and len(store._revoked._expiry) <= 2 * 10 + 64
     assert store.is_revoked("kept")          # the soonest to expire went first
+
+
+def test_memory_store_one_users_sign_outs_never_evict_anothers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Mallory signs in (remember-me: 30-day marks) and out, again and again: only her own
+    marks are dropped, Bob's one-hour mark stays, and the first drop is logged once. (The
+    mark closest to its end went first, whoever's it was: Bob's.)"""
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=3, clock=clock)
+    store.revoke("bob-session", 3600, owner="bob")
+    for i in range(1000):
+        store.revoke(f"mallory-{i}", 30 * 86400, owner="mallory")
+        clock.advance(1)
+    assert store.is_revoked("bob-session")
+    assert len(store._revoked) == 3 and store.marks_dropped == 998
+    assert [store.is_revoked(f"mallory-{i}") for i in (997, 998, 999)] == [False, True, True]
+    warnings = [r for r in caplog.records if "memory_max_sessions" in r.getMessage()]
+    assert len(warnings) == 1 and "session.redis_url" in warnings[0].getMessage()
+
+
+def test_memory_store_with_one_mark_per_user_drops_the_closest_to_its_end() -> None:
+    """The bound is real: once as many users as it allows hold one mark each, the next
+    sign-out drops the mark closest to its end (docs/sessions.md says so)."""
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=3, clock=clock)
+    for user, ttl in (("a", 300), ("b", 100), ("c", 200), ("d", 400)):
+        store.revoke(f"{user}-session", ttl, owner=user)
+    assert [store.is_revoked(f"{u}-session") for u in "abcd"] == [True, False, True, True]
+    assert store.marks_dropped == 1
+
+
+def test_memory_store_marks_stay_consistent_and_bounded_under_churn() -> None:
+    import random
+
+    rng = random.Random(7)
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=50, clock=clock)
+    owners = [f"user-{i}" for i in range(20)]
+    for step in range(20_000):
+        key = f"s{rng.randrange(400)}"
+        store.revoke(key, rng.choice((5, 60, 3600)), owner=rng.choice(owners))
+        if step % 7 == 0:
+            clock.advance(rng.random() * 3)
+        marks = store._revoked
+        assert len(marks) <= 50
+    counts: dict[str, int] = {}
+    for _deadline, owner in marks._until.values():
+        counts[owner] = counts.get(owner, 0) + 1
+    assert counts == marks._count
+    assert len(marks._expiry) <= 2 * 50 + 64 and len(marks._largest) <= 2 * len(counts) + 64
+    assert all(len(marks._by_owner[o]) <= 2 * c + 8 for o, c in counts.items())
 
 
 def test_memory_store_revocation_lasts_its_ttl() -> None:

@@ -64,9 +64,9 @@ class SessionStore(Protocol):
 class MarkStore(SessionStore, Protocol):
     """Where the cookie store remembers ended sessions (the memory or the Redis store)."""
 
-    def revoke(self, key: str, ttl: float) -> None: ...
+    def revoke(self, key: str, ttl: float, *, owner: str = "") -> None: ...
     def is_revoked(self, key: str) -> bool: ...
-    async def arevoke(self, key: str, ttl: float) -> None: ...
+    async def arevoke(self, key: str, ttl: float, *, owner: str = "") -> None: ...
     async def ais_revoked(self, key: str) -> bool: ...
 
 
@@ -341,7 +341,7 @@ class SessionManager:
         if marks is None:
             return None
         ttl = session.expires - self.clock() + REVOCATION_MARGIN
-        yield Op(marks.revoke, marks.arevoke, session.id, ttl)
+        yield Op(marks.revoke, marks.arevoke, session.id, ttl, owner=session.sub)
         return None
 
     def needs_touch(self, session: Session) -> bool:
