@@ -354,3 +354,68 @@ def test_a_hanging_jwks_fetch_does_not_stop_other_requests(flavour: str) -> None
         release.set()
         jwks.shutdown()
     assert forged == [401]
+
+
+# -- rotating the key ring under verifiers that pinned a jwks_file ------------------------------
+
+
+def test_a_two_step_key_rotation_keeps_a_pinned_jwks_file_working(flavour: str,
+                                                                  tmp_path: Path) -> None:
+    """The assertion signing key is derived from the key ring, so a new first key signs at
+    once: a verifier that pinned a ``jwks_file`` refuses everything after a one-step
+    rotation. The documented two steps (docs/crypto.md): add the new key *second* (the old
+    one still signs, both keys are published), re-pin, then make it first."""
+    from secure_mw.testing import session_cookie
+    from secure_mw.tokens.keys import b64url_decode
+
+    old, new = KeyRing.new_key_text(), KeyRing.new_key_text()
+    module = asgi if flavour == "asgi" else wsgi
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    inner = echo_asgi() if flavour == "asgi" else echo_wsgi
+
+    def front(ring: list[str]) -> Settings:
+        return Settings.from_mapping({
+            "keys": {"encryption_keys": ring}, "session": {"store": "cookie"},
+            "access_control": {"rules": [{"resources": ["^/"], "policy": "authenticated"}]},
+        }, environ={})
+
+    cookie = session_cookie(front([old]), {"sub": "alice"})     # signed in before it all
+
+    def from_front(ring: list[str], pin: Path | None = None) -> str:
+        """Serve the app with ``ring``: the assertion it gives alice (and the published
+        keys written to ``pin``, as an operator re-pins)."""
+        with server(module.protect(inner, front(ring))) as base:
+            if pin is not None:
+                pin.write_bytes(httpx.get(base + "/.well-known/secure-mw/jwks.json").content)
+            answer = httpx.get(base + "/x", headers={"Cookie": cookie})
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["assertion"])
+
+    def verified(token: str, pin: Path) -> int:
+        behind = Settings.from_mapping({"signed_headers": {"issue": False, "verify": {
+            "header": "X-Secure-MW-Jwt-Assertion", "jwks_file": str(pin),
+            "issuer": "127.0.0.1", "audience": "127.0.0.1"}}}, environ={})
+        back = module.SignedHeaderMiddleware(inner, settings=behind)
+        with server(back) as base:
+            return httpx.get(base + "/z", headers={"X-Secure-MW-Jwt-Assertion": token}
+                             ).status_code
+
+    pinned = tmp_path / "pinned.json"
+    before = from_front([old], pinned)
+    assert len(json.loads(pinned.read_text())["keys"]) == 1
+    assert verified(before, pinned) == 200
+    # One step (the new key first at once): the pinned verifier refuses it all.
+    assert verified(from_front([new, old]), pinned) == 401
+    # Step 1: the new key second. The old key still signs; both are published: re-pin.
+    repinned = tmp_path / "repinned.json"
+    step1 = from_front([old, new], repinned)
+    assert verified(step1, pinned) == 200
+    assert len(json.loads(repinned.read_text())["keys"]) == 2
+    # Step 2: the new key first. It signs; the re-pinned verifier knows it, and the
+    # assertions signed before still verify while they last.
+    step2 = from_front([new, old])
+    kid = json.loads(b64url_decode(step2.split(".")[0]))["kid"]
+    assert kid in {k["kid"] for k in json.loads(repinned.read_text())["keys"]}
+    assert kid not in {k["kid"] for k in json.loads(pinned.read_text())["keys"]}
+    assert verified(step2, repinned) == 200
+    assert verified(before, repinned) == 200
