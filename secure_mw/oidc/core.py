@@ -327,13 +327,26 @@ class OIDCSessionCore:
             if self.require_login:
                 return Outcome(self.challenge(view), None, cookies)
             return Outcome(None, None, cookies)
-        session, more = yield from self._maintain(view, session, read)
+        session, more = yield from self._maintained(view, session, read)
         cookies += more
         if session is None:
             if self.require_login:
                 return Outcome(self.challenge(view), None, cookies)
             return Outcome(None, None, cookies)
         return Outcome(None, session.identity(), cookies)
+
+    def _maintained(self, view: RequestView, session: Session, read: SessionRead
+                    ) -> Flow[tuple[Session | None, list[str]]]:
+        """:meth:`_maintain`, ending a session whose updated record cannot be saved (too
+        large for the cookie store after a refresh brought hundreds of groups) for every
+        copy: the record of before, with the groups of before, is never served instead."""
+        try:
+            return (yield from self._maintain(view, session, read))
+        except SessionTooLarge as exc:
+            self._event("session_ended", view, user=session.sub,
+                        reason=f"the updated session cannot be kept: {exc}")
+            ended = yield from self.sessions.destroy(session, sent=read.sent)
+            raise _NotKept(ended) from None
 
     def _maintain(self, view: RequestView, session: Session, read: SessionRead
                   ) -> Flow[tuple[Session | None, list[str]]]:
@@ -366,14 +379,7 @@ class OIDCSessionCore:
                         return None, ended
                     if not changed:
                         return refreshed, []
-                    try:
-                        return (yield from self._write_back(refreshed, read, now))
-                    except SessionTooLarge as exc:
-                        # Never serve the record of before instead: end it for every copy.
-                        self._event("session_ended", view, user=session.sub,
-                                    reason=f"the refreshed session cannot be kept: {exc}")
-                        ended = yield from self.sessions.destroy(session, sent=read.sent)
-                        raise _NotKept(ended) from None
+                    return (yield from self._write_back(refreshed, read, now))
                 finally:
                     self._release_refresh(session.id)
         if not self.sessions.needs_touch(session):
@@ -808,7 +814,7 @@ class OIDCSessionCore:
         read = yield from self.sessions.read(view)
         if read.session is None:
             return _Found(None, None, self.sessions.forget(read.sent))
-        session, cookies = yield from self._maintain(view, read.session, read)
+        session, cookies = yield from self._maintained(view, read.session, read)
         if session is None:
             return _Found(None, None, cookies)
         return _Found(session, session.identity(), cookies)
