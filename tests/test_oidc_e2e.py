@@ -1407,7 +1407,8 @@ def _sign_in_and_out(base: str, idp: IdPServer, user: str, password: str, *,
 
 
 def test_a_signed_out_cookie_stays_refused_whoever_signs_out_after(
-        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+        idp: IdPServer, app: AppFactory, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Cookie store without Redis: revocations in this process's memory, bounded by
     ``session.memory_max_sessions`` (3 here; 100,000 by default). Bob signs out; Dana then
     signs in with remember-me and out, three times and more: her marks end in 30 days,
@@ -1419,8 +1420,10 @@ def test_a_signed_out_cookie_stays_refused_whoever_signs_out_after(
     with app(settings) as base:
         stolen = _sign_in_and_out(base, idp, "bob", "bob-pw", remember=False)
         assert httpx.get(base + "/x", headers={**api, "Cookie": stolen}).status_code == 401
-        dana = [_sign_in_and_out(base, idp, "dana", "dana-pw", remember=True)
-                for _ in range(5)]
+        dana = []
+        for _ in range(5):
+            clock.advance(1)
+            dana.append(_sign_in_and_out(base, idp, "dana", "dana-pw", remember=True))
         replay = httpx.get(base + "/x", headers={**api, "Cookie": stolen})
         assert replay.status_code == 401, f"Bob's signed-out cookie is served: {replay.text}"
         assert httpx.get(base + "/x", headers={**api, "Cookie": dana[-1]}).status_code == 401
