@@ -465,7 +465,8 @@ def test_groups_too_many_for_the_cookie_end_the_session_with_a_clear_page(
             f"group-{i:04d}-{'x' * 110}" for i in range(256)])
         clock.advance(301)
         page = client.get(base + "/admin")
-        assert page.status_code == 503 and "session.store" in page.text
+        assert page.status_code == 503 and "session.store" in page.text \
+            and "users file" in page.text
         assert any(c.startswith("__Host-secure_mw_session=;")
                    for c in page.headers.get_list("set-cookie"))
         api = {"Cookie": copy, "Accept": "application/json"}

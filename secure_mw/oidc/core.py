@@ -139,9 +139,10 @@ class _NotKept(Exception):
     """A refreshed session could not be saved (too large for the cookie store): it has been
     ended; ``cookies`` expire the client's copy."""
 
-    def __init__(self, cookies: list[str]) -> None:
+    def __init__(self, cookies: list[str], source: str) -> None:
         super().__init__("the refreshed session cannot be kept")
         self.cookies = cookies
+        self.source = source
 
 
 def _tokens_due(tokens: Mapping[str, Any], now: float) -> bool:
@@ -300,7 +301,7 @@ class OIDCSessionCore:
                 return (yield from route(view))
             return (yield from self._gate(view))
         except _NotKept as exc:     # audited (session_ended) where it was ended
-            return Outcome(self._too_large(view, exc.cookies))
+            return Outcome(self._too_large(view, exc.cookies, exc.source))
         except SessionTooLarge as exc:
             self._event("session_too_large", view, reason=str(exc))
             return Outcome(self._too_large(view, []))
@@ -346,7 +347,7 @@ class OIDCSessionCore:
             self._event("session_ended", view, user=session.sub,
                         reason=f"the updated session cannot be kept: {exc}")
             ended = yield from self.sessions.destroy(session, sent=read.sent)
-            raise _NotKept(ended) from None
+            raise _NotKept(ended, session.source) from None
 
     def _maintain(self, view: RequestView, session: Session, read: SessionRead
                   ) -> Flow[tuple[Session | None, list[str]]]:
@@ -829,18 +830,24 @@ class OIDCSessionCore:
         return json_reply(503, {"error": "identity_unavailable"},
                           headers=[("retry-after", "5")])
 
-    def _too_large(self, view: RequestView, cookies: list[str]) -> Reply:
+    def _too_large(self, view: RequestView, cookies: list[str], source: str = "oidc"
+                   ) -> Reply:
         """The session does not fit in the cookie store: say why, and what fixes it."""
         headers = [("set-cookie", c) for c in cookies]
         if not view.wants_html:
             return json_reply(503, {"error": "session_too_large"}, headers=headers)
+        if source == "local":
+            where = "Your groups in this application's users file are"
+            fewer = "give the user fewer groups in the users file"
+        else:
+            where = "Your profile from the identity provider (your groups, most likely) is"
+            fewer = ("have the identity provider send fewer groups (filter its groups claim; "
+                     "oidc.groups_claim names the claim read)")
         return html_reply(
             503, "Session too large",
-            "Your profile from the identity provider (your groups, most likely) is too large "
-            "for this application's cookie-based sessions: you cannot stay signed in. "
-            "Administrators: keep sessions in Redis (session.store = \"redis\"), or have the "
-            "identity provider send fewer groups (filter its groups claim; "
-            "oidc.groups_claim names the claim read).", headers=headers)
+            f"{where} too large for this application's cookie-based sessions: you cannot stay "
+            "signed in. Administrators: keep sessions in Redis (session.store = \"redis\"), "
+            f"or {fewer}.", headers=headers)
 
     def _refresh_pending(self, view: RequestView) -> Reply:
         headers = [("retry-after", str(RETRY_AFTER))]
