@@ -20,6 +20,7 @@ __all__ = [
     "InvalidToken",
     "KeyNotFound",
     "SecureMWError",
+    "SessionTooLarge",
     "StoreUnavailable",
 ]
 
@@ -97,3 +98,9 @@ class StoreUnavailable(SecureMWError):
     """
 
     status = 503
+
+
+class SessionTooLarge(StoreUnavailable):
+    """A session does not fit in the cookie store (a profile with hundreds of groups). A
+    :class:`StoreUnavailable`, so that whoever does not handle it fails closed; the session
+    gate ends the session and names the fix (the Redis store, fewer groups)."""

@@ -70,7 +70,8 @@ ENV_PREFIX = "SECURE_MW_"
 # value parsers
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+# ASCII only (re.ASCII, and before lower()): no Arabic-Indic digits, no Kelvin sign for "k".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -83,9 +84,9 @@ def parse_duration(value: object) -> float:
             seconds = float(value)
         except OverflowError:
             raise ValueError(f"{value!r} is too large for a duration") from None
-    elif isinstance(value, str):
+    elif isinstance(value, str) and value.isascii():
         text = value.strip().lower()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
+        if re.fullmatch(r"\d+(\.\d+)?", text, re.ASCII):
             seconds = float(text)
         else:
             pos, seconds = 0, 0.0
@@ -105,7 +106,7 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-_SIZE = re.compile(r"(\d{1,12})\s*(b|kib|mib)?")
+_SIZE = re.compile(r"(\d{1,12})\s*(b|kib|mib)?", re.ASCII)
 _SIZE_UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024 * 1024}
 
 
@@ -114,7 +115,8 @@ def parse_size(value: object) -> int:
     Raises ValueError."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
         return value
-    m = _SIZE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    m = _SIZE.fullmatch(value.strip().lower()) \
+        if isinstance(value, str) and value.isascii() else None
     if m is None:
         raise ValueError(f"{value!r} is not a size; write e.g. '64KiB', '1MiB' or a number "
                          "of bytes")
@@ -127,7 +129,8 @@ def _check_token_size(value: int) -> str | None:
     return None
 
 
-_RATE_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day|s|m|h|d)s?\s*")
+_RATE_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day|s|m|h|d)s?\s*",
+                        re.ASCII)
 _RATE_UNITS = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600,
                "day": 86400, "d": 86400}
 

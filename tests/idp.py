@@ -71,6 +71,7 @@ class IdPServer:
         host: str = "127.0.0.1",
         ttl: dict[str, int] | None = None,
         algorithms: Sequence[str] = ("ES256",),
+        rotate_refresh_tokens: bool = True,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"host must be one of {_ALLOWED_HOSTS} (the IdP listens on loopback)")
@@ -78,6 +79,7 @@ class IdPServer:
         self.users = [dict(user) for user in users]
         self.host = host
         self.ttl = dict(ttl or {})
+        self.rotate_refresh_tokens = rotate_refresh_tokens
         self.jwks_private: dict[str, Any] = generate_private_jwks(tuple(algorithms))
         self.port = free_port()
         self.dir: str | None = None
@@ -175,6 +177,7 @@ class IdPServer:
             "users": self.users,
             "jwks": self.jwks_private,
             "ttl": self.ttl,
+            "rotate_refresh_tokens": self.rotate_refresh_tokens,
         }
         data = json.dumps(config, indent=2).encode("utf-8")
         path = self.config_path
@@ -245,6 +248,10 @@ class IdPServer:
     def set_claims(self, sub: str, claims: Mapping[str, Any]) -> None:
         """Replace the user's other claims (names some user had in the config) from now on."""
         self._control(f"users/{quote(sub, safe='')}/claims", claims)
+
+    def set_groups(self, sub: str, groups: Sequence[str]) -> None:
+        """The user's groups from now on (userinfo and new ID tokens)."""
+        self._control(f"users/{quote(sub, safe='')}/groups", {"groups": list(groups)})
 
     def set_jwks(self, mode: str) -> None:
         """What ``/jwks`` answers from now on: ``"normal"`` (the key set), ``"garbage"``

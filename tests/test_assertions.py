@@ -133,6 +133,21 @@ def test_round_trip(which: str, es_jwks: dict[str, Any], rs_jwks: dict[str, Any]
     assert asyncio.run(verifier_for(signer.public_jwks(), clock).averify(token)) == got
 
 
+def test_cached_answers_only_what_a_verification_left_and_checks_exp(
+        es_jwks: dict[str, Any], clock: Clock) -> None:
+    signer = signer_for(es_jwks, clock)
+    token = signer.sign(IDENTITY, audience=HOST)
+    verifier = verifier_for(signer.public_jwks(), clock)
+    assert verifier.cached(token) is None                 # never verified: no answer
+    assert verifier.cached("not.a.token") is None
+    got = verifier.verify(token)
+    hit = verifier.cached(token)
+    assert hit == got and hit is not got                  # a copy
+    clock.advance(300 + verifier.leeway)
+    with pytest.raises(ExpiredToken):
+        verifier.cached(token)
+
+
 def test_configured_issuer_and_per_call_issuer(es_jwks: dict[str, Any], clock: Clock) -> None:
     signer = signer_for(es_jwks, clock, issuer="proxy.example.com")
     keys = signer.public_jwks()

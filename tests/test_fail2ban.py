@@ -65,6 +65,8 @@ EVENTS: list[tuple[str, dict[str, str]]] = [
     ("invalid_session_cookie", {"remote_ip": ATTACKER_V6}),
     # Not counted: benign or unknown events, a prefix of a counted event name, ...
     ("session_ended", {"remote_ip": BENIGN, "user": "bob", "reason": HOSTILE_REASON_LOGFMT}),
+    # a server-side record the client's random id names cannot be read (a retired key)
+    ("session_record_unreadable", {"remote_ip": BENIGN, "reason": "does not decrypt"}),
     ("ban_lifted", {"remote_ip": BENIGN}),
     ("login_failure_notice", {"remote_ip": BENIGN}),
     # ... and remote_ip values that are not one bare address.

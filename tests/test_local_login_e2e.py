@@ -444,6 +444,39 @@ def test_changed_groups_reach_the_rules_and_the_app(
     assert audit_events(caplog, "session_ended") == []
 
 
+def test_groups_too_many_for_the_cookie_end_the_session_with_a_clear_page(
+    flavour: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cookie store: the users file gives Alice 256 long groups instead of "admins". The
+    updated session does not fit in the cookie: it ends for every copy (``session_ended``
+    naming the reason) with a page naming the fix, instead of answering 503 at every request
+    of the old cookie and never ending it."""
+    from tests.clock import Clock
+
+    path = people(tmp_path)
+    clock = Clock()
+    with following(flavour, path, clock, store="cookie", rules=True) as base, \
+            browser() as client:
+        sign_in(client, base, "alice", "correct horse")
+        assert client.get(base + "/admin").status_code == 200
+        copy = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar
+                         if c.name.startswith("__Host-secure_mw_session"))
+        UsersFile(path, hasher=FAST).update("alice", groups=[      # ~32 KB of groups
+            f"group-{i:04d}-{'x' * 110}" for i in range(256)])
+        clock.advance(301)
+        page = client.get(base + "/admin")
+        assert page.status_code == 503 and "session.store" in page.text \
+            and "users file" in page.text
+        assert any(c.startswith("__Host-secure_mw_session=;")
+                   for c in page.headers.get_list("set-cookie"))
+        api = {"Cookie": copy, "Accept": "application/json"}
+        for _ in range(3):
+            clock.advance(60)
+            assert httpx.get(base + "/admin", headers=api).status_code == 401
+    ended = audit_events(caplog, "session_ended")
+    assert len(ended) == 1 and "too large for the cookie store" in ended[0]["reason"]
+
+
 def test_always_looks_at_every_request(flavour: str, tmp_path: Path,
                                        caplog: pytest.LogCaptureFixture,
                                        monkeypatch: pytest.MonkeyPatch) -> None:

@@ -918,9 +918,7 @@ def test_a_request_that_cannot_refresh_an_expired_token_is_served_only_within_th
     """Another process holds the refresh claim (it hangs, or died): requests of the session
     are served while the access token is valid and for REFRESH_GRACE after, then fail
     closed with 503 + Retry-After instead of being served on an expired token."""
-    import hashlib
-
-    from secure_mw.oidc.core import REFRESH_GRACE
+    from secure_mw.oidc.core import REFRESH_GRACE, rotation_key
     from secure_mw.session.redis_store import RedisSessionStore
 
     if store == "redis":
@@ -939,8 +937,8 @@ def test_a_request_that_cannot_refresh_an_expired_token_is_served_only_within_th
 
         record = sessions.load(session_id)
         record = record if isinstance(record, Session) else Session.from_bytes(record)
-        digest = hashlib.sha256(record.tokens["rt"].encode()).hexdigest()
-        assert sessions.claim_once(f"refreshing:{digest}", 3600)   # "another process"
+        claim = rotation_key(record.tokens, "refreshing")
+        assert sessions.claim_once(claim, 3600)                    # "another process"
         ends = record.tokens["ae"]
         api = {"Cookie": f"{SESSION}={session_id}", "Accept": "application/json"}
         clock.now = ends - 20                       # due, not expired: served
@@ -954,14 +952,13 @@ def test_a_request_that_cannot_refresh_an_expired_token_is_served_only_within_th
         assert refused.headers["retry-after"] == "2"
         page = client.get(base + "/x")
         assert page.status_code == 503 and page.headers["refresh"] == "2"
-        sessions.release(f"refreshing:{digest}")    # the other one gave up: we refresh
+        sessions.release(claim)                     # the other one gave up: we refresh
         assert httpx.get(base + "/x", headers=api).status_code == 200
         # Found held long after the (new) token ended: served while that refresh may still
         # be running (another request may have just started it), for the grace, not beyond.
         record = sessions.load(session_id)
         record = record if isinstance(record, Session) else Session.from_bytes(record)
-        digest = hashlib.sha256(record.tokens["rt"].encode()).hexdigest()
-        assert sessions.claim_once(f"refreshing:{digest}", 3600)
+        assert sessions.claim_once(rotation_key(record.tokens, "refreshing"), 3600)
         clock.now = record.tokens["ae"] + 300
         assert httpx.get(base + "/x", headers=api).status_code == 200
         clock.advance(REFRESH_GRACE - 1)
@@ -999,7 +996,10 @@ def test_a_cookie_of_another_app_is_refused_with_an_audit_line_everywhere(
         caplog: pytest.LogCaptureFixture) -> None:
     """Another application (other keys, same cookie name, and for Redis the same server and
     prefix): its cookie is refused and audited on every path that reads a session, and no
-    audit line carries the cookie's value."""
+    audit line carries the cookie's value. With the cookie store it is a cookie that does not
+    decrypt (``invalid_session_cookie``, which fail2ban counts); with Redis it is a random id
+    whose record does not decrypt, which the client cannot have forged
+    (``session_record_unreadable``, not counted)."""
     redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
     settings = settings_for(idp, store=store, redis_url=redis_url)
     other = Settings.from_mapping({
@@ -1018,7 +1018,9 @@ def test_a_cookie_of_another_app_is_refused_with_an_audit_line_everywhere(
             assert answer.status_code in (401, 302, 303), (path, answer.text)
             assert any(c.startswith(f"{SESSION}=;") for c in answer.headers.get_list(
                 "set-cookie")), path
-            lines = [e for e in audit_events(caplog) if '"event":"invalid_session_cookie"' in e]
+            event = "invalid_session_cookie" if store == "cookie" else \
+                "session_record_unreadable"
+            lines = [e for e in audit_events(caplog) if f'"event":"{event}"' in e]
             assert len(lines) == 1, (method, path, audit_events(caplog))
             assert "does not decrypt" in lines[0] and value[:40] not in lines[0]
 
@@ -1182,3 +1184,247 @@ def test_a_refresh_that_ends_between_look_up_and_claim_is_reused_not_repeated(
     assert done_b.identity is not None and done_b.identity.sub == "bob"
     clock.advance(ACCESS_TTL - 30)                 # the grant is alive: refreshes again
     assert run_sync(first.handle(view)).identity is not None
+
+
+# -- refreshes of every generation (the boundary/OIDC review) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def keeping_idp() -> Iterator[IdPServer]:
+    """A provider that answers the same refresh token at every refresh (no rotation), as
+    Google, Auth0 and Okta do by default."""
+    uris = [f"http://127.0.0.1:{p}" for p in APP_PORTS]
+    server = IdPServer(clients=[{
+        "client_id": "app", "client_secret": SECRET,
+        "redirect_uris": [f"{u}/.auth/callback" for u in uris],
+        "post_logout_redirect_uris": [f"{u}/.auth/logged-out" for u in uris],
+        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        "token_endpoint_auth_method": "client_secret_basic"}],
+        users=USERS, ttl={"AccessToken": ACCESS_TTL}, rotate_refresh_tokens=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _tokens_held(client: httpx.Client, records: Any) -> dict[str, Any]:
+    """The token fields of the client's session: from its record, or (cookie store, no
+    ``records``) from the cookie itself."""
+    from secure_mw.session.model import Session
+
+    value = str(client.cookies.get(SESSION))
+    if records is None:
+        raw = KeyRing.from_strings([KEY]).decrypt(value, f"secure_mw/session:{SESSION}".encode())
+        return dict(Session.from_bytes(raw).tokens)
+    record = records.load(value)
+    record = record if isinstance(record, Session) else Session.from_bytes(record)
+    return dict(record.tokens)
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie", "redis"])
+def test_a_provider_that_keeps_its_refresh_token_is_refreshed_at_every_expiry(
+        keeping_idp: IdPServer, app: AppFactory, clock: Clock, store: str,
+        request: pytest.FixtureRequest) -> None:
+    """The provider answers the same refresh token every time: each due access token must be
+    refreshed again. (Rotations were keyed by the refresh token alone, so the record of the
+    first refresh stood in for every later one: one refresh, then an ended access token kept
+    until the provider ended the session, at about twice the access-token lifetime.)"""
+    options: dict[str, Any] = {}
+    records: Any = None
+    redis_url = None
+    if store == "redis":
+        from secure_mw.session.redis_store import RedisSessionStore
+
+        redis_url = request.getfixturevalue("redis_server").url
+        records = RedisSessionStore(redis_url, keyring=KeyRing.from_strings([KEY]))
+    elif store == "memory":
+        records = MemorySessionStore(clock=clock)
+        options["store"] = records
+    settings = settings_for(keeping_idp, store=store, redis_url=redis_url, inactivity="10m")
+    api = {"Accept": "application/json"}
+    with app(settings, **options) as base, browser() as client:
+        login(client, base, keeping_idp, user="bob", password="bob-pw")
+        first = _tokens_held(client, records)
+        seen = [first["at"]]
+        for _round in range(4):
+            clock.advance(ACCESS_TTL - 20)
+            assert client.get(base + "/x", headers=api).status_code == 200
+            held = _tokens_held(client, records)
+            assert held["rt"] == first["rt"]                  # the provider kept it
+            assert held["at"] not in seen, f"no refresh in round {_round + 1}"
+            assert held["ae"] > clock.now
+            seen.append(held["at"])
+
+
+def test_an_old_cookie_copy_is_refreshed_from_the_rotation_and_ends_when_refused(
+        idp: IdPServer, app: AppFactory, clock: Clock) -> None:
+    """Cookie store, remember-me. A copy of the cookie from before the browser's refresh is
+    served on the rotation the browser's refresh left, but only while the rotated access
+    token is not due: then it is refreshed with the rotated refresh token, so once the
+    provider refuses the grant (the user disabled) the copy is never served again. (It was
+    served on the rotation record alone, without a refresh, for an hour: 11 of 11 replays
+    every 5 minutes.)"""
+    settings = settings_for(idp, store="cookie", inactivity="10m")
+    api = {"Accept": "application/json"}
+    with app(settings) as base, browser() as client:
+        start = client.get(base + "/.auth/login?remember_me=1")
+        client.get(dev_login(client, start.headers["location"], username="bob",
+                             password="bob-pw"))
+        stolen = _session_cookie(client)
+        clock.advance(ACCESS_TTL - 20)                          # due: the browser refreshes
+        assert client.get(base + "/x", headers=api).status_code == 200
+        copy = httpx.get(base + "/x", headers={**api, "Cookie": stolen})
+        assert copy.status_code == 200                          # the rotation, not due yet
+        idp.disable_user("bob")
+        try:
+            served = _usable_offsets(base, stolen, clock, step=300, until=3300)
+        finally:
+            idp.enable_user("bob")
+        assert served == [], f"the old copy was served at {served}"
+        assert client.get(base + "/x", headers=api).status_code == 401   # ended for all
+
+
+def test_an_old_cookie_copy_refreshed_from_the_rotation_keeps_the_grant_alive(
+        idp: IdPServer, app: AppFactory, clock: Clock) -> None:
+    """The same copy when the provider still accepts the grant: it is refreshed with the
+    rotated refresh token (never the spent one), and the browser's own cookie, one rotation
+    behind now, follows the rotations too: both stay signed in, refresh after refresh."""
+    settings = settings_for(idp, store="cookie", inactivity="10m")
+    api = {"Accept": "application/json"}
+    with app(settings) as base, browser() as client, browser() as thief:
+        login(client, base, idp, user="bob", password="bob-pw")
+        for cookie in client.cookies.jar:
+            thief.cookies.set(cookie.name, cookie.value)
+        clock.advance(ACCESS_TTL - 20)
+        assert client.get(base + "/x", headers=api).status_code == 200     # rotation 1
+        clock.advance(ACCESS_TTL - 20)
+        assert thief.get(base + "/x", headers=api).status_code == 200      # 1 → rotation 2
+        assert client.get(base + "/x", headers=api).status_code == 200     # reuses 2
+        for _round in range(2):
+            clock.advance(ACCESS_TTL - 20)
+            assert client.get(base + "/x", headers=api).status_code == 200
+            assert thief.get(base + "/x", headers=api).status_code == 200
+
+
+def test_a_refreshed_profile_too_large_for_the_cookie_ends_the_session_with_a_clear_page(
+        idp: IdPServer, app: AppFactory, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Cookie store. The provider moves Alice out of "admins" into 600 groups: the refreshed
+    profile no longer fits in the cookie. The session ends (cookies expired, every copy
+    refused, `session_ended` with the reason) with a page naming the cause and the fix; it
+    is never served again with the old groups. (The old cookie stayed in place and was
+    served, through the rotation, as a member of "admins".)"""
+    settings = settings_for(idp, store="cookie", inactivity="10m")
+    api = {"Accept": "application/json"}
+    try:
+        with app(settings) as base, browser() as client:
+            login(client, base, idp)
+            assert "admins" in client.get(base + "/x", headers=api).json()["groups"]
+            before = _session_cookie(client)
+            idp.set_groups("alice", [f"cn=group-{i:04d},ou=groups,dc=example,dc=com"
+                                     for i in range(600)])
+            clock.advance(ACCESS_TTL - 20)
+            caplog.clear()
+            caplog.set_level(logging.INFO, "secure_mw.audit")
+            page = client.get(base + "/x")
+            assert page.status_code == 503
+            assert "too large" in page.text and "redis" in page.text \
+                and "groups" in page.text
+            assert any(c.startswith(f"{SESSION}=;") for c in page.headers.get_list(
+                "set-cookie"))
+            ended = [e for e in audit_events(caplog) if '"event":"session_ended"' in e]
+            assert len(ended) == 1 and "too large for the cookie store" in ended[0]
+            assert client.get(base + "/x", headers=api).status_code == 401
+            served = _usable_offsets(base, before, clock, step=30, until=150)
+            assert served == [], f"the old cookie was served at {served}"
+            replay = httpx.get(base + "/x", headers={**api, "Cookie": before})
+            assert replay.status_code == 401
+            # A new login meets the same limit: the page says so instead of "unavailable".
+            start = client.get(base + "/.auth/login").headers["location"]
+            again = client.get(dev_login(client, start, username="alice",
+                                         password="alice-pw"))
+            assert again.status_code == 503 and "session.store" in again.text
+    finally:
+        idp.set_groups("alice", ["admins", "staff"])
+
+
+@pytest.mark.parametrize(("elapsed", "released"), [(1.0, True), (26.0, False)])
+def test_a_refresh_claim_held_too_long_is_left_alone_whatever_the_wall_clock_says(
+        idp: IdPServer, app: AppFactory, clock: Clock, redis_server: RedisServer,
+        elapsed: float, released: bool) -> None:
+    """The refresh claim lasts 30 s in Redis; a refresh that took longer than 25 s may have
+    lost it to another process, so it is not given back (DEL would release the other's).
+    Elapsed time is measured on the monotonic clock: here the refresh grant takes
+    ``elapsed`` monotonic seconds while the wall clock stays put (stepped back by NTP as much
+    as time went on). (The wall clock measured it: a step back released the claim.)"""
+    from secure_mw._driver import Flow, Op
+    from secure_mw.http import RequestView
+    from secure_mw.oidc.core import OIDCSessionCore, rotation_key
+    from secure_mw.session.model import Session
+    from secure_mw.session.redis_store import RedisSessionStore
+
+    settings = settings_for(idp, store="redis", redis_url=redis_server.url, inactivity="10m")
+    records = RedisSessionStore(redis_server.url, keyring=KeyRing.from_strings([KEY]))
+    with app(settings) as base, browser() as client:
+        login(client, base, idp, user="bob", password="bob-pw")
+        session_id = str(client.cookies.get(SESSION))
+    before = Session.from_bytes(records.load(session_id)).tokens
+    clock.advance(ACCESS_TTL - 30)
+    mono = Clock(1000.0)
+    core = OIDCSessionCore(settings, clock=clock, monotonic=mono)
+    view = RequestView("GET", "https", "app.test", "/x", "",
+                       {"cookie": f"{SESSION}={session_id}", "accept": "application/json"},
+                       "127.0.0.1")
+
+    def run(flow: Flow[Any]) -> Any:
+        op: Op = next(flow)
+        try:
+            while True:
+                if op.sync.__name__ == "save" and str(op.args[0]).startswith("rotation:"):
+                    mono.advance(elapsed)           # the grant has just taken this long
+                op = flow.send(op.sync(*op.args, **op.kwargs))
+        except StopIteration as stop:
+            return stop.value
+
+    done = run(core.handle(view))
+    assert done.identity is not None and done.identity.sub == "bob"
+    after = Session.from_bytes(records.load(session_id)).tokens
+    assert after["at"] != before["at"]                       # it did refresh
+    claim = rotation_key(before, "refreshing")
+    assert records.claim_once(claim, 30) is released         # released only when in time
+
+
+def _sign_in_and_out(base: str, idp: IdPServer, user: str, password: str, *,
+                     remember: bool) -> str:
+    """Sign in (remember-me or not) and out again; the session cookie as it was."""
+    with browser() as client:
+        start = client.get(base + "/.auth/login" + ("?remember_me=1" if remember else ""))
+        client.get(dev_login(client, start.headers["location"], username=user,
+                             password=password))
+        cookie = _session_cookie(client)
+        csrf = client.get(base + "/.auth/me").json()["csrf_token"]
+        assert client.post(base + "/.auth/logout", data={"csrf": csrf}).status_code == 303
+        return cookie
+
+
+def test_a_signed_out_cookie_stays_refused_whoever_signs_out_after(
+        idp: IdPServer, app: AppFactory, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Cookie store without Redis: revocations in this process's memory, bounded by
+    ``session.memory_max_sessions`` (3 here; 100,000 by default). Bob signs out; Dana then
+    signs in with remember-me and out, three times and more: her marks end in 30 days,
+    Bob's within the hour, yet only her own are dropped, and Bob's copied cookie stays
+    refused. (Bob's mark, the closest to its end, was the one dropped: his cookie was
+    served again.)"""
+    settings = settings_for(idp, store="cookie", memory_max_sessions=3)
+    api = {"Accept": "application/json"}
+    with app(settings) as base:
+        stolen = _sign_in_and_out(base, idp, "bob", "bob-pw", remember=False)
+        assert httpx.get(base + "/x", headers={**api, "Cookie": stolen}).status_code == 401
+        dana = []
+        for _ in range(5):
+            clock.advance(1)
+            dana.append(_sign_in_and_out(base, idp, "dana", "dana-pw", remember=True))
+        replay = httpx.get(base + "/x", headers={**api, "Cookie": stolen})
+        assert replay.status_code == 401, f"Bob's signed-out cookie is served: {replay.text}"
+        assert httpx.get(base + "/x", headers={**api, "Cookie": dana[-1]}).status_code == 401
+    assert sum("memory_max_sessions" in r.getMessage() for r in caplog.records) == 1

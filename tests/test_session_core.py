@@ -980,10 +980,60 @@ def test_memory_store_claims_and_revocations_stay_bounded() -> None:
             store.release(f"c{i}")
         store.revoke(f"r{i}", 1 + i % 5)
         clock.advance(0.5)
-    for marks in (store._once, store._revoked):
-        assert len(marks) <= 10
-        assert len(marks._heap) <= 2 * 10 + 64
+    assert len(store._once) <= 10 and len(store._once._heap) <= 2 * 10 + 64
+    assert len(store._revoked) <= 10 and len(store._revoked._expiry) <= 2 * 10 + 64
     assert store.is_revoked("kept")          # the soonest to expire went first
+
+
+def test_memory_store_one_users_sign_outs_never_evict_anothers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Mallory signs in (remember-me: 30-day marks) and out, again and again: only her own
+    marks are dropped, Bob's one-hour mark stays, and the first drop is logged once. (The
+    mark closest to its end went first, whoever's it was: Bob's.)"""
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=3, clock=clock)
+    store.revoke("bob-session", 3600, owner="bob")
+    for i in range(1000):
+        store.revoke(f"mallory-{i}", 30 * 86400, owner="mallory")
+        clock.advance(1)
+    assert store.is_revoked("bob-session")
+    assert len(store._revoked) == 3 and store.marks_dropped == 998
+    assert [store.is_revoked(f"mallory-{i}") for i in (997, 998, 999)] == [False, True, True]
+    warnings = [r for r in caplog.records if "memory_max_sessions" in r.getMessage()]
+    assert len(warnings) == 1 and "session.redis_url" in warnings[0].getMessage()
+
+
+def test_memory_store_with_one_mark_per_user_drops_the_closest_to_its_end() -> None:
+    """The bound is real: once as many users as it allows hold one mark each, the next
+    sign-out drops the mark closest to its end (docs/sessions.md says so)."""
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=3, clock=clock)
+    for user, ttl in (("a", 300), ("b", 100), ("c", 200), ("d", 400)):
+        store.revoke(f"{user}-session", ttl, owner=user)
+    assert [store.is_revoked(f"{u}-session") for u in "abcd"] == [True, False, True, True]
+    assert store.marks_dropped == 1
+
+
+def test_memory_store_marks_stay_consistent_and_bounded_under_churn() -> None:
+    import random
+
+    rng = random.Random(7)
+    clock = Clock(NOW)
+    store = MemorySessionStore(max_sessions=50, clock=clock)
+    owners = [f"user-{i}" for i in range(20)]
+    for step in range(20_000):
+        key = f"s{rng.randrange(400)}"
+        store.revoke(key, rng.choice((5, 60, 3600)), owner=rng.choice(owners))
+        if step % 7 == 0:
+            clock.advance(rng.random() * 3)
+        marks = store._revoked
+        assert len(marks) <= 50
+    counts: dict[str, int] = {}
+    for _deadline, owner in marks._until.values():
+        counts[owner] = counts.get(owner, 0) + 1
+    assert counts == marks._count
+    assert len(marks._expiry) <= 2 * 50 + 64 and len(marks._largest) <= 2 * len(counts) + 64
+    assert all(len(marks._by_owner[o]) <= 2 * c + 8 for o, c in counts.items())
 
 
 def test_memory_store_revocation_lasts_its_ttl() -> None:
@@ -1273,27 +1323,46 @@ def test_manager_with_a_bytes_store_round_trips(clock: Clock) -> None:
     assert read(manager, view).session == session
 
 
-def test_manager_corrupt_record_is_suspicious(clock: Clock) -> None:
-    store = BytesStore()
+def _unreadable_manager(clock: Clock, store: BytesStore
+                        ) -> tuple[SessionManager, list[str], list[str]]:
+    refused: list[str] = []
+    unreadable: list[str] = []
     manager = make_manager(clock, session_store=store)
+    manager.on_refused = lambda view, problem: refused.append(problem)
+    manager.on_unreadable = lambda view, problem: unreadable.append(problem)
+    return manager, refused, unreadable
+
+
+def test_manager_corrupt_record_is_unreadable_not_the_clients_forgery(clock: Clock) -> None:
+    """The client holds a random id: a bad record under it is the store's problem."""
+    store = BytesStore()
+    manager, refused, unreadable = _unreadable_manager(clock, store)
     session = manager.new(claims=CLAIMS)
     view = cookie_view(run_sync(manager.save(session, new=True)))
     store.items[session.id] = b'{"v":1'
     got = read(manager, view)
     assert (got.session, got.problem, got.suspicious) == \
-        (None, "session record is corrupt", True)
+        (None, "session record is corrupt", False)
+    assert (refused, unreadable) == ([], ["session record is corrupt"])
 
 
 def test_manager_record_of_another_id_is_refused(clock: Clock) -> None:
     store = BytesStore()
-    manager = make_manager(clock, session_store=store)
+    manager, refused, unreadable = _unreadable_manager(clock, store)
     victim = manager.new(claims={"sub": "victim"})
     run_sync(manager.save(victim, new=True))
     attacker_id = new_session_id()
-    store.items[attacker_id] = store.items[victim.id]
+    store.items[attacker_id] = store.items[victim.id]    # written by someone in the store
     got = read(manager, cookie_view({"__Host-secure_mw_session": attacker_id}))
     assert (got.session, got.problem, got.suspicious) == \
-        (None, "session record under the wrong key", True)
+        (None, "session record under the wrong key", False)
+    assert (refused, unreadable) == ([], ["session record under the wrong key"])
+
+
+def test_manager_malformed_id_is_still_the_clients_problem(clock: Clock) -> None:
+    manager, refused, unreadable = _unreadable_manager(clock, BytesStore())
+    got = read(manager, cookie_view({"__Host-secure_mw_session": "not-an-id"}))
+    assert got.suspicious and (refused, unreadable) == (["malformed session cookie"], [])
 
 
 def test_manager_needs_touch_interval(clock: Clock) -> None:

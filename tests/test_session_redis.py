@@ -580,3 +580,55 @@ def test_concurrent_threads(store: RedisSessionStore, raw: redis.Redis) -> None:
         t.join()
     assert errors == []
     assert raw.dbsize() == 9
+
+
+# -- a record the ring cannot read is not the client's forgery -------------------------------
+
+# The events the shipped fail2ban filter counts (integrations/fail2ban/filter.d/secure-mw.conf).
+_BANNING = ("login_failure", "ban", "rate_limited", "csrf_failure", "invalid_session_cookie",
+            "invalid_token", "unsafe_redirect", "authorization_denied")
+
+
+@pytest.mark.parametrize("flavour", ["asgi", "wsgi"])
+def test_a_record_of_a_key_removed_from_the_ring_is_not_audited_as_a_forgery(
+        flavour: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis store: the client holds only a 256-bit random id, so a record under it that
+    does not decrypt (written with a key since removed from the ring) cannot be its forgery.
+    One page load of 12 parallel requests after the key left the ring: each is refused and
+    audited ``session_record_unreadable``, an event fail2ban does not count. (They were 12
+    ``invalid_session_cookie`` lines from the user's address, above the jail's maxretry 10:
+    the user was banned.)"""
+    import httpx
+
+    from secure_mw import Settings, asgi, wsgi
+    from secure_mw.testing import session_cookie
+    from tests.apps import serve
+
+    old, new = KeyRing.new_key_text(), KeyRing.new_key_text()
+
+    def settings(key: str) -> Settings:
+        return Settings.from_mapping({
+            "keys": {"encryption_keys": [key]},
+            "session": {"store": "redis", "redis_url": redis_server.url},
+            "access_control": {"rules": [{"resources": ["^/"], "policy": "authenticated"}]},
+        }, environ={})
+
+    cookie = session_cookie(settings(old), {"sub": "alice"})   # signed in before the change
+    module = asgi if flavour == "asgi" else wsgi
+    caplog.set_level("INFO", "secure_mw.audit")
+    with serve(flavour, lambda inner: module.protect(inner, settings(new))) as base:
+        def one(_: int) -> httpx.Response:
+            return httpx.get(base + "/x", headers={"Cookie": cookie,
+                                                   "Accept": "application/json"})
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(one, range(12)))
+    assert {a.status_code for a in answers} == {401}
+    assert all(any(c.startswith("__Host-secure_mw_session=;") for c in
+                   a.headers.get_list("set-cookie")) for a in answers)   # forgotten
+    lines = [r.getMessage() for r in caplog.records if r.name == "secure_mw.audit"]
+    counted = [line for line in lines if any(f'"event":"{e}"' in line for e in _BANNING)]
+    assert counted == [], f"{len(counted)} fail2ban-counted lines for one page load"
+    unreadable = [line for line in lines if '"event":"session_record_unreadable"' in line]
+    assert len(unreadable) == 12 and all("does not decrypt" in line for line in unreadable)
+    assert cookie.split("=", 1)[1] not in "".join(lines)

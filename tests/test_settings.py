@@ -115,6 +115,30 @@ def test_rate_limits_parse() -> None:
             parse_rate_limit(bad)
 
 
+@pytest.mark.parametrize("text", ["\u0661\u0660\u0662\u0664", "\uff11\uff10\uff12\uff14",
+                                  "64\u212aiB", "\u0661\u0660 KiB", "1024\u00a0b"])
+def test_sizes_take_ascii_digits_and_units_only(text: str) -> None:
+    """Arabic-Indic or full-width digits are not a size, nor is the Kelvin sign a "k"
+    (they were: "١٠٢٤" gave 1024)."""
+    from secure_mw.settings import parse_size
+
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0660s", "\u0661\u0660", "\uff15m", "5\u00a0m"])
+def test_durations_take_ascii_digits_only(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0660/minute", "10/\u0665minutes",
+                                  "10/minute\u00a0"])
+def test_rate_limits_take_ascii_digits_only(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rate_limit(text)
+
+
 def test_every_problem_is_reported_together_with_its_path() -> None:
     with pytest.raises(ConfigError) as exc:
         Settings.from_mapping({

@@ -284,3 +284,138 @@ def test_claim_criteria_see_every_claim_of_a_verified_assertion(flavour: str,
         assert status({"sub": "c", "department": "contractors"}) == 403
         assert status({"sub": "b", "org": {"unit": "banned"}}) == 403
         assert status({"sub": "s", "department": "sales", "org": {"unit": "core"}}) == 200
+
+
+# -- a JWKS fetch never holds up other requests ------------------------------------------------
+
+
+def _forged_assertion(kid: str) -> str:
+    import base64
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'ES256', 'kid': kid})}.{part({'sub': 'x'})}.{'A' * 86}"
+
+
+def test_a_hanging_jwks_fetch_does_not_stop_other_requests(flavour: str) -> None:
+    """An anonymous client sends an assertion with an unknown kid while the JWKS endpoint
+    hangs (an outage): another request, without an assertion, is answered (401) meanwhile,
+    and the forged one gets its 401 once the fetch fails. (Under ASGI the verifier ran the
+    blocking fetch on the event loop: the worker answered nothing for ~20 of 30 s while a
+    client re-triggered fetches at the 1-2-4-8 s retry backoff.)"""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from secure_mw.tokens import RemoteKeySet
+    from secure_mw.tokens.headers import VerifyLayer
+    from tests.apps import asgi_inner, wsgi_inner
+    from tests.servers import free_port
+
+    fetched, release = threading.Event(), threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.set()
+            release.wait(60)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    jwks = ThreadingHTTPServer(("127.0.0.1", free_port()), Hanging)
+    threading.Thread(target=jwks.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{jwks.server_port}/jwks"
+    settings = Settings.from_mapping({"signed_headers": {"issue": False, "verify": {
+        "jwks_url": url, "issuer": "proxy", "audience": "app"}}}, environ={})
+    layer = VerifyLayer(settings, keys=RemoteKeySet(url, timeout=60))
+    module = asgi if flavour == "asgi" else wsgi
+    inner = asgi_inner() if flavour == "asgi" else wsgi_inner
+    app = module.SignedHeaderMiddleware(inner, settings=settings, layer=layer)
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    forged: list[int] = []
+    try:
+        with server(app) as base:
+            attacker = threading.Thread(target=lambda: forged.append(httpx.get(
+                base + "/x", headers={"X-Pomerium-Jwt-Assertion": _forged_assertion("k1")},
+                timeout=90).status_code))
+            attacker.start()
+            assert fetched.wait(30)
+            try:
+                assert attacker.is_alive()                   # its fetch hangs ...
+                other = httpx.get(base + "/x", timeout=20)   # ... and this one is served
+                assert other.status_code == 401
+                assert other.json() == {"error": "invalid_assertion"}
+            finally:
+                release.set()
+                attacker.join(timeout=90)
+    finally:
+        release.set()
+        jwks.shutdown()
+    assert forged == [401]
+
+
+# -- rotating the key ring under verifiers that pinned a jwks_file ------------------------------
+
+
+def test_a_two_step_key_rotation_keeps_a_pinned_jwks_file_working(flavour: str,
+                                                                  tmp_path: Path) -> None:
+    """The assertion signing key is derived from the key ring, so a new first key signs at
+    once: a verifier that pinned a ``jwks_file`` refuses everything after a one-step
+    rotation. The documented two steps (docs/crypto.md): add the new key *second* (the old
+    one still signs, both keys are published), re-pin, then make it first."""
+    from secure_mw.testing import session_cookie
+    from secure_mw.tokens.keys import b64url_decode
+
+    old, new = KeyRing.new_key_text(), KeyRing.new_key_text()
+    module = asgi if flavour == "asgi" else wsgi
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    inner = echo_asgi() if flavour == "asgi" else echo_wsgi
+
+    def front(ring: list[str]) -> Settings:
+        return Settings.from_mapping({
+            "keys": {"encryption_keys": ring}, "session": {"store": "cookie"},
+            "access_control": {"rules": [{"resources": ["^/"], "policy": "authenticated"}]},
+        }, environ={})
+
+    cookie = session_cookie(front([old]), {"sub": "alice"})     # signed in before it all
+
+    def from_front(ring: list[str], pin: Path | None = None) -> str:
+        """Serve the app with ``ring``: the assertion it gives alice (and the published
+        keys written to ``pin``, as an operator re-pins)."""
+        with server(module.protect(inner, front(ring))) as base:
+            if pin is not None:
+                pin.write_bytes(httpx.get(base + "/.well-known/secure-mw/jwks.json").content)
+            answer = httpx.get(base + "/x", headers={"Cookie": cookie})
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["assertion"])
+
+    def verified(token: str, pin: Path) -> int:
+        behind = Settings.from_mapping({"signed_headers": {"issue": False, "verify": {
+            "header": "X-Secure-MW-Jwt-Assertion", "jwks_file": str(pin),
+            "issuer": "127.0.0.1", "audience": "127.0.0.1"}}}, environ={})
+        back = module.SignedHeaderMiddleware(inner, settings=behind)
+        with server(back) as base:
+            return httpx.get(base + "/z", headers={"X-Secure-MW-Jwt-Assertion": token}
+                             ).status_code
+
+    pinned = tmp_path / "pinned.json"
+    before = from_front([old], pinned)
+    assert len(json.loads(pinned.read_text())["keys"]) == 1
+    assert verified(before, pinned) == 200
+    # One step (the new key first at once): the pinned verifier refuses it all.
+    assert verified(from_front([new, old]), pinned) == 401
+    # Step 1: the new key second. The old key still signs; both are published: re-pin.
+    repinned = tmp_path / "repinned.json"
+    step1 = from_front([old, new], repinned)
+    assert verified(step1, pinned) == 200
+    assert len(json.loads(repinned.read_text())["keys"]) == 2
+    # Step 2: the new key first. It signs; the re-pinned verifier knows it, and the
+    # assertions signed before still verify while they last.
+    step2 = from_front([new, old])
+    kid = json.loads(b64url_decode(step2.split(".")[0]))["kid"]
+    assert kid in {k["kid"] for k in json.loads(repinned.read_text())["keys"]}
+    assert kid not in {k["kid"] for k in json.loads(pinned.read_text())["keys"]}
+    assert verified(step2, repinned) == 200
+    assert verified(before, repinned) == 200

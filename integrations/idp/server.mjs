@@ -117,6 +117,10 @@ function checkConfig(config) {
       || !config.cookie_keys.length || !config.cookie_keys.every((k) => typeof k === 'string'))) {
     fail('config.cookie_keys, when given, must be a non-empty list of strings');
   }
+  if (config.rotate_refresh_tokens !== undefined
+      && typeof config.rotate_refresh_tokens !== 'boolean') {
+    fail('config.rotate_refresh_tokens, when given, must be true or false');
+  }
 }
 
 // -- accounts ----------------------------------------------------------------------------
@@ -268,7 +272,9 @@ function buildProvider(config, accounts) {
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     // Every refresh_token grant returns a new refresh token and consumes the old one;
     // presenting a consumed one again fails and revokes the whole grant.
-    rotateRefreshToken: true,
+    // (config.rotate_refresh_tokens = false: the same refresh token is returned every time,
+    // as Google, Auth0 and Okta do by default.)
+    rotateRefreshToken: config.rotate_refresh_tokens ?? true,
     ttl,
     features: {
       devInteractions: { enabled: true },
@@ -421,6 +427,24 @@ function testControl(accounts, signingKeys) {
         } else {
           found.claims = claims;
           jsonResponse(ctx, 200, { sub: found.sub, claims });
+        }
+      } else if (ctx.method === 'POST' && /^\/__test\/users\/[^/]+\/groups$/.test(ctx.path)) {
+        // The user's groups from now on (userinfo, new ID tokens): {"groups": [...]}.
+        const sub = decodeURIComponent(ctx.path.split('/')[3]);
+        let body;
+        try {
+          body = JSON.parse(await readRawBody(ctx.req, MAX_TEST_BODY));
+        } catch (err) {
+          body = undefined;
+        }
+        if (!accounts.users.has(sub)) {
+          jsonResponse(ctx, 404, { error: 'no such user' });
+        } else if (!isObject(body) || !Array.isArray(body.groups)
+                   || !body.groups.every((g) => typeof g === 'string')) {
+          jsonResponse(ctx, 400, { error: 'give {"groups": [strings]}' });
+        } else {
+          accounts.users.get(sub).groups = body.groups;
+          jsonResponse(ctx, 200, { sub, groups: body.groups.length });
         }
       } else if (ctx.method === 'POST' && ctx.path === '/__test/tamper') {
         try {

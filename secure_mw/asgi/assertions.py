@@ -77,7 +77,7 @@ class SignedHeaderMiddleware:
             await self.app(scope, receive, send)
             return
         view = view_of(scope)
-        identity, reply = self.layer.identity(view)
+        identity, reply = await self.layer.aidentity(view)
         if reply is not None:
             if kind == "websocket":
                 await refuse_websocket(send, receive)

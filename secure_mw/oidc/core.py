@@ -24,7 +24,7 @@ from urllib.parse import quote
 from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
+from secure_mw.errors import InvalidToken, SecureMWError, SessionTooLarge, StoreUnavailable
 from secure_mw.guards.hosts import public_base
 from secure_mw.http import (
     MAX_FORM_BODY,
@@ -61,6 +61,9 @@ REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a to
 REFRESH_GRACE = 10.0
 RETRY_AFTER = 2           # seconds, for a request refused while another refreshes
 _RELEASE_BEFORE = REFRESH_CLAIM - 5.0   # a claim older than this may be another's by now
+# Rotation records followed at most, in this process and through the store, for one request.
+_MAX_HOPS = 64
+_MAX_SHARED_HOPS = 8
 _MAX_TARGET = 1024
 
 
@@ -124,38 +127,89 @@ class _StillRefreshing(Exception):
         self.user = user
 
 
+class _Wait:
+    """Another process holds the refresh claim: serve the session as it is (see
+    :meth:`OIDCSessionCore._renew`)."""
+
+
+_WAIT = _Wait()
+
+
+class _NotKept(Exception):
+    """A refreshed session could not be saved (too large for the cookie store): it has been
+    ended; ``cookies`` expire the client's copy."""
+
+    def __init__(self, cookies: list[str], source: str) -> None:
+        super().__init__("the refreshed session cannot be kept")
+        self.cookies = cookies
+        self.source = source
+
+
+def _tokens_due(tokens: Mapping[str, Any], now: float) -> bool:
+    """Whether the access token in ``tokens`` is due for a refresh at ``now``."""
+    due_at = tokens.get("rd", tokens.get("ae"))
+    return isinstance(due_at, int | float) and now >= due_at
+
+
 class _Rotations:
-    """Refresh-token rotations done in this process, by digest of the spent token, kept for
-    :data:`ROTATION_GRACE` seconds so that a request still carrying the old token (the cookie
-    store; a request that read the session just before) reuses the result instead of
-    presenting a spent token, which would make the provider revoke the grant. (With a Redis
-    store the same record is also kept, encrypted, in Redis for every process.)"""
+    """Refresh-token rotations done in this process, by token generation (see
+    :func:`_generation`), kept for :data:`ROTATION_GRACE` seconds so that a request still
+    carrying the old tokens (the cookie store; a request that read the session just before)
+    reuses the result instead of presenting a spent token, which would make the provider
+    revoke the grant. (With a Redis store the same record is also kept, encrypted, in Redis
+    for every process.)"""
 
     def __init__(self, limit: int = 5_000) -> None:
         self._items: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _key(token: str) -> bytes:
-        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-    def get(self, token: str, now: float) -> dict[str, Any] | None:
+    def get(self, tokens: Mapping[str, Any], now: float) -> dict[str, Any] | None:
         with self._lock:
-            item = self._items.get(self._key(token))
-            return dict(item[1]) if item is not None and item[0] > now else None
+            item = self._items.get(_generation(tokens))
+            if item is None or item[0] <= now or not _moves(tokens, item[1]):
+                return None
+            return dict(item[1])
 
-    def put(self, token: str, fields: dict[str, Any], now: float) -> None:
+    def follow(self, tokens: Mapping[str, Any], now: float) -> dict[str, Any] | None:
+        """``tokens`` with every rotation this process knows applied in turn (at most
+        :data:`_MAX_HOPS`), or ``None`` when there is none."""
+        current: dict[str, Any] | None = None
+        for _ in range(_MAX_HOPS):
+            fields = self.get(current or tokens, now)
+            if fields is None:
+                break
+            current = {**(current or tokens), **fields}
+        return current
+
+    def put(self, tokens: Mapping[str, Any], fields: dict[str, Any], now: float) -> None:
         with self._lock:
             items = self._items
-            items[self._key(token)] = (now + ROTATION_GRACE, dict(fields))
+            items[_generation(tokens)] = (now + ROTATION_GRACE, dict(fields))
             while items and (len(items) > self._limit or next(iter(items.values()))[0] <= now):
                 items.popitem(last=False)
 
 
-def _rotation_key(refresh_token: str, kind: str = "rotation") -> str:
-    digest = hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{kind}:{digest}"
+def _generation(tokens: Mapping[str, Any]) -> bytes:
+    """The digest of a session's token generation: its refresh token *and* access token. A
+    provider that keeps its refresh token (Google, Auth0, Okta by default) answers the same
+    one at every refresh, so the refresh token alone does not tell one refresh from the
+    next; the access token does."""
+    refresh_token, access_token = str(tokens.get("rt") or ""), str(tokens.get("at") or "")
+    text = f"{len(refresh_token)}:{refresh_token}{access_token}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _moves(tokens: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Whether the recorded rotation ``fields`` lead ``tokens`` to another generation (a
+    record that names the session's own tokens is not the result of refreshing them)."""
+    return _generation({**tokens, **fields}) != _generation(tokens)
+
+
+def rotation_key(tokens: Mapping[str, Any], kind: str = "rotation") -> str:
+    """The store name of the rotation record (``kind="rotation"``) or the refresh claim
+    (``"refreshing"``) of the token generation ``tokens`` holds."""
+    return f"{kind}:{_generation(tokens).hex()}"
 
 
 class OIDCSessionCore:
@@ -164,13 +218,15 @@ class OIDCSessionCore:
     def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
                  store: SessionStore | None = None, client: OIDCClient | None = None,
                  clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
-                 require_login: bool = True) -> None:
+                 require_login: bool = True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if settings.oidc is None:
             raise ValueError("OIDCSessionCore needs an [oidc] section in the settings")
         self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
                     require_login=require_login)
         self.oidc = settings.oidc
-        self.client = client or OIDCClient(settings.oidc, clock=clock)
+        self._monotonic = monotonic
+        self.client = client or OIDCClient(settings.oidc, clock=clock, monotonic=monotonic)
         self._routes.update({
             "login": self._login,
             "callback": self._callback,
@@ -186,9 +242,11 @@ class OIDCSessionCore:
         self.settings = settings
         self.keyring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
         self.clock = clock
+        self._monotonic = time.monotonic    # elapsed times (claims); ``clock`` is for tokens
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
                                        clock=clock, secure=settings.session.cookie_secure,
-                                       on_refused=self._cookie_refused)
+                                       on_refused=self._cookie_refused,
+                                       on_unreadable=self._record_unreadable)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
@@ -214,6 +272,12 @@ class OIDCSessionCore:
         application's) is audited wherever it is read."""
         self._event("invalid_session_cookie", view, reason=problem)
 
+    def _record_unreadable(self, view: RequestView, problem: str) -> None:
+        """A server-side record the client's session id names cannot be read: audited under
+        an event of its own, which fail2ban does not count (the client cannot have forged
+        it; one page load after a key left the ring would otherwise ban its user)."""
+        self._event("session_record_unreadable", view, reason=problem)
+
     def _foreign(self, session: Session) -> str | None:
         """Why ``session`` is not one this application accepts, or ``None``."""
         if session.source == "oidc" and session.tokens.get("cid") != self.client.client_id:
@@ -236,6 +300,11 @@ class OIDCSessionCore:
                     return Outcome(html_reply(404, "Not found", "There is no such page."))
                 return (yield from route(view))
             return (yield from self._gate(view))
+        except _NotKept as exc:     # audited (session_ended) where it was ended
+            return Outcome(self._too_large(view, exc.cookies, exc.source))
+        except SessionTooLarge as exc:
+            self._event("session_too_large", view, reason=str(exc))
+            return Outcome(self._too_large(view, []))
         except StoreUnavailable as exc:
             self._event("store_unavailable", view, reason=str(exc))
             return Outcome(self._unavailable(view))
@@ -259,13 +328,26 @@ class OIDCSessionCore:
             if self.require_login:
                 return Outcome(self.challenge(view), None, cookies)
             return Outcome(None, None, cookies)
-        session, more = yield from self._maintain(view, session, read)
+        session, more = yield from self._maintained(view, session, read)
         cookies += more
         if session is None:
             if self.require_login:
                 return Outcome(self.challenge(view), None, cookies)
             return Outcome(None, None, cookies)
         return Outcome(None, session.identity(), cookies)
+
+    def _maintained(self, view: RequestView, session: Session, read: SessionRead
+                    ) -> Flow[tuple[Session | None, list[str]]]:
+        """:meth:`_maintain`, ending a session whose updated record cannot be saved (too
+        large for the cookie store after a refresh brought hundreds of groups) for every
+        copy: the record of before, with the groups of before, is never served instead."""
+        try:
+            return (yield from self._maintain(view, session, read))
+        except SessionTooLarge as exc:
+            self._event("session_ended", view, user=session.sub,
+                        reason=f"the updated session cannot be kept: {exc}")
+            ended = yield from self.sessions.destroy(session, sent=read.sent)
+            raise _NotKept(ended, session.source) from None
 
     def _maintain(self, view: RequestView, session: Session, read: SessionRead
                   ) -> Flow[tuple[Session | None, list[str]]]:
@@ -292,7 +374,7 @@ class OIDCSessionCore:
                     self._within_grace(session, now, started)
                     return session, []
                 try:
-                    refreshed, changed = yield from self._refresh(view, session, due_tokens)
+                    refreshed, changed = yield from self._refresh(view, session)
                     if refreshed is None:
                         ended = yield from self.sessions.destroy(session, sent=read.sent)
                         return None, ended
@@ -327,18 +409,15 @@ class OIDCSessionCore:
             if stored is None:
                 return None
             session = stored
-        refresh_token = session.tokens.get("rt")
-        if isinstance(refresh_token, str):
-            rotated = self._rotations.get(refresh_token, self.clock())
-            if rotated is not None:
-                session = session.evolve(tokens={**session.tokens, **rotated})
+        rotated = self._rotations.follow(session.tokens, self.clock())
+        if rotated is not None:
+            session = session.evolve(tokens=rotated)
         return session
 
     def _due(self, session: Session, now: float) -> tuple[bool, bool]:
         """(access token due for refresh, profile due for re-fetch)."""
         tokens = session.tokens
-        due_at = tokens.get("rd", tokens.get("ae"))
-        due_tokens = isinstance(due_at, int | float) and now >= due_at
+        due_tokens = _tokens_due(tokens, now)
         interval = self.oidc.refresh_interval
         due_profile = interval > 0 and now - float(tokens.get("pa", 0)) >= interval
         return due_tokens, due_profile
@@ -363,8 +442,10 @@ class OIDCSessionCore:
 
     def _release_claim(self, claim: str, claimed_at: float) -> Flow[None]:
         """Give the refresh claim back, so a later request may refresh (after a failure) at
-        once; a claim held too long may have run out and been taken by another: left alone."""
-        if self.clock() - claimed_at < _RELEASE_BEFORE:
+        once; a claim held too long may have run out and been taken by another: left alone.
+        ``claimed_at`` is monotonic time (a wall clock stepped back would make an old claim
+        look fresh)."""
+        if self._monotonic() - claimed_at < _RELEASE_BEFORE:
             yield from self.sessions.release(claim)
         return None
 
@@ -382,57 +463,35 @@ class OIDCSessionCore:
         with self._refreshing_lock:
             self._refreshing.pop(session_id, None)
 
-    def _refresh(self, view: RequestView, session: Session, due_tokens: bool
+    def _refresh(self, view: RequestView, session: Session
                  ) -> Flow[tuple[Session | None, bool]]:
         """Returns ``(session, changed)``; ``(None, _)`` ends the session.
 
-        The refresh grant is used only when the access token is due (a profile re-fetch uses
-        userinfo); a rotation made by this process or, through the store, by another is
-        reused; the store arbitrates which process refreshes a token; the new tokens are
-        kept before anything else can fail.
+        It starts from the newest version of the session (the stored record, rotations of
+        this process applied) and decides again what is due: a copy refreshed meanwhile is
+        served as it is only while its rotated tokens are not due. The refresh grant is used
+        only when the access token is due (a profile re-fetch uses userinfo); a rotation made
+        by this process or, through the store, by another is reused; the store arbitrates
+        which process refreshes a token generation; the new tokens are kept before anything
+        else can fail.
         """
         user = session.sub
         latest = yield from self._latest(session)
         if latest is None:
             return None, False
-        if latest.tokens.get("rt") != session.tokens.get("rt"):
+        due_tokens, due_profile = self._due(latest, self.clock())
+        if not (due_tokens or due_profile):
             return latest, False           # refreshed by another request meanwhile
         session = latest
         tokens = dict(session.tokens)
         fresh: dict[str, Any] = {}        # the new id_token's claims
         if due_tokens:
-            refresh_token = tokens.get("rt")
-            if not isinstance(refresh_token, str) or not refresh_token:
-                self._event("session_ended", view, user=user,
-                            reason="access token expired and there is no refresh token")
+            renewed = yield from self._renew(view, session, tokens)
+            if renewed is None:
                 return None, False
-            fields = yield from self.sessions.recall(_rotation_key(refresh_token))
-            if fields is None:
-                claim = _rotation_key(refresh_token, "refreshing")
-                claimed = yield from self.sessions.claim_once(claim, REFRESH_CLAIM)
-                if not claimed:     # another process is refreshing this token now
-                    now = self.clock()
-                    self._within_grace(session, now, self._held_since(claim, now))
-                    return session, False
-                claimed_at = self.clock()
-                with self._refreshing_lock:
-                    self._contended.pop(claim, None)
-                # A refresh that ended (and gave the claim back) between the look-up above
-                # and this claim left its result: use it, never present the spent token.
-                fields = self._rotations.get(refresh_token, claimed_at)
-                if fields is None:
-                    fields = yield from self.sessions.recall(_rotation_key(refresh_token))
-                if fields is not None:
-                    yield from self._release_claim(claim, claimed_at)
-                else:
-                    result = yield from self._refresh_grant(
-                        view, session, refresh_token, claim=claim, claimed_at=claimed_at,
-                        tokens=tokens)
-                    if result is None:
-                        return None, False
-                    fresh.update(result.id_claims or {})
-            if fields is not None:
-                tokens.update(fields)
+            if isinstance(renewed, _Wait):   # another process refreshes this generation
+                return session.evolve(tokens=tokens), False
+            fresh.update(renewed)
         try:
             info = yield from self.client.userinfo(tokens["at"], sub=user)
         except (GrantRefused, InvalidToken) as exc:
@@ -458,6 +517,57 @@ class OIDCSessionCore:
                       "sub": user}
         return session.evolve(claims=claims, tokens=tokens), True
 
+    def _renew(self, view: RequestView, session: Session, tokens: dict[str, Any]
+               ) -> Flow[dict[str, Any] | _Wait | None]:
+        """Bring the due access token in ``tokens`` up to date, in place: from the rotation
+        records of its generation while there are some (each may be due in turn), else with
+        the refresh grant under the store's claim of that generation. Returns the new
+        id_token's claims (``{}`` when a recorded rotation was reused), :data:`_WAIT` when
+        another process holds the claim (within the grace), ``None`` when the session ends.
+        """
+        for _ in range(_MAX_SHARED_HOPS):
+            refresh_token = tokens.get("rt")
+            if not isinstance(refresh_token, str) or not refresh_token:
+                self._event("session_ended", view, user=session.sub,
+                            reason="access token expired and there is no refresh token")
+                return None
+            fields = self._rotations.get(tokens, self.clock())
+            if fields is None:
+                fields = yield from self._recalled(tokens)
+            if fields is None:
+                claim = rotation_key(tokens, "refreshing")
+                claimed = yield from self.sessions.claim_once(claim, REFRESH_CLAIM)
+                if not claimed:     # another process is refreshing this generation now
+                    now = self.clock()
+                    self._within_grace(session.evolve(tokens=tokens), now,
+                                       self._held_since(claim, now))
+                    return _WAIT
+                claimed_at = self._monotonic()
+                with self._refreshing_lock:
+                    self._contended.pop(claim, None)
+                # A refresh that ended (and gave the claim back) between the look-up above
+                # and this claim left its result: use it, never present the spent token.
+                fields = self._rotations.get(tokens, self.clock())
+                if fields is None:
+                    fields = yield from self._recalled(tokens)
+                if fields is None:
+                    result = yield from self._refresh_grant(
+                        view, session, refresh_token, claim=claim, claimed_at=claimed_at,
+                        tokens=tokens)
+                    return None if result is None else dict(result.id_claims or {})
+                yield from self._release_claim(claim, claimed_at)
+            tokens.update(fields)
+            if not _tokens_due(tokens, self.clock()):
+                return {}
+        # A copy this many refreshes behind: its tokens are spent, and presenting them would
+        # make the provider end the grant. Not served now (fail closed).
+        raise _StillRefreshing(session.sub)
+
+    def _recalled(self, tokens: Mapping[str, Any]) -> Flow[dict[str, Any] | None]:
+        """The rotation of ``tokens``' generation another process kept in the store."""
+        fields = yield from self.sessions.recall(rotation_key(tokens))
+        return fields if fields is not None and _moves(tokens, fields) else None
+
     def _refresh_grant(self, view: RequestView, session: Session, refresh_token: str, *,
                        claim: str, claimed_at: float, tokens: dict[str, Any]
                        ) -> Flow[TokenSet | None]:
@@ -475,8 +585,8 @@ class OIDCSessionCore:
             yield from self._release_claim(claim, claimed_at)
             raise
         fields = self._token_fields(self.client.token_set(data, refresh_token))
-        self._rotations.put(refresh_token, fields, self.clock())
-        yield from self.sessions.keep(_rotation_key(refresh_token), fields, ROTATION_GRACE)
+        self._rotations.put(tokens, fields, self.clock())
+        yield from self.sessions.keep(rotation_key(tokens), fields, ROTATION_GRACE)
         yield from self._release_claim(claim, claimed_at)
         tokens.update(fields)
         try:
@@ -705,7 +815,7 @@ class OIDCSessionCore:
         read = yield from self.sessions.read(view)
         if read.session is None:
             return _Found(None, None, self.sessions.forget(read.sent))
-        session, cookies = yield from self._maintain(view, read.session, read)
+        session, cookies = yield from self._maintained(view, read.session, read)
         if session is None:
             return _Found(None, None, cookies)
         return _Found(session, session.identity(), cookies)
@@ -719,6 +829,25 @@ class OIDCSessionCore:
                               "Please try again in a moment.", headers=[("retry-after", "5")])
         return json_reply(503, {"error": "identity_unavailable"},
                           headers=[("retry-after", "5")])
+
+    def _too_large(self, view: RequestView, cookies: list[str], source: str = "oidc"
+                   ) -> Reply:
+        """The session does not fit in the cookie store: say why, and what fixes it."""
+        headers = [("set-cookie", c) for c in cookies]
+        if not view.wants_html:
+            return json_reply(503, {"error": "session_too_large"}, headers=headers)
+        if source == "local":
+            where = "Your groups in this application's users file are"
+            fewer = "give the user fewer groups in the users file"
+        else:
+            where = "Your profile from the identity provider (your groups, most likely) is"
+            fewer = ("have the identity provider send fewer groups (filter its groups claim; "
+                     "oidc.groups_claim names the claim read)")
+        return html_reply(
+            503, "Session too large",
+            f"{where} too large for this application's cookie-based sessions: you cannot stay "
+            "signed in. Administrators: keep sessions in Redis (session.store = \"redis\"), "
+            f"or {fewer}.", headers=headers)
 
     def _refresh_pending(self, view: RequestView) -> Reply:
         headers = [("retry-after", str(RETRY_AFTER))]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import DecryptError, StoreUnavailable
+from secure_mw.errors import DecryptError, SessionTooLarge
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.session.cookies import (
     CookieJarSpec,
@@ -37,7 +37,7 @@ from secure_mw.session.memory_store import MemorySessionStore, SiblingWorkers
 from secure_mw.session.model import Session, new_session_id
 from secure_mw.settings import SessionSettings
 
-__all__ = ["SessionManager", "SessionRead", "SessionStore"]
+__all__ = ["RecordUnreadable", "SessionManager", "SessionRead", "SessionStore"]
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 # A revocation outlives the session's own end by this much (clocks of processes differ).
@@ -64,9 +64,9 @@ class SessionStore(Protocol):
 class MarkStore(SessionStore, Protocol):
     """Where the cookie store remembers ended sessions (the memory or the Redis store)."""
 
-    def revoke(self, key: str, ttl: float) -> None: ...
+    def revoke(self, key: str, ttl: float, *, owner: str = "") -> None: ...
     def is_revoked(self, key: str) -> bool: ...
-    async def arevoke(self, key: str, ttl: float) -> None: ...
+    async def arevoke(self, key: str, ttl: float, *, owner: str = "") -> None: ...
     async def ais_revoked(self, key: str) -> bool: ...
 
 
@@ -78,6 +78,12 @@ class SessionRead:
     problem: str | None = None        # why a cookie the client sent gave no session
     suspicious: bool = False          # the cookie was malformed or forged (worth an audit line)
     sent: list[str] = field(default_factory=list)   # our cookie names the client sent
+
+
+class RecordUnreadable(ValueError):
+    """A server-side record that does not decrypt or parse, or names another session: the
+    store's problem (a key removed from the ring, another application on the same prefix),
+    never the client's, who only holds a random id and cannot have forged the record."""
 
 
 class _LRU:
@@ -108,7 +114,8 @@ class SessionManager:
     def __init__(self, settings: SessionSettings, *, keyring: KeyRing,
                  store: SessionStore | None = None, clock: Callable[[], float] = time.time,
                  secure: bool = True,
-                 on_refused: Callable[[RequestView, str], None] | None = None) -> None:
+                 on_refused: Callable[[RequestView, str], None] | None = None,
+                 on_unreadable: Callable[[RequestView, str], None] | None = None) -> None:
         self.settings = settings
         self.keyring = keyring
         self.clock = clock
@@ -116,6 +123,8 @@ class SessionManager:
         chosen = store is not None or settings.store_explicit
         # Called for a cookie that was refused as malformed or forged (an audit line).
         self.on_refused = on_refused
+        # Called for a server-side record that cannot be read (see RecordUnreadable).
+        self.on_unreadable = on_unreadable
         if store is None and not self.cookie_mode:
             if settings.store == "redis":
                 from secure_mw.session.redis_store import RedisSessionStore
@@ -228,8 +237,10 @@ class SessionManager:
                 return self._refused(view, "malformed session cookie", sent)
             try:
                 found = yield from self.load(raw)
-            except ValueError as exc:
-                return self._refused(view, str(exc), sent)
+            except RecordUnreadable as exc:
+                if self.on_unreadable is not None:
+                    self.on_unreadable(view, str(exc))
+                return SessionRead(None, str(exc), False, sent)
             if found is None:
                 return SessionRead(None, "unknown or expired session", False, sent)
             session = found
@@ -254,13 +265,13 @@ class SessionManager:
         return SessionRead(None, problem, True, sent)
 
     def load(self, session_id: str) -> Flow[Session | None]:
-        """The stored record of ``session_id`` (server-side stores only); a corrupt record
-        raises :class:`ValueError`."""
+        """The stored record of ``session_id`` (server-side stores only); a record that
+        cannot be read raises :class:`RecordUnreadable` (a :class:`ValueError`)."""
         assert self.store is not None
         try:
             record = yield Op(self.store.load, self.store.aload, session_id)
         except DecryptError:     # written with other keys (another app's, a retired one)
-            raise ValueError("session record does not decrypt") from None
+            raise RecordUnreadable("session record does not decrypt") from None
         if record is None:
             return None
         session: Session
@@ -274,10 +285,10 @@ class SessionManager:
                 try:
                     session = Session.from_bytes(record)
                 except ValueError:
-                    raise ValueError("session record is corrupt") from None
+                    raise RecordUnreadable("session record is corrupt") from None
                 self._decoded.put(record, session)
         if not hmac.compare_digest(session.id, session_id):
-            raise ValueError("session record under the wrong key")
+            raise RecordUnreadable("session record under the wrong key")
         return session
 
     def keep(self, name: str, data: dict[str, Any], ttl: float) -> Flow[None]:
@@ -330,7 +341,7 @@ class SessionManager:
         if marks is None:
             return None
         ttl = session.expires - self.clock() + REVOCATION_MARGIN
-        yield Op(marks.revoke, marks.arevoke, session.id, ttl)
+        yield Op(marks.revoke, marks.arevoke, session.id, ttl, owner=session.sub)
         return None
 
     def needs_touch(self, session: Session) -> bool:
@@ -353,8 +364,8 @@ class SessionManager:
             try:
                 parts = split_chunks(token)
             except ValueError:
-                raise StoreUnavailable("the session is too large for the cookie store "
-                                       "(use the redis store)") from None
+                raise SessionTooLarge("the session is too large for the cookie store "
+                                      "(use the redis store)") from None
             headers = [self.jar.set(chunk_name(self.cookie_name, i), part, max_age=max_age)
                        for i, part in enumerate(parts)]
             names = {chunk_name(self.cookie_name, i) for i in range(len(parts))}

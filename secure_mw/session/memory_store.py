@@ -4,9 +4,10 @@ Records are kept as immutable :class:`~secure_mw.session.model.Session` objects 
 at rest outside the process, so nothing is encrypted here). At most ``max_sessions`` are kept;
 beyond that the least recently used one is dropped. Expired records are dropped when read and
 in small batches on every write, so memory never holds more than the bound. Single-use claims
-and revocation marks each expire at their own deadline (a heap orders them), are bounded by
-``max_sessions`` too (beyond it the one closest to its end goes first), and claims can be
-released.
+and revocation marks each expire at their own deadline (a heap orders them) and are bounded by
+``max_sessions`` too: beyond it the claim closest to its end goes first, and a mark of the
+user who holds the most marks (so one user's sign-outs only ever drop that user's own; the
+first drop is logged). Claims can be released.
 
 Such a store is only right for one process. :class:`SiblingWorkers` finds out, from the
 requests themselves, whether other worker processes of the same server use one too: the
@@ -77,6 +78,90 @@ class _Deadlines:
             heapq.heapify(self._heap)
 
 
+class _Marks:
+    """Revocation marks, each until its own deadline, bounded; not thread-safe (the store
+    locks). Beyond the bound the mark closest to its end *of the owner holding the most
+    marks* is dropped: a user who signs out again and again evicts only their own marks,
+    and another user's mark goes only once every owner is down to one."""
+
+    __slots__ = ("_by_owner", "_count", "_expiry", "_largest", "_limit", "_until")
+
+    def __init__(self, limit: int) -> None:
+        self._until: dict[str, tuple[float, str]] = {}     # key -> (deadline, owner)
+        self._count: dict[str, int] = {}                   # owner -> marks held
+        # Heaps with stale entries (checked against _until/_count when popped, compacted
+        # when they grow): every mark by deadline, each owner's by deadline, owners by count.
+        self._expiry: list[tuple[float, str]] = []
+        self._by_owner: dict[str, list[tuple[float, str]]] = {}
+        self._largest: list[tuple[int, str]] = []
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def live(self, key: str, now: float) -> bool:
+        item = self._until.get(key)
+        return item is not None and item[0] > now
+
+    def add(self, key: str, deadline: float, owner: str, now: float) -> int:
+        """Mark ``key`` until ``deadline``; returns how many other marks the bound dropped."""
+        if key in self._until:
+            self._drop(key)
+        self._until[key] = (deadline, owner)
+        heapq.heappush(self._expiry, (deadline, key))
+        heapq.heappush(self._by_owner.setdefault(owner, []), (deadline, key))
+        count = self._count[owner] = self._count.get(owner, 0) + 1
+        heapq.heappush(self._largest, (-count, owner))
+        return self._sweep(now)
+
+    def _drop(self, key: str) -> None:
+        _deadline, owner = self._until.pop(key)
+        count = self._count[owner] - 1
+        if count:
+            self._count[owner] = count
+            heapq.heappush(self._largest, (-count, owner))
+            heap = self._by_owner[owner]
+            if len(heap) > 2 * count + 8:      # mostly stale: keep what is still marked
+                heap[:] = [(d, k) for d, k in heap if self._until.get(k) == (d, owner)]
+                heapq.heapify(heap)
+        else:
+            del self._count[owner]
+            del self._by_owner[owner]
+
+    def _sweep(self, now: float) -> int:
+        expiry, until = self._expiry, self._until
+        while expiry and expiry[0][0] <= now:
+            deadline, key = heapq.heappop(expiry)
+            item = until.get(key)
+            if item is not None and item[0] == deadline:
+                self._drop(key)
+        evicted = 0
+        while len(until) > self._limit:
+            self._evict_one()
+            evicted += 1
+        if len(expiry) > 2 * len(until) + 64:
+            self._expiry = [(d, k) for k, (d, _owner) in until.items()]
+            heapq.heapify(self._expiry)
+        if len(self._largest) > 2 * len(self._count) + 64:
+            self._largest = [(-c, o) for o, c in self._count.items()]
+            heapq.heapify(self._largest)
+        return evicted
+
+    def _evict_one(self) -> None:
+        largest = self._largest
+        while self._count.get(largest[0][1]) != -largest[0][0]:    # entries of old counts
+            heapq.heappop(largest)
+        most, owner = -largest[0][0], largest[0][1]
+        # That owner's mark closest to its end; when every owner holds one, the closest of all.
+        heap = self._by_owner[owner] if most > 1 else self._expiry
+        while True:
+            deadline, key = heapq.heappop(heap)
+            item = self._until.get(key)
+            if item is not None and item[0] == deadline and (most == 1 or item[1] == owner):
+                break
+        self._drop(key)
+
+
 class MemorySessionStore:
     holds_objects = True
     nonblocking = True   # never waits on I/O: called inline under ASGI
@@ -89,7 +174,8 @@ class MemorySessionStore:
         self._clock = clock
         self._items: OrderedDict[str, tuple[float, Session]] = OrderedDict()
         self._once = _Deadlines(max_sessions)       # claimed single-use tokens
-        self._revoked = _Deadlines(max_sessions)    # ended sessions (the cookie store)
+        self._revoked = _Marks(max_sessions)        # ended sessions (the cookie store)
+        self._marks_dropped = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -153,12 +239,29 @@ class MemorySessionStore:
         with self._lock:
             self._once.discard(token)
 
-    def revoke(self, key: str, ttl: float) -> None:
-        """Remember for ``ttl`` seconds that the session ``key`` names has ended."""
+    def revoke(self, key: str, ttl: float, *, owner: str = "") -> None:
+        """Remember for ``ttl`` seconds that the session ``key`` names (of the user
+        ``owner``) has ended. Beyond ``max_sessions`` marks, one of the user holding the
+        most is dropped; the first drop is logged as a warning."""
         with self._lock:
             now = self._clock()
+            dropped = 0
             if ttl > 0 and not self._revoked.live(key, now + ttl):
-                self._revoked.add(key, now + ttl, now)
+                dropped = self._revoked.add(key, now + ttl, owner, now)
+            first = dropped and not self._marks_dropped
+            self._marks_dropped += dropped
+        if first:
+            log.warning(
+                "more ended sessions than session.memory_max_sessions (%d) are remembered in "
+                "this process: the sign-out of the user with the most was forgotten, so a "
+                "copy of that cookie is accepted again until it expires; set "
+                "session.redis_url to keep them in Redis (this is logged once)",
+                self.max_sessions)
+
+    @property
+    def marks_dropped(self) -> int:
+        """How many revocation marks the bound has dropped so far."""
+        return self._marks_dropped
 
     def is_revoked(self, key: str) -> bool:
         # One dict look-up, atomic by itself: no lock on the path of every cookie-store read.
@@ -194,8 +297,8 @@ class MemorySessionStore:
     async def arelease(self, token: str) -> None:
         self.release(token)
 
-    async def arevoke(self, key: str, ttl: float) -> None:
-        self.revoke(key, ttl)
+    async def arevoke(self, key: str, ttl: float, *, owner: str = "") -> None:
+        self.revoke(key, ttl, owner=owner)
 
     async def ais_revoked(self, key: str) -> bool:
         return self.is_revoked(key)

@@ -175,8 +175,9 @@ class RedisSessionStore(RedisClients):
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
-    def revoke(self, key: str, ttl: float) -> None:
-        """Remember for ``ttl`` seconds, for every process, that session ``key`` has ended."""
+    def revoke(self, key: str, ttl: float, *, owner: str = "") -> None:
+        """Remember for ``ttl`` seconds, for every process, that session ``key`` has ended
+        (``owner`` is not needed: Redis keeps every mark until its TTL)."""
         ms = _ttl_ms(ttl)
         if ms is None:
             return
@@ -251,7 +252,7 @@ class RedisSessionStore(RedisClients):
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
-    async def arevoke(self, key: str, ttl: float) -> None:
+    async def arevoke(self, key: str, ttl: float, *, owner: str = "") -> None:
         """:meth:`revoke` for asyncio."""
         ms = _ttl_ms(ttl)
         if ms is None:

@@ -236,6 +236,13 @@ class AssertionVerifier:
             raise InvalidToken("invalid token") from None
         return self._store(digest, claims)
 
+    def cached(self, token: str) -> dict[str, Any] | None:
+        """The claims of ``token`` (a copy) if a verification of it is cached, else ``None``;
+        an expired one raises :class:`ExpiredToken`. No I/O: callers that drive
+        :meth:`verify`/:meth:`averify` as a flow try this first."""
+        digest = self._digest(token)
+        return None if digest is None else self._cached(digest)
+
     def clear_cache(self) -> None:
         """Forget every cached verification (after removing a key from a static set, say)."""
         with self._lock:

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from secure_mw._driver import Flow, Op, run_async, run_sync
 from secure_mw.audit import AuditLogger, audit_logger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken
@@ -169,6 +170,17 @@ class VerifyLayer:
         return verifier
 
     def identity(self, view: RequestView) -> tuple[Identity | None, Reply | None]:
+        """The verified identity of ``view``'s assertion, or the 401 to answer (blocking:
+        a remote key set is fetched in this thread)."""
+        return run_sync(self.decide(view))
+
+    async def aidentity(self, view: RequestView) -> tuple[Identity | None, Reply | None]:
+        """:meth:`identity` for ASGI: a remote key set is fetched without blocking the event
+        loop."""
+        return await run_async(self.decide(view))
+
+    def decide(self, view: RequestView) -> Flow[tuple[Identity | None, Reply | None]]:
+        """The flow of :meth:`identity` and :meth:`aidentity`, written once."""
         token = view.headers.get(self.header)
         reason = "missing assertion"
         if token:
@@ -176,7 +188,10 @@ class VerifyLayer:
             try:
                 if not audience:
                     raise InvalidToken("no audience: the request's host is not allowed")
-                claims = self._verifier(audience).verify(token)
+                verifier = self._verifier(audience)
+                claims = verifier.cached(token)
+                if claims is None:      # a full verification: may fetch the key set
+                    claims = yield Op(verifier.verify, verifier.averify, token)
             except InvalidToken as exc:
                 reason = str(exc)
             else:
