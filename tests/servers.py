@@ -43,19 +43,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
-                  ) -> None:
-    """Poll until something accepts connections on ``port`` (bounded by ``timeout``)."""
+def wait_for_port(port: int | str, *, timeout: float = 10.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts connections on ``port`` (or at the Unix socket path
+    ``port``), bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            if isinstance(port, str):
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(0.2)
+                    sock.connect(port)
+            else:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
+            return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 class RedisServer:
@@ -152,10 +159,11 @@ def ensure_npm_packages(directory: Path) -> None:
 
 class ServerProcess:
     """A server started by its own command line (``uvicorn ... --workers 2``, ``gunicorn -w
-    2 ...``) in the repository root, on ``port``; its output is kept in ``log``. Stopped
-    (SIGTERM to the process group it started, then SIGKILL) on leaving the ``with``."""
+    2 ...``) in the repository root, on ``port`` (or the Unix socket path ``port``); its
+    output is kept in ``log``. Stopped (SIGTERM to the process group it started, then
+    SIGKILL) on leaving the ``with``."""
 
-    def __init__(self, args: list[str], *, port: int, env: dict[str, str],
+    def __init__(self, args: list[str], *, port: int | str, env: dict[str, str],
                  log: Path) -> None:
         self.args = args
         self.port = port
@@ -165,6 +173,8 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
+        if isinstance(self.port, str):       # a Unix socket: httpx.HTTPTransport(uds=port)
+            return "http://localhost"
         return f"http://127.0.0.1:{self.port}"
 
     def log(self) -> str:
