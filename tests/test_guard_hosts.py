@@ -23,6 +23,7 @@ from secure_mw.login import UsersFile
 from secure_mw.session import MemorySessionStore
 from secure_mw.tokens import AssertionVerifier, generate_private_jwks
 from tests.apps import FLAVOURS, asgi_inner, browser, uvicorn_server, wsgi_inner, wsgi_server
+from tests.servers import NginxServer
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 
@@ -327,6 +328,83 @@ def test_a_forwarded_host_from_anyone_else_is_ignored(flavour: str, users: Users
         refused = httpx.get(base + "/a", headers={"Host": "evil.example",
                                                   "X-Forwarded-Host": "app.test"})
         assert refused.status_code == 400
+
+
+# -- the guard alone behind a proxy: what it judged is what the app sees ----------------------
+
+
+async def _who_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    hosts = [v.decode("latin-1") for n, v in scope["headers"] if n == b"host"]
+    body = json.dumps({"host": hosts, "client": (scope.get("client") or [""])[0]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _who_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = json.dumps({"host": [environ.get("HTTP_HOST")], "client": environ["REMOTE_ADDR"],
+                       "peer": environ.get("secure_mw.peer")}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def _alone(flavour: str, middleware: str, **options: Any) -> Any:
+    module = asgi if flavour == "asgi" else wsgi
+    inner = _who_asgi if flavour == "asgi" else _who_wsgi
+    return getattr(module, middleware)(inner, **options)
+
+
+def test_the_host_guard_alone_passes_on_the_host_it_checked(flavour: str) -> None:
+    """HostGuardMiddleware without ClientAddressMiddleware, behind a trusted proxy that
+    passes the client's Host on and sets X-Forwarded-Host itself: the forwarded host is
+    checked, and the app sees it in Host — never the client's unchecked one."""
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = _alone(flavour, "HostGuardMiddleware", allowed_hosts=["app.example.com"],
+                 trusted_proxies=["127.0.0.1/32"])
+    fwd = {"X-Forwarded-For": "203.0.113.9"}
+    with server(app) as base:
+        forwarded = httpx.get(base + "/x", headers={**fwd, "Host": "evil.example",
+                                                    "X-Forwarded-Host": "app.example.com"})
+        plain = httpx.get(base + "/x", headers={"Host": "app.example.com"})
+        refused = httpx.get(base + "/x", headers={**fwd, "Host": "app.example.com",
+                                                  "X-Forwarded-Host": "evil.example"})
+    assert forwarded.status_code == 200 and forwarded.json()["host"] == ["app.example.com"]
+    if flavour == "wsgi":                  # the original kept, as ClientAddressMiddleware does
+        assert forwarded.json()["peer"][2] == "evil.example"
+    assert plain.status_code == 200 and plain.json()["host"] == ["app.example.com"]
+    assert refused.status_code == 400
+
+
+def test_the_host_guard_alone_behind_nginx(flavour: str, tmp_path: Path) -> None:
+    """nginx with ``proxy_set_header Host $http_host`` (the client's Host) and
+    ``X-Forwarded-Host $server_name``: a request for evil.example reaches the app as a
+    request for the host nginx serves."""
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = _alone(flavour, "HostGuardMiddleware", allowed_hosts=["app.example.com"],
+                 trusted_proxies=["127.0.0.1/32"])
+    with server(app) as base, NginxServer(base, tmp_path / "nginx", server_name=(
+            "app.example.com"), headers={
+            "Host": "$http_host", "X-Forwarded-Host": "$server_name",
+            "X-Forwarded-For": "$proxy_add_x_forwarded_for"}) as nginx:
+        answer = httpx.get(nginx.url + "/x", headers={"Host": "evil.example"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["host"] == ["app.example.com"]
+
+
+def test_a_clients_own_forwarded_header_is_ignored_behind_nginx_by_default(
+        flavour: str, tmp_path: Path) -> None:
+    """The standalone middlewares read what ``server.forwarded_header`` reads by default,
+    X-Forwarded-For: nginx sets that one and passes a client's ``Forwarded`` through as is,
+    so reading ``Forwarded`` when present (``"auto"``) let a client choose its address."""
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = _alone(flavour, "ClientAddressMiddleware", trusted_proxies=["127.0.0.1/32"])
+    with server(app) as base, NginxServer(base, tmp_path / "nginx", headers={
+            "X-Forwarded-For": "$proxy_add_x_forwarded_for"}) as nginx:
+        answer = httpx.get(nginx.url + "/x", headers={
+            "Forwarded": "for=198.51.100.66;host=evil.example"})
+    assert answer.status_code == 200
+    assert answer.json()["client"] == "127.0.0.1"
+    assert Settings.from_mapping({}, environ={}).server.forwarded_header == "x-forwarded-for"
 
 
 def test_a_websocket_handshake_for_an_unlisted_host_is_refused(users: UsersFile) -> None:
