@@ -268,6 +268,28 @@ def test_bad_entries_are_configuration_errors_naming_them(entry: str, reason: st
     assert repr(entry) in problem.message and reason in problem.message
 
 
+@pytest.mark.parametrize("entry", ["*.com", "*.co.uk", "*.github.io", "*.рф",
+                                   "*.s3.amazonaws.com:443", "*.COM"])
+def test_a_wildcard_over_a_public_suffix_is_a_configuration_error(entry: str) -> None:
+    """``*.com`` answers for every .com site: a ConfigError naming the entry, as a public
+    suffix is for ``session.cookie_domain``."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"server": {"allowed_hosts": ["ok.test", entry]}}, environ={})
+    [problem] = info.value.problems
+    assert problem.path == "server.allowed_hosts"
+    assert repr(entry) in problem.message and "is a public suffix" in problem.message
+    with pytest.raises(ValueError, match="public suffix"):
+        asgi.HostGuardMiddleware(asgi_inner(), allowed_hosts=[entry])
+
+
+@pytest.mark.parametrize("entry", ["*.example.com", "*.example.co.uk", "*.me.github.io",
+                                   "*.localhost", "*.internal", "*.corp", "com"])
+def test_wildcards_under_a_registrable_or_private_name_are_accepted(entry: str) -> None:
+    """A name someone registered, or a TLD nobody can register under (not on the list)."""
+    server = Settings.from_mapping({"server": {"allowed_hosts": [entry]}}, environ={}).server
+    assert server.allowed_hosts == [entry]
+
+
 def test_check_config_summary_names_the_hosts_and_warns_for_a_star() -> None:
     star = Settings.from_mapping({"server": {"allowed_hosts": ["*"]}}, environ={}).summary()
     assert "allowed hosts   : * -- WARNING: any Host is answered" in star
