@@ -130,16 +130,35 @@ def test_a_hostile_host_never_becomes_the_assertion_issuer(
 
 
 def _raw_get(base: str, target: bytes, host: bytes = b"127.0.0.1") -> tuple[int, bytes]:
-    """One request with exactly ``target`` on the request line (no client normalizes it)."""
+    """One request with exactly ``target`` on the request line (no client normalizes it);
+    the status and the body, de-chunked (uvicorn with httptools chunks an answer without a
+    length)."""
     address, port = base.split("//", 1)[1].split(":")
     with socket.create_connection((address, int(port)), timeout=10) as conn:
-        conn.sendall(b"GET " + target + b" HTTP/1.0\r\nHost: " + host +
+        conn.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: " + host +
                      b"\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    lines = head.split(b"\r\n")
+    fields = {name.strip().lower(): value.strip()
+              for name, _, value in (line.partition(b":") for line in lines[1:])}
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = _dechunk(body)
+    return int(lines[0].split(b" ", 2)[1]), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The body of a chunked message (RFC 9112 section 7.1; extensions and trailers ignored)."""
+    body = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0], 16)
+        if size == 0:
+            return body
+        body += data[:size]
+        data = data[size + 2:]
 
 
 INVALID_UTF8 = [
