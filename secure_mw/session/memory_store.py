@@ -399,8 +399,9 @@ class SiblingWorkers:
         self._logged: set[str] = set()
         self._lock = threading.Lock()
         self._listeners: dict[str, _listeners.Listener] = {}   # found, by address
-        self._poller: int | None = None      # where this process polled its listener
-        self._polled: set[int] = set()       # listeners this process was seen polling
+        # listener inode -> the epoll instance of this process that polled it when first
+        # looked at (None: none did, e.g. a sync worker); looked for once per listener.
+        self._pollers: dict[int, int | None] = {}
         self.siblings: tuple[int, ...] = ()
 
     def check(self, server: str) -> str | None:
@@ -457,17 +458,23 @@ class SiblingWorkers:
         self._listeners[server] = listener
         poller = None
         if listener.inode is not None:
-            poller = _listeners.poller("self", listener.inode, self._poller)
-            if poller is not None and poller >= 0:
-                self._poller = poller
-                self._polled.add(listener.inode)
-            elif listener.inode in self._polled:
-                return ()       # no longer waits for connections: draining, not a sibling
-            poller = None if poller is None or poller < 0 else poller
+            if listener.inode not in self._pollers:
+                if len(self._pollers) >= 16:
+                    self._pollers.clear()
+                found = _listeners.poller("self", listener.inode)
+                self._pollers[listener.inode] = found if found is not None and found >= 0 \
+                    else None
+            poller = self._pollers[listener.inode]
         directory = self._directory or registry_directory()
         if directory is None:
             return ()
-        return self._register(directory, server, listener, poller)
+        siblings = self._register(directory, server, listener, poller)
+        # Only worth a look when it matters (the epoll fdinfo lists every connection): a
+        # worker that no longer polls its listener is shutting down, and is nobody's sibling.
+        if siblings and poller is not None and listener.inode is not None \
+                and _listeners.poller("self", listener.inode, poller) is None:
+            return ()
+        return siblings
 
     def _register(self, directory: Path, server: str, listener: _listeners.Listener,
                   poller: int | None) -> tuple[int, ...]:
