@@ -20,7 +20,7 @@ __all__ = ["UNKNOWN", "Listener", "find_listener", "holds", "poller"]
 
 #: ``/proc`` (a test points it elsewhere to exercise the fallback).
 PROC = "/proc"
-#: :func:`poller` and :func:`holds` when the process's descriptors cannot be read.
+#: What :func:`poller` answers when the process's descriptors cannot be read.
 UNKNOWN = -1
 _LISTEN = "0A"                  # TCP_LISTEN in /proc/net/tcp
 _SO_ACCEPTCON = 0x10000         # a listening Unix socket in /proc/net/unix
