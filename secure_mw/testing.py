@@ -1,20 +1,28 @@
-"""Helpers for your own test suite: log a user in without an identity provider.
+"""Helpers for your own test suite: log a user in without an identity provider, and let an
+in-process test client through the Host allow-list.
 
 ::
 
-    from secure_mw.testing import session_cookie
+    from secure_mw.testing import allow_test_host, session_cookie
+
+    settings = allow_test_host(settings)              # Host: testserver is answered too
 
     def test_dashboard(client):                       # any HTTP test client
         cookie = session_cookie(settings, {"sub": "alice", "groups": ["admins"]})
         response = client.get("/dashboard", headers={"Cookie": cookie})
 
-The session is written to the store ``settings`` configures — the process-wide memory store,
-the Redis server, or (cookie store) into the cookie itself — so the app under test, built from
-the same settings, accepts it exactly as it accepts a real login.
+Starlette's and FastAPI's ``TestClient`` and Django's test client send ``Host: testserver``,
+which the default allow-list (the loopback names, or the host of ``server.external_url``)
+refuses with 400: list it in ``server.allowed_hosts`` of the test settings, or build them
+with :func:`allow_test_host`. The session is written to the store ``settings`` configures —
+the process-wide memory store, the Redis server, or (cookie store) into the cookie itself —
+so the app under test, built from the same settings, accepts it exactly as it accepts a real
+login.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +33,26 @@ from secure_mw.session.manager import SessionManager, SessionStore
 from secure_mw.session.model import identity_claims
 from secure_mw.settings import Settings
 
-__all__ = ["session_cookie"]
+__all__ = ["TEST_CLIENT_HOST", "allow_test_host", "session_cookie"]
+
+#: The ``Host`` that Starlette's and FastAPI's ``TestClient`` and Django's test client send.
+TEST_CLIENT_HOST = "testserver"
+
+
+def allow_test_host(settings: Settings, host: str = TEST_CLIENT_HOST) -> Settings:
+    """``settings`` whose ``server.allowed_hosts`` also lists ``host`` (an in-process test
+    client's), keeping what was allowed: the listed hosts, or when none are listed the host
+    of ``server.external_url`` or the loopback names. Unchanged when ``host`` is allowed."""
+    from secure_mw.guards.hosts import HostPolicy, check_entries
+
+    policy = HostPolicy.from_settings(settings.server)
+    if policy.allows(host):
+        return settings
+    problem = check_entries([host])
+    if problem is not None:
+        raise ValueError(problem)
+    server = dataclasses.replace(settings.server, allowed_hosts=[*policy.entries, host])
+    return dataclasses.replace(settings, server=server)
 
 
 def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level: int = 1,

@@ -3,14 +3,17 @@
 
 The same app for a server's own command line, with several workers:
 ``uvicorn --factory tests.e2e_app:asgi_app --workers 2`` and
-``gunicorn -w 2 'tests.e2e_app:wsgi_app()'``. ``E2E_WORKER_CHECK_INTERVAL`` (seconds) sets
-how often a worker looks again for sibling workers (the tests use 0: at every request).
+``gunicorn -w 2 'tests.e2e_app:wsgi_app()'`` (``wsgi_hold_app()`` adds a request that stays
+in flight until the test ends it). ``E2E_WORKER_CHECK_INTERVAL`` (seconds) sets how often a
+worker looks again for sibling workers (the tests use 0: at every request).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from secure_mw import Settings, asgi, wsgi
@@ -34,6 +37,22 @@ def asgi_app() -> Any:
 def wsgi_app() -> Any:
     """The protected WSGI app (``gunicorn 'tests.e2e_app:wsgi_app()'``)."""
     return wsgi.protect(wsgi_inner, _settings())
+
+
+def _held(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """``/hold?FIFO``: a request in flight until the test writes to the named pipe FIFO
+    (``FIFO.held`` appears once it waits); anything else is :func:`wsgi_inner`'s."""
+    if environ.get("PATH_INFO") == "/hold":
+        release = environ.get("QUERY_STRING", "")
+        Path(release + ".held").touch()
+        with open(release, "rb") as fifo:       # blocks until the test opens it to write
+            fifo.read()
+    return wsgi_inner(environ, start_response)
+
+
+def wsgi_hold_app() -> Any:
+    """:func:`wsgi_app` with ``/hold`` (a long download, a long poll)."""
+    return wsgi.protect(_held, _settings())
 
 
 def main() -> None:

@@ -43,19 +43,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
-                  ) -> None:
-    """Poll until something accepts connections on ``port`` (bounded by ``timeout``)."""
+def wait_for_port(port: int | str, *, timeout: float = 10.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts connections on ``port`` (or at the Unix socket path
+    ``port``), bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            if isinstance(port, str):
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(0.2)
+                    sock.connect(port)
+            else:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
+            return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 class RedisServer:
@@ -152,10 +159,11 @@ def ensure_npm_packages(directory: Path) -> None:
 
 class ServerProcess:
     """A server started by its own command line (``uvicorn ... --workers 2``, ``gunicorn -w
-    2 ...``) in the repository root, on ``port``; its output is kept in ``log``. Stopped
-    (SIGTERM to the process group it started, then SIGKILL) on leaving the ``with``."""
+    2 ...``) in the repository root, on ``port`` (or the Unix socket path ``port``); its
+    output is kept in ``log``. Stopped (SIGTERM to the process group it started, then
+    SIGKILL) on leaving the ``with``."""
 
-    def __init__(self, args: list[str], *, port: int, env: dict[str, str],
+    def __init__(self, args: list[str], *, port: int | str, env: dict[str, str],
                  log: Path) -> None:
         self.args = args
         self.port = port
@@ -165,6 +173,8 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
+        if isinstance(self.port, str):       # a Unix socket: httpx.HTTPTransport(uds=port)
+            return "http://localhost"
         return f"http://127.0.0.1:{self.port}"
 
     def log(self) -> str:
@@ -196,3 +206,61 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+class NginxServer:
+    """A real nginx reverse proxy on a free loopback port in front of ``upstream`` (a base
+    URL), with ``proxy_set_header`` lines as given (``{"Host": "$http_host"}``), in a
+    directory of its own; use as a context manager."""
+
+    def __init__(self, upstream: str, directory: Path, *,
+                 headers: dict[str, str] | None = None, server_name: str = "_") -> None:
+        self.program = find_program("nginx")
+        self.port = free_port()
+        self.dir = directory
+        self.upstream = upstream
+        self.headers = headers or {}
+        self.server_name = server_name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> NginxServer:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(f"      proxy_set_header {name} {value};\n"
+                        for name, value in self.headers.items())
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (self.dir / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {self.dir}/nginx.pid;\n"
+            f"error_log {self.dir}/error.log warn;\nevents {{ worker_connections 64; }}\n"
+            "http {\n"
+            f"  access_log off;\n  client_body_temp_path {self.dir}/body;\n"
+            f"  proxy_temp_path {self.dir}/proxy;\n  fastcgi_temp_path {self.dir}/fastcgi;\n"
+            f"  uwsgi_temp_path {self.dir}/uwsgi;\n  scgi_temp_path {self.dir}/scgi;\n"
+            f"  server {{\n    listen 127.0.0.1:{self.port} default_server;\n"
+            f"    server_name {self.server_name};\n"
+            f"    location / {{\n      proxy_pass {self.upstream};\n{lines}    }}\n  }}\n}}\n")
+        self.proc = subprocess.Popen([self.program, "-p", str(self.dir), "-c",
+                                      str(self.dir / "nginx.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_port(self.port, proc=self.proc)
+        except RuntimeError:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from secure_mw.guards.clientaddr import MAX_FORWARDING_HEADER, ClientInfo, TrustedProxies
 
 TRUSTED = ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.7"]
-PROXIES = TrustedProxies(TRUSTED)
+PROXIES = TrustedProxies(TRUSTED, header="auto")    # reads both syntaxes
 SCHEME, HOST = "http", "app.internal:8000"
 
 EDGE = "10.0.0.5"           # a trusted proxy
@@ -221,6 +221,14 @@ def test_header_pinned_to_x_forwarded_for() -> None:
     proxies = TrustedProxies(TRUSTED, header="x-forwarded-for")
     headers = {FWD: f"for={FORGED};proto=https", XFF: CLIENT}
     assert proxies.resolve(EDGE, headers, scheme="http", host="a") == \
+        ClientInfo(CLIENT, "http", "a", True)
+
+
+def test_the_default_header_is_the_settings_default() -> None:
+    """As ``server.forwarded_header``: a client's own ``Forwarded``, which nginx passes
+    through, is not read unless asked for."""
+    headers = {FWD: f"for={FORGED};host=evil.example", XFF: CLIENT}
+    assert TrustedProxies(TRUSTED).resolve(EDGE, headers, scheme="http", host="a") == \
         ClientInfo(CLIENT, "http", "a", True)
 
 

@@ -23,6 +23,7 @@ from secure_mw.login import UsersFile
 from secure_mw.session import MemorySessionStore
 from secure_mw.tokens import AssertionVerifier, generate_private_jwks
 from tests.apps import FLAVOURS, asgi_inner, browser, uvicorn_server, wsgi_inner, wsgi_server
+from tests.servers import NginxServer
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 
@@ -129,16 +130,35 @@ def test_a_hostile_host_never_becomes_the_assertion_issuer(
 
 
 def _raw_get(base: str, target: bytes, host: bytes = b"127.0.0.1") -> tuple[int, bytes]:
-    """One request with exactly ``target`` on the request line (no client normalizes it)."""
+    """One request with exactly ``target`` on the request line (no client normalizes it);
+    the status and the body, de-chunked (uvicorn with httptools chunks an answer without a
+    length)."""
     address, port = base.split("//", 1)[1].split(":")
     with socket.create_connection((address, int(port)), timeout=10) as conn:
-        conn.sendall(b"GET " + target + b" HTTP/1.0\r\nHost: " + host +
+        conn.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: " + host +
                      b"\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    lines = head.split(b"\r\n")
+    fields = {name.strip().lower(): value.strip()
+              for name, _, value in (line.partition(b":") for line in lines[1:])}
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = _dechunk(body)
+    return int(lines[0].split(b" ", 2)[1]), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The body of a chunked message (RFC 9112 section 7.1; extensions and trailers ignored)."""
+    body = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0], 16)
+        if size == 0:
+            return body
+        body += data[:size]
+        data = data[size + 2:]
 
 
 INVALID_UTF8 = [
@@ -267,6 +287,28 @@ def test_bad_entries_are_configuration_errors_naming_them(entry: str, reason: st
     assert repr(entry) in problem.message and reason in problem.message
 
 
+@pytest.mark.parametrize("entry", ["*.com", "*.co.uk", "*.github.io", "*.рф",
+                                   "*.s3.amazonaws.com:443", "*.COM"])
+def test_a_wildcard_over_a_public_suffix_is_a_configuration_error(entry: str) -> None:
+    """``*.com`` answers for every .com site: a ConfigError naming the entry, as a public
+    suffix is for ``session.cookie_domain``."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping({"server": {"allowed_hosts": ["ok.test", entry]}}, environ={})
+    [problem] = info.value.problems
+    assert problem.path == "server.allowed_hosts"
+    assert repr(entry) in problem.message and "is a public suffix" in problem.message
+    with pytest.raises(ValueError, match="public suffix"):
+        asgi.HostGuardMiddleware(asgi_inner(), allowed_hosts=[entry])
+
+
+@pytest.mark.parametrize("entry", ["*.example.com", "*.example.co.uk", "*.me.github.io",
+                                   "*.localhost", "*.internal", "*.corp", "com"])
+def test_wildcards_under_a_registrable_or_private_name_are_accepted(entry: str) -> None:
+    """A name someone registered, or a TLD nobody can register under (not on the list)."""
+    server = Settings.from_mapping({"server": {"allowed_hosts": [entry]}}, environ={}).server
+    assert server.allowed_hosts == [entry]
+
+
 def test_check_config_summary_names_the_hosts_and_warns_for_a_star() -> None:
     star = Settings.from_mapping({"server": {"allowed_hosts": ["*"]}}, environ={}).summary()
     assert "allowed hosts   : * -- WARNING: any Host is answered" in star
@@ -327,6 +369,83 @@ def test_a_forwarded_host_from_anyone_else_is_ignored(flavour: str, users: Users
         refused = httpx.get(base + "/a", headers={"Host": "evil.example",
                                                   "X-Forwarded-Host": "app.test"})
         assert refused.status_code == 400
+
+
+# -- the guard alone behind a proxy: what it judged is what the app sees ----------------------
+
+
+async def _who_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    hosts = [v.decode("latin-1") for n, v in scope["headers"] if n == b"host"]
+    body = json.dumps({"host": hosts, "client": (scope.get("client") or [""])[0]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _who_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = json.dumps({"host": [environ.get("HTTP_HOST")], "client": environ["REMOTE_ADDR"],
+                       "peer": environ.get("secure_mw.peer")}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def _alone(flavour: str, middleware: str, **options: Any) -> Any:
+    module = asgi if flavour == "asgi" else wsgi
+    inner = _who_asgi if flavour == "asgi" else _who_wsgi
+    return getattr(module, middleware)(inner, **options)
+
+
+def test_the_host_guard_alone_passes_on_the_host_it_checked(flavour: str) -> None:
+    """HostGuardMiddleware without ClientAddressMiddleware, behind a trusted proxy that
+    passes the client's Host on and sets X-Forwarded-Host itself: the forwarded host is
+    checked, and the app sees it in Host — never the client's unchecked one."""
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = _alone(flavour, "HostGuardMiddleware", allowed_hosts=["app.example.com"],
+                 trusted_proxies=["127.0.0.1/32"])
+    fwd = {"X-Forwarded-For": "203.0.113.9"}
+    with server(app) as base:
+        forwarded = httpx.get(base + "/x", headers={**fwd, "Host": "evil.example",
+                                                    "X-Forwarded-Host": "app.example.com"})
+        plain = httpx.get(base + "/x", headers={"Host": "app.example.com"})
+        refused = httpx.get(base + "/x", headers={**fwd, "Host": "app.example.com",
+                                                  "X-Forwarded-Host": "evil.example"})
+    assert forwarded.status_code == 200 and forwarded.json()["host"] == ["app.example.com"]
+    if flavour == "wsgi":                  # the original kept, as ClientAddressMiddleware does
+        assert forwarded.json()["peer"][2] == "evil.example"
+    assert plain.status_code == 200 and plain.json()["host"] == ["app.example.com"]
+    assert refused.status_code == 400
+
+
+def test_the_host_guard_alone_behind_nginx(flavour: str, tmp_path: Path) -> None:
+    """nginx with ``proxy_set_header Host $http_host`` (the client's Host) and
+    ``X-Forwarded-Host $server_name``: a request for evil.example reaches the app as a
+    request for the host nginx serves."""
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = _alone(flavour, "HostGuardMiddleware", allowed_hosts=["app.example.com"],
+                 trusted_proxies=["127.0.0.1/32"])
+    with server(app) as base, NginxServer(base, tmp_path / "nginx", server_name=(
+            "app.example.com"), headers={
+            "Host": "$http_host", "X-Forwarded-Host": "$server_name",
+            "X-Forwarded-For": "$proxy_add_x_forwarded_for"}) as nginx:
+        answer = httpx.get(nginx.url + "/x", headers={"Host": "evil.example"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["host"] == ["app.example.com"]
+
+
+def test_a_clients_own_forwarded_header_is_ignored_behind_nginx_by_default(
+        flavour: str, tmp_path: Path) -> None:
+    """The standalone middlewares read what ``server.forwarded_header`` reads by default,
+    X-Forwarded-For: nginx sets that one and passes a client's ``Forwarded`` through as is,
+    so reading ``Forwarded`` when present (``"auto"``) let a client choose its address."""
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = _alone(flavour, "ClientAddressMiddleware", trusted_proxies=["127.0.0.1/32"])
+    with server(app) as base, NginxServer(base, tmp_path / "nginx", headers={
+            "X-Forwarded-For": "$proxy_add_x_forwarded_for"}) as nginx:
+        answer = httpx.get(nginx.url + "/x", headers={
+            "Forwarded": "for=198.51.100.66;host=evil.example"})
+    assert answer.status_code == 200
+    assert answer.json()["client"] == "127.0.0.1"
+    assert Settings.from_mapping({}, environ={}).server.forwarded_header == "x-forwarded-for"
 
 
 def test_a_websocket_handshake_for_an_unlisted_host_is_refused(users: UsersFile) -> None:

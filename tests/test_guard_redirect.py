@@ -468,7 +468,8 @@ def test_is_safe_redirect_never_raises_for_odd_allow_lists(hosts: object) -> Non
 
 @pytest.mark.parametrize(("entry", "reason"), [
     ("user:pass@portal.test", "user info"), ("https://portal.test", "not a URL"),
-    ("portal.test/path", "not a URL"), ("*", "wildcard"),
+    ("portal.test/path", "not a URL"), ("*", "wildcard"), ("*.com", "public suffix"),
+    ("*.co.uk", "public suffix"),
 ])
 def test_bad_entries_are_configuration_errors(entry: str, reason: str) -> None:
     from secure_mw import Settings

@@ -51,7 +51,8 @@ class HostGuardMiddleware:
     or whose path is not UTF-8; a WebSocket handshake is refused before it is accepted.
     ``protect()`` stacks it outermost, so nothing else runs for such a request. The host is
     the forwarded one when the peer is one of ``trusted_proxies`` (see
-    :class:`~secure_mw.guards.hosts.HostGuardLayer`)."""
+    :class:`~secure_mw.guards.hosts.HostGuardLayer`), and the request then goes on with that
+    host in its ``Host`` header: what was checked is what the app sees."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
                  allowed_hosts: Iterable[str] | None = None,
@@ -79,16 +80,20 @@ class HostGuardMiddleware:
         view = view_of(scope)
         raw = scope.get("raw_path")
         if isinstance(raw, bytes):
-            reply = self.layer.check(view, raw, encoded=True)
+            reply, host = self.layer.judge(view, raw, encoded=True)
         else:    # a server without raw_path: only what survived its decoding can be judged
-            reply = self.layer.check(view, view.path.encode("utf-8", "surrogatepass"),
-                                     encoded=False)
+            reply, host = self.layer.judge(view, view.path.encode("utf-8", "surrogatepass"),
+                                           encoded=False)
         if reply is not None:
             if kind == "websocket":
                 await refuse_websocket(send, receive)
             else:
                 await send_reply(send, reply, head=view.method == "HEAD")
             return
+        if host != view.host:      # a trusted proxy's forwarded host: the app sees it too
+            scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"host"]
+            scope["headers"].append((b"host", host.encode("latin-1")))
+            scope.pop(VIEW_KEY, None)
         await self.app(scope, receive, send)
 
 

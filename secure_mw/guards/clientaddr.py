@@ -4,12 +4,13 @@
 
 * **An untrusted peer is the client.** Unless the TCP peer is inside one of the trusted
   networks, ``Forwarded`` and ``X-Forwarded-*`` are ignored entirely: anyone can send them.
-* **Which header.** ``Forwarded`` (RFC 7239) when present, else ``X-Forwarded-For`` with
-  ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` (``header="auto"``, the default). Pin one with
-  ``header="forwarded"`` or ``header="x-forwarded-for"`` whenever you can: a proxy that sets
-  only one of them usually passes the other through from the client untouched, and "auto"
-  would then believe whichever the client forged. (nginx, for instance, sets
-  ``X-Forwarded-For`` and forwards a client's ``Forwarded`` as is.)
+* **Which header.** ``X-Forwarded-For`` with ``X-Forwarded-Proto`` / ``X-Forwarded-Host``
+  (``header="x-forwarded-for"``, the default, as ``server.forwarded_header``'s), or
+  ``Forwarded`` (RFC 7239, ``header="forwarded"``); ``header="auto"`` takes ``Forwarded``
+  when present, else the others. Pin the one your proxies set: a proxy that sets only one of
+  them usually passes the other through from the client untouched, and "auto" would then
+  believe whichever the client forged. (nginx, for instance, sets ``X-Forwarded-For`` and
+  forwards a client's ``Forwarded`` as is.)
 * **Walk from the right.** Each proxy appends the address of the node it received the
   request from, so the rightmost entry was written by our peer, the one left of it by the
   node that entry names, and so on. Entries naming trusted proxies are skipped; the first
@@ -219,7 +220,7 @@ class TrustedProxies:
 
     __slots__ = ("_cache", "_empty", "_header", "_results", "_v4", "_v6")
 
-    def __init__(self, cidrs: Iterable[str], *, header: str = "auto") -> None:
+    def __init__(self, cidrs: Iterable[str], *, header: str = "x-forwarded-for") -> None:
         if header not in ("auto", "forwarded", "x-forwarded-for"):
             raise ValueError(
                 f"header must be 'auto', 'forwarded' or 'x-forwarded-for', not {header!r}")

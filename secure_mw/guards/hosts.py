@@ -252,7 +252,18 @@ class HostGuardLayer:
         """``None`` to go on, or the 400 reply. ``path``: the request path as bytes, still
         percent-encoded (``encoded``: ASGI ``raw_path``) or already decoded (WSGI
         ``PATH_INFO`` as latin-1 bytes); ``None`` when the server gives neither."""
+        return self.judge(view, path, encoded=encoded)[0]
+
+    def judge(self, view: RequestView, path: bytes | None, *, encoded: bool
+              ) -> tuple[Reply | None, str]:
+        """:meth:`check`, and the host it judged (:meth:`effective_host`): a middleware
+        passes a request on with that host in its ``Host`` header, so what was judged is
+        what the app sees."""
         host = self.effective_host(view)
+        return self._judge(view, host, path, encoded=encoded), host
+
+    def _judge(self, view: RequestView, host: str, path: bytes | None, *, encoded: bool
+               ) -> Reply | None:
         if not self.policy.allows(host):
             self._event("host_refused", view, host, "host not in server.allowed_hosts")
             if view.wants_html:

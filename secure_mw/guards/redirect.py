@@ -41,8 +41,9 @@ matches nothing and is logged once).
 ``allowed_hosts`` entries are exact hosts — ``app.example.com``, ``app.example.com:8443``,
 ``[::1]:8080``, ``bücher.example`` (compared in punycode) — and ``*.example.com``
 patterns, which match subdomains at any depth but not ``example.com`` itself (list both to
-allow both). An entry without a port matches the scheme's default port only
-(``https://h`` and ``https://h:443``); an entry with a port matches that port only.
+allow both; a pattern over a public suffix such as ``*.co.uk`` is refused). An entry
+without a port matches the scheme's default port only (``https://h`` and ``https://h:443``);
+an entry with a port matches that port only.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 __all__ = ["DEFAULT_MAX_LENGTH", "RedirectPolicy", "is_safe_redirect"]
 
@@ -418,9 +423,26 @@ def _parse_entry(entry: object) -> tuple[bool, str, int | None]:
         else:
             if wildcard and (host.startswith("[") or host.replace(".", "").isdigit()):
                 reason = "a wildcard needs a domain name, not an IP address"
+            elif wildcard and _public_suffix(host):
+                reason = (f"{host!r} is a public suffix: the wildcard would match every site "
+                          f"anyone registers under it; list your own domain ('*.example.{host}')")
             else:
                 return wildcard, host, port
     raise ValueError(f"invalid allowed host {entry!r}: {reason}")
+
+
+@functools.cache
+def _suffixes() -> PublicSuffixList:
+    from publicsuffixlist import PublicSuffixList
+
+    # Only listed suffixes: names under an unlisted TLD (localhost, internal, corp) are
+    # nobody else's to register.
+    return PublicSuffixList(accept_unknown=False)
+
+
+def _public_suffix(host: str) -> bool:
+    """Whether ``host`` is on the Public Suffix List (``com``, ``co.uk``, ``github.io``)."""
+    return _suffixes().is_public(host)
 
 
 def _entry_problem(entry: str) -> str | None:

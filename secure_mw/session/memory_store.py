@@ -11,9 +11,10 @@ first drop is logged). Claims can be released.
 
 Such a store is only right for one process. :class:`SiblingWorkers` finds out, from the
 requests themselves, whether other worker processes of the same server use one too: the
-workers of one server share their parent process and their listening port, so each registers
-its pid in a small file named for (parent pid, port, cookie name) under a private directory
-and reads who else is there and still alive (docs/sessions.md).
+workers of one server share their parent process and the listening socket a request came
+through, so each that holds such a socket registers its pid in a small file named for
+(parent pid, listening address, cookie name) under a private directory and reads who else
+there still serves on it (docs/sessions.md).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from secure_mw.session import _listeners
 from secure_mw.session.model import Session
 
 __all__ = ["CHECK_INTERVAL", "MemorySessionStore", "SiblingWorkers"]
@@ -312,29 +315,74 @@ class MemorySessionStore:
 #: How often (seconds) a worker looks again for siblings after its first request.
 CHECK_INTERVAL = 5.0
 _MAX_PIDS = 1024
+# A tmpfs that read-only containers keep writable; held to the same rules as <tmp>.
+_SHARED_MEMORY = Path("/dev/shm")  # noqa: S108
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def registry_directory() -> Path | None:
     """A directory only this user can use: ``$XDG_RUNTIME_DIR/secure-mw``, else
-    ``<tmp>/secure-mw-<uid>`` (made 0700); None when neither is safe to use."""
+    ``<tmp>/secure-mw-<uid>``, else (Linux) ``/dev/shm/secure-mw-<uid>``, made 0700; None
+    when none is safe to use. Never raises: a candidate that exists but is not this user's
+    private directory (a symbolic link, another owner, open to others) is skipped with a
+    warning naming it, and when none is usable a warning says what is not checked."""
     if not hasattr(os, "getuid"):
         return None
     uid = os.getuid()
     candidates = []
+    problems = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
         candidates.append(Path(runtime) / "secure-mw")
-    candidates.append(Path(tempfile.gettempdir()) / f"secure-mw-{uid}")
+    try:
+        candidates.append(Path(tempfile.gettempdir()) / f"secure-mw-{uid}")
+    except (OSError, RuntimeError) as exc:    # no writable temporary directory at all
+        problems.append(f"no temporary directory ({getattr(exc, 'strerror', None) or exc})")
+    if sys.platform.startswith("linux") and _SHARED_MEMORY.is_dir():
+        candidates.append(_SHARED_MEMORY / f"secure-mw-{uid}")
     for directory in candidates:
-        with contextlib.suppress(FileExistsError, OSError):
-            os.mkdir(directory, 0o700)
-        try:
-            info = os.lstat(directory)
-        except OSError:
-            continue
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
+        problem = _private_directory(directory, uid)
+        if problem is None:
             return directory
+        problems.append(f"{directory}: {problem}")
+    _warn_once("cannot check whether several worker processes use the in-memory session "
+               f"store: no private directory for its registry ({'; '.join(problems)}); set "
+               "XDG_RUNTIME_DIR to a directory only this user can write")
     return None
+
+
+def _private_directory(directory: Path, uid: int) -> str | None:
+    """None when ``directory`` is (or was just made) a directory of ``uid`` that nobody else
+    can use, else what is wrong; one that is there but is not ours is also logged, once."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot be made ({exc.strerror})"
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid != uid:
+        problem = f"is owned by uid {info.st_uid}, not {uid}"
+    elif info.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):04o}, not 0700"
+    else:
+        return None
+    _warn_once(f"{directory} {problem}: not used for the registry of worker processes "
+               "(someone else may have made it; remove it, or set XDG_RUNTIME_DIR)")
+    return problem
 
 
 def _process_state(pid: int) -> tuple[bool, int | None]:
@@ -372,16 +420,73 @@ def _locked(path: Path) -> Iterator[int]:
         os.close(fd)            # closing releases the lock
 
 
+#: The 503 detail of several workers on the default memory store.
+REFUSAL = (
+    "several worker processes of this server use the in-memory session store (the "
+    "default), which keeps sessions in one process only: a login made in one worker is "
+    "unknown to the others. Set session.store = \"redis\" with session.redis_url, or "
+    "session.store = \"cookie\" with session.redis_url (Redis then keeps sign-outs and "
+    "refresh claims for every worker), both with keys.encryption_keys; or run one worker "
+    "process")
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One worker in a registry file: ``pid first last inode fd poller``. ``first`` and
+    ``last`` are the file's counter at its first and latest registration; ``inode`` and
+    ``fd`` name the listening socket it held and ``poller`` the epoll instance that polled it
+    (``-``: not known)."""
+
+    pid: int
+    first: int
+    last: int
+    inode: int | None
+    fd: int | None
+    poller: int | None
+
+    @classmethod
+    def parse(cls, line: str) -> _Entry | None:
+        fields = line.split()
+        if len(fields) != 6 or not all(f.isdigit() for f in fields[:3]):
+            return None
+        inode, fd, poller = (int(f) if f.isdigit() else None for f in fields[3:])
+        return cls(int(fields[0]), int(fields[1]), int(fields[2]), inode, fd, poller)
+
+    def line(self) -> str:
+        return " ".join("-" if v is None else str(v) for v in
+                        (self.pid, self.first, self.last, self.inode, self.fd,
+                         self.poller)) + "\n"
+
+    def serves(self) -> bool:
+        """Whether the process still holds its listening socket and, if it polled it when
+        it registered, still polls it (what cannot be read counts as yes)."""
+        if self.inode is None:
+            return True
+        if _listeners.holds(self.pid, self.inode, self.fd) is False:
+            return False
+        return self.poller is None or \
+            _listeners.poller(self.pid, self.inode, self.poller) is not None
+
+
 class SiblingWorkers:
     """Whether other live worker processes of this server use a memory store for the same
     cookie. :meth:`check` is called with each request's listening address (its port, or a
     socket path); it registers this process at the first request and looks again at most
     every ``interval`` seconds (``clock``), so a request costs one clock read.
 
+    Only a process that listens on the address a request names is checked (an in-process
+    test client names a port nobody listens on). Its siblings are the processes of the same
+    parent registered for that address that still hold their listening socket (the one they
+    inherited, or one sharing the port), still poll it for connections when they did (Linux:
+    a worker finishing its last requests after a graceful reload has stopped), and have
+    registered again since this one first did (an old worker that takes no new requests is
+    not counted).
+
     ``explicit``: the memory store was chosen on purpose (``session.store = "memory"``, or
     a store object given in code): siblings then cost one warning. Otherwise (the default)
     :meth:`check` returns the message to refuse requests with, and logs it once as an error.
-    Without a private registry directory (or ``fcntl``) nothing is checked.
+    Without a private registry directory (or ``fcntl``) nothing is checked. :meth:`check`
+    never raises.
     """
 
     def __init__(self, cookie_name: str, *, explicit: bool, directory: Path | None = None,
@@ -396,6 +501,10 @@ class SiblingWorkers:
         self._refusal: str | None = None
         self._logged: set[str] = set()
         self._lock = threading.Lock()
+        self._listeners: dict[str, _listeners.Listener] = {}   # found, by address
+        # listener inode -> the epoll instance of this process that polled it when first
+        # looked at (None: none did, e.g. a sync worker); looked for once per listener.
+        self._pollers: dict[int, int | None] = {}
         self.siblings: tuple[int, ...] = ()
 
     def check(self, server: str) -> str | None:
@@ -405,7 +514,12 @@ class SiblingWorkers:
         try:
             interval = CHECK_INTERVAL if self._interval is None else self._interval
             self._next = self._clock() + interval
-            siblings = self._register(server)
+            try:
+                siblings = self._look(server)
+            except Exception as exc:    # a check that cannot be made never fails a request
+                self._once(f"cannot check for other worker processes ({exc!r}); the last "
+                           "answer stands", logging.WARNING)
+                return self._refusal
             self.siblings = siblings
             if not siblings:
                 self._refusal = None
@@ -417,15 +531,10 @@ class SiblingWorkers:
                     f"session.store = \"memory\" while several worker processes of this "
                     f"server (pids {pids}, {where}) serve: each keeps its own sessions, so a "
                     "user is signed out whenever a request reaches another worker; use "
-                    "session.store = \"cookie\" or \"redis\", or run one worker",
-                    logging.WARNING)
+                    "session.store = \"redis\", or \"cookie\" with session.redis_url, or "
+                    "run one worker", logging.WARNING)
                 return None
-            self._refusal = (
-                "several worker processes of this server use the in-memory session store "
-                "(the default), which keeps sessions in one process only: a login made in "
-                "one worker is unknown to the others. Set session.store = \"cookie\" (with "
-                "keys.encryption_keys) or session.store = \"redis\" (with "
-                "session.redis_url), or run one worker process")
+            self._refusal = REFUSAL
             self._once(f"refusing requests: {self._refusal} (pids {pids}, {where}; set "
                        "session.store = \"memory\" explicitly to accept this)", logging.ERROR)
             return self._refusal
@@ -437,35 +546,72 @@ class SiblingWorkers:
             self._logged.add(message)
             log.log(level, message)
 
-    def _register(self, server: str) -> tuple[int, ...]:
-        """Put this pid in the registry of (parent, server, cookie); the other live pids
-        there whose parent is ours."""
+    def _look(self, server: str) -> tuple[int, ...]:
+        """This process's siblings for requests to ``server`` (registering it), or () when
+        it is not to be checked: no listening socket of its own for ``server``, or one it
+        no longer polls (it is shutting down)."""
         if sys.platform == "win32":
             return ()
+        listener = _listeners.find_listener(server, hint=self._listeners.get(server))
+        if listener is None:
+            self._listeners.pop(server, None)
+            return ()
+        if len(self._listeners) >= 16:
+            self._listeners.clear()
+        self._listeners[server] = listener
+        poller = None
+        if listener.inode is not None:
+            if listener.inode not in self._pollers:
+                if len(self._pollers) >= 16:
+                    self._pollers.clear()
+                found = _listeners.poller("self", listener.inode)
+                self._pollers[listener.inode] = found if found is not None and found >= 0 \
+                    else None
+            poller = self._pollers[listener.inode]
         directory = self._directory or registry_directory()
         if directory is None:
             return ()
+        siblings = self._register(directory, server, listener, poller)
+        # Only worth a look when it matters (the epoll fdinfo lists every connection): a
+        # worker that no longer polls its listener is shutting down, and is nobody's sibling.
+        if siblings and poller is not None and listener.inode is not None \
+                and _listeners.poller("self", listener.inode, poller) is None:
+            return ()
+        return siblings
+
+    def _register(self, directory: Path, server: str, listener: _listeners.Listener,
+                  poller: int | None) -> tuple[int, ...]:
+        """Put this process in the registry of (parent, listening address, cookie); the live
+        siblings there (see the class)."""
         _prune_once(directory)
         me, parent = os.getpid(), os.getppid()
         tag = hashlib.sha256(f"{server}\x00{self.cookie_name}".encode()).hexdigest()[:16]
         path = directory / f"memory-store-{parent}-{tag}"
         try:
             with _locked(path) as fd:
-                text = os.pread(fd, 64 * 1024, 0).decode("ascii", "replace")
-                pids = {int(t) for t in text.split() if t.isdigit()}
-                alive = set()
-                for pid in sorted(pids - {me})[:_MAX_PIDS]:
-                    running, ppid = _process_state(pid)
-                    if running and ppid in (None, parent):
-                        alive.add(pid)
-                data = "".join(f"{p}\n" for p in sorted(alive | {me})).encode()
+                lines = os.pread(fd, 64 * 1024, 0).decode("ascii", "replace").splitlines()
+                counter = int(lines[0][1:]) if lines and lines[0][1:].isdigit() else 0
+                counter += 1
+                entries = {e.pid: e for e in map(_Entry.parse, lines[1:]) if e is not None}
+                mine = entries.pop(me, None)
+                first = mine.first if mine is not None and mine.first < counter else counter
+                kept, siblings = [], []
+                for entry in sorted(entries.values(), key=lambda e: e.pid)[:_MAX_PIDS]:
+                    running, ppid = _process_state(entry.pid)
+                    if not running or ppid not in (None, parent):
+                        continue
+                    kept.append(entry)
+                    if entry.last > first and entry.serves():
+                        siblings.append(entry.pid)
+                kept.append(_Entry(me, first, counter, listener.inode, listener.fd, poller))
+                data = f"#{counter}\n{''.join(e.line() for e in kept)}".encode()
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, data, 0)
         except OSError as exc:
-            self._once(f"cannot check for other worker processes ({exc.strerror})",
-                       logging.WARNING)
+            self._once(f"cannot check whether several worker processes use the in-memory "
+                       f"session store: {path}: {exc.strerror}", logging.WARNING)
             return ()
-        return tuple(sorted(alive))
+        return tuple(siblings)
 
 
 _pruned: set[Path] = set()

@@ -48,7 +48,8 @@ Headers = list[tuple[str, str]]
 
 class HostGuardMiddleware:
     """400 for a request whose host is not allowed or whose path is not UTF-8 (see the ASGI
-    middleware of the same name); outermost in ``protect()``."""
+    middleware of the same name); outermost in ``protect()``. A forwarded host it believed
+    goes on in ``HTTP_HOST`` (the original under ``environ["secure_mw.peer"]``)."""
 
     def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
                  allowed_hosts: Iterable[str] | None = None,
@@ -70,7 +71,7 @@ class HostGuardMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         view = view_of(environ)
-        reply = self.layer.check(view, _path_bytes(environ), encoded=False)
+        reply, host = self.layer.judge(view, _path_bytes(environ), encoded=False)
         if reply is None:
             raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
             if isinstance(raw_uri, str):
@@ -80,6 +81,12 @@ class HostGuardMiddleware:
                                          encoded=True)
         if reply is not None:
             return write_reply(start_response, reply, head=view.method == "HEAD")
+        if host != view.host:      # a trusted proxy's forwarded host: the app sees it too
+            environ.setdefault("secure_mw.peer", (environ.get("REMOTE_ADDR"),
+                                                  environ.get("wsgi.url_scheme"),
+                                                  environ.get("HTTP_HOST")))
+            environ["HTTP_HOST"] = host
+            environ.pop(VIEW_KEY, None)
         return self.app(environ, start_response)
 
 
@@ -149,10 +156,10 @@ class ClientAddressMiddleware:
         if cert is not None:
             environ[CLIENT_CERT_KEY] = cert
             environ.pop(VIEW_KEY, None)
-        if info.via_proxy:
-            environ["secure_mw.peer"] = (environ.get("REMOTE_ADDR"),
-                                         environ.get("wsgi.url_scheme"),
-                                         environ.get("HTTP_HOST"))
+        if info.via_proxy:    # the originals (HostGuardMiddleware may have kept them first)
+            environ.setdefault("secure_mw.peer", (environ.get("REMOTE_ADDR"),
+                                                  environ.get("wsgi.url_scheme"),
+                                                  environ.get("HTTP_HOST")))
             environ["REMOTE_ADDR"] = info.ip
             environ["wsgi.url_scheme"] = info.scheme
             environ["HTTP_HOST"] = info.host
