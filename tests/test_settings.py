@@ -15,8 +15,8 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "secure-mw.example.toml"
-EXAMPLE_TEXT = EXAMPLE.read_text() if EXAMPLE.exists() else None
+EXAMPLE = Path(__file__).resolve().parents[1] / "secure-mw.example.toml"
+EXAMPLE_TEXT = EXAMPLE.read_text()
 
 
 def secret(tmp_path: Path, name: str, text: str, mode: int = 0o600) -> Path:
@@ -32,9 +32,8 @@ def problems_of(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
 
 @pytest.fixture
 def example_config(tmp_path: Path) -> Path:
-    """The example TOML from shared/, its secret file paths pointed at real 0600 files."""
-    if EXAMPLE_TEXT is None:
-        pytest.skip("shared/secure-mw.example.toml is not beside the checkout")
+    """The repository's example configuration, its secret file paths pointed at real 0600
+    files."""
     import json
 
     from secure_mw.crypto import KeyRing
@@ -43,9 +42,11 @@ def example_config(tmp_path: Path) -> Path:
     keys = secret(tmp_path, "keys", KeyRing.new_key_text() + "\n")
     jwks = secret(tmp_path, "jwks.json", json.dumps(generate_private_jwks(("ES256",))))
     client = secret(tmp_path, "client", "s3cret-value\n")
+    redis_url = secret(tmp_path, "redis", "redis://:pw@127.0.0.1:6379/0\n")
     text = (EXAMPLE_TEXT.replace("/run/secrets/secure-mw-keys", str(keys))
             .replace("/run/secrets/secure-mw-jwks.json", str(jwks))
-            .replace("/run/secrets/oidc-client-secret", str(client)))
+            .replace("/run/secrets/oidc-client-secret", str(client))
+            .replace("/run/secrets/secure-mw-redis-url", str(redis_url)))
     path = tmp_path / "secure-mw.toml"
     path.write_text(text)
     return path
@@ -67,16 +68,24 @@ def test_defaults_are_secure() -> None:
 def test_example_file_loads_every_section(example_config: Path) -> None:
     s = Settings.from_file(example_config)
     assert s.oidc is not None and s.oidc.client_secret == "s3cret-value"
-    assert s.oidc.issuer == "https://idp.example.com"
+    assert s.oidc.issuer == "https://idp.example.com" and s.oidc.max_token_size == 64 * 1024
     assert len(s.keys.encryption_keys) == 1
     assert s.keys.signing_jwks is not None and '"keys"' in s.keys.signing_jwks
+    assert s.server.allowed_hosts == ["app.example.com"]
+    assert s.session.redis_url == "redis://:pw@127.0.0.1:6379/0"
     assert s.access_control.rules[1].subject == [["group:admins"]]
     assert s.access_control.rules[1].policy == "two_factor"
     assert s.rate_limits.rules[0].limit == "20/second;600/minute"
-    assert s.signed_headers.verify is not None
-    assert s.signed_headers.verify.header == "X-Pomerium-Jwt-Assertion"
+    assert s.rate_limits.rules[1].protects_credentials
+    assert s.regulation.modes == ["pair", "user", "ip"]
     assert s.headers.hsts_max_age == 365 * 86400
+    assert s.headers.overrides == {"/account": {"cache-control": "no-store"}}
     assert s.session.remember_me == 30 * 86400
+    # every section of the tree appears in the example
+    import dataclasses
+
+    written = set(tomllib.loads(EXAMPLE_TEXT))
+    assert {f.name for f in dataclasses.fields(Settings)} == written
 
 
 def test_example_file_passes_check_config(example_config: Path, capsys: pytest.CaptureFixture[str]
@@ -367,8 +376,6 @@ max_retrys = 3
 
 
 def test_example_toml_parses_as_toml() -> None:
-    if EXAMPLE_TEXT is None:
-        pytest.skip("shared/secure-mw.example.toml is not beside the checkout")
     assert "session" in tomllib.loads(EXAMPLE_TEXT)
 
 
