@@ -1,0 +1,1 @@
+"""Reproductions of the outside review of the regulation and users-file changes."""
