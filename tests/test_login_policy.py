@@ -130,7 +130,8 @@ def test_the_blocklist_is_read_once_and_normalized(tmp_path: Path,
 
 
 @pytest.mark.parametrize("password", [
-    "pass\u00adword1234", "password\u200b1234", "pass\u200dword!!!!", "password\u0663\u0663\u0663\u0663",
+    "pass\u00adword1234", "password\u200b1234", "pass\u200dword!!!!",
+    "password\u0663\u0663\u0663\u0663",
     "password\u00a1\u00a1\u00a1\u00a1", "\u00bfpassword\u20ac\u20ac\u20ac\u20ac",
     "password\u3000\u0968\u0966\u0968\u096a", "\u2460\u2461password\u2462\u2463\u2464\u2465"])
 def test_a_listed_password_with_unicode_decoration_is_refused(password: str,
