@@ -1,1 +1,0 @@
-"""Reproductions of the outside review of the regulation and users-file changes."""
