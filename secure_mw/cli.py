@@ -676,6 +676,11 @@ def _bans(args: argparse.Namespace) -> int:
     from secure_mw.guards.regulation import regulator_from_settings
     from secure_mw.settings import Settings
 
+    if args.bans_command == "lift":
+        problem = _lift_problem(args.user, args.ip)
+        if problem:
+            print(f"secure-mw bans lift: {problem}", file=sys.stderr)
+            return 2
     try:
         settings = Settings.from_file(args.config, environ=_environ()) if args.config \
             else Settings.from_environment()
@@ -685,13 +690,14 @@ def _bans(args: argparse.Namespace) -> int:
     regulator = regulator_from_settings(settings)
     if not regulator.shared:
         print("bans live in the memory of each application process: they cannot be listed "
-              "or lifted from outside it. Keep them in Redis (session.store = \"redis\") to "
-              "manage them with this command.", file=sys.stderr)
+              "or lifted from outside it. Keep them in Redis (set rate_limits.redis_url or "
+              "session.redis_url) to manage them with this command.", file=sys.stderr)
         return 1
     try:
         if args.bans_command == "lift":
-            lifted = regulator.lift(user=args.user, ip=args.ip)
-            what = f"user {args.user!r}" if args.user else f"address {args.ip!r}"
+            ip = _lift_address(args.ip) if args.ip is not None else None
+            lifted = regulator.lift(user=args.user, ip=ip)
+            what = f"user {args.user!r}" if args.user is not None else f"address {args.ip!r}"
             print(f"lifted {lifted} ban(s) of {what}", file=sys.stderr)
             return 0
         entries = regulator.bans()
@@ -713,6 +719,50 @@ def _bans(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lift_problem(user: str | None, ip: str | None) -> str | None:
+    """Why ``bans lift --user``/``--ip`` cannot name any ban (a usage error), or None."""
+    import ipaddress
+
+    if user is not None and not user.strip():
+        return "--user needs a user name (it is empty)"
+    if ip is None:
+        return None
+    text = ip.strip()
+    if text.lower() == "unknown":       # the attempts that came without an address
+        return None
+    if "/" not in text:
+        try:
+            ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            return f"--ip {ip!r} is not an IP address"
+        return None
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"--ip {ip!r} is not an IP address or network"
+    if network.version == 6 and network.prefixlen >= 64:
+        return None                     # inside one /64: the subject it counts for
+    if network.version == 4 and network.prefixlen == 32:
+        return None
+    return (f"--ip {ip!r}: bans are of one address (IPv6: its /64), not of a network; "
+            "give an address, or an IPv6 network of /64 or longer")
+
+
+def _lift_address(ip: str) -> str:
+    """The address whose subject ``bans lift --ip`` means (an IPv6 /64 or longer: any of
+    its addresses; ``unknown``: the shared subject of attempts without an address)."""
+    import ipaddress
+
+    text = ip.strip()
+    if text.lower() == "unknown":
+        from secure_mw.guards.attempts import UNKNOWN_ADDRESS
+
+        return UNKNOWN_ADDRESS
+    if "/" in text:
+        return str(ipaddress.ip_network(text, strict=False).network_address)
+    return text
+
+
 def _add_bans_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE",
@@ -727,7 +777,9 @@ def _add_bans_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                            help="end the bans of a user name or of an address")
     which = q.add_mutually_exclusive_group(required=True)
     which.add_argument("--user", metavar="NAME", help="every ban naming this user")
-    which.add_argument("--ip", metavar="ADDR", help="every ban of this address")
+    which.add_argument("--ip", metavar="ADDR",
+                       help="every ban of this address (IPv6: of its /64; 'unknown': of the "
+                            "attempts without an address)")
 
 
 def _parser() -> argparse.ArgumentParser:

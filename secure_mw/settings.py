@@ -196,6 +196,18 @@ def _check_cidrs(values: list[str]) -> str | None:
     return f"not CIDR networks: {', '.join(map(repr, bad))}" if bad else None
 
 
+def _check_proxies(values: list[str]) -> str | None:
+    """CIDR networks, and "unix" for a proxy on a Unix socket."""
+    return _check_cidrs([v for v in values if v.strip().lower() != "unix"])
+
+
+def _check_statuses(values: list[int]) -> str | None:
+    bad = [v for v in values if not 200 <= v <= 399]
+    if bad:
+        return f"success statuses are 2xx or 3xx, not {', '.join(map(str, bad))}"
+    return None if values else "give at least one status"
+
+
 def _check_header_name(value: str) -> str | None:
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         return f"{value!r} is not a valid HTTP header name"
@@ -298,8 +310,9 @@ class ServerSettings:
     client_cert_header: str | None = _opt(
         None, doc="header in which trusted proxies pass the client certificate (URL-escaped "
                   "PEM, as nginx's $ssl_client_escaped_cert)")
-    trusted_proxies: list[str] = _opt(factory=list, check=_check_cidrs,
-                                      doc="peers allowed to set Forwarded / X-Forwarded-*")
+    trusted_proxies: list[str] = _opt(factory=list, check=_check_proxies,
+                                      doc="peers allowed to set Forwarded / X-Forwarded-* "
+                                          "(CIDRs; \"unix\": a Unix-socket peer)")
     allowed_hosts: list[str] = _opt(
         factory=list, check=_check_allowed_hosts,
         doc="host names the app answers for (default: external_url's host, else loopback)")
@@ -578,6 +591,13 @@ class RegulationSettings:
     paths: list[str] = _opt(factory=list,
                             doc="the app's own login endpoints (POST) to guard")
     username_field: str = _opt("username", doc="form or JSON field holding the user name")
+    success_statuses: list[int] = _opt(
+        factory=lambda: [200, 201, 204, 302, 303], check=_check_statuses,
+        doc="the statuses of a successful login at regulation.paths (not a 2xx HTML page, "
+            "not a redirect back to the login path); every other answer is a failure")
+    names_folded: bool = _opt(
+        False, doc="the app compares user names as the guard folds them (NFKC, case, "
+                   "surrounding space): a success clears the failures of every spelling")
 
 
 @dataclass(frozen=True, kw_only=True)

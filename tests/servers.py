@@ -65,6 +65,23 @@ def wait_for_port(port: int | str, *, timeout: float = 10.0,
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
+def wait_for_socket(path: Path, *, timeout: float = 10.0,
+                    proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts connections on the Unix socket ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.2)
+                sock.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {path} after {timeout} s")
+
+
 class RedisServer:
     """A real redis-server on a free loopback port, with no persistence."""
 
@@ -159,14 +176,15 @@ def ensure_npm_packages(directory: Path) -> None:
 
 class ServerProcess:
     """A server started by its own command line (``uvicorn ... --workers 2``, ``gunicorn -w
-    2 ...``) in the repository root, on ``port`` (or the Unix socket path ``port``); its
-    output is kept in ``log``. Stopped (SIGTERM to the process group it started, then
-    SIGKILL) on leaving the ``with``."""
+    2 ...``) in the repository root, on ``port`` (or the Unix socket path ``port``, or the
+    Unix socket ``uds``); its output is kept in ``log``. Stopped (SIGTERM to the process
+    group it started, then SIGKILL) on leaving the ``with``."""
 
-    def __init__(self, args: list[str], *, port: int | str, env: dict[str, str],
-                 log: Path) -> None:
+    def __init__(self, args: list[str], *, port: int | str = 0, env: dict[str, str],
+                 log: Path, uds: Path | None = None) -> None:
         self.args = args
         self.port = port
+        self.uds = uds
         self.env = env
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -186,7 +204,10 @@ class ServerProcess:
             self.proc = subprocess.Popen(self.args, cwd=root, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_port(self.port, timeout=30, proc=self.proc)
+            if self.uds is not None:
+                wait_for_socket(self.uds, timeout=30, proc=self.proc)
+            else:
+                wait_for_port(self.port, timeout=30, proc=self.proc)
         except RuntimeError:
             self.__exit__()
             raise RuntimeError(f"{self.args[:3]} did not start:\n{self.log()[-3000:]}") from None

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from secure_mw.crypto import KeyRing
-from secure_mw.guards.regulation import RedisRegulator, Reservation, label
+from secure_mw.guards.regulation import RedisRegulator, Refusal, Reservation, label
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +99,35 @@ def test_bans_with_redis_down_or_bad_arguments(tmp_path: Path,
     broken.write_text("[regulation]\nmax_retrys = 3\n", encoding="utf-8")
     bad = cli("list", "--config", str(broken))
     assert bad.returncode == 1 and "regulation.max_retrys" in bad.stderr
+
+
+def test_lift_refuses_what_names_no_ban(tmp_path: Path, redis_server: RedisServer) -> None:
+    """The review: ``bans lift --user ''`` printed "lifted 0 ban(s) of address None" and
+    exited 0, and ``--ip 1.2.3.4/24`` silently lifted nothing. Both are usage errors now; an
+    IPv6 network inside one /64 names its subject, ``unknown`` the attempts without an
+    address."""
+    path = config(tmp_path, redis_server)
+    reg = RedisRegulator(redis_server.url, prefix="appC:")
+    try:
+        for args, words in ((("--user", ""), "--user needs a user name"),
+                            (("--user", "   "), "--user needs a user name"),
+                            (("--ip", "1.2.3.4/24"), "not of a network"),
+                            (("--ip", "2001:db8::/48"), "not of a network"),
+                            (("--ip", "not-an-address"), "not an IP address")):
+            refused = cli("lift", *args, "--config", str(path))
+            assert refused.returncode == 2 and words in refused.stderr, (args, refused.stderr)
+            assert "None" not in refused.stderr
+        for target, banned in (("2001:db8:1:2::/64", "2001:db8:1:2::7"),
+                               ("2001:db8:1:2:ffff::/80", "2001:db8:1:2::8"),
+                               ("unknown", "unknown"), ("192.0.2.1/32", "192.0.2.1")):
+            for n in range(20):
+                fail(reg, f"spray{n}", banned)
+            assert isinstance(reg.reserve(user="x", ip=banned), Refusal)
+            lifted = cli("lift", "--ip", target, "--config", str(path))
+            assert lifted.returncode == 0, lifted.stderr
+            assert f"lifted 1 ban(s) of address {target!r}" in lifted.stderr
+            free = reg.reserve(user="x", ip=banned)
+            assert isinstance(free, Reservation)
+            reg.release(free)
+    finally:
+        reg.close()

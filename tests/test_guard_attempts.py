@@ -48,14 +48,28 @@ def devices(clock: Clock) -> DeviceCookies:
 # -- device cookies ---------------------------------------------------------------------------
 
 
-def test_a_device_cookie_names_its_user_and_device(devices: DeviceCookies) -> None:
+def test_a_device_cookie_names_its_user_exactly(devices: DeviceCookies) -> None:
     line = devices.issue("Alice")
     assert line.startswith(f"{NAME}=") and "Max-Age=3600" in line
     assert "HttpOnly" in line and "Secure" in line and "SameSite=Strict" in line
-    device = devices.read(view(value_of(line)), " ALICE ")
+    device = devices.read(view(value_of(line)), "Alice")
     assert device and len(device) >= 16
     assert devices.read(view(value_of(devices.issue("alice", device))), "alice") == device
     assert devices.read(view(value_of(line)), "bob") is None        # another user
+    # The name as the app was given it: an account ALICE of an app whose names are
+    # case-sensitive earns no cookie for alice (the outside review minted them so).
+    for other in ("alice", " Alice", "ALICE", "\uff21lice"):
+        assert devices.read(view(value_of(line)), other) is None
+
+
+def test_a_device_cookie_of_before_a_users_epoch_is_ignored(devices: DeviceCookies,
+                                                             clock: Clock) -> None:
+    """``not_before``: a user added again under the name (or whose sessions were ended)
+    inherits no device of the earlier one."""
+    line = devices.issue("bob")
+    clock.advance(10)
+    assert devices.read(view(value_of(line)), "bob", not_before=T0 - 1)
+    assert devices.read(view(value_of(line)), "bob", not_before=T0 + 5) is None
 
 
 def test_a_device_cookie_expires(devices: DeviceCookies, clock: Clock) -> None:
@@ -75,11 +89,17 @@ def test_a_forged_or_foreign_device_cookie_is_ignored(devices: DeviceCookies,
     other_purpose = DeviceCookies(devices.keyring, CookieJarSpec(), "other", clock=clock)
     foreign = value_of(other_purpose.issue("alice"))        # same keys, another cookie
     other_keys = DeviceCookies(KeyRing.generate(), CookieJarSpec(), "app", clock=clock)
-    for value in (tampered, foreign, value_of(other_keys.issue("alice")), "x" * 3000, "",
-                  devices.keyring.encrypt(b'["alice","d"]', f"secure_mw/device:{NAME}".encode()),
-                  devices.keyring.encrypt(b'["alice","d",true]',
-                                          f"secure_mw/device:{NAME}".encode())):
+    # Another application: same keys and cookie name, another key prefix.
+    other_app = DeviceCookies(devices.keyring, CookieJarSpec(), "app", purpose="appB:",
+                              clock=clock)
+    aad = devices._aad
+    for value in (tampered, foreign, value_of(other_keys.issue("alice")),
+                  value_of(other_app.issue("alice")), "x" * 3000, "",
+                  devices.keyring.encrypt(b'["alice",1]', f"secure_mw/device:{NAME}".encode()),
+                  devices.keyring.encrypt(b'["alice","d"]', aad),
+                  devices.keyring.encrypt(b'["alice","d",true]', aad)):
         assert devices.read(view(value), "alice") is None
+    assert other_app.read(view(value_of(other_app.issue("alice"))), "alice")
 
 
 # -- the sequence -------------------------------------------------------------------------------
@@ -122,8 +142,69 @@ def test_a_failure_is_counted_and_a_success_gets_the_device_cookie(
     assert len(cookies) == 1 and cookies[0].startswith(f"{NAME}=")
     device_turn = run_sync(attempts.begin(view(value_of(cookies[0])), "alice"))
     assert device_turn.device and [s.kind for s in device_turn.reservation.subjects] == \
-        ["device"]  # type: ignore[union-attr]
+        ["device", "devices", "ip"]  # type: ignore[union-attr]
     assert [e["event"] for e in events(caplog)] == ["login_failure"]
+
+
+def test_a_second_factor_is_not_regulated_by_a_device(devices: DeviceCookies,
+                                                      audit: AuditLogger) -> None:
+    """``device=False`` (the code step of the built-in login): the cookie's id is kept for
+    the cookie issued next, but the user's budgets regulate the attempt."""
+    attempts = LoginAttempts(MemoryRegulator(), devices=devices, audit=audit)
+    cookie = value_of(devices.issue("alice"))
+    turn = run_sync(attempts.begin(view(cookie), "alice", device=False))
+    assert turn.device and [s.kind for s in turn.reservation.subjects] == \
+        ["pair", "user", "ip"]  # type: ignore[union-attr]
+    again = run_sync(attempts.succeeded(turn, view(cookie)))
+    assert devices.read(view(value_of(again[0])), "alice") == turn.device
+
+
+def test_a_first_factor_keeps_the_failures_and_gets_no_device(devices: DeviceCookies,
+                                                              audit: AuditLogger) -> None:
+    regulator = MemoryRegulator()
+    attempts = LoginAttempts(regulator, devices=devices, audit=audit)
+    for _ in range(2):
+        turn = run_sync(attempts.begin(view(), "alice"))
+        run_sync(attempts.failed(turn, view(), "invalid credentials"))
+    turn = run_sync(attempts.begin(view(), "alice"))
+    assert run_sync(attempts.succeeded(turn, view(), complete=False)) == []
+    turn = run_sync(attempts.begin(view(), "alice"))          # the two failures stand
+    assert run_sync(attempts.failed(turn, view(), "second factor: wrong code")) is not None
+
+
+def test_the_guard_spelling_names_the_cookie_and_keeps_failures(devices: DeviceCookies,
+                                                                audit: AuditLogger) -> None:
+    regulator = MemoryRegulator()
+    attempts = LoginAttempts(regulator, devices=devices, audit=audit)
+    turn = run_sync(attempts.begin(view(), "alice"))
+    run_sync(attempts.failed(turn, view(), "rejected"))
+    own = run_sync(attempts.begin(view(), "alice", spelling="ALICE", clears=False))
+    cookie = value_of(run_sync(attempts.succeeded(own, view()))[0])
+    assert devices.read(view(cookie), "ALICE") and not devices.read(view(cookie), "alice")
+    other = run_sync(attempts.begin(view(cookie), "alice"))
+    assert other.device is None
+    run_sync(attempts.released(other, view()))
+    for _ in range(2):     # alice's first failure is still counted: the third bans
+        turn = run_sync(attempts.begin(view(), "alice"))
+        ban = run_sync(attempts.failed(turn, view(), "rejected"))
+    assert ban is not None and ban.subject == "pair"
+
+
+def test_attempts_without_an_address_share_one_address_budget(
+        audit: AuditLogger, caplog: pytest.LogCaptureFixture) -> None:
+    attempts = LoginAttempts(MemoryRegulator(), audit=audit)
+    with caplog.at_level(logging.WARNING, logger="secure_mw.guards"):
+        for n in range(20):
+            turn = run_sync(attempts.begin(view(client=""), f"user{n}"))
+            assert turn.reservation is not None
+            assert [s.kind for s in turn.reservation.subjects] == ["pair", "user", "ip"]
+            run_sync(attempts.failed(turn, view(client=""), "invalid credentials"))
+    refused = run_sync(attempts.begin(view(client=""), "user99"))
+    assert refused.refusal is not None and refused.refusal.subject == "ip"
+    warnings = [r for r in caplog.records if r.name == "secure_mw.guards"
+                and "without a client address" in r.getMessage()]
+    assert len(warnings) <= 1    # once per process (an earlier test may have had it)
+    assert isinstance(run_sync(attempts.begin(view(), "user99")).reservation, Reservation)
 
 
 def test_refusals_are_logged(audit: AuditLogger, caplog: pytest.LogCaptureFixture) -> None:

@@ -253,6 +253,24 @@ def test_bad_cidr_named(bad: str) -> None:
         TrustedProxies(["10.0.0.0/8", bad])
 
 
+def test_a_unix_socket_peer_is_trusted_only_when_listed() -> None:
+    """A proxy on our Unix socket has no address (``""``): ``"unix"`` trusts it, so its
+    forwarding headers give the client, as a TCP proxy's do; nothing else changes."""
+    unix = TrustedProxies(["unix", "10.0.0.0/8"], header="auto")
+    assert unix.trusts_unix_socket and unix.is_trusted("") and unix.is_trusted(EDGE)
+    assert unix.resolve("", {XFF: f"{FORGED}, {CLIENT}", XFP: "https"}, scheme="http",
+                        host="a") == ClientInfo(CLIENT, "https", "a", True)
+    assert unix.resolve("", {FWD: f"for={CLIENT}"}, scheme="http", host="a") == \
+        ClientInfo(CLIENT, "http", "a", True)
+    assert unix.resolve("", {}, scheme="http", host="a") == ClientInfo("", "http", "a", False)
+    assert unix.resolve(CLIENT, {XFF: FORGED}, scheme="http", host="a") == \
+        ClientInfo(CLIENT, "http", "a", False)                 # a TCP client: as before
+    assert PROXIES.is_trusted("") is False and TrustedProxies([" UNIX "]).is_trusted("")
+    assert TrustedProxies(TRUSTED).resolve("", {XFF: FORGED}, scheme="http", host="a") == \
+        ClientInfo("", "http", "a", False)
+    assert TrustedProxies(["unix"]).is_trusted(EDGE) is False
+
+
 def test_empty_list_trusts_nobody() -> None:
     proxies = TrustedProxies([])
     assert proxies.resolve(EDGE, {XFF: FORGED}, scheme="http", host="a") == \

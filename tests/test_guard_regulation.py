@@ -252,19 +252,50 @@ def test_a_refusal_releases_what_was_reserved(make: Any) -> None:
     assert isinstance(reg.reserve(user="bob", ip=A2), Reservation)
 
 
-def test_a_device_is_regulated_by_itself(make: Any) -> None:
+def test_a_device_passes_a_ban_of_its_name(make: Any) -> None:
     reg = make()
     for n in range(4):
         for _ in range(3):
             guess(reg, "alice", f"203.0.113.{n}")
     assert isinstance(reg.reserve(user="alice", ip=A1), Refusal)      # the name is banned
     turn = reserved(reg.reserve(user="alice", ip=A1, device="dev-1"))  # her own device
-    assert [s.kind for s in turn.subjects] == ["device"]
+    assert [s.kind for s in turn.subjects] == ["device", "devices", "ip"]
     reg.succeed(turn)
     for _ in range(2):
         guess(reg, "alice", A1, device="dev-2")
     assert guess(reg, "alice", A1, device="dev-2") == Ban("device", T0 + 300)
     assert isinstance(reg.reserve(user="alice", ip=A1, device="dev-1"), Reservation)
+
+
+def test_device_attempts_share_a_total_per_name_and_the_address_budget(make: Any) -> None:
+    """However many device cookies an attacker holds for one name (the review minted one
+    per login of an account of their own), their guesses stay under one total per name —
+    ``user_max_retries`` — and under the address budget."""
+    reg = make()
+    results = [guess(reg, "alice", f"203.0.113.{n}", device=f"dev-{n}") for n in range(12)]
+    assert results[:9] == [None] * 9 and results[9] == Ban("devices", T0 + 300)
+    refused = reg.reserve(user="alice", ip="198.51.100.1", device="dev-new")
+    assert isinstance(refused, Refusal) and refused.subject == "devices"
+    assert isinstance(reg.reserve(user="alice", ip=A1), Reservation)   # not the name's
+    spray = make(ip_max_retries=4)
+    for n in range(4):
+        guess(spray, f"user{n}", A2, device=f"d{n}")
+    refused = spray.reserve(user="user9", ip=A2, device="d9")
+    assert isinstance(refused, Refusal) and refused.subject == "ip"
+
+
+def test_a_success_may_keep_the_failures_of_the_name(make: Any) -> None:
+    """``clears=False`` (an app whose names do not compare as they are folded here): a
+    success as ``ALICE`` forgets none of the failures counted for alice's spellings."""
+    reg = make()
+    guess(reg, "alice", A1)
+    guess(reg, "alice", A1)
+    own = reserved(reg.reserve(user="ALICE", ip=A1, clears=False))
+    assert not any(s.clears_on_success for s in own.subjects)
+    reg.succeed(own)
+    assert guess(reg, "alice", A1) == Ban("pair", T0 + 300)
+    device = reserved(reg.reserve(user="bob", ip=A1, device="d", clears=False))
+    assert [s.clears_on_success for s in device.subjects] == [True, False, False]
 
 
 def test_modes(make: Any) -> None:
@@ -443,6 +474,51 @@ def test_memory_full_of_bans_refuses_rather_than_forget(clock: Clock) -> None:
     assert isinstance(reg.reserve(user="newcomer", ip=None), Reservation)
 
 
+def test_a_full_table_of_mostly_finished_subjects_still_admits(clock: Clock) -> None:
+    """The review: 64 bans at the front of the least-recently-used order, then the table
+    filled with single failures; once those are finished, a new subject found no room
+    (503) because only the 64 oldest were looked at. Bans are kept out of that order."""
+    reg = MemoryRegulator(max_subjects=100, modes=["pair"], clock=clock)
+    for n in range(64):
+        for _ in range(3):
+            guess(reg, f"victim{n}", f"2001:db8:0:{n}::1")
+    for n in range(36):
+        clock.advance(0.5)
+        guess(reg, f"filler{n}", "192.0.2.50")
+    assert len(reg._tables["pair"]) == 100
+    clock.advance(90)                     # every filler is finished; the bans hold
+    assert isinstance(reg.reserve(user="alice", ip="198.51.100.20"), Reservation)
+    for n in range(35):                   # the other fillers make room in turn
+        assert isinstance(reg.reserve(user=f"owner{n}", ip="198.51.100.21"), Reservation)
+    assert len(reg._tables["pair"]) == 100
+    assert sum(1 for s in reg._tables["pair"].values() if s.ban > clock()) == 64
+
+
+def test_memory_never_evicts_a_subject_in_flight(clock: Clock) -> None:
+    reg = MemoryRegulator(max_subjects=3, modes=["user"], clock=clock)
+    held = [reserved(reg.reserve(user=f"slow{n}", ip=None)) for n in range(3)]
+    with pytest.raises(StoreUnavailable):
+        reg.reserve(user="newcomer", ip=None)
+    reg.release(held[1])                  # settled: it may go now
+    assert isinstance(reg.reserve(user="newcomer", ip=None), Reservation)
+    assert set(reg._tables["user"]) == {"slow0", "slow2", "newcomer"}
+    clock.advance(121)                    # stale reservations (a crash) expire
+    assert isinstance(reg.reserve(user="late", ip=None), Reservation)
+
+
+def test_a_ban_that_ended_can_be_evicted(clock: Clock) -> None:
+    reg = MemoryRegulator(max_subjects=2, modes=["user"], user_max_retries=1, clock=clock)
+    guess(reg, "a", None)
+    guess(reg, "b", None)
+    with pytest.raises(StoreUnavailable):
+        reg.reserve(user="c", ip=None)
+    reg.lift(user="a")                    # lifted: no longer kept
+    assert isinstance(reg.reserve(user="c", ip=None), Reservation)
+    clock.advance(301)                    # b's ban is over (and c's reservation stale)
+    assert isinstance(reg.reserve(user="d", ip=None), Reservation)
+    assert set(reg._tables["user"]) == {"d"}
+
+
 def test_from_settings(clock: Clock, redis_server: RedisServer) -> None:
     settings = RegulationSettings(max_retries=2, user_max_retries=4, ip_max_retries=5,
                                   find_time=10.0, ban_time=20.0, modes=["ip"])
@@ -461,6 +537,15 @@ def test_from_settings(clock: Clock, redis_server: RedisServer) -> None:
         reg.policy.subjects("ivan", A1)[0]).startswith("appP:reg:{")
     reg.close()
     assert isinstance(regulator_from_settings(Settings()), MemoryRegulator)
+    # A Redis URL is enough, whatever the session store: workers share the budgets.
+    keys = {"encryption_keys": [KeyRing.new_key_text()]}
+    for sections in ({"session": {"store": "cookie", "redis_url": redis_server.url}},
+                     {"rate_limits": {"redis_url": redis_server.url}},
+                     {"session": {"store": "memory", "redis_url": redis_server.url}}):
+        reg = regulator_from_settings(Settings.from_mapping({"keys": keys, **sections},
+                                                            environ={}))
+        assert isinstance(reg, RedisRegulator), sections
+        reg.close()
 
 
 @pytest.mark.parametrize("kwargs", [{"max_retries": 0}, {"max_retries": True},

@@ -732,3 +732,148 @@ def test_two_apps_on_one_redis_keep_bans_and_keys_apart(
         raw.close()
     assert keys and all(k.startswith(("appA:", "appB:")) for k in keys)
     assert any(k.startswith("appA:reg:") for k in keys)
+
+
+# -- the outside review of regulation and the users file ---------------------------------------
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+DEVICE = "__Host-secure_mw_session_device"
+
+
+def _cookie_names(response: httpx.Response) -> set[str]:
+    return {c.split("=", 1)[0] for c in response.headers.get_list("set-cookie")}
+
+
+def test_second_factor_codes_are_limited_by_the_user_budget(app: Any) -> None:
+    """The password step issued the device cookie, and a code attempt with a device cookie
+    was regulated by that device alone: each new password login minted a fresh budget (40
+    logins, 160 wrong codes: 120 checked). Now the device cookie comes once every factor
+    passed, codes count towards the user's budgets (10), and a password success of a user
+    with a second factor clears nothing."""
+    from secure_mw.login.totp import TOTP, TOTPStore
+    from tests.clock import Clock
+
+    checked: list[str] = []
+
+    class Counting(TOTP):
+        def verify(self, secret: str, code: str) -> int | None:
+            checked.append(str(code))
+            return super().verify(secret, code)
+
+    totp = Counting(issuer="secure_mw tests", clock=Clock())
+    with app(totp=totp, totp_store=TOTPStore()) as base:
+        with browser() as owner:
+            first = sign_in(owner, base, "alice", "correct horse", ip="203.0.113.1")
+            assert first.status_code == 303 and DEVICE in _cookie_names(first)  # no 2fa yet
+            page = owner.get(base + "/.auth/2fa", headers={"X-Forwarded-For": "203.0.113.1"})
+            secret = re.search(r"Or type the key: <code>([A-Z2-7]+)</code>", page.text)
+            enrol = re.search(r'name="enrol" value="([^"]+)"', page.text)
+            assert secret and enrol
+            done = owner.post(base + "/.auth/2fa", headers={"X-Forwarded-For": "203.0.113.1"},
+                              data={"csrf": _csrf(page.text), "enrol": enrol.group(1),
+                                    "code": totp.code(secret.group(1))})
+            assert done.status_code == 303 and DEVICE in _cookie_names(done)
+        checked.clear()
+        right = totp.code(secret.group(1))
+        wrong = (f"{n:06d}" for n in range(10**6) if f"{n:06d}" != right)
+        statuses = []
+        for r in range(6):                    # a fresh browser and address each round
+            ip = f"198.51.100.{r}"
+            with browser() as attacker:
+                signed = sign_in(attacker, base, "alice", "correct horse", ip=ip)
+                statuses.append(signed.status_code)
+                if signed.status_code != 303:
+                    continue
+                assert DEVICE not in _cookie_names(signed)     # a first factor only
+                csrf = _csrf(attacker.get(base + "/.auth/2fa",
+                                          headers={"X-Forwarded-For": ip}).text)
+                for _ in range(3):
+                    attacker.post(base + "/.auth/2fa", headers={"X-Forwarded-For": ip},
+                                  data={"csrf": csrf, "code": next(wrong)})
+    assert len(checked) == 10
+    assert statuses[:4] == [303] * 4 and statuses[4:] == [401, 401]   # the name is banned
+
+
+def test_a_full_table_of_mostly_finished_subjects_still_admits(app: Any) -> None:
+    """64 pairs banned (empty passwords: no Argon2 at all), the table filled with
+    throw-away failures; once those are finished the owner's sign-in from a new address got
+    503 (the memory regulator looked at its 64 oldest subjects only). Shown with
+    max_subjects=100 instead of 100,000: the same mechanism."""
+    from tests.clock import Clock
+
+    clock = Clock()
+    regulator = MemoryRegulator(max_subjects=100, clock=clock)
+
+    def post(client: httpx.Client, base: str, user: str, password: str, ip: str) -> int:
+        headers = {"X-Forwarded-For": ip}
+        page = client.get(base + "/.auth/login", headers=headers)
+        return client.post(base + "/.auth/login", headers=headers, data={
+            "state": form_state(page.text), "username": user,
+            "password": password}).status_code
+
+    with app(regulator=regulator) as base, browser() as client:
+        for n in range(64):
+            for _ in range(3):
+                post(client, base, f"victim{n}", "", f"2001:db8:0:{n // 6:x}::1")
+        n = 0
+        while len(regulator._tables["pair"]) < 100:
+            post(client, base, f"filler{n}", "", f"2001:db8:1:{n // 19:x}::1")
+            n += 1
+        clock.advance(90)                      # every filler is finished; the bans hold
+        assert post(client, base, "alice", "correct horse", "198.51.100.20") == 303
+
+
+@pytest.mark.parametrize("store", ["memory", "cookie"])
+def test_a_user_deleted_and_added_again_gets_nothing_of_the_old_one(
+        flavour: str, tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``users delete bob`` then ``users add bob`` (another person, other groups) within
+    refresh_interval: the old bob's session went on as the new bob's, groups included.
+    ``add`` sets sessions_not_before now; the old bob's device cookie is ignored too."""
+    from tests.clock import Clock
+
+    path = people(tmp_path)
+    clock = Clock()
+    with following(flavour, path, clock, store=store) as base, browser() as old_bob:
+        signed = sign_in(old_bob, base, "bob", "battery staple")
+        assert signed.status_code == 303 and DEVICE in _cookie_names(signed)
+        old_device = old_bob.cookies.get(DEVICE)
+        users_cli(path, "delete", "bob", "--yes")
+        users_cli(path, "add", "bob", "--group", "admins", stdin="a new person's pw 42\n")
+        clock.advance(301)                     # the session's check is due
+        answer = old_bob.get(base + "/hello", headers={"Accept": "application/json"})
+        assert answer.status_code == 401
+        # The new bob's name under a ban (ten wrong passwords from four addresses): the old
+        # bob's device cookie does not let that browser past it, a new one's would.
+        for n in range(4):
+            with browser() as attacker:
+                for _ in range(3):
+                    sign_in(attacker, base, "bob", "wrong", ip=f"198.51.100.{n}")
+        with browser() as stale:
+            stale.cookies.set(DEVICE, old_device, domain="127.0.0.1")
+            assert sign_in(stale, base, "bob", "a new person's pw 42",
+                           ip="203.0.113.5").status_code == 401
+    events = audit_events(caplog, "session_ended")
+    assert [e["reason"] for e in events] == ["sessions revoked in the users file"]
+
+
+def test_an_overlong_name_is_refused_before_it_is_regulated(app: Any) -> None:
+    """A 15,000-character name was regulated and kept whole in the memory regulator's
+    keys (2,000 such attempts: 67 MB). Names are capped as the login guard caps them."""
+    regulator = MemoryRegulator()
+    with app(regulator=regulator) as base, browser() as client:
+        page = client.get(base + "/.auth/login")
+        answer = client.post(base + "/.auth/login", data={
+            "state": form_state(page.text), "username": "n" * 15000, "password": ""})
+        assert answer.status_code == 400 and "at most 256 characters" in answer.text
+        page = client.get(base + "/.auth/login")
+        fits = client.post(base + "/.auth/login", data={
+            "state": form_state(page.text), "username": "n" * 256, "password": "x"})
+        assert fits.status_code == 401
+    longest = max((len(k) for t in regulator._tables.values() for k in t), default=0)
+    assert 256 <= longest <= 320

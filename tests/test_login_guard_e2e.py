@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,12 +25,13 @@ import redis
 
 from secure_mw import Settings, asgi, wsgi
 from secure_mw.crypto import KeyRing
+from secure_mw.errors import ConfigError
 from secure_mw.guards.regulation import MemoryRegulator, RedisRegulator
 from secure_mw.guards.timing import LoginDelay
 from tests.apps import FLAVOURS, uvicorn_server, wsgi_server
 from tests.clock import Clock
 from tests.redis_faults import FAULTS, fault
-from tests.servers import RedisServer
+from tests.servers import RedisServer, ServerProcess, free_port
 
 USERS = {"alice": "correct horse", "bob": "battery staple", "ivan": "ivan pw"}
 #: A safety net only: a gate that never fills lets its evaluations through after this.
@@ -62,15 +66,27 @@ class Gate:
         await asyncio.get_running_loop().run_in_executor(None, self.wait)
 
 
+#: How the login answers a wrong password: (status, headers), JSON 401 by default.
+Failure = tuple[int, list[tuple[str, str]]]
+JSON_401: Failure = (401, [("Content-Type", "application/json")])
+
+
 class LoginApp:
-    """A login endpoint of the kind users write: 200 or 401, counting its calls."""
+    """A login endpoint of the kind users write: 200 or 401 (or ``failure``), counting its
+    calls; ``users`` (default :data:`USERS`) compares names exactly, as a dict does."""
 
     def __init__(self, gate: Gate | None = None,
-                 after_judging: Callable[[], None] | None = None) -> None:
+                 after_judging: Callable[[], None] | None = None, *,
+                 failure: Failure = JSON_401, users: dict[str, str] | None = None,
+                 raise_on: str | None = None) -> None:
         self.calls = 0
         self.passwords: list[str] = []
+        self.paths: list[str] = []
         self.gate = gate or Gate()
         self.after_judging = after_judging
+        self.failure = failure
+        self.users = USERS if users is None else users
+        self.raise_on = raise_on
         self._lock = threading.Lock()
 
     @property
@@ -85,16 +101,22 @@ class LoginApp:
             return dict(json.loads(body.removeprefix(b"\xef\xbb\xbf") or b"{}"))
         return {k: v[0] for k, v in parse_qs(body.decode()).items()}
 
-    def judge(self, data: dict[str, Any]) -> tuple[int, bytes]:
+    def judge(self, data: dict[str, Any], path: str = "/login"
+              ) -> tuple[int, list[tuple[str, str]], bytes]:
         with self._lock:
             self.calls += 1
             self.passwords.append(str(data.get("password")))
+            self.paths.append(path)
+        if self.raise_on is not None and data.get("password") == self.raise_on:
+            raise RuntimeError("the login app failed")
         if self.after_judging is not None:
             self.after_judging()
-        known = USERS.get(data.get("username", ""))
+        known = self.users.get(data.get("username", ""))
+        extra = [("X-Login", "v1"), ("Set-Cookie", "tracking=1")]
         if known is not None and known == data.get("password"):
-            return 200, b'{"welcome": true}'
-        return 401, b'{"error": "invalid username or password"}'
+            return 200, [("Content-Type", "application/json"), *extra], b'{"welcome": true}'
+        status, headers = self.failure
+        return status, [*headers, *extra], b'{"error": "invalid username or password"}'
 
     def _real(self, data: dict[str, Any]) -> bool:
         return len(str(data.get("password"))) != 32
@@ -111,10 +133,9 @@ class LoginApp:
         if self._real(data):
             self.gate.arrive()
             await self.gate.await_open()
-        status, out = self.judge(data)
+        status, headers, out = self.judge(data, scope["path"])
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"x-login", b"v1"),
-            (b"set-cookie", b"tracking=1")]})
+            (k.lower().encode(), v.encode()) for k, v in headers]})
         await send({"type": "http.response.body", "body": out})
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -123,10 +144,8 @@ class LoginApp:
         if self._real(data):
             self.gate.arrive()
             self.gate.wait()
-        status, out = self.judge(data)
-        start_response(f"{status} {'OK' if status == 200 else 'Unauthorized'}", [
-            ("Content-Type", "application/json"), ("X-Login", "v1"),
-            ("Set-Cookie", "tracking=1")])
+        status, headers, out = self.judge(data, environ.get("PATH_INFO", ""))
+        start_response(f"{status} {'OK' if status == 200 else 'Unauthorized'}", headers)
         return [out]
 
 
@@ -552,3 +571,378 @@ def test_the_login_path_cannot_be_spelled_around_the_guard(guarded: Any) -> None
                                 body=b"username=bob&password=battery+staple")
         assert status in (401, 429)       # the pair's budget of 3 is spent: not judged
     assert login.guesses == ["wrong", "wrong", "wrong"]
+
+
+# -- the verdict fails closed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [
+    (400, [("Content-Type", "application/json")]),          # FastAPI's OAuth2 tutorial
+    (422, [("Content-Type", "application/json")]),
+    (500, [("Content-Type", "application/json")]),
+    (429, [("Content-Type", "application/json")]),
+    (200, [("Content-Type", "text/html; charset=utf-8")]),   # Django's LoginView: the form
+    (302, [("Location", "/login?error=1")]),                 # a redirect back to the form
+    (303, [("Location", "http://127.0.0.1/login")]),
+], ids=["400", "422", "500", "429", "200-html", "302-to-login", "303-absolute-to-login"])
+def test_any_answer_but_a_success_counts_as_a_failure(guarded: Any, failure: Failure) -> None:
+    """The outside review: 30 wrong passwords answered 400, 422, 500 or 200 were all judged
+    (only 401/403 counted). Now an attempt is a success only when the answer is one of
+    success_statuses and not the login form again; everything else is a failure."""
+    login = LoginApp(failure=failure)
+    with guarded(login) as base:
+        statuses = [attempt(base, "alice", f"guess {i}").status_code for i in range(10)]
+        owner = attempt(base, "alice", "correct horse", ip="203.0.113.5")
+    assert len([g for g in login.guesses if g.startswith("guess")]) == 3
+    assert set(statuses) == {failure[0]}              # the app's own answer, decoys included
+    assert owner.status_code == 200 and device_cookie(owner)
+
+
+@pytest.mark.parametrize("success", [
+    (302, "/account", "text/html"), (303, "https://app.example/next", ""),
+    (201, "", "application/json"), (204, "", "")])
+def test_a_success_is_a_success_status_that_is_not_the_form(guarded: Any,
+                                                            success: tuple[int, str, str]
+                                                            ) -> None:
+    status, location, content_type = success
+
+    class Answering(LoginApp):
+        def judge(self, data: dict[str, Any], path: str = "/login"
+                  ) -> tuple[int, list[tuple[str, str]], bytes]:
+            got, headers, body = super().judge(data, path)
+            if b"welcome" not in body:
+                return got, headers, body
+            extra = [("Location", location)] if location else []
+            extra += [("Content-Type", content_type)] if content_type else []
+            return status, extra, b"" if status == 204 else body
+
+    for folded in (False, True):
+        login = Answering(failure=(200, [("Content-Type", "text/html")]))
+        settings = app_settings(regulation={"names_folded": folded})
+        with guarded(login, settings=settings) as base:
+            for i in range(2):
+                assert attempt(base, "alice", f"guess {i}").status_code == 200   # failures
+            ok = attempt(base, "alice", "correct horse")
+            assert ok.status_code == status and device_cookie(ok)
+            for i in range(3):
+                attempt(base, "alice", f"again {i}")
+        # The app's names compare as the guard folds them: the success cleared the pair's
+        # two failures, three more are judged; otherwise (the default) they stand.
+        assert len(login.guesses) == (6 if folded else 4)
+
+
+def test_success_statuses_are_configured(guarded: Any) -> None:
+    """An app that answers a successful login 200 with a page must say so — or answer with
+    a redirect; with ``success_statuses = [302]`` a JSON 200 counts as a failure too."""
+    login = LoginApp()
+    settings = app_settings(regulation={"success_statuses": [302]})
+    with guarded(login, settings=settings) as base:
+        for _ in range(3):
+            assert attempt(base, "alice", "correct horse").status_code == 200
+        assert attempt(base, "alice", "correct horse").status_code == 401   # banned
+    assert login.guesses == ["correct horse"] * 3
+    with pytest.raises(ConfigError, match=r"regulation\.success_statuses"):
+        app_settings(regulation={"success_statuses": [200, 401]})
+
+
+# -- the query string -----------------------------------------------------------------------
+
+
+def test_credentials_in_the_query_string_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """A Flask login reading ``request.values`` takes the query string first; the guard read
+    only the body, and a banned attempt's decoy replaced only the body's password: 31 of 31
+    guesses at alice were checked. Such an attempt is now refused (400) before the app."""
+    from flask import Flask, request
+
+    checked: list[str] = []
+    app = Flask(__name__)
+
+    @app.post("/login")
+    def login() -> tuple[str, int]:
+        user, password = request.values.get("username"), request.values.get("password", "")
+        if len(password) != 32:
+            checked.append(password)
+        if user == "alice" and password == "correct horse":
+            return "welcome", 200
+        return "invalid", 401
+
+    from urllib.parse import urlencode
+
+    guarded_app = wsgi.LoginGuardMiddleware(app, settings=app_settings(), delay=fast_delay())
+    with wsgi_server(guarded_app) as base:
+        answers = []
+        for i in range(30):
+            query = urlencode({"username": "alice", "password": f"guess {i}"})
+            answers.append(httpx.post(f"{base}/login?{query}", data={
+                "username": f"decoy{i % 5}", "password": "x"}).status_code)
+        only_password = httpx.post(f"{base}/login?password=guess", data={
+            "username": "alice", "password": "x"})
+        padded = httpx.post(f"{base}/login?" + "&".join(f"f{n}=1" for n in range(80)),
+                            data={"username": "alice", "password": "x"})
+        harmless = httpx.post(f"{base}/login?next=/account", data={
+            "username": "alice", "password": "correct horse"})
+    assert set(answers) == {400} and only_password.status_code == 400
+    assert padded.status_code == 400
+    assert harmless.status_code == 200
+    assert checked == ["correct horse"]
+    reasons = {e.get("reason") for e in audit_events(caplog) if e["event"] == "login_failure"}
+    assert "credentials in the query string (username)" in reasons
+    assert "credentials in the query string (password)" in reasons
+
+
+def test_credentials_in_the_query_string_are_refused_by_both_flavours(guarded: Any) -> None:
+    login = LoginApp()
+    with guarded(login) as base:
+        answer = httpx.post(base + "/login?username=alice", data={"username": "alice",
+                                                                  "password": "x"})
+        assert answer.status_code == 400 and answer.json() == {"error": "bad_request"}
+    assert login.calls == 0
+
+
+# -- the app raises, the request is cancelled -------------------------------------------------
+
+
+def test_an_exception_in_the_app_counts_as_a_failure(flavour: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the reservation stayed unsettled (no login_failure line for fail2ban) and
+    held the budget for find_time — ten such requests gave the owner 429 for two minutes."""
+    module = asgi if flavour == "asgi" else wsgi
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    regulator = MemoryRegulator(clock=Clock())
+    login = LoginApp(raise_on="boom")
+    app = module.LoginGuardMiddleware(login.asgi if flavour == "asgi" else login.wsgi,
+                                      settings=app_settings(), regulator=regulator,
+                                      delay=fast_delay())
+    app = module.ClientAddressMiddleware(app, trusted_proxies=["127.0.0.1/32"])
+    with server(app) as base:
+        statuses = [attempt(base, "alice", "boom", ip=f"198.51.100.{i}").status_code
+                    for i in range(3)]
+        owner = attempt(base, "alice", "correct horse", ip="203.0.113.1")
+    assert statuses == [500, 500, 500] and owner.status_code == 200
+    pending = sum(len(s.pending) for t in regulator._tables.values() for s in t.values())
+    assert pending == 0
+    failures = [e for e in audit_events(caplog) if e["event"] == "login_failure"]
+    assert [e["reason"] for e in failures] == ["the application raised before answering"] * 3
+    assert {e["remote_ip"] for e in failures} == {f"198.51.100.{i}" for i in range(3)}
+
+
+def test_a_cancelled_attempt_is_settled_as_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """A timeout middleware (or a server cancelling on disconnect) cancels the task between
+    reserve and settle: the attempt counts as a failure, and the cancellation goes on."""
+    regulator = MemoryRegulator(clock=Clock())
+    started_key = "test.started"
+
+    async def stuck_login(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        scope[started_key].set()
+        await asyncio.Event().wait()          # never answers: cancelled from outside
+
+    guard = asgi.LoginGuardMiddleware(stuck_login, settings=app_settings(),
+                                      regulator=regulator, delay=fast_delay())
+    cancelled: list[bool] = []
+
+    async def cancelling(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        scope[started_key] = started = asyncio.Event()
+        task = asyncio.ensure_future(guard(scope, receive, send))
+        await started.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled.append(True)
+        await send({"type": "http.response.start", "status": 504, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with uvicorn_server(cancelling) as base:
+        for _ in range(3):
+            assert httpx.post(base + "/login", data={"username": "alice",
+                                                     "password": "x"}).status_code == 504
+        banned = httpx.post(base + "/login", data={"username": "alice", "password": "x"})
+    assert cancelled == [True] * 4          # the banned one reached the app too (a decoy)
+    pending = sum(len(s.pending) for t in regulator._tables.values() for s in t.values())
+    assert pending == 0
+    reasons = [e["reason"] for e in audit_events(caplog) if e["event"] == "login_failure"]
+    assert reasons[:3] == ["the application cancelled before answering"] * 3
+    assert reasons[3] == "banned (pair)" and banned.status_code == 504
+
+
+# -- device cookies: exact names, one application ------------------------------------------------
+
+
+def test_own_account_device_cookies_give_no_extra_guesses(guarded: Any) -> None:
+    """An app whose names are case-sensitive (a dict): the attacker's own ``ALICE`` earned
+    device cookies naming ``alice``, each a fresh budget, and its successes cleared alice's
+    failures. 5 rounds of a login of their own, then 3 guesses with the cookie, each round
+    from another address: 15 judged before, the name's 10 now."""
+    users = {**USERS, "ALICE": "attacker's own"}
+    login = LoginApp(users=users)
+    with guarded(login) as base:
+        for r in range(5):
+            ip = f"198.51.100.{r}"
+            own = attempt(base, "ALICE", "attacker's own", ip=ip)
+            device = device_cookie(own) if own.status_code == 200 else None
+            for i in range(3):
+                attempt(base, "alice", f"guess {r}.{i}", ip=ip, device=device)
+        assert attempt(base, "alice", "correct horse", ip="203.0.113.9").status_code == 401
+    assert len([g for g in login.guesses if g.startswith("guess")]) == 10
+
+
+@pytest.mark.parametrize("prefixes", [("appA:", "appB:"), ("secure_mw:", "secure_mw:")],
+                         ids=["two-prefixes", "one-prefix"])
+def test_a_device_cookie_of_another_app_gives_no_extra_guesses(
+        guarded: Any, prefixes: tuple[str, str]) -> None:
+    """Two apps with the same key ring and cookie name: cookies minted on A (where the
+    attacker's alice is their own) were valid for B's alice. With its own key prefix B
+    ignores them (the pair's 3 guesses); with the same prefix they still count under the
+    name's total of device attempts (10)."""
+    on_a, on_b = LoginApp(), LoginApp()
+    sa, sb = (app_settings(session={"redis_key_prefix": p}) for p in prefixes)
+    with guarded(on_a, settings=sa) as a, guarded(on_b, settings=sb) as b:
+        for r in range(5):
+            device = device_cookie(attempt(a, "alice", "correct horse"))
+            assert device
+            for i in range(3):
+                attempt(b, "alice", f"g{r}.{i}", device=device)
+    assert len(on_b.guesses) == (3 if prefixes[0] != prefixes[1] else 10)
+
+
+# -- the login path as the app routes it -----------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["/./login", "/x/../login", "//login"])
+def test_a_dot_segment_path_behind_access_rules_is_regulated(flavour: str, target: str,
+                                                             tmp_path: Any) -> None:
+    """The outside review's finding 1 (fixed by RequestView.route_path): with access rules
+    the app receives the normalized path, so the guard must count /./login as /login."""
+    from tests.apps import raw_request
+
+    settings = app_settings(local_users={"file": str(tmp_path / "users.toml")},
+                            session={"store": "memory"}, regulation={"paths": ["/login"]},
+                            access_control={"default_policy": "authenticated", "rules": [
+                                {"resources": ["^/login$"], "policy": "bypass"}]})
+    login = LoginApp()
+    module = asgi if flavour == "asgi" else wsgi
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    with server(module.protect(login.asgi if flavour == "asgi" else login.wsgi,
+                               settings)) as base:
+        for i in range(10):
+            raw_request(base, "POST", target, headers=form,
+                        body=f"username=alice&password=guess+{i}".encode())
+    assert set(login.paths) == {"/login"}
+    assert len(login.guesses) == 3
+
+
+# -- several worker processes, Unix sockets ---------------------------------------------------
+
+
+PY = sys.executable
+BYPASS = json.dumps([{"resources": ["^/"], "policy": "bypass"}])
+
+
+def login_command(server: str, workers: int, *, port: int = 0,
+                  uds: Path | None = None) -> list[str]:
+    """A real server with ``workers`` processes for tests.e2e_app's counting login."""
+    if server == "uvicorn":
+        bind = ["--uds", str(uds)] if uds else ["--host", "127.0.0.1", "--port", str(port)]
+        return [PY, "-m", "uvicorn", "--factory", "tests.e2e_app:login_asgi_app", *bind,
+                "--workers", str(workers), "--log-level", "warning", "--lifespan", "off",
+                "--no-proxy-headers"]
+    pytest.importorskip("gunicorn")
+    bind_to = f"unix:{uds}" if uds else f"127.0.0.1:{port}"
+    return [PY, "-m", "gunicorn", "-w", str(workers), "-b", bind_to, "--log-level",
+            "warning", "tests.e2e_app:login_wsgi_app()"]
+
+
+def login_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env.update({"E2E_COUNT_FILE": str(tmp_path / "checked.txt"), "PYTHONUNBUFFERED": "1",
+                "E2E_WORKER_CHECK_INTERVAL": "0", "E2E_FAST_LOGIN_DELAY": "1",
+                "SECURE_MW_KEYS__ENCRYPTION_KEYS": json.dumps([KEY]),
+                "SECURE_MW_LOCAL_USERS__FILE": str(tmp_path / "users.toml"),
+                "SECURE_MW_REGULATION__PATHS": json.dumps(["/login"]),
+                "SECURE_MW_ACCESS_CONTROL__RULES": BYPASS,
+                "SECURE_MW_SESSION__STORE": "cookie", **extra})
+    (tmp_path / "checked.txt").touch()
+    return env
+
+
+def checked(tmp_path: Path) -> list[str]:
+    return (tmp_path / "checked.txt").read_text(encoding="utf-8").splitlines()
+
+
+def guess_on(base: str, n: int, client: httpx.Client | None = None, *, user: str = "alice",
+             ip: str | None = None) -> int:
+    headers = {"X-Forwarded-For": ip} if ip else {}
+    if client is not None:
+        return client.post("/login", data={"username": user, "password": f"guess {n}"},
+                           headers=headers).status_code
+    with httpx.Client(timeout=60) as fresh:    # a connection of its own: any worker
+        return fresh.post(base + "/login", data={"username": user,
+                                                 "password": f"guess {n}"}).status_code
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
+def test_workers_share_one_budget_with_cookie_sessions(server: str, tmp_path: Path,
+                                                       redis_server: RedisServer) -> None:
+    """The outside review: with cookie sessions and session.redis_url set, each of 4
+    workers kept its own budget (200 parallel + 40 sequential guesses: 12 judged). With a
+    Redis URL the budget is shared: the pair's 3, however many workers."""
+    port = free_port()
+    env = login_env(tmp_path, SECURE_MW_SESSION__REDIS_URL=redis_server.url)
+    with ServerProcess(login_command(server, 4, port=port), port=port, env=env,
+                       log=tmp_path / "server.log") as process:
+        with ThreadPoolExecutor(30) as pool:
+            statuses = list(pool.map(lambda n: guess_on(process.url, n), range(60)))
+        statuses += [guess_on(process.url, 100 + n) for n in range(20)]
+    lines = checked(tmp_path)
+    assert len(lines) == 3, lines
+    assert set(statuses) <= {401, 429}
+    assert "kept in this process's memory" not in process.log()
+
+
+def test_workers_without_redis_say_so(tmp_path: Path) -> None:
+    """Without a Redis URL the budgets are per worker (documented), and a worker that sees
+    siblings says so once."""
+    port = free_port()
+    with ServerProcess(login_command("gunicorn", 4, port=port), port=port,
+                       env=login_env(tmp_path), log=tmp_path / "server.log") as process:
+        with ThreadPoolExecutor(30) as pool:
+            list(pool.map(lambda n: guess_on(process.url, n), range(60)))
+        log = process.log()
+    assert "login regulation (budgets and bans) and used TOTP codes are kept in this " \
+           "process's memory while several worker processes" in log
+    assert "rate_limits.redis_url or session.redis_url" in log
+    assert 3 <= len(checked(tmp_path)) <= 12
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_attempts_over_a_unix_socket_have_an_address_budget(server: str,
+                                                            tmp_path: Path) -> None:
+    """Behind a Unix socket the peer has no address: the pair and address budgets were
+    skipped, one client sprayed 60 names, all 60 judged. Such attempts now share one
+    address budget (20), with a warning; trusting the socket's proxy ("unix") gives each
+    client its own (from X-Forwarded-For)."""
+    for trusted in (False, True):
+        run = tmp_path / ("trusted" if trusted else "untrusted")
+        run.mkdir()
+        sock = run / "app.sock"
+        extra = {"SECURE_MW_SERVER__TRUSTED_PROXIES": json.dumps(["unix"])} if trusted else {}
+        with ServerProcess(login_command(server, 1, uds=sock), uds=sock,
+                           env=login_env(run, **extra), log=run / "server.log") as process, \
+                httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
+                             base_url="http://localhost", timeout=30) as client:
+            answers = [guess_on("", n, client, user=f"user{n}", ip="198.51.100.7")
+                       for n in range(30)]
+            others = [guess_on("", n, client, user=f"other{n}", ip="198.51.100.8")
+                      for n in range(5)]
+            log = process.log()
+        if trusted:
+            assert len(checked(run)) == 25            # 20 from .7, 5 from .8
+            assert '"remote_ip":"198.51.100.7"' in log and "without a client address" not in log
+        else:
+            assert len(checked(run)) == 20            # one shared budget for everyone
+            assert answers.count(401) == 30 and others == [401] * 5    # banned: decoys
+            assert "without a client address" in log and 'server.trusted_proxies' in log

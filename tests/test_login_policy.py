@@ -46,7 +46,10 @@ def test_good_passwords_pass(password: str) -> None:
     ("", {}, "must not be empty"),
     ("abc", {}, "use at least 12 characters; this one has 3"),
     ("e\u0301" * 6 + "fghij", {}, "this one has 11"),           # NFKC composes e + accent
-    ("\ufb01" * 5 + "a", {}, "this one has 11"),                # the ligature is "fi"
+    ("\ufb01" * 5 + "a", {}, "this one has 6"),                 # a ligature is one
+    ("\ufdfa", {}, "this one has 1"),                  # NFKC makes it 18 code points
+    ("a\u200b\u200c\u200d\u2060" + "a" * 7, {}, "this one has 8"),   # invisible: not counted
+    ("abc\u00addef\u00adghi\u00ad", {}, "this one has 9"),     # soft hyphens neither
     ("line\nbreak in it", {}, "control characters"),
     ("tab\there and there", {}, "control characters"),
     ("\ud800 lone surrogate!", {}, "control characters"),
@@ -124,6 +127,22 @@ def test_the_blocklist_is_read_once_and_normalized(tmp_path: Path,
     assert policy.problems("sunflower meadows") == []       # not a listed password
     assert policy.problems("caf\u00e9 latin-1 line") == []   # the undecodable line is skipped
     assert reads == [listed]                                  # once
+
+
+@pytest.mark.parametrize("password", [
+    "pass\u00adword1234", "password\u200b1234", "pass\u200dword!!!!",
+    "password\u0663\u0663\u0663\u0663",
+    "password\u00a1\u00a1\u00a1\u00a1", "\u00bfpassword\u20ac\u20ac\u20ac\u20ac",
+    "password\u3000\u0968\u0966\u0968\u096a", "\u2460\u2461password\u2462\u2463\u2464\u2465"])
+def test_a_listed_password_with_unicode_decoration_is_refused(password: str,
+                                                              tmp_path: Path) -> None:
+    """Format characters inside, and numbers, punctuation, symbols or spaces of any script
+    around a listed password do not make it another one (the outside review: each of these
+    passed)."""
+    listed = tmp_path / "common.txt"
+    listed.write_text("password\n", encoding="utf-8")
+    assert any("list of common passwords" in p
+               for p in PasswordPolicy(blocklist_file=listed).problems(password))
 
 
 def test_a_missing_blocklist_is_a_config_error(tmp_path: Path) -> None:

@@ -732,3 +732,14 @@ def test_used_codes_follow_the_session_store_and_its_prefix(redis_server: RedisS
     finally:
         raw.close()
     assert isinstance(used_codes_from_settings(Settings()), UsedCodes)
+    # With cookie sessions, a Redis URL is enough: the workers share the used codes too.
+    for n, sections in enumerate(({"session": {"store": "cookie",
+                                               "redis_url": redis_server.url}},
+                                  {"rate_limits": {"redis_url": redis_server.url}})):
+        settings = Settings.from_mapping({"keys": {"encryption_keys": [
+            KeyRing.new_key_text()]}, **sections}, environ={})
+        worker, sibling = used_codes_from_settings(settings), used_codes_from_settings(settings)
+        assert isinstance(worker, RedisUsedCodes), sections
+        user = f"bob{n}"
+        assert check_code(totp, worker, user, secret, code)
+        assert not check_code(totp, sibling, user, secret, code)

@@ -135,11 +135,11 @@ def test_usernames_are_normalized(users_path: Path, hasher: CountingHasher) -> N
 
 
 def test_one_normalization_for_the_file_and_the_regulation() -> None:
-    from secure_mw.guards import attempts, regulation
+    from secure_mw.guards import layers, regulation
     from secure_mw.login import users
 
     assert users.normalize_username is regulation.normalize_username \
-        is attempts.normalize_username
+        is layers.normalize_username
     assert normalize_username("STRASSE") == normalize_username("stra\u00dfe")
 
 
@@ -651,6 +651,50 @@ def test_a_reader_without_the_lock_never_pairs_new_stamps_with_old_users(
     bump_mtime(users_path)
     assert asyncio.run(users.alookup_now("bob")) is None
     assert seen == [(False, False)]
+
+
+def test_an_empty_or_cut_short_file_of_a_moment_ago_is_being_written(
+    users_path: Path, hasher: CountingHasher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An editor that truncates the file and then writes it in place shows an empty (valid
+    TOML: no users) or cut-short version in between, which ended every session. Such a
+    version changed less than RACY_SECONDS ago is taken as being written: the last good
+    one is kept (logged once) until a complete one appears, or it is old enough."""
+    changed = os.stat(users_path).st_ctime
+    wall = Clock(changed)
+    users = UsersFile(users_path, hasher=hasher, logger=logging.getLogger(LOGGER),
+                      wall_clock=wall)
+    text = users_toml()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for partial in ("", "\n\n", text[:text.index("[users.bob]") + 5]):
+            rewrite_in_place(users_path, partial)
+            wall.now = os.stat(users_path).st_ctime + 0.5          # a moment ago
+            assert users.lookup_now("alice") is not None and users.lookup_now("bob") is not None
+            assert users.lookup_now("alice") is not None            # logged once per version
+    lines = [r.getMessage() for r in caplog.records if "being written" in r.getMessage()]
+    assert len(lines) == 3 and "empty" in lines[0] and "cut short" in lines[2]
+    rewrite_in_place(users_path, text.replace("Alice Example", "Alice Again"))
+    wall.now = os.stat(users_path).st_ctime + 0.5
+    alice = users.lookup_now("alice")                  # complete: used at once
+    assert alice is not None and alice.display_name == "Alice Again"
+    rewrite_in_place(users_path, "")
+    wall.now = os.stat(users_path).st_ctime + 0.5
+    assert users.lookup_now("alice") is not None
+    wall.advance(2.0)                                  # still empty two seconds later: meant
+    assert users.lookup_now("alice") is None and users.users() == []
+
+
+def test_a_user_added_again_under_a_name_ends_what_the_old_one_had(
+        users_path: Path, hasher: CountingHasher) -> None:
+    wall = Clock(1_800_000_000.5)
+    users = UsersFile(users_path, hasher=hasher, logger=logging.getLogger(LOGGER),
+                      wall_clock=wall)
+    users.delete("bob")
+    wall.advance(10)
+    bob = users.add("bob", password="a new person's pw 42", groups=["admins"])
+    assert bob.sessions_not_before == 1_800_000_010.5
+    assert open_users(users_path, hasher).get("bob").sessions_not_before == \
+        1_800_000_010.5  # type: ignore[union-attr]
 
 
 # -- more writers -------------------------------------------------------------------------

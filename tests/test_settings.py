@@ -175,6 +175,21 @@ def test_every_problem_is_reported_together_with_its_path() -> None:
     assert str(exc.value).count("\n  - ") == len(exc.value.problems)
 
 
+def test_trusted_proxies_take_unix_and_success_statuses_are_checked() -> None:
+    settings = Settings.from_mapping({"server": {"trusted_proxies": ["unix", "10.0.0.0/8"]}})
+    assert settings.server.trusted_proxies == ["unix", "10.0.0.0/8"]
+    assert settings.regulation.success_statuses == [200, 201, 204, 302, 303]
+    assert settings.regulation.names_folded is False
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_mapping({"server": {"trusted_proxies": ["unix:/run/app.sock"]},
+                               "regulation": {"success_statuses": [200, 401, 500]}})
+    found = problems_of(exc)
+    assert "not CIDR networks: 'unix:/run/app.sock'" in found["server.trusted_proxies"]
+    assert "not 401, 500" in found["regulation.success_statuses"]
+    with pytest.raises(ConfigError, match="at least one status"):
+        Settings.from_mapping({"regulation": {"success_statuses": []}})
+
+
 def test_cross_field_problems() -> None:
     with pytest.raises(ConfigError) as exc:
         Settings.from_mapping({

@@ -3,6 +3,8 @@ open-redirect guard. Each works alone; :func:`secure_mw.asgi.protect` stacks the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
@@ -287,13 +289,13 @@ class LoginGuardMiddleware:
             await send_reply(send, layer.refusal(view, 413, "login body too large"))
             return
         try:
-            user = layer.username(view)
+            user, spelling = layer.names(view)
         except LoginAttemptError as exc:
             await layer.delay.start().afinish(success=False)
             await send_reply(send, layer.refusal(view, exc.status, exc.reason))
             return
         try:
-            turn = await run_async(layer.begin(view, user))
+            turn = await run_async(layer.begin(view, user, spelling))
         except StoreUnavailable as exc:
             await send_reply(send, layer.refusal(view, 503, str(exc), user))
             return
@@ -304,15 +306,27 @@ class LoginGuardMiddleware:
         success = False
         refusal = None
         captured: list[Message] = []
+        banned = turn.reservation is None
         try:
-            banned = turn.reservation is None
-            captured = await self._call_app(
-                scope, layer.decoy_body(view) if banned else view.body)
+            try:
+                captured = await self._call_app(
+                    scope, layer.decoy_body(view) if banned else view.body)
+            except BaseException as exc:      # an exception, or the task was cancelled
+                if not banned:
+                    why = "cancelled" if isinstance(exc, asyncio.CancelledError) else "raised"
+                    with contextlib.suppress(StoreUnavailable):   # logged; it expires
+                        await run_async(layer.crashed(
+                            view, turn, f"the application {why} before answering"))
+                raise
             start = next((m for m in captured if m["type"] == "http.response.start"), None)
             status = int(start["status"]) if start else 500
             if not banned:
-                cookies = await run_async(layer.settle(view, turn, status))
-                success = 200 <= status < 400 and status not in layer.failure_statuses
+                headers = _str_headers(start)
+                cookies = await run_async(layer.settle(
+                    view, turn, status, content_type=headers.get("content-type", ""),
+                    location=headers.get("location", "")))
+                success = layer.succeeded(status, headers.get("content-type", ""),
+                                          headers.get("location", ""))
                 if cookies and start is not None:
                     start["headers"] = [*start.get("headers", ()),
                                         *((b"set-cookie", c.encode("latin-1"))
@@ -341,6 +355,14 @@ class LoginGuardMiddleware:
 
         await self.app(scope, replay, capture)
         return captured
+
+
+def _str_headers(start: Message | None) -> dict[str, str]:
+    """The headers of a response start message, lower-cased names (the last of each)."""
+    if start is None:
+        return {}
+    return {bytes(name).decode("latin-1").lower(): bytes(value).decode("latin-1")
+            for name, value in start.get("headers", ())}
 
 
 class AuthorizationMiddleware:

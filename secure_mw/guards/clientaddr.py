@@ -42,6 +42,8 @@
   client could pad it to make us fall back to the proxy's address or to another header.
 
 IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``) are reported, and matched, as IPv4.
+The entry ``"unix"`` trusts a peer on a Unix socket (which has no address: a proxy in front
+of ``uvicorn --uds`` or ``gunicorn -b unix:``), so its forwarding headers give the client.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ def _host(value: str | None) -> str | None:
 class TrustedProxies:
     """The proxies allowed to tell us who the client is; see the module documentation."""
 
-    __slots__ = ("_cache", "_empty", "_header", "_results", "_v4", "_v6")
+    __slots__ = ("_cache", "_empty", "_header", "_results", "_unix", "_v4", "_v6")
 
     def __init__(self, cidrs: Iterable[str], *, header: str = "x-forwarded-for") -> None:
         if header not in ("auto", "forwarded", "x-forwarded-for"):
@@ -228,7 +230,11 @@ class TrustedProxies:
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         if isinstance(cidrs, str):
             cidrs = [cidrs]
+        self._unix = False
         for cidr in cidrs:
+            if str(cidr).strip().lower() == "unix":   # a peer on a Unix socket
+                self._unix = True
+                continue
             try:
                 network = ipaddress.ip_network(str(cidr).strip(), strict=False)
             except ValueError:
@@ -240,7 +246,7 @@ class TrustedProxies:
                 if mapped is not None:   # ::ffff:a.b.c.d/n is the IPv4 network a.b.c.d/(n-96)
                     network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
             networks.append(network)
-        self._empty = not networks
+        self._empty = not networks and not self._unix
         # Per family: (shift, network numbers at that prefix length); membership is one set
         # lookup per distinct prefix length, whatever the number of networks.
         self._v4 = self._table([n for n in networks if n.version == 4], 32)
@@ -283,11 +289,18 @@ class TrustedProxies:
         cache[text] = result
         return result
 
+    @property
+    def trusts_unix_socket(self) -> bool:
+        """Whether a peer on a Unix socket (no address) is a trusted proxy (``"unix"``)."""
+        return self._unix
+
     def is_trusted(self, address: str) -> bool:
-        """Whether ``address`` (an IP address, IPv4-mapped forms included) is a trusted
-        proxy."""
+        """Whether ``address`` (an IP address, IPv4-mapped forms included; ``""`` for a
+        Unix-socket peer) is a trusted proxy."""
         if self._empty:
             return False
+        if not address:
+            return self._unix
         return self._classify(address, forwarded=False)[1]
 
     def resolve(self, peer: str, headers: Mapping[str, str], *, scheme: str,
@@ -297,9 +310,12 @@ class TrustedProxies:
         are the request's own. Never raises."""
         if self._empty:
             return ClientInfo(_plain_peer(peer), scheme, host, False)
-        peer_ip, trusted = self._classify(peer, forwarded=False)
-        if not trusted or peer_ip is None:
-            return ClientInfo(_plain_peer(peer), scheme, host, False)
+        peer_ip = ""                       # "unix": a proxy on our Unix socket
+        if peer or not self._unix:
+            address, trusted = self._classify(peer, forwarded=False)
+            if not trusted or address is None:
+                return ClientInfo(_plain_peer(peer), scheme, host, False)
+            peer_ip = address
 
         forwarded = headers.get("forwarded") if self._header != "x-forwarded-for" else None
         if forwarded is not None and forwarded.strip(" \t"):
@@ -407,6 +423,6 @@ def forwarded_client_cert(proxies: TrustedProxies, header: str | None,
                           view: RequestView) -> bytes | None:
     """The client certificate a trusted proxy passed in ``header`` (None from anyone else,
     or when absent or not a certificate)."""
-    if not header or not view.client or not proxies.is_trusted(view.client):
+    if not header or not proxies.is_trusted(view.client):
         return None
     return proxy_client_cert(view.headers.get(header))

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.audit import AuditLogger
+from secure_mw.authz.paths import route_path
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 from secure_mw.guards.attempts import DeviceCookies, LoginAttempts, StoreFailures, Turn
@@ -355,7 +356,9 @@ def device_cookies(settings: Settings, keyring: KeyRing | None = None,
     ring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
     jar = CookieJarSpec(secure=settings.session.cookie_secure,
                         domain=settings.session.cookie_domain)
-    return DeviceCookies(ring, jar, settings.session.cookie_name, lifetime=lifetime,
+    # Bound to the application (its key prefix) as well as to the cookie's name.
+    return DeviceCookies(ring, jar, settings.session.cookie_name,
+                         purpose=settings.session.redis_key_prefix, lifetime=lifetime,
                          clock=clock)
 
 
@@ -366,7 +369,9 @@ class LoginGuardLayer:
     * The user name is read from the form (``application/x-www-form-urlencoded``) or JSON
       (``application/json``, ``application/*+json``) field ``username_field``. An attempt
       whose name is missing, given twice, or in another body type is refused with 400
-      without reaching the app: the guard must see the name the app will use.
+      without reaching the app: the guard must see the name the app will use. So is one
+      whose query string carries the name or the password field (an app reading both, as
+      Flask's ``request.values``, would take the query's).
     * Each attempt is reserved (:class:`~secure_mw.guards.attempts.LoginAttempts`) before
       the app sees it: parallel attempts beyond a subject's budget get 429 at once.
     * A banned attempt still reaches the app, with the password field replaced by random
@@ -374,10 +379,11 @@ class LoginGuardLayer:
       all) — not counted, not a replay of somebody else's.
     * The login delay holds every judged attempt from the moment it is reserved (after the
       body is read), so a slow upload cannot stretch everybody's delay.
-    * The app's verdict is read from the status: ``failure_statuses`` (401, 403) are
-      failures, 2xx/3xx successes (which also get the device cookie). An app that answers a
-      failed login with a redirect back to its form must list that status (or answer
-      401/403).
+    * The app's verdict fails closed (:meth:`succeeded`): a success is a status among
+      ``success_statuses`` that is not the login form again (a 2xx HTML page, or a redirect
+      to one of ``paths``); every other answer — and an exception — is a failure. A success
+      gets the device cookie; it clears the failures of other spellings of the name only
+      when ``names_folded`` says the app compares names as the guard folds them.
     * Regulation store unreachable, at the reservation or when a failure is recorded: 503,
       fail closed.
     """
@@ -385,14 +391,20 @@ class LoginGuardLayer:
     def __init__(self, settings: Settings, *, paths: Iterable[str] = ("/login",),
                  username_field: str = "username",
                  password_field: str = "password",  # noqa: S107 - a field name
-                 failure_statuses: Iterable[int] = (401, 403),
+                 success_statuses: Iterable[int] | None = None,
+                 names_folded: bool | None = None,
                  regulator: Regulator | None = None, delay: LoginDelay | None = None,
                  keyring: KeyRing | None = None, devices: DeviceCookies | None = None,
                  audit: AuditLogger | None = None) -> None:
+        """``success_statuses`` and ``names_folded`` default to ``regulation``'s."""
         self.paths = frozenset(paths)
         self.username_field = username_field
         self.password_field = password_field
-        self.failure_statuses = frozenset(failure_statuses)
+        self.success_statuses = frozenset(
+            settings.regulation.success_statuses if success_statuses is None
+            else success_statuses)
+        self.names_folded = settings.regulation.names_folded if names_folded is None \
+            else bool(names_folded)
         self.regulator = regulator if regulator is not None else regulator_from_settings(settings)
         self.delay = delay or LoginDelay()
         self.audit = audit_for(audit)
@@ -434,6 +446,13 @@ class LoginGuardLayer:
     def username(self, view: RequestView) -> str:
         """The normalized user name of the attempt; :class:`LoginAttemptError` when the
         guard cannot be sure which name the app will see."""
+        return self.names(view)[0]
+
+    def names(self, view: RequestView) -> tuple[str, str]:
+        """The attempt's user name, normalized (what it is counted for) and exactly as sent
+        (what a device cookie names); :class:`LoginAttemptError` when the guard cannot be
+        sure which name and password the app will see."""
+        self._refuse_query_credentials(view)
         _kind, pairs = self._fields(view)
         values = [v for k, v in pairs if k == self.username_field]
         if len(values) != 1:
@@ -441,7 +460,18 @@ class LoginGuardLayer:
         value = values[0]
         if not isinstance(value, str) or not value.strip() or len(value) > 256:
             raise LoginAttemptError(400, "user name missing or not a string")
-        return normalize_username(value)
+        return normalize_username(value), value
+
+    def _refuse_query_credentials(self, view: RequestView) -> None:
+        query = view.query_string
+        if not query:
+            return
+        params = view.query()
+        if not params and any(c in query for c in "=&;"):
+            raise LoginAttemptError(400, "query string of a login too large to check")
+        for field in (self.username_field, self.password_field):
+            if field in params:
+                raise LoginAttemptError(400, f"credentials in the query string ({field})")
 
     def decoy_body(self, view: RequestView) -> bytes:
         """The attempt's body with the password replaced by random text (for a banned
@@ -453,22 +483,47 @@ class LoginGuardLayer:
             return urlencode(replaced).encode()
         return json.dumps(dict(replaced)).encode()
 
-    def begin(self, view: RequestView, user: str) -> Flow[Turn]:
-        """Reserve the attempt (:class:`StoreUnavailable` when the store is down)."""
-        return (yield from self.attempts.begin(view, user))
+    def begin(self, view: RequestView, user: str, spelling: str | None = None) -> Flow[Turn]:
+        """Reserve the attempt of ``user`` (normalized; ``spelling``: as sent) —
+        :class:`StoreUnavailable` when the store is down."""
+        if self.names_folded or spelling is None:
+            return (yield from self.attempts.begin(view, user))
+        return (yield from self.attempts.begin(view, user, spelling=spelling, clears=False))
 
-    def settle(self, view: RequestView, turn: Turn, status: int) -> Flow[list[str]]:
-        """Tell the regulator what the app decided; the Set-Cookie values to add to its
-        answer (the device cookie after a success). :class:`StoreUnavailable` when a
-        failure cannot be recorded (answer 503 instead of the app's answer)."""
-        if status in self.failure_statuses:
+    def succeeded(self, status: int, content_type: str = "", location: str = "") -> bool:
+        """Whether the app's answer says the login succeeded: its status is one of
+        ``success_statuses`` and it is not the login form again — neither a 2xx HTML page
+        (a form shown again with its error, as Django's ``LoginView`` answers) nor a
+        redirect back to one of ``paths``. Everything else is a failure."""
+        if status not in self.success_statuses:
+            return False
+        if 200 <= status < 300:
+            media = content_type.split(";", 1)[0].strip().lower()
+            return media not in ("text/html", "application/xhtml+xml")
+        if 300 <= status < 400 and location:
+            try:
+                target = urlsplit(location.strip()).path
+            except ValueError:
+                return False
+            return not target or route_path(target) not in self.paths
+        return True
+
+    def settle(self, view: RequestView, turn: Turn, status: int, *, content_type: str = "",
+               location: str = "") -> Flow[list[str]]:
+        """Tell the regulator what the app decided (see :meth:`succeeded`); the Set-Cookie
+        values to add to its answer (the device cookie after a success).
+        :class:`StoreUnavailable` when a failure cannot be recorded (answer 503 instead of
+        the app's answer)."""
+        if not self.succeeded(status, content_type, location):
             yield from self.attempts.failed(turn, view, "rejected by the application")
             return []
-        if 200 <= status < 400:
-            _event(self.audit, "login_success", view, None, user=turn.user)
-            return (yield from self.attempts.succeeded(turn, view))
-        yield from self.attempts.released(turn, view)
-        return []
+        _event(self.audit, "login_success", view, None, user=turn.user)
+        return (yield from self.attempts.succeeded(turn, view))
+
+    def crashed(self, view: RequestView, turn: Turn, reason: str) -> Flow[None]:
+        """The app raised, or the request was cancelled, before it answered: the attempt
+        counts as a failure (with its audit line) — it may have been judged."""
+        yield from self.attempts.failed(turn, view, reason)
 
     def busy(self, view: RequestView, refusal: Refusal) -> Reply:
         """429 for an attempt beyond its subject's budget (already logged by begin)."""

@@ -24,7 +24,9 @@ its own budget (``modes`` chooses which apply):
 * ``ip`` — one address (IPv6: its /64) for any user name: ``ip_max_retries`` (20);
 * ``device`` — one user name from a device that logged in as that user before (a valid
   device cookie, see :mod:`secure_mw.guards.attempts`): ``max_retries``. Such an attempt is
-  regulated by its device alone, so its owner passes a ban of their name or address.
+  regulated by its device, by ``devices`` — every device attempt for that user name:
+  ``user_max_retries`` — and by its address, not by its pair or user name, so its owner
+  passes a ban of her name.
 
 The full explanation — the state of a subject, the time each is kept (a subject with a single
 failure is forgotten early), the Redis keys and the bound on memory — is in docs/guards.md.
@@ -56,6 +58,8 @@ __all__ = ["Ban", "BanEntry", "MemoryRegulator", "RedisRegulator", "Refusal", "R
            "Reservation", "regulator_from_settings"]
 
 MODES: Final = ("pair", "user", "ip")
+#: Every kind of subject (the ``modes`` and those of device attempts).
+KINDS: Final = ("pair", "user", "ip", "device", "devices")
 #: Replies of one step of a subject (both engines).
 OK: Final = 0
 BUSY: Final = 1
@@ -91,18 +95,15 @@ class Refusal:
 @dataclass(frozen=True)
 class Subject:
     """One regulated subject of an attempt: ``key`` is its normalized identity within
-    ``kind``, ``label`` what a listing of its ban shows (hashes only)."""
+    ``kind``, ``label`` what a listing of its ban shows (hashes only), ``clears_on_success``
+    whether a success forgets its failures (never an address's: an attacker logging in to
+    an account of their own between guesses must not reset their address)."""
 
     kind: str
     key: str
     limit: int
     label: str
-
-    @property
-    def clears_on_success(self) -> bool:
-        # A success clears its user's counts, never an address's: an attacker logging in
-        # to an account of their own between guesses must not reset their address.
-        return self.kind != "ip"
+    clears_on_success: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,13 @@ class BanEntry:
 class Regulator(Protocol):
     """What a login endpoint needs of a regulator."""
 
-    def reserve(self, *, user: str | None, ip: str | None,
-                device: str | None = None) -> Reservation | Refusal: ...
+    def reserve(self, *, user: str | None, ip: str | None, device: str | None = None,
+                clears: bool = True) -> Reservation | Refusal: ...
     def fail(self, reservation: Reservation) -> Ban | None: ...
     def succeed(self, reservation: Reservation) -> None: ...
     def release(self, reservation: Reservation) -> None: ...
-    async def areserve(self, *, user: str | None, ip: str | None,
-                       device: str | None = None) -> Reservation | Refusal: ...
+    async def areserve(self, *, user: str | None, ip: str | None, device: str | None = None,
+                       clears: bool = True) -> Reservation | Refusal: ...
     async def afail(self, reservation: Reservation) -> Ban | None: ...
     async def asucceed(self, reservation: Reservation) -> None: ...
     async def arelease(self, reservation: Reservation) -> None: ...
@@ -192,20 +193,27 @@ class _State:
         return out
 
 
+def _tidy(state: _State, now: float, find_time: float) -> bool:
+    """Forget what no longer matters of a subject at ``now``; whether it is banned."""
+    horizon = now - find_time
+    banned = state.ban > now
+    if not banned:
+        state.ban, state.label = 0.0, ""
+    if state.pending:
+        state.pending = {k: at for k, at in state.pending.items() if at > horizon}
+    if state.forget > now:
+        state.fails = [at for at in state.fails if at > horizon]
+    else:
+        state.fails = []
+    return banned
+
+
 def _step(state: _State, op: str, now: float, rid: str, subject: Subject, *,
           find_time: float, ban_time: float) -> tuple[int, float]:
     """One atomic step of a subject: ``op`` is reserve, fail, succeed or release. Returns
     ``(OK | BUSY | BANNED | STARTED, ban end or 0)``. The Lua script of the Redis engine
     runs exactly these steps."""
-    horizon = now - find_time
-    banned = state.ban > now
-    if not banned:
-        state.ban, state.label = 0.0, ""
-    state.pending = {k: at for k, at in state.pending.items() if at > horizon}
-    if state.forget > now:
-        state.fails = [at for at in state.fails if at > horizon]
-    else:
-        state.fails = []
+    banned = _tidy(state, now, find_time)
     if op == "reserve":
         if banned:
             return BANNED, state.ban
@@ -255,9 +263,13 @@ class _Policy:
         self.ban_time = float(ban_time)
         self.modes = frozenset(modes)
 
-    def subjects(self, user: str | None, ip: str | None,
-                 device: str | None = None) -> tuple[Subject, ...]:
-        """The regulated subjects of an attempt, in the order they are reserved."""
+    def subjects(self, user: str | None, ip: str | None, device: str | None = None, *,
+                 clears: bool = True) -> tuple[Subject, ...]:
+        """The regulated subjects of an attempt, in the order they are reserved. With a
+        ``device``: that device, every device attempt for the name (``devices``) and the
+        address; else the pair, the name and the address (as ``modes`` allow). ``clears``
+        False: a success forgets the failures of the device only (the caller's user names
+        may not compare as they are normalized here, so another spelling's are kept)."""
         if user is not None and not isinstance(user, str):
             raise TypeError("user must be a string or None")
         if ip is not None and not isinstance(ip, str):
@@ -268,17 +280,21 @@ class _Policy:
         address = _ip_subject(ip) if ip else None
         ulabel = label("user", name) if name else ""
         ilabel = label("ip", address) if address else ""
-        if name and device:
-            return (Subject("device", f"{name}\x00{device}", self.max_retries,
-                            f"device|{ulabel}|"),)
         out = []
-        if name and address and "pair" in self.modes:
-            out.append(Subject("pair", f"{name}\x00{address}", self.max_retries,
-                               f"pair|{ulabel}|{ilabel}"))
-        if name and "user" in self.modes:
-            out.append(Subject("user", name, self.user_max_retries, f"user|{ulabel}|"))
+        if name and device:
+            out.append(Subject("device", f"{name}\x00{device}", self.max_retries,
+                               f"device|{ulabel}|"))
+            out.append(Subject("devices", name, self.user_max_retries, f"devices|{ulabel}|",
+                               clears))
+        else:
+            if name and address and "pair" in self.modes:
+                out.append(Subject("pair", f"{name}\x00{address}", self.max_retries,
+                                   f"pair|{ulabel}|{ilabel}", clears))
+            if name and "user" in self.modes:
+                out.append(Subject("user", name, self.user_max_retries, f"user|{ulabel}|",
+                                   clears))
         if address and "ip" in self.modes:
-            out.append(Subject("ip", address, self.ip_max_retries, f"ip||{ilabel}"))
+            out.append(Subject("ip", address, self.ip_max_retries, f"ip||{ilabel}", False))
         return tuple(out)
 
     @staticmethod
@@ -313,12 +329,70 @@ def _latest(bans: Iterable[Ban]) -> Ban | None:
 # memory
 
 
+class _Table(dict[str, _State]):
+    """The subjects of one kind, and two orders over them: ``free`` — neither banned nor
+    with an attempt in flight, least recently used first: the only ones that may be
+    evicted — and ``banned`` / ``waiting`` — when to look again at a subject under ban or
+    with attempts in flight (oldest first, as bans last ``ban_time`` and reservations
+    ``find_time``). Each subject is in ``free`` or in one or both of the others."""
+
+    __slots__ = ("banned", "free", "waiting")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free: OrderedDict[str, None] = OrderedDict()
+        self.banned: OrderedDict[str, float] = OrderedDict()
+        self.waiting: OrderedDict[str, float] = OrderedDict()
+
+    def drop(self, key: str) -> None:
+        self.pop(key, None)
+        self.free.pop(key, None)
+        self.banned.pop(key, None)
+        self.waiting.pop(key, None)
+
+    def place(self, key: str, state: _State, now: float, find_time: float) -> None:
+        """File ``state`` (tidied at ``now``) where it belongs; forget it when nothing of it
+        matters any more."""
+        if state.deadline(find_time) <= now:
+            self.drop(key)
+            return
+        banned = state.ban > now
+        if not banned:
+            self.banned.pop(key, None)
+        elif key not in self.banned:
+            self.banned[key] = state.ban
+        if not state.pending:
+            self.waiting.pop(key, None)
+        elif key not in self.waiting:
+            self.waiting[key] = now + find_time
+        if banned or state.pending:
+            self.free.pop(key, None)
+        else:
+            self.free[key] = None
+            self.free.move_to_end(key)
+
+    def sweep(self, now: float, find_time: float) -> None:
+        """Look again at the subjects whose ban or reservations may have ended by ``now``:
+        amortized O(1), each entry is taken out once per time it was put in."""
+        for order in (self.banned, self.waiting):
+            while order:
+                key, until = next(iter(order.items()))
+                if until > now:
+                    break
+                del order[key]
+                state = self.get(key)
+                if state is not None:
+                    _tidy(state, now, find_time)
+                    self.place(key, state, now, find_time)
+
+
 class MemoryRegulator:
     """Regulation in this process; see the module docstring. Thread-safe (one lock), an
     injectable clock (``time.time`` by default), at most ``max_subjects`` subjects of each
-    kind: when a kind is full, subjects whose time is over go first, then the least
-    recently used one with neither a ban nor an attempt in flight; when none can go, the
-    attempt is refused (:class:`StoreUnavailable`) rather than a ban forgotten."""
+    kind: when a kind is full, the least recently used subject with neither a ban nor an
+    attempt in flight goes (subjects under ban or in flight are kept out of that order, so
+    finding one is O(1)); when none can go, the attempt is refused
+    (:class:`StoreUnavailable`) rather than a ban forgotten."""
 
     __slots__ = ("_clock", "_lock", "_max_subjects", "_policy", "_tables")
     nonblocking = True   # never waits on I/O: called inline under ASGI
@@ -336,8 +410,7 @@ class MemoryRegulator:
                                ip_max_retries=ip_max_retries)
         self._clock = clock
         self._lock = threading.Lock()
-        self._tables: dict[str, OrderedDict[str, _State]] = {
-            kind: OrderedDict() for kind in ("pair", "user", "ip", "device")}
+        self._tables: dict[str, _Table] = {kind: _Table() for kind in KINDS}
 
     @classmethod
     def from_settings(cls, settings: RegulationSettings, **kwargs: Any) -> MemoryRegulator:
@@ -363,53 +436,44 @@ class MemoryRegulator:
             now = self._clock()
             for subject in reservation.subjects:
                 table = self._tables[subject.kind]
+                table.sweep(now, p.find_time)
                 state = table.get(subject.key)
                 if state is None:
                     if op != "fail":
                         continue     # forgotten: nothing in flight to free
-                    self._room(table, now)   # a failure counts even if its reservation
+                    self._room(table)              # a failure counts even if its reservation
                     state = table[subject.key] = _State()   # was forgotten
                 code, until = _step(state, op, now, reservation.id, subject,
                                     find_time=p.find_time, ban_time=p.ban_time)
-                if state.deadline(p.find_time) <= now:
-                    del table[subject.key]
+                table.place(subject.key, state, now, p.find_time)
                 out.append((code, until, subject.kind))
         return out
 
-    def _room(self, table: OrderedDict[str, _State], now: float) -> None:
+    def _room(self, table: _Table) -> None:
+        """Make room for one more subject in ``table`` (swept already): evict the least
+        recently used subject that is neither banned nor in flight, or refuse."""
         if len(table) < self._max_subjects:
             return
-        find_time = self._policy.find_time
-        cold = []
-        for key, state in table.items():
-            cold.append((key, state))
-            if len(cold) >= 64:
-                break
-        for key, state in cold:
-            if state.deadline(find_time) <= now:
-                del table[key]
-        if len(table) < self._max_subjects:
-            return
-        for key, state in cold:
-            if key in table and state.ban <= now and not any(
-                    at > now - find_time for at in state.pending.values()):
-                del table[key]
-                return
-        raise StoreUnavailable("regulation memory full")
+        if not table.free:
+            raise StoreUnavailable("regulation memory full")
+        key, _ = table.free.popitem(last=False)
+        table.drop(key)
 
-    def reserve(self, *, user: str | None, ip: str | None,
-                device: str | None = None) -> Reservation | Refusal:
+    def reserve(self, *, user: str | None, ip: str | None, device: str | None = None,
+                clears: bool = True) -> Reservation | Refusal:
         """Count an attempt before it is judged; a :class:`Refusal` (nothing counted) when a
         subject is banned or its budget is in use."""
         p = self._policy
-        reservation = Reservation(secrets.token_urlsafe(12), p.subjects(user, ip, device))
+        reservation = Reservation(secrets.token_urlsafe(12),
+                                  p.subjects(user, ip, device, clears=clears))
         with self._lock:
             now = self._clock()
             for subject in reservation.subjects:      # all or nothing, first refusal wins
                 table = self._tables[subject.kind]
+                table.sweep(now, p.find_time)
                 state = table.get(subject.key)
                 if state is None:
-                    self._room(table, now)
+                    self._room(table)
                     continue
                 probe = _State()
                 probe.ban, probe.fails, probe.forget = state.ban, list(state.fails), \
@@ -426,10 +490,9 @@ class MemoryRegulator:
                 state = table.get(subject.key)
                 if state is None:
                     state = table[subject.key] = _State()
-                else:
-                    table.move_to_end(subject.key)
                 _step(state, "reserve", now, reservation.id, subject,
                       find_time=p.find_time, ban_time=p.ban_time)
+                table.place(subject.key, state, now, p.find_time)
         return reservation
 
     def fail(self, reservation: Reservation) -> Ban | None:
@@ -463,18 +526,19 @@ class MemoryRegulator:
         with self._lock:
             now = self._clock()
             for table in self._tables.values():
-                for state in table.values():
+                for key, state in list(table.items()):
                     if state.ban > now and _matches(state.label, user_label, ip_label):
                         state.ban, state.label, state.fails, state.forget = 0.0, "", [], 0.0
+                        table.place(key, state, now, self._policy.find_time)
                         lifted += 1
         return lifted
 
     def close(self) -> None:
         """Nothing to close (as the Redis engine's ``close``)."""
 
-    async def areserve(self, *, user: str | None, ip: str | None,
-                       device: str | None = None) -> Reservation | Refusal:
-        return self.reserve(user=user, ip=ip, device=device)
+    async def areserve(self, *, user: str | None, ip: str | None, device: str | None = None,
+                       clears: bool = True) -> Reservation | Refusal:
+        return self.reserve(user=user, ip=ip, device=device, clears=clears)
 
     async def afail(self, reservation: Reservation) -> Ban | None:
         return self.fail(reservation)
@@ -487,11 +551,12 @@ class MemoryRegulator:
 
 
 def regulator_from_settings(settings: Settings) -> MemoryRegulator | RedisRegulator:
-    """The regulator the settings ask for: in Redis when sessions are (``rate_limits.
-    redis_url``, else ``session.redis_url``; keys under ``session.redis_key_prefix``), so
-    every process shares bans; else in memory."""
+    """The regulator the settings ask for: in Redis whenever a Redis URL is configured
+    (``rate_limits.redis_url``, else ``session.redis_url``; keys under
+    ``session.redis_key_prefix``), whatever the session store, so every process shares the
+    budgets and bans; else in this process's memory."""
     url = settings.rate_limits.redis_url or settings.session.redis_url
-    if settings.session.store == "redis" and url:
+    if url:
         from secure_mw.guards.regulation_redis import RedisRegulator
 
         return RedisRegulator.from_settings(settings.regulation, url,

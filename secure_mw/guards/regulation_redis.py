@@ -215,10 +215,12 @@ class RedisRegulator(RedisClients):
                                      self._args(op, rid, subject)))
 
     def reserve(self, *, user: str | None, ip: str | None,
-                device: str | None = None) -> Reservation | Refusal:
+                device: str | None = None,
+                clears: bool = True) -> Reservation | Refusal:
         """Count an attempt before it is judged, one script per subject; when a later
         subject refuses, the earlier reservations are released."""
-        reservation = Reservation(_new_id(), self._policy.subjects(user, ip, device))
+        reservation = Reservation(_new_id(),
+                                  self._policy.subjects(user, ip, device, clears=clears))
         done: list[Subject] = []
         try:
             for subject in reservation.subjects:
@@ -265,9 +267,11 @@ class RedisRegulator(RedisClients):
                                             self._args(op, rid, subject)))
 
     async def areserve(self, *, user: str | None, ip: str | None,
-                       device: str | None = None) -> Reservation | Refusal:
+                       device: str | None = None,
+                       clears: bool = True) -> Reservation | Refusal:
         """:meth:`reserve` for asyncio."""
-        reservation = Reservation(_new_id(), self._policy.subjects(user, ip, device))
+        reservation = Reservation(_new_id(),
+                                  self._policy.subjects(user, ip, device, clears=clears))
         done: list[Subject] = []
         try:
             for subject in reservation.subjects:

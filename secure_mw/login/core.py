@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import html
 import logging
+import math
 import time
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
@@ -53,6 +54,9 @@ from secure_mw.settings import Settings
 __all__ = ["LocalLoginCore"]
 
 FAILED = "Incorrect user name or password."
+#: Longest user name an attempt may give (as the login guard): a longer one is refused
+#: (400) before it is regulated, so no counter keeps it.
+MAX_NAME = 256
 #: The session field holding when its user was last looked up in the users file.
 CHECKED = "pa"
 
@@ -217,8 +221,20 @@ class LocalLoginCore(OIDCSessionCore):
             return Outcome(self._form(view, status=400, used=pending,
                                       error="This sign-in form was already used. Please "
                                             "try again.", return_to=pending.return_to))
+        if len(username) > MAX_NAME:
+            attempt = self.delay.start()
+            self._event("login_failure", view, reason="user name too long")
+            yield Op(attempt.finish, attempt.afinish, success=False)
+            return Outcome(self._form(view, status=400, used=pending,
+                                      error=f"A user name has at most {MAX_NAME} characters.",
+                                      return_to=pending.return_to, remember=remember))
         name = normalize_username(username) if username else ""
-        turn = yield from self.attempts.begin(view, name or None)
+        # Device cookies from before the user's sessions_not_before (a user added again
+        # under this name, or whose sessions were ended) are ignored.
+        known = (yield Op(self.users.lookup_now, self.users.alookup_now, username)) \
+            if name else None
+        turn = yield from self.attempts.begin(
+            view, name or None, not_before=known.sessions_not_before if known else 0.0)
         if turn.refusal is not None and turn.refusal.reason == "busy":
             return Outcome(self._form(
                 view, status=429, used=pending, return_to=pending.return_to,
@@ -234,7 +250,10 @@ class LocalLoginCore(OIDCSessionCore):
             yield Op(attempt.finish, attempt.afinish, success=False)
             return Outcome(self._form(view, status=401, error=FAILED, used=pending,
                                       return_to=pending.return_to, remember=remember))
-        cookies += yield from self.attempts.succeeded(turn, view)
+        # With a second factor enrolled, the sign-in is complete (failures cleared, device
+        # cookie) only once the code is accepted at /.auth/2fa.
+        cookies += yield from self.attempts.succeeded(
+            turn, view, complete=not (yield from self._enrolled(user.username)))
         if self.users.needs_rehash(user):
             yield Op(self._rehash, self._arehash, user, password)
         old = yield from self.sessions.read(view)
@@ -284,7 +303,12 @@ class LocalLoginCore(OIDCSessionCore):
             self._event("login_failure", view, user=user, reason="second factor: bad enrolment")
             return Outcome(self._code_form(session, target, enrolled=False, status=400,
                                            error="The enrolment had expired. Scan again."))
-        turn = yield from self.attempts.begin(view, user)
+        # A code is regulated by the user's budgets, never by a device cookie's (one is
+        # only issued once every factor passed); the cookie's id is kept for the new one.
+        known = yield Op(self.users.lookup_now, self.users.alookup_now, user)
+        turn = yield from self.attempts.begin(
+            view, normalize_username(user), device=False,
+            not_before=known.sessions_not_before if known else math.inf)
         if turn.refusal is not None and turn.refusal.reason == "busy":
             return Outcome(html_reply(
                 429, "Too many attempts", "Several codes are being checked already. Please "
@@ -347,6 +371,14 @@ class LocalLoginCore(OIDCSessionCore):
         )
         title = "Set up two-step sign-in" if not enrolled else "Two-step sign-in"
         return html_reply(status, title, "A second step protects this page.", body_html=form)
+
+    def _enrolled(self, user: str) -> Flow[bool]:
+        """Whether ``user`` has a second factor (when the store cannot say: as if so)."""
+        try:
+            sealed = yield Op(self.totp_secrets.get, self.totp_secrets.aget, user)
+        except StoreUnavailable:
+            return True
+        return sealed is not None
 
     def _failed(self, turn: Turn, view: RequestView, attempt: Attempt, reason: str
                 ) -> Flow[None]:

@@ -1,18 +1,19 @@
 """The password policy of the built-in login's users file.
 
 :class:`PasswordPolicy` decides whether a new password may be stored: a minimum length (in
-code points after NFKC), the hasher's maximum, no user name or e-mail name inside it, not
-one character or one short sequence repeated, not a plain run (``abcd…``, ``9876…``) or a
-keyboard row, and — when the operator supplies a list (``local_users.password_blocklist_file``)
-— not a listed password, also with digits or symbols added around it. Every refusal says what
-to change and never shows the password; docs/login.md says what is and is not caught.
+code points, invisible format characters left out, a character that NFKC expands counted
+once), the hasher's maximum, no user name or e-mail name inside it, not one character or one
+short sequence repeated, not a plain run (``abcd…``, ``9876…``) or a keyboard row, and — when
+the operator supplies a list (``local_users.password_blocklist_file``) — not a listed
+password, also with numbers, punctuation, symbols or spaces of any script added around it.
+Every refusal says what to change and never shows the password; docs/login.md says what is
+and is not caught.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import string
 import threading
 import unicodedata
 from collections.abc import Iterable
@@ -42,17 +43,45 @@ _KEYBOARD_ROWS: Final = (
     "1234567890qwertzuiopasdfghjklyxcvbnm",
     "1234567890azertyuiopqsdfghjklmwxcvbn",
 )
-_AROUND: Final = string.digits + string.punctuation + " "
 _CONTROL: Final = frozenset({"Cc", "Cs"})
+#: The categories a decoration added around a listed password is made of: numbers,
+#: punctuation, symbols and separators (spaces), of any script.
+_DECORATION: Final = ("N", "P", "S", "Z")
 
 
 class PasswordPolicyError(ValueError):
     """The policy refuses a password; the message says what to change (never the password)."""
 
 
+def _visible(text: str) -> str:
+    """``text`` without its format characters (Cf: zero-width spaces and joiners, the soft
+    hyphen, bidirectional marks), which show nothing."""
+    if text.isascii():
+        return text
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
 def _fold(text: str) -> str:
-    """How passwords, names and list entries are compared: NFKC, then case folded."""
-    return unicodedata.normalize("NFKC", text).casefold()
+    """How passwords, names and list entries are compared: format characters left out,
+    NFKC, then case folded."""
+    return _visible(unicodedata.normalize("NFKC", _visible(text))).casefold()
+
+
+def _length(password: str) -> int:
+    """The length a person typed: code points without format characters, composed (NFC),
+    and never more than as written (NFKC would count U+FDFA as 18)."""
+    visible = _visible(password)
+    return min(len(visible), len(unicodedata.normalize("NFC", visible)))
+
+
+def _strip_decoration(text: str) -> str:
+    """``text`` without the numbers, punctuation, symbols and spaces around it."""
+    start, end = 0, len(text)
+    while start < end and unicodedata.category(text[start])[0] in _DECORATION:
+        start += 1
+    while end > start and unicodedata.category(text[end - 1])[0] in _DECORATION:
+        end -= 1
+    return text[start:end]
 
 
 def _is_run(text: str) -> bool:
@@ -111,7 +140,7 @@ class PasswordPolicy:
         if any(unicodedata.category(ch) in _CONTROL for ch in password):
             return ["a password must not contain control characters (a line break, a tab …)"]
         out: list[str] = []
-        length = len(unicodedata.normalize("NFKC", password))
+        length = _length(password)
         if length < self.min_length:
             out.append(f"use at least {self.min_length} characters; this one has {length}")
         size = len(password.encode("utf-8"))
@@ -138,7 +167,7 @@ class PasswordPolicy:
             out.append("it is a row of the keyboard (like qwerty…)")
         blocked = self._blocklist()
         if blocked:
-            core = folded.strip().strip(_AROUND)
+            core = _strip_decoration(folded)
             if folded.strip() in blocked:
                 out.append("it is on the list of common passwords "
                            "(local_users.password_blocklist_file)")

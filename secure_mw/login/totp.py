@@ -342,13 +342,16 @@ class UsedCodes:
 
 
 def used_codes_from_settings(settings: Settings) -> UsedCodeStore:
-    """Where used codes are remembered: in Redis when sessions are (so a code used in one
-    process is refused by all; keys under ``session.redis_key_prefix``), else here."""
+    """Where used codes are remembered: in Redis whenever a Redis URL is configured
+    (``rate_limits.redis_url``, else ``session.redis_url``, as regulation), so a code used
+    in one process is refused by all (keys under ``session.redis_key_prefix``); else in this
+    process."""
     session = settings.session
-    if session.store == "redis" and session.redis_url:
+    url = settings.rate_limits.redis_url or session.redis_url
+    if url:
         from secure_mw.login.totp_redis import RedisUsedCodes
 
-        return RedisUsedCodes(session.redis_url, prefix=session.redis_key_prefix)
+        return RedisUsedCodes(url, prefix=session.redis_key_prefix)
     return UsedCodes()
 
 

@@ -12,7 +12,7 @@
 
 * ``password`` (an Argon2id PHC string) is required; the other keys default to ``""``,
   ``[]`` and ``false``; ``sessions_not_before`` (an offset date-time, set by ``secure-mw
-  users passwd`` and ``end-sessions``) ends the sessions that began before it. Any other
+  users add``, ``passwd`` and ``end-sessions``) ends the sessions that began before it. Any other
   key, a value of the wrong type, a hash of another scheme, a user name with control
   characters or longer than :data:`MAX_USERNAME`, or two names that are the same user once
   normalized (:func:`normalize_username`) make the file invalid;
@@ -24,7 +24,8 @@
   lookup, at most every ``check_interval`` seconds (``lookup_now`` and ``verify``: now); while
   the file's last change is too recent for its time stamps to tell two versions apart, its
   content digest is compared too. A broken new version is logged and the last good one kept;
-  so is a file that disappears. A file missing at start-up is an empty database.
+  so is a file that disappears, and one changed a moment ago that is empty or cut short
+  (being written in place). A file missing at start-up is an empty database.
 * New passwords (:meth:`UsersFile.add`, :meth:`UsersFile.set_password`) must satisfy a
   :class:`~secure_mw.login.policy.PasswordPolicy`.
 * Writers (``secure-mw users``, rehash after a successful login) take an exclusive
@@ -515,6 +516,7 @@ class UsersFile:
         self._seen: _Signature | None = None
         self._digest = b""
         self._trusted = True
+        self._writing = b""     # the digest of the version last taken as being written
         self._checked_at = clock()
         signature = _signature(self._path)
         if signature is None:
@@ -613,7 +615,9 @@ class UsersFile:
     ) -> User:
         """Add a user; :class:`UserExistsError` when the name is taken, ``ValueError`` when
         an attribute is invalid, :class:`~secure_mw.login.policy.PasswordPolicyError` when
-        the policy refuses the password."""
+        the policy refuses the password. ``sessions_not_before`` is set to now, so nothing
+        of an earlier user of the same name (a session, a device cookie) passes to this
+        one."""
         entry = {"display_name": display_name, "email": email, "groups": list(groups)}
         draft, problems = _build_user(username, entry, f"users.{_shown(username)}",
                                       require_password=False)
@@ -623,7 +627,10 @@ class UsersFile:
         self._refuse_existing(self._state.users, username)  # before the costly hash
         if self.policy is not None:
             self.policy.check(password, username=username, email=email)
-        user = replace(draft, password_hash=self._hasher.hash(password))
+        # A session (or a device cookie) of an earlier user of this name began before now:
+        # it must not pass to the new one.
+        user = replace(draft, password_hash=self._hasher.hash(password),
+                       sessions_not_before=self._wall())
 
         def change(users: dict[str, User]) -> User:
             self._refuse_existing(users, username)
@@ -791,6 +798,10 @@ class UsersFile:
             self._seen, self._trusted = signature, False
             return
         if hashlib.sha256(raw).digest() != self._digest:   # else a touch, or seen before
+            if self._being_written(signature, raw):
+                # Keep the last good version, and read the file again at the next look.
+                self._seen, self._trusted = signature, False
+                return
             try:
                 users = self._load(raw)
             except UsersFileError as exc:
@@ -802,6 +813,26 @@ class UsersFile:
                 self._logger.info("users file %r reloaded: %d users", path, len(users))
         # Last: alookup_now reads _state without the lock once _seen matches the file.
         self._hold(signature, raw)
+
+    def _being_written(self, signature: _Signature | None, raw: bytes) -> bool:
+        """Whether a new version changed a moment ago (less than :data:`RACY_SECONDS`) is
+        empty or does not end with a line break: an editor that truncates the file, then
+        writes it in place, shows such a version in between. It is not used until it is
+        older than that (or complete); logged once."""
+        changed = _changed_at(signature)
+        if changed is None or self._wall() - changed >= RACY_SECONDS:
+            return False
+        if raw.strip() and raw.endswith(b"\n"):
+            return False
+        digest = hashlib.sha256(raw).digest()
+        if digest != self._writing:
+            self._writing = digest
+            self._logger.warning(
+                "users file %r changed a moment ago and is %s: taken as being written, "
+                "keeping the last good version (%d users) until it is complete",
+                str(self._path), "empty" if not raw.strip() else "cut short",
+                len(self._state.users))
+        return True
 
     def _modify(self, change: Callable[[dict[str, User]], _T]) -> _T:
         """Run ``change`` on the current file's users and write the result back, with the

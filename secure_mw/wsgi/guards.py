@@ -3,6 +3,7 @@ open-redirect guard. Each works alone; :func:`secure_mw.wsgi.protect` stacks the
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -252,12 +253,12 @@ class LoginGuardMiddleware:
             return write_reply(start_response,
                                layer.refusal(view, 413, "login body too large"))
         try:
-            user = layer.username(view)
+            user, spelling = layer.names(view)
         except LoginAttemptError as exc:
             layer.delay.start().finish(success=False)
             return write_reply(start_response, layer.refusal(view, exc.status, exc.reason))
         try:
-            turn = run_sync(layer.begin(view, user))
+            turn = run_sync(layer.begin(view, user, spelling))
         except StoreUnavailable as exc:
             return write_reply(start_response, layer.refusal(view, 503, str(exc), user))
         if turn.refusal is not None and turn.refusal.reason == "busy":
@@ -266,13 +267,28 @@ class LoginGuardMiddleware:
         success = False
         refusal = None
         answer: tuple[str, Headers, Any, bytes] | None = None
+        banned = turn.reservation is None
         try:
-            banned = turn.reservation is None
-            answer = self._call_app(environ, layer.decoy_body(view) if banned else view.body)
-            status = int(answer[0].split(" ", 1)[0])
+            try:
+                answer = self._call_app(environ,
+                                        layer.decoy_body(view) if banned else view.body)
+            except BaseException:
+                if not banned:
+                    with contextlib.suppress(StoreUnavailable):   # logged; it expires
+                        run_sync(layer.crashed(view, turn,
+                                               "the application raised before answering"))
+                raise
+            try:
+                status = int(answer[0].split(" ", 1)[0])
+            except ValueError:
+                status = 500
             if not banned:
-                cookies = run_sync(layer.settle(view, turn, status))
-                success = 200 <= status < 400 and status not in layer.failure_statuses
+                named = {name.lower(): value for name, value in answer[1]}
+                cookies = run_sync(layer.settle(
+                    view, turn, status, content_type=named.get("content-type", ""),
+                    location=named.get("location", "")))
+                success = layer.succeeded(status, named.get("content-type", ""),
+                                          named.get("location", ""))
                 answer[1].extend(("Set-Cookie", c) for c in cookies)
         except StoreUnavailable as exc:
             refusal = layer.refusal(view, 503, str(exc), user)
