@@ -140,6 +140,9 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     stacked = found.wrap("server.allowed_hosts", stacked, flavour.HostGuardMiddleware,
                          settings=settings, trusted_proxies=proxies, audit=audit)
     found.raise_if_any()
+    from secure_mw.deployment import log_deployment_warnings
+
+    log_deployment_warnings(settings)
     return stacked
 
 
@@ -167,11 +170,13 @@ def sign_in_warning(settings: Settings) -> str | None:
     return None
 
 
-def dry_run(settings: Settings) -> tuple[list[ConfigProblem], list[str]]:
+def dry_run(settings: Settings, *, config_file: str | None = None
+            ) -> tuple[list[ConfigProblem], list[str]]:
     """Build what start-up builds — the stack of both flavours around an empty app — without
     serving anything: the problems start-up would raise and the warnings it would log (plus
-    :func:`sign_in_warning`). ``secure-mw check-config`` is this, so a file it accepts
-    starts."""
+    :func:`sign_in_warning` and the :func:`~secure_mw.deployment.deployment_warnings`,
+    which look at ``config_file`` too). ``secure-mw check-config`` is this, so a file it
+    accepts starts."""
     import logging
 
     from secure_mw import asgi, wsgi
@@ -210,4 +215,7 @@ def dry_run(settings: Settings) -> tuple[list[ConfigProblem], list[str]]:
     if warning is not None:   # says it plainly, in place of the users file's own warning
         users_file = repr(str(Path(settings.local_users.file)))
         warnings = [w for w in warnings if users_file not in w] + [warning]
+    from secure_mw.deployment import deployment_warnings
+
+    warnings += deployment_warnings(settings, config_file=config_file)
     return problems, list(dict.fromkeys(warnings))

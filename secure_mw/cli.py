@@ -65,7 +65,7 @@ def _check_config(args: argparse.Namespace) -> int:
         settings = exc.partial if isinstance(exc.partial, Settings) else None
     warnings: list[str] = []
     if settings is not None:
-        built, warnings = dry_run(settings)
+        built, warnings = dry_run(settings, config_file=args.file)
         # Skip what follows from a value already reported (it was replaced by its default).
         problems += [p for p in built if not any(
             p.path == q.path or (q.path and p.path.startswith(q.path + ".")) for q in problems)]
