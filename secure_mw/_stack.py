@@ -140,6 +140,10 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     stacked = found.wrap("server.allowed_hosts", stacked, flavour.HostGuardMiddleware,
                          settings=settings, trusted_proxies=proxies, audit=audit)
     found.raise_if_any()
+    if settings.server.certificates_directory:   # checked by the settings already
+        from secure_mw.outbound import trust_certificates_directory
+
+        trust_certificates_directory(settings.server.certificates_directory)
     from secure_mw.deployment import log_deployment_warnings
 
     log_deployment_warnings(settings)

@@ -20,6 +20,11 @@ closed) with a short reason naming the host, never the path or query:
   ``max_bytes`` once decompressed, and be strict JSON (UTF-8, no duplicate member, no NaN).
 
 Response headers come back as a plain ``dict`` with lower-case names.
+
+TLS follows :mod:`secure_mw.tls` (TLS 1.2 or later, its cipher suites, certificates and host
+names always verified against the system's store and certifi's), plus the certificates of
+every directory given to :func:`trust_certificates_directory` (``server.certificates_directory``:
+a private CA for an internal provider).
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import ssl
+import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -48,6 +56,7 @@ __all__ = [
     "get_json",
     "host_of",
     "post_form",
+    "trust_certificates_directory",
 ]
 
 DEFAULT_TIMEOUT = 5.0
@@ -62,6 +71,47 @@ _REQUEST_HEADERS = {
 _HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
 
 Headers = dict[str, str]
+
+
+class _Trust:
+    """The TLS context of outbound calls, made once and shared (an SSLContext is
+    thread-safe), and the extra certificate directories it trusts."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.directories: tuple[str, ...] = ()
+        self.context: ssl.SSLContext | None = None
+
+
+_trust = _Trust()
+
+
+def trust_certificates_directory(directory: str | Path) -> None:
+    """Trust the certificates of ``directory`` too, for every outbound call of this process
+    (directories add up). ``ValueError`` names a directory or file that cannot be used."""
+    from secure_mw.tls import client_context, trust_directory
+
+    path = str(Path(directory).resolve())
+    with _trust.lock:
+        if path in _trust.directories:
+            return
+        wanted = (*_trust.directories, path)
+        context = client_context()
+        for each in wanted:
+            trust_directory(context, each)
+        _trust.directories, _trust.context = wanted, context
+
+
+def _verify() -> ssl.SSLContext:
+    context = _trust.context
+    if context is None:
+        from secure_mw.tls import client_context
+
+        with _trust.lock:
+            if _trust.context is None:
+                _trust.context = client_context()
+            context = _trust.context
+    return context
 
 
 class HTTPStatusError(StoreUnavailable):
@@ -209,7 +259,7 @@ def _send(method: str, url: str, *, form: Mapping[str, str] | None,
     url = _checked(url, allow_http)
     deadline = time.monotonic() + timeout
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        with httpx.Client(timeout=timeout, follow_redirects=False, verify=_verify()) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 with client.stream(method, url, data=form,
                                    headers=_request_headers(headers)) as resp:
@@ -266,7 +316,8 @@ async def _asend(method: str, url: str, *, form: Mapping[str, str] | None,
     sent = [headers]  # the caller's headers, without credentials after a cross-origin hop
 
     async def run() -> tuple[int, Any, Headers]:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                     verify=_verify()) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 async with client.stream(method, current[0], data=form,
                                          headers=_request_headers(sent[0])) as resp:

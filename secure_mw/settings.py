@@ -208,6 +208,16 @@ def _check_statuses(values: list[int]) -> str | None:
     return None if values else "give at least one status"
 
 
+def _check_certificates_directory(value: str) -> str | None:
+    from secure_mw.tls import client_context
+
+    try:
+        client_context(ca_directory=value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _check_header_name(value: str) -> str | None:
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         return f"{value!r} is not a valid HTTP header name"
@@ -316,6 +326,10 @@ class ServerSettings:
     allowed_hosts: list[str] = _opt(
         factory=list, check=_check_allowed_hosts,
         doc="host names the app answers for (default: external_url's host, else loopback)")
+    certificates_directory: str | None = _opt(
+        None, path=True, check=_check_certificates_directory,
+        doc="more CA certificates (every .pem/.crt/.cer file) that outbound TLS trusts, as "
+            "well as the system's: a private CA of an internal OpenID provider")
 
 
 @dataclass(frozen=True, kw_only=True)
