@@ -291,7 +291,7 @@ def test_outbound_calls_trust_a_private_ca_only_once_configured(pki: PKI,
     with uvicorn_server(_discovery, ssl_certfile=str(pki.cert), ssl_keyfile=str(pki.key),
                         ssl_context_factory=ssl_context_factory) as url:
         url = url.replace("http://", "https://") + "/.well-known/openid-configuration"
-        with pytest.raises(StoreUnavailable, match="127.0.0.1"):
+        with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1"):
             outbound.get_json(url)                   # nobody vouches for its certificate
         certs = tmp_path / "certs"
         certs.mkdir()
