@@ -18,6 +18,10 @@
                                        passwords from a prompt or stdin, never arguments
     secure-mw bans list|lift [--user NAME | --ip ADDR] [--config FILE]
                                        the login bans in force (in Redis), and lifting them
+    secure-mw vault init|set|get|list|delete|rekey --file FILE [NAME]
+                                       the secrets vault; values from a prompt or stdin,
+                                       passphrase from a prompt, --passphrase-file or
+                                       $SECURE_MW_VAULT_PASSPHRASE
 """
 
 from __future__ import annotations
@@ -781,6 +785,93 @@ def _add_bans_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        help="every ban of this address (IPv6: of its /64; 'unknown': of the "
                             "attempts without an address)")
 
+def _vault_passphrase(args: argparse.Namespace, *, new: bool = False) -> str:
+    """The vault passphrase: ``--passphrase-file`` (``--new-passphrase-file`` for a new
+    one), else ``$SECURE_MW_VAULT_PASSPHRASE`` (not for a new one), else a prompt (twice
+    for a new one)."""
+    from secure_mw._files import read_secret_file
+
+    path = args.new_passphrase_file if new else args.passphrase_file
+    if path:
+        return read_secret_file(path, key="--new-passphrase-file" if new else
+                                "--passphrase-file").decode("utf-8").strip()
+    if not new and os.environ.get("SECURE_MW_VAULT_PASSPHRASE"):
+        return os.environ["SECURE_MW_VAULT_PASSPHRASE"]
+    if not sys.stdin.isatty():
+        raise ConfigError([ConfigProblem("", "no vault passphrase: give --passphrase-file, "
+                                             "set SECURE_MW_VAULT_PASSPHRASE, or run from a "
+                                             "terminal to be asked")])
+    first = getpass.getpass("New vault passphrase: " if new else "Vault passphrase: ")
+    if new:
+        if len(first) < 12:
+            raise ConfigError([ConfigProblem("", "a vault passphrase has at least 12 "
+                                                 "characters")])
+        if first != getpass.getpass("Again: "):
+            raise ConfigError([ConfigProblem("", "the passphrases differ")])
+    return first
+
+
+def _vault(args: argparse.Namespace) -> int:
+    from secure_mw.vault import Vault, VaultError, check_name
+
+    try:
+        if args.vault_command == "init":
+            Vault.create(args.file, _vault_passphrase(args, new=True))
+            print(f"created {args.file} (mode 0600)", file=sys.stderr)
+            return 0
+        vault = Vault(args.file, _vault_passphrase(args))
+        if args.vault_command == "list":
+            for name in vault.names():
+                print(name)
+        elif args.vault_command == "get":
+            sys.stdout.write(vault.get(args.name).decode("utf-8") + "\n")
+        elif args.vault_command == "set":
+            check_name(args.name)
+            if sys.stdin.isatty():
+                value = getpass.getpass(f"Value of {args.name}: ")
+            else:
+                value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+            if not value:
+                print("secure-mw vault set: the value is empty", file=sys.stderr)
+                return 2
+            vault.set(args.name, value.encode("utf-8"))
+            print(f"stored {args.name}", file=sys.stderr)
+        elif args.vault_command == "delete":
+            if not vault.delete(args.name):
+                print(f"secure-mw vault delete: no entry {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"deleted {args.name}", file=sys.stderr)
+        else:   # rekey
+            count = vault.rekey(_vault_passphrase(args, new=True))
+            print(f"re-encrypted {count} entr{'y' if count == 1 else 'ies'} under the new "
+                  "passphrase", file=sys.stderr)
+    except VaultError as exc:
+        print(f"secure-mw vault: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_vault_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--file", required=True, metavar="FILE", help="the vault file")
+    common.add_argument("--passphrase-file", metavar="FILE",
+                        help="file (mode 0600) holding the passphrase; default "
+                             "$SECURE_MW_VAULT_PASSPHRASE, else a prompt")
+    p = sub.add_parser("vault", help="the secrets vault that vault:NAME settings read")
+    p.set_defaults(func=_vault, new_passphrase_file=None)
+    actions = p.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
+    for name, text in (("init", "create an empty vault (0600)"),
+                       ("rekey", "encrypt every entry again under a new passphrase")):
+        q = actions.add_parser(name, parents=[common], help=text)
+        q.add_argument("--new-passphrase-file", metavar="FILE",
+                       help="file (mode 0600) holding the new passphrase; default a prompt")
+    actions.add_parser("list", parents=[common], help="the names of the entries")
+    for name, text in (("get", "print an entry's value"),
+                       ("set", "store an entry, its value from a prompt or stdin"),
+                       ("delete", "remove an entry")):
+        q = actions.add_parser(name, parents=[common], help=text)
+        q.add_argument("name", metavar="NAME")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secure-mw", description=__doc__.split("\n")[0])
@@ -813,6 +904,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_users_parser(sub)
     _add_explain_parser(sub)
     _add_bans_parser(sub)
+    _add_vault_parser(sub)
     return parser
 
 

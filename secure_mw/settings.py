@@ -32,10 +32,13 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from secure_mw._files import read_secret_file, secret_file_problem
 from secure_mw.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from secure_mw.vault import Vault
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -656,6 +659,15 @@ _S = TypeVar("_S", bound="Settings")
 
 
 @dataclass(frozen=True, kw_only=True)
+class VaultSettings:
+    file: str | None = _opt(None, path=True,
+                            doc="the secrets vault (secure-mw vault) that values "
+                                "`<key>_file = \"vault:NAME\"` read")
+    passphrase: str | None = _opt(None, secret=True,
+                                  doc="the vault's passphrase (give passphrase_file)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """The whole configuration. Build it with :meth:`from_mapping`, :meth:`from_file` or
     :meth:`from_environment`; every problem is reported at once in a ConfigError."""
@@ -672,6 +684,7 @@ class Settings:
     regulation: RegulationSettings = _opt(factory=RegulationSettings)
     signed_headers: SignedHeadersSettings = _opt(factory=SignedHeadersSettings)
     audit: AuditSettings = _opt(factory=AuditSettings)
+    vault: VaultSettings = _opt(factory=VaultSettings)
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -691,6 +704,8 @@ class Settings:
         builder = _Builder(problems, Path(base_dir) if base_dir is not None else None)
         try:
             merged = _apply_environment(cls, _plain(data, ""), environ or {}, problems)
+            if "vault" in merged:           # first: `*_file = "vault:NAME"` values use it
+                merged = {"vault": merged["vault"], **merged}
             built = builder.build(cls, merged, "")
         except _NotPlain as exc:
             problems.append(ConfigProblem(exc.path, str(exc)))
@@ -852,6 +867,9 @@ class _Builder:
         self.base_dir = base_dir
         #: Dotted paths of values found invalid (replaced by their defaults).
         self.invalid: set[str] = set()
+        #: ``[vault]`` (built before the other sections) and the vault, once opened.
+        self.vault_settings: VaultSettings | None = None
+        self.vault: Vault | None = None
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(ConfigProblem(path, message))
@@ -875,6 +893,8 @@ class _Builder:
                 self.problem(kpath, "unknown key" + _suggest(str(key), known))
                 continue
             values[key] = self.value(fields[key], hints[key], raw, kpath)
+            if not path and key == "vault" and isinstance(values[key], VaultSettings):
+                self.vault_settings = values[key]     # built first: other keys may name it
         for name, (kpath, raw) in seen_file.items():
             if name in data:
                 self.problem(kpath, f"give either {name} or {name}_file, not both")
@@ -913,18 +933,16 @@ class _Builder:
         if not isinstance(raw, str) or not raw:
             self.problem(path, "expected a file path")
             return _INVALID
-        p = Path(raw)
-        if not p.is_absolute() and self.base_dir is not None:
-            p = self.base_dir / p
-        problem = secret_file_problem(p)
-        if problem:
-            self.problem(path, problem)
+        if raw.startswith("vault:"):
+            where, found = f"vault entry {raw[6:]!r}", self.vault_text(raw[6:], path)
+        else:
+            p = Path(raw)
+            if not p.is_absolute() and self.base_dir is not None:
+                p = self.base_dir / p
+            where, found = f"secret file {str(p)!r}", self.file_text(p, path)
+        if found is None:
             return _INVALID
-        try:
-            text = read_secret_file(p, key=path).decode("utf-8")
-        except (ConfigError, UnicodeDecodeError):
-            self.problem(path, f"secret file {str(p)!r} is not readable UTF-8 text")
-            return _INVALID
+        text = found
         inner, _ = _unwrap_optional(tp)
         if typing.get_origin(inner) is list:
             value: Any = [
@@ -934,12 +952,46 @@ class _Builder:
         else:
             value = text.strip() if f.name != "signing_jwks" else text
             if f.name != "signing_jwks" and any(c in value for c in "\r\n\x00"):
-                self.problem(path, f"secret file {str(p)!r} holds more than one line")
+                self.problem(path, f"{where} holds more than one line")
                 return _INVALID
         if not value:
-            self.problem(path, f"secret file {str(p)!r} is empty")
+            self.problem(path, f"{where} is empty")
             return _INVALID
         return value
+
+    def file_text(self, p: Path, path: str) -> str | None:
+        problem = secret_file_problem(p)
+        if problem:
+            self.problem(path, problem)
+            return None
+        try:
+            return read_secret_file(p, key=path).decode("utf-8")
+        except (ConfigError, UnicodeDecodeError):
+            self.problem(path, f"secret file {str(p)!r} is not readable UTF-8 text")
+            return None
+
+    def vault_text(self, name: str, path: str) -> str | None:
+        """The entry ``name`` of the vault ``[vault]`` names (opened once per build)."""
+        from secure_mw.vault import Vault, VaultError
+
+        settings = self.vault_settings
+        if settings is None or not settings.file:
+            self.problem(path, "a vault: value needs [vault] file (and its passphrase)")
+            return None
+        if not settings.passphrase:
+            self.problem(path, "the vault's passphrase is not given: set vault.passphrase_file "
+                               "or SECURE_MW_VAULT__PASSPHRASE")
+            return None
+        try:
+            if self.vault is None:
+                self.vault = Vault(settings.file, settings.passphrase)
+            text: str = self.vault.get(name).decode("utf-8")
+            return text
+        except VaultError as exc:
+            self.problem(path, str(exc))
+        except UnicodeDecodeError:
+            self.problem(path, f"vault entry {name!r} is not UTF-8 text")
+        return None
 
     def value(self, f: dataclasses.Field[Any], tp: Any, raw: object, path: str) -> Any:
         meta = f.metadata
