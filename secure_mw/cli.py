@@ -18,6 +18,9 @@
                                        passwords from a prompt or stdin, never arguments
     secure-mw bans list|lift [--user NAME | --ip ADDR] [--config FILE]
                                        the login bans in force (in Redis), and lifting them
+    secure-mw change-key [--config FILE] [--state FILE] [--batch N]
+                                       encrypt the sessions in Redis and the TOTP secrets
+                                       under the key ring's first key (resumable)
     secure-mw vault init|set|get|list|delete|rekey --file FILE [NAME]
                                        the secrets vault; values from a prompt or stdin,
                                        passphrase from a prompt, --passphrase-file or
@@ -785,6 +788,65 @@ def _add_bans_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        help="every ban of this address (IPv6: of its /64; 'unknown': of the "
                             "attempts without an address)")
 
+def _change_key(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from secure_mw.crypto import KeyRing
+    from secure_mw.rotation import Progress, reencrypt_redis, reencrypt_totp_file
+    from secure_mw.settings import Settings
+
+    settings = Settings.from_file(args.config, environ=_environ()) if args.config \
+        else Settings.from_environment()
+    ring = KeyRing.from_settings(settings.keys)
+    print(f"encrypting under key {ring.key_ids[0]} (ring: {', '.join(ring.key_ids)})",
+          file=sys.stderr)
+    did = False
+    url = settings.session.redis_url
+    if url:
+        try:
+            import redis
+        except ImportError:
+            print("secure-mw change-key: Redis needs the redis extra: pip install "
+                  "'secure-mw[redis]'", file=sys.stderr)
+            return 1
+        client = redis.Redis.from_url(url, socket_timeout=10)
+        start = time.monotonic()
+        tty = sys.stderr.isatty()
+
+        def report(p: Progress) -> None:
+            if tty:
+                rate = p.scanned / max(time.monotonic() - start, 1e-9)
+                print(f"\rredis: {p.line()} ({rate:,.0f} keys/s)", end="", file=sys.stderr,
+                      flush=True)
+
+        try:
+            done = reencrypt_redis(ring, client, settings.session.redis_key_prefix,
+                                   state=args.state, batch=args.batch, report=report)
+        except redis.RedisError as exc:
+            print(f"\nsecure-mw change-key: Redis failed ({type(exc).__name__}); run the "
+                  "command again" + (" to resume" if args.state else ""), file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"secure-mw change-key: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            client.close()
+        print(("\n" if tty else "") + f"redis: {done.line()} in "
+              f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+        did = True
+    totp = Path(settings.local_users.totp_file)
+    if totp.exists():
+        result = reencrypt_totp_file(ring, totp)
+        print(f"TOTP secrets {str(totp)!r}: {result.line()}", file=sys.stderr)
+        did = True
+    if not did:
+        print("nothing stored at rest to re-encrypt (no session.redis_url, no TOTP secret "
+              "file); cookies are re-encrypted as they are written: keep the old key in the "
+              "ring until they expire", file=sys.stderr)
+    return 0
+
+
 def _vault_passphrase(args: argparse.Namespace, *, new: bool = False) -> str:
     """The vault passphrase: ``--passphrase-file`` (``--new-passphrase-file`` for a new
     one), else ``$SECURE_MW_VAULT_PASSPHRASE`` (not for a new one), else a prompt (twice
@@ -905,6 +967,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_explain_parser(sub)
     _add_bans_parser(sub)
     _add_vault_parser(sub)
+    p = sub.add_parser("change-key", help="encrypt what is stored at rest under the first key")
+    p.add_argument("--config", metavar="FILE",
+                   help="the application's configuration (default: $SECURE_MW_CONFIG and "
+                        "SECURE_MW_* variables)")
+    p.add_argument("--state", metavar="FILE",
+                   help="keep progress here, so an interrupted run resumes")
+    p.add_argument("--batch", type=int, default=1000, metavar="N",
+                   help="keys per Redis batch (default 1000)")
+    p.set_defaults(func=_change_key)
     return parser
 
 

@@ -262,6 +262,10 @@ class KeyRing:
         blob = b64decode(token, max_length=self._max_token)
         return len(blob) < 5 or blob[0] != self._algorithm or blob[1:5] != self._primary.kid
 
+    def needs_reencrypt_bytes(self, blob: bytes) -> bool:
+        """:meth:`needs_reencrypt` for the binary envelope (:meth:`encrypt_bytes`)."""
+        return len(blob) < 5 or blob[0] != self._algorithm or blob[1:5] != self._primary.kid
+
     def reencrypt(self, token: str | bytes, aad: bytes = b"") -> str:
         """Decrypt with whichever key made ``token`` and encrypt again with the first key."""
         return self.encrypt(self.decrypt(token, aad), aad)

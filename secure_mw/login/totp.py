@@ -488,6 +488,11 @@ class FileTOTPStore(TOTPStore):
                 raise
             raise StoreUnavailable("TOTP secret file unreadable") from exc
 
+    def edit(self) -> contextlib.AbstractContextManager[dict[str, str]]:
+        """Change many entries at once (``with store.edit() as secrets: ...``): the file's
+        current secrets, written back atomically, under its lock, on leaving."""
+        return self._writing()
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[dict[str, str]]:
         """The current secrets to change, written back atomically on exit."""

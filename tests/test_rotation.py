@@ -1,0 +1,173 @@
+"""Key rotation (secure_mw.rotation, `secure-mw change-key`) on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from secure_mw.crypto import KeyRing
+from secure_mw.errors import DecryptError
+from secure_mw.login.totp import TOTP, FileTOTPStore, SecretBox
+from secure_mw.rotation import Progress, reencrypt_redis, reencrypt_totp_file
+from secure_mw.session.redis_store import RedisSessionStore
+from tests.servers import RedisServer
+
+OLD, NEW = KeyRing.new_key_text(), KeyRing.new_key_text()
+PREFIX = "app1:"
+
+
+def ring(*keys: str) -> KeyRing:
+    return KeyRing.from_strings(list(keys))
+
+
+def sessions(url: str, keys: list[str], count: int) -> dict[str, bytes]:
+    store = RedisSessionStore(url, keyring=ring(*keys), prefix=PREFIX)
+    written = {f"session-{i}": f"value {i}".encode() for i in range(count)}
+    for sid, value in written.items():
+        store.save(sid, value, 3600)
+    return written
+
+
+def test_every_session_moves_to_the_new_key_and_keeps_its_ttl(
+        redis_server: RedisServer) -> None:
+    url = redis_server.url
+    written = sessions(url, [OLD], 250)
+    client = redis.Redis.from_url(url)
+    # Things under the prefix that are not sessions, and another app's session.
+    client.set(PREFIX + "once:abc", b"1", px=60_000)
+    client.hset(PREFIX + "rl:user", mapping={"tat": "1"})
+    client.set(PREFIX + "junk", b"\x01" + b"\x00" * 60)          # looks like an envelope
+    other = RedisSessionStore(url, keyring=ring(OLD), prefix="app2:")
+    other.save("theirs", b"other app", 3600)
+    before = client.pttl(RedisSessionStore(url, keyring=ring(OLD), prefix=PREFIX)
+                         .redis_key("session-7"))
+
+    progress = reencrypt_redis(ring(NEW, OLD), client, PREFIX, batch=40)
+
+    assert (progress.reencrypted, progress.current, progress.changed) == (250, 0, 0)
+    assert progress.foreign == 3 and progress.scanned == 253 and progress.done
+    only_new = RedisSessionStore(url, keyring=ring(NEW), prefix=PREFIX)
+    assert all(only_new.load(sid) == value for sid, value in written.items())
+    after = client.pttl(only_new.redis_key("session-7"))
+    assert 0 < after <= before                                    # KEEPTTL
+    with pytest.raises(DecryptError):                             # not another prefix's
+        RedisSessionStore(url, keyring=ring(NEW), prefix="app2:").load("theirs")
+    again = reencrypt_redis(ring(NEW, OLD), client, PREFIX)
+    assert (again.reencrypted, again.current) == (0, 250)
+
+
+class _AppWritesDuringTheRun:
+    """The redis client, except that right after the batch's values are read the app writes
+    one of those sessions itself (a request served during the rotation)."""
+
+    def __init__(self, client: redis.Redis, write: Any) -> None:
+        self._client, self._write, self._pipes = client, write, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        pipe = self._client.pipeline(**kwargs)
+        self._pipes += 1
+        if self._pipes != 2:                  # 1: TYPE, 2: GET, 3: the scripts
+            return pipe
+        real, write = pipe.execute, self._write
+
+        def execute() -> Any:
+            values = real()
+            write()
+            return values
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+def test_a_session_the_app_writes_meanwhile_is_left_as_the_app_wrote_it(
+        redis_server: RedisServer) -> None:
+    url = redis_server.url
+    sessions(url, [OLD], 5)
+    app = RedisSessionStore(url, keyring=ring(NEW, OLD), prefix=PREFIX)
+    client = _AppWritesDuringTheRun(redis.Redis.from_url(url),
+                                    lambda: app.save("session-2", b"written by the app", 3600))
+    progress = reencrypt_redis(ring(NEW, OLD), client, PREFIX)
+    assert (progress.reencrypted, progress.changed) == (4, 1)
+    assert RedisSessionStore(url, keyring=ring(NEW), prefix=PREFIX).load("session-2") == \
+        b"written by the app"
+
+
+def test_an_interrupted_run_resumes_from_its_state(redis_server: RedisServer,
+                                                   tmp_path: Path) -> None:
+    url = redis_server.url
+    written = sessions(url, [OLD], 120)
+    client = redis.Redis.from_url(url)
+    state = tmp_path / "rotation.json"
+    batches: list[Progress] = []
+
+    def stop_after_three(p: Progress) -> None:
+        batches.append(p)
+        if len(batches) == 3 and not p.done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reencrypt_redis(ring(NEW, OLD), client, PREFIX, batch=10, state=state,
+                        report=stop_after_three)
+    saved = json.loads(state.read_text())
+    assert saved["cursor"] != 0 and not saved["done"] and 0 < saved["reencrypted"] < 120
+    done = reencrypt_redis(ring(NEW, OLD), client, PREFIX, batch=10, state=state)
+    assert done.done and done.reencrypted + done.current == 120
+    assert done.reencrypted >= 120 - 10 * 3 * 2     # the first run's work was not redone
+    only_new = RedisSessionStore(url, keyring=ring(NEW), prefix=PREFIX)
+    assert all(only_new.load(sid) == value for sid, value in written.items())
+    assert reencrypt_redis(ring(NEW, OLD), client, PREFIX, state=state).done
+    with pytest.raises(ValueError, match="of another run"):
+        reencrypt_redis(ring(KeyRing.new_key_text(), NEW), client, PREFIX, state=state)
+
+
+def test_totp_secrets_move_to_the_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "totp.json"
+    store = FileTOTPStore(path)
+    secrets = {f"user{i}": TOTP.new_secret() for i in range(5)}
+    old_box = SecretBox(ring(OLD))
+    for user, secret in secrets.items():
+        store.set(user, old_box.seal(user, secret))
+    data = json.loads(path.read_text())
+    data["stranger"] = SecretBox(ring(KeyRing.new_key_text())).seal("stranger",
+                                                                     TOTP.new_secret())
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    progress = reencrypt_totp_file(ring(NEW, OLD), path)
+    assert (progress.reencrypted, progress.foreign, progress.current) == (5, 1, 0)
+    new_box, fresh = SecretBox(ring(NEW)), FileTOTPStore(path)
+    for user, secret in secrets.items():
+        sealed = fresh.get(user)
+        assert sealed is not None and new_box.open(user, sealed) == secret
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_change_key_command(redis_server: RedisServer, tmp_path: Path) -> None:
+    sessions(redis_server.url, [OLD], 30)
+    config = tmp_path / "secure-mw.toml"
+    config.write_text(f'[keys]\nencryption_keys = ["{NEW}", "{OLD}"]\n'
+                      f'[session]\nstore = "redis"\nredis_url = "{redis_server.url}"\n'
+                      f'redis_key_prefix = "{PREFIX}"\n'
+                      f'[local_users]\ntotp_file = "{tmp_path / "totp.json"}"\n')
+    config.chmod(0o600)
+    result = subprocess.run([sys.executable, "-m", "secure_mw.cli", "change-key", "--config",
+                             str(config), "--state", str(tmp_path / "state.json")],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "redis: 30 scanned, 30 re-encrypted" in result.stderr
+    assert NEW not in result.stderr and OLD not in result.stderr
+    empty = tmp_path / "nothing.toml"
+    empty.write_text(f'[keys]\nencryption_keys = ["{NEW}"]\n'
+                     f'[local_users]\ntotp_file = "{tmp_path / "none.json"}"\n')
+    nothing = subprocess.run([sys.executable, "-m", "secure_mw.cli", "change-key", "--config",
+                              str(empty)], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert nothing.returncode == 0 and "nothing stored at rest" in nothing.stderr
