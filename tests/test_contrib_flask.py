@@ -169,6 +169,9 @@ def test_current_identity(users_path: Path) -> None:
     nonce = page.headers["content-security-policy"].split("'nonce-", 1)[1].split("'")[0]
     assert page.text == f"bob|{nonce}"
     assert app.test_client().get("/page").text.startswith("nobody|")
+    with app.app_context():                 # a template rendered outside a request
+        assert render_template_string("{{ current_identity }}|{{ csp_nonce }}") == \
+            "ANONYMOUS|"
 
 
 def test_login_required_api_gets_401_a_browser_the_login(users_path: Path) -> None:

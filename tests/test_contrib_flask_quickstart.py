@@ -89,3 +89,30 @@ def test_the_testing_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     namespace: dict[str, object] = {"__name__": "quickstart_app"}
     exec(compile(blocks("python")[0], "app.py", "exec"), namespace)
     exec(compile(blocks("python")[2], "test_app.py", "exec"), namespace)
+
+
+def test_the_rules_and_provider_snippets_configure_the_app(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from secure_mw.contrib.flask import settings_from
+
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("SECURE_MW_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "secure-mw.toml").write_text(blocks("toml")[0])
+    app_code = blocks("python")[0].replace(
+        '{"local_users": {"file": "users.toml"}}', '"secure-mw.toml"')
+    assert app_code != blocks("python")[0]
+    namespace: dict[str, object] = {"__name__": "quickstart_rules"}
+    exec(compile(app_code, "app.py", "exec"), namespace)
+    client = namespace["app"].test_client()                      # type: ignore[attr-defined]
+    assert client.get("/").status_code == 200                    # public now
+    assert client.get("/admin", headers={"Accept": "text/html"}).status_code == 302
+    secret = tmp_path / "oidc-client-secret"
+    secret.write_text("a-client-secret-of-the-provider\n")
+    secret.chmod(0o600)
+    exec(compile(blocks("python")[1], "app.py", "exec"), namespace)
+    settings = settings_from(namespace["app"].config["SECURE_MW"],    # type: ignore[attr-defined]
+                             base_dir=tmp_path)
+    assert settings.oidc is not None and settings.oidc.client_id == "my-app"
+    assert settings.oidc.client_secret == "a-client-secret-of-the-provider"

@@ -118,8 +118,8 @@ current_identity: Identity | AnonymousUser = cast(
 
 
 def _template_context() -> dict[str, Any]:
-    return {"current_identity": _identity(),
-            "csp_nonce": request.environ.get("secure_mw.csp_nonce", "")}
+    nonce = request.environ.get("secure_mw.csp_nonce", "") if has_request_context() else ""
+    return {"current_identity": _identity(), "csp_nonce": nonce}
 
 
 def _policy(groups: Iterable[str], auth_level: int) -> AccessPolicy:
