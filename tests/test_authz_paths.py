@@ -57,6 +57,9 @@ NORMALIZED = [
 ]
 
 REFUSED = [
+    ("/public/..;/admin", "path parameters"),     # Tomcat and Jetty resolve it to /admin
+    ("/public/..;jsessionid=x/admin", "path parameters"),
+    ("/a/.;x/b", "path parameters"),
     ("a/b", "start"),
     ("*", "start"),
     ("/a\\b", "backslash"),

@@ -110,7 +110,9 @@ def normalize_path(raw_path: str) -> str:
     ``"/a//b/./c/../d/"`` → ``"/a/b/d/"``; ``""`` → ``"/"``. Refused: longer than
     :data:`MAX_PATH`; not starting with ``/``; a control character (C0, DEL, C1); a backslash;
     a percent-escape (``%XX``) still present after decoding (double encoding, or an undecoded
-    path passed by mistake); a lone surrogate. Other non-ASCII characters are kept as they are.
+    path passed by mistake); a lone surrogate; a dot segment with path parameters (``..;x``,
+    ``.;x``), which servlet containers resolve as ``..``. Other non-ASCII characters are
+    kept as they are.
     """
     path = raw_path
     if len(path) > MAX_PATH:
@@ -130,6 +132,11 @@ def normalize_path(raw_path: str) -> str:
             path.encode("utf-8")
         except UnicodeEncodeError:
             raise PathRefused("path is not valid unicode") from None
+    if ";" in path and any(";" in seg and seg.split(";", 1)[0] in (".", "..")
+                           for seg in path.split("/")):
+        # "/public/..;/admin" is "/admin" to servers that take ";" as path parameters
+        # (Tomcat, Jetty: a Java app behind us, or behind a proxy we answer for).
+        raise PathRefused("dot segment with path parameters (;) in path")
     if "//" not in path and "/." not in path:
         return path  # the common case: nothing to merge or resolve
     return _remove_dot_segments(path)
