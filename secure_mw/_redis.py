@@ -51,6 +51,9 @@ _log = logging.getLogger("secure_mw.redis")
 STORE_ERRORS: Final = (redis.RedisError, OSError, asyncio.TimeoutError)
 #: Seconds a pooled connection may stay idle before it is PINGed ahead of the next command.
 HEALTH_CHECK_INTERVAL: Final = 30
+#: Connections to one Redis server per event loop; a request beyond waits for one to be free
+#: (at most the socket timeout, then the store is unavailable: 503).
+MAX_CONNECTIONS: Final = 64
 _SCHEMES: Final = ("redis", "rediss", "unix")
 #: Printable ASCII without spaces or braces: a brace would move the Cluster hash tag.
 _PREFIX: Final = re.compile(r"[!-z|~]{0,200}")
@@ -175,11 +178,16 @@ class RedisClients:
                 client = self._aclients.get(loop)
                 if client is None:
                     self._drop_closed_loops()
-                    client = redis.asyncio.Redis.from_url(
-                        self._url,
+                    # A bounded pool that waits (up to the socket timeout) for a free
+                    # connection: the default one raises at once beyond its size, so a
+                    # burst of concurrent requests got 503 while Redis was idle.
+                    pool = redis.asyncio.BlockingConnectionPool.from_url(
+                        self._url, max_connections=MAX_CONNECTIONS,
+                        timeout=self._kwargs["socket_timeout"],
                         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                         **self._kwargs,
                     )
+                    client = redis.asyncio.Redis(connection_pool=pool)
                     self._aclients[loop] = client
         return client
 

@@ -44,7 +44,8 @@ async def _asgi_home(request: Request) -> JSONResponse:
                          "user_is_authenticated": user.is_authenticated,
                          "display_name": user.display_name,
                          "auth_scopes": list(request.auth.scopes),
-                         "path": request.url.path, "pid": os.getpid()})
+                         "path": request.url.path, "pid": os.getpid(),
+                         "assertion": request.headers.get("x-secure-mw-jwt-assertion")})
 
 
 async def _asgi_ws(websocket: WebSocket) -> None:
@@ -60,7 +61,8 @@ def asgi_inner() -> Starlette:
 
 def wsgi_inner(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     body = json.dumps({**_who(environ.get("secure_mw.identity")),
-                       "path": environ.get("PATH_INFO"), "pid": os.getpid()}).encode()
+                       "path": environ.get("PATH_INFO"), "pid": os.getpid(),
+                       "assertion": environ.get("HTTP_X_SECURE_MW_JWT_ASSERTION")}).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]

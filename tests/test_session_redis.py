@@ -632,3 +632,27 @@ def test_a_record_of_a_key_removed_from_the_ring_is_not_audited_as_a_forgery(
     unreadable = [line for line in lines if '"event":"session_record_unreadable"' in line]
     assert len(unreadable) == 12 and all("does not decrypt" in line for line in unreadable)
     assert cookie.split("=", 1)[1] not in "".join(lines)
+
+
+def test_a_burst_beyond_the_pool_waits_for_a_connection(redis_server: RedisServer,
+                                                        ring: KeyRing) -> None:
+    """400 concurrent reads in one event loop: the asyncio pool used to raise
+    MaxConnectionsError beyond 100 (300 of 400 got 503 with Redis idle); now each waits for
+    a free connection, and at most MAX_CONNECTIONS are opened."""
+    from secure_mw._redis import MAX_CONNECTIONS
+
+    store = RedisSessionStore(redis_server.url, keyring=ring, prefix="burst:")
+    store.save(SID, b"value", 60)
+    monitor = redis.Redis.from_url(redis_server.url)
+    before = int(monitor.info("clients")["connected_clients"])
+
+    async def burst() -> tuple[list[Any], int]:
+        results = await asyncio.gather(*(store.aload(SID) for _ in range(400)),
+                                       return_exceptions=True)
+        return results, int(monitor.info("clients")["connected_clients"])
+
+    results, during = asyncio.run(burst())
+    assert [r for r in results if r != b"value"] == []
+    assert during - before <= MAX_CONNECTIONS
+    monitor.close()
+    store.close()
