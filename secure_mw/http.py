@@ -27,6 +27,19 @@ MAX_FORM_BODY = 16 * 1024
 CLIENT_CERT_KEY = "secure_mw.client_cert"
 
 
+def _socket_peer_cert(sock: object) -> bytes | None:
+    """The client certificate (DER) of a TLS socket the server terminated (mutual TLS), or
+    None (no socket, not TLS, no certificate)."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    try:
+        der = getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return None
+    return der if isinstance(der, bytes) and der else None
+
+
 def pem_to_der(pem: str) -> bytes | None:
     """The DER bytes of a PEM certificate, or ``None`` if it is not one."""
     from cryptography import x509
@@ -154,6 +167,8 @@ class RequestView:
         cert = environ.get(CLIENT_CERT_KEY)
         if cert is None and environ.get("SSL_CLIENT_CERT"):   # mod_wsgi and the like
             cert = pem_to_der(str(environ["SSL_CLIENT_CERT"]))
+        if cert is None and environ.get("wsgi.url_scheme") == "https":
+            cert = _socket_peer_cert(environ.get("gunicorn.socket"))     # gunicorn's TLS
         return cls(
             server=_wsgi_server_port(environ),
             method=str(environ.get("REQUEST_METHOD", "GET")).upper(),

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secure_mw.crypto import KeyRing
 from secure_mw.tls import TLS12_CIPHERS, client_context, server_context, ssl_context_factory
 from tests.apps import uvicorn_server
 from tests.servers import ServerProcess, find_program, free_port
@@ -305,3 +306,45 @@ def test_outbound_calls_trust_a_private_ca_only_once_configured(pki: PKI,
         asgi.protect(_hello, settings)               # start-up makes outbound trust it
         data, _headers = outbound.get_json(url)
         assert data == {"issuer": "https://localhost"}
+
+
+def test_mutual_tls_on_gunicorn_feeds_the_client_certificate_criterion(
+        pki: PKI, tmp_path: Path) -> None:
+    """gunicorn terminates TLS and asks for client certificates; the access rule's
+    client_certificate criterion sees the one the client presented (no proxy header)."""
+    import hashlib
+
+    fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pki.client_cert.read_text())
+                                 ).hexdigest()
+    config = tmp_path / "secure-mw.toml"
+    config.write_text(
+        f'[keys]\nencryption_keys = ["{KeyRing.new_key_text()}"]\n'
+        f'[local_users]\nfile = "{tmp_path / "users.toml"}"\n'
+        '[access_control]\ndefault_policy = "deny"\n'
+        '[[access_control.rules]]\nresources = ["^/machine"]\n'
+        f'allow = {{and = [{{client_certificate = {{fingerprint = "{fingerprint}"}}}}]}}\n')
+    config.chmod(0o600)
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "from secure_mw.tls import ssl_context_factory as ssl_context\n")
+    (tmp_path / "mtls_app.py").write_text(
+        "from secure_mw import Settings, wsgi\n"
+        "def inner(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'machine ok']\n"
+        "app = wsgi.protect(inner, Settings.from_environment())\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env.update(SECURE_MW_CONFIG=str(config),
+               PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    args = [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gunicorn.conf.py"),
+            "-b", f"127.0.0.1:{port}", "--certfile", str(pki.cert), "--keyfile", str(pki.key),
+            "--ca-certs", str(pki.ca), "--cert-reqs", "1", "mtls_app:app"]
+    url = f"https://127.0.0.1:{port}/machine"
+    with ServerProcess(args, port=port, env=env, log=tmp_path / "gunicorn.log"):
+        with httpx.Client(verify=client_context(ca_file=pki.ca, client_cert=pki.client_cert,
+                                                client_key=pki.client_key)) as machine:
+            known = machine.get(url, headers={"Accept": "application/json"})
+            assert known.status_code == 200 and known.text == "machine ok"
+        with httpx.Client(verify=client_context(ca_file=pki.ca)) as anonymous:
+            refused = anonymous.get(url, headers={"Accept": "application/json"})
+            assert refused.status_code in (401, 403)
