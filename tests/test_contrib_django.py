@@ -165,6 +165,19 @@ def sign_out(client: httpx.Client) -> None:
     assert client.post("/.auth/logout", data={"csrf": csrf}).status_code == 303
 
 
+def test_without_django_the_import_names_the_extra() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['django'] = None\n"
+            "import secure_mw, secure_mw.cli\n"
+            "try:\n    import secure_mw.contrib.django\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "pip install 'secure-mw[django]'" in done.stdout
+
+
 # -- settings -------------------------------------------------------------------------------
 
 
