@@ -257,6 +257,29 @@ def test_a_new_sign_in_starts_a_new_django_login(client: httpx.Client) -> None:
     assert me["user"] == "bob"
 
 
+def test_a_provider_subject_never_becomes_a_built_in_login_user(
+        configured: dict[str, Any], users: UsersFile, caplog: pytest.LogCaptureFixture) -> None:
+    from secure_mw import Settings
+    from secure_mw.testing import session_cookie
+
+    caplog.set_level(logging.WARNING, "secure_mw.audit")
+    store = MemorySessionStore()
+    app = get_wsgi_application(**{**options(users), "store": store})
+    settings = Settings.from_mapping(configured, environ={})
+    with browser(transport=httpx.WSGITransport(app=app), base_url="http://127.0.0.1") as c:
+        sign_in(c, "alice", "quartz falcon 11")        # the users file's alice, an admin
+        assert c.get("/whoami").json()["staff"] is True
+    # A session made by something else than the built-in login (a provider, a proxy's
+    # assertion, here secure_mw.testing) whose subject is "alice", for someone else.
+    cookie = session_cookie(settings, {"sub": "alice", "groups": []}, store=store)
+    with httpx.Client(transport=httpx.WSGITransport(app=app),
+                      base_url="http://127.0.0.1") as c:
+        me = c.get("/whoami", headers={"Cookie": cookie}).json()
+        assert me["identity"] == "alice" and me["user"] is None
+        assert c.get("/admins", headers={"Cookie": cookie}).status_code == 403
+    assert any("django_user_refused" in r.getMessage() for r in caplog.records)
+
+
 def test_an_inactive_django_user_is_anonymous(client: httpx.Client) -> None:
     sign_in(client, "bob", "velvet harbor 22")
     assert client.get("/whoami").json()["user"] == "bob"

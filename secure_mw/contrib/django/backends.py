@@ -2,7 +2,8 @@
 as Django's ``RemoteUserBackend`` does from ``REMOTE_USER`` — but it accepts only the
 identity of the request being served (never a header, never a value handed in by other
 code). The Django user named after ``Identity.sub`` is created on first sign-in (with an
-unusable password) and kept up to date: email (verified ones only), name, and with
+unusable password that records whether the built-in login or a provider made it: the other
+kind never signs in as that user) and kept up to date: email (verified ones only), name, and with
 ``SECURE_MW_SYNC_GROUPS = True`` its Django groups; ``SECURE_MW_STAFF_GROUPS`` /
 ``SECURE_MW_SUPERUSER_GROUPS`` grant ``is_staff`` / ``is_superuser``.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.contrib.auth.models import Group
 
 from secure_mw.audit import audit_logger
@@ -25,6 +27,20 @@ from secure_mw.identity import Identity
 __all__ = ["IdentityBackend"]
 
 _FIELD_MAX = 150   # Django's username, first_name and Group.name
+
+
+_TAG = "secure_mw:"
+
+
+def _kind(identity: Identity) -> str:
+    """``local`` for the built-in login (names from the users file), ``provider`` for the
+    rest (subjects issued by an OpenID provider or a proxy)."""
+    return "local" if identity.source == "local" else "provider"
+
+
+def _made_by(password: str) -> str | None:
+    prefix = UNUSABLE_PASSWORD_PREFIX + _TAG
+    return password[len(prefix):] if password.startswith(prefix) else None
 
 
 def _groups_setting(name: str) -> frozenset[str]:
@@ -53,6 +69,14 @@ class IdentityBackend(ModelBackend):  # type: ignore[misc]  # Django ships no ty
             return None
         user, created = model._default_manager.get_or_create(
             **{model.USERNAME_FIELD: identity.sub})
+        made_by = _made_by(user.password)
+        if not created and made_by is not None and made_by != _kind(identity):
+            # The users file's names and a provider's subjects are two namespaces: a
+            # provider's "admin" never becomes the built-in login's admin (nor the reverse).
+            audit_logger().event("django_user_refused", level=logging.WARNING,
+                                 user=identity.sub, source=identity.source,
+                                 reason=f"the Django user was made by a {made_by} sign-in")
+            return None
         self.configure_user(request, user, created=created, identity=identity)
         return user if self.user_can_authenticate(user) else None
 
@@ -78,7 +102,8 @@ class IdentityBackend(ModelBackend):  # type: ignore[misc]  # Django ships no ty
         for name in changed:
             setattr(user, name, wanted[name])
         if created:
-            user.set_unusable_password()
+            # Unusable (it starts with "!"), and it says which kind of sign-in made the user.
+            user.password = f"{UNUSABLE_PASSWORD_PREFIX}{_TAG}{_kind(identity)}"
             user.save()
         elif changed:
             user.save(update_fields=changed)
