@@ -214,6 +214,27 @@ def test_request_user_is_made_and_kept_up_to_date_from_the_identity(
     assert me["groups"] == ["staff"] and me["staff"] is False
 
 
+def test_the_django_user_follows_the_identity_within_a_session(
+        users: UsersFile) -> None:
+    from tests.clock import Clock
+
+    clock = Clock()
+    config = secure_mw_config(users)
+    config["local_users"]["refresh_interval"] = "10s"
+    with override_settings(SECURE_MW=config):
+        app = get_wsgi_application(**options(users), clock=clock)
+    with browser(transport=httpx.WSGITransport(app=app), base_url="http://127.0.0.1") as c:
+        sign_in(c, "alice", "quartz falcon 11")
+        assert c.get("/whoami?keep=cart").json()["groups"] == ["admins", "staff"]
+        django_session = c.cookies.get("sessionid")
+        users.update("alice", groups=["staff", "ops"], display_name="Alice Ops")
+        clock.advance(11)     # past local_users.refresh_interval: the session reads the file
+        me = c.get("/whoami").json()
+        assert me["groups"] == ["ops", "staff"] and me["name"] == "Alice Ops"
+        assert me["staff"] is False and me["kept"] == "cart"    # the same Django login
+        assert c.cookies.get("sessionid") == django_session
+
+
 def test_nobody_is_anonymous_whatever_the_client_sends(client: httpx.Client) -> None:
     forged = {"Remote-User": "alice", "X-Remote-User": "alice", "secure_mw.identity": "alice",
               "X-Forwarded-User": "alice"}

@@ -8,6 +8,7 @@ gets 403 and an audit line.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
@@ -81,9 +82,7 @@ def require(groups: str | Iterable[str] = (), auth_level: int = 1) -> Callable[[
         raise ValueError("auth_level must be 1 (signed in) or more")
 
     def decorate(view: View) -> View:
-        import asyncio
-
-        if asyncio.iscoroutinefunction(view):
+        if inspect.iscoroutinefunction(view):
             @functools.wraps(view)
             async def guarded_async(request: Any, *args: Any, **kwargs: Any) -> Any:
                 reply = _refusal(request, wanted, auth_level)
