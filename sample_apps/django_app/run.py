@@ -29,9 +29,13 @@ def prepare(state_dir: str | Path, *, demo_user: bool = True) -> tuple[dict[str,
     password = ""
     if demo_user:
         from secure_mw.login import UsersFile
+        from secure_mw.login.policy import PasswordPolicy
 
-        users = UsersFile(state / "users.toml")
+        policy = PasswordPolicy()
+        users = UsersFile(state / "users.toml", policy=policy)
         password = secrets.token_urlsafe(16)
+        while policy.problems(password, username="demo"):   # a rare chance: draw again
+            password = secrets.token_urlsafe(16)
         if users.get("demo") is None:
             users.add("demo", password=password, display_name="Demo Admin",
                       email="demo@example.com", groups=["admins"])

@@ -5,8 +5,9 @@ import os
 from pathlib import Path
 
 STATE = Path(os.environ.get("DJANGO_APP_STATE", ".secure-mw-django")).absolute()
+# Made by run.py; without it Django refuses to start (an empty SECRET_KEY).
 SECRET_KEY = (STATE / "django-secret-key").read_text().strip() \
-    if (STATE / "django-secret-key").exists() else "unset"
+    if (STATE / "django-secret-key").exists() else ""
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "sample_apps.django_app.urls"
