@@ -37,6 +37,7 @@ if not settings.configured:
         SECURE_MW={},
         SECURE_MW_SYNC_GROUPS=True,
         SECURE_MW_STAFF_GROUPS=["admins"],
+        LOGOUT_REDIRECT_URL="/.auth/logout",
     )
     django.setup()
 
@@ -97,7 +98,10 @@ async def async_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("async " + request.identity.sub)  # type: ignore[attr-defined]
 
 
-urlpatterns = [path("whoami", whoami), path("public/whoami", whoami), path("admins", admins),
+from django.contrib.auth.views import LogoutView  # noqa: E402
+
+urlpatterns = [path("logout/", LogoutView.as_view()), path("whoami", whoami),
+               path("public/whoami", whoami), path("admins", admins),
                path("strong", strong), path("async", async_view)]
 
 
@@ -253,6 +257,17 @@ def test_logout_ends_the_django_login(client: httpx.Client) -> None:
     me = client.get("/public/whoami", headers={"Cookie": f"sessionid={old}"}).json()
     assert me["user"] is None and me["identity"] is None
     assert not DjangoSession.objects.filter(session_key=old).exists()
+
+
+def test_djangos_own_logout_goes_on_to_secure_mws(client: httpx.Client) -> None:
+    sign_in(client, "alice", "quartz falcon 11")
+    assert client.get("/whoami").json()["user"] == "alice"
+    client.cookies.set("csrftoken", "a" * 32, domain="127.0.0.1")
+    # The admin's "Log out", any LogoutView (which asks for Django's CSRF token):
+    out = client.post("/logout/", headers={"X-CSRFToken": "a" * 32})
+    assert out.status_code == 302 and out.headers["location"] == "/.auth/logout"
+    page = client.get("/.auth/logout")
+    assert page.status_code == 200 and 'name="csrf"' in page.text
 
 
 def test_a_new_sign_in_starts_a_new_django_login(client: httpx.Client) -> None:

@@ -42,5 +42,6 @@ SECURE_MW = os.environ.get("SECURE_MW_CONFIG") or {
         {"policy": "authenticated"},
     ]},
 }
+LOGOUT_REDIRECT_URL = "/.auth/logout"    # Django's own logout goes on to secure_mw's
 SECURE_MW_SYNC_GROUPS = True
 SECURE_MW_STAFF_GROUPS = ["admins"]
