@@ -337,6 +337,20 @@ def test_the_backend_accepts_only_the_identity_of_the_request() -> None:
     assert identity_of(HttpRequest()) is ANONYMOUS
 
 
+def test_a_request_that_did_not_go_through_the_stack_is_anonymous_and_said(
+        configured: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    # Django's own handler, as a wsgi.py left unchanged would serve it.
+    bare = WSGIHandler()
+    with browser(transport=httpx.WSGITransport(app=bare), base_url="http://127.0.0.1") as c:
+        me = c.get("/public/whoami", headers={"Remote-User": "alice"}).json()
+        assert me["identity"] is None and me["user"] is None
+        c.get("/public/whoami")
+    said = [r for r in caplog.records if "without the secure_mw stack" in r.getMessage()]
+    assert len(said) == 1
+
+
 # -- require() and login_required -----------------------------------------------------------
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib import auth
 
-from secure_mw.contrib.django import identity_of
+from secure_mw.contrib.django import IDENTITY_KEY, identity_of
 from secure_mw.identity import Identity
 
 __all__ = ["IdentityMiddleware"]
@@ -34,11 +35,26 @@ def _digest(identity: Identity) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+log = logging.getLogger("secure_mw.contrib.django")
+
+
+def _wrapped(request: Any) -> bool:
+    """Whether the ``protect()`` stack saw ``request`` (it always sets the identity key)."""
+    scope = getattr(request, "scope", None)
+    return IDENTITY_KEY in request.META or (isinstance(scope, dict) and IDENTITY_KEY in scope)
+
+
 class IdentityMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
+        self.warned = False
 
     def __call__(self, request: Any) -> Any:
+        if not self.warned and not _wrapped(request):
+            self.warned = True    # every such request stays anonymous: fail closed, say why
+            log.warning("a request reached Django without the secure_mw stack: nobody is "
+                        "signed in; serve secure_mw.contrib.django.get_wsgi_application() "
+                        "(or get_asgi_application()) from wsgi.py (asgi.py)")
         identity = identity_of(request)
         request.identity = identity
         if BACKEND in settings.AUTHENTICATION_BACKENDS and hasattr(request, "user"):
