@@ -195,6 +195,8 @@ def test_settings_from_a_mapping_or_a_toml_path(tmp_path: Path, users: UsersFile
         assert load_settings().session.expiration == 3 * 3600
     with override_settings(SECURE_MW=toml):
         assert load_settings().session.expiration == 3 * 3600
+    with override_settings(SECURE_MW="secure-mw.toml", BASE_DIR=tmp_path):
+        assert load_settings().session.expiration == 3 * 3600
 
 
 # -- request.identity and request.user ------------------------------------------------------
@@ -433,7 +435,9 @@ def test_check_reports_every_problem(tmp_path: Path) -> None:
         assert set(ids(found)) == {"secure_mw.W001"}
         assert any("nobody can sign in" in m.msg for m in found)
     with override_settings(SECURE_MW=42):
-        assert ids(checks.run_checks()) == ["secure_mw.E001"]
+        found = checks.run_checks()
+        assert ids(found) == ["secure_mw.E001"]
+        assert found[-1].msg.startswith("SECURE_MW: must be a mapping")
 
 
 def test_check_a_good_configuration(configured: dict[str, Any]) -> None:

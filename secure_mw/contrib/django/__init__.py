@@ -36,23 +36,27 @@ def _configured() -> object:
 
 def _read(value: object) -> Settings:
     """Settings from the value of ``settings.SECURE_MW``: a mapping, a TOML file's path, or
-    (when unset) ``$SECURE_MW_CONFIG``; ``SECURE_MW_*`` environment variables override both,
-    as they do for every other way of configuring secure_mw. Raises ConfigError."""
+    (when unset) ``$SECURE_MW_CONFIG``; relative paths are relative to ``BASE_DIR``.
+    ``SECURE_MW_*`` environment variables override them, as they do for every other way
+    of configuring secure_mw. Raises ConfigError."""
     from collections.abc import Mapping
+
+    from django.conf import settings
 
     from secure_mw.errors import ConfigError, ConfigProblem
 
+    base = getattr(settings, "BASE_DIR", None)
     if value is None:
         return Settings.from_environment()
     if isinstance(value, str | os.PathLike):
-        return Settings.from_file(value, environ=os.environ)
+        path = Path(value)
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        return Settings.from_file(path, environ=os.environ)
     if isinstance(value, Mapping):
-        from django.conf import settings
-
-        base = getattr(settings, "BASE_DIR", None)
         return Settings.from_mapping(value, environ=os.environ,
                                      base_dir=Path(base) if base is not None else None)
-    raise ConfigError([ConfigProblem("SECURE_MW", "must be a mapping (a dict, as a TOML "
+    raise ConfigError([ConfigProblem("", "must be a mapping (a dict, as a TOML "
                                      "file would give) or the path of a TOML file, not "
                                      f"{type(value).__name__}")])
 
