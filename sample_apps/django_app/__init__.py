@@ -1,0 +1,1 @@
+"""A small Django project protected by secure_mw: ``python -m sample_apps.django_app``."""

@@ -1,0 +1,6 @@
+import os
+
+from secure_mw.contrib.django import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sample_apps.django_app.settings")
+application = get_wsgi_application()
