@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -440,10 +441,18 @@ def test_check_reports_every_problem(tmp_path: Path) -> None:
         assert found[-1].msg.startswith("SECURE_MW: must be a mapping")
 
 
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As an unprivileged server runs (CI runs as root: a true deployment warning)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+
+@pytest.mark.usefixtures("not_root")
 def test_check_a_good_configuration(configured: dict[str, Any]) -> None:
     assert ids(checks.run_checks()) == []
 
 
+@pytest.mark.usefixtures("not_root")
 def test_check_the_glue(configured: dict[str, Any]) -> None:
     mw = list(settings.MIDDLEWARE)
     ours = "secure_mw.contrib.django.middleware.IdentityMiddleware"
