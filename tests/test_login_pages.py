@@ -245,3 +245,49 @@ def test_the_app_layout_around_our_form_on_a_real_server(app: Any) -> None:
         bye = client.post(base + "/.auth/logout", data={"csrf": csrf.group(1)},
                           follow_redirects=True)
         assert "You are signed out." in bye.text and '<header id="brand">' in bye.text
+
+
+# -- the examples of docs/login.md, copied verbatim -----------------------------------------------
+
+
+def docs_example(title: str) -> str:
+    """The code block of docs/login.md that follows ``<!-- example: title -->``."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "login.md").read_text()
+    marker = f"<!-- example: {title} -->\n```"
+    assert marker in text, f"docs/login.md has no example {title!r}"
+    block = text.split(marker, 1)[1]
+    return block.split("\n", 1)[1].split("```", 1)[0]
+
+
+def write_docs_pages(directory: Path) -> dict[str, Any]:
+    """The documented [pages] example with its documented layout, in ``directory``."""
+    import tomllib
+
+    (directory / "login.html").write_text(docs_example("pages-layout"))
+    (directory / "brand.css").write_text("header{background:rgb(12, 34, 56)}")
+    (directory / "logo.svg").write_bytes(LOGO)
+    pages: dict[str, Any] = tomllib.loads(docs_example("pages-settings"))["pages"]
+    return pages
+
+
+def test_the_documented_layout_serves_the_sign_in(flavour: str, tmp_path: Path) -> None:
+    pages = write_docs_pages(tmp_path)
+    users = UsersFile(tmp_path / "users.toml", hasher=FAST)
+    users.add("alice", password="correct horse")
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]}, "local_users": {"file": str(users.path)},
+        "pages": pages}, environ={}, base_dir=tmp_path)
+    module = asgi if flavour == "asgi" else wsgi
+    inner = asgi_inner() if flavour == "asgi" else wsgi_inner
+    server = uvicorn_server if flavour == "asgi" else wsgi_server
+    app = module.protect(inner, settings, users=users, store=MemorySessionStore(),
+                         delay=LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
+    with server(app) as base, browser() as client:
+        page = client.get(base + "/.auth/login")
+        assert "<footer>&copy; Acme Books &middot; prices from $5</footer>" in page.text
+        assert page.text.count("<img") == 1          # the layout places the logo
+        state = re.search(r'name="state" value="([^"]+)"', page.text)
+        assert state
+        done = client.post(base + "/.auth/login", data={
+            "state": state.group(1), "username": "alice", "password": "correct horse"})
+        assert done.status_code == 303

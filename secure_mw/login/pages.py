@@ -236,7 +236,8 @@ class Pages:
             return html_reply(status, title, message, body_html=body_html, headers=headers)
         nonce = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
         logo = f'<img class="logo" src="{html.escape(self.logo_url)}" alt="' \
-               f'{html.escape(self.app_name)}">' if self.logo_url else ""
+               f'{html.escape(self.app_name)}">' \
+            if self.logo_url and self.template is None else ""   # a layout places its own
         content = (f"{logo}<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>"
                    f"{body_html}")
         full_title = f"{title} · {self.app_name}" if self.app_name else title
