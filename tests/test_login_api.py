@@ -327,3 +327,40 @@ def test_second_factor_in_json(app: Any, caplog: pytest.LogCaptureFixture) -> No
                              headers={**JSON, "X-CSRF-Token": again["csrf_token"]})
         assert replay.status_code == 401
     assert audit(caplog, "csrf_failure")
+
+
+def test_gunicorn_workers_share_the_json_budget(tmp_path: Path, redis_server: Any) -> None:
+    """gunicorn, 2 workers of 8 threads, sessions and regulation in Redis: 30 parallel wrong
+    JSON attempts (each on a fresh connection, so on either worker) are checked 3 times —
+    the pair's budget — counted by the audit lines of a checked password."""
+    pytest.importorskip("gunicorn")
+    import os
+    import sys
+
+    from tests.servers import ServerProcess, free_port
+
+    users = UsersFile(tmp_path / "users.toml", hasher=FAST)
+    users.add("alice", password="correct horse")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env.update({"PYTHONUNBUFFERED": "1", "E2E_WORKER_CHECK_INTERVAL": "0",
+                "SECURE_MW_KEYS__ENCRYPTION_KEYS": json.dumps([KEY]),
+                "SECURE_MW_LOCAL_USERS__FILE": str(users.path),
+                "SECURE_MW_SESSION__STORE": "redis",
+                "SECURE_MW_SESSION__REDIS_URL": redis_server.url})
+    log = tmp_path / "gunicorn.log"
+    with ServerProcess([sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "8",
+                        "-b", f"127.0.0.1:{port}", "tests.e2e_app:wsgi_app()"],
+                       port=port, env=env, log=log) as server:
+        base = server.url
+
+        def guess(i: int) -> int:
+            with browser() as client:
+                return json_sign_in(client, base, "alice", f"guess {i}").status_code
+
+        with ThreadPoolExecutor(30) as pool:
+            statuses = list(pool.map(guess, range(30)))
+        text = server.log()
+    assert set(statuses) <= {401, 429}, statuses
+    assert text.count('"reason":"invalid credentials"') == 3, text[-3000:]
+    assert "Traceback" not in text

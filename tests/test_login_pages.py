@@ -108,7 +108,8 @@ def test_hostile_paths_are_refused_without_being_opened(tmp_path: Path) -> None:
     "javascript:alert(1)", "data:text/css,body{}", "http://cdn.example/x.css",
     "https://cdn.example/x.css; script-src *", "https://cdn.example/x.css 'unsafe-inline'",
     "https://user:pw@cdn.example/x.css", "//cdn.example/x.css", "https:///x.css",
-    "https://cdn.example/x.css#f", "https://cdn.example/a,b.css"])
+    "https://cdn.example/x.css#f", "https://cdn.example/a,b.css",
+    "https://cdn.example/{nonce}.css"])
 def test_urls_no_csp_can_name_exactly_are_refused(tmp_path: Path, url: str) -> None:
     assert "pages.stylesheet_url" in problems(tmp_path, {"stylesheet_url": url})
 
@@ -291,3 +292,17 @@ def test_the_documented_layout_serves_the_sign_in(flavour: str, tmp_path: Path) 
         done = client.post(base + "/.auth/login", data={
             "state": state.group(1), "username": "alice", "password": "correct horse"})
         assert done.status_code == 303
+
+
+def test_a_file_broken_after_the_check_is_a_config_error_at_start_up(tmp_path: Path) -> None:
+    (tmp_path / "layout.html").write_text(LAYOUT)
+    settings = Settings.from_mapping({"pages": {"template": "layout.html"}}, environ={},
+                                     base_dir=tmp_path)
+    (tmp_path / "layout.html").write_text("<main></main>")
+    with pytest.raises(ConfigError) as caught:
+        Pages.from_settings(settings.pages, "/.auth/")
+    assert caught.value.problems[0].path == "pages.template"
+
+
+def test_a_language_alone_makes_the_pages_custom() -> None:
+    assert b'<html lang="fr">' in Pages(lang="fr").render(200, "t", "m").body

@@ -26,6 +26,7 @@ from string import Template
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from secure_mw.errors import ConfigError, ConfigProblem
 from secure_mw.http import _STYLE as BASE_STYLE
 from secure_mw.http import Reply, html_reply
 
@@ -60,7 +61,7 @@ _FORBIDDEN = (
     (re.compile(r"javascript\s*:", re.IGNORECASE), "has a javascript: URL"),
 )
 # Characters that would end a CSP source expression or the header itself.
-_URL_BAD = re.compile(r"[\s;,'\"<>\\\x00-\x1f\x7f]")
+_URL_BAD = re.compile(r"[\s;,'\"<>{}\\\x00-\x1f\x7f]")
 
 
 class PagesError(ValueError):
@@ -112,8 +113,8 @@ def _read(path: str, limit: int, what: str) -> bytes:
 def check_url(url: str) -> str:
     """An ``https`` URL usable as a CSP source expression (exactly this resource)."""
     if _URL_BAD.search(url):
-        raise PagesError("the URL holds a space, quote, comma, semicolon, backslash or "
-                         "control character")
+        raise PagesError("the URL holds a space, quote, comma, semicolon, brace, backslash "
+                         "or control character")
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -202,7 +203,8 @@ class Pages:
             self.assets[name] = Asset(name, IMAGE_TYPES[ext], data)
             self.logo_url = f"{prefix}assets/{name}"
             img_src = ["'self'"]
-        self.custom = bool(app_name or self.template or self.stylesheet_url or self.logo_url)
+        self.custom = bool(app_name or self.template or self.stylesheet_url or self.logo_url
+                           or lang != "en")
         sources = " ".join(s for s in style_src if s)
         images = " ".join(s for s in img_src if s)
         self._csp = ("default-src 'none'; script-src {nonce}; style-src {nonce}"
@@ -212,13 +214,20 @@ class Pages:
 
     @classmethod
     def from_settings(cls, pages: PagesSettings | None, prefix: str) -> Pages:
-        """From ``[pages]``; PagesError (the key, then the problem) for what cannot be used."""
+        """From ``[pages]``; a ConfigError naming each key whose file cannot be used now."""
         if pages is None:
             return cls(prefix=prefix)
         problems = settings_problems(pages)
         if problems:
-            key, message = problems[0]
-            raise PagesError(f"pages.{key}: {message}")
+            raise ConfigError([ConfigProblem(f"pages.{key}", message)
+                               for key, message in problems])
+        try:
+            return cls._load(pages, prefix)
+        except (PagesError, UnicodeDecodeError) as exc:  # changed since it was checked
+            raise ConfigError([ConfigProblem("pages", str(exc))]) from None
+
+    @classmethod
+    def _load(cls, pages: PagesSettings, prefix: str) -> Pages:
         template = _read(pages.template, MAX_TEMPLATE, "template").decode("utf-8") \
             if pages.template else None
         stylesheet = _read(pages.stylesheet, MAX_STYLESHEET, "stylesheet") \
