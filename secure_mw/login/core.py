@@ -1,7 +1,8 @@
 """The built-in password login: the session core with a login form instead of a provider.
 
 :class:`LocalLoginCore` serves ``login`` (a server-rendered form: no JavaScript, labelled,
-keyboard-friendly), ``logout``, ``logged-out`` and ``me`` under ``server.auth_prefix`` and
+keyboard-friendly), ``logout``, ``logged-out``, ``me`` and, for single-page apps, the JSON
+``api/login`` and ``api/2fa`` (:mod:`secure_mw.login.api`) under ``server.auth_prefix`` and
 guards every other request exactly as the OpenID session core does. A login attempt is
 regulated (bans by user and address), held by the enumeration-resistant delay on every exit
 path, and an unknown user, a wrong password, a disabled user and a banned attempt all get
