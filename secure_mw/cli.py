@@ -261,10 +261,14 @@ def _own_pages(settings: Settings) -> frozenset[str]:
     ``_stack.session_core`` chooses it)."""
     from pathlib import Path
 
-    common = {"login", "logout", "logged-out", "me"}
+    from secure_mw.login.pages import Pages
+
+    common = {"login", "logout", "logged-out", "me", *(
+        f"assets/{name}" for name in Pages.from_settings(
+            settings.pages, settings.server.auth_prefix).assets)}
     if settings.oidc is not None and not Path(settings.local_users.file).exists():
         return frozenset({*common, "callback"})
-    local = {*common, "2fa"}
+    local = {*common, "2fa", "api/login", "api/2fa"}
     return frozenset({*local, "login/oidc", "callback"} if settings.oidc is not None
                      else local)
 

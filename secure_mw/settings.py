@@ -53,6 +53,7 @@ __all__ = [
     "KeysSettings",
     "LocalUsersSettings",
     "OIDCSettings",
+    "PagesSettings",
     "RateLimitRule",
     "RateLimitsSettings",
     "RedirectsSettings",
@@ -479,6 +480,28 @@ class LocalUsersSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PagesSettings:
+    """The look of the sign-in, second-step and sign-out pages (docs/login.md)."""
+
+    title: str = _opt("", doc="the application's name on the sign-in pages")
+    template: str | None = _opt(
+        None, path=True, doc="HTML layout (string.Template) with $content for the form")
+    stylesheet: str | None = _opt(None, path=True,
+                                  doc="CSS file served under auth_prefix (cached a year)")
+    stylesheet_url: str | None = _opt(None, doc="or an https URL the pages' CSP allows")
+    logo: str | None = _opt(None, path=True,
+                            doc="image file (png, svg, jpg, gif, webp, ico) served under "
+                                "auth_prefix")
+    logo_url: str | None = _opt(None, doc="or an https URL the pages' CSP allows")
+    lang: str = _opt("en", doc="the pages' language tag")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        from secure_mw.login.pages import settings_problems
+
+        return settings_problems(self)
+
+
+@dataclass(frozen=True, kw_only=True)
 class NamedNetwork:
     name: str = _opt()
     networks: list[str] = _opt(factory=list, check=_check_cidrs)
@@ -677,6 +700,7 @@ class Settings:
     session: SessionSettings = _opt(factory=SessionSettings)
     oidc: OIDCSettings | None = _opt(None)
     local_users: LocalUsersSettings = _opt(factory=LocalUsersSettings)
+    pages: PagesSettings = _opt(factory=PagesSettings)
     access_control: AccessControlSettings = _opt(factory=AccessControlSettings)
     headers: HeadersSettings = _opt(factory=HeadersSettings)
     redirects: RedirectsSettings = _opt(factory=RedirectsSettings)

@@ -366,3 +366,45 @@ def test_browser_signs_in_and_out_of_the_demo(chrome: WebDriver, demo: Demo) -> 
     wait_for_path(driver, "/.auth/login")
     assert driver.find_element(By.ID, "password").is_displayed()
     assert demo.proc.poll() is None
+
+
+def test_browser_shows_the_apps_own_sign_in_page(chrome: WebDriver, tmp_path: Path) -> None:
+    """The layout, stylesheet and logo of docs/login.md's example in a real browser: the
+    stylesheet served under /.auth/assets/ and the layout's nonced <style> both apply, the
+    logo loads, the console shows no CSP violation, and the form in the layout signs in."""
+    from selenium.webdriver.common.by import By
+
+    from secure_mw import Settings, asgi
+    from secure_mw.guards.timing import LoginDelay
+    from secure_mw.login import UsersFile
+    from secure_mw.session import MemorySessionStore
+    from tests.apps import asgi_inner, uvicorn_server
+    from tests.test_local_login_e2e import FAST, KEY
+    from tests.test_login_pages import write_docs_pages
+
+    pages = write_docs_pages(tmp_path)
+    users = UsersFile(tmp_path / "users.toml", hasher=FAST)
+    users.add("alice", password="correct horse")
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]}, "local_users": {"file": str(users.path)},
+        "pages": pages}, environ={}, base_dir=tmp_path)
+    app = asgi.protect(asgi_inner(), settings, users=users, store=MemorySessionStore(),
+                       delay=LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
+    console = Console(chrome)
+    with uvicorn_server(app) as base:
+        chrome.get(base + "/.auth/login?rd=/books")
+        wait_for_path(chrome, "/.auth/login")
+        assert chrome.title == "Sign in · Acme Books"
+        assert computed(chrome, "background-color", "header") == "rgb(12, 34, 56)"
+        assert computed(chrome, "max-width", "main") == "448px"
+        assert chrome.execute_script(
+            "return document.querySelector('header img').naturalWidth") == 10
+        ARTIFACTS.mkdir(exist_ok=True)
+        chrome.save_screenshot(str(ARTIFACTS / "custom-login.png"))
+        chrome.find_element(By.ID, "username").send_keys("alice")
+        chrome.find_element(By.ID, "password").send_keys("correct horse")
+        chrome.find_element(By.CSS_SELECTOR, "main form button").click()
+        wait_for_path(chrome, "/books")
+        assert '"sub":"alice"' in chrome.find_element(By.TAG_NAME, "body").text.replace(
+            " ", "")
+    assert console.csp_violations() == []

@@ -1,7 +1,8 @@
 """The built-in password login: the session core with a login form instead of a provider.
 
 :class:`LocalLoginCore` serves ``login`` (a server-rendered form: no JavaScript, labelled,
-keyboard-friendly), ``logout``, ``logged-out`` and ``me`` under ``server.auth_prefix`` and
+keyboard-friendly), ``logout``, ``logged-out``, ``me`` and, for single-page apps, the JSON
+``api/login`` and ``api/2fa`` (:mod:`secure_mw.login.api`) under ``server.auth_prefix`` and
 guards every other request exactly as the OpenID session core does. A login attempt is
 regulated (bans by user and address), held by the enumeration-resistant delay on every exit
 path, and an unknown user, a wrong password, a disabled user and a banned attempt all get
@@ -31,7 +32,18 @@ from secure_mw.guards.attempts import LoginAttempts, Turn
 from secure_mw.guards.layers import device_cookies
 from secure_mw.guards.regulation import Regulator, regulator_from_settings
 from secure_mw.guards.timing import Attempt, LoginDelay
-from secure_mw.http import Reply, RequestView, html_reply, redirect_reply
+from secure_mw.http import Reply, RequestView, html_reply, json_reply, redirect_reply
+from secure_mw.login.api import (
+    BUSY,
+    EXPIRED,
+    FAILED,
+    USED,
+    APIRefused,
+    api_error,
+    api_fields,
+    api_refusal,
+    signed_in,
+)
 from secure_mw.login.policy import PasswordPolicy
 from secure_mw.login.totp import (
     TOTP,
@@ -53,7 +65,7 @@ from secure_mw.settings import Settings
 
 __all__ = ["LocalLoginCore"]
 
-FAILED = "Incorrect user name or password."
+BAD_CODE = "That code is not valid."
 #: Longest user name an attempt may give (as the login guard): a longer one is refused
 #: (400) before it is regulated, so no counter keeps it.
 MAX_NAME = 256
@@ -94,6 +106,8 @@ class LocalLoginCore(OIDCSessionCore):
             "logout": self._logout,
             "logged-out": self._logged_out,
             "me": self._me,
+            "api/login": self._api_login,
+            "api/2fa": self._api_second_factor,
         })
         # With an OpenID provider configured too, the login page offers both.
         self.provider = settings.oidc is not None
@@ -160,11 +174,7 @@ class LocalLoginCore(OIDCSessionCore):
     def _form(self, view: RequestView, *, status: int = 200, error: str = "",
               return_to: str = "/", remember: bool = False,
               used: PendingLogin | None = None, retry_after: int | None = None) -> Reply:
-        pending = PendingLogin.start(verifier="", return_to=return_to, now=self.clock(),
-                                     remember=remember)
-        # One Set-Cookie for the attempts cookie: the request's attempts less the one just
-        # used (each works once), plus this form's — a browser keeps only the last of two.
-        kept = [p for p in self.prelogin.read(view) if used is None or p.state != used.state]
+        pending, cookie = self._next_form(view, return_to, remember, used)
         remember_box = ""
         if self.settings.session.remember_me > 0:
             remember_box = ('<p><label><input type="checkbox" name="remember_me" value="1"> '
@@ -186,11 +196,31 @@ class LocalLoginCore(OIDCSessionCore):
             link = f"{self.prefix}login/oidc?rd={quote(return_to, safe='/')}"
             form += (f'<p>or</p><p><a class="button" id="provider" href="{html.escape(link)}">'
                      f"Sign in with {provider}</a></p>")
-        headers = [("set-cookie", self.prelogin.write([*kept, pending]))]
+        headers = [("set-cookie", cookie)]
         if retry_after is not None:
             headers.append(("retry-after", str(retry_after)))
-        return html_reply(status, "Sign in", "Sign in to continue.", body_html=form,
-                          headers=headers)
+        return self.pages.render(status, "Sign in", "Sign in to continue.", body_html=form,
+                                 headers=headers)
+
+    def _next_form(self, view: RequestView, return_to: str, remember: bool,
+                   used: PendingLogin | None) -> tuple[PendingLogin, str]:
+        """A new attempt's state and the attempts cookie holding it."""
+        pending = PendingLogin.start(verifier="", return_to=return_to, now=self.clock(),
+                                     remember=remember)
+        # One Set-Cookie for the attempts cookie: the request's attempts less the one just
+        # used (each works once), plus this form's — a browser keeps only the last of two.
+        kept = [p for p in self.prelogin.read(view) if used is None or p.state != used.state]
+        return pending, self.prelogin.write([*kept, pending])
+
+    def _answer(self, api: bool, view: RequestView, *, status: int, error: str,
+                return_to: str = "/", remember: bool = False,
+                used: PendingLogin | None = None, retry_after: int | None = None) -> Reply:
+        """The form again (HTML), or its JSON equivalent with the next attempt's state."""
+        if not api:
+            return self._form(view, status=status, error=error, return_to=return_to,
+                              remember=remember, used=used, retry_after=retry_after)
+        return api_refusal(status, error, self._next_form(view, return_to, remember, used),
+                           retry_after=retry_after)
 
     def _local_login(self, view: RequestView) -> Flow[Outcome]:
         if view.method in ("GET", "HEAD"):
@@ -201,13 +231,16 @@ class LocalLoginCore(OIDCSessionCore):
         if view.method != "POST":
             return Outcome(html_reply(405, "Method not allowed", "Use the sign-in form.",
                                       headers=[("allow", "GET, POST")]))
-        form = view.form(max_fields=16)
+        return (yield from self._password_step(view, view.form(max_fields=16), api=False))
+
+    def _password_step(self, view: RequestView, form: dict[str, str], *, api: bool
+                       ) -> Flow[Outcome]:
+        """A sign-in attempt, from the form or the JSON endpoint (``api``): one decision."""
         state = form.get("state", "")
         pending, prelogin_cookie = self.prelogin.take(view, state) if state else (None, None)
         if pending is None:
             self._event("login_failure", view, reason="sign-in form expired or forged")
-            return Outcome(self._form(view, status=400,
-                                      error="The sign-in form had expired. Please try again."))
+            return Outcome(self._answer(api, view, status=400, error=EXPIRED))
         cookies = [prelogin_cookie] if prelogin_cookie else []
         username = form.get("username", "")
         password = form.get("password", "")
@@ -218,16 +251,16 @@ class LocalLoginCore(OIDCSessionCore):
                                                         LIFETIME)
         if not first_use:
             self._event("login_failure", view, reason="sign-in form used twice")
-            return Outcome(self._form(view, status=400, used=pending,
-                                      error="This sign-in form was already used. Please "
-                                            "try again.", return_to=pending.return_to))
+            return Outcome(self._answer(api, view, status=400, used=pending, error=USED,
+                                        return_to=pending.return_to))
         if len(username) > MAX_NAME:
             attempt = self.delay.start()
             self._event("login_failure", view, reason="user name too long")
             yield Op(attempt.finish, attempt.afinish, success=False)
-            return Outcome(self._form(view, status=400, used=pending,
-                                      error=f"A user name has at most {MAX_NAME} characters.",
-                                      return_to=pending.return_to, remember=remember))
+            return Outcome(self._answer(api, view, status=400, used=pending,
+                                        error=f"A user name has at most {MAX_NAME} "
+                                              "characters.",
+                                        return_to=pending.return_to, remember=remember))
         name = normalize_username(username) if username else ""
         # Device cookies from before the user's sessions_not_before (a user added again
         # under this name, or whose sessions were ended) are ignored.
@@ -236,10 +269,9 @@ class LocalLoginCore(OIDCSessionCore):
         turn = yield from self.attempts.begin(
             view, name or None, not_before=known.sessions_not_before if known else 0.0)
         if turn.refusal is not None and turn.refusal.reason == "busy":
-            return Outcome(self._form(
-                view, status=429, used=pending, return_to=pending.return_to,
-                remember=remember, retry_after=turn.refusal.retry_after(0.0),
-                error="Too many sign-in attempts are running. Please wait a moment."))
+            return Outcome(self._answer(
+                api, view, status=429, used=pending, return_to=pending.return_to,
+                remember=remember, retry_after=turn.refusal.retry_after(0.0), error=BUSY))
         attempt = self.delay.start()
         user: User | None = None
         if turn.reservation is not None and name and password:
@@ -248,12 +280,12 @@ class LocalLoginCore(OIDCSessionCore):
             if turn.reservation is not None:
                 yield from self._failed(turn, view, attempt, "invalid credentials")
             yield Op(attempt.finish, attempt.afinish, success=False)
-            return Outcome(self._form(view, status=401, error=FAILED, used=pending,
-                                      return_to=pending.return_to, remember=remember))
+            return Outcome(self._answer(api, view, status=401, error=FAILED, used=pending,
+                                        return_to=pending.return_to, remember=remember))
         # With a second factor enrolled, the sign-in is complete (failures cleared, device
         # cookie) only once the code is accepted at /.auth/2fa.
-        cookies += yield from self.attempts.succeeded(
-            turn, view, complete=not (yield from self._enrolled(user.username)))
+        enrolled = yield from self._enrolled(user.username)
+        cookies += yield from self.attempts.succeeded(turn, view, complete=not enrolled)
         if self.users.needs_rehash(user):
             yield Op(self._rehash, self._arehash, user, password)
         old = yield from self.sessions.read(view)
@@ -267,8 +299,12 @@ class LocalLoginCore(OIDCSessionCore):
         self._event("login_success", view, user=user.username, level=logging.INFO,
                     session=session.digest)
         yield Op(attempt.finish, attempt.afinish, success=True)
-        return Outcome(redirect_reply(pending.return_to, status=303,
-                                      headers=[("set-cookie", c) for c in cookies]))
+        set_cookies = [("set-cookie", c) for c in cookies]
+        if api:
+            return Outcome(json_reply(200, {
+                **signed_in(session, pending.return_to), "second_factor_enrolled": enrolled},
+                headers=set_cookies))
+        return Outcome(redirect_reply(pending.return_to, status=303, headers=set_cookies))
 
     # -- the second factor ---------------------------------------------------------------
 
@@ -292,8 +328,19 @@ class LocalLoginCore(OIDCSessionCore):
             return Outcome(html_reply(405, "Method not allowed", "Use the form.",
                                       headers=[("allow", "GET, POST")]))
         form = view.form(max_fields=16)
-        if not hmac.compare_digest(str(form.get("csrf", "")).encode(), session.csrf.encode()):
+        return (yield from self._code_step(view, read=read, session=session, sealed=sealed,
+                                           target=target, form=form,
+                                           csrf=form.get("csrf", ""), api=False))
+
+    def _code_step(self, view: RequestView, *, read: SessionRead, session: Session,
+                   sealed: str | None, target: str, form: dict[str, str], csrf: str,
+                   api: bool) -> Flow[Outcome]:
+        """A second-factor code, from the form or the JSON endpoint (``api``)."""
+        user = session.sub
+        if not hmac.compare_digest(csrf.encode(), session.csrf.encode()):
             self._event("csrf_failure", view, user=user, reason="second-factor form")
+            if api:
+                return Outcome(api_error(403, "csrf", "The CSRF token is missing or wrong."))
             return Outcome(html_reply(403, "Refused", "The form had expired. Please try again."))
         enrolling = sealed is None
         try:
@@ -301,6 +348,9 @@ class LocalLoginCore(OIDCSessionCore):
             secret = self.secret_box.open(user, token)
         except DecryptError:
             self._event("login_failure", view, user=user, reason="second factor: bad enrolment")
+            if api:
+                return Outcome(api_error(400, "enrolment_expired",
+                                         "The enrolment had expired. Start again."))
             return Outcome(self._code_form(session, target, enrolled=False, status=400,
                                            error="The enrolment had expired. Scan again."))
         # A code is regulated by the user's budgets, never by a device cookie's (one is
@@ -310,6 +360,10 @@ class LocalLoginCore(OIDCSessionCore):
             view, normalize_username(user), device=False,
             not_before=known.sessions_not_before if known else math.inf)
         if turn.refusal is not None and turn.refusal.reason == "busy":
+            if api:
+                return Outcome(api_error(
+                    429, "too_many_attempts", "Several codes are being checked already.",
+                    headers=[("retry-after", str(turn.refusal.retry_after(0.0)))]))
             return Outcome(html_reply(
                 429, "Too many attempts", "Several codes are being checked already. Please "
                 "wait a moment.", headers=[("retry-after",
@@ -324,9 +378,11 @@ class LocalLoginCore(OIDCSessionCore):
             if turn.reservation is not None:
                 yield from self._failed(turn, view, attempt, "second factor: wrong code")
             yield Op(attempt.finish, attempt.afinish, success=False)
+            if api:
+                return Outcome(api_error(401, "invalid_code", BAD_CODE))
             return Outcome(self._code_form(
                 session, target, enrolled=not enrolling, status=401,
-                error="That code is not valid.", enrol_token=None if not enrolling else token))
+                error=BAD_CODE, enrol_token=None if not enrolling else token))
         device = yield from self.attempts.succeeded(turn, view)
         if enrolling:
             yield Op(self.totp_secrets.set, self.totp_secrets.aset, user,
@@ -340,6 +396,9 @@ class LocalLoginCore(OIDCSessionCore):
         self._event("login_success", view, user=user, level=logging.INFO,
                     reason="second factor", session=upgraded.digest)
         yield Op(attempt.finish, attempt.afinish, success=True)
+        if api:
+            return Outcome(json_reply(200, signed_in(upgraded, target),
+                                      headers=[("set-cookie", c) for c in cookies]))
         return Outcome(redirect_reply(target, status=303,
                                       headers=[("set-cookie", c) for c in cookies]))
 
@@ -370,7 +429,62 @@ class LocalLoginCore(OIDCSessionCore):
             '<p><button type="submit">Verify</button></p></form>'
         )
         title = "Set up two-step sign-in" if not enrolled else "Two-step sign-in"
-        return html_reply(status, title, "A second step protects this page.", body_html=form)
+        return self.pages.render(status, title, "A second step protects this page.",
+                                 body_html=form)
+
+    # -- the JSON endpoints (single-page apps) ------------------------------------------------
+
+    def _api_login(self, view: RequestView) -> Flow[Outcome]:
+        """``GET api/login?rd=/path``: an attempt's state; ``POST``: the attempt (JSON)."""
+        if view.method in ("GET", "HEAD"):
+            yield from ()
+            values = view.query().get("rd") or []
+            target = local_target(values[0] if len(values) == 1 else None) or "/"
+            pending, cookie = self._next_form(view, target, False, None)
+            return Outcome(json_reply(200, {
+                "state": pending.state, "expires_in": int(LIFETIME),
+                "remember_me": self.settings.session.remember_me > 0,
+                "login_url": f"{self.prefix}api/login"}, headers=[("set-cookie", cookie)]))
+        if view.method != "POST":
+            return Outcome(_api_method_not_allowed())
+        try:
+            fields = api_fields(view, strings=("username", "password", "state"),
+                                flags=("remember_me",))
+        except APIRefused as exc:
+            self._event(exc.event, view, reason=exc.reason)
+            return Outcome(exc.reply)
+        return (yield from self._password_step(view, fields, api=True))
+
+    def _api_second_factor(self, view: RequestView) -> Flow[Outcome]:
+        """``GET api/2fa``: enrolled or not (with a sealed enrolment when not); ``POST``:
+        ``{"code", "enrol"}`` with the session's CSRF token in ``X-CSRF-Token``."""
+        read = yield from self.sessions.read(view)
+        session = read.session
+        if session is None or session.source != "local":
+            return Outcome(json_reply(401, {"error": "unauthenticated",
+                                            "login_url": f"{self.prefix}api/login"}))
+        if session.auth_level >= 2:
+            return Outcome(json_reply(200, {"enrolled": True, "auth_level": 2}))
+        sealed = yield Op(self.totp_secrets.get, self.totp_secrets.aget, session.sub)
+        if view.method in ("GET", "HEAD"):
+            if sealed is not None:
+                return Outcome(json_reply(200, {"enrolled": True, "auth_level": 1}))
+            token = self.secret_box.seal(session.sub, self.totp.new_secret())
+            secret = self.secret_box.open(session.sub, token)
+            return Outcome(json_reply(200, {
+                "enrolled": False, "auth_level": 1, "enrol": token, "secret": secret,
+                "otpauth_uri": self.totp.provisioning_uri(secret, session.sub)}))
+        if view.method != "POST":
+            return Outcome(_api_method_not_allowed())
+        try:
+            fields = api_fields(view, strings=("code", "enrol"))
+        except APIRefused as exc:
+            self._event(exc.event, view, user=session.sub, reason=exc.reason)
+            return Outcome(exc.reply)
+        return (yield from self._code_step(view, read=read, session=session, sealed=sealed,
+                                           target="/", form=fields,
+                                           csrf=view.headers.get("x-csrf-token", ""),
+                                           api=True))
 
     def _enrolled(self, user: str) -> Flow[bool]:
         """Whether ``user`` has a second factor (when the store cannot say: as if so)."""
@@ -405,3 +519,7 @@ class LocalLoginCore(OIDCSessionCore):
 
     async def _arehash(self, user: User, password: str) -> None:
         await asyncio.to_thread(self._rehash, user, password)
+
+
+def _api_method_not_allowed() -> Reply:
+    return json_reply(405, {"error": "method_not_allowed"}, headers=[("allow", "GET, POST")])

@@ -266,6 +266,12 @@ class OIDCSessionCore:
         self._rotations = _Rotations()
         self._refreshing_lock = threading.Lock()
         self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {}
+        from secure_mw.login.pages import Pages
+
+        # The look of our pages ([pages]); its files are served under the prefix.
+        self.pages = Pages.from_settings(settings.pages, self.prefix)
+        for name, asset in self.pages.assets.items():
+            self._routes[f"assets/{name}"] = _asset_route(asset.reply)
 
     def _cookie_refused(self, view: RequestView, problem: str) -> None:
         """A session cookie that is malformed, forged or made with other keys (another
@@ -754,8 +760,8 @@ class OIDCSessionCore:
             form = (f'<form method="post" action="{self.prefix}logout">'
                     f'<input type="hidden" name="csrf" value="{session.csrf}">'
                     '<button type="submit">Sign out</button></form>')
-            return Outcome(html_reply(200, "Sign out", "Sign out of this application?",
-                                      body_html=form))
+            return Outcome(self.pages.render(200, "Sign out", "Sign out of this application?",
+                                             body_html=form))
         if view.method != "POST":
             return Outcome(_method_not_allowed("GET, POST"))
         if session is None:
@@ -795,7 +801,8 @@ class OIDCSessionCore:
     def _logged_out(self, view: RequestView) -> Flow[Outcome]:
         yield from ()
         link = f'<p><a class="button" href="{self.prefix}login">Sign in again</a></p>'
-        return Outcome(html_reply(200, "Signed out", "You are signed out.", body_html=link))
+        return Outcome(self.pages.render(200, "Signed out", "You are signed out.",
+                                         body_html=link))
 
     # -- /.auth/me ------------------------------------------------------------------------
 
@@ -914,3 +921,11 @@ class _Found:
 def _method_not_allowed(allow: str) -> Reply:
     return html_reply(405, "Method not allowed", "This address does not accept that method.",
                       headers=[("allow", allow)])
+
+
+def _asset_route(reply: Callable[[str], Reply]) -> Callable[[RequestView], Flow[Outcome]]:
+    """The route serving a file of ``[pages]`` (a stylesheet, a logo)."""
+    def route(view: RequestView) -> Flow[Outcome]:
+        yield from ()
+        return Outcome(reply(view.method))
+    return route
