@@ -1,0 +1,1 @@
+"""Framework integrations: thin glue from each framework to the cores."""
