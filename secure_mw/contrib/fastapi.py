@@ -102,7 +102,7 @@ async def _misconfigured(error: ConfigError, scope: Scope, receive: Receive, sen
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.failed",
                         "message": f"secure_mw: {error}"})
-        return
+        raise error       # as Starlette's router does: the server stops starting
     if kind == "websocket":
         await send({"type": "websocket.close", "code": 1011})
         return
