@@ -162,9 +162,9 @@ class _SessionScheme(SecurityBase):
         self.name_cookie(CookieJarSpec(secure=True).name(Settings().session.cookie_name))
 
     def name_cookie(self, name: str) -> None:
-        self.model = APIKey(**{"in": APIKeyIn.cookie}, name=name, description=(
+        self.model = APIKey.model_validate({"in": APIKeyIn.cookie, "name": name, "description": (
             "The session cookie secure_mw sets when you sign in (your browser sends it). "
-            "Sign in at /.auth/login; a route's list names the groups and factors it needs."))
+            "Sign in at /.auth/login; a route's list names the groups and factors it needs.")})
 
     async def __call__(self, request: Request) -> Identity | None:
         return _identity(request)
@@ -308,20 +308,22 @@ class _Docs:
         openapi_url = root + app.openapi_url
         if app.docs_url and route == app.docs_url:
             redirect = app.swagger_ui_oauth2_redirect_url
-            page = get_swagger_ui_html(
+            swagger = get_swagger_ui_html(
                 openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
                 swagger_js_url=self.assets.get("swagger_js_url", _SWAGGER_JS),
                 swagger_css_url=self.assets.get("swagger_css_url", _SWAGGER_CSS),
                 swagger_favicon_url=self.assets.get("swagger_favicon_url", ""),
                 oauth2_redirect_url=root + redirect if redirect else None,
                 init_oauth=app.swagger_ui_init_oauth,
-                swagger_ui_parameters=app.swagger_ui_parameters).body.decode("utf-8")
+                swagger_ui_parameters=app.swagger_ui_parameters)
+            page = bytes(swagger.body).decode("utf-8")
             if "swagger_favicon_url" not in self.assets:
                 page = _FAVICON.sub("", page)     # no icon from another site
             return _with_nonce(page, nonce), self._policy(nonce, "img-src 'self' data:")
         if app.docs_url and route == app.swagger_ui_oauth2_redirect_url:
-            page = get_swagger_ui_oauth2_redirect_html().body.decode("utf-8")
-            return _with_nonce(page, nonce), self._policy(nonce)
+            redirect_page = get_swagger_ui_oauth2_redirect_html()
+            return _with_nonce(bytes(redirect_page.body).decode("utf-8"), nonce), \
+                self._policy(nonce)
         if app.redoc_url and route == app.redoc_url:
             return self._redoc(app.title, openapi_url, nonce), self._policy(
                 nonce, "img-src 'self' data:", "worker-src 'self' blob:")
