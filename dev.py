@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     _ensure_venv()
     if command == "demo":
-        code = _serve([str(PY), "-m", "sample_apps.fastapi_demo", *rest])
+        code = _serve([str(PY), "-m", "secure_mw.demo", *rest])
         return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code
     if command == "test":
         code = _run([str(PY), "-m", "pytest", *rest])

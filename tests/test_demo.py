@@ -28,7 +28,7 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sample_apps.fastapi_demo", "--port", str(port),
+        [sys.executable, "-m", "secure_mw.demo", "--port", str(port),
          "--state-dir", str(state)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -125,8 +125,8 @@ def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess
 
 def test_demo_reuses_its_key_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    from sample_apps.fastapi_demo.run import _key_ring
     from secure_mw import Settings
+    from secure_mw.demo.run import _key_ring
 
     settings = Settings.from_mapping({})
     ring1, where1 = _key_ring(state, settings)
