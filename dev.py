@@ -7,6 +7,7 @@
     python3 dev.py bench     run the benchmarks (bench sessions --quick: one of them)
     python3 dev.py tox       tox over every Python 3.10-3.13 found (pyenv's included)
     python3 dev.py fuzz      atheris over every fuzz target (fuzz NAME: one, until Ctrl-C)
+    python3 dev.py docs      build the documentation site strictly into ./site (docs serve: live)
 
 Each creates ./.venv on first use (Python >= 3.10) and installs the project into it
 with its test extras; later runs reinstall only when pyproject.toml changed.
@@ -82,13 +83,13 @@ def _serve(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "lint", "bench", "tox", "fuzz"):
+    if not argv or argv[0] not in ("demo", "test", "lint", "bench", "tox", "fuzz", "docs"):
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
     _ensure_venv()
     if command == "demo":
-        code = _serve([str(PY), "-m", "sample_apps.fastapi_demo", *rest])
+        code = _serve([str(PY), "-m", "secure_mw.demo", *rest])
         return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code
     if command == "test":
         code = _run([str(PY), "-m", "pytest", *rest])
@@ -97,11 +98,17 @@ def main(argv: list[str]) -> int:
             return 1
         return code
     if command == "lint":
-        code = _run([str(BIN / "ruff"), "check", "secure_mw", "tests", "sample_apps",
+        code = _run([str(BIN / "ruff"), "check", "secure_mw", "tests", "sample_apps", "docs",
                      "benchmarks", "fuzz", "dev.py"])
         return code or _run([str(BIN / "mypy")])
     if command == "fuzz":    # bounded over all targets by default; NAME: one, unbounded
         return _run([str(PY), "-m", "fuzz", *(rest or ["--all", "--runs", "20000"])])
+    if command == "docs":
+        # mkdocs' strict mode turns every warning (a broken link or anchor) into a failure.
+        os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+        if rest[:1] == ["serve"]:
+            return _run([str(PY), "-m", "mkdocs", "serve", "--strict", *rest[1:]])
+        return _run([str(PY), "-m", "mkdocs", "build", "--strict", *rest])
     if command == "tox":
         # pyenv's shims hide every version but the selected one from tox's discovery:
         # put each installed 3.10-3.13 first on PATH instead.

@@ -146,15 +146,7 @@ def _gen_keys(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import os
-
-    sys.path.insert(0, os.getcwd())
-    try:
-        from sample_apps.fastapi_demo.run import run
-    except ImportError:
-        print("the demo lives in the source checkout: run `python3 dev.py demo` there",
-              file=sys.stderr)
-        return 1
+    from secure_mw.demo.run import run  # ships in the package; base dependencies only
 
     return run(host=args.host, port=args.port, state_dir=args.state_dir)
 

@@ -315,21 +315,30 @@ def _opt(
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
-    external_url: str | None = _opt(None, check=_check_url, doc="public URL of the app")
+    external_url: str | None = _opt(
+        None, check=_check_url,
+        doc="public URL of the app: the iss/aud of assertions and the base of the login URLs "
+            "(otherwise the request's origin, when its host is allowed)")
     auth_prefix: str = _opt("/.auth/", check=_check_auth_prefix,
-                            doc="where secure_mw serves login, callback, logout and me")
+                            doc="where secure_mw serves login, callback, logout, logged-out "
+                                "and me")
     forwarded_header: str = _opt(
         "x-forwarded-for", choices=("x-forwarded-for", "forwarded", "auto"),
-        doc="which forwarding header trusted proxies set (auto: Forwarded when present)")
+        doc="which header the trusted proxies set: x-forwarded-for (with -proto, -host), "
+            "forwarded (RFC 7239), or auto (Forwarded when present: only if every proxy "
+            "overwrites it)")
     client_cert_header: str | None = _opt(
         None, doc="header in which trusted proxies pass the client certificate (URL-escaped "
-                  "PEM, as nginx's $ssl_client_escaped_cert)")
+                  "PEM, as nginx's $ssl_client_escaped_cert); read from trusted peers only")
     trusted_proxies: list[str] = _opt(factory=list, check=_check_proxies,
-                                      doc="peers allowed to set Forwarded / X-Forwarded-* "
-                                          "(CIDRs; \"unix\": a Unix-socket peer)")
+                                      doc="CIDRs of peers allowed to set Forwarded / "
+                                          "X-Forwarded-*; \"unix\" trusts a peer on a Unix "
+                                          "socket")
     allowed_hosts: list[str] = _opt(
         factory=list, check=_check_allowed_hosts,
-        doc="host names the app answers for (default: external_url's host, else loopback)")
+        doc="host names the app answers for: app.example.com (any port), host:8443, "
+            "*.example.com, \"*\"; others get 400 (default: external_url's host, else "
+            "loopback)")
     certificates_directory: str | None = _opt(
         None, path=True, check=_check_certificates_directory,
         doc="more CA certificates (every .pem/.crt/.cer file) that outbound TLS trusts, as "
@@ -339,15 +348,25 @@ class ServerSettings:
 @dataclass(frozen=True, kw_only=True)
 class KeysSettings:
     encryption_keys: list[str] = _opt(factory=list, secret=True,
-                                      doc="key ring, base64url 32-byte keys; the first encrypts")
+                                      doc="the key ring: base64url 32-byte keys, the first "
+                                          "encrypts, all decrypt")
     encryption_passphrase: str | None = _opt(None, secret=True,
-                                             doc="alternative: derive the master key once")
+                                             doc="alternative to keys: the master key is "
+                                                 "derived once per process")
     encryption_salt_file: str | None = _opt(None, path=True,
-                                            doc="per-installation salt for the passphrase")
-    encryption_kdf: str = _opt("pbkdf2", choices=("pbkdf2", "scrypt"))
+                                            doc="per-installation salt for the passphrase "
+                                                "(created 0600 on first use)")
+    encryption_kdf: str = _opt("pbkdf2", choices=("pbkdf2", "scrypt"),
+                               doc="pbkdf2 (HMAC-SHA256, 600,000 iterations) or scrypt "
+                                   "(N=2^17, r=8, p=1)")
     encryption_algorithm: str = _opt("xchacha20-poly1305",
-                                     choices=("xchacha20-poly1305", "aes-256-gcm"))
-    signing_jwks: str | None = _opt(None, secret=True, doc="private JWKS for identity assertions")
+                                     choices=("xchacha20-poly1305", "aes-256-gcm"),
+                                     doc="the envelope's AEAD (aes-256-gcm with per-entry "
+                                         "subkeys)")
+    signing_jwks: str | None = _opt(
+        None, secret=True,
+        doc="private JWKS for identity assertions (secure-mw gen-keys --jwks); unset: ES256 "
+            "keys derived from the key ring")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -369,17 +388,34 @@ class _Default(str):
 
 @dataclass(frozen=True, kw_only=True)
 class SessionSettings:
-    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis"))
-    redis_url: str | None = _opt(None, secret=True)
-    redis_key_prefix: str = _opt("secure_mw:")
-    cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name)
-    cookie_domain: str = _opt("", check=_check_cookie_domain)
-    cookie_secure: bool = _opt(True, doc="false only for plain-http development hosts")
-    same_site: str = _opt("lax", choices=("lax", "strict", "none"))
-    expiration: float = _opt(3600.0, duration=True, check=_check_positive)
-    inactivity: float = _opt(300.0, duration=True, check=_check_positive)
-    remember_me: float = _opt(30 * 86400.0, duration=True)
-    memory_max_sessions: int = _opt(100_000, check=_check_positive)
+    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis"),
+                      doc="where sessions live; cookie and redis need keys.encryption_keys (or "
+                          "a passphrase)")
+    redis_url: str | None = _opt(None, secret=True,
+                                 doc="required with store = \"redis\"; when set, login "
+                                     "regulation and used TOTP codes are kept there too")
+    redis_key_prefix: str = _opt("secure_mw:",
+                                 doc="prefix of every Redis key the application writes (give "
+                                     "each app sharing a Redis its own)")
+    cookie_name: str = _opt("secure_mw_session", check=_check_cookie_name,
+                            doc="without a __Host-/__Secure- prefix: secure_mw adds it")
+    cookie_domain: str = _opt("", check=_check_cookie_domain,
+                              doc="empty: host-only cookie with the __Host- prefix; a domain "
+                                  "(single sign-on across its subdomains) gets __Secure-; a "
+                                  "public suffix is refused")
+    cookie_secure: bool = _opt(True, doc="false drops Secure and the prefixes: only for "
+                                         "plain-http development hosts that are not loopback")
+    same_site: str = _opt("lax", choices=("lax", "strict", "none"),
+                          doc="the cookie's SameSite attribute")
+    expiration: float = _opt(3600.0, duration=True, check=_check_positive,
+                             doc="absolute lifetime of a session")
+    inactivity: float = _opt(300.0, duration=True, check=_check_positive,
+                             doc="idle timeout; must not exceed expiration")
+    remember_me: float = _opt(30 * 86400.0, duration=True,
+                              doc="lifetime with remember-me; \"0\" disables it")
+    memory_max_sessions: int = _opt(100_000, check=_check_positive,
+                                    doc="bound of the memory store (with the cookie store and "
+                                        "no redis_url: the ended sessions remembered)")
 
     @property
     def store_explicit(self) -> bool:
@@ -399,25 +435,39 @@ class SessionSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class OIDCSettings:
-    issuer: str = _opt(check=_check_issuer)
-    client_id: str = _opt()
-    client_secret: str | None = _opt(None, secret=True)
+    issuer: str = _opt(check=_check_issuer,
+                       doc="https URL (plain http only for loopback test providers)")
+    client_id: str = _opt(doc="the client id registered at the provider")
+    client_secret: str | None = _opt(None, secret=True,
+                                     doc="required for the client_secret_* methods")
     token_endpoint_auth_method: str = _opt(
         "client_secret_basic",
         choices=("client_secret_basic", "client_secret_post", "private_key_jwt", "none"),
+        doc="how the client authenticates at the token endpoint (private_key_jwt: RFC 7523; "
+            "none: a public client, PKCE only)",
     )
     client_jwks: str | None = _opt(None, secret=True,
-                                   doc="private JWKS for private_key_jwt (the first key signs)")
-    scopes: list[str] = _opt(factory=lambda: ["openid", "profile", "email"])
-    groups_claim: str = _opt("groups")
-    refresh_interval: float = _opt(300.0, duration=True)
-    post_logout_redirect_uri: str | None = _opt(None, check=_check_url)
-    redirect_uri: str | None = _opt(None, check=_check_url)
+                                   doc="private JWKS for private_key_jwt, the first key signs "
+                                       "(register its public half at the provider)")
+    scopes: list[str] = _opt(factory=lambda: ["openid", "profile", "email"],
+                             doc="must include openid")
+    groups_claim: str = _opt("groups", doc="claim holding the user's groups")
+    refresh_interval: float = _opt(300.0, duration=True,
+                                   doc="how often profile and groups are re-fetched")
+    post_logout_redirect_uri: str | None = _opt(
+        None, check=_check_url,
+        doc="fixed return address after logout at the provider (default: "
+            "<origin>/.auth/logged-out, which must be registered)")
+    redirect_uri: str | None = _opt(None, check=_check_url,
+                                    doc="callback registered at the provider (default: "
+                                        "<external_url or request origin>/.auth/callback)")
     assume_email_verified: bool = _opt(
         False, doc="count the provider's emails as verified when it sends no email_verified "
                    "claim (an explicit false stays false)")
     max_token_size: int = _opt(64 * 1024, parse=parse_size, check=_check_token_size,
-                               doc="largest id_token accepted (users in many groups)")
+                               doc="largest id_token accepted: a size (\"256KiB\", \"1MiB\") "
+                                   "or bytes, 1 KiB to 1 MiB; raise it for users in thousands "
+                                   "of groups")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
@@ -465,18 +515,21 @@ def _check_readable_file(value: str) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class LocalUsersSettings:
-    file: str = _opt("users.toml", path=True)
+    file: str = _opt("users.toml", path=True, doc="users file with Argon2id hashes")
     totp_file: str = _opt("totp.json", path=True,
                           doc="enrolled TOTP secrets, encrypted with the key ring (0600)")
     totp_issuer: str = _opt("secure_mw", doc="the name authenticator apps show")
     refresh_interval: float = _opt(
         300.0, duration=True, parse=_parse_refresh_interval,
-        doc="how often a session's user is looked up again in the users file ('always')")
+        doc="how often a session's user is looked up again in the users file; \"always\" (or "
+            "0): at every request")
     password_min_length: int = _opt(12, check=_check_min_length,
-                                    doc="new passwords: at least this many characters")
+                                    doc="new passwords: at least this many characters (code "
+                                        "points after NFKC), 8 to 1024")
     password_blocklist_file: str | None = _opt(
         None, path=True, check=_check_readable_file,
-        doc="new passwords: refuse those listed here (one a line)")
+        doc="common passwords you supply (UTF-8, one a line) that new passwords must not be, "
+            "nor contain with digits or symbols added")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -503,22 +556,28 @@ class PagesSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class NamedNetwork:
-    name: str = _opt()
-    networks: list[str] = _opt(factory=list, check=_check_cidrs)
+    name: str = _opt(doc="the name rules use in networks")
+    networks: list[str] = _opt(factory=list, check=_check_cidrs, doc="its CIDRs")
 
 
 @dataclass(frozen=True, kw_only=True)
 class AccessRule:
-    domain: list[str] = _opt(factory=list)
-    domain_regex: list[str] = _opt(factory=list)
-    resources: list[str] = _opt(factory=list)
-    methods: list[str] = _opt(factory=list)
-    networks: list[str] = _opt(factory=list)
-    subject: list[list[str]] = _opt(factory=list, parse=_normalize_subject)
-    query: list[Any] = _opt(factory=list)
-    policy: str | None = _opt(None, choices=("bypass", "authenticated", "two_factor", "deny"))
-    allow: dict[str, Any] | None = _opt(None)
-    deny: dict[str, Any] | None = _opt(None)
+    domain: list[str] = _opt(factory=list, doc="host names (exact, or *.example.com)")
+    domain_regex: list[str] = _opt(factory=list, doc="host name regular expressions")
+    resources: list[str] = _opt(factory=list,
+                                doc="path regular expressions, matched against the normalized "
+                                    "path only (never the query string)")
+    methods: list[str] = _opt(factory=list, doc="HTTP methods (empty: all)")
+    networks: list[str] = _opt(factory=list, doc="CIDRs or names from access_control.networks")
+    subject: list[list[str]] = _opt(factory=list, parse=_normalize_subject,
+                                    doc="user:, group: or email: entries; a string, a list "
+                                        "(OR), or a list of lists (OR of ANDs)")
+    query: list[Any] = _opt(factory=list, doc="query-string conditions")
+    policy: str | None = _opt(None, choices=("bypass", "authenticated", "two_factor", "deny"),
+                              doc="what a match decides; a rule needs a policy or allow/deny "
+                                  "blocks, and a bypass rule cannot have a subject")
+    allow: dict[str, Any] | None = _opt(None, doc="a Pomerium-style allow block")
+    deny: dict[str, Any] | None = _opt(None, doc="a Pomerium-style deny block")
     subject_mismatch: str | None = _opt(
         None, choices=("deny", "continue"),
         doc="a signed-in user the subject does not name: refused (deny, the default) or "
@@ -535,17 +594,22 @@ class AccessRule:
 
 @dataclass(frozen=True, kw_only=True)
 class AccessControlSettings:
-    default_policy: str = _opt("deny", choices=("bypass", "authenticated", "two_factor", "deny"))
-    networks: list[NamedNetwork] = _opt(factory=list)
-    rules: list[AccessRule] = _opt(factory=list)
+    default_policy: str = _opt("deny", choices=("bypass", "authenticated", "two_factor", "deny"),
+                               doc="the decision when no rule matches")
+    networks: list[NamedNetwork] = _opt(factory=list, doc="named groups of CIDRs")
+    rules: list[AccessRule] = _opt(factory=list, doc="the access rules, first match wins")
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadersSettings:
-    preset: str = _opt("page", choices=("page", "api"))
-    hsts_max_age: float = _opt(365 * 86400.0, duration=True)
-    hsts_include_subdomains: bool = _opt(True)
-    hsts_preload: bool = _opt(False)
+    preset: str = _opt("page", choices=("page", "api"),
+                       doc="the header set: page (HTML pages) or api")
+    hsts_max_age: float = _opt(365 * 86400.0, duration=True,
+                               doc="HSTS max-age (sent on https only)")
+    hsts_include_subdomains: bool = _opt(True, doc="HSTS includeSubDomains")
+    hsts_preload: bool = _opt(False,
+                              doc="HSTS preload, opt-in (needs includeSubDomains and a max-age "
+                                  "of a year)")
     csp: str | None = _opt(None, doc="Content-Security-Policy instead of the preset's; "
                                      "{nonce} marks where the per-request nonce goes")
     overrides: dict[str, dict[str, str]] = _opt(
@@ -564,11 +628,14 @@ class HeadersSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RedirectsSettings:
-    allowed_hosts: list[str] = _opt(factory=list)
+    allowed_hosts: list[str] = _opt(factory=list,
+                                    doc="exact hosts (optionally with port) and *.example.com "
+                                        "patterns redirects may go to")
     params: list[str] = _opt(
-        factory=lambda: ["rd", "next", "return_to", "redirect_uri", "post_logout_redirect_uri"]
+        factory=lambda: ["rd", "next", "return_to", "redirect_uri", "post_logout_redirect_uri"],
+        doc="query parameters checked"
     )
-    default: str = _opt("/")
+    default: str = _opt("/", doc="safe replacement for an unsafe Location (must itself be safe)")
 
     def _problems(self) -> list[tuple[str, str]]:
         from secure_mw.guards.redirect import RedirectPolicy
@@ -584,10 +651,10 @@ class RedirectsSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimitRule:
-    key: str = _opt("ip")
-    limit: str = _opt(check=_check_rate)
-    methods: list[str] = _opt(factory=list)
-    paths: list[str] = _opt(factory=list)
+    key: str = _opt("ip", doc="ip, user, route or a dotted path to a key function")
+    limit: str = _opt(check=_check_rate, doc="e.g. \"20/second;600/minute\" or \"5/10minutes\"")
+    methods: list[str] = _opt(factory=list, doc="only these methods (empty: all)")
+    paths: list[str] = _opt(factory=list, doc="only these path regexes (empty: all)")
     fail_open: bool | None = _opt(
         None, doc="store unreachable: allow (true) or 503 (false); unset: allow, except "
                   "requests to credential endpoints and rules that protect credentials")
@@ -603,9 +670,9 @@ class RateLimitRule:
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimitsSettings:
-    store: str = _opt("memory", choices=("memory", "redis"))
-    redis_url: str | None = _opt(None, secret=True)
-    rules: list[RateLimitRule] = _opt(factory=list)
+    store: str = _opt("memory", choices=("memory", "redis"), doc="where the counters live")
+    redis_url: str | None = _opt(None, secret=True, doc="defaults to session.redis_url")
+    rules: list[RateLimitRule] = _opt(factory=list, doc="the limits")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -617,12 +684,15 @@ class RegulationSettings:
                                  doc="guesses of one user name from anywhere")
     ip_max_retries: int = _opt(20, check=_check_positive,
                                doc="guesses from one address (IPv6: its /64), any name")
-    find_time: float = _opt(120.0, duration=True, check=_check_positive)
-    ban_time: float = _opt(300.0, duration=True, check=_check_positive)
+    find_time: float = _opt(120.0, duration=True, check=_check_positive,
+                            doc="the window the budgets count in")
+    ban_time: float = _opt(300.0, duration=True, check=_check_positive,
+                           doc="how long a subject whose budget failed is banned")
     modes: list[str] = _opt(
         factory=lambda: ["pair", "user", "ip"],
         check=lambda v: None if set(v) <= {"pair", "user", "ip"}
         else "modes are 'pair', 'user' and/or 'ip'",
+        doc="which budgets apply: pair, user, ip",
     )
     device_lifetime: float = _opt(
         30 * 86400.0, duration=True,
@@ -642,18 +712,22 @@ class RegulationSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class SignedHeadersVerifySettings:
-    header: str = _opt("X-Pomerium-Jwt-Assertion", check=_check_header_name)
-    jwks_url: str | None = _opt(None, check=_check_url)
-    jwks_file: str | None = _opt(None, path=True)
-    issuer: str = _opt()
-    audience: str | None = _opt(None)
+    header: str = _opt("X-Pomerium-Jwt-Assertion", check=_check_header_name, doc="header to verify")
+    jwks_url: str | None = _opt(None, check=_check_url,
+                                doc="pinned keys (URL); jwks_url or jwks_file is required")
+    jwks_file: str | None = _opt(None, path=True,
+                                 doc="pinned keys (file); jwks_url or jwks_file is required")
+    issuer: str = _opt(doc="exact issuer")
+    audience: str | None = _opt(None, doc="exact audience (default: the request host)")
     algorithms: list[str] = _opt(
         factory=lambda: ["ES256", "RS256"],
         check=lambda v: None if v and set(v) <= {"ES256", "RS256", "PS256", "EdDSA"}
         else "algorithms are among ES256, RS256, PS256, EdDSA",
+        doc="among ES256, RS256, PS256, EdDSA",
     )
     leeway: float = _opt(30.0, duration=True,
-                         check=lambda v: None if v <= 60 else "must be at most 60s")
+                         check=lambda v: None if v <= 60 else "must be at most 60s",
+                         doc="clock leeway, at most 60 s")
     assume_email_verified: bool = _opt(
         False, doc="count the assertion's email as verified when it has no email_verified "
                    "claim (Pomerium's have none)")
@@ -666,16 +740,18 @@ class SignedHeadersVerifySettings:
 
 @dataclass(frozen=True, kw_only=True)
 class SignedHeadersSettings:
-    issue: bool = _opt(True)
-    header: str = _opt("X-Secure-MW-Jwt-Assertion", check=_check_header_name)
-    lifetime: float = _opt(300.0, duration=True, check=_check_positive)
-    verify: SignedHeadersVerifySettings | None = _opt(None)
+    issue: bool = _opt(True, doc="sign an identity assertion for the wrapped app")
+    header: str = _opt("X-Secure-MW-Jwt-Assertion", check=_check_header_name,
+                       doc="header carrying it")
+    lifetime: float = _opt(300.0, duration=True, check=_check_positive, doc="assertion lifetime")
+    verify: SignedHeadersVerifySettings | None = _opt(
+        None, doc="verify an assertion from Pomerium or another secure_mw")
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuditSettings:
-    format: str = _opt("json", choices=("json", "logfmt"))
-    logger: str = _opt("secure_mw.audit")
+    format: str = _opt("json", choices=("json", "logfmt"), doc="the audit line's format")
+    logger: str = _opt("secure_mw.audit", doc="name of the logging logger")
 
 
 _S = TypeVar("_S", bound="Settings")

@@ -2,7 +2,7 @@
 Debian's chromedriver (the same Chromium build, so the two always match; no browser or driver
 is downloaded).
 
-The demo is started as a user starts it (``python -m sample_apps.fastapi_demo``); the browser
+The demo is started as a user starts it (``python -m secure_mw.demo``); the browser
 is sent to the built-in login, fails once, signs in with the password the demo printed, sees
 who it is on a page styled through its CSP nonce with no CSP violation in the console, and
 signs out through the confirmation page. On the way it opens the demo's page that needs a second
@@ -94,7 +94,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sample_apps.fastapi_demo", "--port", str(port),
+        [sys.executable, "-m", "secure_mw.demo", "--port", str(port),
          "--state-dir", str(tmp_path / "state")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -28,7 +28,7 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sample_apps.fastapi_demo", "--port", str(port),
+        [sys.executable, "-m", "secure_mw.demo", "--port", str(port),
          "--state-dir", str(state)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -125,8 +125,8 @@ def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess
 
 def test_demo_reuses_its_key_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    from sample_apps.fastapi_demo.run import _key_ring
     from secure_mw import Settings
+    from secure_mw.demo.run import _key_ring
 
     settings = Settings.from_mapping({})
     ring1, where1 = _key_ring(state, settings)
@@ -160,3 +160,27 @@ def test_dev_py_demo_stops_its_server_with_it(tmp_path: Path, signum: int) -> No
     assert "secure_mw demo: stopped" in out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_secure_mw_demo_serves_without_fastapi_or_uvicorn(tmp_path: Path) -> None:
+    """``secure-mw demo`` from a plain install: the demo ships in the package and runs on the
+    base dependencies, with every extra's package made unimportable."""
+    from tests.test_plain_install import _BLOCKER
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    code = _BLOCKER + (
+        "import sys\nfrom secure_mw.cli import main\n"
+        f"sys.exit(main(['demo', '--port', '{port}', '--state-dir', 'state']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, timeout=30, proc=proc)  # type: ignore[arg-type]
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 401   # the stack is there
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert "secure_mw demo: stopped" in out and "sign in as 'demo'" in out

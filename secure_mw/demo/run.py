@@ -1,4 +1,8 @@
-"""Start the demo: ``python -m sample_apps.fastapi_demo`` (or ``python3 dev.py demo``)."""
+"""Start the demo: ``secure-mw demo``, ``python -m secure_mw.demo`` or ``python3 dev.py demo``.
+
+It serves the app with Werkzeug's threaded development server (Werkzeug is a base
+dependency), so a plain install runs it; it is a demo, not a production server.
+"""
 
 from __future__ import annotations
 
@@ -58,12 +62,13 @@ def _demo_user(state_dir: Path, settings: Settings) -> tuple[str, str, str]:
 
 
 def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-mw-demo") -> int:
-    import uvicorn
+    from werkzeug.serving import make_server
 
-    from sample_apps.fastapi_demo.app import create_app
-    from secure_mw.asgi import protect
+    from secure_mw.demo.app import create_app
+    from secure_mw.wsgi import protect
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # no line per request
     state = Path(state_dir)
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -86,25 +91,33 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
     print(f"secure_mw demo: users file {users_file}")
     print(f"secure_mw demo: sign in as {name!r} with password {password!r} "
           "(new at every start)")
-    print(f"secure_mw demo: open http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again:
-    # ours turns that into a clean return (SIGHUP, from a closed terminal, stops it too).
+    # SIGINT, SIGTERM and SIGHUP (a closed terminal) end serve_forever() with a clean return;
+    # the handlers are in place before the port opens, so no signal finds the default.
     stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
                                                 else [])
     previous = {s: signal.signal(s, _stop) for s in stops}
+    server = None
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
-    except _Stopped:
+        server = make_server(host, port, app, threaded=True)
+        print(f"secure_mw demo: open http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+        server.serve_forever()
+    except OSError as exc:
+        print(f"secure_mw demo: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    except (_Stopped, KeyboardInterrupt):
         pass
     finally:
+        if server is not None:
+            server.server_close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     print("secure_mw demo: stopped", flush=True)
     return 0
 
 
-class _Stopped(Exception):
-    pass
+class _Stopped(BaseException):
+    """Not an Exception: socketserver logs and swallows those when one interrupts the
+    hand-over of a connection to its thread (as KeyboardInterrupt, it must end the loop)."""
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -112,7 +125,7 @@ def _stop(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sample_apps.fastapi_demo")
+    parser = argparse.ArgumentParser(prog="secure-mw demo")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--state-dir", default=".secure-mw-demo")

@@ -1,1 +1,0 @@
-"""The demo: a FastAPI app protected by what secure_mw offers so far."""
