@@ -33,7 +33,7 @@ def _build(root: Path, site: Path) -> subprocess.CompletedProcess[str]:
 def _copy_site(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(ROOT / "docs", root / "docs")
-    for name in ("mkdocs.yml", "CHANGELOG.md"):
+    for name in ("mkdocs.yml", "CHANGELOG.md", "SECURITY.md"):
         shutil.copy(ROOT / name, root / name)
     return root
 
