@@ -52,6 +52,7 @@ from django.test import override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from secure_mw.contrib.django import (  # noqa: E402
+    IDENTITY_KEY,
     get_asgi_application,
     get_wsgi_application,
     identity_of,
@@ -466,3 +467,24 @@ def test_check_the_glue(configured: dict[str, Any]) -> None:
         assert "secure_mw.E004" in ids(checks.run_checks())
     with override_settings(MIDDLEWARE=[mw[0], ours, mw[1]]):
         assert ids(checks.run_checks()) == ["secure_mw.E005"]
+
+
+def test_require_takes_any_of_its_groups(configured: dict[str, Any]) -> None:
+    """As require() of the Flask and FastAPI integrations: one of the groups is enough."""
+
+    @require(groups=["admins", "ops"])
+    def either(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("in")
+
+    def asking(groups: list[str]) -> HttpResponse:
+        request = HttpRequest()
+        request.META.update({"REQUEST_METHOD": "GET", "PATH_INFO": "/either",
+                             "HTTP_HOST": "127.0.0.1", "HTTP_ACCEPT": "application/json",
+                             "wsgi.url_scheme": "http",
+                             IDENTITY_KEY: Identity(sub="u", groups=groups, source="local")})
+        return either(request)
+
+    assert asking(["ops"]).status_code == 200
+    assert asking(["admins", "staff"]).status_code == 200
+    assert asking(["staff"]).status_code == 403
+    assert asking([]).status_code == 403

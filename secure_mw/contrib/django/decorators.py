@@ -49,14 +49,16 @@ def _refusal(request: Any, groups: frozenset[str], auth_level: int) -> Reply | N
     if not isinstance(identity, Identity):
         return challenge(_view_of(request), settings.server.auth_prefix,
                          _cookie_name(settings))
-    missing = sorted(groups - set(identity.groups))
+    # Any one of the groups will do, as require() in the Flask and FastAPI integrations and
+    # as a list of subjects in an access rule.
+    missing = sorted(groups) if groups and not groups & set(identity.groups) else []
     if identity.auth_level < auth_level and not missing and settings.oidc is None:
         return challenge(_view_of(request), settings.server.auth_prefix,
                          _cookie_name(settings), step="2fa")
     if not missing and identity.auth_level >= auth_level:
         return None
     view = _view_of(request)
-    reason = f"not in {', '.join(missing)}" if missing else \
+    reason = f"not in any of {', '.join(missing)}" if missing else \
         f"auth level {identity.auth_level} below {auth_level}"
     audit_logger().event("authorization_denied", level=logging.WARNING,
                          remote_ip=view.client, method=view.method, host=view.host,
@@ -75,8 +77,9 @@ def _response(reply: Reply) -> HttpResponse:
 
 
 def require(groups: str | Iterable[str] = (), auth_level: int = 1) -> Callable[[View], View]:
-    """A view decorator: the signed-in user must be in every one of ``groups`` and have
-    signed in with at least ``auth_level`` factors (2: a second factor)."""
+    """A view decorator: the signed-in user must be in one of ``groups`` (any of them; a
+    string is one group) and have signed in with at least ``auth_level`` factors (2: a
+    second factor)."""
     wanted = frozenset([groups] if isinstance(groups, str) else groups)
     if auth_level < 1:
         raise ValueError("auth_level must be 1 (signed in) or more")
