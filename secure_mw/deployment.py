@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from secure_mw.guards.hosts import LOOPBACK_HOSTS
 from secure_mw.settings import Settings
 
 if sys.version_info >= (3, 11):
@@ -34,7 +35,7 @@ __all__ = ["deployment_warnings", "log_deployment_warnings"]
 
 log = logging.getLogger("secure_mw.deployment")
 
-_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+_LOOPBACK = (*LOOPBACK_HOSTS, "::1")        # urlsplit gives IPv6 hosts without brackets
 _logged: set[str] = set()
 _lock = threading.Lock()
 

@@ -461,6 +461,29 @@ class AccessPolicy:
         policy.claim_names = claim_names(access_control)
         return policy
 
+    @classmethod
+    def requirement(cls, groups: str | Iterable[str] = (), auth_level: int = 1
+                    ) -> AccessPolicy:
+        """The policy of one view requirement (the integrations' ``require()``): a single
+        rule for a signed-in user in any one of ``groups`` (none given: any user), with a
+        second factor when ``auth_level`` is 2; everything else denied. ``ValueError`` for
+        an ``auth_level`` other than 1 or 2, or a group name a subject cannot hold."""
+        if auth_level not in (1, 2):
+            raise ValueError("auth_level is 1 (a password or the provider's login) or 2 (a "
+                             f"second factor), not {auth_level!r}")
+        names = list(dict.fromkeys([groups] if isinstance(groups, str) else groups))
+        rule: dict[str, Any] = {"policy": "two_factor" if auth_level == 2 else "authenticated"}
+        if names:
+            rule["subject"] = [[f"group:{name}"] for name in names]      # any of them
+        from secure_mw.settings import Settings
+
+        try:
+            access = Settings.from_mapping({"access_control": {
+                "default_policy": "deny", "rules": [rule]}}, environ={}).access_control
+        except ConfigError as exc:
+            raise ValueError(f"require(groups={names!r}): {exc}") from None
+        return cls.from_settings(access)
+
     # -- lookup ----------------------------------------------------------------------------
 
     def _candidates(self, host: str) -> Sequence[int]:

@@ -191,15 +191,8 @@ class _Requirement:
         if isinstance(groups, str):
             groups = (groups,)
         self.groups = tuple(dict.fromkeys(groups))
-        if auth_level not in (1, 2):
-            raise ValueError(f"auth_level must be 1 or 2, not {auth_level!r}")
         self.auth_level = auth_level
-        rule: dict[str, Any] = {"policy": "two_factor" if auth_level == 2 else "authenticated"}
-        if self.groups:
-            rule["subject"] = [[f"group:{group}"] for group in self.groups]   # any of them
-        access = Settings.from_mapping({"access_control": {
-            "default_policy": "deny", "rules": [rule]}}, environ={}).access_control
-        self.policy = AccessPolicy.from_settings(access)
+        self.policy = AccessPolicy.requirement(self.groups, auth_level)
         self.scopes = [f"group:{g}" for g in self.groups] + \
             (["two_factor"] if auth_level == 2 else [])
 

@@ -122,22 +122,6 @@ def _template_context() -> dict[str, Any]:
     return {"current_identity": _identity(), "csp_nonce": nonce}
 
 
-def _policy(groups: Iterable[str], auth_level: int) -> AccessPolicy:
-    if auth_level not in (1, 2):
-        raise ValueError("auth_level is 1 (a password or the provider's login) or 2 (a "
-                         "second factor)")
-    names = [groups] if isinstance(groups, str) else list(groups)
-    rule: dict[str, Any] = {"policy": "two_factor" if auth_level == 2 else "authenticated"}
-    if names:
-        rule["subject"] = [f"group:{name}" for name in names]
-    try:
-        rules = Settings.from_mapping({"access_control": {
-            "default_policy": "deny", "rules": [rule]}}, environ={}).access_control
-    except ConfigError as exc:
-        raise ValueError(f"require(groups={names!r}): {exc}") from None
-    return AccessPolicy.from_settings(rules)
-
-
 def require(groups: str | Iterable[str] = (), auth_level: int = 1) -> Callable[[F], F]:
     """A view decorator: the signed-in user must be in one of ``groups`` (any of them; none
     given: any user) and have authenticated at ``auth_level`` (2: with a second factor).
@@ -145,7 +129,7 @@ def require(groups: str | Iterable[str] = (), auth_level: int = 1) -> Callable[[
     else gets 401 JSON saying where to log in. Signed in but not allowed: 403 (an HTML page
     for a browser, JSON otherwise), audited as ``authorization_denied``. A second factor
     is offered by the built-in login; an OpenID provider's session that lacks it gets 403."""
-    policy = _policy(groups, auth_level)
+    policy = AccessPolicy.requirement(groups, auth_level)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from django.http import HttpResponse
 
-from secure_mw.audit import audit_logger
+from secure_mw.authz.layer import AuthorizationLayer
+from secure_mw.authz.rules import AccessPolicy
 from secure_mw.contrib.django import identity_of, load_settings
-from secure_mw.http import Reply, RequestView, html_reply, json_reply
+from secure_mw.http import Reply, RequestView
 from secure_mw.identity import Identity
-from secure_mw.oidc.core import challenge
 from secure_mw.settings import Settings
 
 __all__ = ["login_required", "require"]
@@ -34,39 +33,25 @@ def _view_of(request: Any) -> RequestView:
     return RequestView.from_environ(request.META)
 
 
-def _cookie_name(settings: Settings) -> str:
-    from secure_mw.session.cookies import CookieJarSpec
-
-    jar = CookieJarSpec(secure=settings.session.cookie_secure,
-                        domain=settings.session.cookie_domain)
-    return jar.name(settings.session.cookie_name)
+#: Per requirement, the layer built for the settings in force (rebuilt when they change).
+_layers: dict[AccessPolicy, tuple[Settings, AuthorizationLayer]] = {}
 
 
-def _refusal(request: Any, groups: frozenset[str], auth_level: int) -> Reply | None:
-    """What to answer instead of the view, or None when ``request`` meets the requirement."""
-    identity = identity_of(request)
+def _refusal(request: Any, policy: AccessPolicy) -> Reply | None:
+    """What to answer instead of the view, or None when ``request`` meets the requirement:
+    the authorization core decides, as for the Flask and FastAPI integrations."""
     settings = load_settings()
-    if not isinstance(identity, Identity):
-        return challenge(_view_of(request), settings.server.auth_prefix,
-                         _cookie_name(settings))
-    # Any one of the groups will do, as require() in the Flask and FastAPI integrations and
-    # as a list of subjects in an access rule.
-    missing = sorted(groups) if groups and not groups & set(identity.groups) else []
-    if identity.auth_level < auth_level and not missing and settings.oidc is None:
-        return challenge(_view_of(request), settings.server.auth_prefix,
-                         _cookie_name(settings), step="2fa")
-    if not missing and identity.auth_level >= auth_level:
-        return None
+    built = _layers.get(policy)
+    if built is None or built[0] is not settings:
+        built = _layers[policy] = (settings, AuthorizationLayer(settings, policy=policy))
+    layer = built[1]
+    identity = identity_of(request)
     view = _view_of(request)
-    reason = f"not in any of {', '.join(missing)}" if missing else \
-        f"auth level {identity.auth_level} below {auth_level}"
-    audit_logger().event("authorization_denied", level=logging.WARNING,
-                         remote_ip=view.client, method=view.method, host=view.host,
-                         path=view.path, user=identity.sub, rule="django_view",
-                         effect="deny", reason=reason)
-    if view.wants_html:
-        return html_reply(403, "Access denied", "You do not have access to this page.")
-    return json_reply(403, {"error": "forbidden"})
+    root = "" if isinstance(getattr(request, "scope", None), dict) \
+        else str(request.META.get("SCRIPT_NAME", ""))
+    verdict = layer.decide(view, identity if isinstance(identity, Identity) else None,
+                           root=root)
+    return verdict.reply
 
 
 def _response(reply: Reply) -> HttpResponse:
@@ -80,15 +65,13 @@ def require(groups: str | Iterable[str] = (), auth_level: int = 1) -> Callable[[
     """A view decorator: the signed-in user must be in one of ``groups`` (any of them; a
     string is one group) and have signed in with at least ``auth_level`` factors (2: a
     second factor)."""
-    wanted = frozenset([groups] if isinstance(groups, str) else groups)
-    if auth_level < 1:
-        raise ValueError("auth_level must be 1 (signed in) or more")
+    wanted = AccessPolicy.requirement(groups, auth_level)
 
     def decorate(view: View) -> View:
         if inspect.iscoroutinefunction(view):
             @functools.wraps(view)
             async def guarded_async(request: Any, *args: Any, **kwargs: Any) -> Any:
-                reply = _refusal(request, wanted, auth_level)
+                reply = _refusal(request, wanted)
                 if reply is not None:
                     return _response(reply)
                 return await view(request, *args, **kwargs)
@@ -97,7 +80,7 @@ def require(groups: str | Iterable[str] = (), auth_level: int = 1) -> Callable[[
 
         @functools.wraps(view)
         def guarded(request: Any, *args: Any, **kwargs: Any) -> Any:
-            reply = _refusal(request, wanted, auth_level)
+            reply = _refusal(request, wanted)
             if reply is not None:
                 return _response(reply)
             return view(request, *args, **kwargs)
