@@ -85,10 +85,19 @@ async def run_async(flow: Flow[T]) -> T:
 
 
 def _run_sync_timed(flow: Flow[T], observer: _observe.Observer) -> T:
-    """:func:`run_sync`, telling ``observer`` how long each op took and what it raised."""
+    """:func:`run_sync`, telling ``observer`` how long each op that may wait took and what
+    it raised."""
     try:
         op = next(flow)
         while True:
+            if op.inline:       # an in-memory engine: nothing to wait for, nothing to time
+                try:
+                    result = op.sync(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+                continue
             start = perf_counter()
             try:
                 result = op.sync(*op.args, **op.kwargs)
@@ -103,16 +112,22 @@ def _run_sync_timed(flow: Flow[T], observer: _observe.Observer) -> T:
 
 
 async def _run_async_timed(flow: Flow[T], observer: _observe.Observer) -> T:
-    """:func:`run_async`, telling ``observer`` how long each op took and what it raised."""
+    """:func:`run_async`, telling ``observer`` how long each op that may wait took and
+    what it raised."""
     try:
         op = next(flow)
         while True:
+            if op.inline:       # an in-memory engine: nothing to wait for, nothing to time
+                try:
+                    result = op.sync(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+                continue
             start = perf_counter()
             try:
-                if op.inline:
-                    result = op.sync(*op.args, **op.kwargs)
-                else:
-                    result = await op.async_(*op.args, **op.kwargs)
+                result = await op.async_(*op.args, **op.kwargs)
             except BaseException as exc:
                 observer.store_call(op.sync, perf_counter() - start, exc)
                 op = flow.throw(exc)

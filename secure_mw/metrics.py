@@ -214,6 +214,10 @@ class Observer:
             self.tracer = provider.get_tracer("secure_mw")
         self._children: dict[Any, Any] = {}
         self._stores: dict[Any, tuple[Any, Callable[[str], Any]] | None] = {}
+        # By whether the app was reached: bound once, looked up without building a key.
+        self._overhead: dict[bool, Any] | None = None if self.families is None else {
+            True: self.families.overhead.labels("app"),
+            False: self.families.overhead.labels("secure_mw")}
         _observe.activate()
 
     # -- per request (the flavours' ObserveMiddleware) -------------------------------------
@@ -230,9 +234,8 @@ class Observer:
     def finish(self, seen: Observation, elapsed: float, error: BaseException | None = None
                ) -> None:
         answered_by = "app" if seen.reached_app else "secure_mw"
-        if self.families is not None:
-            self._child(self.families.overhead, answered_by).observe(
-                max(elapsed - seen.app_seconds, 0.0))
+        if self._overhead is not None:
+            self._overhead[seen.reached_app].observe(max(elapsed - seen.app_seconds, 0.0))
         if seen.span is not None:
             from opentelemetry import context
 
