@@ -146,7 +146,8 @@ def test_health_can_be_switched_off(flavour: str, tmp_path: Path) -> None:
                                       "local_users": {"file": str(tmp_path / "u.toml")},
                                       "metrics": {"health": False}}, environ={})
     with serve(flavour, settings) as base:
-        assert "checks" not in httpx.get(base + "/.auth/health").text
+        answer = httpx.get(base + "/.auth/health")
+        assert answer.status_code == 404 and "checks" not in answer.text
 
 
 class _Target:

@@ -185,20 +185,25 @@ def test_label_sets_stay_the_same_whatever_the_users_and_paths(served: Any) -> N
 
 
 def test_disabled_registers_nothing_and_wraps_nothing(flavour: str, users: UsersFile) -> None:
+    def default_names() -> set[str]:
+        return {m.name for m in prometheus_client.REGISTRY.collect()
+                if m.name.startswith("secure_mw_")}
+
     registry = prometheus_client.CollectorRegistry()
     settings = Settings.from_mapping({"keys": {"encryption_keys": [KEY]},
                                       "local_users": {"file": str(users.path)}}, environ={})
     module = asgi if flavour == "asgi" else wsgi
     inner = asgi_inner() if flavour == "asgi" else wsgi_inner
+    before = default_names()
     stacked = module.protect(inner, settings, users=users, registry=registry)
+    module.protect(inner, settings, users=users)
     assert not isinstance(stacked, module.ObserveMiddleware)
     layer = stacked
     while hasattr(layer, "app"):
         assert not isinstance(layer, module.AppTimerMiddleware | module.ObserveMiddleware)
         layer = layer.app
     assert list(registry.collect()) == []
-    assert not any(m.name.startswith("secure_mw_")
-                   for m in prometheus_client.REGISTRY.collect())
+    assert default_names() == before
 
 
 def test_two_stacks_in_one_registry_share_the_counters(flavour: str, users: UsersFile) -> None:
