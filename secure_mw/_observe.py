@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["Observation", "Observer", "active", "current"]
+__all__ = ["Observation", "Observer", "active", "current", "decided"]
 
 
 class Observer(Protocol):
@@ -22,6 +22,8 @@ class Observer(Protocol):
     def store_call(self, sync: Any, seconds: float, error: BaseException | None) -> None: ...
 
     def audited(self, seen: Observation, event: str, fields: Mapping[str, object]) -> None: ...
+
+    def decided(self, seen: Observation, layer: str, outcome: str) -> None: ...
 
 
 class Observation:
@@ -40,6 +42,14 @@ current: ContextVar[Observation | None] = ContextVar("secure_mw_observation", de
 
 #: True once an observer exists in this process (set by :mod:`secure_mw.metrics`).
 active = False
+
+
+def decided(layer: str, outcome: str) -> None:
+    """A decision no audit line records (a request let in): ``layer`` and ``outcome`` are
+    literals of the caller. Callers check :data:`active` first."""
+    seen = current.get()
+    if seen is not None:
+        seen.observer.decided(seen, layer, outcome)
 
 
 def activate() -> None:

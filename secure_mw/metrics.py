@@ -55,7 +55,8 @@ _DECISIONS: Final[Mapping[str, tuple[str, str]]] = {
 _UNAVAILABLE: Final[Mapping[str, str]] = {
     "rate_limit_unavailable": "rate_limit", "regulation_unavailable": "regulation"}
 _UNAVAILABLE_OUTCOMES: Final = frozenset({"allowed", "refused", "unrecorded"})
-_EFFECTS: Final = frozenset({"deny", "bad_request", "login", "two_factor"})
+#: The effects a refusal keeps as its outcome (a two_factor rule that cannot step up: deny).
+_EFFECTS: Final = frozenset({"deny", "bad_request"})
 _BAN_SUBJECTS: Final = frozenset({"pair", "user", "ip", "device", "devices"})
 
 #: The reason codes of ``secure_mw_login_failures_total``: the audit line's reason, by its
@@ -282,6 +283,13 @@ class Observer:
                 attributes["secure_mw.reason"] = reason
             seen.span[0].add_event(event if event in _DECISIONS or event in _UNAVAILABLE
                                    else "other", attributes)
+
+    def decided(self, seen: Observation, layer: str, outcome: str) -> None:
+        if self.families is not None:
+            self._child(self.families.decisions, layer, outcome).inc()
+        if seen.span is not None:
+            seen.span[0].add_event(layer, {"secure_mw.layer": layer,
+                                           "secure_mw.outcome": outcome})
 
     def store_call(self, sync: Any, seconds: float, error: BaseException | None) -> None:
         families = self.families

@@ -180,3 +180,24 @@ def test_the_cache_ages_with_the_clock(tmp_path: Path) -> None:
     down = run_sync(check.check())
     assert down.status == 503 and dict(down.headers)["retry-after"] == "2"
     assert b"10.0.0.5" not in down.body and target.calls == 2
+
+
+@pytest.mark.external("redis-server")
+def test_a_frozen_redis_is_unavailable_not_a_hang(flavour: str, tmp_path: Path,
+                                                  redis_server: RedisServer) -> None:
+    import signal
+
+    clock = Clock(1000.0)
+    settings = settings_for(tmp_path, redis_server.url, health_timeout="200ms")
+    redis_server.start()
+    with serve(flavour, settings, health_clock=clock) as base:
+        assert httpx.get(base + "/.auth/health").status_code == 200
+        clock.advance(1.0)
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)      # accepts, never answers
+        try:
+            frozen = httpx.get(base + "/.auth/health", timeout=30)
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert frozen.status_code == 503 and frozen.headers["retry-after"] == "1"
+        assert frozen.json()["checks"]["session"] == "unavailable"

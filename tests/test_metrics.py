@@ -146,8 +146,11 @@ def test_the_counters_after_real_traffic(served: Any) -> None:
     decisions = {dict(labels)["layer"] + "/" + dict(labels)["outcome"]: v
                  for (name, labels), v in samples.items()
                  if name == "secure_mw_decisions_total"}
+    # The rules let in the 3 bursts the rate limit allowed and this scrape, and sent the 5
+    # anonymous first requests to the login.
     assert decisions == {"login/success": 1, "login/failure": 4, "regulation/ban": 1,
-                         "authorization/deny": 1, "rate_limit/refused": 5}
+                         "authorization/deny": 1, "rate_limit/refused": 5,
+                         "authorization/allow": 4, "authorization/login": 5}
     # Requests answered by the app (the 3 allowed bursts, /hello after the login: none
     # here), and by secure_mw (redirects to the login, forms, refusals); /metrics itself is
     # counted once it has answered.

@@ -42,7 +42,7 @@ def test_one_span_per_request_with_an_event_per_decision(flavour: str, tmp_path:
     assert [s.attributes["secure_mw.answered_by"] for s in spans] == \
         ["app", "secure_mw", "secure_mw"]
     assert [[(e.name, dict(e.attributes or {})) for e in s.events] for s in spans] == [
-        [],
+        [("authorization", {"secure_mw.layer": "authorization", "secure_mw.outcome": "allow"})],
         [("rate_limited", {"secure_mw.layer": "rate_limit", "secure_mw.outcome": "refused"})],
         [("host_refused", {"secure_mw.layer": "host", "secure_mw.outcome": "refused"})],
     ]
