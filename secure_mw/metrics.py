@@ -239,11 +239,12 @@ class Observer:
             self._overhead[seen.reached_app].observe(max(elapsed - seen.app_seconds, 0.0))
         if seen.span is not None:
             from opentelemetry import context
+            from opentelemetry.trace import Status, StatusCode
 
             span, token = seen.span
             span.set_attribute("secure_mw.answered_by", answered_by)
-            if error is not None:
-                span.record_exception(error)
+            if error is not None:      # its type only: an app's message may hold anything
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             span.end()
             context.detach(token)
 

@@ -46,3 +46,30 @@ def test_one_span_per_request_with_an_event_per_decision(flavour: str, tmp_path:
         [("rate_limited", {"secure_mw.layer": "rate_limit", "secure_mw.outcome": "refused"})],
         [("host_refused", {"secure_mw.layer": "host", "secure_mw.outcome": "refused"})],
     ]
+
+
+def test_an_exception_of_the_app_marks_the_span_without_its_message(tmp_path: Path) -> None:
+    from opentelemetry.trace import StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "local_users": {"file": str(tmp_path / "users.toml")},
+        "metrics": {"tracing": True}, "access_control": {"rules": [{"policy": "bypass"}]},
+    }, environ={})
+
+    def failing(environ: object, start_response: object) -> list[bytes]:
+        raise RuntimeError("password=hunter2")
+
+    app = wsgi.protect(failing, settings, tracer_provider=provider)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "127.0.0.1",
+               "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "wsgi.url_scheme": "http",
+               "REMOTE_ADDR": "127.0.0.1", "QUERY_STRING": ""}
+    with pytest.raises(RuntimeError):
+        app(environ, lambda *args: None)
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "RuntimeError"
+    assert "hunter2" not in repr(span.to_json())
