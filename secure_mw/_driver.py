@@ -14,7 +14,10 @@ exists exactly once, whichever flavour serves the request::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
+from time import perf_counter
 from typing import Any, TypeVar
+
+from secure_mw import _observe
 
 __all__ = ["Flow", "Op", "run_async", "run_sync"]
 
@@ -46,6 +49,8 @@ Flow = Generator[Op, Any, T]
 
 def run_sync(flow: Flow[T]) -> T:
     """Run ``flow`` to completion with blocking I/O."""
+    if _observe.active and (seen := _observe.current.get()) is not None:
+        return _run_sync_timed(flow, seen.observer)
     try:
         op = next(flow)
         while True:
@@ -61,6 +66,8 @@ def run_sync(flow: Flow[T]) -> T:
 
 async def run_async(flow: Flow[T]) -> T:
     """Run ``flow`` to completion, awaiting each op."""
+    if _observe.active and (seen := _observe.current.get()) is not None:
+        return await _run_async_timed(flow, seen.observer)
     try:
         op = next(flow)
         while True:
@@ -72,6 +79,60 @@ async def run_async(flow: Flow[T]) -> T:
             except BaseException as exc:
                 op = flow.throw(exc)
             else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def _run_sync_timed(flow: Flow[T], observer: _observe.Observer) -> T:
+    """:func:`run_sync`, telling ``observer`` how long each op that may wait took and what
+    it raised."""
+    try:
+        op = next(flow)
+        while True:
+            if op.inline:       # an in-memory engine: nothing to wait for, nothing to time
+                try:
+                    result = op.sync(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+                continue
+            start = perf_counter()
+            try:
+                result = op.sync(*op.args, **op.kwargs)
+            except BaseException as exc:
+                observer.store_call(op.sync, perf_counter() - start, exc)
+                op = flow.throw(exc)
+            else:
+                observer.store_call(op.sync, perf_counter() - start, None)
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _run_async_timed(flow: Flow[T], observer: _observe.Observer) -> T:
+    """:func:`run_async`, telling ``observer`` how long each op that may wait took and
+    what it raised."""
+    try:
+        op = next(flow)
+        while True:
+            if op.inline:       # an in-memory engine: nothing to wait for, nothing to time
+                try:
+                    result = op.sync(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+                continue
+            start = perf_counter()
+            try:
+                result = await op.async_(*op.args, **op.kwargs)
+            except BaseException as exc:
+                observer.store_call(op.sync, perf_counter() - start, exc)
+                op = flow.throw(exc)
+            else:
+                observer.store_call(op.sync, perf_counter() - start, None)
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

@@ -217,6 +217,21 @@ class RedisClients:
         except STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
+    def ping(self) -> None:
+        """PING the server (the health check); :class:`StoreUnavailable` when it does not
+        answer."""
+        try:
+            self._client.ping()
+        except STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def aping(self) -> None:
+        """:meth:`ping` with the running loop's client."""
+        try:
+            await self._async_client().ping()
+        except STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
     def close(self) -> None:
         """Close the synchronous connections opened here (they reopen if used again) and
         forget the asyncio clients of closed loops; :meth:`aclose` closes the others."""

@@ -87,7 +87,9 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     found = _Problems()
     audit = options.get("audit")
     limiter = options.pop("rate_limiter", None)
-    stacked = app
+    observing = _observing(settings, flavour, options, found)
+    health_clock = options.pop("health_clock", None)
+    stacked = app if observing is None else flavour.AppTimerMiddleware(app)
     issue = None
     if settings.signed_headers.issue:
         from secure_mw.tokens.headers import IssueLayer
@@ -125,6 +127,13 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         limiter = by_user.limiter
     by_address = found.build("rate_limits", RateLimitLayer.for_app, settings,
                              limiter=limiter, audit=audit, which="network")
+    if settings.metrics.health:      # inside the rate limits by address: probes count too
+        from secure_mw.health import HealthCheck
+
+        check = found.build("metrics.health", HealthCheck, settings, clock=health_clock) \
+            if health_clock is not None else found.build("metrics.health", HealthCheck, settings)
+        if check is not None:
+            stacked = flavour.HealthMiddleware(stacked, check=check)
     if by_address is not None and by_address.rules:
         stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
     if issue is not None:      # the public keys need no login
@@ -139,6 +148,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     # Before anything else: a request for a host we do not serve never reaches a layer.
     stacked = found.wrap("server.allowed_hosts", stacked, flavour.HostGuardMiddleware,
                          settings=settings, trusted_proxies=proxies, audit=audit)
+    if observing is not None:       # outermost: every decision below is observed
+        stacked = flavour.ObserveMiddleware(stacked, observer=observing)
     found.raise_if_any()
     if settings.server.certificates_directory:   # checked by the settings already
         from secure_mw.outbound import trust_certificates_directory
@@ -148,6 +159,18 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
 
     log_deployment_warnings(settings)
     return stacked
+
+
+def _observing(settings: Settings, flavour: ModuleType, options: dict[str, Any],
+               found: _Problems) -> Any:
+    """The observer ``[metrics]`` asks for (None: nothing observes, nothing is wrapped);
+    takes ``registry=`` and ``tracer_provider=`` out of ``options``."""
+    from secure_mw.metrics import observer_from_settings
+
+    registry = options.pop("registry", None)
+    tracer_provider = options.pop("tracer_provider", None)
+    return found.build("metrics", observer_from_settings, settings, registry=registry,
+                       tracer_provider=tracer_provider)
 
 
 def sign_in_warning(settings: Settings) -> str | None:

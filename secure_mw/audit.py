@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+from secure_mw import _observe
+
 __all__ = ["AuditLogger", "audit_logger", "format_event"]
 
 AuditFormat = Literal["json", "logfmt"]
@@ -120,6 +122,8 @@ class AuditLogger:
         """Write one event; returns the line written (handy for tests)."""
         line = format_event(event, fields, fmt=self.fmt, now=self._clock())
         self.logger.log(level, line)
+        if _observe.active and (seen := _observe.current.get()) is not None:
+            seen.observer.audited(seen, event, fields)   # metrics and traces count it too
         return line
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "HeadersSettings",
     "KeysSettings",
     "LocalUsersSettings",
+    "MetricsSettings",
     "OIDCSettings",
     "PagesSettings",
     "RateLimitRule",
@@ -754,6 +755,23 @@ class AuditSettings:
     logger: str = _opt("secure_mw.audit", doc="name of the logging logger")
 
 
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings:
+    enabled: bool = _opt(False, doc="count decisions, logins, bans, rate-limited requests, "
+                                    "store latency and the added latency in "
+                                    "prometheus_client's registry (extra: metrics)")
+    tracing: bool = _opt(False, doc="one OpenTelemetry span per request with an event per "
+                                    "decision (extra: otel)")
+    health: bool = _opt(True, doc="answer GET {auth_prefix}health: 200, or 503 when a store "
+                                  "does not answer")
+    health_timeout: float = _opt(1.0, duration=True, check=_check_positive,
+                                 doc="how long the health check waits for each store")
+    health_cache: float = _opt(1.0, duration=True,
+                               check=lambda v: None if v >= 0 else "must not be negative",
+                               doc="how long a health answer is reused (a flood of probes "
+                                   "checks the stores once per this)")
+
+
 _S = TypeVar("_S", bound="Settings")
 
 
@@ -785,6 +803,7 @@ class Settings:
     signed_headers: SignedHeadersSettings = _opt(factory=SignedHeadersSettings)
     audit: AuditSettings = _opt(factory=AuditSettings)
     vault: VaultSettings = _opt(factory=VaultSettings)
+    metrics: MetricsSettings = _opt(factory=MetricsSettings)
 
     # -- constructors ---------------------------------------------------------------------
 

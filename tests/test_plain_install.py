@@ -12,7 +12,8 @@ import textwrap
 # Run in a fresh interpreter where the optional packages cannot be imported.
 _BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
-    BLOCKED = {"redis", "fastapi", "flask", "django", "uvicorn"}
+    BLOCKED = {"redis", "fastapi", "flask", "django", "uvicorn", "prometheus_client",
+               "opentelemetry"}
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.partition(".")[0] in BLOCKED:
@@ -91,3 +92,22 @@ def test_a_redis_store_in_the_settings_without_the_extra_names_the_extra() -> No
     """)
     assert result.returncode == 1
     assert "pip install 'secure-mw[redis]'" in result.stderr
+
+
+def test_metrics_or_tracing_in_the_settings_without_the_extra_names_the_extra() -> None:
+    result = _run("""
+        from secure_mw import Settings
+        from secure_mw.errors import ConfigError
+        from secure_mw.wsgi import protect
+        settings = Settings.from_mapping({"metrics": {"enabled": True, "tracing": True}})
+        try:
+            protect(lambda environ, start_response: [], settings)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem.path, problem.message)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "metrics.enabled" in result.stdout and "pip install 'secure-mw[metrics]'" in \
+        result.stdout
+    assert "metrics.tracing" in result.stdout and "pip install 'secure-mw[otel]'" in \
+        result.stdout

@@ -24,17 +24,25 @@ from secure_mw.asgi.guards import (
     RedirectGuardMiddleware,
     SecurityHeadersMiddleware,
 )
+from secure_mw.asgi.observe import (
+    AppTimerMiddleware,
+    HealthMiddleware,
+    ObserveMiddleware,
+)
 from secure_mw.asgi.session import OIDCSessionMiddleware
 from secure_mw.settings import Settings
 
 __all__ = [
+    "AppTimerMiddleware",
     "AuthorizationMiddleware",
     "ClientAddressMiddleware",
+    "HealthMiddleware",
     "HostGuardMiddleware",
     "IdentityHeaderMiddleware",
     "JWKSMiddleware",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
+    "ObserveMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
     "SecurityHeadersMiddleware",

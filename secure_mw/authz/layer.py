@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from secure_mw import _observe
 from secure_mw.audit import AuditLogger, audit_logger
 from secure_mw.authz.paths import PathRefused, check_raw_path, normalize_path
 from secure_mw.authz.rules import AccessPolicy, Decision, Explanation
@@ -132,10 +133,16 @@ class AuthorizationLayer:
         decision = self.policy.evaluate(view, identity, path=routed(path, root))
         effect = decision.effect
         if effect == "allow":
+            if _observe.active:
+                _observe.decided("authorization", "allow")
             return Verdict(None, path, decision)
         if effect == "login":
+            if _observe.active:
+                _observe.decided("authorization", "login")
             return Verdict(challenge(view, self.prefix, self.cookie_name), path, decision)
         if effect == "two_factor" and self.two_factor_step:
+            if _observe.active:
+                _observe.decided("authorization", "two_factor")
             return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,
                            decision)
         self._refused(view, identity, decision.rule, effect, decision.reason)

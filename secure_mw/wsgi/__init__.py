@@ -25,16 +25,24 @@ from secure_mw.wsgi.guards import (
     RedirectGuardMiddleware,
     SecurityHeadersMiddleware,
 )
+from secure_mw.wsgi.observe import (
+    AppTimerMiddleware,
+    HealthMiddleware,
+    ObserveMiddleware,
+)
 from secure_mw.wsgi.session import OIDCSessionMiddleware
 
 __all__ = [
+    "AppTimerMiddleware",
     "AuthorizationMiddleware",
     "ClientAddressMiddleware",
+    "HealthMiddleware",
     "HostGuardMiddleware",
     "IdentityHeaderMiddleware",
     "JWKSMiddleware",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
+    "ObserveMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
     "SecurityHeadersMiddleware",
