@@ -41,7 +41,7 @@ try:
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError
+    from redis.exceptions import NoScriptError, RedisClusterException
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by the plain-install test
     raise ImportError(
@@ -59,8 +59,9 @@ __all__ = ["HEALTH_CHECK_INTERVAL", "STORE_ERRORS", "RedisClients", "Script", "T
 _log = logging.getLogger("secure_mw.redis")
 
 #: Errors that mean "the store cannot answer" (asyncio.TimeoutError differs from the
-#: built-in TimeoutError on Python 3.10).
-STORE_ERRORS: Final = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: built-in TimeoutError on Python 3.10; a Cluster that cannot be reached raises a
+#: RedisClusterException, which is no RedisError).
+STORE_ERRORS: Final = (redis.RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 #: Seconds a pooled connection may stay idle before it is PINGed ahead of the next command.
 HEALTH_CHECK_INTERVAL: Final = 30
 #: Connections to one Redis server per event loop; a request beyond waits for one to be free

@@ -383,3 +383,24 @@ def test_a_store_error_names_the_topology_not_the_url(cluster: RedisCluster) -> 
                            prefix="", socket_timeout=0.2, client=None, aclient=None)
     assert re.fullmatch(r"RedisClients\(server='cluster 127\.0\.0\.1:1', prefix=''\)",
                         repr(clients))
+
+
+@pytest.mark.parametrize("flavour", ["asgi", "wsgi"])
+def test_an_unreachable_cluster_at_start_up_answers_503_never_500(flavour: str) -> None:
+    """A Cluster client connects as it is made: the stack must start anyway and each request
+    fail closed until the cluster answers."""
+    from tests.servers import free_port
+
+    url = f"redis+cluster://127.0.0.1:{free_port()}/0"
+    settings = _app_settings(url, "down:")
+    import secrets
+
+    cookie = f"__Host-secure_mw_session={secrets.token_urlsafe(32)}"   # a well-formed id
+    module: Any = asgi if flavour == "asgi" else wsgi
+    with serve(flavour, lambda inner: module.protect(inner, settings)) as base:
+        answer = httpx.get(base + "/secret", headers={**API, "Cookie": cookie}, timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers.get("retry-after", "").isdigit()
+        # The rate-limit rule follows its fail_open choice (true unless it protects
+        # credentials): served, unlimited, while its store is down.
+        assert httpx.get(base + "/limited", headers=API, timeout=30).status_code == 200
