@@ -9,6 +9,13 @@ store is asked for, so a plain install imports and runs without it.
   closed loops are forgotten); one immediate retry after a dropped connection (a restarted
   server); every failure becomes :class:`~secure_mw.errors.StoreUnavailable` naming only
   ``host:port``; Lua scripts run with EVALSHA (EVAL after NOSCRIPT).
+* Three topologies, told by the URL's scheme: one server (``redis://``, ``rediss://``,
+  ``unix://``), a Redis Cluster (``redis+cluster://`` / ``rediss+cluster://`` and one node's
+  address; the others are discovered) and Sentinel (``redis+sentinel://`` /
+  ``rediss+sentinel://`` with the sentinels' addresses comma-separated and the master's name
+  as the path). The ``[redis]`` section of the settings composes these URLs
+  (:func:`compose_url`); query parameters ``socket_timeout``, ``socket_connect_timeout``,
+  ``max_connections`` and (Sentinel) ``sentinel_password`` tune them.
 * :func:`server_label`, :func:`ttl_ms`, :func:`tag`, :class:`Script`: small helpers.
 """
 
@@ -27,10 +34,14 @@ from urllib.parse import urlsplit
 try:
     import redis
     import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.sentinel
+    import redis.cluster
+    import redis.sentinel
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError
+    from redis.exceptions import NoScriptError, RedisClusterException
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by the plain-install test
     raise ImportError(
@@ -39,46 +50,38 @@ except ImportError as exc:  # pragma: no cover - exercised by the plain-install 
     ) from exc
 
 from secure_mw._encoding import b64url_encode
+from secure_mw._redis_url import Topology, compose_url
 from secure_mw.errors import StoreUnavailable
 
-__all__ = ["HEALTH_CHECK_INTERVAL", "STORE_ERRORS", "RedisClients", "Script", "server_label",
-           "tag", "ttl_ms"]
+__all__ = ["HEALTH_CHECK_INTERVAL", "STORE_ERRORS", "RedisClients", "Script", "Topology",
+           "compose_url", "server_label", "sync_client", "tag", "ttl_ms"]
 
 _log = logging.getLogger("secure_mw.redis")
 
 #: Errors that mean "the store cannot answer" (asyncio.TimeoutError differs from the
-#: built-in TimeoutError on Python 3.10).
-STORE_ERRORS: Final = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: built-in TimeoutError on Python 3.10; a Cluster that cannot be reached raises a
+#: RedisClusterException, which is no RedisError).
+STORE_ERRORS: Final = (redis.RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 #: Seconds a pooled connection may stay idle before it is PINGed ahead of the next command.
 HEALTH_CHECK_INTERVAL: Final = 30
 #: Connections to one Redis server per event loop; a request beyond waits for one to be free
 #: (at most the socket timeout, then the store is unavailable: 503).
 MAX_CONNECTIONS: Final = 64
-_SCHEMES: Final = ("redis", "rediss", "unix")
 #: Printable ASCII without spaces or braces: a brace would move the Cluster hash tag.
 _PREFIX: Final = re.compile(r"[!-z|~]{0,200}")
 
 
 def server_label(url: str) -> str:
-    """``host:port`` (or ``unix:/path``) of a Redis URL; raises ValueError without the URL."""
-    if not isinstance(url, str):
-        raise TypeError("the Redis URL must be a string")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError("the Redis URL is malformed (bad host or port)") from None
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ValueError("the Redis URL must start with redis://, rediss:// or unix://")
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError("a unix:// Redis URL needs a socket path")
-        return f"unix:{parts.path}"
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port or 6379}"
+    """``host:port`` (or ``unix:/path``, ``cluster host:port``, ``sentinel NAME``) of a Redis
+    URL; raises ValueError without the URL."""
+    return Topology.parse(url).label
+
+
+def sync_client(url: str, *, socket_timeout: float = 10.0) -> Any:
+    """A synchronous redis-py client for ``url`` (any topology), for the command line."""
+    clients = RedisClients(url, what="redis", prefix="", socket_timeout=socket_timeout,
+                           client=None, aclient=None)
+    return clients._client
 
 
 def ttl_ms(ttl: float) -> int | None:
@@ -121,13 +124,17 @@ class RedisClients:
     redis-py's ``ssl_*`` options (rediss:// only).
     """
 
-    __slots__ = ("_aclient", "_aclients", "_client", "_given_aclient", "_given_client",
-                 "_kwargs", "_label", "_lock", "_prefix", "_url", "_what")
+    __slots__ = ("_aclient", "_aclients", "_given_aclient", "_given_client",
+                 "_kwargs", "_label", "_lock", "_max_connections", "_prefix", "_sync",
+                 "_topology", "_url", "_what")
 
     def __init__(self, url: str, *, what: str, prefix: str, socket_timeout: float,
                  client: redis.Redis | None, aclient: redis.asyncio.Redis | None,
                  tls: dict[str, str] | None = None, keeps_bytes: bool = False) -> None:
-        self._label = server_label(url)
+        topology = Topology.parse(url)
+        self._topology = topology
+        self._url = url  # kept private (another client of the same store); never shown
+        self._label = topology.label
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ValueError("the key prefix must be at most 200 printable ASCII characters "
                              "without spaces or braces")
@@ -136,18 +143,19 @@ class RedisClients:
             raise ValueError("socket_timeout must be a positive number of seconds")
         self._what = what
         self._prefix = prefix
-        self._url = url  # kept private for the asyncio clients; never shown
+        timeout = topology.options.get("socket_timeout", socket_timeout)
         self._kwargs: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": topology.options.get("socket_connect_timeout", timeout),
             "health_check_interval": HEALTH_CHECK_INTERVAL,
         }
+        self._max_connections: int = topology.options.get("max_connections", MAX_CONNECTIONS)
         if tls:
-            if not url.lower().startswith("rediss://"):
+            if not topology.tls:
                 raise ValueError("TLS files are given but the Redis URL is not rediss://")
             self._kwargs.update(tls)
         self._lock = threading.Lock()
-        self._aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
+        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._given_client = client is not None
         self._given_aclient = aclient is not None
         if keeps_bytes:
@@ -155,11 +163,76 @@ class RedisClients:
                 _check_client(client, "client")
             if aclient is not None:
                 _check_client(aclient, "aclient")
-        self._client: redis.Redis = client if client is not None else redis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            **self._kwargs,
-        )
+        # Made when first used: a Cluster client connects as it is made, and start-up must
+        # not fail because the store is down (requests answer 503 until it is back).
+        self._sync: Any = client
         self._aclient = aclient
+
+    @property
+    def _client(self) -> Any:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                client = self._sync
+                if client is None:
+                    client = self._sync = self._new_sync_client()
+        return client
+
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        extra = {"socket_timeout": self._kwargs["socket_timeout"],
+                 "socket_connect_timeout": self._kwargs["socket_connect_timeout"]}
+        password = self._topology.options.get("sentinel_password")
+        if password:
+            extra["password"] = password
+        return extra
+
+    def _data_kwargs(self) -> dict[str, Any]:
+        """The connection options the URL itself holds (credentials, db, TLS), for the
+        Sentinel clients, which are not made from a URL."""
+        parts = urlsplit(self._topology.plain)
+        kwargs: dict[str, Any] = {"db": int(parts.path.strip("/") or 0)}
+        if parts.username:
+            kwargs["username"] = parts.username
+        if parts.password:
+            kwargs["password"] = parts.password
+        if self._topology.tls:
+            kwargs["ssl"] = True
+        kwargs.update(self._topology.extra)   # ssl_ca_certs and the like, as from_url does
+        return kwargs
+
+    def _new_sync_client(self) -> Any:
+        top = self._topology
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if top.kind == "cluster":
+            return redis.cluster.RedisCluster.from_url(
+                top.plain, retry=retry, max_connections=self._max_connections,
+                **self._kwargs)
+        if top.kind == "sentinel":
+            sentinel = redis.sentinel.Sentinel(list(top.nodes),
+                                               sentinel_kwargs=self._sentinel_kwargs())
+            return sentinel.master_for(top.master, retry=retry, **self._data_kwargs(),
+                                       **self._kwargs)
+        return redis.Redis.from_url(top.plain, retry=retry, **self._kwargs)
+
+    def _new_async_client(self) -> Any:
+        top = self._topology
+        retry = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if top.kind == "cluster":
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                top.plain, retry=retry, max_connections=self._max_connections,
+                **self._kwargs)
+        if top.kind == "sentinel":
+            sentinel = redis.asyncio.sentinel.Sentinel(list(top.nodes),
+                                                       sentinel_kwargs=self._sentinel_kwargs())
+            return sentinel.master_for(top.master, retry=retry, **self._data_kwargs(),
+                                       **self._kwargs)
+        # A bounded pool that waits (up to the socket timeout) for a free connection: the
+        # default one raises at once beyond its size, so a burst of concurrent requests got
+        # 503 while Redis was idle.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            top.plain, max_connections=self._max_connections,
+            timeout=self._kwargs["socket_timeout"], retry=retry, **self._kwargs)
+        return redis.asyncio.Redis(connection_pool=pool)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(server={self._label!r}, prefix={self._prefix!r})"
@@ -168,7 +241,7 @@ class RedisClients:
         _log.debug("%s %s: %s", self._what, self._label, type(exc).__name__)
         return StoreUnavailable(f"{self._what} unavailable: {self._label}")
 
-    def _async_client(self) -> redis.asyncio.Redis:
+    def _async_client(self) -> Any:
         if self._aclient is not None:
             return self._aclient
         loop = asyncio.get_running_loop()
@@ -178,16 +251,7 @@ class RedisClients:
                 client = self._aclients.get(loop)
                 if client is None:
                     self._drop_closed_loops()
-                    # A bounded pool that waits (up to the socket timeout) for a free
-                    # connection: the default one raises at once beyond its size, so a
-                    # burst of concurrent requests got 503 while Redis was idle.
-                    pool = redis.asyncio.BlockingConnectionPool.from_url(
-                        self._url, max_connections=MAX_CONNECTIONS,
-                        timeout=self._kwargs["socket_timeout"],
-                        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                        **self._kwargs,
-                    )
-                    client = redis.asyncio.Redis(connection_pool=pool)
+                    client = self._new_async_client()
                     self._aclients[loop] = client
         return client
 
@@ -197,8 +261,8 @@ class RedisClients:
             del self._aclients[old]
 
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        client = self._client
         try:
+            client = self._client
             try:
                 return client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:  # flushed, restarted or failed over: EVAL caches it again
@@ -237,8 +301,8 @@ class RedisClients:
         forget the asyncio clients of closed loops; :meth:`aclose` closes the others."""
         with self._lock:
             self._drop_closed_loops()
-        if not self._given_client:
-            self._client.close()
+        if not self._given_client and self._sync is not None:
+            self._sync.close()
 
     async def aclose(self) -> None:
         """Close the connections of the running loop's client (they reopen if used again)."""

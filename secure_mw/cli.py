@@ -806,30 +806,48 @@ def _change_key(args: argparse.Namespace) -> int:
             print("secure-mw change-key: Redis needs the redis extra: pip install "
                   "'secure-mw[redis]'", file=sys.stderr)
             return 1
-        client = redis.Redis.from_url(url, socket_timeout=10)
+        from secure_mw._redis import sync_client
+
+        # A Cluster is scanned node by node (a SCAN cursor belongs to one server), each with
+        # its own state file when the run is resumable.
+        try:
+            client = sync_client(url, socket_timeout=10)
+            nodes: list[tuple[str | None, Any]] = [(None, client)]
+            if hasattr(client, "get_primaries"):
+                nodes = [(f"{n.host}:{n.port}", client.get_redis_connection(n))
+                         for n in client.get_primaries()]
+        except redis.RedisError as exc:
+            print(f"secure-mw change-key: Redis cannot be reached ({type(exc).__name__})",
+                  file=sys.stderr)
+            return 1
         start = time.monotonic()
         tty = sys.stderr.isatty()
+        for node, node_client in nodes:
+            name = "redis" if node is None else f"redis {node}"
 
-        def report(p: Progress) -> None:
-            if tty:
-                rate = p.scanned / max(time.monotonic() - start, 1e-9)
-                print(f"\rredis: {p.line()} ({rate:,.0f} keys/s)", end="", file=sys.stderr,
-                      flush=True)
+            def report(p: Progress, name: str = name) -> None:
+                if tty:
+                    rate = p.scanned / max(time.monotonic() - start, 1e-9)
+                    print(f"\r{name}: {p.line()} ({rate:,.0f} keys/s)", end="",
+                          file=sys.stderr, flush=True)
 
-        try:
-            done = reencrypt_redis(ring, client, settings.session.redis_key_prefix,
-                                   state=args.state, batch=args.batch, report=report)
-        except redis.RedisError as exc:
-            print(f"\nsecure-mw change-key: Redis failed ({type(exc).__name__}); run the "
-                  "command again" + (" to resume" if args.state else ""), file=sys.stderr)
-            return 1
-        except ValueError as exc:
-            print(f"secure-mw change-key: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            client.close()
-        print(("\n" if tty else "") + f"redis: {done.line()} in "
-              f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+            state = args.state if node is None or not args.state else \
+                f"{args.state}.{node.replace(':', '-')}"
+            try:
+                done = reencrypt_redis(ring, node_client, settings.session.redis_key_prefix,
+                                       state=state, batch=args.batch, report=report)
+            except redis.RedisError as exc:
+                print(f"\nsecure-mw change-key: Redis failed ({type(exc).__name__}); run the "
+                      "command again" + (" to resume" if args.state else ""), file=sys.stderr)
+                client.close()
+                return 1
+            except ValueError as exc:
+                print(f"secure-mw change-key: {exc}", file=sys.stderr)
+                client.close()
+                return 2
+            print(("\n" if tty else "") + f"{name}: {done.line()} in "
+                  f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+        client.close()
         did = True
     totp = Path(settings.local_users.totp_file)
     if totp.exists():

@@ -136,7 +136,7 @@ def _inline_secrets(cls: type[Any], data: Mapping[str, Any], prefix: str) -> lis
 def _holds_secret(key: str, value: object) -> bool:
     if not value:
         return False
-    if key.endswith("redis_url") and isinstance(value, str):
+    if (key.endswith("redis_url") or key == "url") and isinstance(value, str):
         try:
             return urlsplit(value).password is not None    # a URL without one is no secret
         except ValueError:

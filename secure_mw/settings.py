@@ -393,8 +393,10 @@ class SessionSettings:
                       doc="where sessions live; cookie and redis need keys.encryption_keys (or "
                           "a passphrase)")
     redis_url: str | None = _opt(None, secret=True,
-                                 doc="required with store = \"redis\"; when set, login "
-                                     "regulation and used TOTP codes are kept there too")
+                                 doc="a server of its own (default: the [redis] section's); "
+                                     "required with store = \"redis\" without [redis]; when "
+                                     "set, login regulation and used TOTP codes are kept "
+                                     "there too")
     redis_key_prefix: str = _opt("secure_mw:",
                                  doc="prefix of every Redis key the application writes (give "
                                      "each app sharing a Redis its own)")
@@ -426,8 +428,6 @@ class SessionSettings:
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
-        if self.store == "redis" and not self.redis_url:
-            out.append(("redis_url", "required when session.store = 'redis'"))
         if self.inactivity > self.expiration:
             out.append(("inactivity",
                         "is longer than session.expiration, so it would never apply"))
@@ -775,6 +775,101 @@ class MetricsSettings:
 _S = TypeVar("_S", bound="Settings")
 
 
+def _check_sentinel_nodes(values: list[str]) -> str | None:
+    for value in values:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "," in value:
+            return f"{value!r} is not host:port"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    url: str | None = _opt(None, secret=True,
+                           doc="redis:// or rediss:// (TLS) of the server, or of any one node "
+                               "of a Redis Cluster; with Sentinel only its credentials and "
+                               "database (redis://:PASSWORD@/0), or leave it out")
+    cluster: bool = _opt(False, doc="a Redis Cluster: the other nodes are discovered from "
+                                    "url's; every script touches one slot (hash-tagged keys)")
+    sentinel_master: str = _opt("", doc="the master's name the sentinels watch (Sentinel)")
+    sentinel_nodes: list[str] = _opt(factory=list, check=_check_sentinel_nodes,
+                                     doc="the sentinels, \"host:port\" each")
+    sentinel_password: str | None = _opt(None, secret=True,
+                                         doc="the sentinels' own password, when they have one")
+    connect_timeout: float | None = _opt(None, check=_check_positive,
+                                         doc="seconds to open a connection (default: "
+                                             "command_timeout)")
+    command_timeout: float | None = _opt(None, check=_check_positive,
+                                         doc="seconds a command may take before the store "
+                                             "counts as unavailable (default 2 for sessions, "
+                                             "0.5 for the guards)")
+    pool_size: int | None = _opt(None, check=_check_positive,
+                                 doc="connections per server and event loop (default 64); a "
+                                     "request beyond waits for a free one")
+    ca_file: str | None = _opt(None, path=True, check=_check_readable_file,
+                               doc="with rediss://: the CA that signed the servers' "
+                                   "certificates (default: the system's)")
+    cert_file: str | None = _opt(None, path=True, check=_check_readable_file,
+                                 doc="with rediss://: a client certificate (mutual TLS)")
+    key_file: str | None = _opt(None, path=True, check=_check_readable_file,
+                                doc="the client certificate's private key")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        from secure_mw._redis_url import Topology
+
+        out: list[tuple[str, str]] = []
+        if self.cluster and self.sentinel_master:
+            out.append(("cluster", "give either cluster = true or sentinel_master, not both"))
+        if self.sentinel_nodes and not self.sentinel_master:
+            out.append(("sentinel_master", "required with sentinel_nodes"))
+        if self.sentinel_master and not self.sentinel_nodes:
+            out.append(("sentinel_nodes", "required with sentinel_master"))
+        if not self.url and not self.sentinel_master:
+            out.append(("url", "required (or sentinel_master and sentinel_nodes)"))
+        tls = False
+        if self.url:
+            try:
+                topology = Topology.parse(self.url)
+            except ValueError as exc:
+                out.append(("url", str(exc)))
+            else:
+                tls = topology.tls
+                if topology.kind != "server":
+                    out.append(("url", "give redis:// or rediss:// here; cluster and "
+                                       "sentinel_master say the topology"))
+                elif self.sentinel_master and topology.label != "localhost:6379":
+                    out.append(("url", "with sentinel_master the sentinels name the master: "
+                                       "give url without a host (redis://:PASSWORD@/0)"))
+                elif (self.cluster or self.sentinel_master) and self.url.startswith("unix:"):
+                    out.append(("url", "a Unix socket is one server, not a cluster"))
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, name) and not tls:
+                out.append((name, "only with a rediss:// url (TLS)"))
+        if bool(self.cert_file) != bool(self.key_file):
+            out.append(("key_file" if self.cert_file else "cert_file",
+                        "cert_file and key_file go together"))
+        return out
+
+    def composed_url(self) -> str:
+        """The one URL the stores are given for this section (see :mod:`secure_mw._redis_url`)."""
+        from urllib.parse import urlencode
+
+        from secure_mw._redis_url import compose_url
+
+        url = compose_url(self.url, cluster=self.cluster, sentinel_master=self.sentinel_master,
+                          sentinel_nodes=self.sentinel_nodes,
+                          sentinel_password=self.sentinel_password or "",
+                          socket_timeout=self.command_timeout,
+                          socket_connect_timeout=self.connect_timeout,
+                          max_connections=self.pool_size)
+        files = {k: v for k, v in (("ssl_ca_certs", self.ca_file),
+                                   ("ssl_certfile", self.cert_file),
+                                   ("ssl_keyfile", self.key_file)) if v}
+        if files:
+            url += ("&" if "?" in url else "?") + urlencode(files)
+        return url
+
+
 @dataclass(frozen=True, kw_only=True)
 class VaultSettings:
     file: str | None = _opt(None, path=True,
@@ -804,6 +899,7 @@ class Settings:
     audit: AuditSettings = _opt(factory=AuditSettings)
     vault: VaultSettings = _opt(factory=VaultSettings)
     metrics: MetricsSettings = _opt(factory=MetricsSettings)
+    redis: RedisSettings | None = _opt(None)
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -825,7 +921,7 @@ class Settings:
             merged = _apply_environment(cls, _plain(data, ""), environ or {}, problems)
             if "vault" in merged:           # first: `*_file = "vault:NAME"` values use it
                 merged = {"vault": merged["vault"], **merged}
-            built = builder.build(cls, merged, "")
+            built = _with_shared_redis(builder.build(cls, merged, ""))
         except _NotPlain as exc:
             problems.append(ConfigProblem(exc.path, str(exc)))
         except (RecursionError, OverflowError):
@@ -899,6 +995,17 @@ class Settings:
             f" inactivity {_fmt(self.session.inactivity)}, remember-me "
             f"{_fmt(self.session.remember_me) if self.session.remember_me else 'disabled'}"
         )
+        if self.session.redis_url or self.rate_limits.redis_url:
+            from secure_mw._redis_url import Topology
+
+            shown = []
+            for url in dict.fromkeys(u for u in (self.session.redis_url,
+                                                 self.rate_limits.redis_url) if u):
+                try:
+                    shown.append(Topology.parse(url).label)   # never the credentials
+                except ValueError:
+                    shown.append("(malformed URL)")
+            lines.append(f"redis           : {', '.join(shown)}")
         keys = self.keys
         if encryption_source:
             source = encryption_source
@@ -1199,14 +1306,32 @@ def _describe(raw: object) -> str:
             dict: "a table"}.get(type(raw), type(raw).__name__)
 
 
+def _with_shared_redis(s: Any) -> Any:
+    """``s`` with ``session.redis_url`` taken from the ``[redis]`` section when it has none of
+    its own: every Redis-backed store follows ``session.redis_url`` unless its own section
+    names another (``rate_limits.redis_url``)."""
+    if not isinstance(s, Settings) or s.redis is None or s.session.redis_url:
+        return s
+    try:
+        url = s.redis.composed_url()
+    except ValueError:          # reported by the section's own checks
+        return s
+    return dataclasses.replace(s, session=dataclasses.replace(s.session, redis_url=url))
+
+
 def _cross_checks(s: Settings | None, problems: list[ConfigProblem]) -> None:
     """Checks that span sections (those within one section live in its ``_problems``)."""
     if s is None:
         return
-    if s.rate_limits.store == "redis" and not (s.rate_limits.redis_url or s.session.redis_url):
+    if s.session.store == "redis" and not s.session.redis_url and s.redis is None:
+        problems.append(ConfigProblem(
+            "session.redis_url", "required when session.store = 'redis' (or a [redis] section)"))
+    if s.rate_limits.store == "redis" and not (s.rate_limits.redis_url or s.session.redis_url) \
+            and s.redis is None:      # else the section's own problems say what is wrong
         problems.append(ConfigProblem(
             "rate_limits.redis_url",
-            "required when rate_limits.store = 'redis' (or set session.redis_url)",
+            "required when rate_limits.store = 'redis' (or set session.redis_url, or a [redis] "
+            "section)",
         ))
     if s.session.store in ("cookie", "redis") and not (
             s.keys.encryption_keys or s.keys.encryption_passphrase):

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -119,6 +119,165 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
+
+
+def _redis_cli(*args: str, port: int) -> str:
+    program = find_program("redis-cli")
+    return subprocess.run([program, "-h", "127.0.0.1", "-p", str(port), *args],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def _until(what: str, test: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    """Poll ``test`` until it holds (a server's state, not time, is what is awaited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if test():
+                return
+        except (subprocess.SubprocessError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} after {timeout} s")
+
+
+class RedisCluster:
+    """A real Redis Cluster of three masters on loopback ports (``redis-cli --cluster
+    create``), with no persistence; each node's bus port is chosen free too."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.program = find_program("redis-server")
+        find_program("redis-cli")
+        self.dir = Path(tempfile.mkdtemp(prefix="secure-mw-cluster-"))
+        self.ports = [free_port() for _ in range(masters)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port in self.ports:
+            node = self.dir / str(port)
+            node.mkdir(exist_ok=True)
+            self.procs.append(subprocess.Popen(
+                [self.program, "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000",
+                 "--save", "", "--appendonly", "no", "--dir", str(node)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            wait_for_port(port, proc=proc)
+        _redis_cli("--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                   "--cluster-replicas", "0", "--cluster-yes", port=self.ports[0])
+        for port in self.ports:
+            _until("the cluster is not ready", lambda port=port:
+                   "cluster_state:ok" in _redis_cli("cluster", "info", port=port))
+
+    def slot_owner(self, key: str) -> int:
+        """The port of the master that holds ``key``'s slot."""
+        slot = int(_redis_cli("cluster", "keyslot", key, port=self.ports[0]).strip())
+        import redis
+
+        client = redis.Redis(port=self.ports[0])
+        try:
+            for start, end, master, *_ in client.cluster("slots"):
+                if start <= slot <= end:
+                    return int(master[1])
+        finally:
+            client.close()
+        raise RuntimeError("no node owns the slot")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisSentinel:
+    """A real master, one replica and one Sentinel watching them (quorum 1), so a test can
+    fail over (``SENTINEL FAILOVER``) and see the replica promoted."""
+
+    MASTER = "secure-mw"
+
+    def __init__(self) -> None:
+        self.program = find_program("redis-server")
+        find_program("redis-cli")
+        self.dir = Path(tempfile.mkdtemp(prefix="secure-mw-sentinel-"))
+        self.master_port, self.replica_port, self.sentinel_port = (free_port() for _ in "abc")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.MASTER}/0"
+
+    def _server(self, port: int, *extra: str) -> None:
+        node = self.dir / str(port)
+        node.mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [self.program, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(node), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        wait_for_port(port, proc=proc)
+
+    def start(self) -> None:
+        self._server(self.master_port)
+        self._server(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
+        _until("the replica is not in sync", lambda: "master_link_status:up" in _redis_cli(
+            "info", "replication", port=self.replica_port))
+        config = self.dir / "sentinel.conf"
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+            f"sentinel failover-timeout {self.MASTER} 10000\n", encoding="utf-8")
+        log = open(self.dir / "sentinel.log", "wb")  # noqa: SIM115 - the process keeps it
+        proc = subprocess.Popen([self.program, str(config), "--sentinel"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        wait_for_port(self.sentinel_port, proc=proc)
+        _until("the sentinel does not see the replica in sync", self._replica_known)
+
+    def _replica_known(self) -> bool:
+        """Whether the Sentinel has read the replica's own INFO (until then it would refuse
+        a failover: no suitable replica)."""
+        lines = _redis_cli("sentinel", "replicas", self.MASTER,
+                           port=self.sentinel_port).split("\n")
+        fields = dict(zip(lines[::2], lines[1::2], strict=False))
+        return (fields.get("master-link-status") == "ok" and fields.get("flags") == "slave"
+                and int(fields.get("info-refresh", "100000")) < 5000
+                and fields.get("slave-repl-offset", "0") != "0")
+
+    def master(self) -> int:
+        """The port of the master the Sentinel names now."""
+        reply = _redis_cli("sentinel", "get-master-addr-by-name", self.MASTER,
+                           port=self.sentinel_port).split()
+        return int(reply[1])
+
+    def failover(self) -> None:
+        """Promote the replica and wait until it is the master and accepts writes."""
+        before = self.master()
+        _redis_cli("sentinel", "failover", self.MASTER, port=self.sentinel_port)
+        _until("the failover did not happen", lambda: self.master() != before)
+        after = self.master()
+        _until("the new master does not say so", lambda: "role:master" in _redis_cli(
+            "info", "replication", port=after))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def skip_or_fail(message: str) -> NoReturn:

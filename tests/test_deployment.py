@@ -42,6 +42,9 @@ def test_running_as_root() -> None:
      'encryption_salt_file = "salt"\n', "keys.encryption_passphrase"),
     ('[session]\nstore = "redis"\nredis_url = "redis://:pw@127.0.0.1:6379/0"\n',
      "session.redis_url"),
+    ('[redis]\nurl = "redis://:pw@127.0.0.1:6379/0"\n', "redis.url"),
+    ('[redis]\nsentinel_master = "m"\nsentinel_nodes = ["a:1"]\nsentinel_password = "pw@"\n',
+     "redis.sentinel_password"),
 ])
 def test_a_config_file_others_can_read_with_secrets_in_it(tmp_path: Path, toml: str,
                                                           named: str) -> None:
@@ -58,7 +61,8 @@ def test_a_config_file_others_can_read_with_secrets_in_it(tmp_path: Path, toml: 
 def test_a_readable_config_file_without_inline_secrets_is_fine(tmp_path: Path) -> None:
     path = tmp_path / "secure-mw.toml"
     path.write_text('[oidc]\nclient_secret_file = "/run/secrets/oidc"\n'
-                    '[session]\nredis_url = "redis://127.0.0.1:6379/0"\n')
+                    '[session]\nredis_url = "redis://127.0.0.1:6379/0"\n'
+                    '[redis]\nurl = "redis://127.0.0.1:6379/0"\n')
     path.chmod(0o644)
     assert warnings(settings(), config_file=path) == []
     assert warnings(settings(), config_file=tmp_path / "missing.toml") == []

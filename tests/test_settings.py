@@ -72,7 +72,8 @@ def test_example_file_loads_every_section(example_config: Path) -> None:
     assert len(s.keys.encryption_keys) == 1
     assert s.keys.signing_jwks is not None and '"keys"' in s.keys.signing_jwks
     assert s.server.allowed_hosts == ["app.example.com"]
-    assert s.session.redis_url == "redis://:pw@127.0.0.1:6379/0"
+    assert s.redis is not None and s.redis.url == "redis://:pw@127.0.0.1:6379/0"
+    assert s.session.redis_url == "redis://:pw@127.0.0.1:6379/0?socket_timeout=2.0"
     assert s.access_control.rules[1].subject == [["group:admins"]]
     assert s.access_control.rules[1].policy == "two_factor"
     assert s.rate_limits.rules[0].limit == "20/second;600/minute"
