@@ -70,6 +70,7 @@ class AuthorizationLayer:
         self.two_factor_step = settings.oidc is None if two_factor_step is None \
             else two_factor_step
         self.audit = audit or audit_logger()
+        self.bearer = settings.bearer_tokens is not None   # 401s offer Bearer too
 
     def decide(self, view: RequestView, identity: Identity | None,
                raw_path: bytes | None = None, *, root: str = "") -> Verdict:
@@ -134,7 +135,8 @@ class AuthorizationLayer:
         if effect == "allow":
             return Verdict(None, path, decision)
         if effect == "login":
-            return Verdict(challenge(view, self.prefix, self.cookie_name), path, decision)
+            return Verdict(challenge(view, self.prefix, self.cookie_name,
+                                     bearer=self.bearer), path, decision)
         if effect == "two_factor" and self.two_factor_step:
             return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,
                            decision)
