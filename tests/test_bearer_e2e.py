@@ -103,20 +103,17 @@ def test_a_huge_token_is_refused_not_a_500(site: str, tmp_path: Path) -> None:
         environ={})
     from tests.apps import asgi_inner, wsgi_inner
 
-    transports = [httpx.ASGITransport(asgi.protect(asgi_inner(), settings)),
-                  httpx.WSGITransport(wsgi.protect(wsgi_inner, settings))]
-    for transport in transports:
-        if isinstance(transport, httpx.ASGITransport):
-            import asyncio
+    import asyncio
 
-            async def call(t: httpx.ASGITransport = transport) -> httpx.Response:
-                async with httpx.AsyncClient(transport=t, base_url="http://localhost") as c:
-                    return await c.get("/api", headers=bearer(token))
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(asgi.protect(asgi_inner(), settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            return await c.get("/api", headers=bearer(token))
 
-            answer = asyncio.run(call())
-        else:
-            with httpx.Client(transport=transport, base_url="http://localhost") as c:
-                answer = c.get("/api", headers=bearer(token))
+    with httpx.Client(transport=httpx.WSGITransport(wsgi.protect(wsgi_inner, settings)),
+                      base_url="http://localhost") as client:
+        answers = [asyncio.run(call()), client.get("/api", headers=bearer(token))]
+    for answer in answers:
         assert answer.status_code == 401 and answer.json() == {"error": "invalid_token"}
 
 
