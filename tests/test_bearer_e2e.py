@@ -101,9 +101,9 @@ def test_a_huge_token_is_refused_not_a_500(site: str, tmp_path: Path) -> None:
     settings = Settings.from_mapping({"bearer_tokens": {
         "issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(tmp_path / "jwks.json")}},
         environ={})
-    from tests.apps import asgi_inner, wsgi_inner
-
     import asyncio
+
+    from tests.apps import asgi_inner, wsgi_inner
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(asgi.protect(asgi_inner(), settings))
