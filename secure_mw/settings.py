@@ -802,9 +802,10 @@ class BearerTokensSettings:
     jwks_refetch_interval: float = _opt(60.0, duration=True, check=_check_positive,
                                         doc="an unknown kid refetches jwks_url at most once "
                                             "per this interval")
-    cache_ttl: float = _opt(300.0, duration=True, check=_check_positive,
-                            doc="longest a verified token or an introspection answer is "
-                                "remembered (never beyond the token's exp)")
+    cache_ttl: float = _opt(60.0, duration=True, check=_check_positive,
+                            doc="longest an introspection answer (or a verified JWT) is "
+                                "remembered, never beyond the token's exp: a token revoked "
+                                "at the provider is refused at most this late")
     cache_size: int = _opt(10_000, check=lambda v: None if v >= 0 else "must be >= 0",
                            doc="verified tokens remembered at most (0: none)")
     introspection_url: str | None = _opt(

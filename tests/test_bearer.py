@@ -277,6 +277,8 @@ def test_introspection(clock: Clock) -> None:
                           "token_type": "refresh_token"},
         "cnf": {"active": True, "sub": "svc", "aud": AUDIENCE, "cnf": {"jkt": "x"}},
         "no_sub": {"active": True, "aud": AUDIENCE},
+        "client_credentials": {"active": True, "client_id": "svc", "aud": AUDIENCE,
+                               "exp": now + 100},
     }
 
     def answer(request: dict[str, Any]) -> tuple[int, Any]:
@@ -287,14 +289,16 @@ def test_introspection(clock: Clock) -> None:
         return 200, answers[request["form"]["token"][0]]
 
     with json_server(answer) as (url, seen):
-        verifier = BearerVerifier(introspection_settings(url), clock=clock)
+        verifier = BearerVerifier(introspection_settings(url, cache_ttl="5m"), clock=clock)
+        machine = run_sync(verifier.verify("client_credentials"))
+        assert machine.identity.sub == "svc"      # no sub (RFC 7662): its client's token
         good = run_sync(verifier.verify("good"))
         assert good.identity.sub == "svc" and good.identity.groups == ("robots",)
         assert good.scopes == {"api:read"} and good.until == now + 100
         asyncio.run(run_async(verifier.verify("good")))
-        assert len(seen) == 1                          # cached
+        assert len(seen) == 2                          # cached
         for name in answers:
-            if name == "good":
+            if name in ("good", "client_credentials"):
                 continue
             with pytest.raises(InvalidToken):
                 run_sync(verifier.verify(name))

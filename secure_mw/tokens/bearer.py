@@ -164,6 +164,9 @@ class Introspector:
             raise InvalidToken("introspection: audience missing or mismatch")
         if "cnf" in data:
             raise InvalidToken("sender-constrained token (cnf): not accepted as a bearer token")
+        if "sub" not in data and isinstance(data.get("client_id"), str):
+            # RFC 7662 makes sub optional: a client_credentials token is its client's.
+            data = {**data, "sub": data["client_id"]}
         identity = identity_of(data, self.config.groups_claim)
         return Verified(identity, token_scopes(data), min(exp, now + self.config.cache_ttl))
 
