@@ -172,3 +172,45 @@ def test_many_parallel_invalid_tokens_are_each_refused(site: str) -> None:
         statuses = list(pool.map(
             lambda t: httpx.get(site + "/api/items", headers=bearer(t)).status_code, tokens))
     assert statuses == [401] * 40
+
+
+# -- docs/bearer-tokens.md, as written ----------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bearer-tokens.md"
+
+
+def documented(title: str, language: str) -> str:
+    text = DOC.read_text()
+    marker = f"<!-- example: {title} -->"
+    assert marker in text, f"docs/bearer-tokens.md has no example {title!r}"
+    return text.split(marker, 1)[1].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_the_documented_example_works_with_curl(flavour: str, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    minter = Minter()
+    (tmp_path / "issuer-jwks.json").write_text(json.dumps(minter.jwks))
+    (tmp_path / "secure-mw.toml").write_text(documented("bearer", "toml"))
+    settings = Settings.from_file(tmp_path / "secure-mw.toml", environ={})
+    module = asgi if flavour == "asgi" else wsgi
+    token = minter.token(iss="https://idp.example.com", aud="https://api.example.com",
+                         scope="api:read")
+    with serve(flavour, lambda inner: module.protect(inner, settings,
+                                                     store=MemorySessionStore())) as base:
+        outputs = []
+        for line in documented("curl", "sh").strip().splitlines():
+            command = line.replace("http://127.0.0.1:8000", base)
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                                  env={"TOKEN": token, "PATH": "/usr/bin:/bin"}, timeout=30)
+            assert done.returncode == 0, done.stderr
+            outputs.append(done.stdout)
+    assert json.loads(outputs[0])["sub"] == "alice"
+    assert outputs[1].strip() == "401"
+    assert outputs[2].startswith("HTTP/1.") and " 401" in outputs[2].splitlines()[0]
+    assert 'www-authenticate: bearer realm="secure_mw"' in outputs[2].lower()
