@@ -26,6 +26,7 @@ FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 RULES = [
     {"resources": ["^/public$"], "policy": "bypass"},
     {"resources": ["^/admin(/|$)"], "subject": [["group:admins"]], "policy": "authenticated"},
+    {"resources": ["^/strong(/|$)"], "policy": "two_factor"},
     {"policy": "authenticated"},
 ]
 MINTER = Minter()
@@ -162,6 +163,12 @@ def test_insufficient_scope_and_rules(site: str, caplog: pytest.LogCaptureFixtur
     assert ruled.status_code == 403 and ruled.json() == {"error": "forbidden"}
     denied = audit_events(caplog, "authorization_denied")
     assert [e["user"] for e in denied] == ["alice", "alice"]
+
+
+def test_a_token_is_never_sent_to_a_second_step(site: str) -> None:
+    for accept in ("application/json", "text/html"):
+        answer = httpx.get(site + "/strong", headers=bearer(MINTER.token(), Accept=accept))
+        assert answer.status_code == 403, answer.text
 
 
 def test_many_parallel_invalid_tokens_are_each_refused(site: str) -> None:

@@ -99,7 +99,11 @@ class AuthorizationLayer:
                           "401 otherwise)",
             "bad_request": "refused (400): the request is ambiguous for this rule",
         }[effect]
-        if effect == "two_factor" and not self.two_factor_step:
+        if effect == "two_factor" and identity is not None and identity.source == "bearer":
+            effect = "deny"
+            outcome = "refused (403): two_factor needed, and a bearer token cannot be " \
+                      "stepped up"
+        elif effect == "two_factor" and not self.two_factor_step:
             effect = "deny"
             outcome = "refused (403): two_factor needed, and an OpenID provider's session " \
                       "cannot be stepped up here"
@@ -137,7 +141,8 @@ class AuthorizationLayer:
         if effect == "login":
             return Verdict(challenge(view, self.prefix, self.cookie_name,
                                      bearer=self.bearer), path, decision)
-        if effect == "two_factor" and self.two_factor_step:
+        if effect == "two_factor" and self.two_factor_step and not (
+                identity is not None and identity.source == "bearer"):   # no step-up
             return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,
                            decision)
         self._refused(view, identity, decision.rule, effect, decision.reason)

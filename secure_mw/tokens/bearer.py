@@ -51,10 +51,11 @@ class _Malformed(InvalidToken):
     """The Authorization header names Bearer but carries no well-formed token."""
 
 
-def bearer_token(view: RequestView) -> str | None:
+def bearer_token(view: RequestView, max_size: int = 256 * 1024) -> str | None:
     """The token of an ``Authorization: Bearer`` header; ``None`` when the header is absent
     or names another scheme; :class:`InvalidToken` when it names Bearer without a
-    well-formed token (or several Authorization headers were folded into one)."""
+    well-formed token (or several Authorization headers were folded into one), or with one
+    longer than ``max_size``."""
     header = view.headers.get("authorization")
     if header is None:
         return None
@@ -62,6 +63,8 @@ def bearer_token(view: RequestView) -> str | None:
     if scheme.lower() != "bearer":
         return None
     token = rest.strip(" ")
+    if len(token) > max_size:      # before any other look at it
+        raise _Malformed("token too large")
     if not token:
         raise _Malformed("no token after Bearer")
     if _B64TOKEN.fullmatch(token) is None:
@@ -172,7 +175,8 @@ class Introspector:
 
 
 class _Cache:
-    """Token digest -> :class:`Verified` (or the reason it was refused), LRU-bounded."""
+    """Token digest -> :class:`Verified` (or the reason it was refused); bounded, the
+    oldest entry out first."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -308,7 +312,7 @@ class BearerGate:
         if view.path.startswith(self.prefix):
             return (yield from self.core.handle(view))
         try:
-            token = bearer_token(view)
+            token = bearer_token(view, self.config.max_token_size)
         except InvalidToken as exc:
             return self._outcome(self._invalid(view, str(exc)))
         if token is None:
