@@ -406,3 +406,38 @@ def test_the_introspection_secret_comes_from_a_file(tmp_path: Path) -> None:
         "client_id": "api", "client_secret_file": str(secret)}}, environ={}).bearer_tokens
     assert config is not None and config.client_secret == "from-a-file"
     assert "from-a-file" not in repr(config)
+
+
+def test_parallel_unknown_kids_refetch_once(minter: Minter, clock: Clock) -> None:
+    import concurrent.futures
+
+    monotonic = Clock(1000.0)
+    with json_server(lambda r: (200, minter.jwks)) as (url, seen):
+        config = Settings.from_mapping({"bearer_tokens": {
+            "issuer": ISSUER, "audience": AUDIENCE, "jwks_url": url + "/jwks",
+            "cache_size": 0}}, environ={}).bearer_tokens
+        assert config is not None
+        verifier = BearerVerifier(config, clock=clock, monotonic=monotonic)
+        run_sync(verifier.verify(minter.token()))
+        monotonic.advance(61)
+        tokens = [minter.token(header={"kid": f"new-{n}"}) for n in range(50)]
+
+        def attempt(token: str) -> str:
+            try:
+                run_sync(verifier.verify(token))
+            except InvalidToken as exc:
+                return str(exc)
+            return "accepted"
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:     # WSGI: threads
+            assert set(pool.map(attempt, tokens)) == {"unknown signing key"}
+        assert len(seen) == 2
+        monotonic.advance(61)
+
+        async def flood() -> list[BaseException | Any]:             # ASGI: one loop
+            return await asyncio.gather(*(run_async(verifier.verify(t)) for t in tokens),
+                                        return_exceptions=True)
+
+        results = asyncio.run(flood())
+        assert all(isinstance(r, InvalidToken) for r in results)
+        assert len(seen) == 3

@@ -221,3 +221,19 @@ def test_the_documented_example_works_with_curl(flavour: str, tmp_path: Path) ->
     assert outputs[1].strip() == "401"
     assert outputs[2].startswith("HTTP/1.") and " 401" in outputs[2].splitlines()[0]
     assert 'www-authenticate: bearer realm="secure_mw"' in outputs[2].lower()
+
+
+def test_a_websocket_handshake_with_a_token(site: str, request: pytest.FixtureRequest
+                                            ) -> None:
+    if request.node.callspec.params["site"] != "asgi":
+        pytest.skip("WebSocket is ASGI only")
+    import websockets.exceptions
+    from websockets.sync.client import connect
+
+    url = "ws" + site[4:] + "/ws"
+    with connect(url, additional_headers={"Authorization": "Bearer " + MINTER.token()}
+                 ) as ws:
+        assert json.loads(ws.recv())["sub"] == "alice"
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        connect(url, additional_headers={"Authorization": "Bearer forged.token.x"}).close()
+    assert refused.value.response.status_code == 403
