@@ -994,6 +994,12 @@ class Settings:
             f"signed headers  : issue {'on' if sh.issue else 'off'} ({sh.header}); verify "
             + (f"{sh.verify.header} from {sh.verify.issuer}" if sh.verify else "off")
         )
+        bt = self.bearer_tokens
+        if bt is not None:
+            how = ", ".join(w for w, on in (("jwks_file", bt.jwks_file), ("jwks_url", bt.jwks_url),
+                                            ("introspection", bt.introspection_url)) if on)
+            lines.append(f"bearer tokens   : from {bt.issuer} for {', '.join(bt.audience)} "
+                         f"({how}; {', '.join(bt.algorithms)})")
         lines.append(f"audit           : {self.audit.format} on logger {self.audit.logger}")
         return "\n".join(lines)
 
