@@ -15,6 +15,19 @@ T = TypeVar("T")
 
 
 def session_core(settings: Settings, **options: Any) -> Any:
+    """The session core for ``settings`` (see :func:`login_core`), behind a
+    :class:`~secure_mw.tokens.bearer.BearerGate` when ``[bearer_tokens]`` is set: a request
+    with ``Authorization: Bearer`` is then decided by its token alone."""
+    core = login_core(settings, **options)
+    if settings.bearer_tokens is None:
+        return core
+    from secure_mw.tokens.bearer import BearerGate
+
+    clock = options.get("clock")
+    return BearerGate(core, settings, **({"clock": clock} if clock is not None else {}))
+
+
+def login_core(settings: Settings, **options: Any) -> Any:
     """The session core for ``settings``: the OpenID provider's when ``[oidc]`` is set,
     the built-in password login (``local_users.file``) when it is not, and both — a login
     page that offers the provider too — when ``[oidc]`` is set and the users file exists.

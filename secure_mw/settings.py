@@ -49,6 +49,7 @@ __all__ = [
     "AccessControlSettings",
     "AccessRule",
     "AuditSettings",
+    "BearerTokensSettings",
     "HeadersSettings",
     "KeysSettings",
     "LocalUsersSettings",
@@ -749,6 +750,87 @@ class SignedHeadersSettings:
         None, doc="verify an assertion from Pomerium or another secure_mw")
 
 
+def _parse_audiences(value: object) -> list[str]:
+    """``audience``: one string, or a list of them."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(
+            isinstance(a, str) and a and not any(c in a for c in "\r\n\x00") for a in items):
+        raise ValueError("expected a non-empty string or a non-empty list of them")
+    return list(items)
+
+
+def _check_fetch_url(value: str) -> str | None:
+    """A URL secure_mw fetches keys or answers from: https, or http to a loopback host."""
+    from secure_mw.outbound import check_url
+
+    try:
+        check_url(value)
+    except ValueError as exc:
+        return f"{value!r}: {exc}"
+    return None
+
+
+_ASYMMETRIC = ("ES256", "RS256", "PS256", "EdDSA")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BearerTokensSettings:
+    issuer: str = _opt(check=_check_issuer, doc="exact iss of the access tokens")
+    audience: list[str] = _opt(parse=_parse_audiences,
+                               doc="this API's identifier: one string or a list; a token's "
+                                   "aud must hold one of them exactly")
+    jwks_url: str | None = _opt(None, check=_check_fetch_url,
+                                doc="the issuer's keys (https, http only to loopback); "
+                                    "jwks_url or jwks_file, not both")
+    jwks_file: str | None = _opt(None, path=True,
+                                 doc="the issuer's keys, pinned in a file (a JWK Set)")
+    algorithms: list[str] = _opt(
+        factory=lambda: ["ES256", "RS256"],
+        check=lambda v: None if v and set(v) <= set(_ASYMMETRIC)
+        else f"asymmetric algorithms only, among {', '.join(_ASYMMETRIC)} (never none or HS*)",
+        doc="accepted signature algorithms, among ES256, RS256, PS256, EdDSA")
+    groups_claim: str = _opt("groups", doc="claim holding the caller's groups")
+    required_scopes: list[str] = _opt(factory=list,
+                                      doc="scopes every token must grant (scope or scp); "
+                                          "missing ones: 403 insufficient_scope")
+    leeway: float = _opt(30.0, duration=True,
+                         check=lambda v: None if 0 <= v <= 60 else "must be at most 60s",
+                         doc="clock leeway for exp, nbf and iat, at most 60 s")
+    max_token_size: int = _opt(16 * 1024, parse=parse_size,
+                               check=lambda v: None if 1024 <= v <= 256 * 1024
+                               else "must be between 1 KiB and 256 KiB",
+                               doc="longest token accepted (longer: 401 before any parsing)")
+    jwks_refetch_interval: float = _opt(60.0, duration=True, check=_check_positive,
+                                        doc="an unknown kid refetches jwks_url at most once "
+                                            "per this interval")
+    cache_ttl: float = _opt(60.0, duration=True, check=_check_positive,
+                            doc="longest an introspection answer (or a verified JWT) is "
+                                "remembered, never beyond the token's exp: a token revoked "
+                                "at the provider is refused at most this late")
+    cache_size: int = _opt(10_000, check=lambda v: None if v >= 0 else "must be >= 0",
+                           doc="verified tokens remembered at most (0: none)")
+    introspection_url: str | None = _opt(
+        None, check=_check_fetch_url,
+        doc="RFC 7662 endpoint for opaque tokens (https, http only to loopback)")
+    client_id: str | None = _opt(None, doc="our client id at the introspection endpoint")
+    client_secret: str | None = _opt(None, secret=True,
+                                     doc="its secret (client_secret_file: a file or vault:NAME)")
+
+    def _problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.jwks_url and self.jwks_file:
+            out.append(("jwks_url", "give jwks_url or jwks_file, not both"))
+        elif not (self.jwks_url or self.jwks_file or self.introspection_url):
+            out.append(("jwks_url", "give jwks_url or jwks_file (keys are only ever pinned), "
+                                    "or introspection_url"))
+        if self.introspection_url:
+            if not self.client_id:
+                out.append(("client_id", "required with introspection_url"))
+            if not self.client_secret:
+                out.append(("client_secret", "required with introspection_url"))
+        return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuditSettings:
     format: str = _opt("json", choices=("json", "logfmt"), doc="the audit line's format")
@@ -900,6 +982,9 @@ class Settings:
     vault: VaultSettings = _opt(factory=VaultSettings)
     metrics: MetricsSettings = _opt(factory=MetricsSettings)
     redis: RedisSettings | None = _opt(None)
+    bearer_tokens: BearerTokensSettings | None = _opt(
+        None, doc="bearer tokens (JWT access tokens, RFC 9068; opaque ones by RFC 7662 "
+                  "introspection) for API clients")
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -1035,6 +1120,12 @@ class Settings:
             f"signed headers  : issue {'on' if sh.issue else 'off'} ({sh.header}); verify "
             + (f"{sh.verify.header} from {sh.verify.issuer}" if sh.verify else "off")
         )
+        bt = self.bearer_tokens
+        if bt is not None:
+            how = ", ".join(w for w, on in (("jwks_file", bt.jwks_file), ("jwks_url", bt.jwks_url),
+                                            ("introspection", bt.introspection_url)) if on)
+            lines.append(f"bearer tokens   : from {bt.issuer} for {', '.join(bt.audience)} "
+                         f"({how}; {', '.join(bt.algorithms)})")
         lines.append(f"audit           : {self.audit.format} on logger {self.audit.logger}")
         return "\n".join(lines)
 
@@ -1339,6 +1430,12 @@ def _cross_checks(s: Settings | None, problems: list[ConfigProblem]) -> None:
             "keys.encryption_keys",
             f"required when session.store = {s.session.store!r}: sessions must outlive this "
             "process and be readable by every process (`secure-mw gen-keys --encryption`)",
+        ))
+    if s.bearer_tokens is not None and s.signed_headers.verify is not None:
+        problems.append(ConfigProblem(
+            "bearer_tokens",
+            "cannot be combined with signed_headers.verify (the proxy's assertion is the "
+            "identity there; let the proxy check the bearer tokens)",
         ))
 
 

@@ -61,6 +61,9 @@ class IdPServer:
     IdToken, RefreshToken, Session, Interaction, Grant, AuthorizationCode). The ID tokens are
     signed with a fresh key per algorithm in ``algorithms`` (the first one by default);
     :attr:`jwks_private` holds them, so tests can sign tokens the IdP's JWKS verifies.
+    ``resource_servers`` (``{resource: {"scope": "api:read", "format": "jwt"|"opaque"}}``)
+    turns on resource indicators and the client_credentials grant: access tokens for those
+    APIs, JWTs (RFC 9068) or opaque ones to introspect.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class IdPServer:
         ttl: dict[str, int] | None = None,
         algorithms: Sequence[str] = ("ES256",),
         rotate_refresh_tokens: bool = True,
+        resource_servers: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"host must be one of {_ALLOWED_HOSTS} (the IdP listens on loopback)")
@@ -80,6 +84,7 @@ class IdPServer:
         self.host = host
         self.ttl = dict(ttl or {})
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.resource_servers = dict(resource_servers or {})
         self.jwks_private: dict[str, Any] = generate_private_jwks(tuple(algorithms))
         self.port = free_port()
         self.dir: str | None = None
@@ -178,6 +183,7 @@ class IdPServer:
             "jwks": self.jwks_private,
             "ttl": self.ttl,
             "rotate_refresh_tokens": self.rotate_refresh_tokens,
+            "resource_servers": self.resource_servers,
         }
         data = json.dumps(config, indent=2).encode("utf-8")
         path = self.config_path

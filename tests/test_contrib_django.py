@@ -488,3 +488,30 @@ def test_require_takes_any_of_its_groups(configured: dict[str, Any]) -> None:
     assert asking(["admins", "staff"]).status_code == 200
     assert asking(["staff"]).status_code == 403
     assert asking([]).status_code == 403
+
+
+def test_request_user_follows_a_bearer_identity(users: UsersFile, tmp_path: Path) -> None:
+    import json
+
+    from tests.bearer_tokens import AUDIENCE, ISSUER, Minter
+
+    minter = Minter()
+    (tmp_path / "jwks.json").write_text(json.dumps(minter.jwks))
+    config = {**secure_mw_config(users), "bearer_tokens": {
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(tmp_path / "jwks.json")}}
+    with override_settings(SECURE_MW=config):
+        app = get_wsgi_application(**options(users))
+        with httpx.Client(transport=httpx.WSGITransport(app=app),
+                          base_url="http://127.0.0.1") as api:
+            def bearer(groups: list[str]) -> dict[str, str]:
+                return {"Authorization": "Bearer " + minter.token(sub="erin", groups=groups),
+                        "Accept": "application/json"}
+
+            answer = api.get("/whoami", headers=bearer(["admins"]))
+            assert "sessionid" not in answer.headers.get("set-cookie", "")   # no login
+            me = answer.json()
+            assert me["identity"] == "erin" and me["user"] == "erin" and me["staff"]
+            assert api.get("/admins", headers=bearer(["admins"])).status_code == 200
+            assert api.get("/admins", headers=bearer(["staff"])).status_code == 403
+            assert api.get("/whoami", headers={"Authorization": "Bearer x.y.z"}
+                           ).status_code == 401

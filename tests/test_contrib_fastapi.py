@@ -365,3 +365,23 @@ def test_uvicorn_does_not_start_with_a_bad_configuration(tmp_path: Path) -> None
                           text=True, timeout=60, check=False)
     assert done.returncode != 0
     assert "session.store: 'nowhere' is not one of" in done.stdout + done.stderr
+
+
+def test_a_bearer_identity_is_the_current_identity(tmp_path: Path) -> None:
+    import json
+
+    from tests.bearer_tokens import AUDIENCE, ISSUER, Minter
+
+    minter = Minter()
+    (tmp_path / "jwks.json").write_text(json.dumps(minter.jwks))
+    app, _ = make_app(settings(bearer_tokens={
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(tmp_path / "jwks.json")}))
+    with TestClient(app) as client:
+        def bearer(groups: list[str]) -> dict[str, str]:
+            return {"Authorization": "Bearer " + minter.token(groups=groups)}
+
+        assert client.get("/public/me", headers=bearer([])).json() == {"who": "alice"}
+        assert client.get("/public/admin", headers=bearer(["ops"])).json() == {"admin": True}
+        assert client.get("/public/admin", headers=bearer(["staff"])).status_code == 403
+        assert client.get("/public/me", headers={"Authorization": "Bearer x.y.z"}
+                          ).status_code == 401

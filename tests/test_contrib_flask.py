@@ -260,3 +260,25 @@ def test_without_flask_the_import_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert "pip install 'secure-mw[flask]'" in out.stdout
+
+
+def test_a_bearer_identity_is_current_identity(users_path: Path, tmp_path: Path) -> None:
+    import json
+
+    from tests.bearer_tokens import AUDIENCE, ISSUER, Minter
+
+    minter = Minter()
+    (tmp_path / "jwks.json").write_text(json.dumps(minter.jwks))
+    app = make_app(config(users_path, bearer_tokens={
+        "issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(tmp_path / "jwks.json")}))
+    client = app.test_client()
+
+    def bearer(groups: list[str]) -> dict[str, str]:
+        return {"Authorization": "Bearer " + minter.token(groups=groups), **JSON}
+
+    assert client.get("/mine", headers=bearer([]), base_url="https://localhost").json == \
+        {"sub": "alice"}
+    assert client.get("/admin", headers=bearer(["admins"]),
+                      base_url="https://localhost").status_code == 200
+    assert client.get("/admin", headers=bearer(["staff"]),
+                      base_url="https://localhost").status_code == 403

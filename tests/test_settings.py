@@ -96,6 +96,8 @@ def test_example_file_passes_check_config(example_config: Path, capsys: pytest.C
     assert main(["check-config", "--no-env", str(example_config)]) == 0
     out = capsys.readouterr().out
     assert "configuration is valid" in out and "OpenID provider https://idp.example.com" in out
+    assert "bearer tokens   : from https://idp.example.com for https://api.example.com " \
+        "(jwks_url; ES256, RS256)" in out
     assert "s3cret-value" not in out
 
 

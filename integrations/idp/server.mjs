@@ -11,7 +11,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import { CompactSign, decodeJwt, decodeProtectedHeader, importJWK } from 'jose';
 
 const HOST = '127.0.0.1';
@@ -121,6 +121,45 @@ function checkConfig(config) {
       && typeof config.rotate_refresh_tokens !== 'boolean') {
     fail('config.rotate_refresh_tokens, when given, must be true or false');
   }
+  const servers = config.resource_servers ?? {};
+  if (!isObject(servers)) fail('config.resource_servers must be an object');
+  for (const [resource, info] of Object.entries(servers)) {
+    if (!isObject(info) || typeof info.scope !== 'string'
+        || !['jwt', 'opaque'].includes(info.format ?? 'jwt')) {
+      fail(`config.resource_servers[${JSON.stringify(resource)}] needs scope (a string) and `
+           + "format 'jwt' or 'opaque'");
+    }
+  }
+}
+
+// Resource indicators (RFC 8707) and the client_credentials grant, only when the config
+// lists resource servers: { "<resource>": { "scope": "api:read", "format": "jwt" } }.
+// JWT access tokens (RFC 9068, typ at+jwt) or opaque ones (for introspection, RFC 7662).
+function resourceFeatures(config, firstAlg) {
+  const servers = config.resource_servers ?? {};
+  if (!Object.keys(servers).length) {
+    return { clientCredentials: { enabled: false } };
+  }
+  return {
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: () => true,
+      getResourceServerInfo(_ctx, resource) {
+        const info = servers[resource];
+        if (!info) throw new errors.InvalidTarget();
+        const format = info.format ?? 'jwt';
+        return {
+          scope: info.scope,
+          audience: resource,
+          accessTokenTTL: info.ttl ?? 300,
+          accessTokenFormat: format,
+          ...(format === 'jwt' ? { jwt: { sign: { alg: firstAlg } } } : {}),
+        };
+      },
+    },
+  };
 }
 
 // -- accounts ----------------------------------------------------------------------------
@@ -281,7 +320,7 @@ function buildProvider(config, accounts) {
       revocation: { enabled: true },
       introspection: { enabled: true },
       userinfo: { enabled: true },
-      clientCredentials: { enabled: false },
+      ...resourceFeatures(config, firstAlg),
       registration: { enabled: false },
       rpInitiatedLogout: {
         enabled: true,

@@ -71,6 +71,7 @@ class AuthorizationLayer:
         self.two_factor_step = settings.oidc is None if two_factor_step is None \
             else two_factor_step
         self.audit = audit or audit_logger()
+        self.bearer = settings.bearer_tokens is not None   # 401s offer Bearer too
 
     def decide(self, view: RequestView, identity: Identity | None,
                raw_path: bytes | None = None, *, root: str = "") -> Verdict:
@@ -99,7 +100,11 @@ class AuthorizationLayer:
                           "401 otherwise)",
             "bad_request": "refused (400): the request is ambiguous for this rule",
         }[effect]
-        if effect == "two_factor" and not self.two_factor_step:
+        if effect == "two_factor" and identity is not None and identity.source == "bearer":
+            effect = "deny"
+            outcome = "refused (403): two_factor needed, and a bearer token cannot be " \
+                      "stepped up"
+        elif effect == "two_factor" and not self.two_factor_step:
             effect = "deny"
             outcome = "refused (403): two_factor needed, and an OpenID provider's session " \
                       "cannot be stepped up here"
@@ -139,8 +144,10 @@ class AuthorizationLayer:
         if effect == "login":
             if _observe.active:
                 _observe.decided("authorization", "login")
-            return Verdict(challenge(view, self.prefix, self.cookie_name), path, decision)
-        if effect == "two_factor" and self.two_factor_step:
+            return Verdict(challenge(view, self.prefix, self.cookie_name,
+                                     bearer=self.bearer), path, decision)
+        if effect == "two_factor" and self.two_factor_step and not (
+                identity is not None and identity.source == "bearer"):   # no step-up
             if _observe.active:
                 _observe.decided("authorization", "two_factor")
             return Verdict(challenge(view, self.prefix, self.cookie_name, step="2fa"), path,

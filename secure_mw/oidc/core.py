@@ -91,15 +91,22 @@ def local_target(value: str | None) -> str | None:
 
 
 def challenge(view: RequestView, prefix: str, cookie_name: str, *,
-              step: str = "login") -> Reply:
+              step: str = "login", bearer: bool = False) -> Reply:
     """Send a browser navigation to ``prefix + step`` (``login``, or ``2fa`` for a second
-    factor) with the way back; anything else gets 401 saying where to go."""
+    factor) with the way back; anything else gets 401 saying where to go. With ``bearer``
+    (``[bearer_tokens]`` is set) the 401 also offers ``Bearer`` (RFC 6750 §3.1: no error
+    code, no token was sent), and a request with an Authorization header of another scheme
+    is an API client's: 401, never a redirect."""
     target = view.path + (f"?{view.query_string}" if view.query_string else "")
     page = f"{prefix}{step}"
-    if view.wants_html:
+    api_client = bearer and step == "login" and "authorization" in view.headers
+    if view.wants_html and not api_client:
         return redirect_reply(f"{page}?rd={quote(target, safe='/')}")
     error = "unauthenticated" if step == "login" else "second_factor_required"
+    offers = [("www-authenticate", 'Bearer realm="secure_mw"')] if bearer and step == "login" \
+        else []
     return json_reply(401, {"error": error, "login_url": page}, headers=[
+        *offers,
         ("www-authenticate",
          f'Cookie realm="secure_mw", form-action="{page}", cookie-name="{cookie_name}"'),
     ])
@@ -619,7 +626,8 @@ class OIDCSessionCore:
 
     def challenge(self, view: RequestView) -> Reply:
         """302 to the login page for a browser navigation; 401 for anything else."""
-        return challenge(view, self.prefix, self.sessions.cookie_name)
+        return challenge(view, self.prefix, self.sessions.cookie_name,
+                         bearer=self.settings.bearer_tokens is not None)
 
     # -- /.auth/login ---------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ must be one the key allows (its type, and its own ``alg`` if it names one). The 
 checked by PyJWT's algorithm for ``alg``, after our own length and range checks. Claims:
 ``exp`` and ``iat`` required, ``nbf`` optional, all numbers (not booleans) and finite; the
 leeway (default 30 s, at most 60 s) applies to each; ``iss`` equal to the issuer; ``aud`` a
-string or list of strings holding the audience exactly.
+string or list of strings holding the audience (or one of the audiences) exactly.
 
 Every refusal raises :class:`~secure_mw.errors.InvalidToken` (:class:`ExpiredToken` for
 ``exp``) with a short reason that never contains the token. The one other error is
@@ -189,7 +189,7 @@ class JWTVerifier:
         keys: KeySource,
         *,
         issuer: str,
-        audience: str,
+        audience: str | Iterable[str],
         algorithms: Iterable[str] = ("ES256",),
         leeway: float = DEFAULT_LEEWAY,
         max_size: int = DEFAULT_MAX_SIZE,
@@ -201,13 +201,16 @@ class JWTVerifier:
             raise TypeError("keys must be a KeySet or a RemoteKeySet")
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
-        if not isinstance(audience, str) or not audience:
-            raise ValueError("audience must be a non-empty string")
+        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+        if not audiences or not all(isinstance(a, str) and a for a in audiences):
+            raise ValueError("audience must be a non-empty string or a list of them")
         if typ is not None and (not isinstance(typ, str) or not typ):
             raise ValueError("typ must be a non-empty string or None")
         self.keys = keys
         self.issuer = issuer
-        self.audience = audience
+        self.audience = audiences[0]
+        #: A token is accepted when its ``aud`` holds any one of these exactly.
+        self.audiences = frozenset(audiences)
         self.algorithms, self.leeway, self.max_size = _check_options(algorithms, leeway, max_size)
         self.typ = _media_type(typ) if typ is not None else None
         self._clock = clock
@@ -327,7 +330,7 @@ class JWTVerifier:
             raise InvalidToken("aud missing or malformed")
         if not all(isinstance(a, str) for a in audiences):
             raise InvalidToken("aud missing or malformed")
-        if self.audience not in audiences:
+        if self.audiences.isdisjoint(audiences):
             raise InvalidToken("audience mismatch")
 
 

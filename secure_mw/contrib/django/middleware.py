@@ -63,6 +63,17 @@ class IdentityMiddleware:
 
     @staticmethod
     def _follow(request: Any, identity: Identity | None) -> None:
+        if identity is not None and identity.source == "bearer":
+            # A token is sent with every request: request.user for this one, no Django
+            # session (no login, no session row, no sessionid cookie for an API client).
+            user = auth.authenticate(request, identity=identity)
+            if user is not None:
+                request.user = user
+            else:
+                from django.contrib.auth.models import AnonymousUser
+
+                request.user = AnonymousUser()
+            return
         session = request.session
         ours = session.get(auth.BACKEND_SESSION_KEY) == BACKEND
         if identity is None:
