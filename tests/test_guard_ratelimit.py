@@ -555,5 +555,5 @@ def test_limiter_from_settings_sqlite(tmp_path: Path) -> None:
                       SqliteRateLimiter)     # unset: follows [sqlite] path
     assert isinstance(limiter_from_settings(RateLimitsSettings(store="memory"),
                                             sqlite=sqlite), MemoryRateLimiter)
-    with pytest.raises(ConfigError, match="sqlite.path"):
+    with pytest.raises(ConfigError, match=r"sqlite\.path"):
         limiter_from_settings(RateLimitsSettings(store="sqlite"))
