@@ -379,3 +379,55 @@ def test_one_database_per_file_in_a_process(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     assert database(path) is database(str(path))
     assert database(path).read("PRAGMA user_version")[0][0] == _sqlite.SCHEMA_VERSION
+
+
+def test_the_settings_choose_sqlite_for_every_store(tmp_path: Path) -> None:
+    from secure_mw.guards.ratelimit import limiter_from_settings
+    from secure_mw.guards.ratelimit_sqlite import SqliteRateLimiter
+    from secure_mw.guards.regulation import regulator_from_settings
+    from secure_mw.guards.regulation_sqlite import SqliteRegulator
+    from secure_mw.login.totp import used_codes_from_settings
+    from secure_mw.session.manager import SessionManager
+    from secure_mw.settings import Settings
+
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "session": {"store": "sqlite"},
+        "sqlite": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
+    ring = KeyRing.from_settings(settings.keys)
+    manager = SessionManager(settings.session, keyring=ring, sqlite=settings.sqlite)
+    assert isinstance(manager.store, SqliteSessionStore) and manager.workers is None
+    assert isinstance(regulator_from_settings(settings), SqliteRegulator)
+    assert isinstance(used_codes_from_settings(settings), SqliteUsedCodes)
+    assert isinstance(limiter_from_settings(settings.rate_limits, sqlite=settings.sqlite),
+                      SqliteRateLimiter)
+
+
+def test_the_cookie_store_keeps_sign_outs_in_the_sqlite_file(tmp_path: Path) -> None:
+    """Two managers (two workers) with the cookie store and [sqlite] path: a session ended
+    at one is refused at the other."""
+    from secure_mw._driver import run_sync
+    from secure_mw.http import RequestView
+    from secure_mw.session.manager import SessionManager
+    from secure_mw.settings import Settings
+
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KeyRing.new_key_text()]},
+        "session": {"store": "cookie"},
+        "sqlite": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
+    ring = KeyRing.from_settings(settings.keys)
+    one, two = (SessionManager(settings.session, keyring=ring, sqlite=settings.sqlite)
+                for _ in range(2))
+    session = one.new(claims={"sub": "alice"})
+    cookies = run_sync(one.save(session, new=True))
+    assert cookies
+    name, _, value = cookies[0].split(";", 1)[0].partition("=")
+
+    def view() -> RequestView:
+        return RequestView(method="GET", scheme="https", host="app.example", path="/",
+                           query_string="", headers={"cookie": f"{name}={value}"},
+                           client="")
+
+    assert run_sync(two.read(view())).session is not None
+    run_sync(one.destroy(session))
+    assert run_sync(two.read(view())).session is None
