@@ -848,8 +848,8 @@ def _change_key(args: argparse.Namespace) -> int:
         did = True
     if not did:
         print("nothing stored at rest to re-encrypt (no session.redis_url, no sqlite.path, "
-              "no TOTP secret file); cookies are re-encrypted as they are written: keep the old key in the "
-              "ring until they expire", file=sys.stderr)
+              "no TOTP secret file); cookies are re-encrypted as they are written: keep the "
+              "old key in the ring until they expire", file=sys.stderr)
     return 0
 
 
