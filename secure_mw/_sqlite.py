@@ -15,6 +15,7 @@ with 503). Layout and rationale: docs/stores.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 
@@ -63,6 +64,14 @@ CREATE INDEX IF NOT EXISTS regulation_expires ON regulation (expires);
 
 #: Errors that mean "the database cannot answer".
 ERRORS: Final = (sqlite3.Error, OSError)
+#: SQLITE_BUSY and SQLITE_LOCKED: another connection holds the lock.
+_BUSY_CODES: Final = (5, 6)
+
+_T = TypeVar("_T")
+
+
+class _Busy(StoreUnavailable):
+    """An attempt without waiting found the lock taken (then made again in a thread)."""
 
 # Connections of a parent process found in a forked child: kept referenced so that they are
 # never closed (or finalized) by the child, which does not own their locks.
@@ -176,7 +185,7 @@ class Database:
 
     _last_problem = "cannot be opened"
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, busy_timeout: float) -> sqlite3.Connection:
         problem = _directory_problem(self.path.parent) or _file_problem(self.path)
         if problem is not None:
             self._last_problem = problem
@@ -184,9 +193,9 @@ class Database:
             raise StoreUnavailable(f"sqlite store unavailable: {self._label}")
         conn = None
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
+            conn = sqlite3.connect(self.path, timeout=busy_timeout,
                                    isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if not mode or str(mode[0]).lower() != "wal":
                 raise sqlite3.OperationalError("WAL mode refused")
@@ -217,20 +226,43 @@ class Database:
         return conn
 
     def _connection(self) -> sqlite3.Connection:
+        """This thread's connection; while :meth:`call` tries without waiting, the one
+        with no busy timeout. One opened by a parent before a fork is never used."""
         local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        name = "nowait" if getattr(local, "trying", False) else "conn"
+        conn: sqlite3.Connection | None = getattr(local, name, None)
+        pid = os.getpid()
+        if conn is not None and getattr(local, f"{name}_pid", None) == pid:
             return conn
         if conn is not None:            # opened before a fork: the parent's
             _inherited.append(conn)
-        local.conn = None
-        conn = self._open()
-        local.conn, local.pid = conn, os.getpid()
+        setattr(local, name, None)
+        conn = self._open(0.0 if name == "nowait" else self.busy_timeout)
+        setattr(local, name, conn)
+        setattr(local, f"{name}_pid", pid)
         return conn
 
     def unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if getattr(self._local, "trying", False) and \
+                getattr(exc, "sqlite_errorcode", None) in _BUSY_CODES:
+            return _Busy(f"sqlite store busy: {self._label}")
         _log.warning("sqlite store %s: %s: %s", self._label, type(exc).__name__, exc)
         return StoreUnavailable(f"sqlite store unavailable: {self._label}")
+
+    async def call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` for asyncio: first inline without waiting for a lock
+        (microseconds on a local disk); when another process holds the lock, again in a
+        worker thread that waits up to ``busy_timeout`` — the event loop never waits on
+        another process. A busy attempt changed nothing (the lock comes first)."""
+        local = self._local
+        local.trying = True
+        try:
+            return fn(*args, **kwargs)
+        except _Busy:
+            pass
+        finally:
+            local.trying = False
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # -- statements -------------------------------------------------------------------------
 
@@ -302,12 +334,13 @@ class Database:
         return deleted
 
     def close(self) -> None:
-        """Close this thread's connection (it reopens when used again)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            with contextlib.suppress(*ERRORS):
-                conn.close()
-        self._local.conn = None
+        """Close this thread's connections (they reopen when used again)."""
+        for name in ("conn", "nowait"):
+            conn = getattr(self._local, name, None)
+            if conn is not None and getattr(self._local, f"{name}_pid", None) == os.getpid():
+                with contextlib.suppress(*ERRORS):
+                    conn.close()
+            setattr(self._local, name, None)
 
 
 _SHARED: dict[tuple[str, float], Database] = {}

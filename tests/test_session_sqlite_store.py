@@ -431,3 +431,34 @@ def test_the_cookie_store_keeps_sign_outs_in_the_sqlite_file(tmp_path: Path) -> 
     assert run_sync(two.read(view())).session is not None
     run_sync(one.destroy(session))
     assert run_sync(two.read(view())).session is None
+
+
+def test_asyncio_calls_run_inline_unless_another_process_holds_the_lock(
+        db: Database, ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncontended, a write costs no thread hop; with the lock taken by another process the
+    inline attempt gives up at once (nothing written) and a worker thread waits instead."""
+    store = SqliteSessionStore(Database(db.path, busy_timeout=0.2), keyring=ring)
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    assert asyncio.run(store.asave(SID, VALUE, 60)) is True
+    assert asyncio.run(store.aload(SID)) == VALUE and hops == []
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db.path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert asyncio.run(store.aload(SID)) == VALUE and hops == []   # WAL: reads go on
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(store.asave(OTHER_SID, VALUE, 60))
+        assert hops == ["save"]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+    assert asyncio.run(store.asave(OTHER_SID, VALUE, 60)) is True and hops == ["save"]

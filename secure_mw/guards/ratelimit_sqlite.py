@@ -6,7 +6,6 @@ expires when its state has drained."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 
@@ -22,7 +21,7 @@ class SqliteRateLimiter:
     """GCRA in a SQLite file shared by the processes of a host; thread- and process-safe.
     Times are ``db.clock`` (Unix time: one time base for every process)."""
 
-    nonblocking = False     # waits for the file's write lock: a thread under asyncio
+    nonblocking = False     # may wait for the file's lock: see Database.call
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -64,8 +63,8 @@ class SqliteRateLimiter:
         return _decide(plan, cost, debts, allowed)
 
     async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
-        """:meth:`hit` in a worker thread."""
-        return await asyncio.to_thread(self.hit, key, limits, cost)
+        """:meth:`hit` for asyncio (:meth:`Database.call`)."""
+        return await self.db.call(self.hit, key, limits, cost)
 
     def close(self) -> None:
         """Nothing to close (the database is shared)."""

@@ -7,7 +7,6 @@ the subject and expire when nothing of it matters any more."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import sqlite3
@@ -199,14 +198,14 @@ class SqliteRegulator:
 
     async def areserve(self, *, user: str | None, ip: str | None, device: str | None = None,
                        clears: bool = True) -> Reservation | Refusal:
-        return await asyncio.to_thread(self.reserve, user=user, ip=ip, device=device,
+        return await self.db.call(self.reserve, user=user, ip=ip, device=device,
                                        clears=clears)
 
     async def afail(self, reservation: Reservation) -> Ban | None:
-        return await asyncio.to_thread(self.fail, reservation)
+        return await self.db.call(self.fail, reservation)
 
     async def asucceed(self, reservation: Reservation) -> None:
-        await asyncio.to_thread(self.succeed, reservation)
+        await self.db.call(self.succeed, reservation)
 
     async def arelease(self, reservation: Reservation) -> None:
-        await asyncio.to_thread(self.release, reservation)
+        await self.db.call(self.release, reservation)

@@ -4,8 +4,6 @@ atomic across the processes of a host; the key is a hash of the user name and th
 
 from __future__ import annotations
 
-import asyncio
-
 from secure_mw._sqlite import Database
 from secure_mw.login.totp import _check_claim
 from secure_mw.session.sqlite_store import hashed
@@ -35,5 +33,5 @@ class SqliteUsedCodes:
             (f"{hashed('totp', username)}:{step}", now + max(ttl, 0.001), now)) == 1
 
     async def aclaim(self, username: str, step: int, ttl: float) -> bool:
-        """:meth:`claim` in a worker thread."""
-        return await asyncio.to_thread(self.claim, username, step, ttl)
+        """:meth:`claim` for asyncio (:meth:`Database.call`)."""
+        return await self.db.call(self.claim, username, step, ttl)

@@ -11,14 +11,14 @@ Keys are ``session:``, ``once:`` and ``revoked:`` plus base64url(SHA-256(id)) â€
 the file shows no cookie value â€” and each value is sealed by the key ring with its key as
 associated data, so a value moved to another key, changed, or made by keys not in the ring
 raises :class:`~secure_mw.errors.DecryptError`. Every operation is one statement (atomic by
-itself across processes); reads run inline under asyncio (a WAL read takes no lock and
-costs microseconds), writes in a worker thread, so another process's write lock never
-stalls the event loop. Failures raise :class:`~secure_mw.errors.StoreUnavailable`.
+itself across processes). Under asyncio each runs inline without waiting for a lock (a few
+microseconds on a local disk) and, only when another process holds the lock, again in a
+worker thread (:meth:`~secure_mw._sqlite.Database.call`): the event loop never waits on
+another process. Failures raise :class:`~secure_mw.errors.StoreUnavailable`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 
@@ -44,7 +44,7 @@ class SqliteMarks:
     """Single-use claims and revocation marks in the ``marks`` table (also what the cookie
     store uses with ``[sqlite] path``)."""
 
-    nonblocking = False     # writes wait for the file's lock: a thread under asyncio
+    nonblocking = False     # may wait for the file's lock: see Database.call
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -80,16 +80,16 @@ class SqliteMarks:
                                  (hashed("revoked", key), self.db.clock())))
 
     async def aclaim_once(self, token: str, ttl: float) -> bool:
-        return await asyncio.to_thread(self.claim_once, token, ttl)
+        return await self.db.call(self.claim_once, token, ttl)
 
     async def arelease(self, token: str) -> None:
-        await asyncio.to_thread(self.release, token)
+        await self.db.call(self.release, token)
 
     async def arevoke(self, key: str, ttl: float, *, owner: str = "") -> None:
-        await asyncio.to_thread(self.revoke, key, ttl, owner=owner)
+        await self.db.call(self.revoke, key, ttl, owner=owner)
 
     async def ais_revoked(self, key: str) -> bool:
-        return self.is_revoked(key)
+        return await self.db.call(self.is_revoked, key)
 
 
 class SqliteSessionStore(SqliteMarks):
@@ -159,15 +159,15 @@ class SqliteSessionStore(SqliteMarks):
             "SELECT key, value FROM sessions WHERE expires > ?", (self.db.clock(),))]
 
     async def aload(self, session_id: str) -> bytes | None:
-        return self.load(session_id)
+        return await self.db.call(self.load, session_id)
 
     async def asave(self, session_id: str, value: bytes, ttl: float, *,
                     only_if_exists: bool = False) -> bool:
-        return await asyncio.to_thread(self.save, session_id, value, ttl,
+        return await self.db.call(self.save, session_id, value, ttl,
                                        only_if_exists=only_if_exists)
 
     async def atouch(self, session_id: str, ttl: float) -> None:
-        await asyncio.to_thread(self.touch, session_id, ttl)
+        await self.db.call(self.touch, session_id, ttl)
 
     async def adelete(self, session_id: str) -> None:
-        await asyncio.to_thread(self.delete, session_id)
+        await self.db.call(self.delete, session_id)
