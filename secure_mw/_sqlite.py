@@ -104,9 +104,9 @@ def _directory_problem(directory: Path) -> str | None:
         return f"{str(directory)!r} is not a directory"
     if hasattr(os, "getuid") and info.st_uid not in (os.getuid(), 0):
         return f"its directory {str(directory)!r} is owned by uid {info.st_uid}"
-    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+    if info.st_mode & 0o022:        # even sticky (/tmp): others could plant its -wal file
         return (f"its directory {str(directory)!r} has mode {stat.S_IMODE(info.st_mode):04o}: "
-                "others could replace the database (chmod 700)")
+                "others could replace the database or plant its journal (chmod 700)")
     return None
 
 

@@ -462,3 +462,11 @@ def test_asyncio_calls_run_inline_unless_another_process_holds_the_lock(
         holder.stdin.flush()
         holder.wait(10)
     assert asyncio.run(store.asave(OTHER_SID, VALUE, 60)) is True and hops == ["save"]
+
+
+def test_a_sticky_shared_directory_is_refused_too(tmp_path: Path) -> None:
+    shared = tmp_path / "tmp-like"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    with pytest.raises(ConfigError, match="plant its journal"):
+        Database(shared / "store.sqlite3").check()

@@ -98,8 +98,13 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
         return 1
     # The whole stack: security headers, client address, redirect guard, the built-in
     # login (or the OpenID provider, when [oidc] is configured) and its sessions.
-    app = protect(create_app(settings, ring, key_source=f"{len(ring.key_ids)} key(s), {where}"),
-                  settings, keyring=ring)
+    try:
+        app = protect(create_app(settings, ring,
+                                 key_source=f"{len(ring.key_ids)} key(s), {where}"),
+                      settings, keyring=ring)
+    except ConfigError as exc:          # the store's file cannot be used, for instance
+        print(f"secure_mw demo: {exc}", file=sys.stderr)
+        return 1
     print(f"secure_mw demo: encryption key {where}")
     print(f"secure_mw demo: users file {users_file}")
     print(f"secure_mw demo: session store {settings.session.store}"
