@@ -48,6 +48,7 @@ from benchmarks.sessions import (
 )
 from secure_mw import Settings
 from secure_mw._sqlite import Database
+from secure_mw.crypto import KeyRing
 from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
 
@@ -182,6 +183,71 @@ class Stores(Bench):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def wrk_runs(seconds: float, stores: list[str]) -> None:
+    """Requests/s of ``wrk`` against ``gunicorn -w 2 -k gthread`` serving tests.e2e_app, a
+    warm signed-in GET per store (the cookie store stands in for memory, whose sessions
+    would live in one worker only). One run per store, in turn."""
+    import json
+    import os
+    import re
+    import subprocess
+
+    import httpx
+
+    from secure_mw.crypto import PasswordHasher
+    from secure_mw.login import UsersFile
+    from tests.servers import RedisServer, ServerProcess, free_port
+
+    work = Path(tempfile.mkdtemp(prefix="secure-mw-wrk-"))
+    users = UsersFile(work / "users.toml", hasher=PasswordHasher(
+        time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    users.add("alice", password="quartz falcon 11")
+    redis_server = None
+    print(f"\n  wrk -t2 -c16 -d{seconds:g}s against gunicorn -w 2 -k gthread --threads 4 "
+          "(tests.e2e_app), warm signed-in GET /x")
+    try:
+        for store in stores:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+            env.update({
+                "SECURE_MW_SESSION__STORE": store, "SECURE_MW_SESSION__COOKIE_SECURE": "false",
+                "SECURE_MW_LOCAL_USERS__FILE": str(users.path),
+                "SECURE_MW_KEYS__ENCRYPTION_KEYS": KeyRing.new_key_text(),
+                "SECURE_MW_ACCESS_CONTROL__RULES": json.dumps([{"policy": "authenticated"}]),
+                "PYTHONUNBUFFERED": "1"})
+            if store == "sqlite":
+                env["SECURE_MW_SQLITE__PATH"] = str(work / "state" / "store.sqlite3")
+            if store == "redis":
+                if redis_server is None:
+                    redis_server = RedisServer()
+                    redis_server.start()
+                env["SECURE_MW_SESSION__REDIS_URL"] = redis_server.url
+            port = free_port()
+            args = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads",
+                    "4", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+                    "tests.e2e_app:wsgi_app()"]
+            with ServerProcess(args, port=port, env=env, log=work / f"{store}.log") as server:
+                with httpx.Client(timeout=10) as client:
+                    form = client.get(server.url + "/.auth/login")
+                    state = re.search(r'name="state" value="([^"]+)"', form.text)
+                    assert state, form.text[:300]
+                    client.post(server.url + "/.auth/login", data={
+                        "state": state.group(1), "username": "alice",
+                        "password": "quartz falcon 11"})
+                    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+                    assert client.get(server.url + "/x").status_code == 200
+                out = subprocess.run(
+                    ["wrk", "-t2", "-c16", f"-d{seconds:g}s", "-H", f"Cookie: {cookie}",
+                     server.url + "/x"], capture_output=True, text=True, check=True).stdout
+            rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+            bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            print(f"  {store:8}{float(rate.group(1)) if rate else float('nan'):>12,.0f} req/s"
+                  + (f"  ({bad.group(1)} non-2xx)" if bad else ""))
+    finally:
+        if redis_server is not None:
+            redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21, help="timed runs per case")
@@ -189,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short smoke run (5 repeats of 5 ms)")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis cases")
+    parser.add_argument("--wrk", type=float, metavar="SECONDS", default=0.0,
+                        help="also run wrk for SECONDS per store against gunicorn -w 2")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.run_ms = 5, 5.0
@@ -218,9 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {note}")
         print("  trips: store calls (sqlite: one statement or one transaction each) or Redis "
               "commands per warm request")
-        print(f"\n  ({time.perf_counter() - began:.1f} s)")
     finally:
         bench.close()
+    if args.wrk > 0:
+        if shutil.which("wrk") is None:
+            print("\n  wrk is not installed: no server runs")
+        else:
+            wrk_runs(args.wrk, ["cookie", "sqlite"] + ([] if args.no_redis else ["redis"]))
+    print(f"\n  ({time.perf_counter() - began:.1f} s)")
     return 0
 
 
