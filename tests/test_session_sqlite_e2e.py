@@ -194,3 +194,34 @@ def test_a_database_locked_by_another_process_is_503_with_retry_after(
     log = process.log()
     assert "Traceback" not in log
     assert deployment["SECURE_MW_KEYS__ENCRYPTION_KEYS"] not in log
+
+
+def test_a_totp_code_used_at_one_worker_is_refused_at_the_other(
+        server: str, start: Callable[..., ServerProcess], deployment: dict[str, str],
+        tmp_path: Path) -> None:
+    from secure_mw.login.totp import TOTP, FileTOTPStore, SecretBox
+
+    key = deployment["SECURE_MW_KEYS__ENCRYPTION_KEYS"]
+    secret = TOTP.new_secret()
+    FileTOTPStore(tmp_path / "totp.json").set(
+        "alice", SecretBox(KeyRing.from_strings([key])).seal("alice", secret))
+    process = start(server, *KEEP_ALIVE[server],
+                    SECURE_MW_LOCAL_USERS__TOTP_FILE=str(tmp_path / "totp.json"), **deployment)
+    first, other = _pinned_clients(process.url)
+    try:
+        answers = []
+        code = TOTP(issuer="secure_mw").code(secret)
+        for client in (first, other):
+            _login(client, process.url)
+            page = client.get(process.url + "/.auth/2fa")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert csrf and 'name="code"' in page.text, page.text[:300]
+            answers.append(client.post(process.url + "/.auth/2fa",
+                                       data={"csrf": csrf.group(1), "code": code}))
+        assert [a.status_code for a in answers] == [303, 401]
+        assert first.get(process.url + "/.auth/me").json()["auth_level"] == 2
+        assert other.get(process.url + "/.auth/me").json()["auth_level"] == 1
+    finally:
+        first.close()
+        other.close()
+    assert "Traceback" not in process.log()

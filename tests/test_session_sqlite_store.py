@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -287,13 +288,29 @@ def test_the_event_loop_is_not_held_by_a_locked_write(tmp_path: Path, ring: KeyR
 
 
 def test_a_read_only_file_fails_closed(db: Database, ring: KeyRing) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes read-only files")
+    """A file the process may no longer write (chmod 400; as root, which writes any file,
+    the immutable attribute): writes 503, never a fallback."""
     SqliteSessionStore(db, keyring=ring).save(SID, VALUE, 60)
     db.close()
-    os.chmod(db.path, 0o400)
-    with pytest.raises(StoreUnavailable):
-        SqliteSessionStore(db, keyring=ring).save(OTHER_SID, VALUE, 60)
+    immutable = os.geteuid() == 0
+    if immutable:
+        if shutil.which("chattr") is None:
+            pytest.skip("root without chattr: no way to make the file read-only")
+        made = subprocess.run(["chattr", "+i", str(db.path)], capture_output=True, check=False)
+        if made.returncode:
+            pytest.skip(f"chattr +i refused here: {made.stderr!r}")
+    else:
+        os.chmod(db.path, 0o400)
+    try:
+        fresh = Database(db.path)
+        with pytest.raises(StoreUnavailable):
+            SqliteSessionStore(fresh, keyring=ring).save(OTHER_SID, VALUE, 60)
+        with pytest.raises(StoreUnavailable):
+            SqliteUsedCodes(fresh).claim("alice", 1, 30)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(db.path)], check=True)
+        os.chmod(db.path, 0o600)
 
 
 def test_a_read_only_database_fails_closed(db: Database, ring: KeyRing) -> None:
