@@ -923,9 +923,12 @@ class Settings:
             f"{len(self.access_control.rules)} rule(s)"
         )
         lines.append(f"headers preset  : {self.headers.preset}")
-        lines.append(
-            f"rate limits     : {len(self.rate_limits.rules)} rule(s) in {self.rate_limits.store}"
-        )
+        limits_store = "sqlite" if self.sqlite.path and not self.rate_limits.store_explicit \
+            else self.rate_limits.store
+        lines.append(f"rate limits     : {len(self.rate_limits.rules)} rule(s) in {limits_store}")
+        if self.sqlite.path:
+            lines.append(f"sqlite file     : {self.sqlite.path} (busy timeout "
+                         f"{_fmt(self.sqlite.busy_timeout)})")
         reg = self.regulation
         lines.append(
             f"regulation      : {reg.max_retries} failures (user {reg.user_max_retries}, "

@@ -153,11 +153,6 @@ class SqliteSessionStore(SqliteMarks):
     def delete(self, session_id: str) -> None:
         self.db.write("DELETE FROM sessions WHERE key = ?", (hashed("session", session_id),))
 
-    def rows(self) -> list[tuple[str, bytes]]:
-        """Every live (key, sealed value): for ``secure-mw change-key``."""
-        return [(str(k), bytes(v)) for k, v in self.db.read(
-            "SELECT key, value FROM sessions WHERE expires > ?", (self.db.clock(),))]
-
     async def aload(self, session_id: str) -> bytes | None:
         return await self.db.call(self.load, session_id)
 
