@@ -690,11 +690,16 @@ def _bans(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.config or 'configuration'}: {exc}", file=sys.stderr)
         return 1
-    regulator = regulator_from_settings(settings)
+    try:
+        regulator = regulator_from_settings(settings)
+    except ConfigError as exc:          # the [sqlite] file cannot be used
+        print(f"{args.config or 'configuration'}: {exc}", file=sys.stderr)
+        return 1
     if not regulator.shared:
         print("bans live in the memory of each application process: they cannot be listed "
-              "or lifted from outside it. Keep them in Redis (set rate_limits.redis_url or "
-              "session.redis_url) to manage them with this command.", file=sys.stderr)
+              "or lifted from outside it. Keep them in a shared store (set sqlite.path, or "
+              "rate_limits.redis_url or session.redis_url) to manage them with this "
+              "command.", file=sys.stderr)
         return 1
     try:
         if args.bans_command == "lift":
@@ -849,15 +854,39 @@ def _change_key(args: argparse.Namespace) -> int:
                   f"{time.monotonic() - start:.1f} s", file=sys.stderr)
         client.close()
         did = True
+    if settings.sqlite.path and Path(settings.sqlite.path).exists():
+        code = _change_key_sqlite(settings.sqlite, ring, args.batch)
+        if code:
+            return code
+        did = True
     totp = Path(settings.local_users.totp_file)
     if totp.exists():
         result = reencrypt_totp_file(ring, totp)
         print(f"TOTP secrets {str(totp)!r}: {result.line()}", file=sys.stderr)
         did = True
     if not did:
-        print("nothing stored at rest to re-encrypt (no session.redis_url, no TOTP secret "
-              "file); cookies are re-encrypted as they are written: keep the old key in the "
-              "ring until they expire", file=sys.stderr)
+        print("nothing stored at rest to re-encrypt (no session.redis_url, no sqlite.path, "
+              "no TOTP secret file); cookies are re-encrypted as they are written: keep the "
+              "old key in the ring until they expire", file=sys.stderr)
+    return 0
+
+
+def _change_key_sqlite(sqlite: Any, ring: Any, batch: int) -> int:
+    """``change-key`` for the session rows of the ``[sqlite]`` file."""
+    import time
+
+    from secure_mw._sqlite import database_from_settings
+    from secure_mw.errors import StoreUnavailable
+    from secure_mw.rotation import reencrypt_sqlite
+
+    start = time.monotonic()
+    try:
+        done = reencrypt_sqlite(ring, database_from_settings(sqlite), batch=batch)
+    except (StoreUnavailable, ConfigError) as exc:
+        print(f"secure-mw change-key: {exc}; run the command again", file=sys.stderr)
+        return 1
+    print(f"sqlite {sqlite.path!r}: {done.line()} in {time.monotonic() - start:.1f} s",
+          file=sys.stderr)
     return 0
 
 

@@ -253,7 +253,8 @@ class OIDCSessionCore:
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
                                        clock=clock, secure=settings.session.cookie_secure,
                                        on_refused=self._cookie_refused,
-                                       on_unreadable=self._record_unreadable)
+                                       on_unreadable=self._record_unreadable,
+                                       sqlite=settings.sqlite)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
