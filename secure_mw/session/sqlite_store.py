@@ -25,7 +25,7 @@ import logging
 from secure_mw._encoding import b64url_encode
 from secure_mw._sqlite import Database, ttl_seconds
 from secure_mw.crypto.keyring import KeyRing
-from secure_mw.errors import DecryptError
+from secure_mw.session._sealed import open_value, seal_value
 
 __all__ = ["SqliteMarks", "SqliteSessionStore", "hashed"]
 
@@ -100,14 +100,7 @@ class SqliteSessionStore(SqliteMarks):
         self._keyring = keyring
 
     def _open(self, key: str, blob: object) -> bytes:
-        if not isinstance(blob, bytes):
-            _log.debug("session value rejected: not bytes")
-            raise DecryptError("the stored value does not decrypt")
-        try:
-            return self._keyring.decrypt_bytes(blob, aad=key.encode("ascii"))
-        except DecryptError as exc:
-            _log.debug("session value rejected: %s", exc.reason)
-            raise DecryptError("the stored value does not decrypt") from None
+        return open_value(self._keyring, key, blob)
 
     def load(self, session_id: str) -> bytes | None:
         """The value saved for ``session_id``; None when missing or expired; a value that is
@@ -127,9 +120,7 @@ class SqliteSessionStore(SqliteMarks):
         if seconds is None:
             self.delete(session_id)
             return False
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError("a session value must be bytes")
-        blob = self._keyring.encrypt_bytes(bytes(value), aad=key.encode("ascii"))
+        blob = seal_value(self._keyring, key, value)
         now = self.db.clock()
         if only_if_exists:
             return self.db.write(
