@@ -1,0 +1,304 @@
+"""The forward-auth endpoints of ``secure-mw serve`` on a real uvicorn: the contracts of
+nginx ``auth_request`` (X-Original-URL / -Method) and of Traefik ``ForwardAuth`` and Caddy
+``forward_auth`` (X-Forwarded-Proto/Host/Uri/Method, sent here as those proxies send them),
+the same decision as in-process for path tricks (oauth2-proxy GHSA-7x63: a spoofed
+X-Forwarded-Uri), refusal of untrusted peers, and the login's way back to a sibling host."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import httpx
+import pytest
+
+from secure_mw import Settings, asgi
+from secure_mw.asgi.forward_auth import portal_app
+from secure_mw.crypto import KeyRing, PasswordHasher
+from secure_mw.errors import ConfigError
+from secure_mw.forward_auth import NotForwardable, forwarded_request, remote_headers
+from secure_mw.guards.timing import LoginDelay
+from secure_mw.identity import Identity
+from secure_mw.login import UsersFile
+from secure_mw.session import MemorySessionStore
+from tests.apps import asgi_inner, browser, uvicorn_server
+from tests.servers import free_port
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
+KEY = KeyRing.new_key_text()
+RULES = [
+    {"resources": ["^/public(/|$)"], "policy": "bypass"},
+    {"resources": ["^/admin(/|$)"], "subject": [["group:admins"]], "policy": "authenticated"},
+    {"resources": ["^/closed(/|$)"], "policy": "deny"},
+    {"policy": "authenticated"},
+]
+APP = "app.test"
+HTML = {"accept": "text/html,application/xhtml+xml", "sec-fetch-mode": "navigate"}
+
+
+def settings_for(tmp_path: Path, port: int, **server: Any) -> tuple[Settings, UsersFile]:
+    users_path = tmp_path / "users.toml"
+    users = UsersFile(users_path, hasher=FAST)
+    if not users_path.exists():
+        users.add("alice", password="quartz falcon 11", groups=["admins", "r&d lab"],
+                  email="alice@example.com", display_name="Zoë Example")
+        users.add("bob", password="velvet harbor 22", groups=["staff"])
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]},
+        "local_users": {"file": str(users_path)},
+        "session": {"cookie_secure": False},
+        "server": {"external_url": f"http://127.0.0.1:{port}",
+                   "trusted_proxies": ["127.0.0.1/32"],
+                   "allowed_hosts": ["127.0.0.1", APP, "other.test:8443"], **server},
+        "access_control": {"default_policy": "deny", "rules": RULES},
+    }, environ={})
+    return settings, users
+
+
+@contextmanager
+def running(tmp_path: Path, **server: Any) -> Iterator[str]:
+    port = free_port()
+    settings, users = settings_for(tmp_path, port, **server)
+    app = portal_app(settings, users=users, store=MemorySessionStore(),
+                     delay=LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
+    with uvicorn_server(app, port=port) as base:
+        yield base
+
+
+@pytest.fixture
+def portal(tmp_path: Path) -> Iterator[str]:
+    with running(tmp_path) as base:
+        yield base
+
+
+def sign_in(client: httpx.Client, base: str, user: str, password: str,
+            rd: str = f"http://{APP}/page") -> httpx.Response:
+    form = client.get(f"{base}/.auth/login", params={"rd": rd})
+    assert form.status_code == 200, form.text
+    state = form.text.split('name="state" value="', 1)[1].split('"', 1)[0]
+    return client.post(f"{base}/.auth/login",
+                       data={"state": state, "username": user, "password": password})
+
+
+def cookie_of(client: httpx.Client) -> str:
+    return "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
+
+
+def traefik(base: str, uri: str, *, cookie: str = "", method: str = "GET",
+            host: str = APP, headers: dict[str, str] | None = None) -> httpx.Response:
+    """What Traefik's ForwardAuth sends: a GET to the address with X-Forwarded-*."""
+    sent = {"x-forwarded-proto": "http", "x-forwarded-host": host, "x-forwarded-uri": uri,
+            "x-forwarded-method": method, "x-forwarded-for": "203.0.113.7",
+            **({"cookie": cookie} if cookie else {}), **(headers or {})}
+    return httpx.get(f"{base}/api/authz/forward-auth", headers=sent)
+
+
+def nginx(base: str, uri: str, *, cookie: str = "", method: str = "GET",
+          host: str = APP, headers: dict[str, str] | None = None) -> httpx.Response:
+    """What the documented nginx auth_request location sends."""
+    sent = {"x-original-url": f"http://{host}{uri}", "x-original-method": method,
+            "x-forwarded-for": "203.0.113.7", **({"cookie": cookie} if cookie else {}),
+            **(headers or {})}
+    return httpx.request(method, f"{base}/api/authz/auth-request", headers=sent)
+
+
+def claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_anonymous_navigation_goes_to_the_portal_and_an_api_client_gets_401(
+        portal: str) -> None:
+    nav = traefik(portal, "/page?x=1", headers=HTML)
+    assert nav.status_code == 302
+    assert nav.headers["location"] == (f"{portal}/.auth/login?rd="
+                                       + quote(f"http://{APP}/page?x=1", safe=""))
+    api = traefik(portal, "/page", headers={"accept": "application/json"})
+    assert api.status_code == 401
+    assert f'form-action="{portal}/.auth/login"' in api.headers["www-authenticate"]
+    assert api.json()["login_url"] == f"{portal}/.auth/login"
+    # nginx's auth_request passes 2xx, 401 and 403 only: never a 302.
+    assert nginx(portal, "/page", headers=HTML).status_code == 401
+    assert nginx(portal, "/public/x").status_code == 200        # bypass: no login
+
+
+def test_signed_in_gets_200_with_the_remote_headers_and_the_assertion(portal: str) -> None:
+    with browser() as alice:
+        done = sign_in(alice, portal, "alice", "quartz falcon 11")
+        assert done.status_code == 303
+        assert done.headers["location"] == f"http://{APP}/page"   # back to the sibling host
+        cookie = cookie_of(alice)
+    for answer in (traefik(portal, "/admin/x", cookie=cookie),
+                   nginx(portal, "/admin/x", cookie=cookie)):
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["remote-user"] == "alice"
+        assert answer.headers["remote-email"] == "alice@example.com"
+        assert unquote(answer.headers["remote-name"]) == "Zoë Example"
+        groups = [unquote(g) for g in answer.headers["remote-groups"].split(",")]
+        assert groups == ["admins", "r&d lab"]
+        token = claims(answer.headers["x-secure-mw-jwt-assertion"])
+        assert token["sub"] == "alice"
+        assert answer.headers["cache-control"] == "no-store"
+
+
+def test_a_rule_refusal_is_403_for_every_proxy(portal: str) -> None:
+    with browser() as bob:
+        sign_in(bob, portal, "bob", "velvet harbor 22")
+        cookie = cookie_of(bob)
+    for uri in ("/admin", "/admin/users", "/closed"):
+        assert traefik(portal, uri, cookie=cookie).status_code == 403, uri
+        assert nginx(portal, uri, cookie=cookie).status_code == 403, uri
+    assert traefik(portal, "/page", cookie=cookie).headers["remote-user"] == "bob"
+
+
+def raw_status(base: str, target: str, cookie: str, host: str) -> int:
+    """The status a server answers for the request line ``GET target`` exactly as given."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+                     "Accept: application/json\r\nConnection: close\r\n\r\n".encode())
+        head = sock.recv(4096).decode("latin-1")
+    return int(head.split(" ", 2)[1])
+
+
+TRICKS = ["/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2E/admin",
+          "/public/..;/admin", "/public/..%3b/admin", "//admin", "/./admin", "/admin/",
+          "/admin?/public", "/admin?x=/public/", "/public%2f..%2fadmin", "/public/%252e%252e/admin",
+          "/%2e%2e/admin", "/public/.%2e/admin", "/admin;/public", "/ADMIN", "/admin%00",
+          "/public/..\\admin", "/public//../admin", "/public/x/../../admin", "/page"]
+
+
+def test_path_tricks_in_the_forwarded_uri_decide_as_in_process(tmp_path: Path) -> None:
+    """oauth2-proxy GHSA-7x63-xv5r-3p2x: a URI the proxy forwards must not be read more
+    kindly than the in-process middleware reads the same request line."""
+    port = free_port()
+    settings, users = settings_for(tmp_path, port)
+    in_process = asgi.protect(asgi_inner(), settings, users=users, store=MemorySessionStore())
+    with running(tmp_path) as portal, uvicorn_server(in_process) as direct, \
+            browser() as bob_portal, browser() as bob_direct:
+        sign_in(bob_portal, portal, "bob", "velvet harbor 22")
+        sign_in(bob_direct, direct, "bob", "velvet harbor 22", rd="/page")
+        at_portal, at_app = cookie_of(bob_portal), cookie_of(bob_direct)
+        for uri in TRICKS:
+            expected = raw_status(direct, uri, at_app, APP)
+            forwarded = traefik(portal, uri, cookie=at_portal).status_code
+            assert forwarded == expected, (uri, forwarded, expected)
+            by_nginx = nginx(portal, uri, cookie=at_portal).status_code
+            assert by_nginx == (expected if expected in (200, 401, 403) else 403), uri
+        assert raw_status(direct, "/page", at_app, APP) == 200
+    # A fragment never comes from a browser: refused, never matched without it.
+    for uri in ("/admin#/public", "/public#/../admin"):
+        with running(tmp_path / "again") as portal:
+            assert traefik(portal, uri).status_code == 400
+            assert nginx(portal, uri).status_code == 403
+
+
+def test_forwarding_headers_from_an_untrusted_peer_are_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="secure_mw.audit")
+    with running(tmp_path, trusted_proxies=["10.0.0.0/8"]) as portal:
+        for answer in (traefik(portal, "/public/x"), nginx(portal, "/public/x")):
+            assert answer.status_code == 403
+        assert httpx.get(f"{portal}/api/authz/forward-auth").status_code == 403
+    lines = [r.getMessage() for r in caplog.records if "forward_auth_refused" in r.getMessage()]
+    assert len(lines) == 3 and all("not a trusted proxy" in line for line in lines)
+
+
+def test_ambiguous_or_hostile_forwarded_requests_get_a_precise_refusal(
+        portal: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="secure_mw.audit")
+    assert traefik(portal, "/public/x", host="evil.test").status_code == 400   # Host list
+    assert nginx(portal, "/public/x", host="evil.test").status_code == 403
+    assert traefik(portal, "/public/x", host=f"{APP}, evil.test").status_code == 400
+    assert traefik(portal, "http://evil.test/public").status_code == 400
+    assert traefik(portal, "/public/x", method="G-T").status_code == 400
+    assert traefik(portal, "/public/x", headers={"x-forwarded-proto": "gopher"}
+                   ).status_code == 400
+    missing = httpx.get(f"{portal}/api/authz/forward-auth",
+                        headers={"x-forwarded-uri": "/public"})
+    assert missing.status_code == 400
+    # The portal's own pages never answer for a service's URL (no logout as a side effect).
+    for uri in ("/.auth/login", "/.auth/logout", "/x/../.auth/me"):
+        assert traefik(portal, uri).status_code == 403, uri
+        assert nginx(portal, uri).status_code == 403, uri
+    events = [r.getMessage() for r in caplog.records if r.name == "secure_mw.audit"]
+    assert any("forward_auth_refused" in e and "x-forwarded-host has several" in e
+               for e in events)
+    assert any("login portal" in e for e in events)
+
+
+def test_spoofed_remote_headers_and_client_address_do_not_count(portal: str) -> None:
+    spoof = {"remote-user": "alice", "remote-groups": "admins",
+             "x-secure-mw-jwt-assertion": "forged"}
+    assert traefik(portal, "/admin", headers=spoof).status_code == 401
+    assert nginx(portal, "/admin", headers=spoof).status_code == 401
+    answer = traefik(portal, "/public/x", headers=spoof)
+    assert answer.status_code == 200 and "remote-user" not in answer.headers
+
+
+def test_the_login_returns_only_to_allowed_sibling_hosts(portal: str) -> None:
+    with browser() as client:
+        for hostile in ("http://evil.test/", "//evil.test/", "http://app.test@evil.test/",
+                        "javascript:alert(1)", "http://other.test/"):
+            answer = client.get(f"{portal}/.auth/login", params={"rd": hostile})
+            assert answer.status_code == 400, hostile
+        done = sign_in(client, portal, "bob", "velvet harbor 22",
+                       rd="http://other.test:8443/x?y=1")
+        assert done.headers["location"] == "http://other.test:8443/x?y=1"
+
+
+def test_serve_needs_trusted_proxies_and_an_external_url(tmp_path: Path) -> None:
+    settings = Settings.from_mapping({"keys": {"encryption_keys": [KEY]}}, environ={})
+    with pytest.raises(ConfigError) as caught:
+        portal_app(settings)
+    paths = {p.path for p in caught.value.problems}
+    assert {"server.trusted_proxies", "server.external_url"} <= paths
+
+
+def test_forwarded_request_parsing() -> None:
+    fwd = forwarded_request("forward-auth", {
+        "x-forwarded-proto": "HTTPS", "x-forwarded-host": "App.Test:8443",
+        "x-forwarded-uri": "/a,b?c=d", "x-forwarded-method": "POST"})
+    assert (fwd.scheme, fwd.host, fwd.raw_path, fwd.query, fwd.method) == (
+        "https", "app.test:8443", "/a,b", "c=d", "POST")
+    orig = forwarded_request("auth-request", {"x-original-url": "https://app.test",
+                                              "x-original-method": "GET"})
+    assert orig.target == "/" and orig.url == "https://app.test/"
+    for bad in ({"x-original-url": "https://u@app.test/", "x-original-method": "GET"},
+                {"x-original-url": "ftp://app.test/", "x-original-method": "GET"},
+                {"x-original-url": "https://app.test/\u00e9", "x-original-method": "GET"},
+                {"x-original-url": "https://app.test/ x", "x-original-method": "GET"},
+                {"x-original-url": "https://app.test/", "x-original-method": "get"}):
+        with pytest.raises(NotForwardable):
+            forwarded_request("auth-request", bad)
+
+
+def test_remote_header_values_carry_no_control_characters() -> None:
+    who = Identity(sub="eve\r\nRemote-User: admin", name="Ünïcode\n", email="e@x.test",
+                   groups=["a,b", "c\x00d", " "])
+    lines = dict(remote_headers(who))
+    assert all(c >= " " and c < "\x7f" for v in lines.values() for c in v)
+    assert unquote(lines["remote-user"]) == "eve\r\nRemote-User: admin"
+    assert [unquote(g) for g in lines["remote-groups"].split(",")] == ["a,b", "c\x00d"]
+    assert remote_headers(None) == []
+
+
+def test_a_wildcard_host_list_never_opens_the_way_back() -> None:
+    from secure_mw.guards.redirect import RedirectPolicy
+    from secure_mw.oidc.core import return_target, sibling_hosts
+
+    assert sibling_hosts(["*"]) == []
+    policy = RedirectPolicy(sibling_hosts(["*", "*.example.com"]), require_https=True)
+    assert return_target("https://a.example.com/x", policy) == "https://a.example.com/x"
+    for hostile in ("http://a.example.com/x", "https://evil.test/", "https://example.com.evil/",
+                    "https://a.example.com\\@evil.test/", "https:/\\evil.test"):
+        assert return_target(hostile, policy) is None, hostile
+    assert return_target("/local?x=1", None) == "/local?x=1"
+    assert return_target("https://a.example.com/x", None) is None
