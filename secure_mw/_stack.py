@@ -94,7 +94,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         from secure_mw.tokens.headers import IssueLayer
 
         issue = found.build("keys.signing_jwks", IssueLayer, settings,
-                            keyring=options.get("keyring"))
+                            keyring=options.get("keyring"),
+                            per_host=options.pop("assertion_per_host", False))
         if issue is not None:
             stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:

@@ -159,10 +159,17 @@ SERVE_CONFIG_ENV = "SECURE_MW_SERVE_CONFIG"
 
 def serve_factory() -> Any:
     """The portal app of a ``secure-mw serve`` worker (``uvicorn --factory``)."""
-    from secure_mw.asgi.forward_auth import portal_app
+    from secure_mw.asgi.forward_auth import portal_app, serve_problems
     from secure_mw.settings import Settings
 
-    return portal_app(Settings.from_file(os.environ[SERVE_CONFIG_ENV], environ=_environ()))
+    try:
+        settings = Settings.from_file(os.environ[SERVE_CONFIG_ENV], environ=_environ())
+    except ConfigError as exc:     # every problem at once: serve's own too
+        if not isinstance(exc.partial, Settings):
+            raise
+        more = [p for p in serve_problems(exc.partial) if p not in exc.problems]
+        raise ConfigError([*exc.problems, *more]) from None
+    return portal_app(settings)
 
 
 def _serve(args: argparse.Namespace) -> int:

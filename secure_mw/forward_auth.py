@@ -24,6 +24,8 @@ __all__ = [
     "remote_headers",
 ]
 
+#: What the endpoints answer with on 200 (the signed assertion comes too).
+REMOTE_HEADERS = ("remote-user", "remote-groups", "remote-email", "remote-name")
 AUTH_REQUEST = "/api/authz/auth-request"
 FORWARD_AUTH = "/api/authz/forward-auth"
 #: Endpoint path -> which proxy contract it speaks.
@@ -143,16 +145,12 @@ def _value(text: str, safe: str = _SAFE) -> str:
 
 def remote_headers(identity: Identity | None) -> list[tuple[str, str]]:
     """``Remote-User``, ``Remote-Groups`` (comma-joined), ``Remote-Email`` and
-    ``Remote-Name`` of ``identity`` (nothing when anonymous); each value percent-encoded
-    outside printable ASCII, so no CR, LF or other control character can reach a header."""
+    ``Remote-Name`` of ``identity``, each percent-encoded outside printable ASCII, so no
+    CR, LF or other control character can reach a header. Always all four, empty when
+    unknown or anonymous: a proxy that copies them then never keeps a client's own copy
+    (Caddy 2.6's copy_headers leaves a placeholder for a header that is missing)."""
     if identity is None:
-        return []
-    lines = [("remote-user", _value(identity.sub))]
-    if identity.groups:
-        lines.append(("remote-groups", ",".join(_value(g, _SAFE_ITEM) for g in identity.groups
-                                                if g.strip())))
-    if identity.email:
-        lines.append(("remote-email", _value(identity.email)))
-    if identity.name:
-        lines.append(("remote-name", _value(identity.name)))
-    return lines
+        return [(name, "") for name in REMOTE_HEADERS]
+    groups = ",".join(_value(g, _SAFE_ITEM) for g in identity.groups if g.strip())
+    return list(zip(REMOTE_HEADERS, (_value(identity.sub), groups, _value(identity.email),
+                                     _value(identity.name)), strict=True))

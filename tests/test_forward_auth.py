@@ -125,7 +125,10 @@ def test_anonymous_navigation_goes_to_the_portal_and_an_api_client_gets_401(
     assert f'form-action="{portal}/.auth/login"' in api.headers["www-authenticate"]
     assert api.json()["login_url"] == f"{portal}/.auth/login"
     # nginx's auth_request passes 2xx, 401 and 403 only: never a 302.
-    assert nginx(portal, "/page", headers=HTML).status_code == 401
+    by_nginx = nginx(portal, "/page?x=1", headers=HTML)
+    assert by_nginx.status_code == 401
+    assert by_nginx.headers["location"] == nav.headers["location"]   # for its error_page
+    assert "location" not in nginx(portal, "/page").headers          # an API client
     assert nginx(portal, "/public/x").status_code == 200        # bypass: no login
 
 
@@ -144,7 +147,7 @@ def test_signed_in_gets_200_with_the_remote_headers_and_the_assertion(portal: st
         groups = [unquote(g) for g in answer.headers["remote-groups"].split(",")]
         assert groups == ["admins", "r&d lab"]
         token = claims(answer.headers["x-secure-mw-jwt-assertion"])
-        assert token["sub"] == "alice"
+        assert token["sub"] == "alice" and token["aud"] == APP   # the service, not the portal
         assert answer.headers["cache-control"] == "no-store"
 
 
@@ -240,7 +243,8 @@ def test_spoofed_remote_headers_and_client_address_do_not_count(portal: str) -> 
     assert traefik(portal, "/admin", headers=spoof).status_code == 401
     assert nginx(portal, "/admin", headers=spoof).status_code == 401
     answer = traefik(portal, "/public/x", headers=spoof)
-    assert answer.status_code == 200 and "remote-user" not in answer.headers
+    assert answer.status_code == 200 and answer.headers["remote-user"] == ""
+    assert answer.headers["x-secure-mw-jwt-assertion"] == ""
 
 
 def test_the_login_returns_only_to_allowed_sibling_hosts(portal: str) -> None:
@@ -287,7 +291,8 @@ def test_remote_header_values_carry_no_control_characters() -> None:
     assert all(c >= " " and c < "\x7f" for v in lines.values() for c in v)
     assert unquote(lines["remote-user"]) == "eve\r\nRemote-User: admin"
     assert [unquote(g) for g in lines["remote-groups"].split(",")] == ["a,b", "c\x00d"]
-    assert remote_headers(None) == []
+    assert remote_headers(None) == [(n, "") for n in ("remote-user", "remote-groups",
+                                                      "remote-email", "remote-name")]
 
 
 def test_a_wildcard_host_list_never_opens_the_way_back() -> None:

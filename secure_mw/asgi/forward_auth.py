@@ -59,8 +59,8 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         lines = remote_headers(scope.get("secure_mw.identity"))
         token = scope.get("secure_mw.assertion")
         name = scope.get("secure_mw.assertion_header")
-        if isinstance(token, str) and isinstance(name, str):
-            lines.append((name, token))
+        if isinstance(name, str):
+            lines.append((name, token if isinstance(token, str) else ""))
         await send_reply(send, Reply(200, [*lines, *_NO_STORE]), head=head)
         return
     if scope.get("path") == "/":
@@ -174,9 +174,11 @@ class ForwardAuthAdapter:
         step = self._step(location) if 300 <= status < 400 else None
         if step is not None:     # the login (or second step) challenge of a navigation
             login = f"{self.portal}{self.prefix}{step}"
+            target = f"{login}?rd={quote(original.url, safe='')}"
             if kind == "forward-auth":
-                return redirect_reply(f"{login}?rd={quote(original.url, safe='')}")
-            return self._unauthenticated(login, step, [])
+                return redirect_reply(target)
+            # nginx passes a 401 only; its error_page sends the browser to the Location.
+            return self._unauthenticated(login, step, [], location=target)
         if status == 401:
             login = f"{self.portal}{self.prefix}login"
             challenges = [_FORM_ACTION.sub(lambda m: f'form-action="{self._absolute(m[1])}"', v)
@@ -204,12 +206,14 @@ class ForwardAuthAdapter:
         return f"{self.portal}{page}" if page.startswith("/") else page
 
     @staticmethod
-    def _unauthenticated(login: str, step: str, challenges: list[str]) -> Reply:
+    def _unauthenticated(login: str, step: str, challenges: list[str], *,
+                         location: str | None = None) -> Reply:
         if not challenges:
             challenges = [f'Cookie realm="secure_mw", form-action="{login}"']
         error = "unauthenticated" if step == "login" else "second_factor_required"
+        extra = [("location", location)] if location else []
         return json_reply(401, {"error": error, "login_url": login},
-                          headers=[("www-authenticate", c) for c in challenges])
+                          headers=[*(("www-authenticate", c) for c in challenges), *extra])
 
     def _refused(self, view: RequestView, original: ForwardedRequest | None,
                  reason: str) -> None:
@@ -243,6 +247,8 @@ def portal_app(settings: Settings, **options: Any) -> ASGIApp:
     from secure_mw.asgi import protect
 
     problems = serve_problems(settings)
+    # Each service's assertion names that service (aud), not the portal.
+    options.setdefault("assertion_per_host", True)
     try:
         stacked = protect(endpoint, settings, **options)
     except ConfigError as exc:
