@@ -43,7 +43,9 @@ APP = "app.test"
 HTML = {"accept": "text/html,application/xhtml+xml", "sec-fetch-mode": "navigate"}
 
 
-def settings_for(tmp_path: Path, port: int, **server: Any) -> tuple[Settings, UsersFile]:
+def settings_for(tmp_path: Path, port: int, extra: dict[str, Any] | None = None,
+                 **server: Any) -> tuple[Settings, UsersFile]:
+    extra = extra or {}
     users_path = tmp_path / "users.toml"
     users = UsersFile(users_path, hasher=FAST)
     if not users_path.exists():
@@ -58,14 +60,16 @@ def settings_for(tmp_path: Path, port: int, **server: Any) -> tuple[Settings, Us
                    "trusted_proxies": ["127.0.0.1/32"],
                    "allowed_hosts": ["127.0.0.1", APP, "other.test:8443"], **server},
         "access_control": {"default_policy": "deny", "rules": RULES},
+        **extra,
     }, environ={})
     return settings, users
 
 
 @contextmanager
-def running(tmp_path: Path, **server: Any) -> Iterator[str]:
+def running(tmp_path: Path, extra: dict[str, Any] | None = None,
+            **server: Any) -> Iterator[str]:
     port = free_port()
-    settings, users = settings_for(tmp_path, port, **server)
+    settings, users = settings_for(tmp_path, port, extra, **server)
     app = portal_app(settings, users=users, store=MemorySessionStore(),
                      delay=LoginDelay(floor=0.01, seed=0.01, jitter=0.001))
     with uvicorn_server(app, port=port) as base:
@@ -307,3 +311,71 @@ def test_a_wildcard_host_list_never_opens_the_way_back() -> None:
         assert return_target(hostile, policy) is None, hostile
     assert return_target("/local?x=1", None) == "/local?x=1"
     assert return_target("https://a.example.com/x", None) is None
+
+
+def test_the_traefik_configuration_matches_the_endpoint(portal: str) -> None:
+    """Traefik is not run here: its documented middleware is read, and the portal is asked
+    what ForwardAuth asks (a GET with X-Forwarded-Method/Proto/Host/Uri/For)."""
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent / "integrations" / "traefik"
+    dynamic = yaml.safe_load((root / "dynamic.yml").read_text(encoding="utf-8"))
+    auth = dynamic["http"]["middlewares"]["secure-mw"]["forwardAuth"]
+    assert auth["address"].endswith("/api/authz/forward-auth")
+    assert auth["trustForwardHeader"] is False
+    labels = yaml.safe_load((root / "docker-compose.labels.yml").read_text(encoding="utf-8"))
+    label = labels["services"]["secure-mw"]["labels"]
+    assert label["traefik.http.middlewares.secure-mw.forwardauth.authResponseHeaders"] == \
+        ",".join(auth["authResponseHeaders"])
+    with browser() as alice:
+        sign_in(alice, portal, "alice", "quartz falcon 11")
+        answer = traefik(portal, "/page", cookie=cookie_of(alice))
+    assert answer.status_code == 200
+    for name in auth["authResponseHeaders"]:
+        assert answer.headers.get(name), name
+
+
+def test_rate_limits_count_the_original_client_and_path(tmp_path: Path) -> None:
+    """40 subrequests in parallel for one client address on a limited path: 5 allowed;
+    another client, and another path, are not counted with them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limits = {"rate_limits": {"rules": [{"key": "ip", "limit": "5/minute",
+                                         "paths": ["^/public/limited$"]}]}}
+    with running(tmp_path, limits) as portal:
+        def ask(client_ip: str) -> int:
+            return traefik(portal, "/public/limited",
+                           headers={"x-forwarded-for": client_ip}).status_code
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            statuses = list(pool.map(ask, ["198.51.100.1"] * 40))
+        assert statuses.count(200) == 5 and statuses.count(429) == 35
+        assert ask("198.51.100.2") == 200
+        assert traefik(portal, "/public/other",
+                       headers={"x-forwarded-for": "198.51.100.1"}).status_code == 200
+        # nginx only understands 401/403: the limit is a refusal there.
+        assert nginx(portal, "/public/limited",
+                     headers={"x-forwarded-for": "198.51.100.1"}).status_code == 403
+
+
+def test_the_documented_configurations_are_the_tested_files(tmp_path: Path) -> None:
+    """docs/forward-auth.md shows integrations/ verbatim, and its portal configuration
+    builds the portal (with its files made here)."""
+    import re
+
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "forward-auth.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w+)\n(.*?)\n```", doc, re.DOTALL)
+    shown = {text for _, text in blocks}
+    for name in ("nginx/secure-mw-authz.conf", "nginx/secure-mw-protect.conf",
+                 "nginx/site.conf", "caddy/Caddyfile", "traefik/dynamic.yml",
+                 "traefik/docker-compose.labels.yml"):
+        text = (root / "integrations" / name).read_text(encoding="utf-8").rstrip()
+        assert text in shown, name
+    toml = next(text for kind, text in blocks if kind == "toml")
+    data = tomllib.loads(toml.replace("/etc/secure-mw/", f"{tmp_path}/"))
+    (tmp_path / "encryption.keys").write_text(KEY + "\n", encoding="utf-8")
+    (tmp_path / "encryption.keys").chmod(0o600)
+    UsersFile(tmp_path / "users.toml", hasher=FAST).add("alice", password="quartz falcon 11")
+    portal_app(Settings.from_mapping(data, environ={}), store=MemorySessionStore())
