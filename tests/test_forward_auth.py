@@ -268,6 +268,14 @@ def test_serve_needs_trusted_proxies_and_an_external_url(tmp_path: Path) -> None
         portal_app(settings)
     paths = {p.path for p in caught.value.problems}
     assert {"server.trusted_proxies", "server.external_url"} <= paths
+    settings = Settings.from_mapping({
+        "keys": {"encryption_keys": [KEY]}, "session": {"store": "cookie"},
+        "regulation": {"paths": ["/login"]},
+        "server": {"external_url": "https://auth.example.com",
+                   "trusted_proxies": ["127.0.0.1/32"]}}, environ={})
+    with pytest.raises(ConfigError) as caught:
+        portal_app(settings)
+    assert {p.path for p in caught.value.problems} == {"session.store", "regulation.paths"}
 
 
 def test_forwarded_request_parsing() -> None:

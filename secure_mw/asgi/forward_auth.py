@@ -237,6 +237,16 @@ def serve_problems(settings: Settings) -> list[ConfigProblem]:
         problems.append(ConfigProblem(
             "server.external_url", "secure-mw serve needs the portal's public URL "
             "(https://auth.example.com): the login redirects of the services go there"))
+    if settings.session.store == "cookie":
+        problems.append(ConfigProblem(
+            "session.store", "secure-mw serve keeps sessions server-side (memory, or redis "
+            "for several workers): a renewed cookie-store session would not reach the "
+            "browser through Traefik or Caddy, which keep the portal's Set-Cookie"))
+    if settings.regulation.paths:
+        problems.append(ConfigProblem(
+            "regulation.paths", "secure-mw serve cannot regulate a service's own login "
+            "endpoint: it never sees the service's answer (the portal's login is "
+            "regulated already)"))
     return problems
 
 
