@@ -37,6 +37,7 @@ RULES = [
     {"resources": ["^/public(/|$)"], "policy": "bypass"},
     {"resources": ["^/admin(/|$)"], "subject": [["group:admins"]], "policy": "authenticated"},
     {"resources": ["^/closed(/|$)"], "policy": "deny"},
+    {"resources": ["^/secure(/|$)"], "policy": "two_factor"},
     {"policy": "authenticated"},
 ]
 APP = "app.test"
@@ -387,3 +388,19 @@ def test_the_documented_configurations_are_the_tested_files(tmp_path: Path) -> N
     (tmp_path / "encryption.keys").chmod(0o600)
     UsersFile(tmp_path / "users.toml", hasher=FAST).add("alice", password="quartz falcon 11")
     portal_app(Settings.from_mapping(data, environ={}), store=MemorySessionStore())
+
+
+def test_a_two_factor_rule_sends_to_the_portal_s_second_step(portal: str) -> None:
+    with browser() as alice:
+        sign_in(alice, portal, "alice", "quartz falcon 11")
+        cookie = cookie_of(alice)
+    nav = traefik(portal, "/secure/x", cookie=cookie, headers=HTML)
+    assert nav.status_code == 302
+    assert nav.headers["location"] == (f"{portal}/.auth/2fa?rd="
+                                       + quote(f"http://{APP}/secure/x", safe=""))
+    api = traefik(portal, "/secure/x", cookie=cookie, headers={"accept": "application/json"})
+    assert api.status_code == 401
+    assert api.json() == {"error": "second_factor_required", "login_url": f"{portal}/.auth/2fa"}
+    assert f'form-action="{portal}/.auth/2fa"' in api.headers["www-authenticate"]
+    by_nginx = nginx(portal, "/secure/x", cookie=cookie, headers=HTML)
+    assert by_nginx.status_code == 401 and by_nginx.headers["location"] == nav.headers["location"]

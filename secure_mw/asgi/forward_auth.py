@@ -180,10 +180,12 @@ class ForwardAuthAdapter:
             # nginx passes a 401 only; its error_page sends the browser to the Location.
             return self._unauthenticated(login, step, [], location=target)
         if status == 401:
-            login = f"{self.portal}{self.prefix}login"
+            found = [v for n, v in headers if n == "www-authenticate"]
+            step = "2fa" if any(f'form-action="{self.prefix}2fa"' in v for v in found) \
+                else "login"
             challenges = [_FORM_ACTION.sub(lambda m: f'form-action="{self._absolute(m[1])}"', v)
-                          for n, v in headers if n == "www-authenticate"]
-            return self._unauthenticated(login, "login", challenges)
+                          for v in found]
+            return self._unauthenticated(f"{self.portal}{self.prefix}{step}", step, challenges)
         if 200 <= status < 400:
             # The stack answered by itself (a page, the public keys): that authorizes nothing.
             self._refused(view, original, f"the portal answered {status} by itself")
