@@ -268,9 +268,18 @@ def check_the_site(site: Site) -> None:
         assert token["sub"] == "alice" and token["aud"] == APP
     finally:
         alice.close()
+    # oauth2-proxy GHSA-7x63-xv5r-3p2x: a client's own description of the request it makes
+    # never replaces the proxy's.
+    spoof = {"x-original-url": site.url(APP, "/public/x"), "x-original-method": "GET",
+             "x-forwarded-uri": "/public/x", "x-forwarded-method": "GET",
+             "x-forwarded-host": f"{APP}:{site.port}"}
+    with client() as anonymous:
+        assert anonymous.get(site.url(APP, "/page"), headers={
+            **spoof, "accept": "application/json"}).status_code == 401
     bob = sign_in_through_the_proxy(site, "bob", "velvet harbor 22")
     try:
         assert bob.get(site.url(APP, "/admin/panel")).status_code == 403
+        assert bob.get(site.url(APP, "/admin/panel"), headers=spoof).status_code == 403
         seen = echoed(bob.get(site.url(APP, "/page"), headers={
             "remote-user": "alice", "remote-groups": "admins"}))
         assert seen["remote-user"] == "bob" and seen["remote-groups"] == "staff"
