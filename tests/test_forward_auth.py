@@ -312,10 +312,12 @@ def test_a_wildcard_host_list_never_opens_the_way_back() -> None:
     from secure_mw.guards.redirect import RedirectPolicy
     from secure_mw.oidc.core import return_target, sibling_hosts
 
-    assert sibling_hosts(["*"]) == []
-    policy = RedirectPolicy(sibling_hosts(["*", "*.example.com"]), require_https=True)
+    assert sibling_hosts(["*", "*.example.com", "a.example.com"]) == ["a.example.com"]
+    policy = RedirectPolicy(sibling_hosts(["*", "*.example.com", "a.example.com"]),
+                            require_https=True)
     assert return_target("https://a.example.com/x", policy) == "https://a.example.com/x"
     for hostile in ("http://a.example.com/x", "https://evil.test/", "https://example.com.evil/",
+                    "https://b.example.com/", "https://a.example.com.evil.test/",
                     "https://a.example.com\\@evil.test/", "https:/\\evil.test"):
         assert return_target(hostile, policy) is None, hostile
     assert return_target("/local?x=1", None) == "/local?x=1"

@@ -94,8 +94,9 @@ def local_target(value: str | None) -> str | None:
 
 def sibling_hosts(allowed_hosts: list[str]) -> list[str]:
     """The entries of ``server.allowed_hosts`` a login may send the browser back to (the
-    hosts a forward-auth portal signs in for): every one but ``*``, which names no host."""
-    return [entry for entry in allowed_hosts if entry != "*"]
+    hosts a forward-auth portal signs in for): those naming one host. A wildcard
+    (``*``, ``*.example.com``) may cover hosts whose pages others write."""
+    return [entry for entry in allowed_hosts if not entry.startswith("*")]
 
 
 def return_target(value: str | None, hosts: RedirectPolicy | None) -> str | None:
