@@ -201,13 +201,17 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # No access log: it would keep every query string (an OpenID callback's code, each
+    # protected URL's query); refusals are in the audit log.
     if args.workers > 1:
         uvicorn.run("secure_mw.cli:serve_factory", factory=True, host=args.host,
                     port=args.port, workers=args.workers, lifespan="off",
-                    proxy_headers=False, server_header=False)
+                    proxy_headers=False, server_header=False,
+                    access_log=False)
     else:
         uvicorn.run(app, host=args.host, port=args.port, lifespan="off",
-                    proxy_headers=False, server_header=False)
+                    proxy_headers=False, server_header=False,
+                    access_log=False)
     return 0
 
 

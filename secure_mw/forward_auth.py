@@ -20,6 +20,7 @@ __all__ = [
     "FORWARD_AUTH",
     "ForwardedRequest",
     "NotForwardable",
+    "ambiguous_path",
     "forwarded_request",
     "remote_headers",
 ]
@@ -140,7 +141,30 @@ _SAFE_ITEM = _SAFE.replace(",", "")
 
 
 def _value(text: str, safe: str = _SAFE) -> str:
-    return quote(text.strip(), safe=safe)
+    # Never trimmed: " admin" is not "admin". A space at either end is encoded, since a
+    # proxy or a service's header parser would drop it and make the two names one.
+    out = quote(text, safe=safe)
+    inner = out.strip(" ")
+    if inner == out:
+        return out
+    if not inner:
+        return "%20" * len(out)
+    lead = len(out) - len(out.lstrip(" "))
+    trail = len(out) - len(out.rstrip(" "))
+    return "%20" * lead + inner + "%20" * trail
+
+
+def ambiguous_path(path: str) -> str | None:
+    """Why a servlet container, IIS or another non-Python server could route the decoded
+    ``path`` to another resource than the rules match (None: it cannot): ``;`` path
+    parameters (Tomcat, Jetty, Spring drop them: ``/admin;x`` is ``/admin``), a segment
+    ending in a dot or a space (Windows drops them: ``/admin.`` is ``/admin``)."""
+    if ";" in path:
+        return "a path parameter (;) in the forwarded URI"
+    for segment in path.split("/"):
+        if segment not in (".", "..") and segment[-1:] in (".", " "):
+            return "a path segment ending in a dot or a space"
+    return None
 
 
 def remote_headers(identity: Identity | None) -> list[tuple[str, str]]:
@@ -151,6 +175,6 @@ def remote_headers(identity: Identity | None) -> list[tuple[str, str]]:
     (Caddy 2.6's copy_headers leaves a placeholder for a header that is missing)."""
     if identity is None:
         return [(name, "") for name in REMOTE_HEADERS]
-    groups = ",".join(_value(g, _SAFE_ITEM) for g in identity.groups if g.strip())
+    groups = ",".join(_value(g, _SAFE_ITEM) for g in identity.groups if g)
     return list(zip(REMOTE_HEADERS, (_value(identity.sub), groups, _value(identity.email),
                                      _value(identity.name)), strict=True))

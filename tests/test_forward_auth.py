@@ -20,10 +20,15 @@ import httpx
 import pytest
 
 from secure_mw import Settings, asgi
-from secure_mw.asgi.forward_auth import portal_app
+from secure_mw.asgi.forward_auth import cookie_domain_warnings, portal_app
 from secure_mw.crypto import KeyRing, PasswordHasher
 from secure_mw.errors import ConfigError
-from secure_mw.forward_auth import NotForwardable, forwarded_request, remote_headers
+from secure_mw.forward_auth import (
+    NotForwardable,
+    ambiguous_path,
+    forwarded_request,
+    remote_headers,
+)
 from secure_mw.guards.timing import LoginDelay
 from secure_mw.identity import Identity
 from secure_mw.login import UsersFile
@@ -196,6 +201,8 @@ def test_path_tricks_in_the_forwarded_uri_decide_as_in_process(tmp_path: Path) -
         at_portal, at_app = cookie_of(bob_portal), cookie_of(bob_direct)
         for uri in TRICKS:
             expected = raw_status(direct, uri, at_app, APP)
+            if ambiguous_path(unquote(uri.partition("?")[0])):
+                expected = 400      # what a servlet container would read otherwise: refused
             forwarded = traefik(portal, uri, cookie=at_portal).status_code
             assert forwarded == expected, (uri, forwarded, expected)
             by_nginx = nginx(portal, uri, cookie=at_portal).status_code
@@ -303,7 +310,7 @@ def test_remote_header_values_carry_no_control_characters() -> None:
     lines = dict(remote_headers(who))
     assert all(c >= " " and c < "\x7f" for v in lines.values() for c in v)
     assert unquote(lines["remote-user"]) == "eve\r\nRemote-User: admin"
-    assert [unquote(g) for g in lines["remote-groups"].split(",")] == ["a,b", "c\x00d"]
+    assert [unquote(g) for g in lines["remote-groups"].split(",")] == ["a,b", "c\x00d", " "]
     assert remote_headers(None) == [(n, "") for n in ("remote-user", "remote-groups",
                                                       "remote-email", "remote-name")]
 
@@ -337,6 +344,18 @@ def test_the_traefik_configuration_matches_the_endpoint(portal: str) -> None:
     label = labels["services"]["secure-mw"]["labels"]
     assert label["traefik.http.middlewares.secure-mw.forwardauth.authResponseHeaders"] == \
         ",".join(auth["authResponseHeaders"])
+    # A client's underscore spellings are dropped before the decision, on every router.
+    strip = dynamic["http"]["middlewares"]["secure-mw-strip"]["headers"][
+        "customRequestHeaders"]
+    for name in auth["authResponseHeaders"]:
+        underscored = name.replace("-", "_")
+        assert strip[underscored] == "", name
+        assert label["traefik.http.middlewares.secure-mw-strip.headers.customrequestheaders."
+                     + underscored] == ""
+    assert dynamic["http"]["routers"]["app"]["middlewares"] == ["secure-mw-strip", "secure-mw"]
+    app_labels = labels["services"]["app"]["labels"]
+    assert app_labels["traefik.http.routers.app.middlewares"] == \
+        "secure-mw-strip@docker,secure-mw@docker"
     with browser() as alice:
         sign_in(alice, portal, "alice", "quartz falcon 11")
         answer = traefik(portal, "/page", cookie=cookie_of(alice))
@@ -481,3 +500,61 @@ trusted_proxies = ["127.0.0.1/32"]
 """, encoding="utf-8")
     assert main(["serve", "--config", str(settings_path), "--workers", "2"]) == 2
     assert 'session.store = "sqlite"' in capsys.readouterr().err
+
+
+def test_remote_header_values_keep_edge_spaces_distinct() -> None:
+    """" admin" and "admin\u00a0" are not "admin": nothing is trimmed, an edge space is
+    encoded (a header parser would drop it), so no two identities give one header."""
+    lines = dict(remote_headers(Identity(sub=" admin ", groups=(
+        "admins\u00a0", " ops", "  ", "a b"), email="", name="Zo\u00eb")))
+    assert lines["remote-user"] == "%20admin%20"
+    assert lines["remote-groups"] == "admins%C2%A0,%20ops,%20%20,a b"
+    assert unquote(lines["remote-user"]) == " admin "
+    assert dict(remote_headers(Identity(sub="admin")))["remote-user"] == "admin"
+
+
+@pytest.mark.parametrize("uri", ["/admin;x", "/admin;/public", "/admin%3Bx", "/admin.",
+                                 "/admin%20", "/admin./x", "/public/..%2e/x.", "/a/b%20/c"])
+def test_paths_a_non_python_server_reads_otherwise_are_refused(portal: str, uri: str) -> None:
+    """Tomcat drops ;parameters, Windows a trailing dot or space: /admin;x would be /admin
+    to the service while the rules saw another path. Refused for every proxy."""
+    with browser() as bob:
+        sign_in(bob, portal, "bob", "velvet harbor 22")
+        cookie = cookie_of(bob)
+    assert traefik(portal, uri, cookie=cookie).status_code == 400, uri
+    assert nginx(portal, uri, cookie=cookie).status_code == 403, uri
+    assert traefik(portal, "/v1.2/report", cookie=cookie).status_code == 200   # dots inside
+
+
+def test_a_websocket_handshake_at_an_endpoint_is_refused_not_a_500(portal: str) -> None:
+    """A proxy that passes the client's Upgrade on: the portal refuses the handshake (no
+    decision is made for it) and says why in the audit log."""
+    import websockets.sync.client as ws_client
+    from websockets.exceptions import InvalidStatus
+
+    url = portal.replace("http://", "ws://") + "/api/authz/forward-auth"
+    with pytest.raises(InvalidStatus) as refused:
+        ws_client.connect(url, additional_headers={
+            "x-forwarded-proto": "http", "x-forwarded-host": APP, "x-forwarded-uri": "/page",
+            "x-forwarded-method": "GET"}, open_timeout=10)
+    assert refused.value.response.status_code == 403
+
+
+def test_serve_warns_of_service_hosts_outside_the_cookie_domain(tmp_path: Path) -> None:
+    base = {"external_url": "https://auth.example.com", "trusted_proxies": ["127.0.0.1/32"]}
+    for hosts, domain, bad in (
+            (["auth.example.com", "app.example.com"], None, True),
+            (["auth.example.com", "app.example.com"], "example.org", True),
+            (["auth.example.com", "*.corp.example.com"], "example.com", False),
+            (["auth.example.com", "app.example.com:8443"], "example.com", False),
+            (["auth.example.com"], None, False)):
+        session: dict[str, Any] = {"cookie_secure": False}
+        if domain:
+            session["cookie_domain"] = domain
+        settings = Settings.from_mapping({
+            "keys": {"encryption_keys": [KEY]},
+            "local_users": {"file": str(tmp_path / "users.toml")},
+            "session": session, "server": {**base, "allowed_hosts": hosts}}, environ={})
+        warnings = cookie_domain_warnings(settings)
+        assert bool(warnings) == bad, (hosts, domain, warnings)
+        assert all("app.example.com" in w for w in warnings)

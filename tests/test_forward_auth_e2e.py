@@ -82,6 +82,10 @@ cookie_secure = false
 default_policy = "deny"
 
 [[access_control.rules]]
+domain = ["{AUTH}"]        # the portal's own pages are public
+policy = "bypass"
+
+[[access_control.rules]]
 resources = ["^/public(/|$)"]
 policy = "bypass"
 
@@ -127,6 +131,7 @@ def nginx_site(port: int, portal: int, upstream: int) -> str:
     text = (ROOT / "integrations" / "nginx" / "site.conf").read_text(encoding="utf-8")
     edits = [("server 127.0.0.1:9091;", f"server 127.0.0.1:{portal};", 1),
              ("listen 443 ssl;", f"listen 127.0.0.1:{port};", 2),
+             ("listen 443 ssl default_server;", f"listen 127.0.0.1:{port} default_server;", 1),
              ("auth.example.com", AUTH, None), ("app.example.com", APP, None),
              ("include /etc/nginx/snippets/", f"include {ROOT}/integrations/nginx/", 2),
              ("proxy_pass http://127.0.0.1:8080;", f"proxy_pass http://127.0.0.1:{upstream};",
@@ -134,7 +139,8 @@ def nginx_site(port: int, portal: int, upstream: int) -> str:
     for old, new, count in edits:
         assert old in text and (count is None or text.count(old) == count), old
         text = text.replace(old, new)
-    return "\n".join(line for line in text.splitlines() if "ssl_certificate" not in line)
+    return "\n".join(line for line in text.splitlines()
+                     if "ssl_certificate" not in line and "ssl_reject_handshake" not in line)
 
 
 @pytest.fixture
@@ -293,6 +299,39 @@ def check_the_site(site: Site) -> None:
         status, body = raw_get(site.port, trick, host, cookie)
         assert status in (400, 403, 404), (trick, status, body[:200])
     assert raw_get(site.port, "/page", host, cookie)[0] == 200
+    # What a servlet container or IIS would read as /admin: refused, not decided as another path.
+    for trick in ("/admin;x/panel", "/admin%3bx", "/admin./panel", "/admin%20/panel"):
+        status, body = raw_get(site.port, trick, host, cookie)
+        assert status in (400, 403), (trick, status, body[:200])
+    # The absolute form with a Host header of another allowed host (the portal's, whose pages
+    # are public): the decision is for the host the request goes to.
+    absolute = f"http://{host}/admin/panel"
+    assert raw_get(site.port, absolute, f"{AUTH}:{site.port}", cookie)[0] == 403      # bob
+    assert raw_get(site.port, absolute, f"{AUTH}:{site.port}", "")[0] in (401, 403)   # anyone
+    # An unknown host: no site serves it (nginx closes; Caddy answers an empty 200 of its own).
+    try:
+        status, body = raw_get(site.port, "/page", "unknown.example.test", cookie)
+    except (ConnectionError, IndexError, ValueError):
+        status, body = 0, ""
+    assert '"headers"' not in body and status not in range(300, 400), (status, body[:200])
+    with client() as anonymous:
+        # The underscore spellings a CGI or FastCGI service reads as Remote-User.
+        seen = echoed(anonymous.get(site.url(APP, "/public/x"), headers={
+            "remote_user": "alice", "remote_groups": "admins",
+            "x_secure_mw_jwt_assertion": "forged"}))
+        for name in ("remote_user", "remote_groups", "x_secure_mw_jwt_assertion"):
+            assert name not in seen, json.dumps(seen)
+        # A WebSocket handshake is decided as the request it is, never a 500.
+        upgrade = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
+                   "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "accept": "application/json"}
+        assert anonymous.get(site.url(APP, "/page"), headers=upgrade).status_code == 401
+    bob = sign_in_through_the_proxy(site, "bob", "velvet harbor 22")
+    try:
+        answered = bob.get(site.url(APP, "/page"), headers=upgrade).status_code
+        assert answered < 500 or answered == 502, answered   # the echo speaks no WebSocket
+        assert bob.get(site.url(APP, "/admin/panel"), headers=upgrade).status_code == 403
+    finally:
+        bob.close()
 
 
 @pytest.mark.external("nginx")

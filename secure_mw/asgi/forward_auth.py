@@ -12,9 +12,17 @@ import functools
 import logging
 import re
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
-from secure_mw.asgi._io import ASGIApp, Message, Receive, Scope, Send, send_reply
+from secure_mw.asgi._io import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    refuse_websocket,
+    send_reply,
+)
 from secure_mw.audit import AuditLogger, audit_logger
 from secure_mw.authz.paths import PathRefused, normalize_path
 from secure_mw.errors import ConfigError, ConfigProblem
@@ -23,6 +31,7 @@ from secure_mw.forward_auth import (
     FORWARDING_HEADERS,
     ForwardedRequest,
     NotForwardable,
+    ambiguous_path,
     forwarded_request,
     remote_headers,
 )
@@ -31,6 +40,8 @@ from secure_mw.http import Reply, RequestView, html_reply, json_reply, redirect_
 from secure_mw.settings import Settings
 
 __all__ = ["ForwardAuthAdapter", "portal_app"]
+
+log = logging.getLogger("secure_mw.serve")
 
 STATE_KEY = "secure_mw.forward_auth"
 _NO_STORE = [("cache-control", "no-store")]
@@ -96,8 +107,16 @@ class ForwardAuthAdapter:
         self.audit = audit or audit_logger()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = ENDPOINTS.get(scope.get("path") or "") if scope["type"] == "http" else None
-        if kind is None:
+        kind = ENDPOINTS.get(scope.get("path") or "")
+        if kind is not None and scope["type"] == "websocket":
+            # A proxy that passes the client's Upgrade on (Caddy without header_up
+            # -Upgrade): never decided as a handshake at the portal's own URL.
+            view = RequestView.from_scope(scope)
+            self._refused(view, None, "a WebSocket handshake at an authorization endpoint: "
+                                      "the proxy must send a plain HTTP request")
+            await refuse_websocket(send, receive)
+            return
+        if kind is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         view = RequestView.from_scope(scope)
@@ -114,6 +133,12 @@ class ForwardAuthAdapter:
             await send_reply(send, json_reply(status, {"error": "bad_forward_request"}))
             return
         path = unquote(original.raw_path)
+        ambiguous = ambiguous_path(path)
+        if ambiguous is not None:
+            self._refused(view, original, ambiguous)
+            status = 403 if kind == "auth-request" else 400
+            await send_reply(send, json_reply(status, {"error": "bad_forward_request"}))
+            return
         try:
             inside = normalize_path(path).startswith(self.prefix)
         except PathRefused:
@@ -258,6 +283,34 @@ def serve_problems(settings: Settings) -> list[ConfigProblem]:
     return problems
 
 
+def cookie_domain_warnings(settings: Settings) -> list[str]:
+    """A service host the session cookie cannot reach sends its browsers round the login
+    for ever (bearer-token clients are not affected, hence a warning, not an error): the
+    hosts of ``server.allowed_hosts`` but the portal's own that are not under
+    ``session.cookie_domain``."""
+    portal = (urlsplit(settings.server.external_url or "").hostname or "").lower()
+    domain = (settings.session.cookie_domain or "").lower().lstrip(".")
+    outside = []
+    for entry in settings.server.allowed_hosts:
+        name = entry.lower()
+        name = name[2:] if name.startswith("*.") else name
+        if name == "*":
+            continue
+        name = urlsplit(f"//{name}").hostname or name
+        if name == portal:
+            continue
+        if not domain or not (name == domain or name.endswith("." + domain)):
+            outside.append(entry)
+    if not outside:
+        return []
+    where = f"under session.cookie_domain {domain!r}" if domain else \
+        "reached: session.cookie_domain is not set"
+    return [f"the session cookie will not reach {', '.join(map(repr, outside))} of "
+            f"server.allowed_hosts ({where}): a browser signed in at the portal is sent to "
+            "the login again there; set session.cookie_domain to their common parent "
+            "domain (\"example.com\")"]
+
+
 def portal_app(settings: Settings, **options: Any) -> ASGIApp:
     """The ASGI app of ``secure-mw serve``: :class:`ForwardAuthAdapter` around
     ``protect(endpoint, settings)``; ``options`` go to protect(). A ConfigError lists every
@@ -283,4 +336,6 @@ def portal_app(settings: Settings, **options: Any) -> ASGIApp:
         raise ConfigError([*problems, *exc.problems]) from None
     if problems:
         raise ConfigError(problems)
+    for warning in cookie_domain_warnings(settings):
+        log.warning("secure-mw serve: %s", warning)
     return ForwardAuthAdapter(stacked, settings=settings, audit=options.get("audit"))
