@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-__all__ = ["Reply", "RequestView", "html_reply", "json_reply", "parse_cookies", "redirect_reply"]
+__all__ = ["Reply", "RequestView", "html_reply", "json_reply", "parse_cookies", "redirect_reply",
+           "too_large_reply"]
 
 # Bounds on what a client may send us before we parse it (the server has its own limits).
 MAX_COOKIE_HEADER = 40 * 1024   # room for MAX_CHUNKS session cookies and more
@@ -306,6 +307,17 @@ def html_reply(status: int, title: str, message: str, *, body_html: str = "",
         *_NO_STORE,
         *headers,
     ], page)
+
+
+def too_large_reply(view: RequestView) -> Reply:
+    """413 for a body over the limit: a page for a browser's form (its ``Accept`` names
+    HTML), JSON for a JSON body, an API client or a provider's server-to-server call."""
+    kind = view.headers.get("content-type", "").partition(";")[0].strip().lower()
+    sent_json = kind == "application/json" or kind.endswith("+json")
+    if not sent_json and "text/html" in view.headers.get("accept", ""):
+        return html_reply(413, "Too large", "The form is too large.")
+    return json_reply(413, {"error": "too_large",
+                            "error_description": "the request body is too large"})
 
 
 def json_reply(status: int, data: Any, *, headers: Iterable[tuple[str, str]] = ()) -> Reply:

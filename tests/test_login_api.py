@@ -210,6 +210,8 @@ def test_a_body_too_large_is_refused(app: Any) -> None:
         got = client.post(base + API, content=b'{"password": "' + b"x" * 70_000 + b'"}',
                           headers=JSON)
     assert got.status_code == 413
+    assert got.headers["content-type"] == "application/json", got.text   # not a page
+    assert got.json()["error"] == "too_large"
 
 
 def test_the_state_works_once_and_only_with_its_cookie(app: Any) -> None:

@@ -699,15 +699,24 @@ def test_callback_replayed_with_the_pre_login_cookie_of_before(
     assert any("replayed state" in e for e in audit_events(caplog))
 
 
-def test_logout_form_with_many_fields_is_refused_not_a_crash(idp: IdPServer,
-                                                            app: AppFactory) -> None:
+def test_logout_form_with_many_fields_is_refused_not_a_crash(
+        idp: IdPServer, app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "secure_mw.audit")
     with app(settings_for(idp)) as base, browser() as client:
         login(client, base, idp)
         fields = {f"f{i}": "x" for i in range(200)}
         assert client.post(base + "/.auth/logout", data=fields).status_code == 403
         big = client.post(base + "/.auth/logout", content=b"csrf=" + b"x" * 40000,
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+                          headers={"Content-Type": "application/x-www-form-urlencoded",
+                                   "Accept": "*/*"})
         assert big.status_code == 413
+        assert big.headers["content-type"] == "application/json"     # not a browser: JSON
+        page = client.post(base + "/.auth/logout", content=b"csrf=" + b"x" * 40000,
+                           headers={"Content-Type": "application/x-www-form-urlencoded",
+                                    "Accept": "text/html,application/xhtml+xml"})
+        assert page.status_code == 413 and page.headers["content-type"].startswith("text/html")
+    refused = [e for e in audit_events(caplog) if '"event":"request_too_large"' in e]
+    assert len(refused) == 2 and '"path":"/.auth/logout"' in refused[0], refused
 
 
 def test_session_of_another_client_is_not_accepted(idp: IdPServer, app: AppFactory) -> None:

@@ -22,7 +22,6 @@ from secure_mw.asgi._io import (
 )
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.http import html_reply
 from secure_mw.identity import ANONYMOUS, AuthScopes
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
@@ -61,7 +60,7 @@ class OIDCSessionMiddleware:
             try:
                 view.body = await read_body(receive, MAX_FORM)
             except BodyTooLarge:
-                await send_reply(send, html_reply(413, "Too large", "The form is too large."))
+                await send_reply(send, self.core.too_large(view))
                 return
         outcome = await run_async(self.core.handle(view))
         if outcome.reply is not None:

@@ -34,6 +34,7 @@ from secure_mw.http import (
     html_reply,
     json_reply,
     redirect_reply,
+    too_large_reply,
 )
 from secure_mw.identity import Identity
 from secure_mw.oidc.client import (
@@ -927,6 +928,12 @@ class OIDCSessionCore:
         link = f'<p><a class="button" href="{self.prefix}login">Sign in again</a></p>'
         return html_reply(status, "Sign-in failed", message, body_html=link,
                           headers=[("set-cookie", c) for c in cookies or ()])
+
+    def too_large(self, view: RequestView) -> Reply:
+        """A POST to our endpoints over the body limit: 413 (a page or JSON) and an audit
+        line, before the body is parsed."""
+        self._event("request_too_large", view, reason=f"body over {MAX_FORM} bytes")
+        return too_large_reply(view)
 
     def _event(self, name: str, view: RequestView, *, level: int = logging.WARNING,
                **fields: Any) -> None:

@@ -10,7 +10,6 @@ from secure_mw._driver import run_sync
 from secure_mw._stack import session_core
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.http import html_reply
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
 from secure_mw.settings import Settings
@@ -51,7 +50,7 @@ class OIDCSessionMiddleware:
                 view.body = read_body(environ, MAX_FORM)
             except BodyTooLarge:
                 return write_reply(start_response,
-                                   html_reply(413, "Too large", "The form is too large."))
+                                   self.core.too_large(view))
         outcome = run_sync(self.core.handle(view))
         if outcome.reply is not None:
             reply = outcome.reply
