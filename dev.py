@@ -117,8 +117,8 @@ def main(argv: list[str]) -> int:
         os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
         return _run([str(BIN / "tox"), *rest])
     # bench: every benchmark in turn, or `bench NAME [options]` for one of them
-    names = ["crypto", "sessions", "ratelimit", "authz", "login_timing", "rotation", "metrics",
-             "bearer"]
+    names = ["crypto", "sessions", "stores", "ratelimit", "authz", "login_timing", "rotation",
+             "metrics", "bearer"]
     if rest and rest[0] in names:
         return _run([str(PY), "-m", f"benchmarks.{rest[0]}", *rest[1:]])
     code = 0

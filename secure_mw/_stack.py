@@ -96,6 +96,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     fails, and one ConfigError lists every problem found."""
     from secure_mw.guards.clientaddr import TrustedProxies
     from secure_mw.guards.layers import LoginGuardLayer, RateLimitLayer
+    from secure_mw.oidc.core import sibling_hosts
 
     found = _Problems()
     audit = options.get("audit")
@@ -108,7 +109,8 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         from secure_mw.tokens.headers import IssueLayer
 
         issue = found.build("keys.signing_jwks", IssueLayer, settings,
-                            keyring=options.get("keyring"))
+                            keyring=options.get("keyring"),
+                            per_host=options.pop("assertion_per_host", False))
         if issue is not None:
             stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:
@@ -134,7 +136,9 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         if guard is not None:
             stacked = flavour.LoginGuardMiddleware(stacked, layer=guard)
     stacked = found.wrap("redirects", stacked, flavour.RedirectGuardMiddleware,
-                         settings=settings, extra_hosts=identity_provider_hosts(settings),
+                         settings=settings, extra_hosts=[*identity_provider_hosts(settings),
+                                                         *sibling_hosts(
+                                                             settings.server.allowed_hosts)],
                          audit=audit)
     if limiter is None and by_user is not None:
         limiter = by_user.limiter

@@ -151,6 +151,82 @@ def _demo(args: argparse.Namespace) -> int:
     return run(host=args.host, port=args.port, state_dir=args.state_dir)
 
 
+# -- secure-mw serve ------------------------------------------------------------------------
+
+#: The configuration file a ``secure-mw serve --workers N`` worker reads (set by the parent).
+SERVE_CONFIG_ENV = "SECURE_MW_SERVE_CONFIG"
+
+
+def _serve_settings() -> Any:
+    """The settings of ``$SECURE_MW_SERVE_CONFIG``; a ConfigError lists serve's own problems
+    with the file's."""
+    from secure_mw.asgi.forward_auth import serve_problems
+    from secure_mw.settings import Settings
+
+    try:
+        return Settings.from_file(os.environ[SERVE_CONFIG_ENV], environ=_environ())
+    except ConfigError as exc:     # every problem at once: serve's own too
+        if not isinstance(exc.partial, Settings):
+            raise
+        more = [p for p in serve_problems(exc.partial) if p not in exc.problems]
+        raise ConfigError([*exc.problems, *more]) from None
+
+
+def serve_factory() -> Any:
+    """The portal app of a ``secure-mw serve`` worker (``uvicorn --factory``)."""
+    from secure_mw.asgi.forward_auth import portal_app
+
+    return portal_app(_serve_settings())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The login portal and the forward-auth endpoints on uvicorn. The app is built (and
+    every configuration problem reported) before uvicorn is imported or started."""
+    from secure_mw.asgi.forward_auth import portal_app
+
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    os.environ[SERVE_CONFIG_ENV] = os.path.abspath(args.config)
+    settings = _serve_settings()        # ConfigError: main() lists every problem
+    app = portal_app(settings)
+    if args.workers > 1 and settings.session.store == "memory":
+        print("--workers: each worker would keep its own sessions and limits in memory; set "
+              'session.store = "sqlite" (one host) or "redis"', file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+    except ImportError:
+        print("secure-mw serve runs on uvicorn: pip install 'secure-mw[serve]'",
+              file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.workers > 1:
+        uvicorn.run("secure_mw.cli:serve_factory", factory=True, host=args.host,
+                    port=args.port, workers=args.workers, lifespan="off",
+                    proxy_headers=False, server_header=False)
+    else:
+        uvicorn.run(app, host=args.host, port=args.port, lifespan="off",
+                    proxy_headers=False, server_header=False)
+    return 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the login portal and the forward-auth endpoints",
+                       description="The login portal and the authorization endpoints for "
+                       "reverse proxies: /api/authz/auth-request (nginx auth_request) and "
+                       "/api/authz/forward-auth (Traefik ForwardAuth, Caddy forward_auth), "
+                       "on uvicorn (pip install 'secure-mw[serve]'). See "
+                       "docs/forward-auth.md.")
+    p.add_argument("--config", metavar="FILE", required=True,
+                   help="the configuration (SECURE_MW_* variables override it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=9091, help="port to listen on (9091)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes (1; more need a shared store: sqlite or redis)")
+    p.set_defaults(func=_serve)
+
+
 # -- secure-mw explain ----------------------------------------------------------------------
 
 #: ``secure-mw explain`` exit statuses by the layer's effect (1: bad configuration, 2: usage).
@@ -690,11 +766,16 @@ def _bans(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.config or 'configuration'}: {exc}", file=sys.stderr)
         return 1
-    regulator = regulator_from_settings(settings)
+    try:
+        regulator = regulator_from_settings(settings)
+    except ConfigError as exc:          # the [sqlite] file cannot be used
+        print(f"{args.config or 'configuration'}: {exc}", file=sys.stderr)
+        return 1
     if not regulator.shared:
         print("bans live in the memory of each application process: they cannot be listed "
-              "or lifted from outside it. Keep them in Redis (set rate_limits.redis_url or "
-              "session.redis_url) to manage them with this command.", file=sys.stderr)
+              "or lifted from outside it. Keep them in a shared store (set sqlite.path, or "
+              "rate_limits.redis_url or session.redis_url) to manage them with this "
+              "command.", file=sys.stderr)
         return 1
     try:
         if args.bans_command == "lift":
@@ -849,15 +930,39 @@ def _change_key(args: argparse.Namespace) -> int:
                   f"{time.monotonic() - start:.1f} s", file=sys.stderr)
         client.close()
         did = True
+    if settings.sqlite.path and Path(settings.sqlite.path).exists():
+        code = _change_key_sqlite(settings.sqlite, ring, args.batch)
+        if code:
+            return code
+        did = True
     totp = Path(settings.local_users.totp_file)
     if totp.exists():
         result = reencrypt_totp_file(ring, totp)
         print(f"TOTP secrets {str(totp)!r}: {result.line()}", file=sys.stderr)
         did = True
     if not did:
-        print("nothing stored at rest to re-encrypt (no session.redis_url, no TOTP secret "
-              "file); cookies are re-encrypted as they are written: keep the old key in the "
-              "ring until they expire", file=sys.stderr)
+        print("nothing stored at rest to re-encrypt (no session.redis_url, no sqlite.path, "
+              "no TOTP secret file); cookies are re-encrypted as they are written: keep the "
+              "old key in the ring until they expire", file=sys.stderr)
+    return 0
+
+
+def _change_key_sqlite(sqlite: Any, ring: Any, batch: int) -> int:
+    """``change-key`` for the session rows of the ``[sqlite]`` file."""
+    import time
+
+    from secure_mw._sqlite import database_from_settings
+    from secure_mw.errors import StoreUnavailable
+    from secure_mw.rotation import reencrypt_sqlite
+
+    start = time.monotonic()
+    try:
+        done = reencrypt_sqlite(ring, database_from_settings(sqlite), batch=batch)
+    except (StoreUnavailable, ConfigError) as exc:
+        print(f"secure-mw change-key: {exc}; run the command again", file=sys.stderr)
+        return 1
+    print(f"sqlite {sqlite.path!r}: {done.line()} in {time.monotonic() - start:.1f} s",
+          file=sys.stderr)
     return 0
 
 
@@ -981,6 +1086,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_explain_parser(sub)
     _add_bans_parser(sub)
     _add_vault_parser(sub)
+    _add_serve_parser(sub)
     p = sub.add_parser("change-key", help="encrypt what is stored at rest under the first key")
     p.add_argument("--config", metavar="FILE",
                    help="the application's configuration (default: $SECURE_MW_CONFIG and "

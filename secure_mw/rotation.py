@@ -9,6 +9,9 @@ key, while the application keeps serving (``secure-mw change-key``).
   changed meanwhile is left as the app wrote it. Keys are walked with SCAN in batches, one
   pipeline of GETs and one of scripts per batch; the SCAN cursor is saved after each batch in
   ``state`` (when given), so an interrupted run resumes where it stopped.
+* **SQLite** (``sqlite.path``): the session rows, walked in key order in batches; a row is
+  replaced only while it still holds the value read (compare-and-set in one statement), so a
+  session the app changed meanwhile is left as the app wrote it.
 * **The TOTP secret file** (``local_users.totp_file``): every secret is sealed again, under
   the file's lock, in one atomic write.
 
@@ -30,7 +33,7 @@ from secure_mw._files import write_secret_file
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import DecryptError
 
-__all__ = ["Progress", "reencrypt_redis", "reencrypt_totp_file"]
+__all__ = ["Progress", "reencrypt_redis", "reencrypt_sqlite", "reencrypt_totp_file"]
 
 # Replace the value of KEYS[1] by ARGV[2] only while it is still ARGV[1], keeping its TTL.
 _CAS = """
@@ -167,6 +170,53 @@ def _batch(keyring: KeyRing, client: Any, keys: list[bytes], *, cas: Any, kids: 
             progress.reencrypted += 1
         else:
             progress.changed += 1
+
+
+def reencrypt_sqlite(keyring: KeyRing, db: Any, *, batch: int = 1000,
+                     report: Callable[[Progress], None] | None = None) -> Progress:
+    """Encrypt every session row of the SQLite store ``db`` (a
+    :class:`secure_mw._sqlite.Database`) again with the ring's first key; see the module
+    documentation."""
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    progress = Progress()
+    kids = {bytes.fromhex(k) for k in keyring.key_ids}
+    last = ""
+    while True:
+        rows = db.read("SELECT key, value FROM sessions WHERE key > ? ORDER BY key LIMIT ?",
+                       (last, batch))
+        if not rows:
+            break
+        last = str(rows[-1][0])
+        progress.scanned += len(rows)
+        writes = []
+        for key, value in rows:
+            blob = bytes(value)
+            aad = str(key).encode("ascii")
+            if len(blob) < 5 or blob[0] not in _ENVELOPES or blob[1:5] not in kids:
+                progress.foreign += 1
+                continue
+            try:
+                plain = keyring.decrypt_bytes(blob, aad=aad)
+            except DecryptError:
+                progress.foreign += 1
+                continue
+            if not keyring.needs_reencrypt_bytes(blob):
+                progress.current += 1
+                continue
+            writes.append((keyring.encrypt_bytes(plain, aad=aad), key, blob))
+        if writes:
+            with db.transaction() as conn:
+                for new, key, old in writes:
+                    if conn.execute("UPDATE sessions SET value = ? WHERE key = ? AND "
+                                    "value = ?", (new, key, old)).rowcount:
+                        progress.reencrypted += 1
+                    else:
+                        progress.changed += 1
+        if report is not None:
+            report(progress)
+    progress.done = True
+    return progress
 
 
 def reencrypt_totp_file(keyring: KeyRing, path: str | os.PathLike[str]) -> Progress:

@@ -65,6 +65,7 @@ __all__ = [
     "Settings",
     "SignedHeadersSettings",
     "SignedHeadersVerifySettings",
+    "SqliteSettings",
     "parse_duration",
     "parse_rate_limit",
     "parse_size",
@@ -390,9 +391,10 @@ class _Default(str):
 
 @dataclass(frozen=True, kw_only=True)
 class SessionSettings:
-    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis"),
-                      doc="where sessions live; cookie and redis need keys.encryption_keys (or "
-                          "a passphrase)")
+    store: str = _opt(_Default("memory"), choices=("memory", "cookie", "redis", "sqlite"),
+                      doc="where sessions live: memory (one process), sqlite (every worker of "
+                          "one host: sqlite.path), redis, cookie; all but memory need "
+                          "keys.encryption_keys (or a passphrase)")
     redis_url: str | None = _opt(None, secret=True,
                                  doc="a server of its own (default: the [redis] section's); "
                                      "required with store = \"redis\" without [redis]; when "
@@ -429,6 +431,9 @@ class SessionSettings:
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []
+        if self.store == "sqlite" and self.redis_url:
+            out.append(("redis_url", "not used with session.store = 'sqlite' (set "
+                                     "rate_limits.redis_url to keep limits in Redis)"))
         if self.inactivity > self.expiration:
             out.append(("inactivity",
                         "is longer than session.expiration, so it would never apply"))
@@ -687,9 +692,16 @@ class RateLimitRule:
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimitsSettings:
-    store: str = _opt("memory", choices=("memory", "redis"), doc="where the counters live")
+    store: str = _opt(_Default("memory"), choices=("memory", "redis", "sqlite"),
+                      doc="where the counters live; unset: sqlite when sqlite.path is set, "
+                          "else memory")
     redis_url: str | None = _opt(None, secret=True, doc="defaults to session.redis_url")
     rules: list[RateLimitRule] = _opt(factory=list, doc="the limits")
+
+    @property
+    def store_explicit(self) -> bool:
+        """Whether ``store`` was set rather than left at its default."""
+        return not isinstance(self.store, _Default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -968,6 +980,21 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SqliteSettings:
+    path: str | None = _opt(
+        None, path=True,
+        doc="the SQLite file every worker process of this host shares (created 0600, its "
+            "directory 0700 when missing); when set, rate limits, login regulation, used "
+            "TOTP codes and the cookie store's sign-outs are kept there unless a Redis URL "
+            "or their own store says otherwise")
+    busy_timeout: float = _opt(
+        0.5, duration=True,
+        check=lambda v: None if 0 < v <= 60 else "must be between 1ms and 60s",
+        doc="how long a write waits for another process's lock before the store answers "
+            "503 (fail closed)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class VaultSettings:
     file: str | None = _opt(None, path=True,
                             doc="the secrets vault (secure-mw vault) that values "
@@ -1000,6 +1027,7 @@ class Settings:
     bearer_tokens: BearerTokensSettings | None = _opt(
         None, doc="bearer tokens (JWT access tokens, RFC 9068; opaque ones by RFC 7662 "
                   "introspection) for API clients")
+    sqlite: SqliteSettings = _opt(factory=SqliteSettings)
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -1121,9 +1149,12 @@ class Settings:
             f"{len(self.access_control.rules)} rule(s)"
         )
         lines.append(f"headers preset  : {self.headers.preset}")
-        lines.append(
-            f"rate limits     : {len(self.rate_limits.rules)} rule(s) in {self.rate_limits.store}"
-        )
+        limits_store = "sqlite" if self.sqlite.path and not self.rate_limits.store_explicit \
+            else self.rate_limits.store
+        lines.append(f"rate limits     : {len(self.rate_limits.rules)} rule(s) in {limits_store}")
+        if self.sqlite.path:
+            lines.append(f"sqlite file     : {self.sqlite.path} (busy timeout "
+                         f"{_fmt(self.sqlite.busy_timeout)})")
         reg = self.regulation
         lines.append(
             f"regulation      : {reg.max_retries} failures (user {reg.user_max_retries}, "
@@ -1439,7 +1470,13 @@ def _cross_checks(s: Settings | None, problems: list[ConfigProblem]) -> None:
             "required when rate_limits.store = 'redis' (or set session.redis_url, or a [redis] "
             "section)",
         ))
-    if s.session.store in ("cookie", "redis") and not (
+    for where, store in (("session.store", s.session.store),
+                         ("rate_limits.store", s.rate_limits.store)):
+        if store == "sqlite" and not s.sqlite.path:
+            problems.append(ConfigProblem(
+                "sqlite.path", f"required when {where} = 'sqlite' (the file every worker "
+                "process of this host shares)"))
+    if s.session.store in ("cookie", "redis", "sqlite") and not (
             s.keys.encryption_keys or s.keys.encryption_passphrase):
         problems.append(ConfigProblem(
             "keys.encryption_keys",

@@ -68,12 +68,12 @@ def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level:
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise ValueError("claims need a non-empty 'sub'")
     if keyring is None:
-        if settings.session.store in ("cookie", "redis") and not (
+        if settings.session.store in ("cookie", "redis", "sqlite") and not (
                 settings.keys.encryption_keys or settings.keys.encryption_passphrase):
-            raise ValueError("the cookie and redis stores need keys.encryption_keys")
+            raise ValueError("the cookie, redis and sqlite stores need keys.encryption_keys")
         keyring = KeyRing.from_settings(settings.keys)
     manager = SessionManager(settings.session, keyring=keyring, store=store,
-                             secure=settings.session.cookie_secure)
+                             secure=settings.session.cookie_secure, sqlite=settings.sqlite)
     groups_claim = settings.oidc.groups_claim if settings.oidc else "groups"
     assume = settings.oidc.assume_email_verified if settings.oidc else False
     kept = identity_claims(claims, groups_claim, assume_email_verified=assume,

@@ -140,7 +140,24 @@ def _until(what: str, test: Callable[[], bool], *, timeout: float = 30.0) -> Non
     raise RuntimeError(f"{what} after {timeout} s")
 
 
-class RedisCluster:
+class _RedisProcesses:
+    """Several redis-server processes started together, stopped together."""
+
+    dir: Path
+    procs: list[subprocess.Popen[bytes]]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.procs = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisCluster(_RedisProcesses):
     """A real Redis Cluster of three masters on loopback ports (``redis-cli --cluster
     create``), with no persistence; each node's bus port is chosen free too."""
 
@@ -175,11 +192,11 @@ class RedisCluster:
 
     def slot_owner(self, key: str) -> int:
         """The port of the master that holds ``key``'s slot."""
-        slot = int(_redis_cli("cluster", "keyslot", key, port=self.ports[0]).strip())
         import redis
 
         client = redis.Redis(port=self.ports[0])
         try:
+            slot = int(client.cluster("keyslot", key))
             for start, end, master, *_ in client.cluster("slots"):
                 if start <= slot <= end:
                     return int(master[1])
@@ -187,18 +204,9 @@ class RedisCluster:
             client.close()
         raise RuntimeError("no node owns the slot")
 
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        self.procs = []
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class RedisSentinel:
+class RedisSentinel(_RedisProcesses):
     """A real master, one replica and one Sentinel watching them (quorum 1), so a test can
     fail over (``SENTINEL FAILOVER``) and see the replica promoted."""
 
@@ -269,15 +277,6 @@ class RedisSentinel:
         _until("the new master does not say so", lambda: "role:master" in _redis_cli(
             "info", "replication", port=after))
 
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        self.procs = []
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def skip_or_fail(message: str) -> NoReturn:

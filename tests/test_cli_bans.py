@@ -131,3 +131,31 @@ def test_lift_refuses_what_names_no_ban(tmp_path: Path, redis_server: RedisServe
             reg.release(free)
     finally:
         reg.close()
+
+
+def test_bans_in_sqlite_are_listed_and_lifted_from_outside(tmp_path: Path) -> None:
+    """The bans another process wrote to the [sqlite] file: listed by label, lifted by
+    name, seen by that process at its next attempt."""
+    from secure_mw._sqlite import Database
+    from secure_mw.guards.regulation_sqlite import SqliteRegulator
+
+    db_path = tmp_path / "state" / "store.sqlite3"
+    path = tmp_path / "secure-mw.toml"
+    path.write_text(f'[keys]\nencryption_keys = ["{KeyRing.new_key_text()}"]\n'
+                    f'[session]\nstore = "sqlite"\n[sqlite]\npath = "{db_path}"\n',
+                    encoding="utf-8")
+    db = Database(db_path)
+    db.check()
+    reg = SqliteRegulator(db)
+    for _ in range(3):
+        turn = reg.reserve(user="Ivan", ip="203.0.113.5")
+        assert isinstance(turn, Reservation)
+        reg.fail(turn)
+    listed = cli("list", "--config", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert rows(listed.stdout)[1][:3] == ["pair", label("user", "ivan"),
+                                          label("ip", "203.0.113.5")]
+    assert "Ivan" not in listed.stdout
+    lifted = cli("lift", "--user", "ivan", "--config", str(path))
+    assert lifted.returncode == 0 and "lifted 1 ban(s)" in lifted.stderr
+    assert not isinstance(reg.reserve(user="ivan", ip="203.0.113.5"), Refusal)

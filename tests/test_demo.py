@@ -63,6 +63,7 @@ def test_demo_signs_in_and_protects_its_cookie(demo: tuple[str, Path, subprocess
     key_file = state / "encryption.keys"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE((state / "users.toml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "secure-mw.sqlite3").stat().st_mode) == 0o600
     with browser() as client:
         # A new visitor is sent to the login page, signs in, and sees who they are.
         start = client.get(base + "/")
@@ -184,3 +185,47 @@ def test_secure_mw_demo_serves_without_fastapi_or_uvicorn(tmp_path: Path) -> Non
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
     assert "secure_mw demo: stopped" in out and "sign in as 'demo'" in out
+
+
+def _start_demo(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "secure_mw.demo", "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_port(port, timeout=30, proc=proc)  # type: ignore[arg-type]
+    return proc
+
+
+def _stop_demo(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    return out
+
+
+def test_demo_sessions_live_in_sqlite_and_survive_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _start_demo(tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        password = _password(proc)
+        with browser() as client:
+            form = client.get(base + "/.auth/login")
+            state_value = re.search(r'name="state" value="([^"]+)"', form.text)
+            assert state_value
+            client.post(base + "/.auth/login", data={
+                "state": state_value.group(1), "username": "demo", "password": password})
+            assert client.get(base + "/").status_code == 200
+            cookies = dict(client.cookies)
+    finally:
+        _stop_demo(proc)
+    assert stat.S_IMODE((tmp_path / "state" / "secure-mw.sqlite3").stat().st_mode) == 0o600
+    proc = _start_demo(tmp_path, port)
+    try:
+        with browser() as client:
+            client.cookies.update(cookies)
+            again = client.get(base + "/")
+            assert again.status_code == 200 and 'id="who">Demo User<' in again.text
+    finally:
+        _stop_demo(proc)

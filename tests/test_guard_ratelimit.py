@@ -10,10 +10,12 @@ import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
 
+from secure_mw._sqlite import Database
 from secure_mw.errors import ConfigError, StoreUnavailable
 from secure_mw.guards.layers import RateLimitLayer
 from secure_mw.guards.ratelimit import (
@@ -24,7 +26,8 @@ from secure_mw.guards.ratelimit import (
     limiter_from_settings,
     rate_headers,
 )
-from secure_mw.settings import RateLimitsSettings, Settings, parse_rate_limit
+from secure_mw.guards.ratelimit_sqlite import SqliteRateLimiter
+from secure_mw.settings import RateLimitsSettings, Settings, SqliteSettings, parse_rate_limit
 from tests.clock import Clock
 from tests.servers import RedisServer
 
@@ -38,8 +41,13 @@ def clock() -> Clock:
     return Clock(1000.0)
 
 
-@pytest.fixture
-def mem(clock: Clock) -> MemoryRateLimiter:
+@pytest.fixture(params=["memory", "sqlite"])
+def mem(request: pytest.FixtureRequest, clock: Clock, tmp_path: Path) -> MemoryRateLimiter:
+    """A limiter on the injected clock: in memory, or in a SQLite file (same decisions)."""
+    if request.param == "sqlite":
+        db = Database(tmp_path / "store.sqlite3", clock=clock)
+        db.check()
+        return SqliteRateLimiter(db)  # type: ignore[return-value]
     return MemoryRateLimiter(clock=clock)
 
 
@@ -216,7 +224,8 @@ def test_refused_keys_stay_recent(clock: Clock) -> None:
     assert not mem.hit("attacker", HOURLY).allowed
 
 
-def test_drained_keys_are_dropped(mem: MemoryRateLimiter, clock: Clock) -> None:
+def test_drained_keys_are_dropped(clock: Clock) -> None:
+    mem = MemoryRateLimiter(clock=clock)
     mem.hit("a", TEN)
     mem.hit("b", TEN)
     clock.advance(1.0)  # both drained
@@ -499,3 +508,52 @@ def test_redis_unexpected_replies_are_store_errors(reply: object) -> None:
 
     with pytest.raises(StoreUnavailable):
         RedisRateLimiter._decision(_plan(HOURLY), 1, reply)
+
+
+def test_sqlite_processes_share_one_rate_exactly(tmp_path: Path) -> None:
+    """Two limiters on one file (two processes' connections) and 16 threads each: exactly
+    the limit passes, whatever the interleaving (BEGIN IMMEDIATE)."""
+    path = tmp_path / "shared.sqlite3"
+    a, b = Database(path), Database(path)
+    a.check()
+    limiters = [SqliteRateLimiter(a), SqliteRateLimiter(b)]
+    limits = ((100, 3600.0),)
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda n: limiters[n % 2].hit("k", limits).allowed,
+                                range(400)))
+    assert results.count(True) == 100
+
+
+def test_sqlite_async_runs_in_a_thread_and_decides_alike(tmp_path: Path,
+                                                         clock: Clock) -> None:
+    db = Database(tmp_path / "s.sqlite3", clock=clock)
+    db.check()
+    limiter, twin = SqliteRateLimiter(db), MemoryRateLimiter(clock=clock)
+
+    async def many() -> list[RateDecision]:
+        return list(await asyncio.gather(*(limiter.ahit("k", TWO) for _ in range(6))))
+
+    decisions = asyncio.run(many())
+    expected = [twin.hit("k", TWO) for _ in range(6)]
+    assert sorted(map(_shape, decisions)) == sorted(map(_shape, expected))
+
+
+def test_sqlite_keys_are_hashed_and_rows_expire(tmp_path: Path, clock: Clock) -> None:
+    db = Database(tmp_path / "s.sqlite3", clock=clock)
+    db.check()
+    SqliteRateLimiter(db).hit("r0:ip:203.0.113.9", TEN)
+    rows = db.read("SELECT key, expires FROM ratelimit")
+    assert len(rows) == 1 and "203.0.113.9" not in rows[0][0]
+    assert rows[0][1] == pytest.approx(clock.now + 1.0)
+    clock.advance(1.0)
+    assert db.purge() == 1 and not db.read("SELECT key FROM ratelimit")
+
+
+def test_limiter_from_settings_sqlite(tmp_path: Path) -> None:
+    sqlite = SqliteSettings(path=str(tmp_path / "s.sqlite3"))
+    assert isinstance(limiter_from_settings(RateLimitsSettings(), sqlite=sqlite),
+                      SqliteRateLimiter)     # unset: follows [sqlite] path
+    assert isinstance(limiter_from_settings(RateLimitsSettings(store="memory"),
+                                            sqlite=sqlite), MemoryRateLimiter)
+    with pytest.raises(ConfigError, match=r"sqlite\.path"):
+        limiter_from_settings(RateLimitsSettings(store="sqlite"))

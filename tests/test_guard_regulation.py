@@ -11,11 +11,13 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from secure_mw._sqlite import Database
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.regulation import (
@@ -29,6 +31,7 @@ from secure_mw.guards.regulation import (
     label,
     regulator_from_settings,
 )
+from secure_mw.guards.regulation_sqlite import SqliteRegulator
 from secure_mw.settings import RegulationSettings, Settings
 from tests.clock import Clock
 from tests.servers import RedisServer
@@ -49,15 +52,20 @@ def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make(request: pytest.FixtureRequest, clock: Clock) -> Iterator[Callable[..., Any]]:
-    """Build a regulator of either engine, on the injected clock."""
+@pytest.fixture(params=["memory", "redis", "sqlite"])
+def make(request: pytest.FixtureRequest, clock: Clock,
+         tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Build a regulator of any engine, on the injected clock."""
     made: list[RedisRegulator] = []
 
     def build(**kwargs: Any) -> Any:
         kwargs.setdefault("clock", clock)
         if request.param == "memory":
             return MemoryRegulator(**kwargs)
+        if request.param == "sqlite":
+            db = Database(tmp_path / "store.sqlite3", clock=kwargs.pop("clock"))
+            db.check()
+            return SqliteRegulator(db, **kwargs)
         server: RedisServer = request.getfixturevalue("redis_server")
         reg = RedisRegulator(server.url, **kwargs)
         made.append(reg)

@@ -914,7 +914,7 @@ def test_workers_without_redis_say_so(tmp_path: Path) -> None:
         log = process.log()
     assert "login regulation (budgets and bans) and used TOTP codes are kept in this " \
            "process's memory while several worker processes" in log
-    assert "rate_limits.redis_url or session.redis_url" in log
+    assert "Set sqlite.path to keep them in a file every worker of this host shares" in log
     assert 3 <= len(checked(tmp_path)) <= 12
 
 

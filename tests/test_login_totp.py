@@ -386,9 +386,20 @@ def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def redis_used(redis_server: RedisServer) -> Iterator[tuple[RedisUsedCodes, RedisUsedCodes]]:
-    first, second = RedisUsedCodes(redis_server.url), RedisUsedCodes(redis_server.url)
+@pytest.fixture(params=["redis", "sqlite"])
+def redis_used(request: pytest.FixtureRequest,
+               tmp_path: Path) -> Iterator[tuple[RedisUsedCodes, RedisUsedCodes]]:
+    """Two replay stores on one shared engine (two processes' clients): Redis or SQLite."""
+    if request.param == "sqlite":
+        from secure_mw._sqlite import Database
+        from secure_mw.login.totp_sqlite import SqliteUsedCodes
+
+        a, b = Database(tmp_path / "s.sqlite3"), Database(tmp_path / "s.sqlite3")
+        a.check()
+        yield SqliteUsedCodes(a), SqliteUsedCodes(b)  # type: ignore[misc]
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    first, second = RedisUsedCodes(server.url), RedisUsedCodes(server.url)
     yield first, second
     first.close()
     second.close()
@@ -418,10 +429,9 @@ def test_redis_older_code_refused_after_newer(
     assert not check_code(totp, second, "alice", SECRET, older)
 
 
-def test_redis_keys_hide_the_user_and_expire(
-    totp: TOTP, raw: redis.Redis, redis_used: tuple[RedisUsedCodes, RedisUsedCodes],
-) -> None:
-    first, _ = redis_used
+def test_redis_keys_hide_the_user_and_expire(totp: TOTP, raw: redis.Redis,
+                                             redis_server: RedisServer) -> None:
+    first = RedisUsedCodes(redis_server.url)
     step = totp.step()
     assert first.claim("alice@example.org", step, 95.5)
     keys = [k.decode() for k in cast("list[bytes]", raw.keys("*"))]
@@ -455,10 +465,33 @@ def test_redis_async_claims(
                     await acheck_code(totp, second, "alice", SECRET, code),
                     check_code(totp, second, "alice", SECRET, code))
         finally:
-            await first.aclose()
-            await second.aclose()
+            for used in (first, second):
+                if hasattr(used, "aclose"):
+                    await used.aclose()
 
     assert asyncio.run(run()) == (True, False, False)
+
+
+def test_sqlite_a_code_used_in_another_process_is_refused(totp: TOTP,
+                                                          tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from secure_mw._sqlite import Database
+    from secure_mw.login.totp_sqlite import SqliteUsedCodes
+
+    path = tmp_path / "s.sqlite3"
+    step = totp.step()
+    child = subprocess.run([sys.executable, "-c", (
+        "import sys; from secure_mw._sqlite import database; "
+        "from secure_mw.login.totp_sqlite import SqliteUsedCodes; "
+        f"print(SqliteUsedCodes(database(sys.argv[1])).claim('alice', {step}, 60))"),
+        str(path)], capture_output=True, text=True, timeout=60, check=True)
+    assert child.stdout.strip() == "True"
+    db = Database(path)
+    assert SqliteUsedCodes(db).claim("alice", step, 60) is False
+    assert SqliteUsedCodes(db).claim("bob", step, 60) is True
+    assert "alice" not in db.read("SELECT group_concat(key) FROM marks")[0][0]
 
 
 def test_redis_unavailable_fails_closed(totp: TOTP) -> None:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 # Run in a fresh interpreter where the optional packages cannot be imported.
 _BLOCKER = textwrap.dedent("""
@@ -111,3 +112,30 @@ def test_metrics_or_tracing_in_the_settings_without_the_extra_names_the_extra() 
         result.stdout
     assert "metrics.tracing" in result.stdout and "pip install 'secure-mw[otel]'" in \
         result.stdout
+
+
+def test_serve_without_uvicorn_names_the_extra(tmp_path: Path) -> None:
+    config = tmp_path / "portal.toml"
+    config.write_text(textwrap.dedent(f"""
+        [keys]
+        encryption_keys = ["ZGV2LWtleS1kZXYta2V5LWRldi1rZXktZGV2LWtleSE"]
+        [local_users]
+        file = "{tmp_path}/users.toml"
+        [server]
+        external_url = "https://auth.example.com"
+        trusted_proxies = ["127.0.0.1/32"]
+    """), encoding="utf-8")
+    shown = _run("""
+        import sys
+        from secure_mw.cli import main
+        sys.argv = ["secure-mw", "serve", "--help"]
+        main()
+    """)
+    assert shown.returncode == 0 and "forward-auth" in shown.stdout, shown.stderr
+    result = _run(f"""
+        import sys
+        from secure_mw.cli import main
+        sys.exit(main(["serve", "--config", {str(config)!r}]))
+    """)
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'secure-mw[serve]'" in result.stderr

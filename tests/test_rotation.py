@@ -171,3 +171,45 @@ def test_the_change_key_command(redis_server: RedisServer, tmp_path: Path) -> No
                               str(empty)], capture_output=True, text=True, timeout=60,
                              check=False)
     assert nothing.returncode == 0 and "nothing stored at rest" in nothing.stderr
+
+
+def test_sqlite_sessions_move_to_the_new_key(tmp_path: Path) -> None:
+    from secure_mw._sqlite import Database
+    from secure_mw.rotation import reencrypt_sqlite
+    from secure_mw.session.sqlite_store import SqliteSessionStore
+
+    db = Database(tmp_path / "s.sqlite3")
+    db.check()
+    old_store = SqliteSessionStore(db, keyring=ring(OLD))
+    written = {f"session-{i}": f"value {i}".encode() for i in range(120)}
+    for sid, value in written.items():
+        old_store.save(sid, value, 3600)
+    db.write("INSERT INTO sessions (key, value, expires) VALUES ('session:junk', ?, 9e9)",
+             (b"\x01" + b"\x00" * 60,))
+    progress = reencrypt_sqlite(ring(NEW, OLD), db, batch=25)
+    assert (progress.reencrypted, progress.current, progress.foreign) == (120, 0, 1)
+    only_new = SqliteSessionStore(db, keyring=ring(NEW))
+    assert all(only_new.load(sid) == value for sid, value in written.items())
+    assert reencrypt_sqlite(ring(NEW, OLD), db).current == 120      # a second run: no-op
+
+
+def test_the_change_key_command_covers_sqlite(tmp_path: Path) -> None:
+    from secure_mw._sqlite import Database
+    from secure_mw.session.sqlite_store import SqliteSessionStore
+
+    path = tmp_path / "state" / "s.sqlite3"
+    db = Database(path)
+    db.check()
+    for i in range(7):
+        SqliteSessionStore(db, keyring=ring(OLD)).save(f"s{i}", b"v", 3600)
+    config = tmp_path / "secure-mw.toml"
+    config.write_text(f'[keys]\nencryption_keys = ["{NEW}", "{OLD}"]\n'
+                      f'[session]\nstore = "sqlite"\n[sqlite]\npath = "{path}"\n'
+                      f'[local_users]\ntotp_file = "{tmp_path / "totp.json"}"\n')
+    config.chmod(0o600)
+    result = subprocess.run([sys.executable, "-m", "secure_mw.cli", "change-key", "--config",
+                             str(config)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "7 scanned, 7 re-encrypted" in result.stderr
+    assert SqliteSessionStore(db, keyring=ring(NEW)).load("s3") == b"v"

@@ -40,8 +40,8 @@ OPEN = {"SECURE_MW_ACCESS_CONTROL__RULES": json.dumps([{"resources": ["^/"],
                                                          "policy": "bypass"}]),
         "SECURE_MW_SESSION__COOKIE_SECURE": "false"}
 # What works with several workers; the cookie store alone cannot share sign-outs or refreshes.
-REFUSAL_FIX = ('session.store = "redis" with session.redis_url, or session.store = "cookie" '
-               'with session.redis_url')
+REFUSAL_FIX = ('The simplest fix on one host: session.store = "sqlite" with sqlite.path (a '
+               'file every worker shares)')
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -706,7 +706,7 @@ def test_an_explicit_memory_store_only_warns_once(
     a.stop()
     warnings = [line for line in a.errors.read_text().splitlines() if "several worker" in line]
     assert len(warnings) == 1 and 'session.store = "memory"' in warnings[0]
-    assert 'session.store = "redis", or "cookie" with session.redis_url' in warnings[0]
+    assert 'use session.store = "sqlite" (one host) or "redis"' in warnings[0]
 
 
 # -- the registry directory ---------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_every_section_and_nested_key_is_listed() -> None:
 
 @pytest.mark.parametrize(("section", "key", "kind", "default"), [
     ("session", "expiration", "duration", '`"1h"`'),
-    ("session", "store", "`memory`, `cookie` or `redis`", '`"memory"`'),
+    ("session", "store", "`memory`, `cookie`, `redis` or `sqlite`", '`"memory"`'),
     ("session", "redis_url", "string, *secret*", "unset"),
     ("oidc", "max_token_size", "size", '`"64KiB"`'),
     ("oidc", "issuer", "string", "required"),

@@ -34,6 +34,18 @@ def _key_ring(state_dir: Path, settings: Settings) -> tuple[KeyRing, str]:
     return KeyRing.from_file(path, algorithm=keys.encryption_algorithm), f"read from {path}"
 
 
+def _sqlite_by_default(state_dir: Path, settings: Settings) -> Settings:
+    """Sessions, limits and login regulation in ``<state>/secure-mw.sqlite3`` unless a
+    store was chosen: they survive a restart and would be shared by several workers. (The
+    key ring may come from the demo's key file, so the settings are not validated again.)"""
+    if settings.session.store_explicit:
+        return settings
+    path = settings.sqlite.path or str(state_dir / "secure-mw.sqlite3")
+    return dataclasses.replace(
+        settings, session=dataclasses.replace(settings.session, store="sqlite"),
+        sqlite=dataclasses.replace(settings.sqlite, path=path))
+
+
 # The demo's access rules (your own [access_control] replaces them).
 DEMO_RULES = Settings.from_mapping({"access_control": {"default_policy": "deny", "rules": [
     {"resources": ["^/healthz$"], "policy": "bypass"},
@@ -80,15 +92,24 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, state_dir: str = ".secure-
         users_file, name, password = _demo_user(state, settings)
         if not settings.access_control.rules:
             settings = dataclasses.replace(settings, access_control=DEMO_RULES.access_control)
+        settings = _sqlite_by_default(state, settings)
     except ConfigError as exc:
         print(f"secure_mw demo: {exc}", file=sys.stderr)
         return 1
     # The whole stack: security headers, client address, redirect guard, the built-in
     # login (or the OpenID provider, when [oidc] is configured) and its sessions.
-    app = protect(create_app(settings, ring, key_source=f"{len(ring.key_ids)} key(s), {where}"),
-                  settings, keyring=ring)
+    try:
+        app = protect(create_app(settings, ring,
+                                 key_source=f"{len(ring.key_ids)} key(s), {where}"),
+                      settings, keyring=ring)
+    except ConfigError as exc:          # the store's file cannot be used, for instance
+        print(f"secure_mw demo: {exc}", file=sys.stderr)
+        return 1
     print(f"secure_mw demo: encryption key {where}")
     print(f"secure_mw demo: users file {users_file}")
+    print(f"secure_mw demo: session store {settings.session.store}"
+          + (f" ({settings.sqlite.path}, mode 0600)" if settings.session.store == "sqlite"
+             else ""))
     print(f"secure_mw demo: sign in as {name!r} with password {password!r} "
           "(new at every start)")
     # SIGINT, SIGTERM and SIGHUP (a closed terminal) end serve_forever() with a clean return;

@@ -160,7 +160,8 @@ class _Workers(SiblingWorkers):
                 f"login regulation (budgets and bans) and used TOTP codes are kept in this "
                 f"process's memory while several worker processes of this server serve "
                 f"(pids {pids}): each worker counts its own budgets, so every budget is "
-                "multiplied by the number of workers. Set rate_limits.redis_url or "
+                "multiplied by the number of workers. Set sqlite.path to keep them in a "
+                "file every worker of this host shares, or rate_limits.redis_url or "
                 "session.redis_url to keep them in Redis, or run one worker")
         super()._once(message, level)
 

@@ -42,6 +42,7 @@ from secure_mw.settings import (
     RateLimitsSettings,
     RedirectsSettings,
     Settings,
+    SqliteSettings,
     parse_rate_limit,
 )
 
@@ -141,7 +142,7 @@ class RateLimitLayer:
     def __init__(self, settings: RateLimitsSettings, *, limiter: RateLimiter | None = None,
                  audit: AuditLogger | None = None, which: str = "all",
                  credential_paths: Iterable[str] = (), key_prefix: str = "secure_mw:",
-                 redis_url: str | None = None) -> None:
+                 redis_url: str | None = None, sqlite: SqliteSettings | None = None) -> None:
         """``which``: ``"network"`` keeps the rules keyed by address or route (they can run
         before anyone is identified), ``"identity"`` those keyed by user or a function
         (they run after the session), ``"all"`` both. ``key_prefix`` and ``redis_url``
@@ -179,7 +180,8 @@ class RateLimitLayer:
             raise ConfigError(problems)
         self.rules = tuple(rules)
         if limiter is None and rules:
-            limiter = limiter_from_settings(settings, prefix=key_prefix, redis_url=redis_url)
+            limiter = limiter_from_settings(settings, prefix=key_prefix, redis_url=redis_url,
+                                            sqlite=sqlite)
         self.limiter = limiter
         self.audit = audit_for(audit)
         self.credential_paths = frozenset(credential_paths)
@@ -196,6 +198,7 @@ class RateLimitLayer:
         options.setdefault("key_prefix", settings.session.redis_key_prefix)
         options.setdefault("redis_url",
                            settings.rate_limits.redis_url or settings.session.redis_url)
+        options.setdefault("sqlite", settings.sqlite)
         return cls(settings.rate_limits, **options)
 
     def _fails_closed(self, rule: _Rule, view: RequestView) -> bool:

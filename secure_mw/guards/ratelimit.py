@@ -73,7 +73,8 @@ from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 
 if TYPE_CHECKING:
     from secure_mw.guards.ratelimit_redis import RedisRateLimiter
-    from secure_mw.settings import RateLimitsSettings
+    from secure_mw.guards.ratelimit_sqlite import SqliteRateLimiter
+    from secure_mw.settings import RateLimitsSettings, SqliteSettings
 
 __all__ = [
     "MemoryRateLimiter",
@@ -311,11 +312,23 @@ class MemoryRateLimiter:
 
 
 def limiter_from_settings(settings: RateLimitsSettings, *, prefix: str = "secure_mw:",
-                          redis_url: str | None = None
-                          ) -> MemoryRateLimiter | RedisRateLimiter:
+                          redis_url: str | None = None, sqlite: SqliteSettings | None = None
+                          ) -> MemoryRateLimiter | RedisRateLimiter | SqliteRateLimiter:
     """The limiter ``rate_limits.store`` names: ``redis`` at ``redis_url`` (else
     ``rate_limits.redis_url``) with keys under ``prefix`` (an application passes
-    ``session.redis_key_prefix``: one prefix for every key it writes)."""
+    ``session.redis_key_prefix``: one prefix for every key it writes); ``sqlite`` in the
+    file of ``sqlite`` (``[sqlite]``), also when the store is not named and that file is."""
+    store = settings.store
+    if sqlite is not None and sqlite.path and not settings.store_explicit:
+        store = "sqlite"
+    if store == "sqlite":
+        if sqlite is None or not sqlite.path:
+            raise ConfigError([ConfigProblem("sqlite.path",
+                                             "required when rate_limits.store = 'sqlite'")])
+        from secure_mw._sqlite import database_from_settings
+        from secure_mw.guards.ratelimit_sqlite import SqliteRateLimiter
+
+        return SqliteRateLimiter(database_from_settings(sqlite))
     if settings.store == "redis":
         url = redis_url or settings.redis_url
         if not url:

@@ -52,6 +52,7 @@ from secure_mw.identity import normalize_username
 
 if TYPE_CHECKING:
     from secure_mw.guards.regulation_redis import RedisRegulator
+    from secure_mw.guards.regulation_sqlite import SqliteRegulator
     from secure_mw.settings import RegulationSettings, Settings
 
 __all__ = ["Ban", "BanEntry", "MemoryRegulator", "RedisRegulator", "Refusal", "Regulator",
@@ -550,17 +551,25 @@ class MemoryRegulator:
         self.release(reservation)
 
 
-def regulator_from_settings(settings: Settings) -> MemoryRegulator | RedisRegulator:
+def regulator_from_settings(settings: Settings
+                            ) -> MemoryRegulator | RedisRegulator | SqliteRegulator:
     """The regulator the settings ask for: in Redis whenever a Redis URL is configured
     (``rate_limits.redis_url``, else ``session.redis_url``; keys under
     ``session.redis_key_prefix``), whatever the session store, so every process shares the
-    budgets and bans; else in this process's memory."""
+    budgets and bans; else in the ``[sqlite]`` file when its path is set (every process of
+    the host); else in this process's memory."""
     url = settings.rate_limits.redis_url or settings.session.redis_url
     if url:
         from secure_mw.guards.regulation_redis import RedisRegulator
 
         return RedisRegulator.from_settings(settings.regulation, url,
                                             prefix=settings.session.redis_key_prefix)
+    if settings.sqlite.path:
+        from secure_mw._sqlite import database_from_settings
+        from secure_mw.guards.regulation_sqlite import SqliteRegulator
+
+        return SqliteRegulator.from_settings(settings.regulation,
+                                             database_from_settings(settings.sqlite))
     return MemoryRegulator.from_settings(settings.regulation)
 
 

@@ -57,7 +57,7 @@ from secure_mw.login.totp import (
 )
 from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.client import OIDCClient
-from secure_mw.oidc.core import OIDCSessionCore, Outcome, local_target
+from secure_mw.oidc.core import OIDCSessionCore, Outcome
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin
 from secure_mw.session.manager import SessionRead, SessionStore
 from secure_mw.session.model import Session
@@ -226,7 +226,7 @@ class LocalLoginCore(OIDCSessionCore):
         if view.method in ("GET", "HEAD"):
             params = view.query()
             values = params.get("rd") or []
-            target = local_target(values[0] if len(values) == 1 else None) or "/"
+            target = self.return_target(values[0] if len(values) == 1 else None) or "/"
             return Outcome(self._form(view, return_to=target))
         if view.method != "POST":
             return Outcome(html_reply(405, "Method not allowed", "Use the sign-in form.",
@@ -315,7 +315,7 @@ class LocalLoginCore(OIDCSessionCore):
         session = read.session
         params = view.query()
         values = params.get("rd") or []
-        target = local_target(values[0] if len(values) == 1 else None) or "/"
+        target = self.return_target(values[0] if len(values) == 1 else None) or "/"
         if session is None or session.source != "local":
             return Outcome(self.challenge(view))
         if session.auth_level >= 2:
@@ -439,7 +439,7 @@ class LocalLoginCore(OIDCSessionCore):
         if view.method in ("GET", "HEAD"):
             yield from ()
             values = view.query().get("rd") or []
-            target = local_target(values[0] if len(values) == 1 else None) or "/"
+            target = self.return_target(values[0] if len(values) == 1 else None) or "/"
             pending, cookie = self._next_form(view, target, False, None)
             return Outcome(json_reply(200, {
                 "state": pending.state, "expires_in": int(LIFETIME),

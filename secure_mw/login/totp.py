@@ -344,14 +344,19 @@ class UsedCodes:
 def used_codes_from_settings(settings: Settings) -> UsedCodeStore:
     """Where used codes are remembered: in Redis whenever a Redis URL is configured
     (``rate_limits.redis_url``, else ``session.redis_url``, as regulation), so a code used
-    in one process is refused by all (keys under ``session.redis_key_prefix``); else in this
-    process."""
+    in one process is refused by all (keys under ``session.redis_key_prefix``); else in the
+    ``[sqlite]`` file when its path is set; else in this process."""
     session = settings.session
     url = settings.rate_limits.redis_url or session.redis_url
     if url:
         from secure_mw.login.totp_redis import RedisUsedCodes
 
         return RedisUsedCodes(url, prefix=session.redis_key_prefix)
+    if settings.sqlite.path:
+        from secure_mw._sqlite import database_from_settings
+        from secure_mw.login.totp_sqlite import SqliteUsedCodes
+
+        return SqliteUsedCodes(database_from_settings(settings.sqlite))
     return UsedCodes()
 
 

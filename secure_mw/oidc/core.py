@@ -26,6 +26,7 @@ from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import InvalidToken, SecureMWError, SessionTooLarge, StoreUnavailable
 from secure_mw.guards.hosts import public_base
+from secure_mw.guards.redirect import RedirectPolicy
 from secure_mw.http import (
     MAX_FORM_BODY,
     Reply,
@@ -48,7 +49,8 @@ from secure_mw.session.manager import SessionManager, SessionRead, SessionStore,
 from secure_mw.session.model import ClaimsTooLarge, Session, identity_claims
 from secure_mw.settings import Settings
 
-__all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target"]
+__all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target", "return_target",
+           "sibling_hosts"]
 
 log = logging.getLogger("secure_mw.oidc")
 
@@ -88,6 +90,25 @@ def local_target(value: str | None) -> str | None:
     # Non-ASCII is percent-encoded: a Location header carries ASCII only.
     encoded = quote(value, safe="!#$%&'()*+,/:;=?@[]~-._")
     return encoded if len(encoded) <= _MAX_TARGET else None
+
+
+def sibling_hosts(allowed_hosts: list[str]) -> list[str]:
+    """The entries of ``server.allowed_hosts`` a login may send the browser back to (the
+    hosts a forward-auth portal signs in for): those naming one host. A wildcard
+    (``*``, ``*.example.com``) may cover hosts whose pages others write."""
+    return [entry for entry in allowed_hosts if not entry.startswith("*")]
+
+
+def return_target(value: str | None, hosts: RedirectPolicy | None) -> str | None:
+    """Where a login may send the browser back to: a :func:`local_target`, or an absolute
+    http(s) URL on one of ``hosts`` (normalized as a browser reads it), or None."""
+    local = local_target(value)
+    if local is not None or hosts is None or not value or len(value) > _MAX_TARGET:
+        return local
+    if not value[:8].lower().startswith(("https://", "http://")):
+        return None
+    target = hosts.normalize(value)
+    return target if target is not None and len(target) <= _MAX_TARGET else None
 
 
 def challenge(view: RequestView, prefix: str, cookie_name: str, *,
@@ -257,13 +278,20 @@ class OIDCSessionCore:
         self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
                                        clock=clock, secure=settings.session.cookie_secure,
                                        on_refused=self._cookie_refused,
-                                       on_unreadable=self._record_unreadable)
+                                       on_unreadable=self._record_unreadable,
+                                       sqlite=settings.sqlite)
         self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
                                        settings.session.cookie_name, clock=clock)
         self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
                                           logger=logging.getLogger(settings.audit.logger),
                                           clock=clock)
         self.prefix = settings.server.auth_prefix
+        siblings = sibling_hosts(settings.server.allowed_hosts)
+        try:     # the entries are checked by the settings; the login only reads them
+            self.return_hosts: RedirectPolicy | None = RedirectPolicy(
+                siblings, require_https=settings.session.cookie_secure) if siblings else None
+        except ValueError:
+            self.return_hosts = None
         self.require_login = require_login
         from secure_mw.authz.rules import claim_names
 
@@ -302,6 +330,10 @@ class OIDCSessionCore:
         return None
 
     # -- entry point ----------------------------------------------------------------------
+
+    def return_target(self, value: str | None) -> str | None:
+        """``rd``: a path here, or a URL on a host of ``server.allowed_hosts``."""
+        return return_target(value, self.return_hosts)
 
     def is_reserved(self, path: str) -> bool:
         return path.startswith(self.prefix)
@@ -647,7 +679,7 @@ class OIDCSessionCore:
         if view.method != "GET":
             return Outcome(_method_not_allowed("GET"))
         params = view.query()
-        target = local_target(_one(params, "rd")) or "/"
+        target = self.return_target(_one(params, "rd")) or "/"
         # Remember-me only when the user asked on this site (or typed the address): a link on
         # another site must not make a victim's session outlive the browser.
         remember = _one(params, "remember_me") in ("1", "true", "on") and \

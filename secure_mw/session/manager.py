@@ -35,7 +35,7 @@ from secure_mw.session.cookies import (
 )
 from secure_mw.session.memory_store import MemorySessionStore, SiblingWorkers
 from secure_mw.session.model import Session, new_session_id
-from secure_mw.settings import SessionSettings
+from secure_mw.settings import SessionSettings, SqliteSettings
 
 __all__ = ["RecordUnreadable", "SessionManager", "SessionRead", "SessionStore", "index_name",
            "index_names"]
@@ -135,7 +135,10 @@ class SessionManager:
                  store: SessionStore | None = None, clock: Callable[[], float] = time.time,
                  secure: bool = True,
                  on_refused: Callable[[RequestView, str], None] | None = None,
-                 on_unreadable: Callable[[RequestView, str], None] | None = None) -> None:
+                 on_unreadable: Callable[[RequestView, str], None] | None = None,
+                 sqlite: SqliteSettings | None = None) -> None:
+        """``sqlite``: the ``[sqlite]`` section, for ``session.store = "sqlite"`` (and, with
+        the cookie store and no Redis URL, where its sign-outs are kept)."""
         self.settings = settings
         self.keyring = keyring
         self.clock = clock
@@ -150,6 +153,8 @@ class SessionManager:
                 from secure_mw.session.redis_store import RedisSessionStore
 
                 store = RedisSessionStore.from_settings(settings, keyring)
+            elif settings.store == "sqlite":
+                store = _sqlite_store(sqlite, keyring)
             elif clock is time.time:
                 store = MemorySessionStore.shared(settings.cookie_name,
                                                   max_sessions=settings.memory_max_sessions)
@@ -174,6 +179,9 @@ class SessionManager:
             from secure_mw.session.redis_store import RedisSessionStore
 
             marks = RedisSessionStore.from_settings(settings, keyring)
+            self._once = marks
+        elif sqlite is not None and sqlite.path:
+            marks = _sqlite_store(sqlite, keyring)
             self._once = marks
         elif clock is time.time:
             marks = MemorySessionStore.shared(settings.cookie_name,
@@ -456,3 +464,12 @@ class SessionManager:
     def forget(self, sent: list[str]) -> list[str]:
         """Set-Cookie values that expire the cookies of a session that is no more."""
         return [self.jar.delete(n) for n in sent]
+
+
+def _sqlite_store(sqlite: SqliteSettings | None, keyring: KeyRing) -> Any:
+    """The session store in the ``[sqlite]`` file (ConfigError when it cannot be used)."""
+    from secure_mw._sqlite import database_from_settings
+    from secure_mw.session.sqlite_store import SqliteSessionStore
+
+    return SqliteSessionStore(database_from_settings(sqlite or SqliteSettings()),
+                              keyring=keyring)

@@ -328,7 +328,8 @@ class MemorySessionStore:
                 "more ended sessions than session.memory_max_sessions (%d) are remembered in "
                 "this process: the sign-out of the user with the most was forgotten, so a "
                 "copy of that cookie is accepted again until it expires; set "
-                "session.redis_url to keep them in Redis (this is logged once)",
+                "sqlite.path or session.redis_url to keep them in a shared store (this is "
+                "logged once)",
                 self.max_sessions)
 
     @property
@@ -494,10 +495,9 @@ def _locked(path: Path) -> Iterator[int]:
 REFUSAL = (
     "several worker processes of this server use the in-memory session store (the "
     "default), which keeps sessions in one process only: a login made in one worker is "
-    "unknown to the others. Set session.store = \"redis\" with session.redis_url, or "
-    "session.store = \"cookie\" with session.redis_url (Redis then keeps sign-outs and "
-    "refresh claims for every worker), both with keys.encryption_keys; or run one worker "
-    "process")
+    "unknown to the others. The simplest fix on one host: session.store = \"sqlite\" with "
+    "sqlite.path (a file every worker shares) and keys.encryption_keys; across hosts, "
+    "session.store = \"redis\" with session.redis_url; or run one worker process")
 
 
 @dataclass(slots=True)
@@ -601,8 +601,8 @@ class SiblingWorkers:
                     f"session.store = \"memory\" while several worker processes of this "
                     f"server (pids {pids}, {where}) serve: each keeps its own sessions, so a "
                     "user is signed out whenever a request reaches another worker; use "
-                    "session.store = \"redis\", or \"cookie\" with session.redis_url, or "
-                    "run one worker", logging.WARNING)
+                    "session.store = \"sqlite\" (one host) or \"redis\", or run one "
+                    "worker", logging.WARNING)
                 return None
             self._refusal = REFUSAL
             self._once(f"refusing requests: {self._refusal} (pids {pids}, {where}; set "

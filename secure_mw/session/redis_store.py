@@ -58,7 +58,8 @@ from secure_mw._redis import STORE_ERRORS as _STORE_ERRORS
 from secure_mw._redis import RedisClients
 from secure_mw._redis import ttl_ms as _ttl_ms
 from secure_mw.crypto.keyring import KeyRing
-from secure_mw.errors import ConfigError, ConfigProblem, DecryptError
+from secure_mw.errors import ConfigError, ConfigProblem
+from secure_mw.session._sealed import open_value, seal_value
 
 if TYPE_CHECKING:
     import redis
@@ -163,21 +164,10 @@ class RedisSessionStore(RedisClients):
         return self._client.mget(keys)
 
     def _open(self, key: str, blob: object) -> bytes | None:
-        if blob is None:
-            return None
-        if not isinstance(blob, bytes):
-            _log.debug("session value rejected: not bytes")
-            raise DecryptError("the stored value does not decrypt")
-        try:
-            return self._keyring.decrypt_bytes(blob, aad=key.encode("ascii"))
-        except DecryptError as exc:
-            _log.debug("session value rejected: %s", exc.reason)
-            raise DecryptError("the stored value does not decrypt") from None
+        return None if blob is None else open_value(self._keyring, key, blob)
 
     def _seal(self, key: str, value: bytes) -> bytes:
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError("a session value must be bytes")
-        return self._keyring.encrypt_bytes(bytes(value), aad=key.encode("ascii"))
+        return seal_value(self._keyring, key, value)
 
     # -- synchronous ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ host only when ``server.allowed_hosts`` lists it: never an unlisted ``Host`` hea
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import logging
 import threading
@@ -73,10 +74,12 @@ class IssueLayer:
     """Signs the identity assertion for the app and serves the public keys. The keys are
     ``keys.signing_jwks``; without it, ES256 keys derived from the key ring
     (``keys.encryption_keys`` or the passphrase, or ``keyring``), so that every process
-    signs with the same key; with no key configured at all, a key made at start-up."""
+    signs with the same key; with no key configured at all, a key made at start-up.
+    ``per_host``: the ``iss`` and ``aud`` are the request's host (when listed) even with an
+    ``external_url`` — what a forward-auth portal signs for each service it vouches to."""
 
     def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None,
-                 keyring: KeyRing | None = None) -> None:
+                 keyring: KeyRing | None = None, per_host: bool = False) -> None:
         config = settings.signed_headers
         self.header = config.header.lower()
         if signer is None:
@@ -94,7 +97,9 @@ class IssueLayer:
                 jwks = generate_private_jwks(("ES256",))
             signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime)
         self.signer = signer
-        self.hosts = HostPolicy.from_settings(settings.server)
+        self.hosts = HostPolicy.from_settings(
+            dataclasses.replace(settings.server, external_url=None) if per_host
+            else settings.server)
         body, etag = signer.jwks_document()
         self._jwks_headers = [("content-type", "application/json"), ("etag", etag),
                               ("cache-control", "public, max-age=300")]
