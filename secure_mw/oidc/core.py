@@ -9,6 +9,7 @@ login is required. Under the reserved prefix it serves ``login``, ``callback``, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
@@ -262,9 +263,14 @@ class OIDCSessionCore:
             "logged-out": self._logged_out,
             "me": self._me,
         })
-        if settings.oidc.backchannel_logout:
+        if settings.oidc.backchannel_logout and not self.sessions.can_end_all:
+            log.warning("oidc.backchannel_logout: the session store %s keeps no index of "
+                         "sessions by provider session and subject; the back-channel and "
+                         "front-channel logout endpoints are not served",
+                         type(self.sessions.store).__name__)
+        elif settings.oidc.backchannel_logout:
             self._routes["backchannel-logout"] = self._backchannel_logout
-        if settings.oidc.frontchannel_logout:
+        if settings.oidc.frontchannel_logout and self.sessions.can_end_all:
             self._routes["frontchannel-logout"] = self._frontchannel_logout
 
     def _setup(self, settings: Settings, *, keyring: KeyRing | None,
@@ -870,9 +876,11 @@ class OIDCSessionCore:
             return Outcome(self._logout_token_refused(view, str(exc)))
         except StoreUnavailable as exc:     # the provider's keys cannot be fetched
             return Outcome(self._logout_unavailable(view, str(exc)))
-        # Single use, across instances (the shared store), until the token expires anyway.
+        # Single use, across instances (the shared store), for as long as it could be
+        # accepted: until it expires or grows too old, whichever comes first (+ a margin).
         replay = f"logout-jti:{hashlib.sha256(str(claims['jti']).encode()).hexdigest()}"
-        ttl = max(1.0, float(claims["exp"]) - self.clock() + 60.0)
+        until = min(float(claims["exp"]), float(claims["iat"]) + self.oidc.logout_token_max_age)
+        ttl = max(1.0, until - self.clock() + 120.0)
         try:
             first = yield from self.sessions.claim_once(replay, ttl)
         except StoreUnavailable as exc:
@@ -888,13 +896,16 @@ class OIDCSessionCore:
                 ended = yield from self.sessions.end_all(
                     index_name("sub", self.client.client_id, str(sub)))
         except StoreUnavailable as exc:
-            yield from self.sessions.release(replay)   # the provider may send it again
+            with contextlib.suppress(StoreUnavailable):   # the provider may send it again
+                yield from self.sessions.release(replay)
             return Outcome(self._logout_unavailable(view, str(exc)))
         self._event("backchannel_logout", view, level=logging.INFO,
                     user=sub if isinstance(sub, str) else None,
                     reason="provider session" if isinstance(sid, str) else "all sessions",
                     ended=ended)
-        return Outcome(json_reply(200, {}))
+        # Back-Channel Logout 1.0 §2.8: 200, no body, not to be cached.
+        return Outcome(Reply(200, [("cache-control", "no-store"),
+                                   ("x-content-type-options", "nosniff")], b""))
 
     def _logout_token_refused(self, view: RequestView, reason: str) -> Reply:
         self._event("backchannel_logout_refused", view, reason=reason)

@@ -390,6 +390,14 @@ class SessionManager:
         yield Op(marks.revoke, marks.arevoke, session.id, ttl, owner=session.sub)
         return None
 
+    @property
+    def can_end_all(self) -> bool:
+        """Whether :meth:`end_all` works with these stores (a store of your own may keep no
+        index of sessions by provider session and subject)."""
+        if self.store is not None:
+            return bool(getattr(self.store, "indexes", False))
+        return self._revocations is not None and self._ended_marks
+
     def end_all(self, name: str) -> Flow[int | None]:
         """End every session listed under the index ``name`` (:func:`index_name`): delete
         the records of a server-side store, or with the cookie store mark every session of
@@ -442,7 +450,7 @@ class SessionManager:
         if index:   # listed under its provider session and subject (back-channel logout)
             store: Any = self.store
             written = yield Op(store.save_indexed, store.asave_indexed, session.id, value,
-                               ttl, index)
+                               ttl, index, self.longest)
         else:
             written = yield Op(self.store.save, self.store.asave, session.id, value, ttl,
                                only_if_exists=not new)

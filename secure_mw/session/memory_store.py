@@ -234,9 +234,10 @@ class MemorySessionStore:
     indexes = True   # save(index=...) and end_indexed: back-channel logout
 
     def save_indexed(self, session_id: str, session: Session, ttl: float,
-                     index: Collection[str]) -> bool:
+                     index: Collection[str], keep: float = 0.0) -> bool:
         """:meth:`save` of a new record, listed under each name of ``index`` (its provider
-        session, its subject) for :meth:`end_indexed`."""
+        session, its subject) for :meth:`end_indexed` while it lives (``keep`` is for the
+        shared stores, whose lists outlive their records)."""
         with self._lock:
             if ttl <= 0:
                 return False
@@ -285,8 +286,8 @@ class MemorySessionStore:
         return False
 
     async def asave_indexed(self, session_id: str, session: Session, ttl: float,
-                            index: Collection[str]) -> bool:
-        return self.save_indexed(session_id, session, ttl, index)
+                            index: Collection[str], keep: float = 0.0) -> bool:
+        return self.save_indexed(session_id, session, ttl, index, keep)
 
     async def aend_indexed(self, name: str) -> int:
         return self.end_indexed(name)

@@ -22,15 +22,16 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
   refresh claims; ``revoke`` (SET PX) and ``is_revoked`` (EXISTS) for ended sessions of the
   cookie store. Their keys are hashes too (``once:``, ``revoked:``).
 * **Back-channel logout.** ``save_indexed`` writes a new record and adds its *key* (a hash,
-  never the id) to a set per provider session and per subject (``index:`` + a hash of the
-  name), in one pipeline; ``end_indexed`` deletes the records a set lists, key by key, and
-  the set. For the cookie store, ``mark_ended`` keeps the time a provider session or a
-  subject was signed out (``ended:``) and ``is_ended`` reads the revocation mark and those in
-  one MGET.
-* **No scripts or scans.** Every other operation is a single command on a single key (GET,
-  SET ... PX, PEXPIRE, DEL); the pipelines above are not atomic on a Cluster and need not be
-  (on one server they are MULTI/EXEC); no KEYS or SCAN, so the store works behind Redis
-  Cluster (multi-key reads are split per node there) or a proxy that shards by key.
+  never the id) to a set per provider session and per subject (``index:{<tag>}``, the tag a
+  hash of the name), in one pipeline (MULTI/EXEC on one server); ``end_indexed`` empties a
+  set with a script on that one key, then deletes the records it listed (each its own slot
+  on a Cluster). For the cookie store, ``mark_ended`` keeps when a provider session or a
+  subject was signed out (``ended:{<tag of the client>}:<hash>``: every mark of one client
+  on one slot) and ``is_ended`` reads the session's revocation mark and those in one MGET:
+  one round trip (on a Cluster one per node holding them, at most two).
+* **One slot per command.** Every other operation is a single command on a single key (GET,
+  SET ... PX, PEXPIRE, DEL) and every script touches one key; no KEYS or SCAN, so the store
+  works behind Redis Cluster or a proxy that shards by key.
 * **Failures.** A connection error, a timeout or an error reply raises
   :class:`~secure_mw.errors.StoreUnavailable` (status 503) naming only ``host:port``:
   never the URL's password, a key or a value. There is no fallback to memory (fail closed).
@@ -55,7 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 from secure_mw._encoding import b64url_encode
 from secure_mw._redis import STORE_ERRORS as _STORE_ERRORS
-from secure_mw._redis import RedisClients
+from secure_mw._redis import RedisClients, Script
+from secure_mw._redis import tag as _tag
 from secure_mw._redis import ttl_ms as _ttl_ms
 from secure_mw.crypto.keyring import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem
@@ -71,11 +73,15 @@ __all__ = ["RedisSessionStore"]
 
 _log = logging.getLogger("secure_mw.session.redis")
 
+#: The members of one index set, and the set deleted, atomically (one key: one slot).
+_POP_SET = Script("local m = redis.call('SMEMBERS', KEYS[1]) "
+                  "redis.call('DEL', KEYS[1]) return m")
+
 
 class RedisSessionStore(RedisClients):
     """Encrypted session values in Redis; see the module docstring."""
 
-    __slots__ = ("_keyring", "index_ttl")
+    __slots__ = ("_keyring",)
 
     indexes = True   # save_indexed and end_indexed: back-channel logout
 
@@ -99,8 +105,6 @@ class RedisSessionStore(RedisClients):
                          tls={k: v for k, v in tls.items() if v is not None},
                          keeps_bytes=True)
         self._keyring = keyring
-        #: How long an index set lives after its last addition: the longest session.
-        self.index_ttl = 31 * 86400.0
 
     @classmethod
     def from_settings(cls, session: SessionSettings, keyring: KeyRing) -> RedisSessionStore:
@@ -108,9 +112,7 @@ class RedisSessionStore(RedisClients):
         if not session.redis_url:
             raise ConfigError([ConfigProblem("session.redis_url",
                                              "required when session.store = 'redis'")])
-        store = cls(session.redis_url, keyring=keyring, prefix=session.redis_key_prefix)
-        store.index_ttl = max(session.expiration, session.remember_me) + 60.0
-        return store
+        return cls(session.redis_url, keyring=keyring, prefix=session.redis_key_prefix)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -129,9 +131,14 @@ class RedisSessionStore(RedisClients):
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         return f"{self._prefix}revoked:{b64url_encode(digest)}"
 
-    def _name_key(self, kind: str, name: str) -> str:
+    def _index_key(self, name: str) -> str:
+        return f"{self._prefix}index:{{{_tag(name)}}}"
+
+    def _ended_key(self, name: str) -> str:
+        # index_name() is "kind\0client\0value": the client's marks share one slot.
+        client = name.split("\x00")[1] if name.count("\x00") >= 2 else ""
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
-        return f"{self._prefix}{kind}:{b64url_encode(digest)}"
+        return f"{self._prefix}ended:{{{_tag(client)}}}:{b64url_encode(digest)}"
 
     def _pipeline(self) -> Any:
         # MULTI/EXEC on one server; a Cluster pipeline (keys of several slots) is not atomic.
@@ -142,11 +149,13 @@ class RedisSessionStore(RedisClients):
 
     def _index_commands(self, pipe: Any, key: str, blob: bytes, ms: int, *,
                         index: Collection[str], index_ms: int) -> None:
-        pipe.set(key, blob, px=ms)
+        # The lists first: a record is never written without them (a failure raises, and
+        # the login that wrote it sets no cookie).
         for name in index:
-            set_key = self._name_key("index", name)
+            set_key = self._index_key(name)
             pipe.sadd(set_key, key)
-            pipe.pexpire(set_key, index_ms)
+            pipe.pexpire(set_key, max(index_ms, ms))
+        pipe.set(key, blob, px=ms)
 
     def _session_members(self, members: object) -> list[str]:
         """The session keys of an index set (anything else in it is ignored)."""
@@ -231,10 +240,10 @@ class RedisSessionStore(RedisClients):
             raise self._unavailable(exc) from exc
 
     def save_indexed(self, session_id: str, value: bytes, ttl: float,
-                     index: Collection[str]) -> bool:
+                     index: Collection[str], keep: float) -> bool:
         """:meth:`save` of a new record, with its key added to a set per name of ``index``
-        (its provider session, its subject) in the same pipeline; the sets live as long as
-        the longest session (``index_ttl``)."""
+        (its provider session, its subject) in the same pipeline; each set then lives
+        ``keep`` seconds (the longest a session lives)."""
         key = self.redis_key(session_id)
         ms = _ttl_ms(ttl)
         if ms is None:
@@ -243,7 +252,7 @@ class RedisSessionStore(RedisClients):
         try:
             pipe = self._pipeline()
             self._index_commands(pipe, key, blob, ms, index=index,
-                                index_ms=_ttl_ms(self.index_ttl) or ms)
+                                index_ms=_ttl_ms(keep) or ms)
             pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -252,17 +261,17 @@ class RedisSessionStore(RedisClients):
     def end_indexed(self, name: str) -> int:
         """Delete every session record listed under ``name`` (key by key: on a Redis Cluster
         they live on other slots) and the list; how many records there were."""
-        set_key = self._name_key("index", name)
+        members = self._session_members(self._run(_POP_SET, [self._index_key(name)], []))
+        if not members:
+            return 0
         try:
-            members = self._session_members(self._client.smembers(set_key))
             pipe = self._client.pipeline(transaction=False)
             for member in members:
                 pipe.delete(member)
-            pipe.delete(set_key)
             deleted = pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        return sum(int(n) for n in deleted[:-1])
+        return sum(int(n) for n in deleted)
 
     def mark_ended(self, name: str, at: float, ttl: float) -> None:
         """Remember for ``ttl`` seconds, for every process, that the sessions of ``name``
@@ -271,14 +280,14 @@ class RedisSessionStore(RedisClients):
         if ms is None:
             return
         try:
-            self._client.set(self._name_key("ended", name), repr(float(at)).encode(), px=ms)
+            self._client.set(self._ended_key(name), repr(float(at)).encode(), px=ms)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     def is_ended(self, key: str, names: Collection[str], created: float) -> bool:
         """:meth:`is_revoked` of ``key`` or a :meth:`mark_ended` of one of ``names`` made at
         or after ``created``, in one MGET (one round trip; on a Cluster one per node)."""
-        keys = [self._revoked_key(key), *(self._name_key("ended", n) for n in names)]
+        keys = [self._revoked_key(key), *(self._ended_key(n) for n in names)]
         try:
             values = self._marks_get(keys)
         except _STORE_ERRORS as exc:
@@ -363,7 +372,7 @@ class RedisSessionStore(RedisClients):
             raise self._unavailable(exc) from exc
 
     async def asave_indexed(self, session_id: str, value: bytes, ttl: float,
-                            index: Collection[str]) -> bool:
+                            index: Collection[str], keep: float) -> bool:
         """:meth:`save_indexed` for asyncio."""
         key = self.redis_key(session_id)
         ms = _ttl_ms(ttl)
@@ -373,7 +382,7 @@ class RedisSessionStore(RedisClients):
         try:
             pipe = self._apipeline()
             self._index_commands(pipe, key, blob, ms, index=index,
-                                index_ms=_ttl_ms(self.index_ttl) or ms)
+                                index_ms=_ttl_ms(keep) or ms)
             await pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -381,18 +390,18 @@ class RedisSessionStore(RedisClients):
 
     async def aend_indexed(self, name: str) -> int:
         """:meth:`end_indexed` for asyncio."""
-        set_key = self._name_key("index", name)
-        client = self._async_client()
+        members = self._session_members(
+            await self._arun(_POP_SET, [self._index_key(name)], []))
+        if not members:
+            return 0
         try:
-            members = self._session_members(await client.smembers(set_key))
-            pipe = client.pipeline(transaction=False)
+            pipe = self._async_client().pipeline(transaction=False)
             for member in members:
                 pipe.delete(member)
-            pipe.delete(set_key)
             deleted = await pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        return sum(int(n) for n in deleted[:-1])
+        return sum(int(n) for n in deleted)
 
     async def amark_ended(self, name: str, at: float, ttl: float) -> None:
         """:meth:`mark_ended` for asyncio."""
@@ -400,14 +409,14 @@ class RedisSessionStore(RedisClients):
         if ms is None:
             return
         try:
-            await self._async_client().set(self._name_key("ended", name),
+            await self._async_client().set(self._ended_key(name),
                                            repr(float(at)).encode(), px=ms)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     async def ais_ended(self, key: str, names: Collection[str], created: float) -> bool:
         """:meth:`is_ended` for asyncio."""
-        keys = [self._revoked_key(key), *(self._name_key("ended", n) for n in names)]
+        keys = [self._revoked_key(key), *(self._ended_key(n) for n in names)]
         client = self._async_client()
         try:
             if self._topology.kind == "cluster":
