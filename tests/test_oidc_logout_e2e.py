@@ -1,7 +1,8 @@
 """Logout from the provider's side end to end: the real OpenID provider with Back-Channel
-Logout 1.0 on, two instances of the app (uvicorn and a WSGI server, separate processes) on
-one real redis-server, the Redis and the cookie store; forged, foreign and replayed logout
-tokens; front-channel logout as an OP sends it.
+Logout 1.0 on, two instances of the app (uvicorn and a WSGI server, separate processes)
+sharing a real redis-server or one SQLite file, with the Redis, SQLite and cookie stores;
+RP-initiated logout that ends the provider's session; forged, foreign and replayed logout
+tokens (also twenty at once, to both instances); front-channel logout as an OP sends it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +39,9 @@ USERS = [{"sub": "alice", "password": "alice-pw", "email": "alice@example.com",
 PORTS = [free_port(), free_port()]     # instance A (ASGI: receives logout tokens), B (WSGI)
 COOKIE = "__Host-secure_mw_session"
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
+#: (session.store, where the cookie store keeps its marks): Redis, SQLite, the cookie store
+#: with Redis and the cookie store with the SQLite file.
+STORES = ["redis", "sqlite", "cookie", "cookie+sqlite"]
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +60,20 @@ def idp() -> Iterator[IdPServer]:
 
 
 @contextmanager
-def instances(idp: IdPServer, redis: RedisServer, store: str) -> Iterator[tuple[str, str]]:
-    """Instance A (uvicorn) and B (WSGI), separate processes on the same Redis."""
-    env = {**os.environ, "SECURE_MW_SESSION__STORE": store,
-           "SECURE_MW_SESSION__REDIS_URL": redis.url,
+def instances(idp: IdPServer, redis: RedisServer, store: str,
+              **more: str) -> Iterator[tuple[str, str]]:
+    """Instance A (uvicorn) and B (WSGI), separate processes on the same Redis (or, for
+    ``sqlite`` and ``cookie+sqlite``, the same SQLite file and no Redis at all)."""
+    directory = Path(tempfile.mkdtemp(prefix="bcl-"))
+    directory.chmod(0o700)
+    shared = {"SECURE_MW_SQLITE__PATH": str(directory / "store.sqlite3")} \
+        if store.endswith("sqlite") else {"SECURE_MW_SESSION__REDIS_URL": redis.url}
+    env = {**os.environ, "SECURE_MW_SESSION__STORE": store.partition("+")[0], **shared,
            "SECURE_MW_KEYS__ENCRYPTION_KEYS": json.dumps([KEY]),
            "SECURE_MW_OIDC__ISSUER": idp.issuer, "SECURE_MW_OIDC__CLIENT_ID": "app",
            "SECURE_MW_OIDC__CLIENT_SECRET": SECRET,
            "SECURE_MW_OIDC__FRONTCHANNEL_LOGOUT": "true",
-           "SECURE_MW_OIDC__SCOPES": "openid,profile,email"}
+           "SECURE_MW_OIDC__SCOPES": "openid,profile,email", **more}
     env.pop("SECURE_MW_CONFIG", None)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -75,6 +88,7 @@ def instances(idp: IdPServer, redis: RedisServer, store: str) -> Iterator[tuple[
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def login(client: httpx.Client, base: str, idp: IdPServer, user: str = "alice") -> str:
@@ -109,7 +123,7 @@ def post_token(base: str, token: str) -> httpx.Response:
     return httpx.post(base + "/.auth/backchannel-logout", data={"logout_token": token})
 
 
-@pytest.mark.parametrize("store", ["redis", "cookie"])
+@pytest.mark.parametrize("store", STORES)
 def test_provider_logout_ends_the_session_at_the_other_instance(
         idp: IdPServer, redis_server: RedisServer, store: str) -> None:
     with instances(idp, redis_server, store) as (a, b), browser() as client:
@@ -139,7 +153,7 @@ def test_provider_logout_ends_the_session_at_the_other_instance(
         assert at(a, fresh).status_code == 200
 
 
-@pytest.mark.parametrize("store", ["redis", "cookie"])
+@pytest.mark.parametrize("store", STORES)
 def test_logout_tokens_forged_foreign_replayed_and_for_a_subject(
         idp: IdPServer, redis_server: RedisServer, store: str) -> None:
     with instances(idp, redis_server, store) as (a, b), browser() as alice, \
@@ -178,6 +192,32 @@ def test_logout_tokens_forged_foreign_replayed_and_for_a_subject(
         assert at(b, again).status_code == 200
 
 
+@pytest.mark.parametrize("store", ["redis", "sqlite"])
+def test_twenty_parallel_posts_of_one_token_to_both_instances_end_it_once(
+        idp: IdPServer, redis_server: RedisServer, store: str) -> None:
+    with instances(idp, redis_server, store) as (a, b), browser() as client:
+        cookie = login(client, a, idp)
+        token = logout_token(idp, sub="alice")
+        with ThreadPoolExecutor(20) as pool:
+            statuses = list(pool.map(lambda i: post_token((a, b)[i % 2], token).status_code,
+                                     range(20)))
+        assert sorted(statuses) == [200] + [400] * 19
+        assert at(a, cookie).status_code == 401 and at(b, cookie).status_code == 401
+
+
+def test_the_endpoint_is_rate_limited_per_client_address(
+        idp: IdPServer, redis_server: RedisServer) -> None:
+    rule = [{"key": "ip", "limit": "5/minute", "paths": ["^/\\.auth/backchannel-logout$"]}]
+    with instances(idp, redis_server, "redis",
+                   SECURE_MW_RATE_LIMITS__RULES=json.dumps(rule),
+                   SECURE_MW_RATE_LIMITS__STORE="redis") as (a, b):
+        token = logout_token(idp, sub="nobody", iss="https://evil.example")
+        with ThreadPoolExecutor(10) as pool:
+            statuses = list(pool.map(lambda i: post_token((a, b)[i % 2], token).status_code,
+                                     range(12)))
+        assert sorted(statuses) == [400] * 5 + [429] * 7
+
+
 def test_the_endpoint_refuses_other_methods_and_bodies(
         idp: IdPServer, redis_server: RedisServer) -> None:
     with instances(idp, redis_server, "redis") as (a, _b):
@@ -190,9 +230,11 @@ def test_the_endpoint_refuses_other_methods_and_bodies(
         both = httpx.post(url, content=b"logout_token=a&logout_token=b",
                           headers=form)
         assert both.status_code == 400
+        huge = httpx.post(url, content=b"logout_token=" + b"a" * 100_000, headers=form)
+        assert huge.status_code == 413
 
 
-@pytest.mark.parametrize("store", ["redis", "cookie"])
+@pytest.mark.parametrize("store", STORES)
 def test_front_channel_logout_as_a_provider_sends_it(
         idp: IdPServer, redis_server: RedisServer, store: str) -> None:
     with instances(idp, redis_server, store) as (a, b), browser() as client:
