@@ -187,6 +187,18 @@ def test_back_channel_logout_lists_and_marks_on_a_cluster(cluster: RedisCluster)
     assert [store.load(i) is None for i in ids] == [i % 2 == 0 for i in range(12)]
     assert asyncio.run(store.aend_indexed(sub)) == 6
     assert all(store.load(i) is None for i in ids)
+
+    async def run() -> None:
+        for session_id in ids:
+            assert await store.asave_indexed(session_id, b"v", 60, (sub,), 3600)
+        assert await store.aend_indexed(sub) == 12
+        assert await store.aload(ids[0]) is None
+        bob = index_name("sub", "app", "bob")
+        await store.amark_ended(bob, 100.0, 60)
+        assert await store.ais_ended("s", (bob,), 99.0)
+        await store.aclose()
+
+    asyncio.run(run())
     # The ended marks of one client share a slot: sid and sub read together.
     marks = [store._ended_key(index_name(k, "app", v)) for k, v in
              (("sid", "p0"), ("sub", "alice"), ("sub", "bob"))]
