@@ -205,6 +205,28 @@ def test_twenty_parallel_posts_of_one_token_to_both_instances_end_it_once(
         assert at(a, cookie).status_code == 401 and at(b, cookie).status_code == 401
 
 
+@pytest.mark.parametrize("store", ["redis", "cookie"])
+def test_redis_down_is_503_with_retry_after_never_200(idp: IdPServer, store: str) -> None:
+    own = RedisServer()
+    own.start()
+    try:
+        with instances(idp, own, store) as (a, b), browser() as client:
+            cookie = login(client, a, idp)
+            token = logout_token(idp, sub="alice")
+            own.stop()
+            for base in (a, b):
+                down = post_token(base, token)
+                assert down.status_code == 503, down.text
+                assert down.headers["retry-after"].isdigit()
+                assert at(base, cookie).status_code == 503
+            own.start()
+            # The token was not spent while the store was down: the provider's retry works.
+            assert post_token(b, token).status_code == 200
+            assert post_token(a, token).status_code == 400
+    finally:
+        own.stop()
+
+
 def test_the_endpoint_is_rate_limited_per_client_address(
         idp: IdPServer, redis_server: RedisServer) -> None:
     rule = [{"key": "ip", "limit": "5/minute", "paths": ["^/\\.auth/backchannel-logout$"]}]
