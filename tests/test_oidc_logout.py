@@ -415,3 +415,23 @@ def test_front_channel_is_off_by_default(clock: Clock) -> None:
 def test_index_names_keep_clients_apart() -> None:
     assert index_name("sid", "a", "x") != index_name("sid", "b", "x")
     assert index_name("sid", "a", "x") != index_name("sub", "a", "x")
+
+
+def test_a_store_of_your_own_without_an_index_serves_neither_endpoint(
+        clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    inner = MemorySessionStore(clock=clock)
+
+    class Plain:
+        """A store with the session protocol only (no save_indexed / end_indexed)."""
+
+        holds_objects = True
+        indexes = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+    caplog.set_level("WARNING", logger="secure_mw.oidc")
+    core = make_core(clock, store=Plain())
+    assert send(core, logout_token(clock)).reply.status == 404  # type: ignore[union-attr]
+    assert front(core, iss=ISSUER, sid="sid-1") == 404
+    assert any("keeps no index" in r.getMessage() for r in caplog.records)

@@ -48,7 +48,7 @@ from secure_mw.oidc.client import (
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
 from secure_mw.session.manager import SessionManager, SessionRead, SessionStore, index_name
 from secure_mw.session.model import ClaimsTooLarge, Session, identity_claims
-from secure_mw.settings import Settings
+from secure_mw.settings import OIDCSettings, Settings
 
 __all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target", "return_target",
            "sibling_hosts"]
@@ -263,14 +263,22 @@ class OIDCSessionCore:
             "logged-out": self._logged_out,
             "me": self._me,
         })
-        if settings.oidc.backchannel_logout and not self.sessions.can_end_all:
+        self._add_logout_routes(settings.oidc)
+
+    def _add_logout_routes(self, oidc: OIDCSettings) -> None:
+        """``backchannel-logout`` and (opt-in) ``frontchannel-logout``, where the stores can
+        find the sessions of a provider session."""
+        if not (oidc.backchannel_logout or oidc.frontchannel_logout):
+            return
+        if not self.sessions.can_end_all:
             log.warning("oidc.backchannel_logout: the session store %s keeps no index of "
-                         "sessions by provider session and subject; the back-channel and "
-                         "front-channel logout endpoints are not served",
-                         type(self.sessions.store).__name__)
-        elif settings.oidc.backchannel_logout:
+                        "sessions by provider session and subject; the back-channel and "
+                        "front-channel logout endpoints are not served",
+                        type(self.sessions.store).__name__)
+            return
+        if oidc.backchannel_logout:
             self._routes["backchannel-logout"] = self._backchannel_logout
-        if settings.oidc.frontchannel_logout and self.sessions.can_end_all:
+        if oidc.frontchannel_logout:
             self._routes["frontchannel-logout"] = self._frontchannel_logout
 
     def _setup(self, settings: Settings, *, keyring: KeyRing | None,
