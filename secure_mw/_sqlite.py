@@ -42,10 +42,10 @@ _log = logging.getLogger("secure_mw.sqlite")
 PURGE_BATCH: Final = 256
 #: Seconds between two purges in one process.
 PURGE_INTERVAL: Final = 1.0
-#: The schema's version (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 1
+#: The schema's version (``PRAGMA user_version``); 2 added the back-channel logout tables.
+SCHEMA_VERSION: Final = 2
 #: Tables with an ``expires`` column (seconds since the epoch) and an index on it.
-TABLES: Final = ("sessions", "marks", "ratelimit", "regulation")
+TABLES: Final = ("sessions", "marks", "ratelimit", "regulation", "session_index", "ended")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS regulation (
     key TEXT PRIMARY KEY, state TEXT NOT NULL, ban REAL NOT NULL, label TEXT NOT NULL,
     expires REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS regulation_expires ON regulation (expires);
+CREATE TABLE IF NOT EXISTS session_index (
+    key TEXT NOT NULL, session TEXT NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (key, session)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS session_index_expires ON session_index (expires);
+CREATE TABLE IF NOT EXISTS ended (
+    key TEXT PRIMARY KEY, at REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ended_expires ON ended (expires);
 """
 
 #: Errors that mean "the database cannot answer".
@@ -204,8 +211,9 @@ class Database:
             if version != SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                        # one statement at a time: executescript() would COMMIT first
+                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        # every statement is IF NOT EXISTS: a version-1 file gains the new
+                        # tables. One statement at a time: executescript() would COMMIT first
                         for statement in filter(str.strip, _SCHEMA.split(";")):
                             conn.execute(statement)
                         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -338,6 +338,10 @@ def _own_pages(settings: Settings) -> frozenset[str]:
     common = {"login", "logout", "logged-out", "me", *(
         f"assets/{name}" for name in Pages.from_settings(
             settings.pages, settings.server.auth_prefix).assets)}
+    if settings.oidc is not None:     # logout from the provider's side (docs/logout.md)
+        common |= {name for name, on in (
+            ("backchannel-logout", settings.oidc.backchannel_logout),
+            ("frontchannel-logout", settings.oidc.frontchannel_logout)) if on}
     if settings.oidc is not None and not Path(settings.local_users.file).exists():
         return frozenset({*common, "callback"})
     local = {*common, "2fa", "api/login", "api/2fa"}

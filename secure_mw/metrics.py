@@ -50,6 +50,10 @@ _DECISIONS: Final[Mapping[str, tuple[str, str]]] = {
     "totp_enrolled": ("login", "totp_enrolled"),
     "token_revocation_failed": ("session", "revocation_failed"),
     "idp_logout_failed": ("session", "idp_logout_failed"),
+    "backchannel_logout": ("session", "backchannel_logout"),
+    "backchannel_logout_refused": ("session", "logout_token_refused"),
+    "frontchannel_logout": ("session", "frontchannel_logout"),
+    "frontchannel_logout_refused": ("session", "frontchannel_logout_refused"),
 }
 #: Events whose ``outcome`` field (from a fixed set) refines the outcome.
 _UNAVAILABLE: Final[Mapping[str, str]] = {

@@ -440,6 +440,10 @@ class SessionSettings:
         return out
 
 
+def _check_logout_age(value: float) -> str | None:
+    return None if 5 <= value <= 600 else "must be between 5s and 10m"
+
+
 @dataclass(frozen=True, kw_only=True)
 class OIDCSettings:
     issuer: str = _opt(check=_check_issuer,
@@ -475,6 +479,17 @@ class OIDCSettings:
                                doc="largest id_token accepted: a size (\"256KiB\", \"1MiB\") "
                                    "or bytes, 1 KiB to 1 MiB; raise it for users in thousands "
                                    "of groups")
+    backchannel_logout: bool = _opt(
+        True, doc="serve auth_prefix + \"backchannel-logout\" (OpenID Connect Back-Channel "
+                  "Logout 1.0): the provider's signed logout tokens end the sessions of a "
+                  "provider session or user, in every store and instance")
+    frontchannel_logout: bool = _opt(
+        False, doc="serve auth_prefix + \"frontchannel-logout\" (Front-Channel Logout 1.0); "
+                   "unauthenticated by design (whoever knows a provider session id can end "
+                   "it): off unless the provider offers nothing better")
+    logout_token_max_age: float = _opt(
+        120.0, duration=True, check=_check_logout_age,
+        doc="a logout token issued (iat) longer ago than this is refused (5 s to 10 min)")
 
     def _problems(self) -> list[tuple[str, str]]:
         out = []

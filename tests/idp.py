@@ -63,7 +63,8 @@ class IdPServer:
     :attr:`jwks_private` holds them, so tests can sign tokens the IdP's JWKS verifies.
     ``resource_servers`` (``{resource: {"scope": "api:read", "format": "jwt"|"opaque"}}``)
     turns on resource indicators and the client_credentials grant: access tokens for those
-    APIs, JWTs (RFC 9068) or opaque ones to introspect.
+    APIs, JWTs (RFC 9068) or opaque ones to introspect. ``backchannel_logout`` turns on
+    Back-Channel Logout 1.0 (clients may register ``backchannel_logout_uri``).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class IdPServer:
         algorithms: Sequence[str] = ("ES256",),
         rotate_refresh_tokens: bool = True,
         resource_servers: dict[str, dict[str, Any]] | None = None,
+        backchannel_logout: bool = False,
     ) -> None:
         if host not in _ALLOWED_HOSTS:
             raise ValueError(f"host must be one of {_ALLOWED_HOSTS} (the IdP listens on loopback)")
@@ -85,6 +87,7 @@ class IdPServer:
         self.ttl = dict(ttl or {})
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.resource_servers = dict(resource_servers or {})
+        self.backchannel_logout = backchannel_logout
         self.jwks_private: dict[str, Any] = generate_private_jwks(tuple(algorithms))
         self.port = free_port()
         self.dir: str | None = None
@@ -184,6 +187,7 @@ class IdPServer:
             "ttl": self.ttl,
             "rotate_refresh_tokens": self.rotate_refresh_tokens,
             "resource_servers": self.resource_servers,
+            "backchannel_logout": self.backchannel_logout,
         }
         data = json.dumps(config, indent=2).encode("utf-8")
         path = self.config_path

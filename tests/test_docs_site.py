@@ -94,6 +94,22 @@ def test_recipe_configurations_pass_check_config(tmp_path: Path, page: str,
         assert cli.main(["check-config", str(tmp_path / "secure-mw.toml")]) == 0
 
 
+def test_the_logout_page_configuration_passes_check_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("SECURE_MW_")]:
+        monkeypatch.delenv(name)
+    text = (ROOT / "docs" / "logout.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S)
+              if b.startswith("# secure-mw.toml")]
+    assert len(blocks) == 1
+    for name, content in [("secure-mw.keys", KeyRing.new_key_text() + "\n"),
+                          ("oidc-client-secret", "a-client-secret-for-the-docs-test\n")]:
+        (tmp_path / name).write_text(content)
+        (tmp_path / name).chmod(0o600)
+    (tmp_path / "secure-mw.toml").write_text(blocks[0])
+    assert cli.main(["check-config", str(tmp_path / "secure-mw.toml")]) == 0
+
+
 def test_the_testing_recipe_runs_as_written(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)

@@ -169,6 +169,46 @@ def test_sessions_claims_and_marks_on_a_cluster(cluster: RedisCluster) -> None:
     store.close()
 
 
+def test_back_channel_logout_lists_and_marks_on_a_cluster(cluster: RedisCluster) -> None:
+    from secure_mw.session.manager import index_name
+
+    store = RedisSessionStore(cluster.url, keyring=KeyRing.from_strings([KEY]),
+                              prefix="bcl:")
+    sub = index_name("sub", "app", "alice")
+    ids = [f"session-{i}" for i in range(12)]
+    for i, session_id in enumerate(ids):
+        assert store.save_indexed(session_id, b"v", 60,
+                                  (index_name("sid", "app", f"p{i % 2}"), sub), 3600)
+    # The records are spread over the masters; each list is one key (one slot) ...
+    assert len(_owners(cluster, [store.redis_key(i) for i in ids])) == 3
+    assert store._index_key(sub).count("{") == 1
+    # ... and emptying one ends its records wherever they live.
+    assert store.end_indexed(index_name("sid", "app", "p0")) == 6
+    assert [store.load(i) is None for i in ids] == [i % 2 == 0 for i in range(12)]
+    assert asyncio.run(store.aend_indexed(sub)) == 6
+    assert all(store.load(i) is None for i in ids)
+
+    async def run() -> None:
+        for session_id in ids:
+            assert await store.asave_indexed(session_id, b"v", 60, (sub,), 3600)
+        assert await store.aend_indexed(sub) == 12
+        assert await store.aload(ids[0]) is None
+        bob = index_name("sub", "app", "bob")
+        await store.amark_ended(bob, 100.0, 60)
+        assert await store.ais_ended("s", (bob,), 99.0)
+        await store.aclose()
+
+    asyncio.run(run())
+    # The ended marks of one client share a slot: sid and sub read together.
+    marks = [store._ended_key(index_name(k, "app", v)) for k, v in
+             (("sid", "p0"), ("sub", "alice"), ("sub", "bob"))]
+    assert len({cluster.slot_owner(k) for k in marks}) == 1
+    store.mark_ended(index_name("sid", "app", "p0"), 100.0, 60)
+    assert store.is_ended("s", (index_name("sid", "app", "p0"), sub), 50.0)
+    assert not store.is_ended("s", (index_name("sid", "app", "p1"), sub), 50.0)
+    store.close()
+
+
 def test_rate_limits_share_one_slot_per_key_on_a_cluster(cluster: RedisCluster) -> None:
     """A key with several limits is one script over several Redis keys: they share a hash
     tag, so the Cluster runs it on one node (a CROSSSLOT error would be a 503)."""

@@ -1185,6 +1185,7 @@ def test_manager_save_ttl_is_the_time_left(clock: Clock) -> None:
 
     class Spy:
         holds_objects = True
+        indexes = False     # new records go through save (not save_indexed)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(store, name)

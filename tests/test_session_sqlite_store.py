@@ -111,6 +111,60 @@ def test_claim_release_and_revocation(store: Any) -> None:
     assert store.is_revoked(OTHER_SID) is False
 
 
+def test_sessions_listed_by_provider_session_and_subject_end_together(store: Any) -> None:
+    from secure_mw.session.manager import index_name
+
+    sid, sub = index_name("sid", "app", "p-1"), index_name("sub", "app", "alice")
+    other = index_name("sid", "app", "p-2")
+    assert store.save_indexed(SID, VALUE, 60, (sid, sub), 3600) is True
+    assert asyncio.run(store.asave_indexed(OTHER_SID, VALUE, 60, (other, sub), 3600)) is True
+    third = "T" * 43
+    assert store.save_indexed(third, VALUE, 60, (index_name("sub", "app", "bob"),), 3600)
+    assert store.end_indexed(sid) == 1
+    assert store.load(SID) is None and store.load(OTHER_SID) == VALUE
+    assert store.end_indexed(sid) == 0                       # the list went with it
+    assert asyncio.run(store.aend_indexed(sub)) == 1         # SID was already gone
+    assert store.load(OTHER_SID) is None and store.load(third) == VALUE
+    assert store.save_indexed(SID, VALUE, 0, (sid,), 3600) is False
+
+
+def test_ended_marks_end_sessions_created_before_them(store: Any) -> None:
+    from secure_mw.session.manager import index_name
+
+    sid, sub = index_name("sid", "app", "p-1"), index_name("sub", "app", "alice")
+    assert store.is_ended(SID, (sid, sub), 1000.0) is False
+    store.mark_ended(sid, 1000.0, 60)
+    assert store.is_ended(SID, (sid, sub), 1000.0) is True          # created until then
+    assert store.is_ended(SID, (sid, sub), 1000.5) is False         # a later sign-in
+    assert asyncio.run(store.ais_ended(SID, (sub,), 999.0)) is False   # another name
+    asyncio.run(store.amark_ended(sub, 2000.0, 60))
+    assert store.is_ended(SID, (sub,), 1500.0) is True
+    store.revoke(OTHER_SID, 60)
+    assert store.is_ended(OTHER_SID, (), 0.0) is True               # its own mark too
+    assert store.is_ended(OTHER_SID, (index_name("sid", "other", "p-1"),), 3000.0) is True
+    assert store.is_ended(SID, (index_name("sid", "other", "p-1"),), 0.0) is False
+
+
+def test_a_version_1_file_gains_the_logout_tables(tmp_path: Path, ring: KeyRing) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE sessions (key TEXT PRIMARY KEY, value BLOB NOT NULL, "
+                 "expires REAL NOT NULL) WITHOUT ROWID")
+    conn.execute("CREATE TABLE marks (key TEXT PRIMARY KEY, expires REAL NOT NULL) "
+                 "WITHOUT ROWID")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    os.chmod(path, 0o600)
+    found = Database(path)
+    found.check()
+    store = SqliteSessionStore(found, keyring=ring)
+    assert store.save_indexed(SID, VALUE, 60, ("n",), 60) and store.end_indexed("n") == 1
+    assert found.read("PRAGMA user_version")[0][0] == _sqlite.SCHEMA_VERSION == 2
+
+
 def test_a_value_under_another_key_or_ring_does_not_decrypt(store: Any,
                                                            tmp_path: Path) -> None:
     store.save(SID, VALUE, 60)

@@ -33,7 +33,7 @@ const ERROR_EVENTS = [
   'authorization.error', 'grant.error', 'userinfo.error', 'revocation.error',
   'introspection.error', 'end_session.error', 'end_session_confirm.error',
   'end_session_success.error', 'pushed_authorization_request.error', 'jwks.error',
-  'discovery.error',
+  'discovery.error', 'backchannel.error',
 ];
 
 function fail(message) {
@@ -120,6 +120,9 @@ function checkConfig(config) {
   if (config.rotate_refresh_tokens !== undefined
       && typeof config.rotate_refresh_tokens !== 'boolean') {
     fail('config.rotate_refresh_tokens, when given, must be true or false');
+  }
+  if (config.backchannel_logout !== undefined && typeof config.backchannel_logout !== 'boolean') {
+    fail('config.backchannel_logout, when given, must be true or false');
   }
   const servers = config.resource_servers ?? {};
   if (!isObject(servers)) fail('config.resource_servers must be an object');
@@ -315,12 +318,26 @@ function buildProvider(config, accounts) {
     // as Google, Auth0 and Okta do by default.)
     rotateRefreshToken: config.rotate_refresh_tokens ?? true,
     ttl,
+    // oidc-provider refuses to connect to special-use addresses (SSRF protection), loopback
+    // included; this test provider's clients (the back-channel logout URIs) are on loopback,
+    // so requests to 127.0.0.1 / localhost go without that check, and only those.
+    fetch(url, options) {
+      const { hostname } = new URL(url);
+      if (config.backchannel_logout === true && ['127.0.0.1', 'localhost'].includes(hostname)) {
+        const { dispatcher: _ssrfGuard, ...rest } = options;
+        return globalThis.fetch(url, rest);
+      }
+      return globalThis.fetch(url, options);
+    },
     features: {
       devInteractions: { enabled: true },
       revocation: { enabled: true },
       introspection: { enabled: true },
       userinfo: { enabled: true },
       ...resourceFeatures(config, firstAlg),
+      // OpenID Connect Back-Channel Logout 1.0, only when the config asks for it: clients
+      // may then register backchannel_logout_uri (and backchannel_logout_session_required).
+      backchannelLogout: { enabled: config.backchannel_logout === true },
       registration: { enabled: false },
       rpInitiatedLogout: {
         enabled: true,

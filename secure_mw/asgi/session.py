@@ -60,7 +60,7 @@ class OIDCSessionMiddleware:
             try:
                 view.body = await read_body(receive, MAX_FORM)
             except BodyTooLarge:
-                await send_reply(send, self.core.too_large(view))
+                await send_reply(send, self.core.body_too_large(view))
                 return
         outcome = await run_async(self.core.handle(view))
         if outcome.reply is not None:

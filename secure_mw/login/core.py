@@ -115,6 +115,7 @@ class LocalLoginCore(OIDCSessionCore):
             self.oidc = settings.oidc
             self.client = client or OIDCClient(settings.oidc, clock=clock)
             self._routes.update({"login/oidc": self._login, "callback": self._callback})
+            self._add_logout_routes(settings.oidc)
 
     def _foreign(self, session: Session) -> str | None:
         if session.source == "oidc" and not self.provider:

@@ -47,6 +47,10 @@ METADATA_TTL = 3600.0
 DEFAULT_ACCESS_LIFETIME = 300.0
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 METADATA_RETRY = 10.0
+#: The event a logout token must carry (Back-Channel Logout 1.0 §2.4).
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+#: Logout tokens are small (a few claims); anything larger is refused before parsing.
+LOGOUT_TOKEN_MAX_SIZE = 8192
 
 
 class GrantRefused(SecureMWError):
@@ -369,6 +373,50 @@ class OIDCClient:
                 raise InvalidToken("id_token at_hash does not match the access token")
         return claims
 
+    # -- logout token (OpenID Connect Back-Channel Logout 1.0 §2.6) ------------------------
+
+    def validate_logout_token(self, token: str, *, max_age: float) -> Flow[dict[str, Any]]:
+        """The claims of a logout token, verified as an id_token is (the provider's keys,
+        ``iss``, ``aud``/``azp``, algorithms, ``exp`` and ``iat`` required) and then as a
+        logout token: ``typ`` absent, ``JWT`` or ``logout+jwt``; ``iat`` at most ``max_age``
+        seconds old; the back-channel logout event; no ``nonce``; ``sub`` or ``sid``; a
+        ``jti``. Single use is the caller's (:class:`~secure_mw.errors.InvalidToken` here).
+        """
+        if self._verifier is None:
+            yield from self.metadata()
+        verifier = self._verifier
+        assert verifier is not None
+        if not isinstance(token, str) or not 0 < len(token) <= LOGOUT_TOKEN_MAX_SIZE:
+            raise InvalidToken("logout token missing or too large")
+        typ = _token_header(token).get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.strip().lower().removeprefix(
+                "application/") not in ("jwt", "logout+jwt")):
+            raise InvalidToken("logout token typ is another kind of token")
+        claims: dict[str, Any] = yield Op(verifier.verify, verifier.averify, token)
+        aud = claims.get("aud")
+        azp = claims.get("azp")
+        if isinstance(aud, list) and len(aud) > 1 and azp is None:
+            raise InvalidToken("logout token has several audiences but no azp")
+        if azp is not None and azp != self.client_id:
+            raise InvalidToken("logout token azp is not this client")
+        if self._clock() - float(claims["iat"]) > max_age + verifier.leeway:
+            raise InvalidToken("logout token issued too long ago")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
+            raise InvalidToken("logout token without the back-channel logout event")
+        if "nonce" in claims:
+            raise InvalidToken("logout token has a nonce")
+        sub, sid = claims.get("sub"), claims.get("sid")
+        if sub is None and sid is None:
+            raise InvalidToken("logout token names neither sub nor sid")
+        for name, value in (("sub", sub), ("sid", sid)):
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 255):
+                raise InvalidToken(f"logout token {name} malformed")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 0 < len(jti) <= 255:
+            raise InvalidToken("logout token jti missing or malformed")
+        return claims
+
     # -- userinfo -------------------------------------------------------------------------
 
     def userinfo(self, access_token: str, *, sub: str) -> Flow[dict[str, Any]]:
@@ -447,3 +495,16 @@ def _token_alg(token: str) -> str:
     header = loads_strict(b64url_decode(token.split(".", 1)[0]))
     alg = header.get("alg") if isinstance(header, dict) else None
     return alg if isinstance(alg, str) else "RS256"
+
+
+def _token_header(token: str) -> dict[str, Any]:
+    """The JOSE header of a compact token, or :class:`InvalidToken`."""
+    from secure_mw._encoding import StrictJSONError, b64url_decode, loads_strict
+
+    try:
+        header = loads_strict(b64url_decode(token.split(".", 1)[0]))
+    except (StrictJSONError, ValueError, RecursionError):
+        raise InvalidToken("logout token header is not JSON") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("logout token header is not a JSON object")
+    return header

@@ -9,6 +9,7 @@ login is required. Under the reserved prefix it serves ``login``, ``callback``, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
@@ -19,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
@@ -46,9 +47,9 @@ from secure_mw.oidc.client import (
     pkce_pair,
 )
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
-from secure_mw.session.manager import SessionManager, SessionRead, SessionStore
+from secure_mw.session.manager import SessionManager, SessionRead, SessionStore, index_name
 from secure_mw.session.model import ClaimsTooLarge, Session, identity_claims
-from secure_mw.settings import Settings
+from secure_mw.settings import OIDCSettings, Settings
 
 __all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target", "return_target",
            "sibling_hosts"]
@@ -263,6 +264,23 @@ class OIDCSessionCore:
             "logged-out": self._logged_out,
             "me": self._me,
         })
+        self._add_logout_routes(settings.oidc)
+
+    def _add_logout_routes(self, oidc: OIDCSettings) -> None:
+        """``backchannel-logout`` and (opt-in) ``frontchannel-logout``, where the stores can
+        find the sessions of a provider session."""
+        if not (oidc.backchannel_logout or oidc.frontchannel_logout):
+            return
+        if not self.sessions.can_end_all:
+            log.warning("oidc.backchannel_logout: the session store %s keeps no index of "
+                        "sessions by provider session and subject; the back-channel and "
+                        "front-channel logout endpoints are not served",
+                        type(self.sessions.store).__name__)
+            return
+        if oidc.backchannel_logout:
+            self._routes["backchannel-logout"] = self._backchannel_logout
+        if oidc.frontchannel_logout:
+            self._routes["frontchannel-logout"] = self._frontchannel_logout
 
     def _setup(self, settings: Settings, *, keyring: KeyRing | None,
                store: SessionStore | None, clock: Callable[[], float],
@@ -774,6 +792,9 @@ class OIDCSessionCore:
         tokens = self._token_fields(result)
         tokens["pa"] = self.clock()
         tokens["cid"] = self.client.client_id
+        provider_session = claims.get("sid")   # for back- and front-channel logout
+        if isinstance(provider_session, str) and 0 < len(provider_session) <= 255:
+            tokens["ps"] = provider_session
         session = self.sessions.new(claims=kept, remember=pending.remember, tokens=tokens)
         cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
         self._event("login_success", view, user=session.sub, level=logging.INFO,
@@ -838,6 +859,103 @@ class OIDCSessionCore:
                 self._event("idp_logout_failed", view, user=session.sub, reason=str(exc))
         return Outcome(redirect_reply(location, status=303,
                                       headers=[("set-cookie", c) for c in cookies]))
+
+    # -- /.auth/backchannel-logout and /.auth/frontchannel-logout -------------------------
+
+    def _backchannel_logout(self, view: RequestView) -> Flow[Outcome]:
+        """OpenID Connect Back-Channel Logout 1.0: the provider POSTs a signed logout token;
+        every session of its ``sid`` (or, without one, of its ``sub``) ends, in the store
+        every instance reads. No session, CSRF token or redirect: a server-to-server call."""
+        if view.method != "POST":
+            return Outcome(json_reply(405, {"error": "invalid_request",
+                                            "error_description": "use POST"},
+                                      headers=[("allow", "POST")]))
+        content_type = view.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            self._event("backchannel_logout_refused", view, reason="wrong content type")
+            return Outcome(json_reply(415, {"error": "invalid_request", "error_description":
+                                            "send application/x-www-form-urlencoded"}))
+        token = view.form().get("logout_token", "")
+        if not token:
+            return Outcome(self._logout_token_refused(view, "no single logout_token"))
+        try:
+            claims = yield from self.client.validate_logout_token(
+                token, max_age=self.oidc.logout_token_max_age)
+        except InvalidToken as exc:
+            return Outcome(self._logout_token_refused(view, str(exc)))
+        except StoreUnavailable as exc:     # the provider's keys cannot be fetched
+            return Outcome(self._logout_unavailable(view, str(exc)))
+        # Single use, across instances (the shared store), for as long as it could be
+        # accepted: until it expires or grows too old, whichever comes first (+ a margin).
+        replay = f"logout-jti:{hashlib.sha256(str(claims['jti']).encode()).hexdigest()}"
+        until = min(float(claims["exp"]), float(claims["iat"]) + self.oidc.logout_token_max_age)
+        ttl = max(1.0, until - self.clock() + 120.0)
+        try:
+            first = yield from self.sessions.claim_once(replay, ttl)
+        except StoreUnavailable as exc:
+            return Outcome(self._logout_unavailable(view, str(exc)))
+        if not first:
+            return Outcome(self._logout_token_refused(view, "logout token replayed"))
+        sid, sub = claims.get("sid"), claims.get("sub")
+        try:
+            if isinstance(sid, str):
+                ended = yield from self.sessions.end_all(
+                    index_name("sid", self.client.client_id, sid))
+            else:
+                ended = yield from self.sessions.end_all(
+                    index_name("sub", self.client.client_id, str(sub)))
+        except StoreUnavailable as exc:
+            with contextlib.suppress(StoreUnavailable):   # the provider may send it again
+                yield from self.sessions.release(replay)
+            return Outcome(self._logout_unavailable(view, str(exc)))
+        self._event("backchannel_logout", view, level=logging.INFO,
+                    user=sub if isinstance(sub, str) else None,
+                    reason="provider session" if isinstance(sid, str) else "all sessions",
+                    ended=ended)
+        # Back-Channel Logout 1.0 §2.8: 200, no body, not to be cached.
+        return Outcome(Reply(200, [("cache-control", "no-store"),
+                                   ("x-content-type-options", "nosniff")], b""))
+
+    def _logout_token_refused(self, view: RequestView, reason: str) -> Reply:
+        self._event("backchannel_logout_refused", view, reason=reason)
+        return json_reply(400, {"error": "invalid_request",
+                                "error_description": "the logout token is not valid"})
+
+    def _logout_unavailable(self, view: RequestView, reason: str) -> Reply:
+        """The store or the provider's keys cannot be reached: 503 with Retry-After, never
+        200 (a session would stay signed in while the provider believes it ended)."""
+        self._event("store_unavailable", view, reason=f"back-channel logout: {reason}")
+        return json_reply(503, {"error": "temporarily_unavailable"},
+                          headers=[("retry-after", "5")])
+
+    def _frontchannel_logout(self, view: RequestView) -> Flow[Outcome]:
+        """Front-Channel Logout 1.0: the provider's logout page frames this address with its
+        ``iss`` and the ``sid`` it ended; the sessions of that sid end, and the session whose
+        cookie came with the request (SameSite=None deployments) too."""
+        if view.method not in ("GET", "HEAD"):
+            return Outcome(_method_not_allowed("GET"))
+        params = view.query()
+        iss, sid = _one(params, "iss"), _one(params, "sid")
+        if iss is None or sid is None or not 0 < len(sid) <= 255 or \
+                not hmac.compare_digest(iss.encode(), self.client.issuer.encode()):
+            self._event("frontchannel_logout_refused", view,
+                        reason="iss of another provider or no sid")
+            return Outcome(html_reply(400, "Bad request", "This sign-out request is not "
+                                      "from this application's identity provider."))
+        ended = yield from self.sessions.end_all(index_name("sid", self.client.client_id, sid))
+        read = yield from self.sessions.read(view)
+        cookies = self.sessions.forget(read.sent)
+        if read.session is not None:
+            cookies = yield from self.sessions.destroy(read.session, sent=read.sent)
+        self._event("frontchannel_logout", view, level=logging.INFO, ended=ended)
+        origin = _origin(self.client.issuer)
+        reply = Reply(200, [
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-security-policy", f"default-src 'none'; frame-ancestors {origin}"),
+            ("x-content-type-options", "nosniff"), ("cache-control", "no-store"),
+            *(("set-cookie", c) for c in cookies)],
+            b'<!doctype html><meta charset="utf-8"><title>Signed out</title>')
+        return Outcome(reply)
 
     def _logged_out(self, view: RequestView) -> Flow[Outcome]:
         yield from ()
@@ -929,7 +1047,7 @@ class OIDCSessionCore:
         return html_reply(status, "Sign-in failed", message, body_html=link,
                           headers=[("set-cookie", c) for c in cookies or ()])
 
-    def too_large(self, view: RequestView) -> Reply:
+    def body_too_large(self, view: RequestView) -> Reply:
         """A POST to our endpoints over the body limit: 413 (a page or JSON) and an audit
         line, before the body is parsed."""
         self._event("request_too_large", view, reason=f"body over {MAX_FORM} bytes")
@@ -963,6 +1081,12 @@ class _Found:
     session: Session | None
     identity: Identity | None
     cookies: list[str]
+
+
+def _origin(url: str) -> str:
+    """The origin (scheme://host[:port]) of ``url``, for a CSP source expression."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _method_not_allowed(allow: str) -> Reply:

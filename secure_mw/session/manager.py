@@ -37,11 +37,31 @@ from secure_mw.session.memory_store import MemorySessionStore, SiblingWorkers
 from secure_mw.session.model import Session, new_session_id
 from secure_mw.settings import SessionSettings, SqliteSettings
 
-__all__ = ["RecordUnreadable", "SessionManager", "SessionRead", "SessionStore"]
+__all__ = ["RecordUnreadable", "SessionManager", "SessionRead", "SessionStore", "index_name",
+           "index_names"]
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 # A revocation outlives the session's own end by this much (clocks of processes differ).
 REVOCATION_MARGIN = 60.0
+
+
+def index_name(kind: str, client_id: str, value: str) -> str:
+    """The index under which sessions of one provider session (``kind="sid"``) or subject
+    (``"sub"``) of OpenID client ``client_id`` are listed; stores hash it."""
+    return f"{kind}\x00{client_id}\x00{value}"
+
+
+def index_names(session: Session) -> tuple[str, ...]:
+    """The indexes an OpenID session is listed under: its provider session (``sid`` of its
+    id_token, when there was one) and its subject."""
+    if session.source != "oidc":
+        return ()
+    tokens = session.tokens
+    client_id = str(tokens.get("cid", ""))
+    sid = tokens.get("ps")
+    if isinstance(sid, str) and sid:
+        return index_name("sid", client_id, sid), index_name("sub", client_id, session.sub)
+    return (index_name("sub", client_id, session.sub),)
 
 
 class SessionStore(Protocol):
@@ -172,6 +192,12 @@ class SessionManager:
             self._once = marks
         self._revocations = marks
         self._revocations_inline = getattr(marks, "nonblocking", False) is True
+        # Marks store that also knows provider sessions and subjects signed out (back-channel
+        # logout); a mark store of your own without them keeps session marks only.
+        self._ended_marks = marks is not None and hasattr(marks, "is_ended")
+        # The longest a session lives: how long a sign-out of a whole provider session or
+        # subject must be remembered for cookie-store sessions.
+        self.longest = max(settings.expiration, settings.remember_me) + REVOCATION_MARGIN
         # Where records every process must see are kept (rotations): a bytes store.
         self._shared: SessionStore | None = (
             self._once if not getattr(self._once, "holds_objects", False) else None)
@@ -258,7 +284,19 @@ class SessionManager:
                 yield Op(self.store.delete, self.store.adelete, session.id)
             return SessionRead(None, f"session {reason}", False, sent)
         marks = self._revocations
-        if marks is not None:
+        names = index_names(session) if marks is not None and self._ended_marks else ()
+        if names and marks is not None:
+            # The session's own mark and those of its provider session and subject: one
+            # look-up (one MGET in Redis).
+            created = session.created
+            if self._revocations_inline:
+                revoked = marks.is_ended(session.id, names, created)  # type: ignore[attr-defined]
+            else:
+                revoked = yield Op(marks.is_ended, marks.ais_ended,  # type: ignore[attr-defined]
+                                   session.id, names, created)
+            if revoked:
+                return SessionRead(None, "session ended (signed out or refused)", False, sent)
+        elif marks is not None:
             if self._revocations_inline:
                 revoked = marks.is_revoked(session.id)
             else:
@@ -352,6 +390,33 @@ class SessionManager:
         yield Op(marks.revoke, marks.arevoke, session.id, ttl, owner=session.sub)
         return None
 
+    @property
+    def can_end_all(self) -> bool:
+        """Whether :meth:`end_all` works with these stores (a store of your own may keep no
+        index of sessions by provider session and subject)."""
+        if self.store is not None:
+            return bool(getattr(self.store, "indexes", False))
+        return self._revocations is not None and self._ended_marks
+
+    def end_all(self, name: str) -> Flow[int | None]:
+        """End every session listed under the index ``name`` (:func:`index_name`): delete
+        the records of a server-side store, or with the cookie store mark every session of
+        that name created until now as ended. Returns how many records were deleted
+        (``None`` with the cookie store, which cannot count them). A server-side store of
+        your own without an index raises :class:`TypeError`."""
+        if self.store is not None:
+            store: Any = self.store
+            if not getattr(store, "indexes", False):
+                raise TypeError(f"{type(store).__name__} keeps no index of sessions by "
+                                "provider session or subject (back-channel logout)")
+            ended = yield Op(store.end_indexed, store.aend_indexed, name)
+            return int(ended)
+        marks: Any = self._revocations
+        if marks is None or not self._ended_marks:
+            raise TypeError("the cookie store's marks keep no ended provider sessions")
+        yield Op(marks.mark_ended, marks.amark_ended, name, self.clock(), self.longest)
+        return None
+
     def needs_touch(self, session: Session) -> bool:
         return self.clock() - session.last_active >= self.touch_interval
 
@@ -381,8 +446,14 @@ class SessionManager:
             return headers
         assert self.store is not None
         value: Any = session if self._objects else session.to_bytes()
-        written = yield Op(self.store.save, self.store.asave, session.id, value, ttl,
-                           only_if_exists=not new)
+        index = index_names(session) if new and getattr(self.store, "indexes", False) else ()
+        if index:   # listed under its provider session and subject (back-channel logout)
+            store: Any = self.store
+            written = yield Op(store.save_indexed, store.asave_indexed, session.id, value,
+                               ttl, index, self.longest)
+        else:
+            written = yield Op(self.store.save, self.store.asave, session.id, value, ttl,
+                               only_if_exists=not new)
         if not written:
             return None
         return [self.jar.set(self.cookie_name, session.id, max_age=max_age)]

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +179,10 @@ class MemorySessionStore:
         self._once = _Deadlines(max_sessions)       # claimed single-use tokens
         self._revoked = _Marks(max_sessions)        # ended sessions (the cookie store)
         self._marks_dropped = 0
+        # Back-channel logout: index name (a provider session, a subject) -> session ids;
+        # and, for the cookie store, index name -> (mark deadline, when its sessions ended).
+        self._index: dict[str, set[str]] = {}
+        self._ended: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -226,6 +230,73 @@ class MemorySessionStore:
             self._items.move_to_end(session_id)
             self._sweep(now)
             return True
+
+    indexes = True   # save(index=...) and end_indexed: back-channel logout
+
+    def save_indexed(self, session_id: str, session: Session, ttl: float,
+                     index: Collection[str], keep: float = 0.0) -> bool:
+        """:meth:`save` of a new record, listed under each name of ``index`` (its provider
+        session, its subject) for :meth:`end_indexed` while it lives (``keep`` is for the
+        shared stores, whose lists outlive their records)."""
+        with self._lock:
+            if ttl <= 0:
+                return False
+            now = self._clock()
+            self._items[session_id] = (now + ttl, session)
+            self._items.move_to_end(session_id)
+            self._sweep(now)
+            for name in index:
+                members = self._index.setdefault(name, set())
+                members.intersection_update(self._items)    # ended ones leave the index
+                members.add(session_id)
+            if len(self._index) > 2 * self.max_sessions + 64:
+                self._index = {n: m for n, m in self._index.items()
+                               if not m.isdisjoint(self._items)}
+            return True
+
+    def end_indexed(self, name: str) -> int:
+        """Delete every record listed under ``name``; how many there were."""
+        with self._lock:
+            members = self._index.pop(name, set())
+            return sum(self._items.pop(i, None) is not None for i in members)
+
+    def mark_ended(self, name: str, at: float, ttl: float) -> None:
+        """Remember for ``ttl`` seconds that every session of ``name`` created up to ``at``
+        has ended (the cookie store, whose records the clients hold)."""
+        with self._lock:
+            now = self._clock()
+            old = self._ended.pop(name, None)
+            at = max(at, old[1]) if old is not None else at
+            self._ended[name] = (max(now + ttl, old[0] if old else 0.0), at)
+            while len(self._ended) > self.max_sessions or (
+                    self._ended and next(iter(self._ended.values()))[0] <= now):
+                self._ended.popitem(last=False)
+
+    def is_ended(self, key: str, names: Collection[str], created: float) -> bool:
+        """:meth:`is_revoked` of ``key``, or a :meth:`mark_ended` of one of ``names`` made
+        at or after ``created``: one look-up for the cookie store's every request."""
+        now = self._clock()
+        if self._revoked.live(key, now):
+            return True
+        ended = self._ended
+        for name in names:
+            item = ended.get(name)
+            if item is not None and item[0] > now and created <= item[1]:
+                return True
+        return False
+
+    async def asave_indexed(self, session_id: str, session: Session, ttl: float,
+                            index: Collection[str], keep: float = 0.0) -> bool:
+        return self.save_indexed(session_id, session, ttl, index, keep)
+
+    async def aend_indexed(self, name: str) -> int:
+        return self.end_indexed(name)
+
+    async def amark_ended(self, name: str, at: float, ttl: float) -> None:
+        self.mark_ended(name, at, ttl)
+
+    async def ais_ended(self, key: str, names: Collection[str], created: float) -> bool:
+        return self.is_ended(key, names, created)
 
     def claim_once(self, token: str, ttl: float) -> bool:
         """True the first time ``token`` is claimed within ``ttl`` seconds (in this process),

@@ -21,9 +21,17 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
 * **Marks.** ``claim_once`` (SET NX PX) and ``release`` (DEL) for single-use tokens and
   refresh claims; ``revoke`` (SET PX) and ``is_revoked`` (EXISTS) for ended sessions of the
   cookie store. Their keys are hashes too (``once:``, ``revoked:``).
-* **One key per command.** Every operation is a single command on a single key (GET,
-  SET ... PX, PEXPIRE, DEL): no transactions, scripts, multi-key commands, KEYS or SCAN, so
-  the store works unchanged behind Redis Cluster or a proxy that shards by key.
+* **Back-channel logout.** ``save_indexed`` writes a new record and adds its *key* (a hash,
+  never the id) to a set per provider session and per subject (``index:{<tag>}``, the tag a
+  hash of the name), in one pipeline (MULTI/EXEC on one server); ``end_indexed`` empties a
+  set with a script on that one key, then deletes the records it listed (each its own slot
+  on a Cluster). For the cookie store, ``mark_ended`` keeps when a provider session or a
+  subject was signed out (``ended:{<tag of the client>}:<hash>``: every mark of one client
+  on one slot) and ``is_ended`` reads the session's revocation mark and those in one MGET:
+  one round trip (on a Cluster one per node holding them, at most two).
+* **One slot per command.** Every other operation is a single command on a single key (GET,
+  SET ... PX, PEXPIRE, DEL) and every script touches one key; no KEYS or SCAN, so the store
+  works behind Redis Cluster or a proxy that shards by key.
 * **Failures.** A connection error, a timeout or an error reply raises
   :class:`~secure_mw.errors.StoreUnavailable` (status 503) naming only ``host:port``:
   never the URL's password, a key or a value. There is no fallback to memory (fail closed).
@@ -43,11 +51,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from secure_mw._encoding import b64url_encode
 from secure_mw._redis import STORE_ERRORS as _STORE_ERRORS
-from secure_mw._redis import RedisClients
+from secure_mw._redis import RedisClients, Script
+from secure_mw._redis import tag as _tag
 from secure_mw._redis import ttl_ms as _ttl_ms
 from secure_mw.crypto.keyring import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem
@@ -63,11 +73,17 @@ __all__ = ["RedisSessionStore"]
 
 _log = logging.getLogger("secure_mw.session.redis")
 
+#: The members of one index set, and the set deleted, atomically (one key: one slot).
+_POP_SET = Script("local m = redis.call('SMEMBERS', KEYS[1]) "
+                  "redis.call('DEL', KEYS[1]) return m")
+
 
 class RedisSessionStore(RedisClients):
     """Encrypted session values in Redis; see the module docstring."""
 
     __slots__ = ("_keyring",)
+
+    indexes = True   # save_indexed and end_indexed: back-channel logout
 
     def __init__(
         self,
@@ -114,6 +130,47 @@ class RedisSessionStore(RedisClients):
     def _revoked_key(self, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         return f"{self._prefix}revoked:{b64url_encode(digest)}"
+
+    def _index_key(self, name: str) -> str:
+        return f"{self._prefix}index:{{{_tag(name)}}}"
+
+    def _ended_key(self, name: str) -> str:
+        # index_name() is "kind\0client\0value": the client's marks share one slot.
+        client = name.split("\x00")[1] if name.count("\x00") >= 2 else ""
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
+        return f"{self._prefix}ended:{{{_tag(client)}}}:{b64url_encode(digest)}"
+
+    def _pipeline(self) -> Any:
+        # MULTI/EXEC on one server; a Cluster pipeline (keys of several slots) is not atomic.
+        return self._client.pipeline(transaction=self._topology.kind != "cluster")
+
+    def _apipeline(self) -> Any:
+        return self._async_client().pipeline(transaction=self._topology.kind != "cluster")
+
+    def _index_commands(self, pipe: Any, key: str, blob: bytes, ms: int, *,
+                        index: Collection[str], index_ms: int) -> None:
+        # The lists first: a record is never written without them (a failure raises, and
+        # the login that wrote it sets no cookie).
+        for name in index:
+            set_key = self._index_key(name)
+            pipe.sadd(set_key, key)
+            pipe.pexpire(set_key, max(index_ms, ms))
+        pipe.set(key, blob, px=ms)
+
+    def _session_members(self, members: object) -> list[str]:
+        """The session keys of an index set (anything else in it is ignored)."""
+        start = f"{self._prefix}session:"
+        out = []
+        for member in members if isinstance(members, set | list) else ():
+            text = member.decode("ascii", "replace") if isinstance(member, bytes) else ""
+            if text.startswith(start) and len(text) <= len(start) + 43:
+                out.append(text)
+        return out
+
+    def _marks_get(self, keys: list[str]) -> Any:
+        if self._topology.kind == "cluster":    # keys of several slots: one per node
+            return self._client.mget_nonatomic(keys)
+        return self._client.mget(keys)
 
     def _open(self, key: str, blob: object) -> bytes | None:
         return None if blob is None else open_value(self._keyring, key, blob)
@@ -181,6 +238,61 @@ class RedisSessionStore(RedisClients):
             return bool(self._client.exists(self._revoked_key(key)))
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+
+    def save_indexed(self, session_id: str, value: bytes, ttl: float,
+                     index: Collection[str], keep: float) -> bool:
+        """:meth:`save` of a new record, with its key added to a set per name of ``index``
+        (its provider session, its subject) in the same pipeline; each set then lives
+        ``keep`` seconds (the longest a session lives)."""
+        key = self.redis_key(session_id)
+        ms = _ttl_ms(ttl)
+        if ms is None:
+            return False
+        blob = self._seal(key, value)
+        try:
+            pipe = self._pipeline()
+            self._index_commands(pipe, key, blob, ms, index=index,
+                                index_ms=_ttl_ms(keep) or ms)
+            pipe.execute()
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return True
+
+    def end_indexed(self, name: str) -> int:
+        """Delete every session record listed under ``name`` (key by key: on a Redis Cluster
+        they live on other slots) and the list; how many records there were."""
+        members = self._session_members(self._run(_POP_SET, [self._index_key(name)], []))
+        if not members:
+            return 0
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for member in members:
+                pipe.delete(member)
+            deleted = pipe.execute()
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return sum(int(n) for n in deleted)
+
+    def mark_ended(self, name: str, at: float, ttl: float) -> None:
+        """Remember for ``ttl`` seconds, for every process, that the sessions of ``name``
+        created up to ``at`` have ended (the cookie store)."""
+        ms = _ttl_ms(ttl)
+        if ms is None:
+            return
+        try:
+            self._client.set(self._ended_key(name), repr(float(at)).encode(), px=ms)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def is_ended(self, key: str, names: Collection[str], created: float) -> bool:
+        """:meth:`is_revoked` of ``key`` or a :meth:`mark_ended` of one of ``names`` made at
+        or after ``created``, in one MGET (one round trip; on a Cluster one per node)."""
+        keys = [self._revoked_key(key), *(self._ended_key(n) for n in names)]
+        try:
+            values = self._marks_get(keys)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return _ended(values, created)
 
     def touch(self, session_id: str, ttl: float) -> None:
         """Set the time to live of an existing value (PEXPIRE); a missing one stays missing.
@@ -259,6 +371,62 @@ class RedisSessionStore(RedisClients):
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
+    async def asave_indexed(self, session_id: str, value: bytes, ttl: float,
+                            index: Collection[str], keep: float) -> bool:
+        """:meth:`save_indexed` for asyncio."""
+        key = self.redis_key(session_id)
+        ms = _ttl_ms(ttl)
+        if ms is None:
+            return False
+        blob = self._seal(key, value)
+        try:
+            pipe = self._apipeline()
+            self._index_commands(pipe, key, blob, ms, index=index,
+                                index_ms=_ttl_ms(keep) or ms)
+            await pipe.execute()
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return True
+
+    async def aend_indexed(self, name: str) -> int:
+        """:meth:`end_indexed` for asyncio."""
+        members = self._session_members(
+            await self._arun(_POP_SET, [self._index_key(name)], []))
+        if not members:
+            return 0
+        try:
+            pipe = self._async_client().pipeline(transaction=False)
+            for member in members:
+                pipe.delete(member)
+            deleted = await pipe.execute()
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return sum(int(n) for n in deleted)
+
+    async def amark_ended(self, name: str, at: float, ttl: float) -> None:
+        """:meth:`mark_ended` for asyncio."""
+        ms = _ttl_ms(ttl)
+        if ms is None:
+            return
+        try:
+            await self._async_client().set(self._ended_key(name),
+                                           repr(float(at)).encode(), px=ms)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def ais_ended(self, key: str, names: Collection[str], created: float) -> bool:
+        """:meth:`is_ended` for asyncio."""
+        keys = [self._revoked_key(key), *(self._ended_key(n) for n in names)]
+        client = self._async_client()
+        try:
+            if self._topology.kind == "cluster":
+                values = await client.mget_nonatomic(keys)
+            else:
+                values = await client.mget(keys)
+        except _STORE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return _ended(values, created)
+
     async def atouch(self, session_id: str, ttl: float) -> None:
         """:meth:`touch` for asyncio."""
         key = self.redis_key(session_id)
@@ -278,3 +446,22 @@ class RedisSessionStore(RedisClients):
             await self._async_client().delete(key)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+
+
+def _ended(values: object, created: float) -> bool:
+    """Whether an MGET of (revocation mark, ended marks...) ends a session made at
+    ``created``: the first is set, or one of the others holds a time at or after it."""
+    if not isinstance(values, list) or not values:
+        return True      # an answer we do not understand: fail closed
+    if values[0] is not None:
+        return True
+    for value in values[1:]:
+        if value is None:
+            continue
+        try:
+            at = float(value)
+        except (TypeError, ValueError):
+            return True
+        if created <= at:
+            return True
+    return False

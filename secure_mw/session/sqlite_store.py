@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 
 from secure_mw._encoding import b64url_encode
 from secure_mw._sqlite import Database, ttl_seconds
@@ -79,8 +80,39 @@ class SqliteMarks:
         return bool(self.db.read("SELECT 1 FROM marks WHERE key = ? AND expires > ?",
                                  (hashed("revoked", key), self.db.clock())))
 
+    def mark_ended(self, name: str, at: float, ttl: float) -> None:
+        """Remember for ``ttl`` seconds that the sessions of ``name`` (a provider session or
+        a subject, :func:`~secure_mw.session.manager.index_name`) created up to ``at``
+        have ended: back-channel logout for the cookie store, whose records clients hold."""
+        seconds = ttl_seconds(ttl)
+        if seconds is None:
+            return
+        self.db.write(
+            "INSERT INTO ended (key, at, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+            "UPDATE SET at = max(ended.at, excluded.at), "
+            "expires = max(ended.expires, excluded.expires)",
+            (hashed("ended", name), float(at), self.db.clock() + seconds))
+
+    def is_ended(self, key: str, names: Collection[str], created: float) -> bool:
+        """:meth:`is_revoked` of ``key`` or a :meth:`mark_ended` of one of ``names`` at or
+        after ``created``, in one statement."""
+        ended = [hashed("ended", n) for n in names][:4]
+        ended += [""] * (4 - len(ended))
+        now = self.db.clock()
+        rows = self.db.read(
+            "SELECT EXISTS (SELECT 1 FROM marks WHERE key = ? AND expires > ?) OR EXISTS "
+            "(SELECT 1 FROM ended WHERE key IN (?, ?, ?, ?) AND expires > ? AND at >= ?)",
+            (hashed("revoked", key), now, *ended, now, float(created)))
+        return bool(rows and rows[0][0])
+
     async def aclaim_once(self, token: str, ttl: float) -> bool:
         return await self.db.call(self.claim_once, token, ttl)
+
+    async def amark_ended(self, name: str, at: float, ttl: float) -> None:
+        await self.db.call(self.mark_ended, name, at, ttl)
+
+    async def ais_ended(self, key: str, names: Collection[str], created: float) -> bool:
+        return await self.db.call(self.is_ended, key, names, created)
 
     async def arelease(self, token: str) -> None:
         await self.db.call(self.release, token)
@@ -94,6 +126,8 @@ class SqliteMarks:
 
 class SqliteSessionStore(SqliteMarks):
     """Encrypted session values in SQLite; see the module docstring."""
+
+    indexes = True   # save_indexed and end_indexed: back-channel logout
 
     def __init__(self, db: Database, *, keyring: KeyRing) -> None:
         super().__init__(db)
@@ -131,6 +165,38 @@ class SqliteSessionStore(SqliteMarks):
                       "expires = excluded.expires", (key, blob, now + seconds))
         return True
 
+    def save_indexed(self, session_id: str, value: bytes, ttl: float,
+                     index: Collection[str], keep: float) -> bool:
+        """:meth:`save` of a new record, listed (by its key, never its id) under each name
+        of ``index`` for ``keep`` seconds, in one transaction."""
+        key = hashed("session", session_id)
+        seconds = ttl_seconds(ttl)
+        if seconds is None:
+            return False
+        blob = seal_value(self._keyring, key, value)
+        now = self.db.clock()
+        with self.db.transaction() as conn:
+            conn.execute("INSERT INTO sessions (key, value, expires) VALUES (?, ?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                         "expires = excluded.expires", (key, blob, now + seconds))
+            conn.executemany(
+                "INSERT INTO session_index (key, session, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (key, session) DO UPDATE SET expires = excluded.expires",
+                [(hashed("index", n), key, now + max(seconds, keep)) for n in index])
+        return True
+
+    def end_indexed(self, name: str) -> int:
+        """Delete every record listed under ``name`` and the list, in one transaction (a
+        login adding to it waits or comes after); how many records there were."""
+        index_key = hashed("index", name)
+        now = self.db.clock()
+        with self.db.transaction() as conn:
+            ended = conn.execute(
+                "DELETE FROM sessions WHERE key IN (SELECT session FROM session_index "
+                "WHERE key = ?) AND expires > ?", (index_key, now)).rowcount
+            conn.execute("DELETE FROM session_index WHERE key = ?", (index_key,))
+        return max(ended, 0)
+
     def touch(self, session_id: str, ttl: float) -> None:
         """Set the time to live of an existing value; ``ttl <= 0`` deletes."""
         seconds = ttl_seconds(ttl)
@@ -151,6 +217,13 @@ class SqliteSessionStore(SqliteMarks):
                     only_if_exists: bool = False) -> bool:
         return await self.db.call(self.save, session_id, value, ttl,
                                        only_if_exists=only_if_exists)
+
+    async def asave_indexed(self, session_id: str, value: bytes, ttl: float,
+                            index: Collection[str], keep: float) -> bool:
+        return await self.db.call(self.save_indexed, session_id, value, ttl, index, keep)
+
+    async def aend_indexed(self, name: str) -> int:
+        return await self.db.call(self.end_indexed, name)
 
     async def atouch(self, session_id: str, ttl: float) -> None:
         await self.db.call(self.touch, session_id, ttl)

@@ -50,7 +50,7 @@ class OIDCSessionMiddleware:
                 view.body = read_body(environ, MAX_FORM)
             except BodyTooLarge:
                 return write_reply(start_response,
-                                   self.core.too_large(view))
+                                   self.core.body_too_large(view))
         outcome = run_sync(self.core.handle(view))
         if outcome.reply is not None:
             reply = outcome.reply
