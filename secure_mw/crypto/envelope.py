@@ -214,6 +214,7 @@ def _new_batches_after_fork() -> None:
     # N2 stays random after a fork, so sharing a batch would be sound; a fresh N1 per
     # process keeps each derived key to one process's XAES_BATCH entries all the same.
     for xaes in list(_LIVE):
+        xaes._kdf._lock = threading.Lock()  # a thread of the parent may have held it
         xaes._new_epoch()
 
 
