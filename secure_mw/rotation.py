@@ -31,6 +31,7 @@ from typing import Any
 
 from secure_mw._files import write_secret_file
 from secure_mw.crypto import KeyRing
+from secure_mw.crypto.envelope import ENVELOPES
 from secure_mw.errors import DecryptError
 
 __all__ = ["Progress", "reencrypt_redis", "reencrypt_sqlite", "reencrypt_totp_file"]
@@ -43,7 +44,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_ENVELOPES = (0x01, 0x02)
+_ENVELOPES = ENVELOPES  # every algorithm byte the key ring reads (0x01, 0x02, 0x03)
 
 
 @dataclass

@@ -364,8 +364,8 @@ class KeysSettings:
                                    "(N=2^17, r=8, p=1)")
     encryption_algorithm: str = _opt("xchacha20-poly1305",
                                      choices=("xchacha20-poly1305", "aes-256-gcm"),
-                                     doc="the envelope's AEAD (aes-256-gcm with per-entry "
-                                         "subkeys)")
+                                     doc="the envelope's AEAD (aes-256-gcm: XAES-256-GCM, "
+                                         "keys derived from 192-bit nonces)")
     signing_jwks: str | None = _opt(
         None, secret=True,
         doc="private JWKS for identity assertions (secure-mw gen-keys --jwks); unset: ES256 "

@@ -16,29 +16,33 @@ import os
 import re
 import stat
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl import bindings as sodium
 
 from secure_mw.crypto import PBKDF2_ITERATIONS, KeyRing, b64decode, b64encode, derive_master_key
+from secure_mw.crypto import envelope as envelope_mod
 from secure_mw.crypto import keyring as keyring_mod
-from secure_mw.crypto.envelope import DEFAULT_MAX_TOKEN, SymmetricKey
+from secure_mw.crypto.envelope import DEFAULT_MAX_TOKEN, SymmetricKey, XaesKdf
 from secure_mw.errors import ConfigError, DecryptError, KeyNotFound
 
 XCHACHA = "xchacha20-poly1305"
 AESGCM_ALG = "aes-256-gcm"
 ALGS = [XCHACHA, AESGCM_ALG]
-ALG_BYTE = {XCHACHA: 0x01, AESGCM_ALG: 0x02}
-#: algorithm byte + key id + nonce (+ salt) + tag
-OVERHEAD = {XCHACHA: 1 + 4 + 24 + 16, AESGCM_ALG: 1 + 4 + 16 + 12 + 16}
-HEADER = {XCHACHA: 1 + 4 + 24, AESGCM_ALG: 1 + 4 + 16 + 12}
+ALG_BYTE = {XCHACHA: 0x01, AESGCM_ALG: 0x03}
+#: algorithm byte + key id + nonce + tag (XAES-256-GCM's nonce is 24 bytes too)
+OVERHEAD = {XCHACHA: 1 + 4 + 24 + 16, AESGCM_ALG: 1 + 4 + 24 + 16}
+HEADER = {XCHACHA: 1 + 4 + 24, AESGCM_ALG: 1 + 4 + 24}
 GCM_INFO = b"secure_mw/v1/aes-256-gcm entry key"
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 AAD = b"cookie:secure_mw_session"
@@ -140,7 +144,7 @@ def test_envelope_overhead_and_header(alg: str, key: bytes, size: int) -> None:
     ring = KeyRing([key], algorithm=alg)
     blob = ring.encrypt_bytes(os.urandom(size), AAD)
     assert len(blob) == size + OVERHEAD[alg]
-    assert OVERHEAD == {XCHACHA: 45, AESGCM_ALG: 49}
+    assert OVERHEAD == {XCHACHA: 45, AESGCM_ALG: 45}
     assert blob[0] == ALG_BYTE[alg]
     assert blob[1:5] == kid_of(key)
     assert ring.key_ids == (kid_of(key).hex(),)
@@ -156,10 +160,113 @@ def test_xchacha_layout_decrypts_with_libsodium(key: bytes) -> None:
     assert out == data
 
 
-def test_aes_gcm_entry_key_is_hkdf_of_master_and_salt(key: bytes) -> None:
+def xaes_subkey(key: bytes, n1: bytes) -> bytes:
+    """XAES-256-GCM's derived key computed independently of the envelope: the NIST SP
+    800-108r1 counter KDF with the library's AES-256-CMAC (label "X", context N1)."""
+    out = b""
+    for counter in (1, 2):
+        mac = CMAC(algorithms.AES(key))
+        mac.update(counter.to_bytes(2, "big") + b"X\x00" + n1)
+        out += mac.finalize()
+    return out
+
+
+def test_xaes_layout_decrypts_with_an_independent_cmac_kdf(key: bytes) -> None:
     ring = KeyRing([key], algorithm=AESGCM_ALG)
     data = os.urandom(100)
     blob = ring.encrypt_bytes(data, AAD)
+    header, n1, n2, body = blob[:29], blob[5:17], blob[17:29], blob[29:]
+    # the master key itself does not decrypt the body ...
+    with pytest.raises(InvalidTag):
+        AESGCM(key).decrypt(n2, body, header + AAD)
+    # ... the key derived from the master key and the first half of the nonce does
+    assert AESGCM(xaes_subkey(key, n1)).decrypt(n2, body, header + AAD) == data
+    assert XaesKdf(key).key(n1) == xaes_subkey(key, n1)
+
+
+def test_xaes_one_derived_key_per_batch_with_random_gcm_nonces(
+    key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealing key keeps one N1 (one derived key) for XAES_BATCH entries, each with a
+    random N2, then draws a new N1: no derived key sees more than XAES_BATCH nonces."""
+    monkeypatch.setattr(envelope_mod, "XAES_BATCH", 4)
+    ring = KeyRing([key], algorithm=AESGCM_ALG)
+    blobs = [ring.encrypt_bytes(b"same", AAD) for _ in range(12)]
+    n1s = [b[5:17] for b in blobs]
+    assert [n1s.count(n) for n in dict.fromkeys(n1s)] == [4, 4, 4]
+    assert len(set(n1s)) == 3
+    assert len({b[17:29] for b in blobs}) == 12
+    # every entry still opens, in a ring that has never seen its N1 too
+    cold = KeyRing([key], algorithm=AESGCM_ALG)
+    assert all(cold.decrypt_bytes(b, AAD) == b"same" for b in blobs)
+    assert all(ring.decrypt_bytes(b, AAD) == b"same" for b in blobs)
+
+
+def test_xaes_open_cache_is_bounded_and_holds_only_authentic_entries(key: bytes) -> None:
+    ring = KeyRing([key], algorithm=AESGCM_ALG)
+    cache = ring._xaes._cache  # type: ignore[union-attr]
+    other = SymmetricKey(key)
+    forged = 0
+    for _ in range(3 * envelope_mod._XAES_CACHE):
+        blob = bytearray(other.seal(b"x", AAD, envelope_mod.ALG_XAES256GCM))
+        other._xaes._new_epoch()  # type: ignore[union-attr]
+        assert ring.decrypt_bytes(bytes(blob), AAD) == b"x"
+        blob[5] ^= 1  # another N1: a derived key no one sealed with
+        with pytest.raises(DecryptError):
+            ring.decrypt_bytes(bytes(blob), AAD)
+        forged += bytes(blob[:17]) in cache
+    assert len(cache) <= envelope_mod._XAES_CACHE
+    assert forged == 0
+
+
+def test_xaes_from_many_threads_across_batches(
+    key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads seal and open at once while batches turn over and the cache evicts."""
+    monkeypatch.setattr(envelope_mod, "XAES_BATCH", 3)
+    ring = KeyRing([key], algorithm=AESGCM_ALG)
+    cold = KeyRing([key], algorithm=AESGCM_ALG)
+
+    def work(n: int) -> list[bytes]:
+        blobs = [ring.encrypt_bytes(b"%d-%d" % (n, i), AAD) for i in range(400)]
+        assert [ring.decrypt_bytes(b, AAD) for b in blobs] == [b"%d-%d" % (n, i)
+                                                              for i in range(400)]
+        assert [cold.decrypt_bytes(b, AAD) for b in blobs[::7]] == [b"%d-%d" % (n, i)
+                                                                   for i in range(0, 400, 7)]
+        return blobs
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        blobs = [b for part in pool.map(work, range(8)) for b in part]
+    assert len({b[5:29] for b in blobs}) == len(blobs) == 3200
+    n1s = [b[5:17] for b in blobs]
+    assert max(n1s.count(n) for n in set(n1s)) <= 3 + 8  # a batch, plus racing threads
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_xaes_forked_process_draws_its_own_batch(key: bytes) -> None:
+    ring = KeyRing([key], algorithm=AESGCM_ALG)
+    parent_n1 = ring.encrypt_bytes(b"x", AAD)[5:17]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the N1 it seals with, then leave at once
+        try:
+            os.write(write_end, ring.encrypt_bytes(b"x", AAD)[5:17])
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child_n1 = os.read(read_end, 64)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert len(child_n1) == 12
+    assert child_n1 != parent_n1
+    assert ring.encrypt_bytes(b"x", AAD)[5:17] == parent_n1  # the parent's batch goes on
+
+
+def test_legacy_aes_gcm_entry_key_is_hkdf_of_master_and_salt(key: bytes) -> None:
+    sym = SymmetricKey(key)
+    data = os.urandom(100)
+    blob = sym.seal(data, AAD, envelope_mod.ALG_AES256GCM)
+    assert blob[0] == 0x02 and len(blob) == 100 + 49
     header, salt, nonce, body = blob[:33], blob[5:21], blob[21:33], blob[33:]
     # the master key itself does not decrypt the body ...
     with pytest.raises(InvalidTag):
@@ -168,20 +275,52 @@ def test_aes_gcm_entry_key_is_hkdf_of_master_and_salt(key: bytes) -> None:
     entry = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=GCM_INFO).derive(key)
     assert entry != key
     assert AESGCM(entry).decrypt(nonce, body, header + AAD) == data
+    assert KeyRing([key], algorithm=AESGCM_ALG).decrypt_bytes(blob, AAD) == data
 
 
-def test_aes_gcm_entries_use_fresh_salts_and_keys(key: bytes) -> None:
-    ring = KeyRing([key], algorithm=AESGCM_ALG)
-    blobs = [ring.encrypt_bytes(b"same", AAD) for _ in range(32)]
-    salts = {b[5:21] for b in blobs}
-    nonces = {b[21:33] for b in blobs}
-    assert len(salts) == 32
-    assert len(nonces) == 32
-    entry_keys = {
-        HKDF(algorithm=hashes.SHA256(), length=32, salt=s, info=GCM_INFO).derive(key)
-        for s in salts
-    }
-    assert len(entry_keys) == 32
+#: 0x02 envelopes written by the code before XAES-256-GCM (secure_mw at d35b4c9), under
+#: the key bytes(range(32)): (aad, plaintext, envelope hex or text token).
+LEGACY_KEY = bytes(range(32))
+LEGACY_0X02 = [
+    (b"", b"", "02a0f08ed2453b1927b388b7afa74466ef0c2f0845d776c2e2b62dc8890bc85ffe8f94cfc832"
+               "7b80c238167e19de63fe95"),
+    (b"cookie:secure_mw_session", b'session {"uid": 7}',
+     "02a0f08ed2c85fcc6cf912608ed17049b3054e7ae41d23fbc5e43f96abcbf0c11882f39afbcfa326bd70"
+     "8f09139225bd7c5ea6f43cfde1a8c38072012ff540d2ca3b91"),
+]
+LEGACY_0X02_TEXT = (b"totp:alice", b"totp secret",
+                    "AqDwjtJE8_kCxDsT84Xnn85mM3HtXfpHqA2Hw86ebp3ki5iv_bM19DT6UFkN99qz_CcY8it_Z8e8y9Mu")
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_envelopes_written_before_xaes_still_open(alg: str) -> None:
+    ring = KeyRing([LEGACY_KEY], algorithm=alg)
+    for aad, plain, hexed in LEGACY_0X02:
+        blob = bytes.fromhex(hexed)
+        assert ring.decrypt_bytes(blob, aad) == plain
+        assert ring.needs_reencrypt_bytes(blob)
+        with pytest.raises(DecryptError):
+            ring.decrypt_bytes(blob, aad + b"!")
+        for cut in (1, 16, len(blob) - 33):
+            with pytest.raises(DecryptError):
+                ring.decrypt_bytes(blob[:-cut], aad)
+        for i in (0, 5, 21, 33, len(blob) - 1):
+            bad = bytearray(blob)
+            bad[i] ^= 0x01
+            with pytest.raises(DecryptError):
+                ring.decrypt_bytes(bytes(bad), aad)
+        with pytest.raises(KeyNotFound):
+            KeyRing.generate(algorithm=alg).decrypt_bytes(blob, aad)
+        other = os.urandom(32)  # another key under this key's id: found, must not open
+        with pytest.raises(DecryptError):
+            SymmetricKey(other).open(blob, aad)
+    aad, plain, token = LEGACY_0X02_TEXT
+    assert ring.decrypt(token, aad) == plain
+    assert ring.needs_reencrypt(token)
+    moved = ring.reencrypt(token, aad)
+    assert b64decode(moved)[0] == ALG_BYTE[alg]
+    assert not ring.needs_reencrypt(moved)
+    assert ring.decrypt(moved, aad) == plain
 
 
 def test_same_plaintext_encrypts_differently(ring: KeyRing, alg: str) -> None:
@@ -519,7 +658,7 @@ def test_algorithm_change_needs_reencrypt(key: bytes) -> None:
     assert r_g.decrypt(t_x, AAD) == b"data"  # the envelope names its algorithm
     assert r_g.needs_reencrypt(t_x)
     t_g = r_g.reencrypt(t_x, AAD)
-    assert b64decode(t_g)[0] == 0x02
+    assert b64decode(t_g)[0] == 0x03
     assert not r_g.needs_reencrypt(t_g)
     assert r_x.needs_reencrypt(t_g)
 

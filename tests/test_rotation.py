@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from secure_mw.crypto import KeyRing
+from secure_mw.crypto import KeyRing, b64decode
+from secure_mw.crypto.envelope import ALG_AES256GCM, SymmetricKey
 from secure_mw.errors import DecryptError
 from secure_mw.login.totp import TOTP, FileTOTPStore, SecretBox
 from secure_mw.rotation import Progress, reencrypt_redis, reencrypt_totp_file
@@ -213,3 +214,34 @@ def test_the_change_key_command_covers_sqlite(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "7 scanned, 7 re-encrypted" in result.stderr
     assert SqliteSessionStore(db, keyring=ring(NEW)).load("s3") == b"v"
+
+
+def test_aes_gcm_sessions_move_to_the_new_key_in_the_xaes_envelope(
+        redis_server: RedisServer) -> None:
+    """"aes-256-gcm" writes XAES-256-GCM (0x03) envelopes; sessions written before it (0x02)
+    and after it must both move to a new key, and the moved ones count as current."""
+    url, gcm = redis_server.url, "aes-256-gcm"
+    old_ring = KeyRing.from_strings([OLD], algorithm=gcm)
+    store = RedisSessionStore(url, keyring=old_ring, prefix=PREFIX)
+    client = redis.Redis.from_url(url)
+    written = {f"gcm-{i}": f"value {i}".encode() for i in range(20)}
+    for sid, value in written.items():
+        store.save(sid, value, 3600)
+    legacy = SymmetricKey(b64decode(OLD))
+    for sid in list(written)[:10]:  # as the code before 0x03 wrote them
+        key = store.redis_key(sid)
+        plain = old_ring.decrypt_bytes(client.get(key), aad=key.encode())
+        client.set(key, legacy.seal(plain, key.encode(), ALG_AES256GCM), keepttl=True)
+    firsts = sorted(bytes(client.get(store.redis_key(s)))[0] for s in written)
+    assert firsts == [2] * 10 + [3] * 10
+
+    both = KeyRing.from_strings([NEW, OLD], algorithm=gcm)
+    progress = reencrypt_redis(both, client, PREFIX)
+
+    assert (progress.reencrypted, progress.current, progress.foreign) == (20, 0, 0)
+    only_new = RedisSessionStore(url, keyring=KeyRing.from_strings([NEW], algorithm=gcm),
+                                 prefix=PREFIX)
+    assert all(only_new.load(sid) == value for sid, value in written.items())
+    assert {bytes(client.get(store.redis_key(s)))[0] for s in written} == {3}
+    again = reencrypt_redis(both, client, PREFIX)
+    assert (again.reencrypted, again.current, again.foreign) == (0, 20, 0)

@@ -28,6 +28,7 @@ from typing import Final, Literal
 
 from secure_mw._files import read_secret_file, write_secret_file
 from secure_mw.crypto.envelope import (
+    ALG_XAES256GCM,
     ALGORITHMS,
     DEFAULT_MAX_TOKEN,
     KEY_BYTES,
@@ -102,7 +103,7 @@ def _parse_key(text: str, where: str) -> SymmetricKey:
 class KeyRing:
     """An ordered set of 256-bit keys; see the module docstring."""
 
-    __slots__ = ("_algorithm", "_by_kid", "_keys", "_max_token", "_primary")
+    __slots__ = ("_algorithm", "_by_kid", "_keys", "_max_token", "_primary", "_xaes")
 
     def __init__(
         self,
@@ -127,6 +128,8 @@ class KeyRing:
         self._by_kid = by_kid
         self._algorithm = ALGORITHMS[algorithm]
         self._max_token = max_token
+        # XAES-256-GCM: the encrypting key's sealing batch and cache of recent N1 keys
+        self._xaes = self._primary.xaes() if self._algorithm == ALG_XAES256GCM else None
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -235,11 +238,15 @@ class KeyRing:
 
     def encrypt_bytes(self, data: bytes, aad: bytes = b"") -> bytes:
         """Encrypt to the binary envelope (for stores that keep bytes, such as Redis)."""
+        if self._xaes is not None:
+            return self._xaes.seal(data, aad)
         return self._primary.seal(data, aad, self._algorithm)
 
     def decrypt_bytes(self, blob: bytes, aad: bytes = b"") -> bytes:
         if not isinstance(blob, bytes):
             raise DecryptError("ciphertext is not bytes")
+        if self._xaes is not None and (opened := self._xaes.open_recent(blob, aad)) is not None:
+            return opened
         if len(blob) < 1 + KID_BYTES:
             raise DecryptError("ciphertext truncated")
         key = self._by_kid.get(blob[1 : 1 + KID_BYTES])
@@ -249,7 +256,7 @@ class KeyRing:
 
     def encrypt(self, data: bytes, aad: bytes = b"") -> str:
         """Encrypt to the base64url text form (for cookies and headers)."""
-        return b64encode(self._primary.seal(data, aad, self._algorithm))
+        return b64encode(self.encrypt_bytes(data, aad))
 
     def decrypt(self, token: str | bytes, aad: bytes = b"") -> bytes:
         """Decrypt the text form; every failure raises :class:`DecryptError`."""
