@@ -76,7 +76,7 @@ def provider_client(clock: Clock, s: Settings, *, keys: Any = None) -> OIDCClien
     client._metadata_until = mono() + 10 * METADATA_TTL
     client._verifier = JWTVerifier(
         keys or KeySet.from_dict({"keys": [PROVIDER_KEY.public_jwk()]}), issuer=ISSUER,
-        audience=CLIENT_ID, algorithms=ID_TOKEN_ALGORITHMS, clock=clock)
+        audience=s.oidc.client_id, algorithms=ID_TOKEN_ALGORITHMS, clock=clock)
     return client
 
 
@@ -306,13 +306,16 @@ def test_cookie_store_sessions_of_the_sid_are_refused_after_the_logout(clock: Cl
     assert read() is not None
     assert send(core, logout_token(clock)).reply.status == 200  # type: ignore[union-attr]
     assert read() is None
-    # A session made after the logout (a new sign-in with the same sid) is not ended by it.
-    clock.advance(1)
-    later = core.sessions.new(claims={"sub": "alice"}, tokens={"cid": CLIENT_ID, "ps": "sid-1"})
-    again = run_sync(core.sessions.save(later, new=True))
-    assert again
-    header = "; ".join(c.split(";", 1)[0] for c in again)
-    assert read() is not None
+    # The sid is over for good: a session of it made later (a login racing the logout, or
+    # an instance whose clock runs fast) is refused too; one of a new sid is not.
+    for later_sid, kept in (("sid-1", False), ("sid-2", True)):
+        clock.advance(1)
+        later = core.sessions.new(claims={"sub": "alice"},
+                                  tokens={"cid": CLIENT_ID, "ps": later_sid})
+        again = run_sync(core.sessions.save(later, new=True))
+        assert again
+        header = "; ".join(c.split(";", 1)[0] for c in again)
+        assert (read() is not None) == kept, later_sid
 
 
 # -- store and provider keys unreachable: 503 ----------------------------------------------
@@ -435,3 +438,54 @@ def test_a_store_of_your_own_without_an_index_serves_neither_endpoint(
     assert send(core, logout_token(clock)).reply.status == 404  # type: ignore[union-attr]
     assert front(core, iss=ISSUER, sid="sid-1") == 404
     assert any("keeps no index" in r.getMessage() for r in caplog.records)
+
+
+def _front_visit(core: OIDCSessionCore, header: dict[str, str], sid: str) -> tuple[int, bool]:
+    """(status, whether the visitor's session ended) of a front-channel request for ``sid``
+    that carries the visitor's cookie."""
+    view = post(b"", method="GET", headers=header, path="/.auth/frontchannel-logout",
+                query=urlencode({"iss": ISSUER, "sid": sid}))
+    reply = run_sync(core.handle(view)).reply
+    assert reply is not None
+    cleared = any(n == "set-cookie" for n, _ in reply.headers)
+    probe = RequestView(method="GET", scheme="https", host="app.test", path="/x",
+                        query_string="", headers=header, client="192.0.2.7")
+    return reply.status, cleared or run_sync(core.sessions.read(probe)).session is None
+
+
+def test_front_channel_never_ends_a_visitor_s_session_of_another_sid(clock: Clock) -> None:
+    """A link on any site can send the front-channel request with the visitor's cookie
+    (SameSite=Lax) and the public iss: a guessed sid must not end that visitor's session."""
+    for store in ("memory", "cookie"):
+        core = make_core(clock, session_store=None if store == "memory" else "cookie")
+        session = core.sessions.new(claims={"sub": "alice"},
+                                    tokens={"cid": CLIENT_ID, "ps": "sid-1"})
+        cookies = run_sync(core.sessions.save(session, new=True)) or []
+        header = {"cookie": "; ".join(c.split(";", 1)[0] for c in cookies)}
+        assert _front_visit(core, header, "attacker-guess") == (200, False), store
+        assert _front_visit(core, header, "sid-1") == (200, True), store
+
+
+def test_a_sid_token_also_ends_the_subject_s_sessions_that_had_no_sid(clock: Clock) -> None:
+    """A session whose id_token carried no sid is listed under "nosid": a logout token with a
+    sid and that sub ends it too, instead of 200 and nothing ended."""
+    core = make_core(clock)
+    without = signed_in(core, sid=None)
+    other_sid = signed_in(core, sid="sid-9")
+    bob = signed_in(core, sub="bob", sid=None)
+    assert send(core, logout_token(clock)).reply.status == 200  # type: ignore[union-attr]
+    assert not alive(core, without)
+    assert alive(core, other_sid) and alive(core, bob)
+
+
+def test_two_clients_sharing_a_store_each_spend_their_own_token(clock: Clock) -> None:
+    """The single use of a jti is per issuer and client: a provider that sends each client a
+    token with the same jti gets 200 from both apps on one shared store."""
+    shared = MemorySessionStore(clock=clock)
+    first = make_core(clock, store=shared)
+    second = make_core(clock, store=shared, client_id="other-app")
+    assert send(first, logout_token(clock)).reply.status == 200  # type: ignore[union-attr]
+    assert send(second, logout_token(clock, aud="other-app")  # type: ignore[union-attr]
+                ).reply.status == 200
+    assert send(second, logout_token(clock, aud="other-app")  # type: ignore[union-attr]
+                ).reply.status == 400

@@ -541,3 +541,58 @@ def test_a_sticky_shared_directory_is_refused_too(tmp_path: Path) -> None:
     os.chmod(shared, 0o1777)
     with pytest.raises(ConfigError, match="plant its journal"):
         Database(shared / "store.sqlite3").check()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_failed_end_of_listed_sessions_leaves_them_for_the_retry(
+        redis_server: RedisServer, ring: KeyRing, flavour: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis: the records are deleted before they leave the list. A connection lost while
+    deleting them answers StoreUnavailable (the provider gets 503) and the provider's retry
+    still ends every one (the list was emptied first before: the retry found nothing, 200)."""
+    import redis
+    import redis.asyncio
+
+    from secure_mw.errors import StoreUnavailable
+    from secure_mw.session.manager import index_name
+    from secure_mw.session.redis_store import RedisSessionStore
+
+    store = RedisSessionStore(redis_server.url, keyring=ring, socket_timeout=0.5)
+    sid = index_name("sid", "app", f"p-{flavour}")
+    assert store.save_indexed(SID, VALUE, 60, (sid,), 3600)
+    pipeline = redis.asyncio.client.Pipeline if flavour == "async" else redis.client.Pipeline
+    real = pipeline.execute
+
+    def lost(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(pipeline, "execute", real)      # once
+        raise redis.ConnectionError("connection reset by peer")
+
+    async def alost(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return lost(self)
+
+    monkeypatch.setattr(pipeline, "execute", alost if flavour == "async" else lost)
+
+    def end() -> int:
+        return asyncio.run(store.aend_indexed(sid)) if flavour == "async" \
+            else store.end_indexed(sid)
+
+    with pytest.raises(StoreUnavailable):
+        end()
+    assert store.load(SID) == VALUE
+    assert end() == 1 and store.load(SID) is None
+    assert end() == 0
+    store.close()
+
+
+def test_an_ended_mark_only_moves_later(store: Any) -> None:
+    """Two logouts of one name from instances whose clocks differ: the later time stays,
+    so the second cannot bring back sessions the first ended (as memory and SQLite keep)."""
+    from secure_mw.session.manager import index_name
+
+    name = index_name("sub", "app", "alice")
+    store.mark_ended(name, 1000.0, 60)
+    asyncio.run(store.amark_ended(name, 900.0, 60))        # a slower clock, later
+    assert store.is_ended(OTHER_SID, [name], 950.0) is True
+    store.mark_ended(name, 1100.0, 60)
+    assert store.is_ended(OTHER_SID, [name], 1050.0) is True
+    assert store.is_ended(OTHER_SID, [name], 1200.0) is False

@@ -887,7 +887,9 @@ class OIDCSessionCore:
             return Outcome(self._logout_unavailable(view, str(exc)))
         # Single use, across instances (the shared store), for as long as it could be
         # accepted: until it expires or grows too old, whichever comes first (+ a margin).
-        replay = f"logout-jti:{hashlib.sha256(str(claims['jti']).encode()).hexdigest()}"
+        # Per issuer and client: two apps sharing a store each get their own token.
+        once = "\x00".join((self.client.issuer, self.client.client_id, str(claims["jti"])))
+        replay = f"logout-jti:{hashlib.sha256(once.encode()).hexdigest()}"
         until = min(float(claims["exp"]), float(claims["iat"]) + self.oidc.logout_token_max_age)
         ttl = max(1.0, until - self.clock() + 120.0)
         try:
@@ -901,6 +903,10 @@ class OIDCSessionCore:
             if isinstance(sid, str):
                 ended = yield from self.sessions.end_all(
                     index_name("sid", self.client.client_id, sid))
+                if isinstance(sub, str):   # and the subject's sessions that had no sid
+                    more = yield from self.sessions.end_all(
+                        index_name("nosid", self.client.client_id, sub))
+                    ended = None if ended is None or more is None else ended + more
             else:
                 ended = yield from self.sessions.end_all(
                     index_name("sub", self.client.client_id, str(sub)))
@@ -943,9 +949,14 @@ class OIDCSessionCore:
             return Outcome(html_reply(400, "Bad request", "This sign-out request is not "
                                       "from this application's identity provider."))
         ended = yield from self.sessions.end_all(index_name("sid", self.client.client_id, sid))
+        # The session whose cookie came along ends only when it is of that provider
+        # session: a link on any site can send this request (SameSite=Lax lets a
+        # navigation carry the cookie), and iss is public.
         read = yield from self.sessions.read(view)
-        cookies = self.sessions.forget(read.sent)
-        if read.session is not None:
+        cookies: list[str] = []
+        own = read.session.tokens.get("ps") if read.session is not None else None
+        if read.session is not None and isinstance(own, str) and \
+                hmac.compare_digest(own.encode(), sid.encode()):
             cookies = yield from self.sessions.destroy(read.session, sent=read.sent)
         self._event("frontchannel_logout", view, level=logging.INFO, ended=ended)
         origin = _origin(self.client.issuer)

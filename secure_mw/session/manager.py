@@ -61,7 +61,10 @@ def index_names(session: Session) -> tuple[str, ...]:
     sid = tokens.get("ps")
     if isinstance(sid, str) and sid:
         return index_name("sid", client_id, sid), index_name("sub", client_id, session.sub)
-    return (index_name("sub", client_id, session.sub),)
+    # No provider session to end it by: a logout token naming a sid of this subject ends
+    # it too ("nosid"), rather than nothing.
+    return (index_name("sub", client_id, session.sub),
+            index_name("nosid", client_id, session.sub))
 
 
 class SessionStore(Protocol):
@@ -414,7 +417,10 @@ class SessionManager:
         marks: Any = self._revocations
         if marks is None or not self._ended_marks:
             raise TypeError("the cookie store's marks keep no ended provider sessions")
-        yield Op(marks.mark_ended, marks.amark_ended, name, self.clock(), self.longest)
+        # A provider never gives an ended sid again: every session of it is over, whatever
+        # the clocks of the instance that made it (a subject's later sign-ins are not).
+        at = self.clock() + (self.longest if name.startswith("sid\x00") else 0.0)
+        yield Op(marks.mark_ended, marks.amark_ended, name, at, self.longest)
         return None
 
     def needs_touch(self, session: Session) -> bool:

@@ -73,9 +73,15 @@ __all__ = ["RedisSessionStore"]
 
 _log = logging.getLogger("secure_mw.session.redis")
 
-#: The members of one index set, and the set deleted, atomically (one key: one slot).
-_POP_SET = Script("local m = redis.call('SMEMBERS', KEYS[1]) "
-                  "redis.call('DEL', KEYS[1]) return m")
+
+
+#: An ended-at mark only ever moves later (instances' clocks differ; a second logout of the
+#: same name must not bring back sessions the first one ended).
+_MARK_LATEST = Script("local c = tonumber(redis.call('GET', KEYS[1])) "
+                      "if c == nil or c < tonumber(ARGV[1]) then "
+                      "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+                      "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then "
+                      "redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
 
 
 class RedisSessionStore(RedisClients):
@@ -260,18 +266,22 @@ class RedisSessionStore(RedisClients):
 
     def end_indexed(self, name: str) -> int:
         """Delete every session record listed under ``name`` (key by key: on a Redis Cluster
-        they live on other slots) and the list; how many records there were."""
-        members = self._session_members(self._run(_POP_SET, [self._index_key(name)], []))
-        if not members:
-            return 0
+        they live on other slots), then take them off the list; how many records there
+        were. The list is read, not emptied, first: if a delete fails the provider's retry
+        still finds every record."""
+        set_key = self._index_key(name)
         try:
+            members = self._session_members(self._client.smembers(set_key))
+            if not members:
+                return 0
             pipe = self._client.pipeline(transaction=False)
             for member in members:
                 pipe.delete(member)
+            pipe.srem(set_key, *members)
             deleted = pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        return sum(int(n) for n in deleted)
+        return sum(int(n) for n in deleted[:-1])
 
     def mark_ended(self, name: str, at: float, ttl: float) -> None:
         """Remember for ``ttl`` seconds, for every process, that the sessions of ``name``
@@ -279,10 +289,7 @@ class RedisSessionStore(RedisClients):
         ms = _ttl_ms(ttl)
         if ms is None:
             return
-        try:
-            self._client.set(self._ended_key(name), repr(float(at)).encode(), px=ms)
-        except _STORE_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+        self._run(_MARK_LATEST, [self._ended_key(name)], [repr(float(at)), ms])
 
     def is_ended(self, key: str, names: Collection[str], created: float) -> bool:
         """:meth:`is_revoked` of ``key`` or a :meth:`mark_ended` of one of ``names`` made at
@@ -390,29 +397,27 @@ class RedisSessionStore(RedisClients):
 
     async def aend_indexed(self, name: str) -> int:
         """:meth:`end_indexed` for asyncio."""
-        members = self._session_members(
-            await self._arun(_POP_SET, [self._index_key(name)], []))
-        if not members:
-            return 0
+        set_key = self._index_key(name)
+        client = self._async_client()
         try:
-            pipe = self._async_client().pipeline(transaction=False)
+            members = self._session_members(await client.smembers(set_key))
+            if not members:
+                return 0
+            pipe = client.pipeline(transaction=False)
             for member in members:
                 pipe.delete(member)
+            pipe.srem(set_key, *members)
             deleted = await pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        return sum(int(n) for n in deleted)
+        return sum(int(n) for n in deleted[:-1])
 
     async def amark_ended(self, name: str, at: float, ttl: float) -> None:
         """:meth:`mark_ended` for asyncio."""
         ms = _ttl_ms(ttl)
         if ms is None:
             return
-        try:
-            await self._async_client().set(self._ended_key(name),
-                                           repr(float(at)).encode(), px=ms)
-        except _STORE_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+        await self._arun(_MARK_LATEST, [self._ended_key(name)], [repr(float(at)), ms])
 
     async def ais_ended(self, key: str, names: Collection[str], created: float) -> bool:
         """:meth:`is_ended` for asyncio."""
