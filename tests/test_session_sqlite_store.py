@@ -596,3 +596,33 @@ def test_an_ended_mark_only_moves_later(store: Any) -> None:
     store.mark_ended(name, 1100.0, 60)
     assert store.is_ended(OTHER_SID, [name], 1050.0) is True
     assert store.is_ended(OTHER_SID, [name], 1200.0) is False
+
+
+def test_a_users_list_of_sessions_drops_the_long_expired(
+        redis_server: RedisServer, ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis: one user signing in again and again (a script, a bot) lists each session; the
+    members whose sessions cannot be alive any more (their lifetime and a 10-minute margin
+    for other clocks) leave the list as a new one comes, so it never grows without bound."""
+    import redis
+
+    import secure_mw.session.redis_store as module
+    from secure_mw.session.manager import index_name
+
+    now = [1_900_000_000.0]
+    monkeypatch.setattr(module.time, "time", lambda: now[0])
+    store = module.RedisSessionStore(redis_server.url, keyring=ring, socket_timeout=0.5)
+    sub = index_name("sub", "app", "busy")
+    for i in range(200):
+        assert store.save_indexed(f"{i:043d}", VALUE, 60, (sub,), 3600)
+    raw = redis.Redis.from_url(redis_server.url)
+    key = store._index_key(sub)
+    assert raw.zcard(key) == 200
+    now[0] += 3600 + 5 * 60          # past their lifetime, within the margin: all kept
+    assert store.save_indexed("A" * 43, VALUE, 60, (sub,), 3600)
+    assert raw.zcard(key) == 201
+    now[0] += 6 * 60                  # past the margin too: only the live one stays
+    assert store.save_indexed("B" * 43, VALUE, 60, (sub,), 3600)
+    assert raw.zcard(key) == 2
+    assert store.end_indexed(sub) == 2 and raw.zcard(key) == 0
+    raw.close()
+    store.close()

@@ -22,10 +22,11 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
   refresh claims; ``revoke`` (SET PX) and ``is_revoked`` (EXISTS) for ended sessions of the
   cookie store. Their keys are hashes too (``once:``, ``revoked:``).
 * **Back-channel logout.** ``save_indexed`` writes a new record and adds its *key* (a hash,
-  never the id) to a set per provider session and per subject (``index:{<tag>}``, the tag a
-  hash of the name), in one pipeline (MULTI/EXEC on one server); ``end_indexed`` empties a
-  set with a script on that one key, then deletes the records it listed (each its own slot
-  on a Cluster). For the cookie store, ``mark_ended`` keeps when a provider session or a
+  never the id) to a sorted set per provider session and per subject (``index:{<tag>}``,
+  the tag a hash of the name; scored by when the session can last be alive, members long
+  past it dropped as new ones come), in one pipeline (MULTI/EXEC on one server);
+  ``end_indexed`` deletes the records a set lists (each its own slot on a Cluster), then
+  takes them off the set. For the cookie store, ``mark_ended`` keeps when a provider session or a
   subject was signed out (``ended:{<tag of the client>}:<hash>``: every mark of one client
   on one slot) and ``is_ended`` reads the session's revocation mark and those in one MGET:
   one round trip (on a Cluster one per node holding them, at most two).
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +74,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisSessionStore"]
 
 _log = logging.getLogger("secure_mw.session.redis")
+#: How long past its session's last possible moment a list member is kept (other clocks).
+_INDEX_MARGIN_MS = 10 * 60 * 1000
 
 
 
@@ -157,10 +161,16 @@ class RedisSessionStore(RedisClients):
                         index: Collection[str], index_ms: int) -> None:
         # The lists first: a record is never written without them (a failure raises, and
         # the login that wrote it sets no cookie).
+        # Each list is a sorted set scored by when its session can last be alive: members
+        # past that (with a margin for the clocks of other instances) are dropped as a new
+        # one comes, so one user's many sign-ins never grow a list without bound.
+        life = max(index_ms, ms)
+        now = int(time.time() * 1000)
         for name in index:
             set_key = self._index_key(name)
-            pipe.sadd(set_key, key)
-            pipe.pexpire(set_key, max(index_ms, ms))
+            pipe.zremrangebyscore(set_key, "-inf", f"({now - _INDEX_MARGIN_MS}")
+            pipe.zadd(set_key, {key: now + life})
+            pipe.pexpire(set_key, life)
         pipe.set(key, blob, px=ms)
 
     def _session_members(self, members: object) -> list[str]:
@@ -271,13 +281,13 @@ class RedisSessionStore(RedisClients):
         still finds every record."""
         set_key = self._index_key(name)
         try:
-            members = self._session_members(self._client.smembers(set_key))
+            members = self._session_members(self._client.zrange(set_key, 0, -1))
             if not members:
                 return 0
             pipe = self._client.pipeline(transaction=False)
             for member in members:
                 pipe.delete(member)
-            pipe.srem(set_key, *members)
+            pipe.zrem(set_key, *members)
             deleted = pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -400,13 +410,13 @@ class RedisSessionStore(RedisClients):
         set_key = self._index_key(name)
         client = self._async_client()
         try:
-            members = self._session_members(await client.smembers(set_key))
+            members = self._session_members(await client.zrange(set_key, 0, -1))
             if not members:
                 return 0
             pipe = client.pipeline(transaction=False)
             for member in members:
                 pipe.delete(member)
-            pipe.srem(set_key, *members)
+            pipe.zrem(set_key, *members)
             deleted = await pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
