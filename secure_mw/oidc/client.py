@@ -352,12 +352,7 @@ class OIDCClient:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             raise InvalidToken("id_token sub missing or malformed")
-        aud = claims.get("aud")
-        azp = claims.get("azp")
-        if isinstance(aud, list) and len(aud) > 1 and azp is None:
-            raise InvalidToken("id_token has several audiences but no azp")
-        if azp is not None and azp != self.client_id:
-            raise InvalidToken("id_token azp is not this client")
+        self._check_azp(claims, "id_token")
         if nonce is not None:
             got = claims.get("nonce")
             if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
@@ -372,6 +367,16 @@ class OIDCClient:
             if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash, expected):
                 raise InvalidToken("id_token at_hash does not match the access token")
         return claims
+
+    def _check_azp(self, claims: dict[str, Any], what: str) -> None:
+        """OpenID Connect Core 3.1.3.7: several audiences need an ``azp``, and an ``azp``
+        must be this client (an id_token and a logout token alike)."""
+        aud = claims.get("aud")
+        azp = claims.get("azp")
+        if isinstance(aud, list) and len(aud) > 1 and azp is None:
+            raise InvalidToken(f"{what} has several audiences but no azp")
+        if azp is not None and azp != self.client_id:
+            raise InvalidToken(f"{what} azp is not this client")
 
     # -- logout token (OpenID Connect Back-Channel Logout 1.0 §2.6) ------------------------
 
@@ -393,12 +398,7 @@ class OIDCClient:
                 "application/") not in ("jwt", "logout+jwt")):
             raise InvalidToken("logout token typ is another kind of token")
         claims: dict[str, Any] = yield Op(verifier.verify, verifier.averify, token)
-        aud = claims.get("aud")
-        azp = claims.get("azp")
-        if isinstance(aud, list) and len(aud) > 1 and azp is None:
-            raise InvalidToken("logout token has several audiences but no azp")
-        if azp is not None and azp != self.client_id:
-            raise InvalidToken("logout token azp is not this client")
+        self._check_azp(claims, "logout token")
         if self._clock() - float(claims["iat"]) > max_age + verifier.leeway:
             raise InvalidToken("logout token issued too long ago")
         events = claims.get("events")
