@@ -127,7 +127,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         stacked = found.wrap("signed_headers.verify", stacked, flavour.SignedHeaderMiddleware,
                              settings=settings, audit=audit)
     else:
-        stacked = found.wrap("session", stacked, flavour.OIDCSessionMiddleware,
+        stacked = found.wrap("session", stacked, flavour.SessionMiddleware,
                              settings=settings, **options)
     if settings.regulation.paths:
         guard = found.build("regulation", LoginGuardLayer, settings,
@@ -168,6 +168,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     if observing is not None:       # outermost: every decision below is observed
         stacked = flavour.ObserveMiddleware(stacked, observer=observing)
     found.raise_if_any()
+    stacked = flavour.fuse(stacked)     # one call through every layer, not one per layer
     if settings.server.certificates_directory:   # checked by the settings already
         from secure_mw.outbound import trust_certificates_directory
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from secure_mw._stack import assemble
 from secure_mw.asgi._io import ASGIApp
+from secure_mw.asgi._layer import Chain, Layer, fuse
 from secure_mw.asgi.assertions import (
     IdentityHeaderMiddleware,
     JWKSMiddleware,
@@ -29,24 +30,28 @@ from secure_mw.asgi.observe import (
     HealthMiddleware,
     ObserveMiddleware,
 )
-from secure_mw.asgi.session import OIDCSessionMiddleware
+from secure_mw.asgi.session import OIDCSessionMiddleware, SessionMiddleware
 from secure_mw.settings import Settings
 
 __all__ = [
     "AppTimerMiddleware",
     "AuthorizationMiddleware",
+    "Chain",
     "ClientAddressMiddleware",
     "HealthMiddleware",
     "HostGuardMiddleware",
     "IdentityHeaderMiddleware",
     "JWKSMiddleware",
+    "Layer",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
     "ObserveMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
     "SecurityHeadersMiddleware",
+    "SessionMiddleware",
     "SignedHeaderMiddleware",
+    "fuse",
     "protect",
 ]
 

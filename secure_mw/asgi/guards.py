@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from secure_mw._driver import run_async
+from secure_mw._driver import Flow, run_async, run_sync
 from secure_mw.asgi._io import (
     VIEW_KEY,
     ASGIApp,
@@ -19,17 +19,16 @@ from secure_mw.asgi._io import (
     Scope,
     Send,
     read_body,
-    refuse_websocket,
     send_reply,
     view_of,
 )
+from secure_mw.asgi._layer import HTTP, Entered, Layer, RawHeaders, Verdict
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
-from secure_mw.authz.paths import route_path
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
-from secure_mw.guards.hosts import HostGuardLayer, HostPolicy
+from secure_mw.guards.hosts import HostGuardLayer
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
     LoginAttemptError,
@@ -38,7 +37,7 @@ from secure_mw.guards.layers import (
     RedirectLayer,
 )
 from secure_mw.guards.ratelimit import RateLimiter
-from secure_mw.http import CLIENT_CERT_KEY
+from secure_mw.http import CLIENT_CERT_KEY, Reply
 from secure_mw.settings import Settings
 
 __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddleware",
@@ -46,9 +45,10 @@ __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddl
            "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
+_REDIRECTING = frozenset({b"location", b"refresh"})
 
 
-class HostGuardMiddleware:
+class HostGuardMiddleware(Layer):
     """400 for a request whose host is not in ``server.allowed_hosts`` (or ``allowed_hosts``)
     or whose path is not UTF-8; a WebSocket handshake is refused before it is accepted.
     ``protect()`` stacks it outermost, so nothing else runs for such a request. The host is
@@ -61,24 +61,12 @@ class HostGuardMiddleware:
                  trusted_proxies: TrustedProxies | Iterable[str] | None = None,
                  layer: HostGuardLayer | None = None, audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies | None) \
-                else TrustedProxies(trusted_proxies)
-            if allowed_hosts is not None:
-                layer = HostGuardLayer(HostPolicy(allowed_hosts), trusted_proxies=proxies,
-                                       audit=audit)
-            elif settings is not None:
-                layer = HostGuardLayer.from_settings(settings, trusted_proxies=proxies,
-                                                     audit=audit)
-            else:
-                raise TypeError("give settings, allowed_hosts or layer")
-        self.layer = layer
+        self.layer = layer or HostGuardLayer.build(settings=settings,
+                                                   allowed_hosts=allowed_hosts,
+                                                   trusted_proxies=trusted_proxies,
+                                                   audit=audit)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
         view = view_of(scope)
         raw = scope.get("raw_path")
         if isinstance(raw, bytes):
@@ -87,21 +75,23 @@ class HostGuardMiddleware:
             reply, host = self.layer.judge(view, view.path.encode("utf-8", "surrogatepass"),
                                            encoded=False)
         if reply is not None:
-            if kind == "websocket":
-                await refuse_websocket(send, receive)
-            else:
-                await send_reply(send, reply, head=view.method == "HEAD")
-            return
+            return reply
         if host != view.host:      # a trusted proxy's forwarded host: the app sees it too
-            scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"host"]
-            scope["headers"].append((b"host", host.encode("latin-1")))
-            scope.pop(VIEW_KEY, None)
-        await self.app(scope, receive, send)
+            _set_host(scope, host)
+        return None
 
 
-class SecurityHeadersMiddleware:
+def _set_host(scope: Scope, host: str) -> None:
+    scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"host"]
+    scope["headers"].append((b"host", host.encode("latin-1")))
+    scope.pop(VIEW_KEY, None)
+
+
+class SecurityHeadersMiddleware(Layer):
     """Adds the security headers to every HTTP response; the CSP nonce of the request is
     ``scope["secure_mw.csp_nonce"]`` (use it in templates: ``<script nonce="…">``)."""
+
+    kinds = HTTP
 
     def __init__(self, app: ASGIApp, *, headers: SecurityHeaders | None = None,
                  settings: Settings | None = None) -> None:
@@ -111,31 +101,20 @@ class SecurityHeadersMiddleware:
                 else SecurityHeaders()
         self.headers = headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = route_path(scope.get("path") or "/")   # overrides see what the app routes
-        nonce = SecurityHeaders.new_nonce() if self.headers.uses_nonce(path) else None
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
+        path = view_of(scope).route_path    # overrides see what the app routes
+        policy = self.headers
+        nonce = SecurityHeaders.new_nonce() if policy.uses_nonce(path) else None
         scope[NONCE_KEY] = nonce
-        headers = self.headers
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                lines = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in lines}
-                extra = headers.for_response(path=path, https=scope.get("scheme") == "https",
-                                             nonce=nonce, present=present)
-                if headers.replace_app_headers and present:
-                    names = {name for name, _ in extra}
-                    lines = [line for line in lines if line[0].lower() not in names]
-                message["headers"] = lines + extra
-            await send(message)
+        def add_headers(lines: RawHeaders) -> None:
+            # The scheme as the layers inside resolved it (behind a trusted proxy).
+            policy.add_to(lines, path=path, https=scope.get("scheme") == "https", nonce=nonce)
 
-        await self.app(scope, receive, send_with_headers)
+        return add_headers
 
 
-class ClientAddressMiddleware:
+class ClientAddressMiddleware(Layer):
     """Resolves the real client behind trusted proxies (RFC 7239 ``Forwarded`` or
     ``X-Forwarded-For/-Proto/-Host``) into ``scope["client"]``, ``scope["scheme"]`` and the
     ``host`` header; ``scope["secure_mw.client"]`` holds the :class:`ClientInfo`. Forwarding
@@ -149,18 +128,16 @@ class ClientAddressMiddleware:
             else TrustedProxies(trusted_proxies)
         self.cert_header = client_cert_header.lower() if client_cert_header else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
         view = view_of(scope)
         info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
                                     host=view.host)
         scope["secure_mw.client"] = info
-        cert = forwarded_client_cert(self.proxies, self.cert_header, view)
-        if cert is not None:
-            scope[CLIENT_CERT_KEY] = cert
-            scope.pop(VIEW_KEY, None)
+        if self.cert_header is not None:
+            cert = forwarded_client_cert(self.proxies, self.cert_header, view)
+            if cert is not None:
+                scope[CLIENT_CERT_KEY] = cert
+                scope.pop(VIEW_KEY, None)
         if info.via_proxy:
             client = scope.get("client")
             scope["client"] = (info.ip, client[1] if client else 0)
@@ -168,13 +145,12 @@ class ClientAddressMiddleware:
             scope["scheme"] = ("wss" if info.scheme == "https" else "ws") if websocket \
                 else info.scheme
             if info.host != view.host:
-                scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"host"]
-                scope["headers"].append((b"host", info.host.encode("latin-1")))
+                _set_host(scope, info.host)
             scope.pop(VIEW_KEY, None)     # later layers see the resolved request
-        await self.app(scope, receive, send)
+        return None
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(Layer):
     """Applies the ``[rate_limits]`` rules: 429 with ``Retry-After`` and the IETF
     ``RateLimit``/``RateLimit-Policy`` headers, which also go on allowed responses."""
 
@@ -187,39 +163,43 @@ class RateLimitMiddleware:
                 raise TypeError("give settings or layer")
             layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
         self.layer = layer
+        limiter = layer.limiter
+        # A limiter in memory decides without waiting: no coroutine for it.
+        self.inline = limiter is None or getattr(limiter, "nonblocking", False) is True
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if (kind not in {"http", "websocket"}) or not self.layer.rules:
-            await self.app(scope, receive, send)
-            return
-        view = view_of(scope)
-        reply, lines = await run_async(self.layer.check(view, scope.get("secure_mw.identity")))
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
+        if not self.layer.rules:
+            return None
+        flow = self.layer.check(view_of(scope), scope.get("secure_mw.identity"))
+        if self.inline:
+            return self._verdict(scope, run_sync(flow))
+        return self._wait(scope, flow)
+
+    async def _wait(self, scope: Scope,
+                    flow: Flow[tuple[Reply | None, list[tuple[str, str]]]]) -> Verdict:
+        return self._verdict(scope, await run_async(flow))
+
+    @staticmethod
+    def _verdict(scope: Scope, decided: tuple[Reply | None, list[tuple[str, str]]]
+                 ) -> Verdict:
+        reply, lines = decided
         if reply is not None:
-            if kind == "websocket":
-                await refuse_websocket(send, receive)
-            else:
-                await send_reply(send, reply, head=view.method == "HEAD")
-            return
-        if kind == "websocket":
-            await self.app(scope, receive, send)
-            return
-        if lines:
-            extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in lines]
-            inner_send = send
+            return reply
+        if not lines or scope["type"] == "websocket":
+            return None
+        extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in lines]
 
-            async def send_with_rate(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                await inner_send(message)
+        def add_rate(headers: RawHeaders) -> None:
+            headers.extend(extra)
 
-            send = send_with_rate
-        await self.app(scope, receive, send)
+        return add_rate
 
 
-class RedirectGuardMiddleware:
+class RedirectGuardMiddleware(Layer):
     """400 for a request whose redirect parameters (``rd``, ``next`` …) point off the allowed
     hosts; an unsafe ``Location`` in a response is replaced by ``redirects.default``."""
+
+    kinds = HTTP
 
     def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
                  layer: RedirectLayer | None = None, extra_hosts: Iterable[str] = (),
@@ -231,41 +211,33 @@ class RedirectGuardMiddleware:
             layer = RedirectLayer(settings.redirects, extra_hosts=extra_hosts, audit=audit)
         self.layer = layer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
         view = view_of(scope)
         reply = self.layer.check_request(view, scope.get("secure_mw.identity"))
         if reply is not None:
-            await send_reply(send, reply, head=view.method == "HEAD")
-            return
+            return reply
         layer = self.layer
 
-        async def send_checked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", ())
-                for index, (name, value) in enumerate(headers):
-                    lower = name.lower()
-                    if lower not in {b"location", b"refresh"}:
-                        continue
-                    check = layer.check_location if lower == b"location" \
-                        else layer.check_refresh
-                    replacement = check(value.decode("latin-1"), view,
-                                        scope.get("secure_mw.identity"))
-                    if replacement is not None:
-                        headers = list(headers)
-                        headers[index] = (lower, replacement.encode("latin-1"))
-                        message["headers"] = headers
-            await send(message)
+        def check_redirects(headers: RawHeaders) -> None:
+            for index, (name, value) in enumerate(headers):
+                lower = name.lower()
+                if lower not in _REDIRECTING:
+                    continue
+                check = layer.check_location if lower == b"location" else layer.check_refresh
+                replacement = check(value.decode("latin-1"), view,
+                                    scope.get("secure_mw.identity"))
+                if replacement is not None:
+                    headers[index] = (lower, replacement.encode("latin-1"))
 
-        await self.app(scope, receive, send_checked)
+        return check_redirects
 
 
 class LoginGuardMiddleware:
     """Regulation (bans after repeated failures) and enumeration-resistant timing for the
     app's own login endpoints: ``POST`` to one of ``paths`` (see
     :class:`~secure_mw.guards.layers.LoginGuardLayer`)."""
+
+    fusable = True     # ``protect()`` fuses the layers inside it
 
     def __init__(self, app: ASGIApp, *, settings: Settings | None = None,
                  layer: LoginGuardLayer | None = None, **options: Any) -> None:
@@ -365,7 +337,7 @@ def _str_headers(start: Message | None) -> dict[str, str]:
             for name, value in start.get("headers", ())}
 
 
-class AuthorizationMiddleware:
+class AuthorizationMiddleware(Layer):
     """``[access_control]`` rules for every request and WebSocket handshake (refused before
     it is accepted). Runs after the session (it needs the identity); the app receives the
     normalized path in ``scope["path"]`` and the deciding rule in
@@ -381,25 +353,17 @@ class AuthorizationMiddleware:
             layer = AuthorizationLayer(settings, audit=audit)
         self.layer = layer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
         view = view_of(scope)
         raw = scope.get("raw_path")
         verdict = self.layer.decide(view, scope.get("secure_mw.identity"),
                                     raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None,
                                     root=scope.get("root_path") or "")
         if verdict.reply is not None:
-            if kind == "websocket":
-                await refuse_websocket(send, receive)
-            else:
-                await send_reply(send, verdict.reply, head=view.method == "HEAD")
-            return
+            return verdict.reply
         if verdict.path != scope.get("path"):
             scope["path"] = verdict.path
             scope["raw_path"] = quote(verdict.path).encode("ascii")
             scope.pop(VIEW_KEY, None)
         scope["secure_mw.decision"] = verdict.decision
-        await self.app(scope, receive, send)
+        return None

@@ -9,7 +9,8 @@ from time import perf_counter
 
 from secure_mw import _observe
 from secure_mw._driver import run_async
-from secure_mw.asgi._io import ASGIApp, Receive, Scope, Send, send_reply, view_of
+from secure_mw.asgi._io import ASGIApp, Receive, Scope, Send, view_of
+from secure_mw.asgi._layer import HTTP, Entered, Layer
 from secure_mw.health import HealthCheck
 from secure_mw.http import Reply
 from secure_mw.metrics import Observer
@@ -20,6 +21,8 @@ __all__ = ["AppTimerMiddleware", "HealthMiddleware", "ObserveMiddleware"]
 class ObserveMiddleware:
     """Outermost: one observation per HTTP request or WebSocket connection; what secure_mw
     added (the time outside the app) is measured when it ends."""
+
+    fusable = True     # ``protect()`` fuses the layers inside it
 
     def __init__(self, app: ASGIApp, *, observer: Observer) -> None:
         self.app = app
@@ -47,6 +50,8 @@ class ObserveMiddleware:
 class AppTimerMiddleware:
     """Innermost: the wrapped app's own time, which is not secure_mw's."""
 
+    fusable = True
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -63,24 +68,24 @@ class AppTimerMiddleware:
             seen.app_seconds += perf_counter() - start
 
 
-class HealthMiddleware:
+class HealthMiddleware(Layer):
     """Answers ``GET {auth_prefix}health`` (see :mod:`secure_mw.health`); one check at a
     time per event loop, the others wait for its answer."""
+
+    kinds = HTTP
 
     def __init__(self, app: ASGIApp, *, check: HealthCheck) -> None:
         self.app = app
         self.check = check
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("health"):
-            await self.app(scope, receive, send)
-            return
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
+        if not scope["path"].endswith("health"):
+            return None
         view = view_of(scope)
         if not self.check.applies(view.method, view.route_path):
-            await self.app(scope, receive, send)
-            return
-        await send_reply(send, await self._answer(), head=view.method == "HEAD")
+            return None
+        return self._answer()
 
     async def _answer(self) -> Reply:
         reply = self.check.cached()

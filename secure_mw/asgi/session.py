@@ -1,4 +1,5 @@
-"""``OIDCSessionMiddleware`` for ASGI (Starlette, FastAPI, any ASGI 3 app)."""
+"""``SessionMiddleware`` (formerly ``OIDCSessionMiddleware``) for ASGI (Starlette, FastAPI,
+any ASGI 3 app)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,22 @@ from typing import Any
 
 from secure_mw._driver import run_async
 from secure_mw._stack import session_core
-from secure_mw.asgi._io import (
-    ASGIApp,
-    BodyTooLarge,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    refuse_websocket,
-    send_reply,
-    view_of,
-    with_extra_headers,
-)
+from secure_mw.asgi._io import ASGIApp, BodyTooLarge, Receive, Scope, read_body, view_of
+from secure_mw.asgi._layer import Entered, Layer, RawHeaders, Verdict
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
+from secure_mw.http import Reply
 from secure_mw.identity import ANONYMOUS, AuthScopes
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
 from secure_mw.settings import Settings
 
-__all__ = ["OIDCSessionMiddleware"]
+__all__ = ["OIDCSessionMiddleware", "SessionMiddleware"]
 
 
-class OIDCSessionMiddleware:
-    """Login sessions through an OpenID provider.
+class SessionMiddleware(Layer):
+    """Login sessions: through an OpenID provider (``[oidc]``), the built-in password login
+    (``local_users``), or both.
 
     Serves ``login``, ``callback``, ``logout``, ``logged-out`` and ``me`` under
     ``server.auth_prefix`` (``/.auth/``), and for every other request puts the identity in
@@ -50,33 +43,36 @@ class OIDCSessionMiddleware:
                                          audit=audit, require_login=require_login,
                                          **login_options)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in {"http", "websocket"}:
-            await self.app(scope, receive, send)
-            return
+    def enter(self, scope: Scope, receive: Receive) -> Entered:
+        return self._enter(scope, receive)
+
+    async def _enter(self, scope: Scope, receive: Receive) -> Verdict:
         view = view_of(scope)
-        if view.method == "POST" and self.core.is_reserved(view.path) and kind == "http":
+        if view.method == "POST" and scope["type"] == "http" \
+                and self.core.is_reserved(view.path):
             try:
                 view.body = await read_body(receive, MAX_FORM)
             except BodyTooLarge:
-                await send_reply(send, self.core.body_too_large(view))
-                return
+                return self.core.body_too_large(view)
         outcome = await run_async(self.core.handle(view))
-        if outcome.reply is not None:
-            if kind == "websocket":
-                await refuse_websocket(send, receive)
-                return
-            reply = outcome.reply
+        reply: Reply | None = outcome.reply
+        if reply is not None:
             if outcome.cookies:
                 reply = reply.with_headers(("set-cookie", c) for c in outcome.cookies)
-            await send_reply(send, reply, head=view.method == "HEAD")
-            return
+            return reply
         identity = outcome.identity
         scope["user"] = identity if identity is not None else ANONYMOUS
         scope["auth"] = AuthScopes.of(identity)
         scope["secure_mw.identity"] = identity
-        if outcome.cookies:
-            send = with_extra_headers(send, [(b"set-cookie", c.encode("latin-1"))
-                                             for c in outcome.cookies])
-        await self.app(scope, receive, send)
+        if not outcome.cookies:
+            return None
+        extra = [(b"set-cookie", c.encode("latin-1")) for c in outcome.cookies]
+
+        def add_cookies(headers: RawHeaders) -> None:
+            headers.extend(extra)
+
+        return add_cookies
+
+
+#: The former name, kept for the applications that import it.
+OIDCSessionMiddleware = SessionMiddleware

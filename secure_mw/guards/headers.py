@@ -399,3 +399,29 @@ class SecurityHeaders:
         source = b"'nonce-" + nonce.encode("ascii") + b"'"
         return [(name, value if parts is None else source.join(parts))
                 for name, value, parts in plan.entries if name not in skip]
+
+    def add_to(self, lines: list[tuple[bytes, bytes]], *, path: str, https: bool,
+               nonce: str | None) -> None:
+        """Add the header lines of one response to ``lines`` (its raw lines, edited in
+        place): the app's own lines of these names stay unless ``replace_app_headers``."""
+        present = {name.lower() for name, _ in lines} if lines else None
+        extra = self.for_response(path=path, https=https, nonce=nonce, present=present or ())
+        if self.replace_app_headers and present:
+            names = {name for name, _ in extra}
+            lines[:] = [line for line in lines if line[0].lower() not in names]
+        lines.extend(extra)
+
+    def add_to_text(self, lines: list[tuple[str, str]], *, path: str, https: bool,
+                    nonce: str | None) -> None:
+        """:meth:`add_to` for text header lines (WSGI's ``start_response``)."""
+        present = {name.lower().encode("latin-1") for name, _ in lines} if lines else None
+        extra = self.for_response(path=path, https=https, nonce=nonce, present=present or ())
+        if self.replace_app_headers and present:
+            names = {name.decode("latin-1") for name, _ in extra}
+            lines[:] = [line for line in lines if line[0].lower() not in names]
+        lines.extend(self._texts(extra))
+
+    @staticmethod
+    def _texts(extra: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra]
+

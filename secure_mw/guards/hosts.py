@@ -240,6 +240,21 @@ class HostGuardLayer:
         return cls(HostPolicy.from_settings(server), trusted_proxies=trusted_proxies,
                    audit=audit)
 
+    @classmethod
+    def build(cls, *, settings: Settings | None = None,
+              allowed_hosts: Iterable[str] | None = None,
+              trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+              audit: AuditLogger | None = None) -> HostGuardLayer:
+        """The layer the host-guard middlewares of both flavours build from their keyword
+        arguments: ``allowed_hosts`` when given, else ``settings``."""
+        proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies | None) \
+            else TrustedProxies(trusted_proxies)
+        if allowed_hosts is not None:
+            return cls(HostPolicy(allowed_hosts), trusted_proxies=proxies, audit=audit)
+        if settings is not None:
+            return cls.from_settings(settings, trusted_proxies=proxies, audit=audit)
+        raise TypeError("give settings, allowed_hosts or layer")
+
     def effective_host(self, view: RequestView) -> str:
         """The host the later layers and the app will see: a trusted proxy's forwarded host
         when it sent one, else the request's own."""

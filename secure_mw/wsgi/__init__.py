@@ -11,6 +11,7 @@ from typing import Any
 from secure_mw._stack import assemble
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import WSGIApp
+from secure_mw.wsgi._layer import Chain, Layer, fuse
 from secure_mw.wsgi.assertions import (
     IdentityHeaderMiddleware,
     JWKSMiddleware,
@@ -30,23 +31,27 @@ from secure_mw.wsgi.observe import (
     HealthMiddleware,
     ObserveMiddleware,
 )
-from secure_mw.wsgi.session import OIDCSessionMiddleware
+from secure_mw.wsgi.session import OIDCSessionMiddleware, SessionMiddleware
 
 __all__ = [
     "AppTimerMiddleware",
     "AuthorizationMiddleware",
+    "Chain",
     "ClientAddressMiddleware",
     "HealthMiddleware",
     "HostGuardMiddleware",
     "IdentityHeaderMiddleware",
     "JWKSMiddleware",
+    "Layer",
     "LoginGuardMiddleware",
     "OIDCSessionMiddleware",
     "ObserveMiddleware",
     "RateLimitMiddleware",
     "RedirectGuardMiddleware",
     "SecurityHeadersMiddleware",
+    "SessionMiddleware",
     "SignedHeaderMiddleware",
+    "fuse",
     "protect",
 ]
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from secure_mw.audit import AuditLogger
 from secure_mw.settings import Settings
 from secure_mw.tokens.headers import JWKS_PATHS, IssueLayer, VerifyLayer, current_assertion
-from secure_mw.wsgi._io import VIEW_KEY, Environ, StartResponse, WSGIApp, view_of, write_reply
+from secure_mw.wsgi._io import VIEW_KEY, Environ, WSGIApp, view_of
+from secure_mw.wsgi._layer import Layer, Verdict
 
 __all__ = ["IdentityHeaderMiddleware", "JWKSMiddleware", "SignedHeaderMiddleware"]
 
@@ -16,8 +15,10 @@ def _environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
-class IdentityHeaderMiddleware:
+class IdentityHeaderMiddleware(Layer):
     """See the ASGI middleware of the same name."""
+
+    has_leave = True
 
     def __init__(self, app: WSGIApp, *, settings: Settings,
                  layer: IssueLayer | None = None) -> None:
@@ -25,25 +26,30 @@ class IdentityHeaderMiddleware:
         self.layer = layer or IssueLayer(settings)
         self.key = _environ_key(self.layer.header)
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         environ.pop(self.key, None)      # a client's copy (every spelling maps onto this key)
         view = view_of(environ)
         reply = self.layer.jwks_reply(view)
         if reply is not None:
-            return write_reply(start_response, reply, head=view.method == "HEAD")
+            return reply
         token = self.layer.assertion(view, environ.get("secure_mw.identity"))
         if token is not None:
             environ[self.key] = token
         environ["secure_mw.assertion"] = token
         environ.pop(VIEW_KEY, None)
-        reset = current_assertion.set(token)
-        try:
-            return self.app(environ, start_response)
-        finally:
+        environ[_RESET] = current_assertion.set(token)
+        return None
+
+    def leave(self, environ: Environ) -> None:
+        reset = environ.pop(_RESET, None)
+        if reset is not None:
             current_assertion.reset(reset)
 
 
-class SignedHeaderMiddleware:
+_RESET = "secure_mw._assertion_reset"
+
+
+class SignedHeaderMiddleware(Layer):
     """See the ASGI middleware of the same name; the identity is
     ``environ["secure_mw.identity"]``."""
 
@@ -52,26 +58,22 @@ class SignedHeaderMiddleware:
         self.app = app
         self.layer = layer or VerifyLayer(settings, audit=audit)
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        view = view_of(environ)
-        identity, reply = self.layer.identity(view)
+    def enter(self, environ: Environ) -> Verdict:
+        identity, reply = self.layer.identity(view_of(environ))
         if reply is not None:
-            return write_reply(start_response, reply, head=view.method == "HEAD")
+            return reply
         environ["secure_mw.identity"] = identity
-        return self.app(environ, start_response)
+        return None
 
 
-class JWKSMiddleware:
+class JWKSMiddleware(Layer):
     """See the ASGI middleware of the same name."""
 
     def __init__(self, app: WSGIApp, *, layer: IssueLayer) -> None:
         self.app = app
         self.layer = layer
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         if environ.get("PATH_INFO") in JWKS_PATHS:
-            view = view_of(environ)
-            reply = self.layer.jwks_reply(view)
-            if reply is not None:
-                return write_reply(start_response, reply, head=view.method == "HEAD")
-        return self.app(environ, start_response)
+            return self.layer.jwks_reply(view_of(environ))
+        return None

@@ -15,7 +15,7 @@ from secure_mw.authz.paths import route_path
 from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
-from secure_mw.guards.hosts import HostGuardLayer, HostPolicy
+from secure_mw.guards.hosts import HostGuardLayer
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
     LoginAttemptError,
@@ -35,19 +35,18 @@ from secure_mw.wsgi._io import (
     WSGIApp,
     read_body,
     view_of,
-    with_extra_headers,
     write_reply,
 )
+from secure_mw.wsgi._layer import Headers, Layer, Verdict
 
 __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddleware",
            "LoginGuardMiddleware",
            "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
-Headers = list[tuple[str, str]]
 
 
-class HostGuardMiddleware:
+class HostGuardMiddleware(Layer):
     """400 for a request whose host is not allowed or whose path is not UTF-8 (see the ASGI
     middleware of the same name); outermost in ``protect()``. A forwarded host it believed
     goes on in ``HTTP_HOST`` (the original under ``environ["secure_mw.peer"]``)."""
@@ -57,20 +56,12 @@ class HostGuardMiddleware:
                  trusted_proxies: TrustedProxies | Iterable[str] | None = None,
                  layer: HostGuardLayer | None = None, audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            proxies = trusted_proxies if isinstance(trusted_proxies, TrustedProxies | None) \
-                else TrustedProxies(trusted_proxies)
-            if allowed_hosts is not None:
-                layer = HostGuardLayer(HostPolicy(allowed_hosts), trusted_proxies=proxies,
-                                       audit=audit)
-            elif settings is not None:
-                layer = HostGuardLayer.from_settings(settings, trusted_proxies=proxies,
-                                                     audit=audit)
-            else:
-                raise TypeError("give settings, allowed_hosts or layer")
-        self.layer = layer
+        self.layer = layer or HostGuardLayer.build(settings=settings,
+                                                   allowed_hosts=allowed_hosts,
+                                                   trusted_proxies=trusted_proxies,
+                                                   audit=audit)
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
         reply, host = self.layer.judge(view, _path_bytes(environ), encoded=False)
         if reply is None:
@@ -81,14 +72,14 @@ class HostGuardMiddleware:
                 reply = self.layer.check(view, raw_uri.encode("latin-1", "replace"),
                                          encoded=True)
         if reply is not None:
-            return write_reply(start_response, reply, head=view.method == "HEAD")
+            return reply
         if host != view.host:      # a trusted proxy's forwarded host: the app sees it too
             environ.setdefault("secure_mw.peer", (environ.get("REMOTE_ADDR"),
                                                   environ.get("wsgi.url_scheme"),
                                                   environ.get("HTTP_HOST")))
             environ["HTTP_HOST"] = host
             environ.pop(VIEW_KEY, None)
-        return self.app(environ, start_response)
+        return None
 
 
 def _path_bytes(environ: Environ) -> bytes:
@@ -99,7 +90,7 @@ def _path_bytes(environ: Environ) -> bytes:
         return bytes(path.encode("utf-8", "surrogatepass"))
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(Layer):
     """Adds the security headers to every response; the CSP nonce of the request is
     ``environ["secure_mw.csp_nonce"]``."""
 
@@ -111,30 +102,23 @@ class SecurityHeadersMiddleware:
                 else SecurityHeaders()
         self.headers = headers
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         # Overrides see the path the app routes (// and dot segments resolved).
-        path = route_path((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/")
-        nonce = SecurityHeaders.new_nonce() if self.headers.uses_nonce(path) else None
-        environ[NONCE_KEY] = nonce
+        path = route_path((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+                          or "/")
         policy = self.headers
+        nonce = SecurityHeaders.new_nonce() if policy.uses_nonce(path) else None
+        environ[NONCE_KEY] = nonce
 
-        def start(status: str, headers: Headers,
-                  exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
-            present = {name.lower().encode("latin-1") for name, _ in headers}
-            extra = policy.for_response(path=path,
-                                        https=environ.get("wsgi.url_scheme") == "https",
-                                        nonce=nonce, present=present)
-            lines = list(headers)
-            if policy.replace_app_headers and present:
-                names = {name.decode("latin-1") for name, _ in extra}
-                lines = [line for line in lines if line[0].lower() not in names]
-            lines += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra]
-            return start_response(status, lines, exc_info)
+        def add_headers(lines: Headers) -> None:
+            # The scheme as the layers inside resolved it (behind a trusted proxy).
+            policy.add_to_text(lines, path=path,
+                               https=environ.get("wsgi.url_scheme") == "https", nonce=nonce)
 
-        return self.app(environ, start)
+        return add_headers
 
 
-class ClientAddressMiddleware:
+class ClientAddressMiddleware(Layer):
     """Resolves the real client behind trusted proxies into ``REMOTE_ADDR``,
     ``wsgi.url_scheme`` and ``HTTP_HOST`` (the originals stay under
     ``environ["secure_mw.peer"]``); ``environ["secure_mw.client"]`` holds the
@@ -148,15 +132,16 @@ class ClientAddressMiddleware:
             else TrustedProxies(trusted_proxies)
         self.cert_header = client_cert_header.lower() if client_cert_header else None
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
         info = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
                                     host=view.host)
         environ["secure_mw.client"] = info
-        cert = forwarded_client_cert(self.proxies, self.cert_header, view)
-        if cert is not None:
-            environ[CLIENT_CERT_KEY] = cert
-            environ.pop(VIEW_KEY, None)
+        if self.cert_header is not None:
+            cert = forwarded_client_cert(self.proxies, self.cert_header, view)
+            if cert is not None:
+                environ[CLIENT_CERT_KEY] = cert
+                environ.pop(VIEW_KEY, None)
         if info.via_proxy:    # the originals (HostGuardMiddleware may have kept them first)
             environ.setdefault("secure_mw.peer", (environ.get("REMOTE_ADDR"),
                                                   environ.get("wsgi.url_scheme"),
@@ -165,10 +150,10 @@ class ClientAddressMiddleware:
             environ["wsgi.url_scheme"] = info.scheme
             environ["HTTP_HOST"] = info.host
             environ.pop(VIEW_KEY, None)
-        return self.app(environ, start_response)
+        return None
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(Layer):
     """Applies the ``[rate_limits]`` rules (see the ASGI middleware of the same name)."""
 
     def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
@@ -181,19 +166,23 @@ class RateLimitMiddleware:
             layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
         self.layer = layer
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         if not self.layer.rules:
-            return self.app(environ, start_response)
-        view = view_of(environ)
-        reply, lines = run_sync(self.layer.check(view, environ.get("secure_mw.identity")))
+            return None
+        reply, lines = run_sync(self.layer.check(view_of(environ),
+                                                 environ.get("secure_mw.identity")))
         if reply is not None:
-            return write_reply(start_response, reply, head=view.method == "HEAD")
-        if lines:
-            start_response = with_extra_headers(start_response, lines)
-        return self.app(environ, start_response)
+            return reply
+        if not lines:
+            return None
+
+        def add_rate(headers: Headers) -> None:
+            headers.extend(lines)
+
+        return add_rate
 
 
-class RedirectGuardMiddleware:
+class RedirectGuardMiddleware(Layer):
     """400 for unsafe redirect parameters; unsafe ``Location`` headers replaced."""
 
     def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
@@ -206,18 +195,15 @@ class RedirectGuardMiddleware:
             layer = RedirectLayer(settings.redirects, extra_hosts=extra_hosts, audit=audit)
         self.layer = layer
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
         reply = self.layer.check_request(view, environ.get("secure_mw.identity"))
         if reply is not None:
-            return write_reply(start_response, reply, head=view.method == "HEAD")
+            return reply
         layer = self.layer
 
-        def start(status: str, headers: Headers,
-                  exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
-            checked = []
-            for name, value in headers:
-                replacement = None
+        def check_redirects(headers: Headers) -> None:
+            for index, (name, value) in enumerate(headers):
                 lower = name.lower()
                 if lower == "location":
                     replacement = layer.check_location(value, view,
@@ -225,15 +211,19 @@ class RedirectGuardMiddleware:
                 elif lower == "refresh":
                     replacement = layer.check_refresh(value, view,
                                                       environ.get("secure_mw.identity"))
-                checked.append((name, value if replacement is None else replacement))
-            return start_response(status, checked, exc_info)
+                else:
+                    continue
+                if replacement is not None:
+                    headers[index] = (name, replacement)
 
-        return self.app(environ, start)
+        return check_redirects
 
 
 class LoginGuardMiddleware:
     """Regulation and enumeration-resistant timing for the app's own login endpoints (see
     the ASGI middleware of the same name)."""
+
+    fusable = True     # ``protect()`` fuses the layers inside it
 
     def __init__(self, app: WSGIApp, *, settings: Settings | None = None,
                  layer: LoginGuardLayer | None = None, **options: Any) -> None:
@@ -324,7 +314,7 @@ class LoginGuardMiddleware:
         return str(seen[0]), list(seen[1]), seen[2], content
 
 
-class AuthorizationMiddleware:
+class AuthorizationMiddleware(Layer):
     """``[access_control]`` rules for every request (see the ASGI middleware of the same
     name); the app receives the normalized path in ``PATH_INFO`` and the deciding rule in
     ``environ["secure_mw.decision"]``."""
@@ -339,19 +329,20 @@ class AuthorizationMiddleware:
             layer = AuthorizationLayer(settings, audit=audit)
         self.layer = layer
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
-        raw = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode(
-            "latin-1", "replace")
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if isinstance(raw_uri, str):          # servers that keep the undecoded path
             raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace")
+        else:
+            raw = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode(
+                "latin-1", "replace")
         script = environ.get("SCRIPT_NAME", "").rstrip("/")
         verdict = self.layer.decide(view, environ.get("secure_mw.identity"), raw, root=script)
         if verdict.reply is not None:
-            return write_reply(start_response, verdict.reply, head=view.method == "HEAD")
+            return verdict.reply
         if verdict.path != view.path:
             environ["PATH_INFO"] = verdict.path[len(script):].encode("utf-8").decode("latin-1")
             environ.pop(VIEW_KEY, None)
         environ["secure_mw.decision"] = verdict.decision
-        return self.app(environ, start_response)
+        return None

@@ -11,12 +11,14 @@ from secure_mw import _observe
 from secure_mw._driver import run_sync
 from secure_mw.health import HealthCheck
 from secure_mw.metrics import Observer
-from secure_mw.wsgi._io import Environ, StartResponse, WSGIApp, view_of, write_reply
+from secure_mw.wsgi._io import Environ, StartResponse, WSGIApp, view_of
+from secure_mw.wsgi._layer import Layer, Verdict
 
 __all__ = ["AppTimerMiddleware", "HealthMiddleware", "ObserveMiddleware"]
 
 
 class ObserveMiddleware:
+    fusable = True     # ``protect()`` fuses the layers inside it
     """Outermost: one observation per request, until the app's iterable is returned (the
     body a server iterates afterwards is neither the app's time nor ours)."""
 
@@ -41,6 +43,7 @@ class ObserveMiddleware:
 
 
 class AppTimerMiddleware:
+    fusable = True
     """Innermost: the wrapped app's own time, which is not secure_mw's."""
 
     def __init__(self, app: WSGIApp) -> None:
@@ -58,7 +61,7 @@ class AppTimerMiddleware:
             seen.app_seconds += perf_counter() - start
 
 
-class HealthMiddleware:
+class HealthMiddleware(Layer):
     """Answers ``GET {auth_prefix}health`` (see :mod:`secure_mw.health`); one check at a
     time, the other threads wait for its answer."""
 
@@ -67,16 +70,16 @@ class HealthMiddleware:
         self.check = check
         self._lock = threading.Lock()
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         if not environ.get("PATH_INFO", "").endswith("health"):
-            return self.app(environ, start_response)
+            return None
         view = view_of(environ)
         if not self.check.applies(view.method, view.route_path):
-            return self.app(environ, start_response)
+            return None
         reply = self.check.cached()
         if reply is None:
             with self._lock:
                 reply = self.check.cached()
                 if reply is None:
                     reply = run_sync(self.check.check())
-        return write_reply(start_response, reply, head=view.method == "HEAD")
+        return reply

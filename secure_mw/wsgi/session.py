@@ -1,33 +1,29 @@
-"""``OIDCSessionMiddleware`` for WSGI (Flask, Django, any PEP 3333 app)."""
+"""``SessionMiddleware`` (formerly ``OIDCSessionMiddleware``) for WSGI (Flask, Django,
+any PEP 3333 app)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from secure_mw._driver import run_sync
 from secure_mw._stack import session_core
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
+from secure_mw.http import Reply
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
 from secure_mw.settings import Settings
-from secure_mw.wsgi._io import (
-    BodyTooLarge,
-    Environ,
-    StartResponse,
-    WSGIApp,
-    view_of,
-    with_extra_headers,
-    write_reply,
-)
+from secure_mw.wsgi._io import BodyTooLarge, Environ, WSGIApp, read_body, view_of
+from secure_mw.wsgi._layer import Headers, Layer, Verdict
 
-__all__ = ["OIDCSessionMiddleware"]
+__all__ = ["OIDCSessionMiddleware", "SessionMiddleware"]
 
 
-class OIDCSessionMiddleware:
-    """Login sessions through an OpenID provider (same options as the ASGI one).
+class SessionMiddleware(Layer):
+    """Login sessions (same options as the ASGI one): through an OpenID provider, the
+    built-in password login, or both.
 
     The identity is ``environ["secure_mw.identity"]`` (``None`` when anonymous).
     """
@@ -41,24 +37,29 @@ class OIDCSessionMiddleware:
                                          audit=audit, require_login=require_login,
                                          **login_options)
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
         if view.method == "POST" and self.core.is_reserved(view.path):
-            from secure_mw.wsgi._io import read_body
-
             try:
                 view.body = read_body(environ, MAX_FORM)
             except BodyTooLarge:
-                return write_reply(start_response,
-                                   self.core.body_too_large(view))
+                return self.core.body_too_large(view)
         outcome = run_sync(self.core.handle(view))
-        if outcome.reply is not None:
-            reply = outcome.reply
+        reply: Reply | None = outcome.reply
+        if reply is not None:
             if outcome.cookies:
                 reply = reply.with_headers(("set-cookie", c) for c in outcome.cookies)
-            return write_reply(start_response, reply, head=view.method == "HEAD")
+            return reply
         environ["secure_mw.identity"] = outcome.identity
-        if outcome.cookies:
-            start_response = with_extra_headers(
-                start_response, [("Set-Cookie", c) for c in outcome.cookies])
-        return self.app(environ, start_response)
+        if not outcome.cookies:
+            return None
+        extra = [("Set-Cookie", c) for c in outcome.cookies]
+
+        def add_cookies(headers: Headers) -> None:
+            headers.extend(extra)
+
+        return add_cookies
+
+
+#: The former name, kept for the applications that import it.
+OIDCSessionMiddleware = SessionMiddleware
