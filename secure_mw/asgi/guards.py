@@ -3,13 +3,11 @@ open-redirect guard. Each works alone; :func:`secure_mw.asgi.protect` stacks the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from secure_mw._driver import Flow, run_async, run_sync
+from secure_mw._driver import Flow, Op, run_async, run_sync
 from secure_mw.asgi._io import (
     VIEW_KEY,
     ASGIApp,
@@ -25,13 +23,11 @@ from secure_mw.asgi._io import (
 from secure_mw.asgi._layer import HTTP, Entered, Layer, RawHeaders, Verdict
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
-from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.hosts import HostGuardLayer
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
-    LoginAttemptError,
     LoginGuardLayer,
     RateLimitLayer,
     RedirectLayer,
@@ -260,56 +256,24 @@ class LoginGuardMiddleware:
         except BodyTooLarge:
             await send_reply(send, layer.refusal(view, 413, "login body too large"))
             return
-        try:
-            user, spelling = layer.names(view)
-        except LoginAttemptError as exc:
-            await layer.delay.start().afinish(success=False)
-            await send_reply(send, layer.refusal(view, exc.status, exc.reason))
-            return
-        try:
-            turn = await run_async(layer.begin(view, user, spelling))
-        except StoreUnavailable as exc:
-            await send_reply(send, layer.refusal(view, 503, str(exc), user))
-            return
-        if turn.refusal is not None and turn.refusal.reason == "busy":
-            await send_reply(send, layer.busy(view, turn.refusal))
-            return
-        attempt = layer.delay.start()
-        success = False
-        refusal = None
         captured: list[Message] = []
-        banned = turn.reservation is None
-        try:
-            try:
-                captured = await self._call_app(
-                    scope, layer.decoy_body(view) if banned else view.body)
-            except BaseException as exc:      # an exception, or the task was cancelled
-                if not banned:
-                    why = "cancelled" if isinstance(exc, asyncio.CancelledError) else "raised"
-                    with contextlib.suppress(StoreUnavailable):   # logged; it expires
-                        await run_async(layer.crashed(
-                            view, turn, f"the application {why} before answering"))
-                raise
-            start = next((m for m in captured if m["type"] == "http.response.start"), None)
-            status = int(start["status"]) if start else 500
-            if not banned:
-                headers = _str_headers(start)
-                cookies = await run_async(layer.settle(
-                    view, turn, status, content_type=headers.get("content-type", ""),
-                    location=headers.get("location", "")))
-                success = layer.succeeded(status, headers.get("content-type", ""),
-                                          headers.get("location", ""))
-                if cookies and start is not None:
-                    start["headers"] = [*start.get("headers", ()),
-                                        *((b"set-cookie", c.encode("latin-1"))
-                                          for c in cookies)]
-        except StoreUnavailable as exc:
-            refusal = layer.refusal(view, 503, str(exc), user)
-        finally:                     # every exit path waits for the delay
-            await attempt.afinish(success=success)
+
+        async def answer(body: bytes) -> tuple[int, str, str]:
+            captured[:] = await self._call_app(scope, body)
+            start = _start_of(captured)
+            headers = _str_headers(start)
+            return (int(start["status"]) if start else 500, headers.get("content-type", ""),
+                    headers.get("location", ""))
+
+        refusal, cookies = await run_async(layer.guard(view, lambda body: Op(
+            _sync_only, answer, body)))
         if refusal is not None:
             await send_reply(send, refusal)
             return
+        start = _start_of(captured)
+        if cookies and start is not None:
+            start["headers"] = [*start.get("headers", ()),
+                                *((b"set-cookie", c.encode("latin-1")) for c in cookies)]
         for message in captured:
             await send(message)
 
@@ -327,6 +291,14 @@ class LoginGuardMiddleware:
 
         await self.app(scope, replay, capture)
         return captured
+
+
+def _start_of(captured: list[Message]) -> Message | None:
+    return next((m for m in captured if m["type"] == "http.response.start"), None)
+
+
+def _sync_only(body: bytes) -> Any:  # pragma: no cover - the ASGI flavour never runs ops sync
+    raise RuntimeError("the ASGI login guard calls the app asynchronously")
 
 
 def _str_headers(start: Message | None) -> dict[str, str]:

@@ -216,6 +216,15 @@ class _Plan:
     entries: tuple[tuple[bytes, bytes, tuple[bytes, ...] | None], ...]
     plain: tuple[tuple[bytes, bytes], ...]    # the lines when there is no nonce
     uses_nonce: bool
+    names: frozenset[bytes] = frozenset()
+    # The one line with a nonce slot, and the plain lines before and after it (None when
+    # no line, or more than one, has a slot).
+    around: tuple[tuple[tuple[bytes, bytes], ...], bytes, tuple[bytes, ...],
+                  tuple[tuple[bytes, bytes], ...]] | None = None
+    # The same as text, for WSGI's start_response.
+    plain_text: tuple[tuple[str, str], ...] = ()
+    around_text: tuple[tuple[tuple[str, str], ...], str, tuple[str, ...],
+                       tuple[tuple[str, str], ...]] | None = None
 
 
 def _plan(headers: Mapping[str, str]) -> _Plan:
@@ -227,10 +236,24 @@ def _plan(headers: Mapping[str, str]) -> _Plan:
             parts = tuple(raw.split(NONCE_MARKER.encode()))
             raw = re.sub(rb" ?\{nonce\}", b"", raw)
         entries.append((name.encode("latin-1"), raw, parts))
+    plain = tuple((name, raw) for name, raw, _ in entries)
+    slots = [i for i, (_, _, parts) in enumerate(entries) if parts is not None]
+    plain_text = tuple((name.decode("latin-1"), raw.decode("latin-1")) for name, raw in plain)
+    around = around_text = None
+    if len(slots) == 1:
+        i = slots[0]
+        parts = entries[i][2] or ()
+        around = (plain[:i], entries[i][0], parts, plain[i + 1:])
+        around_text = (plain_text[:i], plain_text[i][0],
+                       tuple(part.decode("latin-1") for part in parts), plain_text[i + 1:])
     return _Plan(
         entries=tuple(entries),
-        plain=tuple((name, raw) for name, raw, _ in entries),
-        uses_nonce=any(parts is not None for _, _, parts in entries),
+        plain=plain,
+        uses_nonce=bool(slots),
+        names=frozenset(name for name, _ in plain),
+        around=around,
+        plain_text=plain_text,
+        around_text=around_text,
     )
 
 
@@ -404,8 +427,20 @@ class SecurityHeaders:
                nonce: str | None) -> None:
         """Add the header lines of one response to ``lines`` (its raw lines, edited in
         place): the app's own lines of these names stay unless ``replace_app_headers``."""
-        present = {name.lower() for name, _ in lines} if lines else None
-        extra = self.for_response(path=path, https=https, nonce=nonce, present=present or ())
+        present = {name.lower() for name, _ in lines}
+        plan = self._plan_for(path, https)
+        if not self.replace_app_headers and present.isdisjoint(plan.names):
+            # The usual case, none of ours set by the app: whole prepared lines.
+            if nonce is None or not plan.uses_nonce:
+                lines.extend(plan.plain)
+                return
+            if plan.around is not None and _NONCE.fullmatch(nonce):
+                before, name, parts, after = plan.around
+                lines.extend(before)
+                lines.append((name, (b"'nonce-" + nonce.encode("ascii") + b"'").join(parts)))
+                lines.extend(after)
+                return
+        extra = self.for_response(path=path, https=https, nonce=nonce, present=present)
         if self.replace_app_headers and present:
             names = {name for name, _ in extra}
             lines[:] = [line for line in lines if line[0].lower() not in names]
@@ -414,14 +449,20 @@ class SecurityHeaders:
     def add_to_text(self, lines: list[tuple[str, str]], *, path: str, https: bool,
                     nonce: str | None) -> None:
         """:meth:`add_to` for text header lines (WSGI's ``start_response``)."""
-        present = {name.lower().encode("latin-1") for name, _ in lines} if lines else None
-        extra = self.for_response(path=path, https=https, nonce=nonce, present=present or ())
+        present = {name.lower().encode("latin-1") for name, _ in lines}
+        plan = self._plan_for(path, https)
+        if not self.replace_app_headers and present.isdisjoint(plan.names):
+            if nonce is None or not plan.uses_nonce:
+                lines.extend(plan.plain_text)
+                return
+            if plan.around_text is not None and _NONCE.fullmatch(nonce):
+                before, name, parts, after = plan.around_text
+                lines.extend(before)
+                lines.append((name, f"'nonce-{nonce}'".join(parts)))
+                lines.extend(after)
+                return
+        extra = self.for_response(path=path, https=https, nonce=nonce, present=present)
         if self.replace_app_headers and present:
             names = {name.decode("latin-1") for name, _ in extra}
             lines[:] = [line for line in lines if line[0].lower() not in names]
-        lines.extend(self._texts(extra))
-
-    @staticmethod
-    def _texts(extra: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra]
-
+        lines.extend((n.decode("latin-1"), v.decode("latin-1")) for n, v in extra)

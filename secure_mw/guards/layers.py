@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -527,6 +529,53 @@ class LoginGuardLayer:
         """The app raised, or the request was cancelled, before it answered: the attempt
         counts as a failure (with its audit line) — it may have been judged."""
         yield from self.attempts.failed(turn, view, reason)
+
+    def guard(self, view: RequestView, answer: Callable[[bytes], Op]
+              ) -> Flow[tuple[Reply | None, list[str]]]:
+        """One attempt at the app's login endpoint, the same for both flavours: the user
+        name is read, the attempt reserved, the app asked (``answer(body)``: an op that
+        calls it with that body, keeps its answer and returns ``(status, content type,
+        location)``; a banned subject's attempt sends a decoy password), its verdict
+        recorded, and every exit waits for the attempt's delay. Returns the reply that
+        replaces the app's answer (None: send the app's) and the Set-Cookie values to add to
+        the app's answer. ``view.body`` holds the request body already."""
+        try:
+            user, spelling = self.names(view)
+        except LoginAttemptError as exc:
+            attempt = self.delay.start()
+            yield Op(attempt.finish, attempt.afinish, success=False)
+            return self.refusal(view, exc.status, exc.reason), []
+        try:
+            turn = yield from self.begin(view, user, spelling)
+        except StoreUnavailable as exc:
+            return self.refusal(view, 503, str(exc), user), []
+        if turn.refusal is not None and turn.refusal.reason == "busy":
+            return self.busy(view, turn.refusal), []
+        attempt = self.delay.start()
+        success = False
+        refusal = None
+        cookies: list[str] = []
+        banned = turn.reservation is None
+        try:
+            try:
+                status, content_type, location = yield answer(
+                    self.decoy_body(view) if banned else view.body)
+            except BaseException as exc:      # an exception, or the task was cancelled
+                if not banned:
+                    why = "cancelled" if isinstance(exc, asyncio.CancelledError) else "raised"
+                    with contextlib.suppress(StoreUnavailable):   # logged; it expires
+                        yield from self.crashed(view, turn,
+                                                f"the application {why} before answering")
+                raise
+            if not banned:
+                cookies = yield from self.settle(view, turn, status,
+                                                 content_type=content_type, location=location)
+                success = self.succeeded(status, content_type, location)
+        except StoreUnavailable as exc:
+            refusal = self.refusal(view, 503, str(exc), user)
+        finally:                     # every exit path waits for the delay
+            yield Op(attempt.finish, attempt.afinish, success=success)
+        return refusal, cookies
 
     def busy(self, view: RequestView, refusal: Refusal) -> Reply:
         """429 for an attempt beyond its subject's budget (already logged by begin)."""

@@ -3,22 +3,19 @@ open-redirect guard. Each works alone; :func:`secure_mw.wsgi.protect` stacks the
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from secure_mw._driver import run_sync
+from secure_mw._driver import Op, run_sync
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.authz.paths import route_path
-from secure_mw.errors import StoreUnavailable
 from secure_mw.guards.clientaddr import TrustedProxies, forwarded_client_cert
 from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.hosts import HostGuardLayer
 from secure_mw.guards.layers import (
     MAX_LOGIN_BODY,
-    LoginAttemptError,
     LoginGuardLayer,
     RateLimitLayer,
     RedirectLayer,
@@ -242,52 +239,24 @@ class LoginGuardMiddleware:
         except BodyTooLarge:
             return write_reply(start_response,
                                layer.refusal(view, 413, "login body too large"))
-        try:
-            user, spelling = layer.names(view)
-        except LoginAttemptError as exc:
-            layer.delay.start().finish(success=False)
-            return write_reply(start_response, layer.refusal(view, exc.status, exc.reason))
-        try:
-            turn = run_sync(layer.begin(view, user, spelling))
-        except StoreUnavailable as exc:
-            return write_reply(start_response, layer.refusal(view, 503, str(exc), user))
-        if turn.refusal is not None and turn.refusal.reason == "busy":
-            return write_reply(start_response, layer.busy(view, turn.refusal))
-        attempt = layer.delay.start()
-        success = False
-        refusal = None
-        answer: tuple[str, Headers, Any, bytes] | None = None
-        banned = turn.reservation is None
-        try:
+        kept: list[tuple[str, Headers, Any, bytes]] = []
+
+        def answer(body: bytes) -> tuple[int, str, str]:
+            kept[:] = [self._call_app(environ, body)]
             try:
-                answer = self._call_app(environ,
-                                        layer.decoy_body(view) if banned else view.body)
-            except BaseException:
-                if not banned:
-                    with contextlib.suppress(StoreUnavailable):   # logged; it expires
-                        run_sync(layer.crashed(view, turn,
-                                               "the application raised before answering"))
-                raise
-            try:
-                status = int(answer[0].split(" ", 1)[0])
+                status = int(kept[0][0].split(" ", 1)[0])
             except ValueError:
                 status = 500
-            if not banned:
-                named = {name.lower(): value for name, value in answer[1]}
-                cookies = run_sync(layer.settle(
-                    view, turn, status, content_type=named.get("content-type", ""),
-                    location=named.get("location", "")))
-                success = layer.succeeded(status, named.get("content-type", ""),
-                                          named.get("location", ""))
-                answer[1].extend(("Set-Cookie", c) for c in cookies)
-        except StoreUnavailable as exc:
-            refusal = layer.refusal(view, 503, str(exc), user)
-        finally:                     # every exit path waits for the delay
-            attempt.finish(success=success)
-        if refusal is not None or answer is None:
+            named = {name.lower(): value for name, value in kept[0][1]}
+            return status, named.get("content-type", ""), named.get("location", "")
+
+        refusal, cookies = run_sync(layer.guard(view, lambda body: Op(
+            answer, _async_only, body)))
+        if refusal is not None or not kept:
             return write_reply(start_response,
-                               refusal or layer.refusal(view, 503, "no answer", user))
-        status_line_text, headers, exc_info, content = answer
+                               refusal or layer.refusal(view, 503, "no answer"))
+        status_line_text, headers, exc_info, content = kept[0]
+        headers.extend(("Set-Cookie", c) for c in cookies)
         start_response(status_line_text, headers, exc_info)
         return [content]
 
@@ -312,6 +281,10 @@ class LoginGuardMiddleware:
         if not seen:
             return "500 Internal Server Error", [], None, b""
         return str(seen[0]), list(seen[1]), seen[2], content
+
+
+async def _async_only(body: bytes) -> Any:  # pragma: no cover - WSGI runs ops sync
+    raise RuntimeError("the WSGI login guard calls the app synchronously")
 
 
 class AuthorizationMiddleware(Layer):
