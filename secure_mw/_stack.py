@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -83,10 +83,43 @@ class _Problems:
             raise ConfigError(unique)
 
 
-def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[str, Any]
-             ) -> Any:
+@dataclass(frozen=True, slots=True)
+class Flavour:
+    """The middleware classes of one flavour (ASGI or WSGI), which :func:`assemble` stacks,
+    and its :func:`fuse`, which turns the nested layers into one chain."""
+
+    name: str
+    host_guard: Callable[..., Any]
+    security_headers: Callable[..., Any]
+    client_address: Callable[..., Any]
+    rate_limit: Callable[..., Any]
+    jwks: Callable[..., Any]
+    health: Callable[..., Any]
+    redirect_guard: Callable[..., Any]
+    login_guard: Callable[..., Any]
+    session: Callable[..., Any]
+    signed_header: Callable[..., Any]
+    authorization: Callable[..., Any]
+    identity_header: Callable[..., Any]
+    observe: Callable[..., Any]
+    app_timer: Callable[..., Any]
+    fuse: Callable[[Any], Any]
+
+
+def given_or_built(layer: T | None, settings: Settings | None,
+                   build: Callable[[Settings], T]) -> T:
+    """The ``layer=`` a middleware was given, else the one it builds from ``settings=``
+    (one of the two is needed)."""
+    if layer is not None:
+        return layer
+    if settings is None:
+        raise TypeError("give settings or layer")
+    return build(settings)
+
+
+def assemble(app: Any, settings: Settings, flavour: Flavour, options: dict[str, Any]) -> Any:
     """The stack ``protect()`` builds, from the middleware classes of ``flavour``
-    (:mod:`secure_mw.asgi` or :mod:`secure_mw.wsgi`, which have the same names). Outermost
+    (``secure_mw.asgi.FLAVOUR`` or ``secure_mw.wsgi.FLAVOUR``). Outermost
     first: the Host allow-list (and the UTF-8 path check), security headers, client address,
     rate limits by address or route, the open-redirect guard, the login guard
     (``regulation.paths``), the login session, rate limits by user, authorization (when
@@ -103,7 +136,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     limiter = options.pop("rate_limiter", None)
     observing = _observing(settings, flavour, options, found)
     health_clock = options.pop("health_clock", None)
-    stacked = app if observing is None else flavour.AppTimerMiddleware(app)
+    stacked = app if observing is None else flavour.app_timer(app)
     issue = None
     if settings.signed_headers.issue:
         from secure_mw.tokens.headers import IssueLayer
@@ -112,30 +145,30 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
                             keyring=options.get("keyring"),
                             per_host=options.pop("assertion_per_host", False))
         if issue is not None:
-            stacked = flavour.IdentityHeaderMiddleware(stacked, settings=settings, layer=issue)
+            stacked = flavour.identity_header(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:
         # The rules decide who gets in; the session only says who is there.
-        stacked = found.wrap("access_control", stacked, flavour.AuthorizationMiddleware,
+        stacked = found.wrap("access_control", stacked, flavour.authorization,
                              settings=settings, audit=audit)
         options.setdefault("require_login", False)
     by_user = found.build("rate_limits", RateLimitLayer.for_app, settings,
                           limiter=limiter, audit=audit, which="identity")
     if by_user is not None and by_user.rules:
-        stacked = flavour.RateLimitMiddleware(stacked, layer=by_user)
+        stacked = flavour.rate_limit(stacked, layer=by_user)
     if settings.signed_headers.verify is not None:
         # Behind Pomerium or another secure_mw: the proxy's signed assertion is the identity.
-        stacked = found.wrap("signed_headers.verify", stacked, flavour.SignedHeaderMiddleware,
+        stacked = found.wrap("signed_headers.verify", stacked, flavour.signed_header,
                              settings=settings, audit=audit)
     else:
-        stacked = found.wrap("session", stacked, flavour.SessionMiddleware,
+        stacked = found.wrap("session", stacked, flavour.session,
                              settings=settings, **options)
     if settings.regulation.paths:
         guard = found.build("regulation", LoginGuardLayer, settings,
                             paths=settings.regulation.paths,
                             username_field=settings.regulation.username_field, audit=audit)
         if guard is not None:
-            stacked = flavour.LoginGuardMiddleware(stacked, layer=guard)
-    stacked = found.wrap("redirects", stacked, flavour.RedirectGuardMiddleware,
+            stacked = flavour.login_guard(stacked, layer=guard)
+    stacked = found.wrap("redirects", stacked, flavour.redirect_guard,
                          settings=settings, extra_hosts=[*identity_provider_hosts(settings),
                                                          *sibling_hosts(
                                                              settings.server.allowed_hosts)],
@@ -150,23 +183,23 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
         check = found.build("metrics.health", HealthCheck, settings, clock=health_clock) \
             if health_clock is not None else found.build("metrics.health", HealthCheck, settings)
         if check is not None:
-            stacked = flavour.HealthMiddleware(stacked, check=check)
+            stacked = flavour.health(stacked, check=check)
     if by_address is not None and by_address.rules:
-        stacked = flavour.RateLimitMiddleware(stacked, layer=by_address)
+        stacked = flavour.rate_limit(stacked, layer=by_address)
     if issue is not None:      # the public keys need no login
-        stacked = flavour.JWKSMiddleware(stacked, layer=issue)
+        stacked = flavour.jwks(stacked, layer=issue)
     proxies = TrustedProxies(settings.server.trusted_proxies,
                              header=settings.server.forwarded_header)
-    stacked = found.wrap("server", stacked, flavour.ClientAddressMiddleware,
+    stacked = found.wrap("server", stacked, flavour.client_address,
                          trusted_proxies=proxies,
                          client_cert_header=settings.server.client_cert_header)
-    stacked = found.wrap("headers", stacked, flavour.SecurityHeadersMiddleware,
+    stacked = found.wrap("headers", stacked, flavour.security_headers,
                          settings=settings)
     # Before anything else: a request for a host we do not serve never reaches a layer.
-    stacked = found.wrap("server.allowed_hosts", stacked, flavour.HostGuardMiddleware,
+    stacked = found.wrap("server.allowed_hosts", stacked, flavour.host_guard,
                          settings=settings, trusted_proxies=proxies, audit=audit)
     if observing is not None:       # outermost: every decision below is observed
-        stacked = flavour.ObserveMiddleware(stacked, observer=observing)
+        stacked = flavour.observe(stacked, observer=observing)
     found.raise_if_any()
     stacked = flavour.fuse(stacked)     # one call through every layer, not one per layer
     if settings.server.certificates_directory:   # checked by the settings already
@@ -179,7 +212,7 @@ def assemble(app: Any, settings: Settings, flavour: ModuleType, options: dict[st
     return stacked
 
 
-def _observing(settings: Settings, flavour: ModuleType, options: dict[str, Any],
+def _observing(settings: Settings, flavour: Flavour, options: dict[str, Any],
                found: _Problems) -> Any:
     """The observer ``[metrics]`` asks for (None: nothing observes, nothing is wrapped);
     takes ``registry=`` and ``tracer_provider=`` out of ``options``."""

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from secure_mw._driver import Flow, Op, run_async, run_sync
+from secure_mw._stack import given_or_built
 from secure_mw.asgi._io import (
     VIEW_KEY,
     ASGIApp,
@@ -154,11 +155,8 @@ class RateLimitMiddleware(Layer):
                  layer: RateLimitLayer | None = None, limiter: RateLimiter | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            if settings is None:
-                raise TypeError("give settings or layer")
-            layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
-        self.layer = layer
+        self.layer = layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
+            s, limiter=limiter, audit=audit))
         limiter = layer.limiter
         # A limiter in memory decides without waiting: no coroutine for it.
         self.inline = limiter is None or getattr(limiter, "nonblocking", False) is True
@@ -201,11 +199,8 @@ class RedirectGuardMiddleware(Layer):
                  layer: RedirectLayer | None = None, extra_hosts: Iterable[str] = (),
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            if settings is None:
-                raise TypeError("give settings or layer")
-            layer = RedirectLayer(settings.redirects, extra_hosts=extra_hosts, audit=audit)
-        self.layer = layer
+        self.layer = given_or_built(layer, settings, lambda s: RedirectLayer(
+            s.redirects, extra_hosts=extra_hosts, audit=audit))
 
     def enter(self, scope: Scope, receive: Receive) -> Entered:
         view = view_of(scope)
@@ -319,11 +314,8 @@ class AuthorizationMiddleware(Layer):
                  layer: AuthorizationLayer | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            if settings is None:
-                raise TypeError("give settings or layer")
-            layer = AuthorizationLayer(settings, audit=audit)
-        self.layer = layer
+        self.layer = given_or_built(layer, settings,
+                                    lambda s: AuthorizationLayer(s, audit=audit))
 
     def enter(self, scope: Scope, receive: Receive) -> Entered:
         view = view_of(scope)

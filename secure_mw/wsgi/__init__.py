@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from secure_mw._stack import assemble
+from secure_mw._stack import Flavour, assemble
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import WSGIApp
 from secure_mw.wsgi._layer import Chain, Layer, fuse
@@ -56,6 +55,17 @@ __all__ = [
 ]
 
 
+#: What :func:`protect` stacks, for :func:`secure_mw._stack.assemble`.
+FLAVOUR = Flavour(
+    name="wsgi", host_guard=HostGuardMiddleware, security_headers=SecurityHeadersMiddleware,
+    client_address=ClientAddressMiddleware, rate_limit=RateLimitMiddleware,
+    jwks=JWKSMiddleware, health=HealthMiddleware, redirect_guard=RedirectGuardMiddleware,
+    login_guard=LoginGuardMiddleware, session=SessionMiddleware,
+    signed_header=SignedHeaderMiddleware, authorization=AuthorizationMiddleware,
+    identity_header=IdentityHeaderMiddleware, observe=ObserveMiddleware,
+    app_timer=AppTimerMiddleware, fuse=fuse)
+
+
 def protect(app: WSGIApp, settings: Settings, **options: Any) -> WSGIApp:
     """Wrap ``app`` in every layer ``settings`` asks for. Outermost first: the Host
     allow-list (``server.allowed_hosts``; it also refuses paths that are not UTF-8),
@@ -66,5 +76,5 @@ def protect(app: WSGIApp, settings: Settings, **options: Any) -> WSGIApp:
     ``options`` go to the session middleware (``keyring``, ``store``, ``clock``, ``audit``);
     ``rate_limiter=`` gives both rate-limit layers one limiter object.
     """
-    stacked: WSGIApp = assemble(app, settings, sys.modules[__name__], options)
+    stacked: WSGIApp = assemble(app, settings, FLAVOUR, options)
     return stacked

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from secure_mw._driver import Op, run_sync
+from secure_mw._stack import given_or_built
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.authz.paths import route_path
@@ -157,11 +158,8 @@ class RateLimitMiddleware(Layer):
                  layer: RateLimitLayer | None = None, limiter: RateLimiter | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            if settings is None:
-                raise TypeError("give settings or layer")
-            layer = RateLimitLayer.for_app(settings, limiter=limiter, audit=audit)
-        self.layer = layer
+        self.layer = layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
+            s, limiter=limiter, audit=audit))
 
     def enter(self, environ: Environ) -> Verdict:
         if not self.layer.rules:
@@ -186,11 +184,8 @@ class RedirectGuardMiddleware(Layer):
                  layer: RedirectLayer | None = None, extra_hosts: Iterable[str] = (),
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            if settings is None:
-                raise TypeError("give settings or layer")
-            layer = RedirectLayer(settings.redirects, extra_hosts=extra_hosts, audit=audit)
-        self.layer = layer
+        self.layer = given_or_built(layer, settings, lambda s: RedirectLayer(
+            s.redirects, extra_hosts=extra_hosts, audit=audit))
 
     def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
@@ -296,11 +291,8 @@ class AuthorizationMiddleware(Layer):
                  layer: AuthorizationLayer | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        if layer is None:
-            if settings is None:
-                raise TypeError("give settings or layer")
-            layer = AuthorizationLayer(settings, audit=audit)
-        self.layer = layer
+        self.layer = given_or_built(layer, settings,
+                                    lambda s: AuthorizationLayer(s, audit=audit))
 
     def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
