@@ -13,13 +13,13 @@ exists exactly once, whichever flavour serves the request::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from time import perf_counter
 from typing import Any, TypeVar
 
 from secure_mw import _observe
 
-__all__ = ["Flow", "Op", "run_async", "run_sync"]
+__all__ = ["Flow", "Op", "run_async", "run_inline", "run_sync"]
 
 T = TypeVar("T")
 
@@ -79,6 +79,55 @@ async def run_async(flow: Flow[T]) -> T:
             except BaseException as exc:
                 op = flow.throw(exc)
             else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def run_inline(flow: Flow[T]) -> T | Coroutine[Any, Any, T]:
+    """Run ``flow`` under ASGI without a coroutine while its ops never block (in-memory
+    stores and limiters): its result when it finished so, else — at the first op that would
+    wait — a coroutine that finishes it (the caller awaits it). A warm request served from
+    memory then costs no coroutine and no ``await`` at all."""
+    try:
+        op = next(flow)
+        while op.inline:
+            try:
+                result = op.sync(*op.args, **op.kwargs)
+            except BaseException as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    return _resume_async(flow, op)
+
+
+async def _resume_async(flow: Flow[T], op: Op) -> T:
+    """The rest of :func:`run_inline`'s flow from ``op``, the first that waits (timed like
+    :func:`run_async` when a request is observed)."""
+    seen = _observe.current.get() if _observe.active else None
+    observer = seen.observer if seen is not None else None
+    try:
+        while True:
+            if op.inline:
+                try:
+                    result = op.sync(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+                continue
+            start = perf_counter()
+            try:
+                result = await op.async_(*op.args, **op.kwargs)
+            except BaseException as exc:
+                if observer is not None:
+                    observer.store_call(op.sync, perf_counter() - start, exc)
+                op = flow.throw(exc)
+            else:
+                if observer is not None:
+                    observer.store_call(op.sync, perf_counter() - start, None)
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

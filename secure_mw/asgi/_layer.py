@@ -65,6 +65,10 @@ class Chain:
         self._by_kind = {kind: tuple(layer for layer in self.layers if kind in layer.kinds)
                          for kind in HTTP_AND_WEBSOCKET}
 
+    def __repr__(self) -> str:
+        names = " → ".join(type(layer).__name__ for layer in self.layers)
+        return f"Chain({names} → {self.app!r})"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         layers = self._by_kind.get(scope["type"])
         if layers:

@@ -3,11 +3,12 @@ open-redirect guard. Each works alone; :func:`secure_mw.asgi.protect` stacks the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from types import CoroutineType
 from typing import Any
 from urllib.parse import quote
 
-from secure_mw._driver import Flow, Op, run_async, run_sync
+from secure_mw._driver import Op, run_async, run_inline
 from secure_mw._stack import given_or_built
 from secure_mw.asgi._io import (
     VIEW_KEY,
@@ -42,6 +43,7 @@ __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddl
            "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
+Decided = tuple[Reply | None, list[tuple[str, str]]]
 _REDIRECTING = frozenset({b"location", b"refresh"})
 
 
@@ -157,25 +159,20 @@ class RateLimitMiddleware(Layer):
         self.app = app
         self.layer = layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
             s, limiter=limiter, audit=audit))
-        limiter = layer.limiter
-        # A limiter in memory decides without waiting: no coroutine for it.
-        self.inline = limiter is None or getattr(limiter, "nonblocking", False) is True
 
     def enter(self, scope: Scope, receive: Receive) -> Entered:
         if not self.layer.rules:
             return None
-        flow = self.layer.check(view_of(scope), scope.get("secure_mw.identity"))
-        if self.inline:
-            return self._verdict(scope, run_sync(flow))
-        return self._wait(scope, flow)
+        decided = run_inline(self.layer.check(view_of(scope), scope.get("secure_mw.identity")))
+        if decided.__class__ is CoroutineType:      # a limiter that waits (Redis, SQLite)
+            return self._wait(scope, decided)
+        return self._verdict(scope, decided)  # type: ignore[arg-type]
 
-    async def _wait(self, scope: Scope,
-                    flow: Flow[tuple[Reply | None, list[tuple[str, str]]]]) -> Verdict:
-        return self._verdict(scope, await run_async(flow))
+    async def _wait(self, scope: Scope, decided: Coroutine[Any, Any, Decided]) -> Verdict:
+        return self._verdict(scope, await decided)
 
     @staticmethod
-    def _verdict(scope: Scope, decided: tuple[Reply | None, list[tuple[str, str]]]
-                 ) -> Verdict:
+    def _verdict(scope: Scope, decided: Decided) -> Verdict:
         reply, lines = decided
         if reply is not None:
             return reply

@@ -4,16 +4,17 @@ any ASGI 3 app)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from types import CoroutineType
 from typing import Any
 
-from secure_mw._driver import run_async
+from secure_mw._driver import run_async, run_inline
 from secure_mw._stack import session_core
 from secure_mw.asgi._io import ASGIApp, BodyTooLarge, Receive, Scope, read_body, view_of
 from secure_mw.asgi._layer import Entered, Layer, RawHeaders, Verdict
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.http import Reply
+from secure_mw.http import Reply, RequestView
 from secure_mw.identity import ANONYMOUS, AuthScopes
 from secure_mw.oidc.core import MAX_FORM, OIDCSessionCore
 from secure_mw.session.manager import SessionStore
@@ -44,17 +45,28 @@ class SessionMiddleware(Layer):
                                          **login_options)
 
     def enter(self, scope: Scope, receive: Receive) -> Entered:
-        return self._enter(scope, receive)
-
-    async def _enter(self, scope: Scope, receive: Receive) -> Verdict:
         view = view_of(scope)
         if view.method == "POST" and scope["type"] == "http" \
                 and self.core.is_reserved(view.path):
-            try:
-                view.body = await read_body(receive, MAX_FORM)
-            except BodyTooLarge:
-                return self.core.body_too_large(view)
-        outcome = await run_async(self.core.handle(view))
+            return self._enter_with_body(scope, receive, view)
+        outcome = run_inline(self.core.handle(view))
+        if outcome.__class__ is CoroutineType:      # a store that waits, or the provider
+            return self._finish(scope, outcome)
+        return self._verdict(scope, outcome)
+
+    async def _enter_with_body(self, scope: Scope, receive: Receive,
+                               view: RequestView) -> Verdict:
+        try:
+            view.body = await read_body(receive, MAX_FORM)
+        except BodyTooLarge:
+            return self.core.body_too_large(view)
+        return self._verdict(scope, await run_async(self.core.handle(view)))
+
+    async def _finish(self, scope: Scope, outcome: Coroutine[Any, Any, Any]) -> Verdict:
+        return self._verdict(scope, await outcome)
+
+    @staticmethod
+    def _verdict(scope: Scope, outcome: Any) -> Verdict:
         reply: Reply | None = outcome.reply
         if reply is not None:
             if outcome.cookies:

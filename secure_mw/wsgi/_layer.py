@@ -49,6 +49,10 @@ class Chain:
         self.layers = tuple(layers)
         self.app = app
 
+    def __repr__(self) -> str:
+        names = " → ".join(type(layer).__name__ for layer in self.layers)
+        return f"Chain({names} → {self.app!r})"
+
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return run(self.layers, self.app, environ, start_response)
 
