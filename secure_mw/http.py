@@ -11,7 +11,7 @@ import base64
 import hashlib
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -82,6 +82,18 @@ def parse_cookies(header: str) -> dict[str, str]:
                 value = value[1:-1]
             cookies[name] = value
     return cookies
+
+
+_ROUTE_PATH: list[Callable[[str], str]] = []
+
+
+def _routed(path: str) -> str:
+    """:func:`secure_mw.authz.paths.route_path`, imported on first use (not per request)."""
+    if not _ROUTE_PATH:
+        from secure_mw.authz.paths import route_path
+
+        _ROUTE_PATH.append(route_path)
+    return _ROUTE_PATH[0](path)
 
 
 @dataclass(slots=True, eq=False)
@@ -193,9 +205,7 @@ class RequestView:
         """The normalized path guards match on (:func:`secure_mw.authz.paths.route_path`):
         ``//login`` and ``/x/../login`` are ``/login`` to every guard, as to the app."""
         if self._route is None:
-            from secure_mw.authz.paths import route_path
-
-            self._route = route_path(self.path)
+            self._route = _routed(self.path)
         return self._route
 
     @property
