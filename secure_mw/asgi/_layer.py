@@ -11,7 +11,7 @@ one :class:`Chain`, so a request crosses them in one call, with one request view
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import CoroutineType
 from typing import Any, ClassVar, TypeAlias
 
@@ -167,12 +167,3 @@ def fuse(app: Any) -> Any:
         return current
     return Chain(layers, current)
 
-
-def layers_of(app: Any) -> Iterable[Layer]:
-    """The layers of a fused stack, outermost first (for tests and ``repr``)."""
-    while app is not None:
-        if isinstance(app, Chain):
-            yield from app.layers
-        elif isinstance(app, Layer):
-            yield app
-        app = getattr(app, "app", None)
