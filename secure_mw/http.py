@@ -85,6 +85,10 @@ def parse_cookies(header: str) -> dict[str, str]:
 
 
 _ROUTE_PATH: list[Callable[[str], str]] = []
+# environ key -> header name ("" for a key that is not a header): the same few dozen keys
+# come with every request, so each is spelled out once.
+_ENVIRON_NAMES: dict[str, str] = {}
+_MAX_ENVIRON_NAMES = 1024
 
 
 def _routed(path: str) -> str:
@@ -163,9 +167,15 @@ class RequestView:
     @classmethod
     def from_environ(cls, environ: Mapping[str, Any]) -> RequestView:
         headers: dict[str, str] = {}
+        names = _ENVIRON_NAMES
         for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                headers[key[5:].replace("_", "-").lower()] = value
+            name = names.get(key)
+            if name is None:
+                name = key[5:].replace("_", "-").lower() if key.startswith("HTTP_") else ""
+                if len(names) < _MAX_ENVIRON_NAMES:   # a client invents names: bounded
+                    names[key] = name
+            if name:
+                headers[name] = value
         if "CONTENT_TYPE" in environ:
             headers["content-type"] = environ["CONTENT_TYPE"]
         if "CONTENT_LENGTH" in environ:
