@@ -89,6 +89,15 @@ _ROUTE_PATH: list[Callable[[str], str]] = []
 # come with every request, so each is spelled out once.
 _ENVIRON_NAMES: dict[str, str] = {}
 _MAX_ENVIRON_NAMES = 1024
+# The same for ASGI's raw header names (bytes, lower-cased by most servers, not all).
+_SCOPE_NAMES: dict[bytes, str] = {}
+
+
+def _scope_name(raw: bytes) -> str:
+    name = raw.decode("latin-1").lower()
+    if len(_SCOPE_NAMES) < _MAX_ENVIRON_NAMES:
+        _SCOPE_NAMES[bytes(raw)] = name
+    return name
 
 
 def _routed(path: str) -> str:
@@ -123,7 +132,8 @@ class RequestView:
         raw_headers = scope.get("headers") or ()
         if not isinstance(raw_headers, list | tuple):   # ASGI allows any iterable
             raw_headers = list(raw_headers)
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+        known = _SCOPE_NAMES.get
+        headers = {known(name) or _scope_name(name): value.decode("latin-1")
                    for name, value in raw_headers}
         if len(headers) != len(raw_headers):   # a repeated header: fold the values
             headers = {}
