@@ -106,6 +106,24 @@ class Flavour:
     fuse: Callable[[Any], Any]
 
 
+def fused(app: Any, layer_type: type, chain_type: type) -> Any:
+    """``app`` with each run of nested ``layer_type`` objects (or chains, which have
+    ``layers``) turned into one ``chain_type``: the ``fuse()`` of each flavour. A middleware
+    that is not a layer stays where it is; when it says it is ``fusable`` its inside is
+    fused too."""
+    layers: list[Any] = []
+    current: Any = app
+    while isinstance(current, chain_type | layer_type):
+        if isinstance(current, chain_type):
+            layers.extend(current.layers)
+        else:
+            layers.append(current)
+        current = current.app
+    if getattr(current, "fusable", False):
+        current.app = fused(current.app, layer_type, chain_type)
+    return chain_type(layers, current) if layers else current
+
+
 def given_or_built(layer: T | None, settings: Settings | None,
                    build: Callable[[Settings], T]) -> T:
     """The ``layer=`` a middleware was given, else the one it builds from ``settings=``

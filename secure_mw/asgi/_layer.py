@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from types import CoroutineType
 from typing import Any, ClassVar, TypeAlias
 
+from secure_mw._stack import fused
 from secure_mw.asgi._io import ASGIApp, Message, Receive, Scope, Send, refuse_websocket
 from secure_mw.http import Reply
 
@@ -150,20 +151,4 @@ def _hooked(send: Send, hooks: list[Hook]) -> Send:
 def fuse(app: Any) -> Any:
     """``app`` with every run of nested :class:`Layer` (and :class:`Chain`) objects turned
     into one :class:`Chain`; other middlewares stay where they are, their insides fused."""
-    layers: list[Layer] = []
-    current = app
-    while True:
-        if isinstance(current, Chain):
-            layers.extend(current.layers)
-            current = current.app
-        elif isinstance(current, Layer):
-            layers.append(current)
-            current = current.app
-        else:
-            break
-    if getattr(current, "fusable", False):
-        current.app = fuse(current.app)
-    if not layers:
-        return current
-    return Chain(layers, current)
-
+    return fused(app, Layer, Chain)

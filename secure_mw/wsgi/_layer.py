@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeAlias
 
+from secure_mw._stack import fused
 from secure_mw.http import Reply
 from secure_mw.wsgi._io import Environ, ExcInfo, StartResponse, WSGIApp, status_line
 
@@ -116,19 +117,4 @@ def _hooked(start_response: StartResponse, hooks: list[Hook]) -> StartResponse:
 def fuse(app: Any) -> Any:
     """``app`` with every run of nested :class:`Layer` (and :class:`Chain`) objects turned
     into one :class:`Chain`; other middlewares stay where they are, their insides fused."""
-    layers: list[Layer] = []
-    current = app
-    while True:
-        if isinstance(current, Chain):
-            layers.extend(current.layers)
-            current = current.app
-        elif isinstance(current, Layer):
-            layers.append(current)
-            current = current.app
-        else:
-            break
-    if getattr(current, "fusable", False):
-        current.app = fuse(current.app)
-    if not layers:
-        return current
-    return Chain(layers, current)
+    return fused(app, Layer, Chain)
