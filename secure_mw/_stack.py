@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from secure_mw.errors import ConfigError, ConfigProblem
@@ -114,11 +114,12 @@ def fused(app: Any, layer_type: type, chain_type: type) -> Any:
     layers: list[Any] = []
     current: Any = app
     while isinstance(current, chain_type | layer_type):
+        step = cast(Any, current)
         if isinstance(current, chain_type):
-            layers.extend(current.layers)
+            layers.extend(step.layers)
         else:
-            layers.append(current)
-        current = current.app
+            layers.append(step)
+        current = step.app
     if getattr(current, "fusable", False):
         current.app = fused(current.app, layer_type, chain_type)
     return chain_type(layers, current) if layers else current
