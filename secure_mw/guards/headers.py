@@ -56,13 +56,13 @@ nosniff, a private referrer policy, CORP); cookies are the session layer's busin
 
 from __future__ import annotations
 
-import base64
 import math
 import re
-import secrets
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from secure_mw.guards.nonces import new_nonce
 
 if TYPE_CHECKING:
     from secure_mw.settings import HeadersSettings
@@ -388,8 +388,9 @@ class SecurityHeaders:
 
     @staticmethod
     def new_nonce() -> str:
-        """A fresh CSP nonce: 128 random bits, base64 (24 characters)."""
-        return base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+        """A fresh CSP nonce: 128 random bits, base64 (24 characters), from a buffered pool
+        of the system's randomness (:mod:`secure_mw.guards.nonces`)."""
+        return new_nonce()
 
     def _plan_for(self, path: str, https: bool) -> _Plan:
         for prefix, index in self._prefixes:
