@@ -157,13 +157,17 @@ class RateLimitMiddleware(Layer):
                  layer: RateLimitLayer | None = None, limiter: RateLimiter | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        self.layer = layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
+        self.layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
             s, limiter=limiter, audit=audit))
 
     def enter(self, scope: Scope, receive: Receive) -> Entered:
         if not self.layer.rules:
             return None
-        decided = run_inline(self.layer.check(view_of(scope), scope.get("secure_mw.identity")))
+        layer = self.layer
+        if layer.inline:          # decided in this process: no flow to drive
+            return self._verdict(scope, layer.check_now(view_of(scope),
+                                                        scope.get("secure_mw.identity")))
+        decided = run_inline(layer.check(view_of(scope), scope.get("secure_mw.identity")))
         if decided.__class__ is CoroutineType:      # a limiter that waits (Redis, SQLite)
             return self._wait(scope, decided)
         return self._verdict(scope, decided)  # type: ignore[arg-type]

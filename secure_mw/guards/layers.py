@@ -29,7 +29,15 @@ from secure_mw.authz.paths import route_path
 from secure_mw.crypto import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 from secure_mw.guards.attempts import DeviceCookies, LoginAttempts, StoreFailures, Turn
-from secure_mw.guards.ratelimit import RateLimiter, limiter_from_settings, rate_headers
+from secure_mw.guards.ratelimit import (
+    MemoryRateLimiter,
+    RateDecision,
+    RateLimiter,
+    _Plan,
+    limiter_from_settings,
+    plan_of,
+    rate_headers,
+)
 from secure_mw.guards.redirect import RedirectPolicy
 from secure_mw.guards.regulation import (
     Refusal,
@@ -82,6 +90,7 @@ class _Rule:
     paths: tuple[re.Pattern[str], ...]
     fail_open: bool | None
     protects_credentials: bool
+    plan: _Plan       # the limits, validated at start-up
 
     def applies(self, view: RequestView) -> bool:
         if self.methods:
@@ -175,9 +184,10 @@ class RateLimitLayer:
             network = rule.key in ("ip", "route")
             if (which == "network" and not network) or (which == "identity" and network):
                 continue
-            rules.append(_Rule(index, parse_rate_limit(rule.limit), rule.key, key_function,
+            limits = parse_rate_limit(rule.limit)
+            rules.append(_Rule(index, limits, rule.key, key_function,
                                frozenset(m.upper() for m in rule.methods), paths,
-                               rule.fail_open, rule.protects_credentials))
+                               rule.fail_open, rule.protects_credentials, plan_of(limits)))
         if problems:
             raise ConfigError(problems)
         self.rules = tuple(rules)
@@ -227,26 +237,62 @@ class RateLimitLayer:
             try:
                 decision = yield Op(limiter.hit, limiter.ahit, key, rule.limits)
             except StoreUnavailable as exc:
-                closed = self._fails_closed(rule, view)
-                outcome = "refused" if closed else "allowed"
-                self.without_store.add(outcome)
-                _event(self.audit, "rate_limit_unavailable", view, identity,
-                       rule=rule.index, reason=str(exc), outcome=outcome)
-                if not closed:
+                refused = self._unavailable(rule, view, identity, exc)
+                if refused is None:
                     continue
-                return json_reply(503, {"error": "rate_limit_unavailable"},
-                                  headers=[("retry-after", "5")]), []
+                return refused, []
             if not decision.allowed:
-                _event(self.audit, "rate_limited", view, identity, rule=rule.index,
-                       reason=decision.policy)
-                lines = rate_headers(decision)
-                if view.wants_html:
-                    return html_reply(429, "Too many requests",
-                                      "Please wait a moment before trying again.",
-                                      headers=lines), []
-                return json_reply(429, {"error": "rate_limited"}, headers=lines), []
+                return self._refused(rule, view, identity, decision), []
             headers = rate_headers(decision)   # the last rule that applied speaks
         return None, headers
+
+    def check_now(self, view: RequestView, identity: Identity | None = None
+                  ) -> tuple[Reply | None, list[tuple[str, str]]]:
+        """:meth:`check` for the in-memory limiter (:attr:`inline`): the same decisions,
+        with the limits validated at start-up and no flow to drive."""
+        headers: list[tuple[str, str]] = []
+        limiter = self.limiter
+        if type(limiter) is not MemoryRateLimiter:
+            raise TypeError("check_now() is for the in-memory limiter; use check()")
+        for rule in self.rules:
+            if not rule.applies(view):
+                continue
+            key = rule.key_of(view, identity)
+            if key is None:
+                continue
+            decision = limiter.hit_planned(key, rule.plan)
+            if not decision.allowed:
+                return self._refused(rule, view, identity, decision), []
+            headers = rate_headers(decision)   # the last rule that applied speaks
+        return None, headers
+
+    @property
+    def inline(self) -> bool:
+        """Whether :meth:`check_now` can decide (the limiter is in this process)."""
+        return type(self.limiter) is MemoryRateLimiter   # not a subclass that overrides hit
+
+    def _unavailable(self, rule: _Rule, view: RequestView, identity: Identity | None,
+                     exc: StoreUnavailable) -> Reply | None:
+        """The store is down: None to go on (the rule fails open), or the 503."""
+        closed = self._fails_closed(rule, view)
+        outcome = "refused" if closed else "allowed"
+        self.without_store.add(outcome)
+        _event(self.audit, "rate_limit_unavailable", view, identity,
+               rule=rule.index, reason=str(exc), outcome=outcome)
+        if not closed:
+            return None
+        return json_reply(503, {"error": "rate_limit_unavailable"},
+                          headers=[("retry-after", "5")])
+
+    def _refused(self, rule: _Rule, view: RequestView, identity: Identity | None,
+                 decision: RateDecision) -> Reply:
+        _event(self.audit, "rate_limited", view, identity, rule=rule.index,
+               reason=decision.policy)
+        lines = rate_headers(decision)
+        if view.wants_html:
+            return html_reply(429, "Too many requests",
+                              "Please wait a moment before trying again.", headers=lines)
+        return json_reply(429, {"error": "rate_limited"}, headers=lines)
 
 
 # -- open redirects ------------------------------------------------------------------------

@@ -67,7 +67,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
 
@@ -100,12 +100,12 @@ _MAX_PREFIXES: Final = 256
 # the decision
 
 
-@dataclass(frozen=True)
-class RateDecision:
+class RateDecision(NamedTuple):
     """The outcome of one :meth:`~MemoryRateLimiter.hit`; see the module docstring.
 
     ``policy`` is the deciding limit as a RateLimit-Policy list member
-    (``"20/1s";q=20;w=1``); ``policies`` are all limits of the rule, in order.
+    (``"20/1s";q=20;w=1``); ``policies`` are all limits of the rule, in order. Immutable
+    (a named tuple: built on every request, so it must cost nothing to make).
     """
 
     allowed: bool
@@ -158,6 +158,12 @@ def _plan(limits: Limits) -> _Plan:
         args += (str(count), repr(period))
     return _Plan(tuple(out), tuple(x.policy for x in out), min(x.count for x in out),
                  (0.0,) * len(out), tuple(args))
+
+
+def plan_of(limits: Limits) -> _Plan:
+    """``limits`` validated and prepared once, for :meth:`MemoryRateLimiter.hit_planned`
+    (ValueError when they are not valid limits)."""
+    return _prepare("", limits, 1)
 
 
 def _prepare(key: object, limits: Limits, cost: object) -> _Plan:
@@ -270,7 +276,11 @@ class MemoryRateLimiter:
 
     def hit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
         """Count a request of ``cost`` against every limit of ``limits`` for ``key``."""
-        plan = _prepare(key, limits, cost)
+        return self.hit_planned(key, _prepare(key, limits, cost), cost)
+
+    def hit_planned(self, key: str, plan: _Plan, cost: int = 1) -> RateDecision:
+        """:meth:`hit` with limits validated once, at start-up (:func:`plan_of`): what a
+        rate-limit layer calls for every request."""
         rule = plan.limits
         prefix = key.partition(":")[0] if ":" in key else ""
         with self._lock:
@@ -286,9 +296,13 @@ class MemoryRateLimiter:
                 debts = plan.zeros
             else:
                 state.move_to_end(key)
-                debts = [tat - now if tat > now else 0.0 for tat in tats]
-                if len(debts) != len(rule):  # the key was used with another rule
-                    debts = (debts + list(plan.zeros))[: len(rule)]
+                if len(tats) == 1 == len(rule):    # one limit, the usual rule: no loops
+                    tat = tats[0]
+                    debts = (tat - now if tat > now else 0.0,)
+                else:
+                    debts = [tat - now if tat > now else 0.0 for tat in tats]
+                    if len(debts) != len(rule):  # the key was used with another rule
+                        debts = (debts + list(plan.zeros))[: len(rule)]
             allowed = True
             for limit, debt in zip(rule, debts):  # noqa: B905 - same length
                 if limit.period - (debt + cost * limit.interval) + EPSILON < 0:  # _passes
@@ -304,6 +318,12 @@ class MemoryRateLimiter:
                 if max(state[oldest]) <= now:
                     del state[oldest]
                 break
+        if allowed and len(rule) == 1:    # _decide's arithmetic for one limit
+            limit = rule[0]
+            owed = debts[0] + cost * limit.interval
+            left = math.floor((limit.period - owed + EPSILON) / limit.interval)
+            return RateDecision(True, limit.count, min(max(left, 0), limit.count), owed, 0.0,
+                                limit.policy, plan.policies)
         return _decide(plan, cost, debts, allowed)
 
     async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:

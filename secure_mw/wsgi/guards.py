@@ -158,14 +158,15 @@ class RateLimitMiddleware(Layer):
                  layer: RateLimitLayer | None = None, limiter: RateLimiter | None = None,
                  audit: AuditLogger | None = None) -> None:
         self.app = app
-        self.layer = layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
+        self.layer = given_or_built(layer, settings, lambda s: RateLimitLayer.for_app(
             s, limiter=limiter, audit=audit))
 
     def enter(self, environ: Environ) -> Verdict:
         if not self.layer.rules:
             return None
-        reply, lines = run_sync(self.layer.check(view_of(environ),
-                                                 environ.get("secure_mw.identity")))
+        view, identity = view_of(environ), environ.get("secure_mw.identity")
+        reply, lines = self.layer.check_now(view, identity) if self.layer.inline \
+            else run_sync(self.layer.check(view, identity))
         if reply is not None:
             return reply
         if not lines:
