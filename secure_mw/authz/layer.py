@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from secure_mw import _observe
 from secure_mw.audit import AuditLogger, audit_logger
@@ -72,13 +73,31 @@ class AuthorizationLayer:
             else two_factor_step
         self.audit = audit or audit_logger()
         self.bearer = settings.bearer_tokens is not None   # 401s offer Bearer too
+        # Allow verdicts remembered by everything they depend on (memoizable policies only):
+        # a warm request then costs one dictionary look-up. Emptied when full.
+        self._allowed: dict[tuple[Any, ...], Verdict] | None = \
+            {} if self.policy.memoizable else None
 
     def decide(self, view: RequestView, identity: Identity | None,
                raw_path: bytes | None = None, *, root: str = "") -> Verdict:
         """``root``: the app's mount point (ASGI ``root_path``, WSGI ``SCRIPT_NAME``). The
         rules see the normalized path relative to it; a normalized path that leaves it is
         refused, since the app could not route it."""
-        return self._decide(view, identity, raw_path, root.rstrip("/"))
+        memo = self._allowed
+        if memo is None:
+            return self._decide(view, identity, raw_path, root.rstrip("/"))
+        key = (view.host, view.method, view.path, raw_path, root, _subject(identity))
+        verdict = memo.get(key)
+        if verdict is None:
+            verdict = self._decide(view, identity, raw_path, root.rstrip("/"))
+            if verdict.reply is not None:    # refusals are audited, and their replies
+                return verdict               # carry the request's own return address
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = verdict
+        elif _observe.active:
+            _observe.decided("authorization", "allow")
+        return verdict
 
     def explain(self, view: RequestView, identity: Identity | None,
                 raw_path: bytes | None = None, *, root: str = "") -> Explained:
@@ -170,6 +189,18 @@ class AuthorizationLayer:
                          remote_ip=view.client, method=view.method, host=view.host,
                          path=view.path, user=identity.sub if identity else None,
                          rule=rule, effect=effect, reason=reason)
+
+
+#: Allow verdicts an authorization layer remembers before it starts again.
+MEMO_SIZE = 4096
+
+
+def _subject(identity: Identity | None) -> tuple[Any, ...] | None:
+    """What the rules can see of ``identity`` (as :meth:`AccessPolicy.evaluate` treats it)."""
+    if not isinstance(identity, Identity):
+        return None
+    return (identity.sub, identity.groups, identity.email, identity.email_verified,
+            identity.auth_level, identity.source)
 
 
 def _bad_path(view: RequestView) -> Reply:

@@ -484,6 +484,15 @@ class AccessPolicy:
             raise ValueError(f"require(groups={names!r}): {exc}") from None
         return cls.from_settings(access)
 
+    @property
+    def memoizable(self) -> bool:
+        """Whether every decision depends only on the host, the method, the normalized
+        path and who the subject is (user, groups, e-mail, factors): no rule reads the
+        client's address, the query string, the time or anything else a policy block may
+        look at. The authorization layer then remembers its allow decisions."""
+        return not any(rule.networks is not None or rule.query or rule.has_ppl
+                       for rule in self._rules)
+
     # -- lookup ----------------------------------------------------------------------------
 
     def _candidates(self, host: str) -> Sequence[int]:
