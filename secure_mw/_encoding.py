@@ -15,6 +15,8 @@ import math
 import sys
 from typing import Any, Final
 
+from secure_mw.errors import SecureMWError
+
 __all__ = ["StrictJSONError", "b64url_decode", "b64url_encode", "loads_strict"]
 
 _ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -68,7 +70,7 @@ else:  # pragma: no cover - Python 3.10
         return binascii.a2b_base64(data)
 
 
-class StrictJSONError(ValueError):
+class StrictJSONError(SecureMWError, ValueError):
     """JSON refused by :func:`loads_strict`; the message is safe to show."""
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from secure_mw.errors import SecureMWError
 from secure_mw.identity import Identity
 
 __all__ = [
@@ -49,7 +50,7 @@ _URL = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
 _MAX_URI = 8192
 
 
-class NotForwardable(Exception):
+class NotForwardable(SecureMWError):
     """The proxy's description of the original request is missing or ambiguous; ``reason``
     is safe to log (it never quotes the header values)."""
 

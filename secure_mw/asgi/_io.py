@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from secure_mw.errors import SecureMWError
 from secure_mw.http import Reply, RequestView
 
 Scope = MutableMapping[str, Any]
@@ -42,8 +43,10 @@ def with_extra_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     return wrapped
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(SecureMWError):
+    """The request body is longer than the limit."""
+
+    status = 413
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -31,7 +31,7 @@ from secure_mw.asgi._io import ASGIApp, Receive, Scope, Send, view_of
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.layer import AuthorizationLayer
 from secure_mw.authz.rules import AccessPolicy
-from secure_mw.errors import ConfigError
+from secure_mw.errors import ConfigError, SecureMWError
 from secure_mw.guards.headers import NONCE_MARKER, PAGE_CSP
 from secure_mw.http import Reply
 from secure_mw.identity import Identity
@@ -136,7 +136,7 @@ class _Context:
 # -- the dependencies -------------------------------------------------------------------------
 
 
-class Refused(HTTPException):
+class Refused(HTTPException, SecureMWError):
     """A requirement not met: the authorization core's answer (a redirect to the login or
     the second step for a browser navigation, 401, or 403) as FastAPI's HTTPException, so the
     app's exception handlers render it; ``reply`` is the core's own response."""
@@ -150,6 +150,7 @@ class Refused(HTTPException):
                for name, value in reply.headers):
             detail = json.loads(reply.body)
         super().__init__(reply.status, detail=detail, headers=headers)
+        self.status = reply.status
         self.reply = reply
 
 

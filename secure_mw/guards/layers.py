@@ -27,7 +27,7 @@ from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.audit import AuditLogger
 from secure_mw.authz.paths import route_path
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import ConfigError, ConfigProblem, StoreUnavailable
+from secure_mw.errors import ConfigError, ConfigProblem, SecureMWError, StoreUnavailable
 from secure_mw.guards.attempts import DeviceCookies, LoginAttempts, StoreFailures, Turn
 from secure_mw.guards.ratelimit import (
     MemoryRateLimiter,
@@ -389,7 +389,7 @@ MAX_LOGIN_BODY = 64 * 1024
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json")
 
 
-class LoginAttemptError(Exception):
+class LoginAttemptError(SecureMWError):
     """The attempt cannot be judged: its reply (``status``, ``reason``)."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from secure_mw._encoding import StrictJSONError, loads_strict
+from secure_mw.errors import SecureMWError
 from secure_mw.http import Reply, RequestView, json_reply
 from secure_mw.oidc.prelogin import PendingLogin
 from secure_mw.session.model import Session
@@ -30,7 +31,7 @@ CODES = {FAILED: "invalid_credentials", EXPIRED: "state_invalid", USED: "state_u
          BUSY: "too_many_attempts"}
 
 
-class APIRefused(Exception):
+class APIRefused(SecureMWError):
     """A request to the JSON endpoints refused before it is judged: ``reply`` says why,
     ``reason`` is the audit line's, ``event`` its name."""
 

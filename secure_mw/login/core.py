@@ -1,4 +1,4 @@
-"""The built-in password login: the session core with a login form instead of a provider.
+"""The built-in password login: the session gate with a login form instead of a provider.
 
 :class:`LocalLoginCore` serves ``login`` (a server-rendered form: no JavaScript, labelled,
 keyboard-friendly), ``logout``, ``logged-out``, ``me`` and, for single-page apps, the JSON
@@ -57,8 +57,9 @@ from secure_mw.login.totp import (
 )
 from secure_mw.login.users import User, UsersFile, normalize_username
 from secure_mw.oidc.client import OIDCClient
-from secure_mw.oidc.core import OIDCSessionCore, Outcome
+from secure_mw.oidc.core import ProviderLogin
 from secure_mw.oidc.prelogin import LIFETIME, PendingLogin
+from secure_mw.session.gate import LoginMethod, Maintained, Outcome, SessionGate
 from secure_mw.session.manager import SessionRead, SessionStore
 from secure_mw.session.model import Session
 from secure_mw.settings import Settings
@@ -73,8 +74,10 @@ MAX_NAME = 256
 CHECKED = "pa"
 
 
-class LocalLoginCore(OIDCSessionCore):
-    """Sessions backed by the users file (``local_users.file``)."""
+class LocalLoginCore(SessionGate):
+    """Sessions backed by the users file (``local_users.file``): the session gate with the
+    password login as its method, and the OpenID provider's as a second one when ``[oidc]``
+    is set."""
 
     def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
                  store: SessionStore | None = None, users: UsersFile | None = None,
@@ -83,8 +86,8 @@ class LocalLoginCore(OIDCSessionCore):
                  used_codes: UsedCodeStore | None = None, client: OIDCClient | None = None,
                  clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
                  require_login: bool = True) -> None:
-        self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
-                    require_login=require_login)
+        super().__init__(settings, keyring=keyring, store=store, clock=clock, audit=audit,
+                         require_login=require_login)
         self.users = users or UsersFile(
             settings.local_users.file,
             policy=PasswordPolicy.from_settings(settings.local_users))
@@ -100,44 +103,38 @@ class LocalLoginCore(OIDCSessionCore):
         self.attempts = LoginAttempts(self.regulator, audit=self.audit,
                                       devices=device_cookies(settings, self.keyring, clock))
         self.secret_box = SecretBox(self.keyring)
-        self._routes.update({
+        self.use(LoginMethod("local", {
             "2fa": self._second_factor,
             "login": self._local_login,
-            "logout": self._logout,
-            "logged-out": self._logged_out,
-            "me": self._me,
             "api/login": self._api_login,
             "api/2fa": self._api_second_factor,
-        })
+        }, maintain=self._maintain_local))
         # With an OpenID provider configured too, the login page offers both.
-        self.provider = settings.oidc is not None
+        self.provider: ProviderLogin | None = None
         if settings.oidc is not None:
-            self.oidc = settings.oidc
-            self.client = client or OIDCClient(settings.oidc, clock=clock)
-            self._routes.update({"login/oidc": self._login, "callback": self._callback})
-            self._add_logout_routes(settings.oidc)
+            self.provider = ProviderLogin(self, settings.oidc, client=client, clock=clock)
+            self.use(self.provider.method(login_route="login/oidc"))
 
     def _foreign(self, session: Session) -> str | None:
-        if session.source == "oidc" and not self.provider:
+        if session.source == "oidc" and self.provider is None:
             return "session of an OpenID login, and this application has none"
         return super()._foreign(session)
 
     # -- sessions follow the users file -----------------------------------------------------
 
-    def _maintain(self, view: RequestView, session: Session, read: SessionRead
-                  ) -> Flow[tuple[Session | None, list[str]]]:
+    def _maintain_local(self, view: RequestView, session: Session, read: SessionRead
+                        ) -> Flow[Maintained | None]:
         """A local session whose user was looked up more than ``refresh_interval`` ago (or,
         by another clock, in the future) is checked against the users file first; anything
-        else costs one comparison."""
-        if session.source == "local":
-            checked = session.tokens.get(CHECKED, session.created)
-            if not isinstance(checked, int | float) or \
-                    not 0 <= self.clock() - checked < self.users_refresh:
-                return self._follow_users(view, session, read)
-        return super()._maintain(view, session, read)
+        else costs one comparison (``None``: the gate keeps it alive)."""
+        checked = session.tokens.get(CHECKED, session.created)
+        if not isinstance(checked, int | float) or \
+                not 0 <= self.clock() - checked < self.users_refresh:
+            return (yield from self._follow_users(view, session, read))
+        return None
 
     def _follow_users(self, view: RequestView, session: Session, read: SessionRead
-                      ) -> Flow[tuple[Session | None, list[str]]]:
+                      ) -> Flow[Maintained | None]:
         """End the session of a user who is gone, disabled or whose sessions were revoked;
         write changed claims (and when this check was made) back into the session."""
         user = yield Op(self.users.lookup_now, self.users.alookup_now, session.sub)
@@ -149,8 +146,8 @@ class LocalLoginCore(OIDCSessionCore):
         elif session.created < user.sessions_not_before:
             ended = "sessions revoked in the users file"
         if ended is not None:
-            self._event("session_ended", view, user=session.sub, reason=ended,
-                        session=session.digest)
+            self.event("session_ended", view, user=session.sub, reason=ended,
+                       session=session.digest)
             cookies = yield from self.sessions.destroy(session, sent=read.sent)
             return None, cookies
         assert user is not None
@@ -159,16 +156,16 @@ class LocalLoginCore(OIDCSessionCore):
                    "groups": list(user.groups)}
         changed = sorted(k for k, v in profile.items() if session.claims.get(k) != v)
         if changed:
-            self._event("session_updated", view, user=session.sub, level=logging.INFO,
-                        reason=", ".join(changed) + " changed in the users file",
-                        session=session.digest)
+            self.event("session_updated", view, user=session.sub, level=logging.INFO,
+                       reason=", ".join(changed) + " changed in the users file",
+                       session=session.digest)
         record = self.users_refresh > 0   # "always" records nothing
         if not changed and not record:
-            return (yield from super()._maintain(view, session, read))
+            return None
         tokens = {**session.tokens, CHECKED: now} if record else dict(session.tokens)
         claims = {**session.claims, **profile} if changed else session.claims
-        return (yield from self._write_back(session.evolve(claims=claims, tokens=tokens),
-                                            read, now))
+        return (yield from self.write_back(session.evolve(claims=claims, tokens=tokens),
+                                           read, now))
 
     # -- the form ---------------------------------------------------------------------------
 
@@ -192,8 +189,8 @@ class LocalLoginCore(OIDCSessionCore):
             'autocomplete="current-password" required></p>'
             f'{remember_box}<p><button type="submit">Sign in</button></p></form>'
         )
-        if self.provider:
-            provider = html.escape(urlsplit(self.oidc.issuer).netloc)
+        if self.provider is not None:
+            provider = html.escape(urlsplit(self.provider.oidc.issuer).netloc)
             link = f"{self.prefix}login/oidc?rd={quote(return_to, safe='/')}"
             form += (f'<p>or</p><p><a class="button" id="provider" href="{html.escape(link)}">'
                      f"Sign in with {provider}</a></p>")
@@ -240,7 +237,7 @@ class LocalLoginCore(OIDCSessionCore):
         state = form.get("state", "")
         pending, prelogin_cookie = self.prelogin.take(view, state) if state else (None, None)
         if pending is None:
-            self._event("login_failure", view, reason="sign-in form expired or forged")
+            self.event("login_failure", view, reason="sign-in form expired or forged")
             return Outcome(self._answer(api, view, status=400, error=EXPIRED))
         cookies = [prelogin_cookie] if prelogin_cookie else []
         username = form.get("username", "")
@@ -251,12 +248,12 @@ class LocalLoginCore(OIDCSessionCore):
         first_use = yield from self.sessions.claim_once(f"login-form:{pending.state}",
                                                         LIFETIME)
         if not first_use:
-            self._event("login_failure", view, reason="sign-in form used twice")
+            self.event("login_failure", view, reason="sign-in form used twice")
             return Outcome(self._answer(api, view, status=400, used=pending, error=USED,
                                         return_to=pending.return_to))
         if len(username) > MAX_NAME:
             attempt = self.delay.start()
-            self._event("login_failure", view, reason="user name too long")
+            self.event("login_failure", view, reason="user name too long")
             yield Op(attempt.finish, attempt.afinish, success=False)
             return Outcome(self._answer(api, view, status=400, used=pending,
                                         error=f"A user name has at most {MAX_NAME} "
@@ -297,8 +294,8 @@ class LocalLoginCore(OIDCSessionCore):
             "name": user.display_name, "groups": list(user.groups)}, source="local",
             remember=remember)
         cookies += (yield from self.sessions.save(session, sent=old.sent, new=True)) or []
-        self._event("login_success", view, user=user.username, level=logging.INFO,
-                    session=session.digest)
+        self.event("login_success", view, user=user.username, level=logging.INFO,
+                   session=session.digest)
         yield Op(attempt.finish, attempt.afinish, success=True)
         set_cookies = [("set-cookie", c) for c in cookies]
         if api:
@@ -339,7 +336,7 @@ class LocalLoginCore(OIDCSessionCore):
         """A second-factor code, from the form or the JSON endpoint (``api``)."""
         user = session.sub
         if not hmac.compare_digest(csrf.encode(), session.csrf.encode()):
-            self._event("csrf_failure", view, user=user, reason="second-factor form")
+            self.event("csrf_failure", view, user=user, reason="second-factor form")
             if api:
                 return Outcome(api_error(403, "csrf", "The CSRF token is missing or wrong."))
             return Outcome(html_reply(403, "Refused", "The form had expired. Please try again."))
@@ -348,7 +345,7 @@ class LocalLoginCore(OIDCSessionCore):
             token = sealed if sealed is not None else str(form.get("enrol", ""))
             secret = self.secret_box.open(user, token)
         except DecryptError:
-            self._event("login_failure", view, user=user, reason="second factor: bad enrolment")
+            self.event("login_failure", view, user=user, reason="second factor: bad enrolment")
             if api:
                 return Outcome(api_error(400, "enrolment_expired",
                                          "The enrolment had expired. Start again."))
@@ -388,14 +385,14 @@ class LocalLoginCore(OIDCSessionCore):
         if enrolling:
             yield Op(self.totp_secrets.set, self.totp_secrets.aset, user,
                      self.secret_box.seal(user, secret))
-            self._event("totp_enrolled", view, user=user, level=logging.INFO)
+            self.event("totp_enrolled", view, user=user, level=logging.INFO)
         # A new auth level, a new session id: the one-factor session is gone.
         upgraded = self.sessions.rotate(session, auth_level=2)
         yield from self.sessions.destroy(session)
         cookies = (yield from self.sessions.save(upgraded, sent=read.sent, new=True)) or []
         cookies += device
-        self._event("login_success", view, user=user, level=logging.INFO,
-                    reason="second factor", session=upgraded.digest)
+        self.event("login_success", view, user=user, level=logging.INFO,
+                   reason="second factor", session=upgraded.digest)
         yield Op(attempt.finish, attempt.afinish, success=True)
         if api:
             return Outcome(json_reply(200, signed_in(upgraded, target),
@@ -452,7 +449,7 @@ class LocalLoginCore(OIDCSessionCore):
             fields = api_fields(view, strings=("username", "password", "state"),
                                 flags=("remember_me",))
         except APIRefused as exc:
-            self._event(exc.event, view, reason=exc.reason)
+            self.event(exc.event, view, reason=exc.reason)
             return Outcome(exc.reply)
         return (yield from self._password_step(view, fields, api=True))
 
@@ -480,7 +477,7 @@ class LocalLoginCore(OIDCSessionCore):
         try:
             fields = api_fields(view, strings=("code", "enrol"))
         except APIRefused as exc:
-            self._event(exc.event, view, user=session.sub, reason=exc.reason)
+            self.event(exc.event, view, user=session.sub, reason=exc.reason)
             return Outcome(exc.reply)
         return (yield from self._code_step(view, read=read, session=session, sealed=sealed,
                                            target="/", form=fields,

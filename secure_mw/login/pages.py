@@ -26,7 +26,7 @@ from string import Template
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from secure_mw.errors import ConfigError, ConfigProblem
+from secure_mw.errors import ConfigError, ConfigProblem, SecureMWError
 from secure_mw.http import _STYLE as BASE_STYLE
 from secure_mw.http import Reply, html_reply
 
@@ -64,7 +64,7 @@ _FORBIDDEN = (
 _URL_BAD = re.compile(r"[\s;,'\"<>{}\\\x00-\x1f\x7f]")
 
 
-class PagesError(ValueError):
+class PagesError(SecureMWError, ValueError):
     """A ``[pages]`` setting that cannot be used; the message names no secret."""
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from secure_mw.crypto.passwords import MAX_PASSWORD_BYTES
-from secure_mw.errors import ConfigError, ConfigProblem
+from secure_mw.errors import ConfigError, ConfigProblem, SecureMWError
 
 if TYPE_CHECKING:
     from secure_mw.settings import LocalUsersSettings
@@ -49,7 +49,7 @@ _CONTROL: Final = frozenset({"Cc", "Cs"})
 _DECORATION: Final = ("N", "P", "S", "Z")
 
 
-class PasswordPolicyError(ValueError):
+class PasswordPolicyError(SecureMWError, ValueError):
     """The policy refuses a password; the message says what to change (never the password)."""
 
 

@@ -57,7 +57,7 @@ from typing import Any, Final, TypeVar
 
 from secure_mw._files import read_secret_file
 from secure_mw.crypto.passwords import DEFAULT_HASHER, PasswordHasher
-from secure_mw.errors import ConfigError, ConfigProblem
+from secure_mw.errors import ConfigError, ConfigProblem, SecureMWError
 from secure_mw.identity import normalize_username
 from secure_mw.login.policy import PasswordPolicy
 
@@ -148,11 +148,11 @@ class UsersFileError(ConfigError):
         return "; ".join(str(p) for p in self.problems)
 
 
-class UserExistsError(ValueError):
+class UserExistsError(SecureMWError, ValueError):
     """``add`` was asked for a user name that is already taken (after normalization)."""
 
 
-class UnknownUserError(LookupError):
+class UnknownUserError(SecureMWError, LookupError):
     """A writer was asked to change a user that is not in the file."""
 
     def __str__(self) -> str:  # LookupError would show the repr of its argument

@@ -1,10 +1,11 @@
-"""The session gate and the ``/.auth/`` endpoints, framework-free.
+"""Sign-in with an OpenID provider, framework-free.
 
-:class:`OIDCSessionCore` decides every request once, as a flow: the ASGI and WSGI
-middlewares only translate I/O. For an ordinary request it finds the session, keeps it alive
-(refreshing tokens and the profile when due) and hands back the identity, or a challenge when
-login is required. Under the reserved prefix it serves ``login``, ``callback``, ``logout``,
-``logged-out`` and ``me``.
+:class:`ProviderLogin` is the OpenID Connect login method of a
+:class:`~secure_mw.session.gate.SessionGate`: it serves ``login`` (or ``login/oidc`` beside
+the built-in password login), ``callback`` and the provider's back- and front-channel logout,
+keeps its sessions' tokens and profile fresh (refresh tokens are never presented twice, across
+processes), and signs out at the provider. :class:`OIDCSessionCore` is the gate with this one
+method, for an application whose users all come from the provider.
 """
 
 from __future__ import annotations
@@ -18,26 +19,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from secure_mw._driver import Flow
 from secure_mw.audit import AuditLogger
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import InvalidToken, SecureMWError, SessionTooLarge, StoreUnavailable
+from secure_mw.errors import InvalidToken, SecureMWError, StoreUnavailable
 from secure_mw.guards.hosts import public_base
-from secure_mw.guards.redirect import RedirectPolicy
-from secure_mw.http import (
-    MAX_FORM_BODY,
-    Reply,
-    RequestView,
-    html_reply,
-    json_reply,
-    redirect_reply,
-    too_large_reply,
-)
-from secure_mw.identity import Identity
+from secure_mw.http import Reply, RequestView, html_reply, json_reply, redirect_reply
 from secure_mw.oidc.client import (
     ID_TOKEN_HINT_MAX,
     GrantRefused,
@@ -46,133 +36,51 @@ from secure_mw.oidc.client import (
     TokenTooLarge,
     pkce_pair,
 )
-from secure_mw.oidc.prelogin import LIFETIME, PendingLogin, PreLoginCookie
-from secure_mw.session.manager import SessionManager, SessionRead, SessionStore, index_name
+from secure_mw.oidc.prelogin import LIFETIME, PendingLogin
+from secure_mw.session.gate import (
+    MAX_FORM,
+    RETRY_AFTER,
+    BadRequest,
+    LoginMethod,
+    Maintained,
+    Outcome,
+    RefreshPending,
+    Route,
+    SessionGate,
+    challenge,
+    local_target,
+    method_not_allowed,
+    return_target,
+    sibling_hosts,
+    single,
+)
+from secure_mw.session.manager import SessionRead, SessionStore, index_name
 from secure_mw.session.model import ClaimsTooLarge, Session, identity_claims
 from secure_mw.settings import OIDCSettings, Settings
 
-__all__ = ["OIDCSessionCore", "Outcome", "challenge", "local_target", "return_target",
-           "sibling_hosts"]
+__all__ = ["MAX_FORM", "RETRY_AFTER", "OIDCSessionCore", "Outcome", "ProviderLogin",
+           "challenge", "local_target", "return_target", "rotation_key", "sibling_hosts"]
 
 log = logging.getLogger("secure_mw.oidc")
 
-MAX_FORM = MAX_FORM_BODY   # what the flavours read of a POST to our pages
 ROTATION_GRACE = 3600.0   # how long a rotation is remembered for stale copies of a session
 REFRESH_CLAIM = 30.0      # how long one process holds the right to refresh a token at most
 # A request that finds another refreshing the session's access token is served the session
 # while the token is valid or ended less than this long ago, or while the refresh it waits
 # for started less than this long ago; otherwise it gets 503 + Retry-After (fail closed).
 REFRESH_GRACE = 10.0
-RETRY_AFTER = 2           # seconds, for a request refused while another refreshes
 _RELEASE_BEFORE = REFRESH_CLAIM - 5.0   # a claim older than this may be another's by now
 # Rotation records followed at most, in this process and through the store, for one request.
 _MAX_HOPS = 64
 _MAX_SHARED_HOPS = 8
-_MAX_TARGET = 1024
-
-
-@dataclass(slots=True)
-class Outcome:
-    """Either a complete ``reply``, or go on to the app with ``identity`` (maybe ``None``);
-    ``cookies`` are Set-Cookie values to add to whatever response goes out."""
-
-    reply: Reply | None = None
-    identity: Identity | None = None
-    cookies: list[str] = field(default_factory=list)
-
-
-def local_target(value: str | None) -> str | None:
-    """``value`` if it is a path on this site a browser cannot read as another host."""
-    if not value or len(value) > _MAX_TARGET or value[0] != "/":
-        return None
-    if value.startswith(("//", "/\\")) or "\\" in value:
-        return None
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
-        return None
-    # Non-ASCII is percent-encoded: a Location header carries ASCII only.
-    encoded = quote(value, safe="!#$%&'()*+,/:;=?@[]~-._")
-    return encoded if len(encoded) <= _MAX_TARGET else None
-
-
-def sibling_hosts(allowed_hosts: list[str]) -> list[str]:
-    """The entries of ``server.allowed_hosts`` a login may send the browser back to (the
-    hosts a forward-auth portal signs in for): those naming one host. A wildcard
-    (``*``, ``*.example.com``) may cover hosts whose pages others write."""
-    return [entry for entry in allowed_hosts if not entry.startswith("*")]
-
-
-def return_target(value: str | None, hosts: RedirectPolicy | None) -> str | None:
-    """Where a login may send the browser back to: a :func:`local_target`, or an absolute
-    http(s) URL on one of ``hosts`` (normalized as a browser reads it), or None."""
-    local = local_target(value)
-    if local is not None or hosts is None or not value or len(value) > _MAX_TARGET:
-        return local
-    if not value[:8].lower().startswith(("https://", "http://")):
-        return None
-    target = hosts.normalize(value)
-    return target if target is not None and len(target) <= _MAX_TARGET else None
-
-
-def challenge(view: RequestView, prefix: str, cookie_name: str, *,
-              step: str = "login", bearer: bool = False) -> Reply:
-    """Send a browser navigation to ``prefix + step`` (``login``, or ``2fa`` for a second
-    factor) with the way back; anything else gets 401 saying where to go. With ``bearer``
-    (``[bearer_tokens]`` is set) the 401 also offers ``Bearer`` (RFC 6750 §3.1: no error
-    code, no token was sent), and a request with an Authorization header of another scheme
-    is an API client's: 401, never a redirect."""
-    target = view.path + (f"?{view.query_string}" if view.query_string else "")
-    page = f"{prefix}{step}"
-    api_client = bearer and step == "login" and "authorization" in view.headers
-    if view.wants_html and not api_client:
-        return redirect_reply(f"{page}?rd={quote(target, safe='/')}")
-    error = "unauthenticated" if step == "login" else "second_factor_required"
-    offers = [("www-authenticate", 'Bearer realm="secure_mw"')] if bearer and step == "login" \
-        else []
-    return json_reply(401, {"error": error, "login_url": page}, headers=[
-        *offers,
-        ("www-authenticate",
-         f'Cookie realm="secure_mw", form-action="{page}", cookie-name="{cookie_name}"'),
-    ])
-
-
-def _one(params: dict[str, list[str]], name: str) -> str | None:
-    values = params.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise _BadRequest(f"the parameter {name!r} appears more than once")
-    return values[0]
-
-
-class _BadRequest(Exception):
-    pass
-
-
-class _StillRefreshing(Exception):
-    """The access token has ended (beyond :data:`REFRESH_GRACE`) and another request is
-    refreshing it: this request cannot be served as signed in right now."""
-
-    def __init__(self, user: str) -> None:
-        super().__init__("another request is refreshing the session")
-        self.user = user
 
 
 class _Wait:
     """Another process holds the refresh claim: serve the session as it is (see
-    :meth:`OIDCSessionCore._renew`)."""
+    :meth:`ProviderLogin._renew`)."""
 
 
 _WAIT = _Wait()
-
-
-class _NotKept(Exception):
-    """A refreshed session could not be saved (too large for the cookie store): it has been
-    ended; ``cookies`` expire the client's copy."""
-
-    def __init__(self, cookies: list[str], source: str) -> None:
-        super().__init__("the refreshed session cannot be kept")
-        self.cookies = cookies
-        self.source = source
 
 
 def _tokens_due(tokens: Mapping[str, Any], now: float) -> bool:
@@ -242,76 +150,25 @@ def rotation_key(tokens: Mapping[str, Any], kind: str = "rotation") -> str:
     return f"{kind}:{_generation(tokens).hex()}"
 
 
-class OIDCSessionCore:
-    """Sessions backed by an OpenID provider, for one application."""
+class ProviderLogin:
+    """The OpenID provider's login method for ``gate`` (see :meth:`method`)."""
 
-    def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
-                 store: SessionStore | None = None, client: OIDCClient | None = None,
-                 clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
-                 require_login: bool = True,
+    def __init__(self, gate: SessionGate, oidc: OIDCSettings, *,
+                 client: OIDCClient | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        if settings.oidc is None:
-            raise ValueError("OIDCSessionCore needs an [oidc] section in the settings")
-        self._setup(settings, keyring=keyring, store=store, clock=clock, audit=audit,
-                    require_login=require_login)
-        self.oidc = settings.oidc
-        self._monotonic = monotonic
-        self.client = client or OIDCClient(settings.oidc, clock=clock, monotonic=monotonic)
-        self._routes.update({
-            "login": self._login,
-            "callback": self._callback,
-            "logout": self._logout,
-            "logged-out": self._logged_out,
-            "me": self._me,
-        })
-        self._add_logout_routes(settings.oidc)
-
-    def _add_logout_routes(self, oidc: OIDCSettings) -> None:
-        """``backchannel-logout`` and (opt-in) ``frontchannel-logout``, where the stores can
-        find the sessions of a provider session."""
-        if not (oidc.backchannel_logout or oidc.frontchannel_logout):
-            return
-        if not self.sessions.can_end_all:
-            log.warning("oidc.backchannel_logout: the session store %s keeps no index of "
-                        "sessions by provider session and subject; the back-channel and "
-                        "front-channel logout endpoints are not served",
-                        type(self.sessions.store).__name__)
-            return
-        if oidc.backchannel_logout:
-            self._routes["backchannel-logout"] = self._backchannel_logout
-        if oidc.frontchannel_logout:
-            self._routes["frontchannel-logout"] = self._frontchannel_logout
-
-    def _setup(self, settings: Settings, *, keyring: KeyRing | None,
-               store: SessionStore | None, clock: Callable[[], float],
-               audit: AuditLogger | None, require_login: bool) -> None:
-        """What every identity source shares: sessions, the pre-login cookie, audit."""
-        self.settings = settings
-        self.keyring = keyring if keyring is not None else KeyRing.from_settings(settings.keys)
+        self.gate = gate
+        self.oidc = oidc
+        self.settings = gate.settings
+        self.sessions = gate.sessions
+        self.prelogin = gate.prelogin
+        self.prefix = gate.prefix
+        self.pages = gate.pages
+        self.kept_claims = gate.kept_claims
+        self._event = gate.event
+        self.return_target = gate.return_target
         self.clock = clock
-        self._monotonic = time.monotonic    # elapsed times (claims); ``clock`` is for tokens
-        self.sessions = SessionManager(settings.session, keyring=self.keyring, store=store,
-                                       clock=clock, secure=settings.session.cookie_secure,
-                                       on_refused=self._cookie_refused,
-                                       on_unreadable=self._record_unreadable,
-                                       sqlite=settings.sqlite)
-        self.prelogin = PreLoginCookie(self.keyring, self.sessions.jar,
-                                       settings.session.cookie_name, clock=clock)
-        self.audit = audit or AuditLogger(fmt=settings.audit.format,  # type: ignore[arg-type]
-                                          logger=logging.getLogger(settings.audit.logger),
-                                          clock=clock)
-        self.prefix = settings.server.auth_prefix
-        siblings = sibling_hosts(settings.server.allowed_hosts)
-        try:     # the entries are checked by the settings; the login only reads them
-            self.return_hosts: RedirectPolicy | None = RedirectPolicy(
-                siblings, require_https=settings.session.cookie_secure) if siblings else None
-        except ValueError:
-            self.return_hosts = None
-        self.require_login = require_login
-        from secure_mw.authz.rules import claim_names
-
-        # The claims the access rules read (claim/...): kept in the session for them.
-        self.kept_claims = claim_names(settings.access_control)
+        self._monotonic = monotonic   # elapsed times (claims); ``clock`` is for tokens
+        self.client = client or OIDCClient(oidc, clock=clock, monotonic=monotonic)
         self.refresh_margin = 60.0
         # Session id -> when a request of this process started refreshing it.
         self._refreshing: dict[str, float] = {}
@@ -319,102 +176,36 @@ class OIDCSessionCore:
         self._contended: OrderedDict[str, float] = OrderedDict()
         self._rotations = _Rotations()
         self._refreshing_lock = threading.Lock()
-        self._routes: dict[str, Callable[[RequestView], Flow[Outcome]]] = {}
-        from secure_mw.login.pages import Pages
 
-        # The look of our pages ([pages]); its files are served under the prefix.
-        self.pages = Pages.from_settings(settings.pages, self.prefix)
-        for name, asset in self.pages.assets.items():
-            self._routes[f"assets/{name}"] = _asset_route(asset.reply)
-
-    def _cookie_refused(self, view: RequestView, problem: str) -> None:
-        """A session cookie that is malformed, forged or made with other keys (another
-        application's) is audited wherever it is read."""
-        self._event("invalid_session_cookie", view, reason=problem)
-
-    def _record_unreadable(self, view: RequestView, problem: str) -> None:
-        """A server-side record the client's session id names cannot be read: audited under
-        an event of its own, which fail2ban does not count (the client cannot have forged
-        it; one page load after a key left the ring would otherwise ban its user)."""
-        self._event("session_record_unreadable", view, reason=problem)
+    def method(self, *, login_route: str = "login") -> LoginMethod:
+        """The method for the gate: its login page at ``login_route``, the callback and,
+        where the stores can find the sessions of a provider session, ``backchannel-logout``
+        and (opt-in) ``frontchannel-logout``."""
+        routes: dict[str, Route] = {login_route: self._login, "callback": self._callback}
+        oidc = self.oidc
+        if oidc.backchannel_logout or oidc.frontchannel_logout:
+            if not self.sessions.can_end_all:
+                log.warning("oidc.backchannel_logout: the session store %s keeps no index of "
+                            "sessions by provider session and subject; the back-channel and "
+                            "front-channel logout endpoints are not served",
+                            type(self.sessions.store).__name__)
+            else:
+                if oidc.backchannel_logout:
+                    routes["backchannel-logout"] = self._backchannel_logout
+                if oidc.frontchannel_logout:
+                    routes["frontchannel-logout"] = self._frontchannel_logout
+        return LoginMethod("oidc", routes, foreign=self._foreign, maintain=self._maintain,
+                           signing_out=self._revoke, signed_out=self._end_session)
 
     def _foreign(self, session: Session) -> str | None:
-        """Why ``session`` is not one this application accepts, or ``None``."""
-        if session.source == "oidc" and session.tokens.get("cid") != self.client.client_id:
+        if session.tokens.get("cid") != self.client.client_id:
             return "session of another OpenID client"
         return None
 
-    # -- entry point ----------------------------------------------------------------------
-
-    def return_target(self, value: str | None) -> str | None:
-        """``rd``: a path here, or a URL on a host of ``server.allowed_hosts``."""
-        return return_target(value, self.return_hosts)
-
-    def is_reserved(self, path: str) -> bool:
-        return path.startswith(self.prefix)
-
-    def handle(self, view: RequestView) -> Flow[Outcome]:
-        refusal = self.sessions.worker_refusal(view)
-        if refusal is not None:     # the memory store in several workers: cannot work
-            return Outcome(refusal)
-        try:
-            if view.path.startswith(self.prefix):
-                route = self._routes.get(view.path[len(self.prefix):])
-                if route is None:
-                    return Outcome(html_reply(404, "Not found", "There is no such page."))
-                return (yield from route(view))
-            return (yield from self._gate(view))
-        except _NotKept as exc:     # audited (session_ended) where it was ended
-            return Outcome(self._too_large(view, exc.cookies, exc.source))
-        except SessionTooLarge as exc:
-            self._event("session_too_large", view, reason=str(exc))
-            return Outcome(self._too_large(view, []))
-        except StoreUnavailable as exc:
-            self._event("store_unavailable", view, reason=str(exc))
-            return Outcome(self._unavailable(view))
-        except _StillRefreshing as exc:
-            self._event("session_refresh_pending", view, user=exc.user, level=logging.INFO,
-                        reason="access token expired while another request refreshes it")
-            return Outcome(self._refresh_pending(view))
-        except _BadRequest as exc:
-            self._event("bad_request", view, reason=str(exc))
-            return Outcome(html_reply(400, "Bad request", str(exc)))
-
-    # -- the gate -------------------------------------------------------------------------
-
-    def _gate(self, view: RequestView) -> Flow[Outcome]:
-        read = yield from self.sessions.read(view)
-        cookies: list[str] = []
-        session = read.session
-        if session is None:
-            if read.sent:     # (a forged one was audited as it was read)
-                cookies += self.sessions.forget(read.sent)
-            if self.require_login:
-                return Outcome(self.challenge(view), None, cookies)
-            return Outcome(None, None, cookies)
-        session, more = yield from self._maintained(view, session, read)
-        cookies += more
-        if session is None:
-            if self.require_login:
-                return Outcome(self.challenge(view), None, cookies)
-            return Outcome(None, None, cookies)
-        return Outcome(None, session.identity(), cookies)
-
-    def _maintained(self, view: RequestView, session: Session, read: SessionRead
-                    ) -> Flow[tuple[Session | None, list[str]]]:
-        """:meth:`_maintain`, ending a session whose updated record cannot be saved (too
-        large for the cookie store after a refresh brought hundreds of groups) for every
-        copy: the record of before, with the groups of before, is never served instead."""
-        try:
-            return (yield from self._maintain(view, session, read))
-        except SessionTooLarge as exc:
-            self._event("session_ended", view, user=session.sub,
-                        reason=f"the updated session cannot be kept: {exc}")
-            ended = yield from self.sessions.destroy(session, sent=read.sent)
-            raise _NotKept(ended, session.source) from None
+    # -- keeping a session fresh ----------------------------------------------------------
 
     def _maintain(self, view: RequestView, session: Session, read: SessionRead
-                  ) -> Flow[tuple[Session | None, list[str]]]:
+                  ) -> Flow[Maintained | None]:
         """Refresh tokens and profile when due; write back last-active now and then.
 
         Providers rotate refresh tokens and revoke the whole grant when a spent one is
@@ -424,59 +215,36 @@ class OIDCSessionCore:
         rotation this process made); refreshes are claimed across processes in the store.
         """
         now = self.clock()
-        foreign = self._foreign(session)
-        if foreign is not None:    # a session another application created: not ours
-            self._event("invalid_session_cookie", view, user=session.sub, reason=foreign)
-            return None, self.sessions.forget(read.sent)
-        if session.source == "oidc":
-            due_tokens, due_profile = self._due(session, now)
-            if due_tokens or due_profile:
-                started = self._claim_refresh(session.id, now)
-                if started is not None:
-                    # Another request of this session is refreshing it: serve the session
-                    # within the grace, else fail closed.
-                    self._within_grace(session, now, started)
-                    return session, []
-                try:
-                    refreshed, changed = yield from self._refresh(view, session)
-                    if refreshed is None:
-                        ended = yield from self.sessions.destroy(session, sent=read.sent)
-                        return None, ended
-                    if not changed:
-                        return refreshed, []
-                    return (yield from self._write_back(refreshed, read, now))
-                finally:
-                    self._release_refresh(session.id)
-        if not self.sessions.needs_touch(session):
-            return session, []
-        base = yield from self._latest(session)
-        if base is None:
-            return None, self.sessions.forget(read.sent)
-        return (yield from self._write_back(base, read, now))
-
-    def _write_back(self, session: Session, read: SessionRead, now: float
-                    ) -> Flow[tuple[Session | None, list[str]]]:
-        updated = session.evolve(last_active=now)
-        saved = yield from self.sessions.save(updated, sent=read.sent)
-        if saved is None:     # deleted meanwhile (a logout): stays deleted
-            return None, self.sessions.forget(read.sent)
-        return updated, saved
+        due_tokens, due_profile = self._due(session, now)
+        if due_tokens or due_profile:
+            started = self._claim_refresh(session.id, now)
+            if started is not None:
+                # Another request of this session is refreshing it: serve the session
+                # within the grace, else fail closed.
+                self._within_grace(session, now, started)
+                return session, []
+            try:
+                refreshed, changed = yield from self._refresh(view, session)
+                if refreshed is None:
+                    ended = yield from self.sessions.destroy(session, sent=read.sent)
+                    return None, ended
+                if not changed:
+                    return refreshed, []
+                return (yield from self.gate.write_back(refreshed, read, now))
+            finally:
+                self._release_refresh(session.id)
+        return (yield from self.gate.touch(view, session, read, latest=self._latest))
 
     def _latest(self, session: Session) -> Flow[Session | None]:
-        """The newest version of ``session``: the stored record (server-side stores) with any
+        """The newest version of ``session``: the gate's (the stored record) with any
         rotation this process made applied; ``None`` if it is gone."""
-        if self.sessions.store is not None:
-            try:
-                stored = yield from self.sessions.load(session.id)
-            except ValueError:
-                stored = None
-            if stored is None:
-                return None
-            session = stored
-        rotated = self._rotations.follow(session.tokens, self.clock())
+        latest = yield from self.gate.latest(session)
+        if latest is None:
+            return None
+        rotated = self._rotations.follow(latest.tokens, self.clock())
         if rotated is not None:
-            session = session.evolve(tokens=rotated)
-        return session
+            latest = latest.evolve(tokens=rotated)
+        return latest
 
     def _due(self, session: Session, now: float) -> tuple[bool, bool]:
         """(access token due for refresh, profile due for re-fetch)."""
@@ -487,14 +255,14 @@ class OIDCSessionCore:
         return due_tokens, due_profile
 
     def _within_grace(self, session: Session, now: float, since: float) -> None:
-        """Raise :class:`_StillRefreshing` unless ``session``'s access token ended less than
-        :data:`REFRESH_GRACE` seconds ago, or the refresh this request cannot do itself was
-        seen under way ``since`` less than that long ago."""
+        """Raise :class:`~secure_mw.session.gate.RefreshPending` unless ``session``'s access
+        token ended less than :data:`REFRESH_GRACE` seconds ago, or the refresh this request
+        cannot do itself was seen under way ``since`` less than that long ago."""
         if now < since + REFRESH_GRACE:
             return
         ends = session.tokens.get("ae")
         if isinstance(ends, int | float) and now >= ends + REFRESH_GRACE:
-            raise _StillRefreshing(session.sub)
+            raise RefreshPending(session.sub)
 
     def _held_since(self, claim: str, now: float) -> float:
         """When this process first found ``claim`` held by another (bounded memory)."""
@@ -625,7 +393,7 @@ class OIDCSessionCore:
                 return {}
         # A copy this many refreshes behind: its tokens are spent, and presenting them would
         # make the provider end the grant. Not served now (fail closed).
-        raise _StillRefreshing(session.sub)
+        raise RefreshPending(session.sub)
 
     def _recalled(self, tokens: Mapping[str, Any]) -> Flow[dict[str, Any] | None]:
         """The rotation of ``tokens``' generation another process kept in the store."""
@@ -675,11 +443,6 @@ class OIDCSessionCore:
             fields["it"] = result.id_token
         return fields
 
-    def challenge(self, view: RequestView) -> Reply:
-        """302 to the login page for a browser navigation; 401 for anything else."""
-        return challenge(view, self.prefix, self.sessions.cookie_name,
-                         bearer=self.settings.bearer_tokens is not None)
-
     # -- /.auth/login ---------------------------------------------------------------------
 
     def redirect_uri(self, view: RequestView) -> str:
@@ -687,17 +450,17 @@ class OIDCSessionCore:
             return self.oidc.redirect_uri
         base = public_base(self.settings.server, view)
         if base is None:     # never a URL on a host we do not serve
-            raise _BadRequest("this site does not answer for that host name")
+            raise BadRequest("this site does not answer for that host name")
         return base.rstrip("/") + f"{self.prefix}callback"
 
     def _login(self, view: RequestView) -> Flow[Outcome]:
         if view.method != "GET":
-            return Outcome(_method_not_allowed("GET"))
+            return Outcome(method_not_allowed("GET"))
         params = view.query()
-        target = self.return_target(_one(params, "rd")) or "/"
+        target = self.return_target(single(params, "rd")) or "/"
         # Remember-me only when the user asked on this site (or typed the address): a link on
         # another site must not make a victim's session outlive the browser.
-        remember = _one(params, "remember_me") in ("1", "true", "on") and \
+        remember = single(params, "remember_me") in ("1", "true", "on") and \
             view.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
         meta = yield from self.client.metadata()
         verifier, challenge = pkce_pair()
@@ -713,9 +476,9 @@ class OIDCSessionCore:
 
     def _callback(self, view: RequestView) -> Flow[Outcome]:
         if view.method != "GET":
-            return Outcome(_method_not_allowed("GET"))
+            return Outcome(method_not_allowed("GET"))
         params = view.query()
-        state = _one(params, "state")
+        state = single(params, "state")
         if not state:
             self._event("login_failure", view, reason="callback without state")
             return Outcome(self._login_again(view, 400, "The sign-in response is incomplete."))
@@ -731,7 +494,7 @@ class OIDCSessionCore:
             self._event("login_failure", view, reason="replayed state")
             return Outcome(self._login_again(
                 view, 400, "This sign-in attempt was already used.", cookies))
-        error = _one(params, "error")
+        error = single(params, "error")
         if error is not None:
             error_code = "".join(c for c in error if c.isalnum() or c == "_")[:64] or "error"
             self._event("login_failure", view, reason=f"provider error {error_code}")
@@ -744,13 +507,13 @@ class OIDCSessionCore:
             meta = yield from self.client.metadata()
         except StoreUnavailable as exc:
             return Outcome(self._retry_login(view, pending, exc, cookies))
-        iss = _one(params, "iss")
+        iss = single(params, "iss")
         if (iss is not None and iss != self.client.issuer) or \
                 (iss is None and meta.iss_parameter_supported):
             self._event("login_failure", view, reason="authorization response iss mismatch")
             return Outcome(self._login_again(view, 400, "The sign-in response is not from "
                                              "the expected identity provider.", cookies))
-        code = _one(params, "code")
+        code = single(params, "code")
         if not code:
             self._event("login_failure", view, reason="callback without code")
             return Outcome(self._login_again(view, 400, "The sign-in response is incomplete.",
@@ -810,31 +573,10 @@ class OIDCSessionCore:
                 headers=[("refresh", f"0; url={pending.return_to}"), *set_cookies]))
         return Outcome(redirect_reply(pending.return_to, headers=set_cookies))
 
-    # -- /.auth/logout --------------------------------------------------------------------
+    # -- /.auth/logout (the provider's part) ----------------------------------------------
 
-    def _logout(self, view: RequestView) -> Flow[Outcome]:
-        read = yield from self.sessions.read(view)
-        session = read.session
-        if view.method in ("GET", "HEAD"):
-            if session is None:
-                return Outcome(redirect_reply(f"{self.prefix}logged-out", headers=[
-                    ("set-cookie", c) for c in self.sessions.forget(read.sent)]))
-            form = (f'<form method="post" action="{self.prefix}logout">'
-                    f'<input type="hidden" name="csrf" value="{session.csrf}">'
-                    '<button type="submit">Sign out</button></form>')
-            return Outcome(self.pages.render(200, "Sign out", "Sign out of this application?",
-                                             body_html=form))
-        if view.method != "POST":
-            return Outcome(_method_not_allowed("GET, POST"))
-        if session is None:
-            return Outcome(redirect_reply(f"{self.prefix}logged-out", status=303, headers=[
-                ("set-cookie", c) for c in self.sessions.forget(read.sent)]))
-        sent_token = view.headers.get("x-csrf-token") or view.form().get("csrf") or ""
-        if not hmac.compare_digest(sent_token.encode(), session.csrf.encode()):
-            self._event("csrf_failure", view, user=session.sub, reason="logout without token")
-            return Outcome(html_reply(403, "Sign-out refused",
-                                      "The sign-out form had expired. Please try again."))
-        cookies = yield from self.sessions.destroy(session, sent=read.sent)
+    def _revoke(self, view: RequestView, session: Session) -> Flow[None]:
+        """The session is destroyed here: revoke its refresh token at the provider."""
         refresh_token = session.tokens.get("rt")
         if refresh_token:
             try:
@@ -842,23 +584,23 @@ class OIDCSessionCore:
             except SecureMWError as exc:
                 self._event("token_revocation_failed", view, user=session.sub,
                             reason=str(exc))
-        self._event("logout", view, user=session.sub, level=logging.INFO,
-                    session=session.digest)
-        location = f"{self.prefix}logged-out"
-        if session.source == "oidc":
-            try:
-                meta = yield from self.client.metadata()
-                base = public_base(self.settings.server, view)
-                back = self.oidc.post_logout_redirect_uri or (
-                    base.rstrip("/") + f"{self.prefix}logged-out" if base else None)
-                if back is not None:    # never a return URL on a host we do not serve
-                    location = self.client.end_session_url(
-                        meta, id_token_hint=session.tokens.get("it"),
-                        post_logout_redirect_uri=back, state=session.digest) or location
-            except StoreUnavailable as exc:   # signed out here; the provider can't be told
-                self._event("idp_logout_failed", view, user=session.sub, reason=str(exc))
-        return Outcome(redirect_reply(location, status=303,
-                                      headers=[("set-cookie", c) for c in cookies]))
+        return None
+
+    def _end_session(self, view: RequestView, session: Session) -> Flow[str | None]:
+        """Where the browser goes next: the provider's end-session endpoint, when it has
+        one and there is a return address on a host we serve."""
+        try:
+            meta = yield from self.client.metadata()
+            base = public_base(self.settings.server, view)
+            back = self.oidc.post_logout_redirect_uri or (
+                base.rstrip("/") + f"{self.prefix}logged-out" if base else None)
+            if back is not None:    # never a return URL on a host we do not serve
+                return self.client.end_session_url(
+                    meta, id_token_hint=session.tokens.get("it"),
+                    post_logout_redirect_uri=back, state=session.digest)
+        except StoreUnavailable as exc:   # signed out here; the provider can't be told
+            self._event("idp_logout_failed", view, user=session.sub, reason=str(exc))
+        return None
 
     # -- /.auth/backchannel-logout and /.auth/frontchannel-logout -------------------------
 
@@ -939,9 +681,9 @@ class OIDCSessionCore:
         ``iss`` and the ``sid`` it ended; the sessions of that sid end, and the session whose
         cookie came with the request (SameSite=None deployments) too."""
         if view.method not in ("GET", "HEAD"):
-            return Outcome(_method_not_allowed("GET"))
+            return Outcome(method_not_allowed("GET"))
         params = view.query()
-        iss, sid = _one(params, "iss"), _one(params, "sid")
+        iss, sid = single(params, "iss"), single(params, "sid")
         if iss is None or sid is None or not 0 < len(sid) <= 255 or \
                 not hmac.compare_digest(iss.encode(), self.client.issuer.encode()):
             self._event("frontchannel_logout_refused", view,
@@ -968,72 +710,6 @@ class OIDCSessionCore:
             b'<!doctype html><meta charset="utf-8"><title>Signed out</title>')
         return Outcome(reply)
 
-    def _logged_out(self, view: RequestView) -> Flow[Outcome]:
-        yield from ()
-        link = f'<p><a class="button" href="{self.prefix}login">Sign in again</a></p>'
-        return Outcome(self.pages.render(200, "Signed out", "You are signed out.",
-                                         body_html=link))
-
-    # -- /.auth/me ------------------------------------------------------------------------
-
-    def _me(self, view: RequestView) -> Flow[Outcome]:
-        found = yield from self._gate_no_challenge(view)
-        if found.identity is None or found.session is None:
-            return Outcome(json_reply(401, {"authenticated": False},
-                                      headers=[("set-cookie", c) for c in found.cookies]))
-        session = found.session
-        data = {"authenticated": True, **found.identity.as_dict(),
-                "expires_at": int(session.ends_at(self.settings.session.inactivity)),
-                "remember_me": session.remember, "csrf_token": session.csrf}
-        return Outcome(json_reply(200, data,
-                                  headers=[("set-cookie", c) for c in found.cookies]))
-
-    def _gate_no_challenge(self, view: RequestView) -> Flow[_Found]:
-        read = yield from self.sessions.read(view)
-        if read.session is None:
-            return _Found(None, None, self.sessions.forget(read.sent))
-        session, cookies = yield from self._maintained(view, read.session, read)
-        if session is None:
-            return _Found(None, None, cookies)
-        return _Found(session, session.identity(), cookies)
-
-    # -- helpers --------------------------------------------------------------------------
-
-    def _unavailable(self, view: RequestView) -> Reply:
-        if view.wants_html:
-            return html_reply(503, "Sign-in is unavailable",
-                              "The identity service cannot be reached right now. "
-                              "Please try again in a moment.", headers=[("retry-after", "5")])
-        return json_reply(503, {"error": "identity_unavailable"},
-                          headers=[("retry-after", "5")])
-
-    def _too_large(self, view: RequestView, cookies: list[str], source: str = "oidc"
-                   ) -> Reply:
-        """The session does not fit in the cookie store: say why, and what fixes it."""
-        headers = [("set-cookie", c) for c in cookies]
-        if not view.wants_html:
-            return json_reply(503, {"error": "session_too_large"}, headers=headers)
-        if source == "local":
-            where = "Your groups in this application's users file are"
-            fewer = "give the user fewer groups in the users file"
-        else:
-            where = "Your profile from the identity provider (your groups, most likely) is"
-            fewer = ("have the identity provider send fewer groups (filter its groups claim; "
-                     "oidc.groups_claim names the claim read)")
-        return html_reply(
-            503, "Session too large",
-            f"{where} too large for this application's cookie-based sessions: you cannot stay "
-            "signed in. Administrators: keep sessions in Redis (session.store = \"redis\"), "
-            f"or {fewer}.", headers=headers)
-
-    def _refresh_pending(self, view: RequestView) -> Reply:
-        headers = [("retry-after", str(RETRY_AFTER))]
-        if view.wants_html:
-            return html_reply(503, "One moment", "Your session is being renewed. This page "
-                              "reloads in a moment.",
-                              headers=[*headers, ("refresh", str(RETRY_AFTER))])
-        return json_reply(503, {"error": "session_refreshing"}, headers=headers)
-
     def _retry_login(self, view: RequestView, pending: PendingLogin, exc: StoreUnavailable,
                      cookies: list[str]) -> Reply:
         """The callback failed on our side (the provider's keys or endpoints unreachable):
@@ -1058,16 +734,28 @@ class OIDCSessionCore:
         return html_reply(status, "Sign-in failed", message, body_html=link,
                           headers=[("set-cookie", c) for c in cookies or ()])
 
-    def body_too_large(self, view: RequestView) -> Reply:
-        """A POST to our endpoints over the body limit: 413 (a page or JSON) and an audit
-        line, before the body is parsed."""
-        self._event("request_too_large", view, reason=f"body over {MAX_FORM} bytes")
-        return too_large_reply(view)
 
-    def _event(self, name: str, view: RequestView, *, level: int = logging.WARNING,
-               **fields: Any) -> None:
-        self.audit.event(name, level=level, remote_ip=view.client, method=view.method,
-                         host=view.host, path=view.path, **fields)
+class OIDCSessionCore(SessionGate):
+    """Sessions backed by an OpenID provider, for one application: the session gate with
+    :class:`ProviderLogin` as its login method."""
+
+    def __init__(self, settings: Settings, *, keyring: KeyRing | None = None,
+                 store: SessionStore | None = None, client: OIDCClient | None = None,
+                 clock: Callable[[], float] = time.time, audit: AuditLogger | None = None,
+                 require_login: bool = True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if settings.oidc is None:
+            raise ValueError("OIDCSessionCore needs an [oidc] section in the settings")
+        super().__init__(settings, keyring=keyring, store=store, clock=clock, audit=audit,
+                         require_login=require_login)
+        self.provider = ProviderLogin(self, settings.oidc, client=client, clock=clock,
+                                      monotonic=monotonic)
+        self.oidc = settings.oidc
+        self.client = self.provider.client
+        self.use(self.provider.method())
+
+    def redirect_uri(self, view: RequestView) -> str:
+        return self.provider.redirect_uri(view)
 
 
 def profile(id_claims: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
@@ -1087,27 +775,8 @@ def profile(id_claims: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-@dataclass(slots=True)
-class _Found:
-    session: Session | None
-    identity: Identity | None
-    cookies: list[str]
-
-
 def _origin(url: str) -> str:
     """The origin (scheme://host[:port]) of ``url``, for a CSP source expression."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
 
-
-def _method_not_allowed(allow: str) -> Reply:
-    return html_reply(405, "Method not allowed", "This address does not accept that method.",
-                      headers=[("allow", allow)])
-
-
-def _asset_route(reply: Callable[[str], Reply]) -> Callable[[RequestView], Flow[Outcome]]:
-    """The route serving a file of ``[pages]`` (a stylesheet, a logo)."""
-    def route(view: RequestView) -> Flow[Outcome]:
-        yield from ()
-        return Outcome(reply(view.method))
-    return route

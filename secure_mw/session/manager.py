@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from secure_mw._driver import Flow, Op
 from secure_mw._encoding import StrictJSONError, loads_strict
 from secure_mw.crypto import KeyRing
-from secure_mw.errors import DecryptError, SessionTooLarge
+from secure_mw.errors import DecryptError, SecureMWError, SessionTooLarge
 from secure_mw.http import Reply, RequestView, html_reply, json_reply
 from secure_mw.session.cookies import (
     CookieJarSpec,
@@ -103,7 +103,7 @@ class SessionRead:
     sent: list[str] = field(default_factory=list)   # our cookie names the client sent
 
 
-class RecordUnreadable(ValueError):
+class RecordUnreadable(SecureMWError, ValueError):
     """A server-side record that does not decrypt or parse, or names another session: the
     store's problem (a key removed from the ring, another application on the same prefix),
     never the client's, who only holds a random id and cannot have forged the record."""

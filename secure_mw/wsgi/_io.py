@@ -7,6 +7,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
+from secure_mw.errors import SecureMWError
 from secure_mw.http import Reply, RequestView
 
 Environ = dict[str, Any]
@@ -38,8 +39,10 @@ def with_extra_headers(start_response: StartResponse,
     return wrapped
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(SecureMWError):
+    """The request body is longer than the limit."""
+
+    status = 413
 
 
 def read_body(environ: Environ, limit: int) -> bytes:
