@@ -218,3 +218,19 @@ def test_no_cache_on_a_cluster_or_sentinel_or_when_turned_off(ring: KeyRing) -> 
                                                   "redis_url": "redis://127.0.0.1:1/0",
                                                   "redis_cache_ttl": "0"}}, environ={})
     assert RedisSessionStore.from_settings(settings.session, ring).cache is None
+
+
+def test_a_warm_signed_in_request_makes_one_round_trip() -> None:
+    """The whole ASGI stack with the session and the rate limit in a real redis-server,
+    counted as benchmarks/stack.py counts (socket writes, INFO commandstats): 2 before."""
+    from benchmarks.stack import redis_per_request
+
+    loop = asyncio.new_event_loop()
+    try:
+        found = redis_per_request(loop, [KeyRing.new_key_text()], requests=50)
+    finally:
+        loop.close()
+    assert not isinstance(found, str), found
+    commands, writes = found
+    assert writes <= 1.0, (commands, writes)
+    assert "get" not in commands and commands.get("evalsha") == 1.0, commands

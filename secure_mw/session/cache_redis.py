@@ -11,6 +11,7 @@ miss is never cached. docs/sessions.md tells the bound on staleness.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -33,8 +34,9 @@ class TrackedCache:
     ``connect`` makes a new, unconnected redis-py connection speaking RESP3 (protocol=3).
     """
 
-    __slots__ = ("_bytes", "_clock", "_conn", "_connect", "_entries", "_lock", "_max_bytes",
-                 "_heard", "_max_entries", "_next_try", "_pid", "_pinged", "_prefix", "_retry", "_seq", "_ttl")
+    __slots__ = ("_bytes", "_clock", "_conn", "_connect", "_entries", "_heard", "_lock",
+                 "_max_bytes", "_max_entries", "_next_try", "_pid", "_pinged", "_prefix",
+                 "_retry", "_seq", "_ttl")
 
     def __init__(self, connect: Callable[[], Any], *, prefix: str, ttl: float,
                  max_entries: int = 10_000, max_bytes: int = 8 << 20,
@@ -56,7 +58,7 @@ class TrackedCache:
         self._next_try = float("-inf")
         self._entries: dict[str, tuple[bytes, float]] = {}
         self._bytes = 0
-        self._seq = 0      # invalidations seen (and local forgets): a read that spans one is not kept
+        self._seq = 0   # invalidations seen and local forgets: a read spanning one is not kept
 
     # -- the invalidation connection --------------------------------------------------------
 
@@ -103,10 +105,8 @@ class TrackedCache:
 
     def _lost(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(*STORE_ERRORS):
                 self._conn.disconnect()
-            except STORE_ERRORS:
-                pass
         self._conn = None
         self._clear()
 
