@@ -38,6 +38,9 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
   never the URL's password, a key or a value. There is no fallback to memory (fail closed).
   Each command is retried at most once, and only after a connection error, so a pooled
   connection left dead by a restarted server is replaced transparently.
+* **Local cache.** On one server, :meth:`load` keeps what it read for ``cache_ttl`` seconds
+  in a :class:`~secure_mw.session.cache_redis.TrackedCache`, kept correct by Redis
+  invalidations (docs/sessions.md); Cluster, Sentinel and given clients read Redis each time.
 * **URLs.** ``redis://``, ``rediss://`` (TLS; CA, certificate and key files may be given) and
   ``unix://``, with the query options redis-py understands. Clients passed in as ``client``
   or ``aclient`` are used as they are (and are left open by :meth:`close`); they must not
