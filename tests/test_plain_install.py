@@ -29,7 +29,7 @@ _BLOCKER = textwrap.dedent("""
 # Modules that exist to talk to an optional dependency.
 NEEDS_REDIS = {"secure_mw._redis", "secure_mw.session.redis_store",
                "secure_mw.guards.ratelimit_redis", "secure_mw.guards.regulation_redis",
-               "secure_mw.login.totp_redis"}
+               "secure_mw.login.totp_redis", "secure_mw.session.cache_redis"}
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:

@@ -653,6 +653,6 @@ def test_a_burst_beyond_the_pool_waits_for_a_connection(redis_server: RedisServe
 
     results, during = asyncio.run(burst())
     assert [r for r in results if r != b"value"] == []
-    assert during - before <= MAX_CONNECTIONS
+    assert during - before <= MAX_CONNECTIONS + 1      # + the session cache's invalidations
     monitor.close()
     store.close()

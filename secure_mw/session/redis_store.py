@@ -38,6 +38,9 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
   never the URL's password, a key or a value. There is no fallback to memory (fail closed).
   Each command is retried at most once, and only after a connection error, so a pooled
   connection left dead by a restarted server is replaced transparently.
+* **Local cache.** On one server, :meth:`load` keeps what it read for ``cache_ttl`` seconds
+  in a :class:`~secure_mw.session.cache_redis.TrackedCache`, kept correct by Redis
+  invalidations (docs/sessions.md); Cluster, Sentinel and given clients read Redis each time.
 * **URLs.** ``redis://``, ``rediss://`` (TLS; CA, certificate and key files may be given) and
   ``unix://``, with the query options redis-py understands. Clients passed in as ``client``
   or ``aclient`` are used as they are (and are left open by :meth:`close`); they must not
@@ -50,10 +53,11 @@ redis-py, synchronously (:class:`redis.Redis`) and with asyncio (:class:`redis.a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from secure_mw._encoding import b64url_encode
@@ -64,6 +68,7 @@ from secure_mw._redis import ttl_ms as _ttl_ms
 from secure_mw.crypto.keyring import KeyRing
 from secure_mw.errors import ConfigError, ConfigProblem
 from secure_mw.session._sealed import open_value, seal_value
+from secure_mw.session.cache_redis import TrackedCache, tracking_connections
 
 if TYPE_CHECKING:
     import redis
@@ -91,7 +96,7 @@ _MARK_LATEST = Script("local c = tonumber(redis.call('GET', KEYS[1])) "
 class RedisSessionStore(RedisClients):
     """Encrypted session values in Redis; see the module docstring."""
 
-    __slots__ = ("_keyring",)
+    __slots__ = ("_cache", "_keyring")
 
     indexes = True   # save_indexed and end_indexed: back-channel logout
 
@@ -107,6 +112,10 @@ class RedisSessionStore(RedisClients):
         ssl_key_file: str | None = None,
         client: redis.Redis | None = None,
         aclient: redis.asyncio.Redis | None = None,
+        cache_ttl: float = 1.0,
+        cache_entries: int = 10_000,
+        cache_bytes: int = 8 << 20,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         tls = {"ssl_ca_certs": ssl_ca_file, "ssl_certfile": ssl_cert_file,
                "ssl_keyfile": ssl_key_file}
@@ -115,6 +124,17 @@ class RedisSessionStore(RedisClients):
                          tls={k: v for k, v in tls.items() if v is not None},
                          keeps_bytes=True)
         self._keyring = keyring
+        # The local cache (docs/sessions.md): one server only, and only with our own clients
+        # (a Cluster or Sentinel reads Redis every time).
+        self._cache: TrackedCache | None = None
+        if cache_ttl > 0 and self._topology.kind == "server" and client is None \
+                and aclient is None:
+            options = {k: self._kwargs[k] for k in ("socket_timeout", "socket_connect_timeout")}
+            options.update({k: v for k, v in tls.items() if v is not None})
+            self._cache = TrackedCache(tracking_connections(self._topology.plain, options),
+                                       prefix=prefix, ttl=cache_ttl,
+                                       max_entries=cache_entries, max_bytes=cache_bytes,
+                                       clock=clock)
 
     @classmethod
     def from_settings(cls, session: SessionSettings, keyring: KeyRing) -> RedisSessionStore:
@@ -122,7 +142,8 @@ class RedisSessionStore(RedisClients):
         if not session.redis_url:
             raise ConfigError([ConfigProblem("session.redis_url",
                                              "required when session.store = 'redis'")])
-        return cls(session.redis_url, keyring=keyring, prefix=session.redis_key_prefix)
+        return cls(session.redis_url, keyring=keyring, prefix=session.redis_key_prefix,
+                   cache_ttl=session.redis_cache_ttl)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -200,11 +221,26 @@ class RedisSessionStore(RedisClients):
         """The value saved for ``session_id``; None when missing or expired; a value that is
         not authentic raises :class:`~secure_mw.errors.DecryptError`."""
         key = self.redis_key(session_id)
-        try:
-            blob = self._client.get(key)
+        cache = self._cache
+        if cache is None:
+            try:
+                blob = self._client.get(key)
+            except _STORE_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+            return self._open(key, blob)
+        if cache.due():
+            cache.establish()
+        value, token = cache.lookup(key)
+        if value is not None:
+            return value
+        try:     # GET and PTTL in one round trip: an entry never outlives its record
+            blob, pttl = self._client.pipeline(transaction=False).get(key).pttl(key).execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        return self._open(key, blob)
+        value = self._open(key, blob)
+        if value is not None:
+            cache.keep(key, value, int(pttl), token)
+        return value
 
     def save(self, session_id: str, value: bytes, ttl: float, *,
              only_if_exists: bool = False) -> bool:
@@ -221,6 +257,8 @@ class RedisSessionStore(RedisClients):
             return bool(self._client.set(key, blob, px=ms, xx=only_if_exists))
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
 
     def claim_once(self, token: str, ttl: float) -> bool:
         """True the first time ``token`` is claimed within ``ttl`` seconds (SET NX PX), by
@@ -272,6 +310,8 @@ class RedisSessionStore(RedisClients):
             pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
         return True
 
     def end_indexed(self, name: str) -> int:
@@ -280,6 +320,7 @@ class RedisSessionStore(RedisClients):
         were. The list is read, not emptied, first: if a delete fails the provider's retry
         still finds every record."""
         set_key = self._index_key(name)
+        members: list[str] = []
         try:
             members = self._session_members(self._client.zrange(set_key, 0, -1))
             if not members:
@@ -291,6 +332,8 @@ class RedisSessionStore(RedisClients):
             deleted = pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(*members)
         return sum(int(n) for n in deleted[:-1])
 
     def mark_ended(self, name: str, at: float, ttl: float) -> None:
@@ -323,6 +366,8 @@ class RedisSessionStore(RedisClients):
                 self._client.pexpire(key, ms)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
 
     def delete(self, session_id: str) -> None:
         key = self.redis_key(session_id)
@@ -330,17 +375,46 @@ class RedisSessionStore(RedisClients):
             self._client.delete(key)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
 
     # -- asyncio --------------------------------------------------------------------------
 
     async def aload(self, session_id: str) -> bytes | None:
         """:meth:`load` for asyncio."""
         key = self.redis_key(session_id)
+        cache = self._cache
+        if cache is None:
+            try:
+                blob = await self._async_client().get(key)
+            except _STORE_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+            return self._open(key, blob)
+        if cache.due():
+            await asyncio.to_thread(cache.establish)
+        value, token = cache.lookup(key)
+        if value is not None:
+            return value
         try:
-            blob = await self._async_client().get(key)
+            pipe = self._async_client().pipeline(transaction=False)
+            blob, pttl = await pipe.get(key).pttl(key).execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        return self._open(key, blob)
+        value = self._open(key, blob)
+        if value is not None:
+            cache.keep(key, value, int(pttl), token)
+        return value
+
+    def _forget(self, *keys: str) -> None:
+        """This instance wrote or deleted ``keys``: out of the local cache at once."""
+        if self._cache is not None:
+            for key in keys:
+                self._cache.forget(key)
+
+    @property
+    def cache(self) -> TrackedCache | None:
+        """The local cache of session records (None: every read goes to Redis)."""
+        return self._cache
 
     async def asave(self, session_id: str, value: bytes, ttl: float, *,
                     only_if_exists: bool = False) -> bool:
@@ -355,6 +429,8 @@ class RedisSessionStore(RedisClients):
             return bool(await self._async_client().set(key, blob, px=ms, xx=only_if_exists))
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
 
     async def aclaim_once(self, token: str, ttl: float) -> bool:
         """:meth:`claim_once` for asyncio."""
@@ -403,12 +479,15 @@ class RedisSessionStore(RedisClients):
             await pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
         return True
 
     async def aend_indexed(self, name: str) -> int:
         """:meth:`end_indexed` for asyncio."""
         set_key = self._index_key(name)
         client = self._async_client()
+        members: list[str] = []
         try:
             members = self._session_members(await client.zrange(set_key, 0, -1))
             if not members:
@@ -420,6 +499,8 @@ class RedisSessionStore(RedisClients):
             deleted = await pipe.execute()
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(*members)
         return sum(int(n) for n in deleted[:-1])
 
     async def amark_ended(self, name: str, at: float, ttl: float) -> None:
@@ -453,6 +534,8 @@ class RedisSessionStore(RedisClients):
                 await self._async_client().pexpire(key, ms)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
 
     async def adelete(self, session_id: str) -> None:
         """:meth:`delete` for asyncio."""
@@ -461,6 +544,8 @@ class RedisSessionStore(RedisClients):
             await self._async_client().delete(key)
         except _STORE_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            self._forget(key)
 
 
 def _ended(values: object, created: float) -> bool:

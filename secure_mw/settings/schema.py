@@ -366,6 +366,11 @@ class SessionSettings:
     memory_max_sessions: int = _opt(100_000, check=_check_positive,
                                     doc="bound of the memory store (with the cookie store and "
                                         "no redis_url: the ended sessions remembered)")
+    redis_cache_ttl: float = _opt(1.0, duration=True,
+                                  doc="store = \"redis\" on one server: how long a session "
+                                      "record read is kept in this process, kept correct by "
+                                      "Redis invalidations (CLIENT TRACKING); \"0\" reads "
+                                      "Redis every time")
 
     @property
     def store_explicit(self) -> bool:
