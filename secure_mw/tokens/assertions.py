@@ -423,6 +423,26 @@ class AssertionSigner:
         are ignored: the signer sets them. ``sid`` is a digest of ``session_id`` (absent
         without one). Bad input raises :class:`ValueError` or :class:`TypeError`.
         """
+        return self.sign_reusable(identity_claims, audience=audience, issuer=issuer,
+                                  session_id=session_id)[0]
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the signer dates assertions by (seconds since the epoch)."""
+        return self._clock
+
+    def sign_reusable(
+        self,
+        identity_claims: Mapping[str, Any],
+        *,
+        audience: str,
+        issuer: str | None = None,
+        session_id: str | None = None,
+    ) -> tuple[str, float, float]:
+        """:meth:`sign`, also returning the token's ``iat`` and the moment until which it
+        may be handed out again (``exp - reuse_margin``): a caller that caches the token
+        in front of the signer (:class:`~secure_mw.tokens.headers.IssueLayer`) keeps it
+        exactly as long as the signer would."""
         identity = identity_claims if type(identity_claims) is dict else dict(identity_claims)
         subject = identity.get("sub")
         if not isinstance(subject, str) or not subject:
@@ -438,7 +458,7 @@ class AssertionSigner:
                 if (entry is not None and entry.iat <= now < entry.reuse_until
                         and entry.identity == identity):
                     self._cache.move_to_end(key)
-                    return entry.token
+                    return entry.token, entry.iat, entry.reuse_until
         iat = int(now)
         exp = int(iat + self.lifetime)
         claims: dict[str, Any] = {
@@ -459,14 +479,15 @@ class AssertionSigner:
         token = sign(claims, signing_key)
         if signing_key.alg == "ES256":
             token = _low_s(token)
+        reuse_until = exp - self.reuse_margin
         if self.cache_size:
-            entry = _Signed(copy.deepcopy(identity), token, iat, exp - self.reuse_margin)
+            entry = _Signed(copy.deepcopy(identity), token, iat, reuse_until)
             with self._lock:
                 self._cache[key] = entry
                 self._cache.move_to_end(key)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        return token
+        return token, float(iat), reuse_until
 
     def public_jwks(self) -> dict[str, Any]:
         """The public JWK Set: every key of the set (the signing key first)."""

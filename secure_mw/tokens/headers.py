@@ -100,6 +100,10 @@ class IssueLayer:
         self.hosts = HostPolicy.from_settings(
             dataclasses.replace(settings.server, external_url=None) if per_host
             else settings.server)
+        # (session or subject, audience) -> (identity, token, iat, reuse until): a warm
+        # request neither builds the claims nor asks the signer (see assertion())
+        self._issued: dict[tuple[str, str], tuple[Identity, str, float, float]] = {}
+        self._issued_lock = threading.Lock()
         body, etag = signer.jwks_document()
         self._jwks_headers = [("content-type", "application/json"), ("etag", etag),
                               ("cache-control", "public, max-age=300")]
@@ -115,16 +119,35 @@ class IssueLayer:
         return Reply(200, list(self._jwks_headers), self._jwks_body)
 
     def assertion(self, view: RequestView, identity: Identity | None) -> str | None:
+        """The assertion of ``identity`` for ``view``'s host, or None (anonymous, or a host
+        that is not listed). A token is reused for the same session (or subject without
+        one), the same audience and an equal identity for as long as the signer would reuse
+        it, from a bounded table in front of the signer: no claims built, no signing."""
         if identity is None:
             return None
-        claims = {"sub": identity.sub, "email": identity.email,
-                  "email_verified": identity.email_verified, "name": identity.name,
-                  "groups": list(identity.groups)}
         host = self.hosts.public_host(view)
         if not host:           # an unlisted or hostile Host: no assertion rather than an error
             return None
-        return self.signer.sign(claims, audience=host, issuer=host,
-                                session_id=identity.session_id or None)
+        signer = self.signer
+        key = (identity.session_id or "\x00" + identity.sub, host)
+        entry = self._issued.get(key)
+        if entry is not None:
+            held, token, iat, reuse_until = entry
+            if (held is identity or held == identity) and iat <= signer.clock() < reuse_until:
+                return token
+        claims = {"sub": identity.sub, "email": identity.email,
+                  "email_verified": identity.email_verified, "name": identity.name,
+                  "groups": list(identity.groups)}
+        token, iat, reuse_until = signer.sign_reusable(
+            claims, audience=host, issuer=host, session_id=identity.session_id or None)
+        if signer.cache_size:
+            with self._issued_lock:
+                issued = self._issued
+                issued.pop(key, None)
+                while len(issued) >= signer.cache_size:   # bounded: the oldest go first
+                    del issued[next(iter(issued))]
+                issued[key] = (identity, token, iat, reuse_until)
+        return token
 
 
 class AssertionAuth(httpx.Auth):
