@@ -89,13 +89,14 @@ _ROUTE_PATH: list[Callable[[str], str]] = []
 # come with every request, so each is spelled out once.
 _ENVIRON_NAMES: dict[str, str] = {}
 _MAX_ENVIRON_NAMES = 1024
+_MAX_CACHED_NAME = 64      # longer names are decoded each time, never kept
 # The same for ASGI's raw header names (bytes, lower-cased by most servers, not all).
 _SCOPE_NAMES: dict[bytes, str] = {}
 
 
 def _scope_name(raw: bytes) -> str:
     name = raw.decode("latin-1").lower()
-    if len(_SCOPE_NAMES) < _MAX_ENVIRON_NAMES:
+    if len(raw) <= _MAX_CACHED_NAME and len(_SCOPE_NAMES) < _MAX_ENVIRON_NAMES:
         _SCOPE_NAMES[bytes(raw)] = name
     return name
 
@@ -182,8 +183,8 @@ class RequestView:
             name = names.get(key)
             if name is None:
                 name = key[5:].replace("_", "-").lower() if key.startswith("HTTP_") else ""
-                if len(names) < _MAX_ENVIRON_NAMES:   # a client invents names: bounded
-                    names[key] = name
+                if len(key) <= _MAX_CACHED_NAME and len(names) < _MAX_ENVIRON_NAMES:
+                    names[key] = name      # a client invents names: few, and short, kept
             if name:
                 headers[name] = value
         if "CONTENT_TYPE" in environ:

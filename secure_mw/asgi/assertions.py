@@ -44,13 +44,14 @@ class IdentityHeaderMiddleware(Layer):
             scope["headers"] = [*scope.get("headers", ()), (self.name, token.encode("ascii"))]
         scope["secure_mw.assertion"] = token
         scope.pop(VIEW_KEY, None)
-        scope[_RESET] = current_assertion.set(token)
+        # A stack of resets: a second identity layer inside this one has its own.
+        scope.setdefault(_RESET, []).append(current_assertion.set(token))
         return None
 
     def leave(self, scope: Scope) -> None:
-        reset = scope.pop(_RESET, None)
-        if reset is not None:
-            current_assertion.reset(reset)
+        resets = scope.get(_RESET)
+        if resets:
+            current_assertion.reset(resets.pop())
 
 
 _RESET = "secure_mw._assertion_reset"

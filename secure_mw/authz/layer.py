@@ -92,6 +92,8 @@ class AuthorizationLayer:
             verdict = self._decide(view, identity, raw_path, root.rstrip("/"))
             if verdict.reply is not None:    # refusals are audited, and their replies
                 return verdict               # carry the request's own return address
+            if len(view.host) + 2 * len(view.path) + len(root) > MEMO_KEY_CHARS:
+                return verdict               # an attacker-sized request line is not kept
             if len(memo) >= MEMO_SIZE:
                 memo.clear()
             memo[key] = verdict
@@ -193,6 +195,9 @@ class AuthorizationLayer:
 
 #: Allow verdicts an authorization layer remembers before it starts again.
 MEMO_SIZE = 4096
+#: The longest request line (host, path twice, mount point) whose verdict is remembered:
+#: the memory is bounded in bytes too (about 4096 entries of 1 KiB at most).
+MEMO_KEY_CHARS = 1024
 
 
 def _subject(identity: Identity | None) -> tuple[Any, ...] | None:

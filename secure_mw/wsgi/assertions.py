@@ -37,13 +37,14 @@ class IdentityHeaderMiddleware(Layer):
             environ[self.key] = token
         environ["secure_mw.assertion"] = token
         environ.pop(VIEW_KEY, None)
-        environ[_RESET] = current_assertion.set(token)
+        # A stack of resets: a second identity layer inside this one has its own.
+        environ.setdefault(_RESET, []).append(current_assertion.set(token))
         return None
 
     def leave(self, environ: Environ) -> None:
-        reset = environ.pop(_RESET, None)
-        if reset is not None:
-            current_assertion.reset(reset)
+        resets = environ.get(_RESET)
+        if resets:
+            current_assertion.reset(resets.pop())
 
 
 _RESET = "secure_mw._assertion_reset"
