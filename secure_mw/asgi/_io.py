@@ -31,18 +31,6 @@ async def refuse_websocket(send: Send, receive: Receive) -> None:
     await send({"type": "websocket.close", "code": 1008, "reason": "authentication required"})
 
 
-def with_extra_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    """``send`` that appends ``extra`` to the response start (or WebSocket accept)."""
-
-    async def wrapped(message: Message) -> None:
-        kind = message["type"]
-        if kind in {"http.response.start", "websocket.accept"}:
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return wrapped
-
-
 class BodyTooLarge(SecureMWError):
     """The request body is longer than the limit."""
 

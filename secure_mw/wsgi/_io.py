@@ -30,15 +30,6 @@ def write_reply(start_response: StartResponse, reply: Reply, *,
     return [b"" if head else reply.body]
 
 
-def with_extra_headers(start_response: StartResponse,
-                       extra: list[tuple[str, str]]) -> StartResponse:
-    def wrapped(status: str, headers: list[tuple[str, str]],
-                exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
-        return start_response(status, [*headers, *extra], exc_info)
-
-    return wrapped
-
-
 class BodyTooLarge(SecureMWError):
     """The request body is longer than the limit."""
 
