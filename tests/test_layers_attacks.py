@@ -5,7 +5,6 @@ outer assertion set; each test failed before its fix)."""
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,12 +35,10 @@ def _served(flavour: str, settings: Settings) -> Iterator[tuple[str, Authorizati
     module: Any = asgi if flavour == "asgi" else wsgi
     inner = asgi_inner() if flavour == "asgi" else wsgi_inner
     server = uvicorn_server if flavour == "asgi" else wsgi_server
-    gc.collect()
-    before = {id(o) for o in gc.get_objects() if isinstance(o, AuthorizationLayer)}
     app = module.protect(inner, settings)
-    layers = [o for o in gc.get_objects()
-              if isinstance(o, AuthorizationLayer) and id(o) not in before]
-    assert len(layers) == 1
+    layers = [step.layer for step in app.layers if type(step).__name__ ==
+              "AuthorizationMiddleware"]
+    assert len(layers) == 1 and isinstance(layers[0], AuthorizationLayer)
     with server(app) as url:
         yield url, layers[0]
 
