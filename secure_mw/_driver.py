@@ -100,14 +100,13 @@ def run_inline(flow: Flow[T]) -> T | Coroutine[Any, Any, T]:
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-    return _resume_async(flow, op)
-
-
-async def _resume_async(flow: Flow[T], op: Op) -> T:
-    """The rest of :func:`run_inline`'s flow from ``op``, the first that waits (timed like
-    :func:`run_async` when a request is observed)."""
     seen = _observe.current.get() if _observe.active else None
-    observer = seen.observer if seen is not None else None
+    return _resume_async(flow, op, seen.observer if seen is not None else None)
+
+
+async def _resume_async(flow: Flow[T], op: Op, observer: _observe.Observer | None) -> T:
+    """The rest of a flow from ``op``, awaiting each op that waits and telling ``observer``
+    (when given) how long it took and what it raised."""
     try:
         while True:
             if op.inline:
@@ -165,26 +164,9 @@ async def _run_async_timed(flow: Flow[T], observer: _observe.Observer) -> T:
     what it raised."""
     try:
         op = next(flow)
-        while True:
-            if op.inline:       # an in-memory engine: nothing to wait for, nothing to time
-                try:
-                    result = op.sync(*op.args, **op.kwargs)
-                except BaseException as exc:
-                    op = flow.throw(exc)
-                else:
-                    op = flow.send(result)
-                continue
-            start = perf_counter()
-            try:
-                result = await op.async_(*op.args, **op.kwargs)
-            except BaseException as exc:
-                observer.store_call(op.sync, perf_counter() - start, exc)
-                op = flow.throw(exc)
-            else:
-                observer.store_call(op.sync, perf_counter() - start, None)
-                op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    return await _resume_async(flow, op, observer)
 
 
 def done(value: T) -> Flow[T]:
