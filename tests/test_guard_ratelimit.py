@@ -557,3 +557,30 @@ def test_limiter_from_settings_sqlite(tmp_path: Path) -> None:
                                             sqlite=sqlite), MemoryRateLimiter)
     with pytest.raises(ConfigError, match=r"sqlite\.path"):
         limiter_from_settings(RateLimitsSettings(store="sqlite"))
+
+
+@pytest.mark.parametrize("limits", [TEN, HOURLY, ((1, 0.5),), TWO])
+def test_memory_decides_as_sqlite_through_random_traffic(limits: tuple[tuple[int, float], ...],
+                                                         tmp_path: Path, clock: Clock) -> None:
+    """The in-memory limiter's hot path (one limit: no loop over limits) against the SQLite
+    engine's general arithmetic, on one clock: 600 hits of random cost on three keys at
+    random intervals (zero included) give the same decision every time."""
+    import random
+
+    db = Database(tmp_path / "s.sqlite3", clock=clock)
+    db.check()
+    sqlite, memory = SqliteRateLimiter(db), MemoryRateLimiter(clock=clock)
+    rng = random.Random(13)
+    smallest = min(count for count, _ in limits)
+    outcomes = []
+    for _ in range(600):
+        key = f"r0:ip:192.0.2.{rng.randrange(3)}"
+        cost = rng.choice([0, 1, 1, 1, min(2, smallest)])
+        clock.advance(rng.choice([0.0, 0.0, 0.05, 0.3, 1.0, 7.0]))
+        got, want = memory.hit(key, limits, cost), sqlite.hit(key, limits, cost)
+        assert got._replace(reset_after=0.0, retry_after=0.0) == \
+            want._replace(reset_after=0.0, retry_after=0.0)
+        assert got.reset_after == pytest.approx(want.reset_after, abs=1e-9)
+        assert got.retry_after == pytest.approx(want.retry_after, abs=1e-9)
+        outcomes.append(got.allowed)
+    assert True in outcomes and False in outcomes    # both kinds of decision were compared

@@ -149,6 +149,11 @@ class ClientAddressMiddleware(Layer):
         return None
 
 
+#: The names of the rate headers, as they go on the wire.
+_RATE_NAMES = {name: name.lower().encode("ascii")
+               for name in ("RateLimit-Policy", "RateLimit", "Retry-After")}
+
+
 class RateLimitMiddleware(Layer):
     """Applies the ``[rate_limits]`` rules: 429 with ``Retry-After`` and the IETF
     ``RateLimit``/``RateLimit-Policy`` headers, which also go on allowed responses."""
@@ -182,7 +187,8 @@ class RateLimitMiddleware(Layer):
             return reply
         if not lines or scope["type"] == "websocket":
             return None
-        extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in lines]
+        extra = [(_RATE_NAMES.get(n) or n.lower().encode("latin-1"), v.encode("latin-1"))
+                 for n, v in lines]
 
         def add_rate(headers: RawHeaders) -> None:
             headers.extend(extra)

@@ -49,6 +49,12 @@ class SessionMiddleware(Layer):
         if view.method == "POST" and scope["type"] == "http" \
                 and self.core.is_reserved(view.path):
             return self._enter_with_body(scope, receive, view)
+        identity = self.core.warm_identity(view)
+        if identity is not None:    # a live session with nothing to do: no flow to run
+            scope["user"] = identity
+            scope["auth"] = AuthScopes.of(identity)
+            scope["secure_mw.identity"] = identity
+            return None
         outcome = run_inline(self.core.handle(view))
         if outcome.__class__ is CoroutineType:      # a store that waits, or the provider
             return self._finish(scope, outcome)

@@ -255,7 +255,7 @@ class RateLimitLayer:
         if type(limiter) is not MemoryRateLimiter:
             raise TypeError("check_now() is for the in-memory limiter; use check()")
         for rule in self.rules:
-            if not rule.applies(view):
+            if (rule.methods or rule.paths) and not rule.applies(view):
                 continue
             key = rule.key_of(view, identity)
             if key is None:

@@ -212,8 +212,11 @@ def _decide(plan: _Plan, cost: int, debts: Sequence[float], allowed: bool) -> Ra
                         retry, chosen.policy, plan.policies)
 
 
-def _name(policy: str) -> str:
-    return policy[: policy.index(";")]
+@functools.lru_cache(maxsize=1024)
+def _policy_texts(policies: tuple[str, ...], policy: str) -> tuple[str, str]:
+    """The RateLimit-Policy value of a rule and the name of its deciding limit (the same
+    few per rule: made once)."""
+    return ", ".join(policies or (policy,)), policy[: policy.index(";")]
 
 
 def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
@@ -230,10 +233,10 @@ def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
         t = math.ceil(max(decision.reset_after - EPSILON, 0.0))
     else:
         t = max(1, math.ceil(decision.retry_after - EPSILON))
-    policies = decision.policies or (decision.policy,)
+    policies, name = _policy_texts(decision.policies, decision.policy)
     headers = [
-        ("RateLimit-Policy", ", ".join(policies)),
-        ("RateLimit", f"{_name(decision.policy)};r={decision.remaining};t={t}"),
+        ("RateLimit-Policy", policies),
+        ("RateLimit", f"{name};r={decision.remaining};t={t}"),
     ]
     if not decision.allowed:
         headers.append(("Retry-After", str(t)))
@@ -283,12 +286,12 @@ class MemoryRateLimiter:
         rate-limit layer calls for every request."""
         rule = plan.limits
         prefix = key.partition(":")[0] if ":" in key else ""
+        if len(rule) == 1:
+            return self._hit_one(key, prefix, plan, cost)
         with self._lock:
             state = self._tables.get(prefix)
             if state is None:
-                if len(self._tables) >= _MAX_PREFIXES:   # prefixes are rules: a few
-                    prefix = "\x00"                      # the rest share one table
-                state = self._tables.setdefault(prefix, OrderedDict())
+                state = self._table(prefix)
             now = self._clock()
             tats = state.get(key)
             debts: Sequence[float]
@@ -296,13 +299,9 @@ class MemoryRateLimiter:
                 debts = plan.zeros
             else:
                 state.move_to_end(key)
-                if len(tats) == 1 == len(rule):    # one limit, the usual rule: no loops
-                    tat = tats[0]
-                    debts = (tat - now if tat > now else 0.0,)
-                else:
-                    debts = [tat - now if tat > now else 0.0 for tat in tats]
-                    if len(debts) != len(rule):  # the key was used with another rule
-                        debts = (debts + list(plan.zeros))[: len(rule)]
+                debts = [tat - now if tat > now else 0.0 for tat in tats]
+                if len(debts) != len(rule):  # the key was used with another rule
+                    debts = (debts + list(plan.zeros))[: len(rule)]
             allowed = True
             for limit, debt in zip(rule, debts):  # noqa: B905 - same length
                 if limit.period - (debt + cost * limit.interval) + EPSILON < 0:  # _passes
@@ -318,13 +317,45 @@ class MemoryRateLimiter:
                 if max(state[oldest]) <= now:
                     del state[oldest]
                 break
-        if allowed and len(rule) == 1:    # _decide's arithmetic for one limit
-            limit = rule[0]
-            owed = debts[0] + cost * limit.interval
+        return _decide(plan, cost, debts, allowed)
+
+    def _hit_one(self, key: str, prefix: str, plan: _Plan, cost: int) -> RateDecision:
+        """:meth:`hit_planned` for a rule of one limit (the usual rule): the same decision,
+        with no loop over limits."""
+        limit = plan.limits[0]
+        with self._lock:
+            state = self._tables.get(prefix)
+            if state is None:
+                state = self._table(prefix)
+            now = self._clock()
+            tats = state.get(key)
+            if tats is None:
+                debt = 0.0
+            else:
+                state.move_to_end(key)
+                tat = tats[0]   # (a key used with another rule's limits: its first one)
+                debt = tat - now if tat > now else 0.0
+            owed = debt + cost * limit.interval
+            allowed = limit.period - owed + EPSILON >= 0    # _passes
+            if allowed and cost:
+                if tats is None and len(state) >= self._max_keys:
+                    state.popitem(last=False)
+                state[key] = [now + owed]
+            for oldest in state:    # drop the least recently used key once it has drained
+                if max(state[oldest]) <= now:
+                    del state[oldest]
+                break
+        if allowed:    # _decide's arithmetic for one limit
             left = math.floor((limit.period - owed + EPSILON) / limit.interval)
             return RateDecision(True, limit.count, min(max(left, 0), limit.count), owed, 0.0,
                                 limit.policy, plan.policies)
-        return _decide(plan, cost, debts, allowed)
+        return _decide(plan, cost, (debt,), False)
+
+    def _table(self, prefix: str) -> OrderedDict[str, list[float]]:
+        """The table of keys under ``prefix``, made on first use (held lock)."""
+        if len(self._tables) >= _MAX_PREFIXES:   # prefixes are rules: a few
+            prefix = "\x00"                      # the rest share one table
+        return self._tables.setdefault(prefix, OrderedDict())
 
     async def ahit(self, key: str, limits: Limits, cost: int = 1) -> RateDecision:
         """:meth:`hit` for asyncio (no I/O: the lock is held for microseconds)."""

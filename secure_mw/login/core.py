@@ -108,7 +108,7 @@ class LocalLoginCore(SessionGate):
             "login": self._local_login,
             "api/login": self._api_login,
             "api/2fa": self._api_second_factor,
-        }, maintain=self._maintain_local))
+        }, maintain=self._maintain_local, fresh=self._checked_recently))
         # With an OpenID provider configured too, the login page offers both.
         self.provider: ProviderLogin | None = None
         if settings.oidc is not None:
@@ -127,11 +127,16 @@ class LocalLoginCore(SessionGate):
         """A local session whose user was looked up more than ``refresh_interval`` ago (or,
         by another clock, in the future) is checked against the users file first; anything
         else costs one comparison (``None``: the gate keeps it alive)."""
-        checked = session.tokens.get(CHECKED, session.created)
-        if not isinstance(checked, int | float) or \
-                not 0 <= self.clock() - checked < self.users_refresh:
+        if not self._checked_recently(session):
             return (yield from self._follow_users(view, session, read))
         return None
+
+    def _checked_recently(self, session: Session) -> bool:
+        """Whether ``session``'s user was looked up in the users file less than
+        ``refresh_interval`` ago (by this clock)."""
+        checked = session.tokens.get(CHECKED, session.created)
+        return isinstance(checked, int | float) and \
+            0 <= self.clock() - checked < self.users_refresh
 
     def _follow_users(self, view: RequestView, session: Session, read: SessionRead
                       ) -> Flow[Maintained | None]:

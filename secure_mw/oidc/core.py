@@ -195,7 +195,8 @@ class ProviderLogin:
                 if oidc.frontchannel_logout:
                     routes["frontchannel-logout"] = self._frontchannel_logout
         return LoginMethod("oidc", routes, foreign=self._foreign, maintain=self._maintain,
-                           signing_out=self._revoke, signed_out=self._end_session)
+                           signing_out=self._revoke, signed_out=self._end_session,
+                           fresh=self._fresh)
 
     def _foreign(self, session: Session) -> str | None:
         if session.tokens.get("cid") != self.client.client_id:
@@ -234,6 +235,11 @@ class ProviderLogin:
             finally:
                 self._release_refresh(session.id)
         return (yield from self.gate.touch(view, session, read, latest=self._latest))
+
+    def _fresh(self, session: Session) -> bool:
+        """Whether :meth:`_maintain` has nothing to refresh now (it then only touches)."""
+        due_tokens, due_profile = self._due(session, self.clock())
+        return not (due_tokens or due_profile)
 
     def _latest(self, session: Session) -> Flow[Session | None]:
         """The newest version of ``session``: the gate's (the stored record) with any

@@ -93,7 +93,9 @@ class LoginMethod:
     """A way of signing in, as the gate uses it. ``source`` is the :attr:`Session.source`
     of the sessions it creates; ``routes`` its pages under the prefix. The hooks see only
     sessions of its source: ``foreign`` says why one is not this application's;
-    ``maintain`` brings one up to date (``None``: nothing to do but keep it alive);
+    ``maintain`` brings one up to date (``None``: nothing to do but keep it alive), and
+    ``fresh`` says, without a flow, that it has nothing to do now (a request then skips the
+    flow: :meth:`SessionGate.warm_identity`; without ``fresh`` every request runs it);
     ``signing_out`` runs once the session is destroyed and ``signed_out`` names where the
     browser goes next (``None``: the logged-out page)."""
 
@@ -104,6 +106,7 @@ class LoginMethod:
         = None
     signing_out: Callable[[RequestView, Session], Flow[None]] | None = None
     signed_out: Callable[[RequestView, Session], Flow[str | None]] | None = None
+    fresh: Callable[[Session], bool] | None = None
 
 
 def local_target(value: str | None) -> str | None:
@@ -281,6 +284,23 @@ class SessionGate:
         except BadRequest as exc:
             self.event("bad_request", view, reason=str(exc))
             return Outcome(html_reply(400, "Bad request", str(exc)))
+
+    def warm_identity(self, view: RequestView) -> Identity | None:
+        """The identity of a warm request — a live session that needs nothing refreshed,
+        written or audited — found without running :meth:`handle`'s flow; ``None`` whenever
+        anything else may happen (then :meth:`handle` decides, as for every request before)."""
+        if view.path.startswith(self.prefix):
+            return None
+        sessions = self.sessions
+        session = sessions.read_warm(view)
+        if session is None or sessions.worker_refusal(view) is not None \
+                or self._foreign(session) is not None or sessions.needs_touch(session):
+            return None
+        method = self._method(session)
+        if method is not None and method.maintain is not None and (
+                method.fresh is None or not method.fresh(session)):
+            return None
+        return session.identity()
 
     # -- the gate -------------------------------------------------------------------------
 

@@ -208,6 +208,11 @@ class SessionManager:
                                  same_site=settings.same_site.capitalize())
         self.cookie_name = self.jar.name(settings.cookie_name)
         self._chunk_names = chunk_names(self.cookie_name)
+        self._other_chunks = frozenset(self._chunk_names) - {self.cookie_name}
+        # read_warm() can answer: records are objects this process holds, read without
+        # waiting, with no marks of ended sessions to look up (server-side stores have none).
+        self._warm_reads = (not self.cookie_mode and self._objects and self._revocations is None
+                            and getattr(store, "nonblocking", False) is True)
         self._aad = f"secure_mw/session:{self.cookie_name}".encode()
         # Write back the last-active time at most this often (not on every request).
         self.touch_interval = min(60.0, settings.inactivity / 10)
@@ -307,6 +312,25 @@ class SessionManager:
             if revoked:
                 return SessionRead(None, "session ended (signed out or refused)", False, sent)
         return SessionRead(session, None, False, sent)
+
+    def read_warm(self, view: RequestView) -> Session | None:
+        """The live session of ``view`` without a flow, when reading it waits for nothing and
+        leaves nothing to write or audit: a well-formed id, alone, naming a record the
+        in-memory store holds, neither expired nor inactive. ``None`` in every other case (no
+        cookie, a malformed one, an unknown or ended session, a store that waits):
+        :meth:`read` then decides, audits and deletes, as it always does."""
+        if not self._warm_reads:
+            return None
+        cookies = view.cookies
+        raw = cookies.get(self.cookie_name)
+        if raw is None or not _SESSION_ID.fullmatch(raw) \
+                or not self._other_chunks.isdisjoint(cookies):
+            return None
+        session: Session | None = self.store.load(raw)  # type: ignore[union-attr]
+        if session is None or not hmac.compare_digest(session.id, raw) or \
+                session.expired_reason(self.clock(), self.settings.inactivity) is not None:
+            return None
+        return session
 
     def _refused(self, view: RequestView, problem: str, sent: list[str]) -> SessionRead:
         if self.on_refused is not None:

@@ -44,6 +44,11 @@ class SessionMiddleware(Layer):
                 view.body = read_body(environ, MAX_FORM)
             except BodyTooLarge:
                 return self.core.body_too_large(view)
+        else:
+            identity = self.core.warm_identity(view)
+            if identity is not None:    # a live session with nothing to do: no flow to run
+                environ["secure_mw.identity"] = identity
+                return None
         outcome = run_sync(self.core.handle(view))
         reply: Reply | None = outcome.reply
         if reply is not None:
