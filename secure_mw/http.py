@@ -124,9 +124,12 @@ class RequestView:
     websocket: bool = False
     body: bytes = b""   # read by the flavour only for POSTs to our own endpoints
     client_cert: bytes | None = None   # the client certificate (DER): TLS or a trusted proxy
-    server: str = ""    # the listening port (or socket path) that took the request
+    server: str = ""    # the listening port (or socket path) that took the request: listening()
     _cookies: dict[str, str] | None = field(default=None, repr=False)
     _route: str | None = field(default=None, repr=False)
+    # The connection's socket, when the server hands it over (gunicorn): listening() reads
+    # its port once, if anything asks.
+    _socket: Any = field(default=None, repr=False)
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestView:
@@ -204,7 +207,8 @@ class RequestView:
         if cert is None and environ.get("wsgi.url_scheme") == "https":
             cert = _socket_peer_cert(environ.get("gunicorn.socket"))     # gunicorn's TLS
         return cls(
-            server=_wsgi_server_port(environ),
+            server=str(environ.get("SERVER_PORT", "")),
+            _socket=environ.get("gunicorn.socket"),
             method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
             scheme=str(environ.get("wsgi.url_scheme", "http")),
             host=host.lower(),
@@ -220,6 +224,17 @@ class RequestView:
         if self._cookies is None:
             self._cookies = parse_cookies(self.headers.get("cookie", ""))
         return self._cookies
+
+    def listening(self) -> str:
+        """The port (or socket path) that took the request: read from the connection where
+        the server hands it over (gunicorn derives ``SERVER_PORT`` from the ``Host`` header),
+        on first use only — a system call, which under a threaded server also lets the
+        other threads run — else :attr:`server`."""
+        sock = self._socket
+        if sock is not None:
+            self._socket = None
+            self.server = _socket_port(sock) or self.server
+        return self.server
 
     @property
     def route_path(self) -> str:
@@ -274,20 +289,15 @@ class RequestView:
         return "text/html" in self.headers.get("accept", "")
 
 
-def _wsgi_server_port(environ: Mapping[str, Any]) -> str:
-    """The port that took the request: from the connection where the server exposes it
-    (gunicorn derives ``SERVER_PORT`` from the ``Host`` header), else ``SERVER_PORT``."""
-    sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        try:
-            local = sock.getsockname()
-        except (OSError, AttributeError):
-            local = None
-        if isinstance(local, tuple) and len(local) >= 2:
-            return str(local[1])
-        if isinstance(local, str) and local:
-            return local
-    return str(environ.get("SERVER_PORT", ""))
+def _socket_port(sock: Any) -> str:
+    """The local port (or socket path) of a connection's socket; "" when it has none."""
+    try:
+        local = sock.getsockname()
+    except (OSError, AttributeError):
+        return ""
+    if isinstance(local, tuple) and len(local) >= 2:
+        return str(local[1])
+    return local if isinstance(local, str) else ""
 
 
 def _few_fields(query: str) -> bool:

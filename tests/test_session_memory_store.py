@@ -846,6 +846,44 @@ def test_requests_without_a_listening_address_are_not_checked() -> None:
     assert view.server == "" and manager.worker_refusal(view) is None
 
 
+def test_the_listening_port_is_read_from_the_connection_only_when_a_check_looks(
+        tmp_path: Path) -> None:
+    """gunicorn hands over the connection's socket: its port is read (a system call, which
+    lets a threaded server's other threads take the interpreter) when the sibling check
+    looks again, not for every request."""
+    import socket
+
+    from secure_mw.http import RequestView
+    from secure_mw.session.memory_store import SiblingWorkers
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        calls = []
+
+        class Connection:      # the accepted socket, counting what is asked of it
+            def getsockname(self) -> tuple[str, int]:
+                calls.append(1)
+                return ("127.0.0.1", port)
+
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "app",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+                   "gunicorn.socket": Connection()}
+        clock = Clock(0.0)
+        workers = SiblingWorkers("c", explicit=False, directory=tmp_path, clock=clock,
+                                 interval=10.0)
+        seen = []
+        for _ in range(5):
+            view = RequestView.from_environ(environ)
+            assert view.server == "80" and calls == seen    # not read to build the view
+            workers.check(view.listening)
+            seen = calls[:]
+            clock.advance(4.0)
+        assert len(calls) == 2          # at 0 s and 12 s: once per interval
+        view = RequestView.from_environ(environ)
+        assert view.listening() == str(port) == view.listening() and len(calls) == 3
+
+
 def test_the_memory_store_default_is_told_apart_from_a_chosen_one() -> None:
     from secure_mw.settings import Settings
 

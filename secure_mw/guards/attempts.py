@@ -220,7 +220,7 @@ class LoginAttempts:
                        "address budget. List the proxy in server.trusted_proxies (\"unix\" "
                        "for a Unix socket) so the real address is used")
         if self.workers is not None and view.server:
-            self.workers.check(view.server)
+            self.workers.check(view.listening)
         reg = self.regulator
         try:
             outcome = yield Op(reg.reserve, reg.areserve, user=user,

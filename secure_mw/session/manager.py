@@ -227,7 +227,7 @@ class SessionManager:
         ``session.store = "memory"`` set on purpose, a warning only."""
         if self.workers is None or not view.server:
             return None
-        problem = self.workers.check(view.server)
+        problem = self.workers.check(view.listening)
         if problem is None:
             return None
         if view.wants_html:

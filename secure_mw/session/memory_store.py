@@ -578,11 +578,19 @@ class SiblingWorkers:
         self._pollers: dict[int, int | None] = {}
         self.siblings: tuple[int, ...] = ()
 
-    def check(self, server: str) -> str | None:
-        """None to go on, or why this server must not serve (the default store only)."""
+    def check(self, server: str | Callable[[], str]) -> str | None:
+        """None to go on, or why this server must not serve (the default store only).
+        ``server`` is the request's listening address, or what reads it
+        (:meth:`~secure_mw.http.RequestView.listening`: called only when this looks again)."""
+        if isinstance(server, str) and not server:
+            return None
         if self._clock() < self._next or not self._lock.acquire(blocking=False):
             return self._refusal
         try:
+            if not isinstance(server, str):
+                server = server()
+                if not server:
+                    return None
             interval = CHECK_INTERVAL if self._interval is None else self._interval
             self._next = self._clock() + interval
             try:
