@@ -150,6 +150,43 @@ def test_an_entry_never_outlives_its_record(writer: RedisSessionStore,
     assert gets(raw) == before + 1                           # read from Redis again
 
 
+def test_a_read_that_an_invalidation_overtook_is_not_kept(
+        writer: RedisSessionStore, reader: RedisSessionStore, raw: redis.Redis) -> None:
+    """A GET answered before another instance's write, whose invalidation arrived while the
+    answer was on its way, is served once but not kept: it would be stale for the TTL."""
+    writer.save(SID, VALUE, 60)
+    cache = reader.cache
+    assert cache is not None and cache.establish()
+    key = reader.redis_key(SID)
+    value, token = cache.lookup(key)                         # a miss: this read asks Redis
+    assert value is None
+    writer.save(SID, b"changed meanwhile", 60)               # ... and is overtaken
+    cache.keep(key, b"the answer of before", 60_000, token)
+    assert len(cache) == 0
+    assert reader.load(SID) == b"changed meanwhile"
+
+
+def test_a_redis_user_without_client_reads_redis_every_time(
+        redis_server: RedisServer, ring: KeyRing, raw: redis.Redis) -> None:
+    """A Redis ACL user that may not run CLIENT (no tracking): the cache stays off and
+    every read asks Redis (fail closed); the requests themselves work."""
+    raw.execute_command("ACL", "SETUSER", "app", "on", ">app-pw", "~*", "+@all", "-client")
+    try:
+        url = f"redis://app:app-pw@127.0.0.1:{redis_server.port}/0"
+        store = RedisSessionStore(url, keyring=ring, cache_ttl=1.0)
+        try:
+            assert store.cache is not None and not store.cache.establish()
+            store.save(SID, VALUE, 60)
+            before = gets(raw)
+            assert [store.load(SID) for _ in range(5)] == [VALUE] * 5
+            assert gets(raw) == before + 5 and len(store.cache) == 0
+            assert asyncio.run(store.aload(SID)) == VALUE
+        finally:
+            store.close()
+    finally:
+        raw.execute_command("ACL", "DELUSER", "app")
+
+
 def test_a_killed_invalidation_connection_sends_reads_to_redis_until_it_is_back(
         writer: RedisSessionStore, reader: RedisSessionStore, raw: redis.Redis,
         clock: Clock) -> None:
