@@ -134,8 +134,8 @@ class RequestView:
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestView:
         raw_headers = scope.get("headers") or ()
-        if not isinstance(raw_headers, list | tuple):   # ASGI allows any iterable
-            raw_headers = list(raw_headers)
+        if raw_headers.__class__ is not list and not isinstance(raw_headers, list | tuple):
+            raw_headers = list(raw_headers)     # ASGI allows any iterable
         known = _SCOPE_NAMES.get
         headers = {known(name) or _scope_name(name): value.decode("latin-1")
                    for name, value in raw_headers}
@@ -148,33 +148,35 @@ class RequestView:
                     headers[name] += ("; " if name == "cookie" else ", ") + value
                 else:
                     headers[name] = value
-        websocket = scope.get("type") == "websocket"
-        scheme = scope.get("scheme") or ("ws" if websocket else "http")
+        get = scope.get
+        websocket = get("type") == "websocket"
+        scheme = get("scheme") or ("ws" if websocket else "http")
         if scheme in ("ws", "wss"):
             scheme = "https" if scheme == "wss" else "http"
         host = headers.get("host", "")
-        if not host:
-            server = scope.get("server")
-            if server:
-                host = f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
-        client = scope.get("client")
-        listening = scope.get("server")
-        cert = scope.get(CLIENT_CERT_KEY)
+        listening = get("server")
+        if not host and listening:
+            host = f"{listening[0]}:{listening[1]}" if listening[1] is not None \
+                else str(listening[0])
+        client = get("client")
+        cert = get(CLIENT_CERT_KEY)
         if cert is None:
-            chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain")
+            extensions = get("extensions")
+            chain = extensions and (extensions.get("tls") or {}).get("client_cert_chain")
             if chain:
                 cert = pem_to_der(chain[0])
         return cls(
-            method="GET" if websocket else str(scope.get("method", "GET")).upper(),
-            scheme=scheme,
-            host=host.lower(),
-            path=scope.get("path") or "/",
-            query_string=(scope.get("query_string") or b"").decode("latin-1"),
-            headers=headers,
-            client=str(client[0]) if client else "",
-            websocket=websocket,
-            client_cert=cert if isinstance(cert, bytes) else None,
-            server=(str(listening[1]) if listening[1] is not None else str(listening[0]))
+            "GET" if websocket else str(get("method", "GET")).upper(),
+            scheme,
+            host.lower(),
+            get("path") or "/",
+            (get("query_string") or b"").decode("latin-1"),
+            headers,
+            str(client[0]) if client else "",
+            websocket,
+            b"",
+            cert if isinstance(cert, bytes) else None,
+            (str(listening[1]) if listening[1] is not None else str(listening[0]))
             if listening else "",
         )
 
