@@ -1700,3 +1700,25 @@ def test_email_verified_comes_from_the_source_of_the_email(
     kept = identity_claims(merged)
     assert (kept["email"], kept["email_verified"]) == (email, verified)
     assert profile({"sub": "s"}, {"sub": "other"})["sub"] == "s"
+
+
+def test_from_environ_finds_the_same_headers_once_every_key_is_known() -> None:
+    """The first request with a key decodes its name; later ones (every key known) take
+    the headers from the cache: the same names, values and order, whatever the keys."""
+    import random
+
+    rng = random.Random(5)
+    keys = ["HTTP_HOST", "HTTP_COOKIE", "HTTP_X_FORWARDED_FOR", "HTTP_ACCEPT", "PATH_INFO",
+            "wsgi.url_scheme", "REMOTE_ADDR", "HTTP_X_SECURE_MW_JWT_ASSERTION", "HTTP_A_B",
+            "CONTENT_TYPE", "HTTP_" + "X" * 80]     # a name too long to be kept
+    for round_ in range(60):
+        chosen = rng.sample(keys, rng.randrange(1, len(keys)))
+        chosen.append(f"HTTP_X_NEW_{round_ // 2}")  # new once, known the second time
+        environ = {key: f"v{i}" for i, key in enumerate(chosen)}
+        environ.setdefault("PATH_INFO", "/")
+        expected = {key[5:].replace("_", "-").lower(): value
+                    for key, value in environ.items() if key.startswith("HTTP_")}
+        if "CONTENT_TYPE" in environ:
+            expected["content-type"] = environ["CONTENT_TYPE"]
+        headers = RequestView.from_environ(environ).headers
+        assert headers == expected and list(headers) == list(expected)

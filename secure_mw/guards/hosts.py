@@ -285,15 +285,20 @@ class HostGuardLayer:
                 return html_reply(400, "Bad request",
                                   "This site does not answer for that host name.")
             return json_reply(400, {"error": "host_not_allowed"})
-        if path is not None:
-            try:
-                check_utf8_path(path, encoded=encoded)
-            except PathRefused as exc:
-                self._event("path_refused", view, host, exc.reason)
-                if view.wants_html:
-                    return html_reply(400, "Bad request",
-                                      "This address is not one this site serves.")
-                return json_reply(400, {"error": "bad_path"})
+        return None if path is None else self.path_refusal(view, host, path, encoded=encoded)
+
+    def path_refusal(self, view: RequestView, host: str, path: bytes, *, encoded: bool
+                     ) -> Reply | None:
+        """The path half of :meth:`judge`, for a request whose ``host`` passed already (a
+        WSGI server's request target as sent, after its decoded ``PATH_INFO``)."""
+        try:
+            check_utf8_path(path, encoded=encoded)
+        except PathRefused as exc:
+            self._event("path_refused", view, host, exc.reason)
+            if view.wants_html:
+                return html_reply(400, "Bad request",
+                                  "This address is not one this site serves.")
+            return json_reply(400, {"error": "bad_path"})
         return None
 
     def _event(self, name: str, view: RequestView, host: str, reason: str) -> None:

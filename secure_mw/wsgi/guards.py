@@ -67,8 +67,9 @@ class HostGuardMiddleware(Layer):
             if isinstance(raw_uri, str):
                 # werkzeug replaces undecodable bytes in PATH_INFO with U+FFFD, gunicorn
                 # passes them on: the target as sent (gunicorn, werkzeug) settles it.
-                reply = self.layer.check(view, raw_uri.encode("latin-1", "replace"),
-                                         encoded=True)
+                reply = self.layer.path_refusal(view, host,
+                                                raw_uri.encode("latin-1", "replace"),
+                                                encoded=True)
         if reply is not None:
             return reply
         if host != view.host:      # a trusted proxy's forwarded host: the app sees it too
