@@ -34,7 +34,7 @@ from secure_mw.guards.layers import (
     RateLimitLayer,
     RedirectLayer,
 )
-from secure_mw.guards.ratelimit import RateLimiter
+from secure_mw.guards.ratelimit import RateDecision, RateLimiter, rate_lines
 from secure_mw.http import CLIENT_CERT_KEY, Reply
 from secure_mw.settings import Settings
 
@@ -43,7 +43,7 @@ __all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddl
            "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
 
 NONCE_KEY = "secure_mw.csp_nonce"
-Decided = tuple[Reply | None, list[tuple[str, str]]]
+Decided = tuple[Reply | None, RateDecision | None]
 _REDIRECTING = frozenset({b"location", b"refresh"})
 
 
@@ -149,11 +149,6 @@ class ClientAddressMiddleware(Layer):
         return None
 
 
-#: The names of the rate headers, as they go on the wire.
-_RATE_NAMES = {name: name.lower().encode("ascii")
-               for name in ("RateLimit-Policy", "RateLimit", "Retry-After")}
-
-
 class RateLimitMiddleware(Layer):
     """Applies the ``[rate_limits]`` rules: 429 with ``Retry-After`` and the IETF
     ``RateLimit``/``RateLimit-Policy`` headers, which also go on allowed responses."""
@@ -182,13 +177,12 @@ class RateLimitMiddleware(Layer):
 
     @staticmethod
     def _verdict(scope: Scope, decided: Decided) -> Verdict:
-        reply, lines = decided
+        reply, decision = decided
         if reply is not None:
             return reply
-        if not lines or scope["type"] == "websocket":
+        if decision is None or scope["type"] == "websocket":
             return None
-        extra = [(_RATE_NAMES.get(n) or n.lower().encode("latin-1"), v.encode("latin-1"))
-                 for n, v in lines]
+        extra = rate_lines(decision)
 
         def add_rate(headers: RawHeaders) -> None:
             headers.extend(extra)

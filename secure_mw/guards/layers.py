@@ -222,12 +222,13 @@ class RateLimitLayer:
         return any(r.key == "user" or r.key_function is not None for r in self.rules)
 
     def check(self, view: RequestView, identity: Identity | None = None
-              ) -> Flow[tuple[Reply | None, list[tuple[str, str]]]]:
-        """``(429 reply or None, headers for the response)``."""
-        headers: list[tuple[str, str]] = []
+              ) -> Flow[tuple[Reply | None, RateDecision | None]]:
+        """``(429 or 503 reply or None, the decision whose headers go on the response)``:
+        :func:`~secure_mw.guards.ratelimit.rate_headers` (or ``rate_lines``) spell them."""
+        spoken: RateDecision | None = None
         limiter = self.limiter
         if limiter is None:
-            return None, headers
+            return None, spoken
         for rule in self.rules:
             if not rule.applies(view):
                 continue
@@ -240,17 +241,17 @@ class RateLimitLayer:
                 refused = self._unavailable(rule, view, identity, exc)
                 if refused is None:
                     continue
-                return refused, []
+                return refused, None
             if not decision.allowed:
-                return self._refused(rule, view, identity, decision), []
-            headers = rate_headers(decision)   # the last rule that applied speaks
-        return None, headers
+                return self._refused(rule, view, identity, decision), None
+            spoken = decision   # the last rule that applied speaks
+        return None, spoken
 
     def check_now(self, view: RequestView, identity: Identity | None = None
-                  ) -> tuple[Reply | None, list[tuple[str, str]]]:
+                  ) -> tuple[Reply | None, RateDecision | None]:
         """:meth:`check` for the in-memory limiter (:attr:`inline`): the same decisions,
         with the limits validated at start-up and no flow to drive."""
-        headers: list[tuple[str, str]] = []
+        spoken: RateDecision | None = None
         limiter = self.limiter
         if type(limiter) is not MemoryRateLimiter:
             raise TypeError("check_now() is for the in-memory limiter; use check()")
@@ -262,9 +263,9 @@ class RateLimitLayer:
                 continue
             decision = limiter.hit_planned(key, rule.plan)
             if not decision.allowed:
-                return self._refused(rule, view, identity, decision), []
-            headers = rate_headers(decision)   # the last rule that applied speaks
-        return None, headers
+                return self._refused(rule, view, identity, decision), None
+            spoken = decision   # the last rule that applied speaks
+        return None, spoken
 
     @property
     def inline(self) -> bool:

@@ -83,6 +83,7 @@ __all__ = [
     "RedisRateLimiter",
     "limiter_from_settings",
     "rate_headers",
+    "rate_lines",
 ]
 
 _log = logging.getLogger("secure_mw.guards.ratelimit")
@@ -229,18 +230,32 @@ def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
       pass, the same as ``Retry-After``, which the draft says must not come before ``t``);
     * ``Retry-After`` (RFC 9110, whole seconds rounded up, at least 1) when refused.
     """
+    policies, current, retry = _rate_values(decision)
+    headers = [("RateLimit-Policy", policies), ("RateLimit", current)]
+    if retry is not None:
+        headers.append(("Retry-After", retry))
+    return headers
+
+
+def rate_lines(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    """:func:`rate_headers` as raw header lines (ASGI), lower-case names."""
+    policies, current, retry = _rate_values(decision)
+    lines = [(b"ratelimit-policy", policies.encode("ascii")),
+             (b"ratelimit", current.encode("ascii"))]
+    if retry is not None:
+        lines.append((b"retry-after", retry.encode("ascii")))
+    return lines
+
+
+def _rate_values(decision: RateDecision) -> tuple[str, str, str | None]:
+    """The values of RateLimit-Policy, RateLimit and Retry-After (None when allowed)."""
     if decision.allowed:
         t = math.ceil(max(decision.reset_after - EPSILON, 0.0))
     else:
         t = max(1, math.ceil(decision.retry_after - EPSILON))
     policies, name = _policy_texts(decision.policies, decision.policy)
-    headers = [
-        ("RateLimit-Policy", policies),
-        ("RateLimit", f"{name};r={decision.remaining};t={t}"),
-    ]
-    if not decision.allowed:
-        headers.append(("Retry-After", str(t)))
-    return headers
+    return policies, f"{name};r={decision.remaining};t={t}", \
+        None if decision.allowed else str(t)
 
 
 class RateLimiter(Protocol):

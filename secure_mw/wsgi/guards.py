@@ -21,7 +21,7 @@ from secure_mw.guards.layers import (
     RateLimitLayer,
     RedirectLayer,
 )
-from secure_mw.guards.ratelimit import RateLimiter
+from secure_mw.guards.ratelimit import RateLimiter, rate_headers
 from secure_mw.http import CLIENT_CERT_KEY
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
@@ -166,12 +166,13 @@ class RateLimitMiddleware(Layer):
         if not self.layer.rules:
             return None
         view, identity = view_of(environ), environ.get("secure_mw.identity")
-        reply, lines = self.layer.check_now(view, identity) if self.layer.inline \
+        reply, decision = self.layer.check_now(view, identity) if self.layer.inline \
             else run_sync(self.layer.check(view, identity))
         if reply is not None:
             return reply
-        if not lines:
+        if decision is None:
             return None
+        lines = rate_headers(decision)
 
         def add_rate(headers: Headers) -> None:
             headers.extend(lines)
