@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
         return _run([str(BIN / "tox"), *rest])
     # bench: every benchmark in turn, or `bench NAME [options]` for one of them
     names = ["crypto", "sessions", "stores", "ratelimit", "authz", "login_timing", "rotation",
-             "metrics", "bearer", "stack"]
+             "metrics", "bearer", "stack", "floor", "bytecodes"]
     if rest and rest[0] in names:
         return _run([str(PY), "-m", f"benchmarks.{rest[0]}", *rest[1:]])
     code = 0
