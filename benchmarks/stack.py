@@ -247,8 +247,9 @@ def server_runs(seconds: float, rounds: int) -> dict[tuple[str, str], WrkResult]
     results: dict[tuple[str, str], list[WrkResult]] = {}
     try:
         for server in ("uvicorn", "gunicorn"):
+            kinds = ("bare", "full", "lines") if server == "uvicorn" else ("bare", "full")
             for r in range(rounds):
-                for kind in (("bare", "full") if r % 2 == 0 else ("full", "bare")):
+                for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                     with served(server, kind, work) as (url, cookie):
                         wrk(url, 1, cookie, 40)           # warm-up
                         results.setdefault((server, kind), []).append(
@@ -480,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {server}: the full stack keeps {share:.2f} of the bare app's "
                       f"requests/s (target >= {targets[server]:g}: "
                       f"{_verdict(share >= targets[server])})")
+                lines = runs.get((server, "lines"))
+                if lines is not None:
+                    print(f"    {server}: the stack's response header lines alone (constant, "
+                          f"no other work) keep {lines.rate / bare.rate:.2f} "
+                          f"({lines.rate:,.0f} req/s)")
 
     if not args.no_redis:
         found = redis_per_request(bench.loop, bench.keys)

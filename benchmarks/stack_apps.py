@@ -25,7 +25,7 @@ HOST = "app.example.com"
 RECIPE_SECRET = "benchmark-recipe-secret"   # a throwaway local key
 #: Limits nobody reaches: what is measured is the bookkeeping, not a refusal.
 LIMIT = "1000000/second"
-KINDS = ("bare", "full", "recipe")
+KINDS = ("bare", "full", "recipe", "lines")
 
 
 def full_settings(keys: list[str], **extra: Any) -> Settings:
@@ -211,7 +211,53 @@ def _served(bare: Callable[[], Any], full: Callable[[list[str]], tuple[Any, str]
 
 def asgi_app() -> Any:
     """``uvicorn --factory benchmarks.stack_apps:asgi_app`` (``BENCH_STACK``)."""
+    if os.environ.get("BENCH_STACK") == "lines":
+        _publish("")
+        return starlette_lines(_keys())
     return _served(starlette_bare, starlette_full, starlette_recipe)
+
+
+def starlette_lines(keys: list[str]) -> Any:
+    """The bare app with only the response header lines ``protect()`` adds to a signed-in
+    ``GET /`` over plain HTTP (security headers, rate headers), as constant bytes: what
+    the server spends writing them, with none of the stack's work."""
+    from benchmarks.sessions import asgi_scope
+
+    full, cookie = starlette_full(keys)
+    extra: list[tuple[bytes, bytes]] = []
+    bare = starlette_bare()
+
+    async def lines() -> None:
+        """The lines, from one request through ``full`` (in the server's own loop)."""
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await full({**asgi_scope(cookie), "scheme": "http"}, receive, send)
+        own = {b"content-length", b"content-type"}
+        found = [line for line in sent[0]["headers"] if line[0].lower() not in own]
+        if not extra:      # (two first requests at once: one list)
+            extra.extend(found)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await bare(scope, receive, send)
+            return
+        if not extra:
+            await lines()
+
+        async def add(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], *extra]
+            await send(message)
+
+        await bare(scope, receive, add)
+
+    return app
 
 
 def wsgi_app() -> Any:
