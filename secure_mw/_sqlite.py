@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -152,6 +153,41 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
+def _set_up(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """WAL mode and the current schema on ``conn``'s file (already so: nothing changes).
+    The switch to WAL is retried while another connection holds the file, for the busy
+    timeout (at least a second): SQLite answers it with "locked" at once."""
+    deadline = time.monotonic() + max(busy_timeout, 1.0)
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES \
+                    or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+    if not mode or str(mode[0]).lower() != "wal":
+        raise sqlite3.OperationalError("WAL mode refused")
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            # every statement is IF NOT EXISTS: a version-1 file gains the new tables.
+            # One statement at a time: executescript() would COMMIT first
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"schema version {version} is not {SCHEMA_VERSION}")
+
+
 class Database:
     """One SQLite file shared by the processes of a host; see the module docstring.
 
@@ -203,28 +239,12 @@ class Database:
             conn = sqlite3.connect(self.path, timeout=busy_timeout,
                                    isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if not mode or str(mode[0]).lower() != "wal":
-                raise sqlite3.OperationalError("WAL mode refused")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
+            if not mode or str(mode[0]).lower() != "wal" or \
+                    conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                with self._setting_up():
+                    _set_up(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                        # every statement is IF NOT EXISTS: a version-1 file gains the new
-                        # tables. One statement at a time: executescript() would COMMIT first
-                        for statement in filter(str.strip, _SCHEMA.split(";")):
-                            conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version != SCHEMA_VERSION:
-                    raise sqlite3.DatabaseError(f"schema version {version} is not "
-                                                f"{SCHEMA_VERSION}")
         except ERRORS as exc:
             if conn is not None:
                 with contextlib.suppress(*ERRORS):
@@ -232,6 +252,21 @@ class Database:
             self._last_problem = f"{str(self.path)!r} cannot be used ({exc})"
             raise self.unavailable(exc) from exc
         return conn
+
+    @contextlib.contextmanager
+    def _setting_up(self) -> Iterator[None]:
+        """One process at a time turns a new (or older) file into WAL mode with the
+        schema: ``flock`` on ``<file>.lock`` (0600, left in place) beside it. Without it,
+        workers started together raced for the switch to WAL, which SQLite refuses at once
+        as locked, without waiting the busy timeout (6 processes on a new file: 5 of 120
+        failed to start)."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT
+                     | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)    # closing the descriptor releases the lock
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection; while :meth:`call` tries without waiting, the one

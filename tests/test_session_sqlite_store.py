@@ -145,6 +145,39 @@ def test_ended_marks_end_sessions_created_before_them(store: Any) -> None:
     assert store.is_ended(SID, (index_name("sid", "other", "p-1"),), 0.0) is False
 
 
+def _start_on(path: str, barrier: Any, answers: Any) -> None:
+    """A worker process starting: it opens the store's file (Database.check at start-up)."""
+    barrier.wait()
+    try:
+        Database(path).check()
+        answers.put("ok")
+    except ConfigError as exc:
+        answers.put(str(exc))
+
+
+def test_workers_started_together_all_open_a_new_file(tmp_path: Path) -> None:
+    """gunicorn's workers (without --preload) open the file as they start, all at once.
+    Switching a new file to WAL mode is refused at once as "database is locked" while
+    another connection does the same (the busy timeout does not apply): before the set-up
+    was serialized, 5 of 120 such starts failed, and gunicorn shuts down when a worker
+    cannot boot. 25 rounds of 6 processes on a new file: every one opens it."""
+    context = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for round_ in range(25):
+        directory = tmp_path / f"round-{round_}"
+        directory.mkdir(mode=0o700)
+        barrier, answers = context.Barrier(6), context.Queue()
+        processes = [context.Process(target=_start_on, args=(
+            str(directory / "s.sqlite3"), barrier, answers)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        failures += [a for a in (answers.get(timeout=60) for _ in processes) if a != "ok"]
+        for process in processes:
+            process.join(timeout=60)
+    assert failures == []
+    assert stat.S_IMODE(os.stat(tmp_path / "round-0" / "s.sqlite3.lock").st_mode) == 0o600
+
+
 def test_a_version_1_file_gains_the_logout_tables(tmp_path: Path, ring: KeyRing) -> None:
     import sqlite3
 
