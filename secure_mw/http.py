@@ -238,6 +238,11 @@ class RequestView:
             self._cookies = parse_cookies(self.headers.get("cookie", ""))
         return self._cookies
 
+    def listener(self) -> str | Callable[[], str]:
+        """The listening address (:attr:`server`), or where the server handed over the
+        connection's socket, :meth:`listening`, to read it only if needed."""
+        return self.server if self._socket is None else self.listening
+
     def listening(self) -> str:
         """The port (or socket path) that took the request: read from the connection where
         the server hands it over (gunicorn derives ``SERVER_PORT`` from the ``Host`` header),

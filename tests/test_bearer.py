@@ -441,3 +441,23 @@ def test_parallel_unknown_kids_refetch_once(minter: Minter, clock: Clock) -> Non
         results = asyncio.run(flood())
         assert all(isinstance(r, InvalidToken) for r in results)
         assert len(seen) == 3
+
+
+def test_the_bearer_gate_defines_every_entry_the_session_middlewares_call() -> None:
+    """BearerGate hands every other attribute to the session core it wraps (``__getattr__``):
+    an entry point the middlewares call that the gate does not define itself goes straight
+    to the core, past the token. The warm session path did (tests/test_review_warm.py): a
+    live session cookie answered for any bearer token. Only the reply to an oversized body
+    (no identity in it) may come from the core."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "secure_mw"
+    called: set[str] = set()
+    for flavour in ("asgi", "wsgi"):
+        tree = ast.parse((package / flavour / "session.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self.core":
+                called.add(node.attr)
+    assert {"handle", "warm_identity", "is_reserved"} <= called
+    assert called - set(vars(BearerGate)) <= {"body_too_large"}

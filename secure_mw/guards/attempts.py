@@ -219,8 +219,8 @@ class LoginAttempts:
                        "trusted proxy that did not say): every such attempt shares one "
                        "address budget. List the proxy in server.trusted_proxies (\"unix\" "
                        "for a Unix socket) so the real address is used")
-        if self.workers is not None and view.server:
-            self.workers.check(view.listening)
+        if self.workers is not None:
+            self.workers.check(view.listener())
         reg = self.regulator
         try:
             outcome = yield Op(reg.reserve, reg.areserve, user=user,

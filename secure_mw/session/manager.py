@@ -225,9 +225,9 @@ class SessionManager:
         """503 when several worker processes of this server use the in-memory store that
         nobody chose (see :class:`~secure_mw.session.memory_store.SiblingWorkers`); with
         ``session.store = "memory"`` set on purpose, a warning only."""
-        if self.workers is None or not view.server:
+        if self.workers is None:
             return None
-        problem = self.workers.check(view.listening)
+        problem = self.workers.check(view.listener())
         if problem is None:
             return None
         if view.wants_html:

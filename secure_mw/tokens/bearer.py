@@ -308,6 +308,15 @@ class BearerGate:
     def is_reserved(self, path: str) -> bool:
         return bool(self.core.is_reserved(path))
 
+    def warm_identity(self, view: RequestView) -> Identity | None:
+        """The session core's warm path for a request with no ``Authorization`` header;
+        ``None`` for one with it, which :meth:`handle` decides (a bearer token by itself).
+        (Not left to ``__getattr__``: the core's own would serve the session cookie.)"""
+        if "authorization" in view.headers:
+            return None
+        identity: Identity | None = self.core.warm_identity(view)
+        return identity
+
     def handle(self, view: RequestView) -> Flow[Any]:
         if view.path.startswith(self.prefix):
             return (yield from self.core.handle(view))
