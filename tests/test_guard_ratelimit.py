@@ -584,3 +584,11 @@ def test_memory_decides_as_sqlite_through_random_traffic(limits: tuple[tuple[int
         assert got.retry_after == pytest.approx(want.retry_after, abs=1e-9)
         outcomes.append(got.allowed)
     assert True in outcomes and False in outcomes    # both kinds of decision were compared
+
+
+def test_headers_of_a_decision_whose_policies_are_a_list() -> None:
+    """A limiter of one's own may give ``policies`` as a list: the headers are the same as
+    for the tuple (the texts are cached by policies, which must then be hashable)."""
+    decision = MemoryRateLimiter().hit("k", TEN)
+    listed = decision._replace(policies=list(decision.policies))
+    assert rate_headers(listed) == rate_headers(decision)

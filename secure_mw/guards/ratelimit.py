@@ -253,7 +253,10 @@ def _rate_values(decision: RateDecision) -> tuple[str, str, str | None]:
         t = math.ceil(max(decision.reset_after - EPSILON, 0.0))
     else:
         t = max(1, math.ceil(decision.retry_after - EPSILON))
-    policies, name = _policy_texts(decision.policies, decision.policy)
+    listed = decision.policies
+    if listed.__class__ is not tuple:     # a limiter of one's own that gave a list
+        listed = tuple(listed)
+    policies, name = _policy_texts(listed, decision.policy)
     return policies, f"{name};r={decision.remaining};t={t}", \
         None if decision.allowed else str(t)
 
