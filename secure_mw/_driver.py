@@ -48,40 +48,42 @@ Flow = Generator[Op, Any, T]
 
 
 def run_sync(flow: Flow[T]) -> T:
-    """Run ``flow`` to completion with blocking I/O."""
-    if _observe.active and (seen := _observe.current.get()) is not None:
-        return _run_sync_timed(flow, seen.observer)
+    """Run ``flow`` to completion with blocking I/O (telling the request's observer, when
+    one watches, how long each op that may wait took and what it raised)."""
+    seen = _observe.current.get() if _observe.active else None
+    observer = seen.observer if seen is not None else None
     try:
         op = next(flow)
         while True:
+            if observer is None or op.inline:   # nothing to time (an in-memory engine)
+                try:
+                    result = op.sync(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+                continue
+            start = perf_counter()
             try:
                 result = op.sync(*op.args, **op.kwargs)
             except BaseException as exc:
+                observer.store_call(op.sync, perf_counter() - start, exc)
                 op = flow.throw(exc)
             else:
+                observer.store_call(op.sync, perf_counter() - start, None)
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
 async def run_async(flow: Flow[T]) -> T:
-    """Run ``flow`` to completion, awaiting each op."""
-    if _observe.active and (seen := _observe.current.get()) is not None:
-        return await _run_async_timed(flow, seen.observer)
+    """Run ``flow`` to completion, awaiting each op (see :func:`_resume_async`)."""
+    seen = _observe.current.get() if _observe.active else None
     try:
         op = next(flow)
-        while True:
-            try:
-                if op.inline:
-                    result = op.sync(*op.args, **op.kwargs)
-                else:
-                    result = await op.async_(*op.args, **op.kwargs)
-            except BaseException as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    return await _resume_async(flow, op, seen.observer if seen is not None else None)
 
 
 def run_inline(flow: Flow[T]) -> T | Coroutine[Any, Any, T]:
@@ -130,43 +132,6 @@ async def _resume_async(flow: Flow[T], op: Op, observer: _observe.Observer | Non
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-
-
-def _run_sync_timed(flow: Flow[T], observer: _observe.Observer) -> T:
-    """:func:`run_sync`, telling ``observer`` how long each op that may wait took and what
-    it raised."""
-    try:
-        op = next(flow)
-        while True:
-            if op.inline:       # an in-memory engine: nothing to wait for, nothing to time
-                try:
-                    result = op.sync(*op.args, **op.kwargs)
-                except BaseException as exc:
-                    op = flow.throw(exc)
-                else:
-                    op = flow.send(result)
-                continue
-            start = perf_counter()
-            try:
-                result = op.sync(*op.args, **op.kwargs)
-            except BaseException as exc:
-                observer.store_call(op.sync, perf_counter() - start, exc)
-                op = flow.throw(exc)
-            else:
-                observer.store_call(op.sync, perf_counter() - start, None)
-                op = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-async def _run_async_timed(flow: Flow[T], observer: _observe.Observer) -> T:
-    """:func:`run_async`, telling ``observer`` how long each op that may wait took and
-    what it raised."""
-    try:
-        op = next(flow)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    return await _resume_async(flow, op, observer)
 
 
 def done(value: T) -> Flow[T]:

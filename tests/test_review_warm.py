@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +62,29 @@ def test_a_host_header_without_a_port_does_not_lift_the_sibling_refusal(
     sign-out at one worker does not reach the other)."""
     pytest.importorskip("gunicorn")
     path = str(tmp_path / "app.sock")
+    with _two_workers(path, tmp_path):
+        assert 503 in _while_one_is_held(path, host, lambda: _answer(_raw(path, host)))
+
+
+def _two_workers(path: str, tmp_path: Path) -> ServerProcess:
+    """gunicorn -w 2 (sync workers) on the Unix socket ``path``, the default memory store."""
     args = [PY, "-m", "gunicorn", "-w", "2", "-b", f"unix:{path}", "--log-level", "warning",
             "tests.e2e_app:wsgi_app()"]
-    with ServerProcess(args, port=path, env=_env(), log=tmp_path / "gunicorn.log"):
-        statuses: list[int] = []
-        for _ in range(10):
-            held = _raw(path, host, finish=False)    # holds one worker (sync worker)
-            statuses.append(_answer(_raw(path, host)))
-            held.sendall(b"Connection: close\r\n\r\n")
-            statuses.append(_answer(held))
-            if 503 in statuses[-2:]:
-                break
-        assert 503 in statuses, statuses
+    return ServerProcess(args, port=path, env=_env(), log=tmp_path / "gunicorn.log")
 
+
+def _while_one_is_held(path: str, host: str, ask: Callable[[], int]) -> list[int]:
+    """Statuses of ``ask()`` while a half-sent request for ``host`` holds one sync worker
+    (so the other answers), and of the held one; up to 10 rounds, until one is a 503."""
+    statuses: list[int] = []
+    for _ in range(10):
+        held = _raw(path, host, finish=False)
+        statuses.append(ask())
+        held.sendall(b"Connection: close\r\n\r\n")
+        statuses.append(_answer(held))
+        if 503 in statuses[-2:]:
+            break
+    return statuses
 
 
 def _tcp(url: str, host: str) -> int:
@@ -93,20 +104,11 @@ def test_behind_nginx_an_ipv6_host_lifts_the_sibling_refusal(tmp_path: Path) -> 
     the server by an IPv6 literal is served by workers that refuse everyone else."""
     pytest.importorskip("gunicorn")
     path = str(tmp_path / "app.sock")
-    args = [PY, "-m", "gunicorn", "-w", "2", "-b", f"unix:{path}", "--log-level", "warning",
-            "tests.e2e_app:wsgi_app()"]
-    with ServerProcess(args, port=path, env=_env(), log=tmp_path / "gunicorn.log"), \
+    with _two_workers(path, tmp_path), \
             NginxServer(f"http://unix:{path}", tmp_path / "nginx",
                         headers={"Host": "$host"}) as proxy:
-        statuses: list[int] = []
-        for _ in range(10):
-            held = _raw(path, "[::1]:8000", finish=False)   # holds one worker (sync worker)
-            statuses.append(_tcp(proxy.url, "[::1]"))
-            held.sendall(b"Connection: close\r\n\r\n")
-            statuses.append(_answer(held))
-            if 503 in statuses[-2:]:
-                break
-        assert 503 in statuses, statuses
+        assert 503 in _while_one_is_held(path, "[::1]:8000",
+                                        lambda: _tcp(proxy.url, "[::1]"))
 
 
 # -- the warm path and bearer tokens -----------------------------------------------------------

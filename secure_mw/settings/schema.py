@@ -969,9 +969,8 @@ class Settings:
         environ: Mapping[str, str] | None = None,
         base_dir: str | os.PathLike[str] | None = None,
     ) -> _S:
-        """Build settings from a mapping (as a TOML file would give), then apply
-        ``SECURE_MW_*`` overrides from ``environ`` when given. Relative ``*_file`` paths
-        are resolved against ``base_dir`` (default: the current directory)."""
+        """:func:`secure_mw.settings.builder.from_mapping`: the settings of a mapping (as
+        a TOML file would give), with the ``SECURE_MW_*`` overrides of ``environ``."""
         return builder.from_mapping(cls, data, environ=environ, base_dir=base_dir)
 
     @classmethod
