@@ -65,12 +65,20 @@ class Chain:
         self.app = app
         self._by_kind = {kind: tuple(layer for layer in self.layers if kind in layer.kinds)
                          for kind in HTTP_AND_WEBSOCKET}
+        from secure_mw.asgi._lane import Lane
+
+        #: The one-pass lane for plain HTTP requests (None: every request takes the chain).
+        self.lane = Lane.for_chain(self._by_kind["http"])
 
     def __repr__(self) -> str:
         names = " → ".join(type(layer).__name__ for layer in self.layers)
         return f"Chain({names} → {self.app!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.lane
+        if lane is not None and scope["type"] == "http":
+            await lane.serve(self.app, scope, receive, send)
+            return
         layers = self._by_kind.get(scope["type"])
         if layers:
             await run(layers, self.app, scope, receive, send)

@@ -35,12 +35,20 @@ from secure_mw.guards.layers import (
     RedirectLayer,
 )
 from secure_mw.guards.ratelimit import RateDecision, RateLimiter, rate_lines
-from secure_mw.http import CLIENT_CERT_KEY, Reply
+from secure_mw.http import CLIENT_CERT_KEY, Reply, RequestView
+from secure_mw.identity import Identity
 from secure_mw.settings import Settings
 
-__all__ = ["AuthorizationMiddleware", "ClientAddressMiddleware", "HostGuardMiddleware",
-           "LoginGuardMiddleware",
-           "RateLimitMiddleware", "RedirectGuardMiddleware", "SecurityHeadersMiddleware"]
+__all__ = [
+    "AuthorizationMiddleware",
+    "ClientAddressMiddleware",
+    "HostGuardMiddleware",
+    "LoginGuardMiddleware",
+    "RateLimitMiddleware",
+    "RedirectGuardMiddleware",
+    "SecurityHeadersMiddleware",
+    "check_redirects",
+]
 
 NONCE_KEY = "secure_mw.csp_nonce"
 Decided = tuple[Reply | None, RateDecision | None]
@@ -210,18 +218,24 @@ class RedirectGuardMiddleware(Layer):
             return reply
         layer = self.layer
 
-        def check_redirects(headers: RawHeaders) -> None:
-            for index, (name, value) in enumerate(headers):
-                lower = name.lower()
-                if lower not in _REDIRECTING:
-                    continue
-                check = layer.check_location if lower == b"location" else layer.check_refresh
-                replacement = check(value.decode("latin-1"), view,
-                                    scope.get("secure_mw.identity"))
-                if replacement is not None:
-                    headers[index] = (lower, replacement.encode("latin-1"))
+        def check_response(headers: RawHeaders) -> None:
+            check_redirects(layer, headers, view, scope.get("secure_mw.identity"))
 
-        return check_redirects
+        return check_response
+
+
+def check_redirects(layer: RedirectLayer, headers: RawHeaders, view: RequestView,
+                    identity: Identity | None) -> None:
+    """Replace an unsafe ``Location`` or ``Refresh`` among a response's raw ``headers``
+    (edited in place) with ``redirects.default``."""
+    for index, (name, value) in enumerate(headers):
+        lower = name.lower()
+        if lower not in _REDIRECTING:
+            continue
+        check = layer.check_location if lower == b"location" else layer.check_refresh
+        replacement = check(value.decode("latin-1"), view, identity)
+        if replacement is not None:
+            headers[index] = (lower, replacement.encode("latin-1"))
 
 
 class LoginGuardMiddleware:

@@ -86,7 +86,7 @@ class AuthorizationLayer:
         memo = self._allowed
         if memo is None:
             return self._decide(view, identity, raw_path, root.rstrip("/"))
-        key = (view.host, view.method, view.path, raw_path, root, _subject(identity))
+        key = _memo_key(view, identity, raw_path, root)
         verdict = memo.get(key)
         if verdict is None:
             verdict = self._decide(view, identity, raw_path, root.rstrip("/"))
@@ -100,6 +100,15 @@ class AuthorizationLayer:
         elif _observe.active:
             _observe.decided("authorization", "allow")
         return verdict
+
+    def remembered(self, view: RequestView, identity: Identity | None,
+                   raw_path: bytes | None = None, *, root: str = "") -> Verdict | None:
+        """The allow verdict :meth:`decide` keeps for this request, or ``None`` (not kept,
+        or a policy whose verdicts are never kept): nothing is decided or audited."""
+        memo = self._allowed
+        if memo is None:
+            return None
+        return memo.get(_memo_key(view, identity, raw_path, root))
 
     def explain(self, view: RequestView, identity: Identity | None,
                 raw_path: bytes | None = None, *, root: str = "") -> Explained:
@@ -198,6 +207,12 @@ MEMO_SIZE = 4096
 #: The longest request line (host, path twice, mount point) whose verdict is remembered:
 #: the memory is bounded in bytes too (about 4096 entries of 1 KiB at most).
 MEMO_KEY_CHARS = 1024
+
+
+def _memo_key(view: RequestView, identity: Identity | None, raw_path: bytes | None,
+              root: str) -> tuple[Any, ...]:
+    """Everything a memoizable policy's verdict depends on."""
+    return (view.host, view.method, view.path, raw_path, root, _subject(identity))
 
 
 def _subject(identity: Identity | None) -> tuple[Any, ...] | None:

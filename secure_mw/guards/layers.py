@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from secure_mw._driver import Flow, Op
@@ -256,16 +256,25 @@ class RateLimitLayer:
         if type(limiter) is not MemoryRateLimiter:
             raise TypeError("check_now() is for the in-memory limiter; use check()")
         for rule in self.rules:
-            if (rule.methods or rule.paths) and not rule.applies(view):
+            decision = self.count_now(rule, view, identity)
+            if decision is None:
                 continue
-            key = rule.key_of(view, identity)
-            if key is None:
-                continue
-            decision = limiter.hit_planned(key, rule.plan)
             if not decision.allowed:
                 return self._refused(rule, view, identity, decision), None
             spoken = decision   # the last rule that applied speaks
         return None, spoken
+
+    def count_now(self, rule: _Rule, view: RequestView, identity: Identity | None
+                  ) -> RateDecision | None:
+        """One rule's hit in the in-memory limiter, unaudited: ``None`` when the rule does not
+        apply to ``view``. A refused hit leaves the limiter as it was (only allowed hits
+        are counted), so a caller may ask again through :meth:`check_now`."""
+        if (rule.methods or rule.paths) and not rule.applies(view):
+            return None
+        key = rule.key_of(view, identity)
+        if key is None:
+            return None
+        return cast(MemoryRateLimiter, self.limiter).hit_planned(key, rule.plan)
 
     @property
     def inline(self) -> bool:

@@ -1,0 +1,315 @@
+"""The lane: the chain ``protect()`` builds, decided in one pass for a plain request.
+
+Most requests to a protected app are alike: a browser or client with a live session asks
+for a page the rules let it see, with no forwarding headers, no bearer token, nothing for
+our own endpoints. :class:`Lane` serves those in one function that asks the same cores
+the layers ask (the Host policy, the rate limiter, the session gate, the remembered
+authorization verdicts, the assertion issuer, the security headers), on a request view
+of the two headers that decide it (``Host`` and ``Cookie``), with one ``send`` wrapper.
+
+Anything else goes to the :class:`~secure_mw.asgi._layer.Chain`, which decides every
+request as before. The lane hands a request over only before it has changed anything:
+every check it makes first is free of side effects (nothing counted, audited or
+written), and the one count it makes, the rate limit, leaves the limiter as it was when
+it refuses (the chain then counts and refuses it itself, with its audit line and reply).
+So a request the lane serves gets what the chain would give it, and one it does not
+serve gets exactly the chain.
+
+A request is plain when:
+
+- it is HTTP (not a WebSocket), with a method the lane knows and an ``http``/``https``
+  scheme, and nothing observes the stack (``[metrics]``);
+- every header is one of :data:`INERT` (named once each), plus ``Host`` and ``Cookie``:
+  none of the cores reads those on the way to an allowed request, so a view without them
+  decides alike. A ``Forwarded``, ``Authorization`` or identity header, anything else,
+  goes to the chain;
+- the Host is allowed and the path is UTF-8 (the host guard would pass it, and the
+  client address would stay the peer's);
+- it is not for the public keys or the health answer, and its query names no redirect
+  parameter (and has no ``%``, so none can hide in an escape);
+- its session is warm (:meth:`~secure_mw.session.gate.SessionGate.warm_identity`);
+- the rules have let the same host, method, path and subject in before (the verdict the
+  authorization layer keeps), with the path unchanged.
+
+The lane is built only for a chain of the layers it knows, in ``protect()``'s order,
+with at most one rate-limit layer of one rule keyed by address or route in the
+in-memory limiter; any other chain has no lane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from secure_mw import _observe
+from secure_mw.asgi._io import VIEW_KEY, ASGIApp, Message, Receive, Scope, Send
+from secure_mw.asgi._layer import Layer, run
+from secure_mw.asgi.assertions import _RESET, IdentityHeaderMiddleware, JWKSMiddleware
+from secure_mw.asgi.guards import (
+    AuthorizationMiddleware,
+    ClientAddressMiddleware,
+    HostGuardMiddleware,
+    RateLimitMiddleware,
+    RedirectGuardMiddleware,
+    SecurityHeadersMiddleware,
+    check_redirects,
+)
+from secure_mw.asgi.observe import HealthMiddleware
+from secure_mw.asgi.session import SessionMiddleware
+from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
+from secure_mw.guards.ratelimit import MemoryRateLimiter, rate_lines
+from secure_mw.http import CLIENT_CERT_KEY, RequestView, parse_cookies
+from secure_mw.identity import AuthScopes
+from secure_mw.tokens.headers import JWKS_PATHS, current_assertion
+
+__all__ = ["INERT", "Lane"]
+
+#: Request headers no core reads on the way to an allowed request (they matter only to
+#: refusals, to our own endpoints or to the app): a request with these, ``Host`` and
+#: ``Cookie`` alone may take the lane.
+INERT = frozenset({
+    b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"connection",
+    b"content-length", b"content-type", b"dnt", b"if-modified-since", b"if-none-match",
+    b"origin", b"pragma", b"priority", b"referer", b"sec-ch-ua", b"sec-ch-ua-mobile",
+    b"sec-ch-ua-platform", b"sec-fetch-dest", b"sec-fetch-mode", b"sec-fetch-site",
+    b"sec-fetch-user", b"te", b"upgrade-insecure-requests", b"user-agent",
+    b"x-requested-with",
+})
+_ADMITTED = INERT | {b"host", b"cookie"}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SCHEMES = frozenset({"http", "https"})
+#: Entries each memo keeps (emptied when full), and the longest line or header it keeps:
+#: at most a few MiB, whatever a client sends.
+_MEMO_SIZE = 1024
+_MEMO_CHARS = 2048
+#: host as sent, host, query, routed path, raw path the rules see, nonce; () when not plain
+_Line = tuple[Any, ...]
+_STARTS = frozenset({"http.response.start"})
+#: The layers the lane follows, in the order ``protect()`` stacks them.
+_ORDER: list[type[Layer]] = [
+    HostGuardMiddleware, SecurityHeadersMiddleware, ClientAddressMiddleware, JWKSMiddleware,
+    RateLimitMiddleware, HealthMiddleware, RedirectGuardMiddleware, SessionMiddleware,
+    AuthorizationMiddleware, IdentityHeaderMiddleware]
+
+
+class Lane:
+    """One pass for a plain request through ``layers``; every other request is handed to
+    ``run(layers, app, …)``, the chain's own loop. Build it with :meth:`for_chain`."""
+
+    def __init__(self, layers: Sequence[Layer], parts: dict[str, Any]) -> None:
+        self.layers = tuple(layers)
+        self.hosts = parts["HostGuardMiddleware"].layer
+        headers = parts.get("SecurityHeadersMiddleware")
+        self.headers = None if headers is None else headers.headers
+        client = parts.get("ClientAddressMiddleware")
+        self.proxies = None if client is None else client.proxies
+        self.jwks = "JWKSMiddleware" in parts
+        self.health = "HealthMiddleware" in parts
+        rate = parts.get("RateLimitMiddleware")
+        self.rate = None if rate is None or not rate.layer.rules else rate.layer
+        self.rule = None if self.rate is None else self.rate.rules[0]
+        redirect = parts.get("RedirectGuardMiddleware")
+        self.redirect = None if redirect is None else redirect.layer
+        self.params = () if redirect is None else tuple(sorted(redirect.layer.params))
+        self.session = parts["SessionMiddleware"].core
+        authz = parts.get("AuthorizationMiddleware")
+        self.authz = None if authz is None else authz.layer
+        issue = parts.get("IdentityHeaderMiddleware")
+        self.issue = None if issue is None else issue.layer
+        self.issue_name = b"" if issue is None else issue.name
+        # Memos of what depends only on its key (each bounded, emptied when full): the
+        # verdict on a request line, parsed Cookie headers, the client of a peer.
+        self._lines: dict[tuple[Any, ...], _Line] = {}
+        self._cookies: dict[str, Mapping[str, str]] = {}
+        self._clients: dict[tuple[str, str, str], Any] = {}
+
+    @classmethod
+    def for_chain(cls, layers: Sequence[Layer]) -> Lane | None:
+        """The lane of these layers, or ``None`` when the chain is not one it can follow."""
+        order = _ORDER
+        parts: dict[str, Any] = {}
+        position = 0
+        for layer in layers:
+            kind = type(layer)
+            if kind not in order[position:]:
+                return None           # a layer the lane does not know, or out of order
+            position = order.index(kind) + 1
+            parts[kind.__name__] = layer
+        if "HostGuardMiddleware" not in parts or "SessionMiddleware" not in parts:
+            return None
+        rate = parts.get("RateLimitMiddleware")
+        if rate is not None and rate.layer.rules:
+            rules = rate.layer.rules
+            if len(rules) != 1 or rules[0].key not in ("ip", "route") \
+                    or type(rate.layer.limiter) is not MemoryRateLimiter:
+                return None
+        client = parts.get("ClientAddressMiddleware")
+        if client is not None and client.cert_header is not None \
+                and client.cert_header.encode("latin-1") in _ADMITTED:
+            return None
+        issue = parts.get("IdentityHeaderMiddleware")
+        if issue is not None and not _ADMITTED.isdisjoint(
+                s.encode("latin-1") for s in issue.spellings):
+            return None
+        return cls(layers, parts)
+
+    async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """``app`` behind the layers, for one HTTP request (the chain checked the type)."""
+        plain = self._plain(scope)
+        if plain is None:
+            await run(self.layers, app, scope, receive, send)
+            return
+        view, line = plain
+        identity = self.session.warm_identity(view)
+        if identity is None:
+            await run(self.layers, app, scope, receive, send)
+            return
+        decision = None
+        if self.authz is not None:
+            decision = self.authz.remembered(view, identity, line[4],
+                                             root=scope.get("root_path") or "")
+            if decision is None or decision.path != scope.get("path"):
+                await run(self.layers, app, scope, receive, send)
+                return
+        rate = None
+        if self.rate is not None:
+            rate = self.rate.count_now(self.rule, view, None)
+            if rate is not None and not rate.allowed:
+                # Nothing counted: the chain decides, audits and answers it.
+                await run(self.layers, app, scope, receive, send)
+                return
+        # From here on the request is ours: what each layer would set, in its order.
+        policy = self.headers
+        path = line[3]
+        nonce = None
+        if policy is not None:
+            nonce = policy.new_nonce() if line[5] else None
+            scope["secure_mw.csp_nonce"] = nonce
+        if self.proxies is not None:
+            peer = (view.client, view.scheme, view.host)
+            client = self._clients.get(peer)
+            if client is None:      # no forwarding header: the peer, scheme and host decide
+                client = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
+                                              host=view.host)
+                if len(self._clients) >= _MEMO_SIZE:
+                    self._clients.clear()
+                self._clients[peer] = client
+            scope["secure_mw.client"] = client
+        scope["user"] = identity
+        scope["auth"] = AuthScopes.of(identity)
+        scope["secure_mw.identity"] = identity
+        if decision is not None:
+            scope["secure_mw.decision"] = decision.decision
+        extra = None if rate is None else rate_lines(rate)
+        redirect = self.redirect
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] in _STARTS:
+                lines = list(message.get("headers", ()))
+                if redirect is not None:
+                    check_redirects(redirect, lines, view, identity)
+                if extra is not None:
+                    lines.extend(extra)
+                if policy is not None:
+                    policy.add_to(lines, path=path, https=scope.get("scheme") == "https",
+                                  nonce=nonce)
+                message["headers"] = lines
+            await send(message)
+
+        if self.issue is None:
+            await app(scope, receive, wrapped)
+            return
+        token = self.issue.assertion(view, identity)
+        if token is not None:
+            scope["headers"] = [*scope["headers"], (self.issue_name, token.encode("ascii"))]
+        scope["secure_mw.assertion"] = token
+        resets = scope.setdefault(_RESET, [])
+        resets.append(current_assertion.set(token))
+        try:
+            await app(scope, receive, wrapped)
+        finally:
+            if resets:
+                current_assertion.reset(resets.pop())
+
+    def _plain(self, scope: Scope) -> tuple[RequestView, _Line] | None:
+        """The view of ``scope`` and what its line decides, when it is a plain request up
+        to its session; else None. Nothing here counts, audits or writes."""
+        if _observe.active or VIEW_KEY in scope or CLIENT_CERT_KEY in scope:
+            return None
+        raw_headers = scope.get("headers")
+        if raw_headers.__class__ is not list:
+            return None
+        named = dict(raw_headers)
+        if len(named) != len(raw_headers) or not named.keys() <= _ADMITTED:
+            return None
+        extensions = scope.get("extensions")
+        if extensions and (extensions.get("tls") or {}).get("client_cert_chain"):
+            return None     # a client certificate: the chain's view reads it
+        get = scope.get
+        line: tuple[Any, ...] = (
+            named.get(b"host"), get("method"), get("scheme") or "http", get("path") or "/",
+            get("raw_path"), get("query_string") or b"")
+        try:
+            known = self._lines.get(line)
+        except TypeError:       # a server's bytearray or list where ASGI says bytes
+            return None
+        if known is None:
+            known = self._line(line)
+            if len(self._lines) >= _MEMO_SIZE:
+                self._lines.clear()
+            if sum(len(part) for part in line if isinstance(part, str | bytes)) \
+                    <= _MEMO_CHARS:
+                self._lines[line] = known
+        if not known:
+            return None
+        host_text, host, query, route = known[:4]
+        headers = {"host": host_text}
+        cookie = named.get(b"cookie")
+        view = RequestView(
+            line[1], line[2], host, line[3], query, headers, str(client[0])
+            if (client := get("client")) else "", False, b"", None,
+            (str(listening[1]) if listening[1] is not None else str(listening[0]))
+            if (listening := get("server")) else "", _route=route)
+        if cookie is not None:
+            text = headers["cookie"] = cookie.decode("latin-1")
+            parsed = self._cookies.get(text)
+            if parsed is None:
+                parsed = MappingProxyType(parse_cookies(text))
+                if len(self._cookies) >= _MEMO_SIZE:
+                    self._cookies.clear()
+                if len(text) <= _MEMO_CHARS:
+                    self._cookies[text] = parsed
+            view._cookies = parsed    # type: ignore[assignment]  # read, never written
+        return view, known
+
+    def _line(self, line: tuple[Any, ...]) -> _Line:
+        """What :meth:`_plain` keeps of a request line, which depends on nothing else: the
+        ``Host`` as sent and lowered, the query, the routed path, the raw path the rules
+        see, and whether its responses carry a nonce; ``()`` when the line is not plain."""
+        host_line, method, scheme, path, raw, query_bytes = line
+        if not host_line or method not in _METHODS or scheme not in _SCHEMES:
+            return ()
+        host_text = host_line.decode("latin-1")
+        host = host_text.lower()
+        if not self.hosts.policy.allows(host):
+            return ()
+        try:
+            if isinstance(raw, bytes):
+                check_utf8_path(raw, encoded=True)
+            else:
+                check_utf8_path(path.encode("utf-8", "surrogatepass"), encoded=False)
+        except PathRefused:
+            return ()
+        if (self.jwks and path in JWKS_PATHS) or (self.health and path.endswith("health")):
+            return ()
+        query = query_bytes.decode("latin-1")
+        if query and self.params and ("%" in query or any(p in query for p in self.params)):
+            return ()
+        policy = self.headers
+        route = route_path(path)
+        return (host_text, host, query, route,
+                raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None,
+                policy is not None and policy.uses_nonce(route))
+
+
