@@ -325,3 +325,25 @@ def test_a_malformed_scope_gets_the_chain_answer_not_an_error() -> None:
             assert answers[0] == answers[1], change
     finally:
         loop.close()
+
+
+def test_an_observer_elsewhere_in_the_process_leaves_the_lane_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metrics on one app turn on the process's observation flag; another app's lane still
+    serves (nothing observes its requests), and inside an observed request it hands over."""
+    from secure_mw import _observe
+
+    monkeypatch.setattr(_observe, "active", True)
+    now = [time.time()]
+    stack = Stack(now, lane=True)
+    scope = {"type": "http", "method": "GET", "scheme": "https", "path": "/",
+             "raw_path": b"/", "query_string": b"", "root_path": "",
+             "client": ("10.0.0.7", 1), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", HOST.encode()),
+                         (b"cookie", stack.cookies["alice"].encode())]}
+    assert stack.app.lane._plain(dict(scope)) is not None
+    token = _observe.current.set(object())  # type: ignore[arg-type]
+    try:
+        assert stack.app.lane._plain(dict(scope)) is None
+    finally:
+        _observe.current.reset(token)

@@ -18,7 +18,7 @@ serve gets exactly the chain.
 A request is plain when:
 
 - it is HTTP (not a WebSocket), with a method the lane knows and an ``http``/``https``
-  scheme, and nothing observes the stack (``[metrics]``);
+  scheme, and no stack around it observes the request (``[metrics]``);
 - every header is one of :data:`INERT` (named once each), plus ``Host`` and ``Cookie``:
   none of the cores reads those on the way to an allowed request, so a view without them
   decides alike. A ``Forwarded``, ``Authorization`` or identity header, anything else,
@@ -235,8 +235,9 @@ class Lane:
     def _plain(self, scope: Scope) -> tuple[RequestView, _Line] | None:
         """The view of ``scope`` and what its line decides, when it is a plain request up
         to its session; else None. Nothing here counts, audits or writes."""
-        if _observe.active or VIEW_KEY in scope or CLIENT_CERT_KEY in scope:
-            return None
+        if VIEW_KEY in scope or CLIENT_CERT_KEY in scope or (
+                _observe.active and _observe.current.get() is not None):
+            return None     # inside an observed stack: the chain reports each decision
         raw_headers = scope.get("headers")
         if raw_headers.__class__ is not list:
             return None
