@@ -21,7 +21,8 @@ A request is plain when:
   scheme, and no stack around it observes the request (``[metrics]``);
 - every header is one of :data:`INERT` (named once each), plus ``Host`` and ``Cookie``:
   none of the cores reads those on the way to an allowed request, so a view without them
-  decides alike. A ``Forwarded``, ``Authorization`` or identity header, anything else,
+  decides alike. :data:`FORWARDING` headers are admitted when no trusted proxy sent them
+  (the chain ignores them then); an ``Authorization`` or identity header, anything else,
   goes to the chain;
 - the Host is allowed and the path is UTF-8 (the host guard would pass it, and the
   client address would stay the peer's);
@@ -63,7 +64,7 @@ from secure_mw.http import CLIENT_CERT_KEY, RequestView, parse_cookies
 from secure_mw.identity import AuthScopes
 from secure_mw.tokens.headers import JWKS_PATHS, current_assertion
 
-__all__ = ["INERT", "Lane"]
+__all__ = ["FORWARDING", "INERT", "Lane"]
 
 #: Request headers no core reads on the way to an allowed request (they matter only to
 #: refusals, to our own endpoints or to the app): a request with these, ``Host`` and
@@ -76,7 +77,11 @@ INERT = frozenset({
     b"sec-fetch-user", b"te", b"upgrade-insecure-requests", b"user-agent",
     b"x-requested-with",
 })
-_ADMITTED = INERT | {b"host", b"cookie"}
+#: Forwarding headers: admitted when no trusted proxy's are used (an untrusted peer's are
+#: ignored by the chain too); a request they change goes to the chain.
+FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
+                        b"x-forwarded-proto"})
+_ADMITTED = INERT | FORWARDING | {b"host", b"cookie"}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SCHEMES = frozenset({"http", "https"})
 #: Entries each memo keeps (emptied when full), and the longest line or header it keeps:
@@ -282,7 +287,24 @@ class Lane:
                 if len(text) <= _MEMO_CHARS:
                     self._cookies[text] = parsed
             view._cookies = parsed    # type: ignore[assignment]  # read, never written
+        if not named.keys().isdisjoint(FORWARDING):
+            for name in FORWARDING:
+                value = named.get(name)
+                if value is not None:
+                    headers[name.decode("latin-1")] = value.decode("latin-1")
+            if self._forwarded(view):
+                return None
         return view, known
+
+    def _forwarded(self, view: RequestView) -> bool:
+        """Whether a trusted proxy's forwarding headers change the host or the client the
+        layers see (the chain then rewrites the request); an untrusted peer's are ignored,
+        by the chain as here."""
+        if self.hosts.effective_host(view) != view.host:
+            return True
+        proxies = self.proxies
+        return proxies is not None and proxies.resolve(
+            view.client, view.headers, scheme=view.scheme, host=view.host).via_proxy
 
     def _line(self, line: tuple[Any, ...]) -> _Line:
         """What :meth:`_plain` keeps of a request line, which depends on nothing else: the
