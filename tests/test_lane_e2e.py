@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-import secure_mw.asgi._lane as lane_module
 from secure_mw import Settings, asgi
 from secure_mw.audit import AuditLogger
 from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
 from tests.apps import asgi_inner, uvicorn_server
+from tests.test_lane import count_hand_overs
 
 HOST = "app.example.com"
 
@@ -44,14 +44,7 @@ def test_parallel_requests_on_uvicorn_take_the_lane_and_keep_the_limit_exact(
     audit = Recorder()
     app = asgi.protect(asgi_inner(), settings, store=store, audit=audit)
     assert app.lane is not None
-    handed: list[int] = []
-    real_run = lane_module.run
-
-    async def counting_run(*args: Any) -> None:
-        handed.append(1)
-        await real_run(*args)
-
-    monkeypatch.setattr(lane_module, "run", counting_run)
+    handed = count_hand_overs(monkeypatch)
     cookie = session_cookie(settings, {"sub": "alice", "groups": ["staff"]}, store=store)
     requests = (
         [("/", {"host": HOST, "cookie": cookie})] * 40

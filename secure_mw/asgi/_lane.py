@@ -10,8 +10,9 @@ of the two headers that decide it (``Host`` and ``Cookie``), with one ``send`` w
 Anything else goes to the :class:`~secure_mw.asgi._layer.Chain`, which decides every
 request as before. The lane hands a request over only before it has changed anything:
 every check it makes first is free of side effects (nothing counted, audited or
-written), and the one count it makes, the rate limit, leaves the limiter as it was when
-it refuses (the chain then counts and refuses it itself, with its audit line and reply).
+written), and the one count it makes, the rate limit, counts nothing when it refuses (the
+chain then counts and refuses it itself, with its audit line and reply; like every hit,
+the refused one may drop a key that has drained, which holds no debt).
 So a request the lane serves gets what the chain would give it, and one it does not
 serve gets exactly the chain.
 
@@ -109,14 +110,19 @@ class Lane:
         self.headers = None if headers is None else headers.headers
         client = parts.get("ClientAddressMiddleware")
         self.proxies = None if client is None else client.proxies
-        self.jwks = "JWKSMiddleware" in parts
+        # The public keys are answered by either layer (IdentityHeaderMiddleware too).
+        self.jwks = "JWKSMiddleware" in parts or "IdentityHeaderMiddleware" in parts
         self.health = "HealthMiddleware" in parts
         rate = parts.get("RateLimitMiddleware")
         self.rate = None if rate is None or not rate.layer.rules else rate.layer
         self.rule = None if self.rate is None else self.rate.rules[0]
         redirect = parts.get("RedirectGuardMiddleware")
         self.redirect = None if redirect is None else redirect.layer
-        self.params = () if redirect is None else tuple(sorted(redirect.layer.params))
+        # Each redirect parameter as a query may spell it without an escape (a space may be
+        # a "+"); a query that escapes anything (%) is handed over.
+        self.params = () if redirect is None else tuple(sorted(
+            {form for name in redirect.layer.params
+             for form in (name, name.replace(" ", "+"))}))
         self.session = parts["SessionMiddleware"].core
         authz = parts.get("AuthorizationMiddleware")
         self.authz = None if authz is None else authz.layer
@@ -163,26 +169,26 @@ class Lane:
         """``app`` behind the layers, for one HTTP request (the chain checked the type)."""
         plain = self._plain(scope)
         if plain is None:
-            await run(self.layers, app, scope, receive, send)
+            await run(self.layers, app, scope, receive, send, drop_view=True)
             return
         view, line = plain
         identity = self.session.warm_identity(view)
         if identity is None:
-            await run(self.layers, app, scope, receive, send)
+            await run(self.layers, app, scope, receive, send, drop_view=True)
             return
         decision = None
         if self.authz is not None:
             decision = self.authz.remembered(view, identity, line[4],
                                              root=scope.get("root_path") or "")
             if decision is None or decision.path != scope.get("path"):
-                await run(self.layers, app, scope, receive, send)
+                await run(self.layers, app, scope, receive, send, drop_view=True)
                 return
         rate = None
         if self.rate is not None:
             rate = self.rate.count_now(self.rule, view, None)
             if rate is not None and not rate.allowed:
                 # Nothing counted: the chain decides, audits and answers it.
-                await run(self.layers, app, scope, receive, send)
+                await run(self.layers, app, scope, receive, send, drop_view=True)
                 return
         # From here on the request is ours: what each layer would set, in its order.
         policy = self.headers
@@ -212,8 +218,8 @@ class Lane:
         async def wrapped(message: Message) -> None:
             if message["type"] in _STARTS:
                 lines = list(message.get("headers", ()))
-                if redirect is not None:
-                    check_redirects(redirect, lines, view, identity)
+                if redirect is not None:    # who is there now, as the chain's hook reads it
+                    check_redirects(redirect, lines, view, scope.get("secure_mw.identity"))
                 if extra is not None:
                     lines.extend(extra)
                 if policy is not None:

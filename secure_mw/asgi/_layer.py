@@ -16,7 +16,15 @@ from types import CoroutineType
 from typing import Any, ClassVar, TypeAlias
 
 from secure_mw._stack import fused
-from secure_mw.asgi._io import ASGIApp, Message, Receive, Scope, Send, refuse_websocket
+from secure_mw.asgi._io import (
+    VIEW_KEY,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    refuse_websocket,
+)
 from secure_mw.http import Reply
 
 __all__ = ["HTTP", "HTTP_AND_WEBSOCKET", "Chain", "Hook", "Layer", "Verdict", "fuse"]
@@ -81,15 +89,17 @@ class Chain:
             return
         layers = self._by_kind.get(scope["type"])
         if layers:
-            await run(layers, self.app, scope, receive, send)
+            await run(layers, self.app, scope, receive, send, drop_view=True)
         else:
             await self.app(scope, receive, send)
 
 
 async def run(layers: Sequence[Layer], app: ASGIApp, scope: Scope, receive: Receive,
-              send: Send) -> None:
+              send: Send, *, drop_view: bool = False) -> None:
     """``layers`` in order, then ``app``: the first reply answers; hooks edit the response
-    the app (or a later layer's reply) sends, innermost first."""
+    the app (or a later layer's reply) sends, innermost first. ``drop_view``: a chain's
+    view stays its layers' (the app, or a stack nested in it, builds its own); a layer
+    used alone leaves it to the next layer, which may be one of ours."""
     hooks: list[Hook] | None = None
     leaving: list[Layer] | None = None
     try:
@@ -113,6 +123,8 @@ async def run(layers: Sequence[Layer], app: ASGIApp, scope: Scope, receive: Rece
                 hooks.append(verdict)  # type: ignore[arg-type]
         if hooks is not None:
             send = _hooked(send, hooks)
+        if drop_view:
+            scope.pop(VIEW_KEY, None)
         await app(scope, receive, send)
     finally:
         if leaving is not None:

@@ -267,8 +267,9 @@ class RateLimitLayer:
     def count_now(self, rule: _Rule, view: RequestView, identity: Identity | None
                   ) -> RateDecision | None:
         """One rule's hit in the in-memory limiter, unaudited: ``None`` when the rule does not
-        apply to ``view``. A refused hit leaves the limiter as it was (only allowed hits
-        are counted), so a caller may ask again through :meth:`check_now`."""
+        apply to ``view``. A refused hit counts nothing (only allowed hits are counted;
+        like every hit it may drop a drained key, which holds no debt), so a caller may ask
+        again through :meth:`check_now`."""
         if (rule.methods or rule.paths) and not rule.applies(view):
             return None
         key = rule.key_of(view, identity)
