@@ -29,7 +29,8 @@ A request is plain when:
   client address would stay the peer's);
 - it is not for the public keys or the health answer, and its query names no redirect
   parameter (and has no ``%``, so none can hide in an escape);
-- its session is warm (:meth:`~secure_mw.session.gate.SessionGate.warm_identity`);
+- its session is warm (:meth:`~secure_mw.session.gate.SessionGate.warm_identity`: a
+  live record of the in-memory store with nothing due);
 - the rules have let the same host, method, path and subject in before (the verdict the
   authorization layer keeps), with the path unchanged.
 
