@@ -47,6 +47,16 @@ class Op:
 Flow = Generator[Op, Any, T]
 
 
+def _step(flow: Flow[Any], op: Op) -> Op:
+    """Run ``op`` without waiting and hand its result (or what it raised) to ``flow``: the
+    flow's next op (its StopIteration ends the caller's loop)."""
+    try:
+        result = op.sync(*op.args, **op.kwargs)
+    except BaseException as exc:
+        return flow.throw(exc)
+    return flow.send(result)
+
+
 def run_sync(flow: Flow[T]) -> T:
     """Run ``flow`` to completion with blocking I/O (telling the request's observer, when
     one watches, how long each op that may wait took and what it raised)."""
@@ -56,12 +66,7 @@ def run_sync(flow: Flow[T]) -> T:
         op = next(flow)
         while True:
             if observer is None or op.inline:   # nothing to time (an in-memory engine)
-                try:
-                    result = op.sync(*op.args, **op.kwargs)
-                except BaseException as exc:
-                    op = flow.throw(exc)
-                else:
-                    op = flow.send(result)
+                op = _step(flow, op)
                 continue
             start = perf_counter()
             try:
@@ -94,12 +99,7 @@ def run_inline(flow: Flow[T]) -> T | Coroutine[Any, Any, T]:
     try:
         op = next(flow)
         while op.inline:
-            try:
-                result = op.sync(*op.args, **op.kwargs)
-            except BaseException as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
+            op = _step(flow, op)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     seen = _observe.current.get() if _observe.active else None
@@ -112,12 +112,7 @@ async def _resume_async(flow: Flow[T], op: Op, observer: _observe.Observer | Non
     try:
         while True:
             if op.inline:
-                try:
-                    result = op.sync(*op.args, **op.kwargs)
-                except BaseException as exc:
-                    op = flow.throw(exc)
-                else:
-                    op = flow.send(result)
+                op = _step(flow, op)
                 continue
             start = perf_counter()
             try:

@@ -113,6 +113,31 @@ def _routed(path: str) -> str:
     return _ROUTE_PATH[0](path)
 
 
+#: Request headers no core reads on the way to an allowed request (they matter only to
+#: refusals, to our own endpoints or to the app): a request with these, ``Host`` and
+#: ``Cookie`` alone may take the lane (:mod:`secure_mw.asgi._lane`).
+INERT_HEADERS = frozenset({
+    b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"connection",
+    b"content-length", b"content-type", b"dnt", b"if-modified-since", b"if-none-match",
+    b"origin", b"pragma", b"priority", b"referer", b"sec-ch-ua", b"sec-ch-ua-mobile",
+    b"sec-ch-ua-platform", b"sec-fetch-dest", b"sec-fetch-mode", b"sec-fetch-site",
+    b"sec-fetch-user", b"te", b"upgrade-insecure-requests", b"user-agent",
+    b"x-requested-with",
+})
+#: Forwarding headers: admitted when no trusted proxy's are used (an untrusted peer's are
+#: ignored by the chain too); a request they change goes to the chain.
+FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
+                                b"x-forwarded-proto"})
+
+
+def server_of(listening: Any) -> str:
+    """:attr:`RequestView.server` from an ASGI scope's ``server``: the port of (host, port),
+    or the path of a Unix socket's (path, None)."""
+    if not listening:
+        return ""
+    return str(listening[1]) if listening[1] is not None else str(listening[0])
+
+
 @dataclass(slots=True, eq=False)
 class RequestView:
     """What the cores need to know about a request."""
@@ -179,8 +204,7 @@ class RequestView:
             websocket,
             b"",
             cert if isinstance(cert, bytes) else None,
-            (str(listening[1]) if listening[1] is not None else str(listening[0]))
-            if listening else "",
+            server_of(listening),
         )
 
     @classmethod

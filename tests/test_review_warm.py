@@ -24,6 +24,7 @@ from tests.apps import FLAVOURS, serve
 from tests.bearer_tokens import AUDIENCE, ISSUER, Minter
 from tests.clock import Clock
 from tests.servers import NginxServer, ServerProcess
+from tests.test_authz_e2e import raw_get
 from tests.test_session_memory_store import _env, _status_of
 
 PY = sys.executable
@@ -87,17 +88,6 @@ def _while_one_is_held(path: str, host: str, ask: Callable[[], int]) -> list[int
     return statuses
 
 
-def _tcp(url: str, host: str) -> int:
-    port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
-                     "Connection: close\r\n\r\n".encode())
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return _status_of(answer)
-
-
 def test_behind_nginx_an_ipv6_host_lifts_the_sibling_refusal(tmp_path: Path) -> None:
     """The same behind nginx with ``proxy_set_header Host $host`` (nginx strips the port:
     ``Host: [::1]`` reaches gunicorn, whose SERVER_PORT is then ""): any client that names
@@ -108,7 +98,7 @@ def test_behind_nginx_an_ipv6_host_lifts_the_sibling_refusal(tmp_path: Path) -> 
             NginxServer(f"http://unix:{path}", tmp_path / "nginx",
                         headers={"Host": "$host"}) as proxy:
         assert 503 in _while_one_is_held(path, "[::1]:8000",
-                                        lambda: _tcp(proxy.url, "[::1]"))
+                                        lambda: raw_get(proxy.url, "/x", host="[::1]"))
 
 
 # -- the warm path and bearer tokens -----------------------------------------------------------

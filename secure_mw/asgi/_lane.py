@@ -62,27 +62,23 @@ from secure_mw.asgi.observe import HealthMiddleware
 from secure_mw.asgi.session import SessionMiddleware
 from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
 from secure_mw.guards.ratelimit import MemoryRateLimiter, rate_lines
-from secure_mw.http import CLIENT_CERT_KEY, RequestView, parse_cookies
+from secure_mw.http import (
+    CLIENT_CERT_KEY,
+    RequestView,
+    parse_cookies,
+    server_of,
+)
+from secure_mw.http import (
+    FORWARDING_HEADERS as FORWARDING,
+)
+from secure_mw.http import (
+    INERT_HEADERS as INERT,
+)
 from secure_mw.identity import AuthScopes
 from secure_mw.tokens.headers import JWKS_PATHS, current_assertion
 
 __all__ = ["FORWARDING", "INERT", "Lane"]
 
-#: Request headers no core reads on the way to an allowed request (they matter only to
-#: refusals, to our own endpoints or to the app): a request with these, ``Host`` and
-#: ``Cookie`` alone may take the lane.
-INERT = frozenset({
-    b"accept", b"accept-encoding", b"accept-language", b"cache-control", b"connection",
-    b"content-length", b"content-type", b"dnt", b"if-modified-since", b"if-none-match",
-    b"origin", b"pragma", b"priority", b"referer", b"sec-ch-ua", b"sec-ch-ua-mobile",
-    b"sec-ch-ua-platform", b"sec-fetch-dest", b"sec-fetch-mode", b"sec-fetch-site",
-    b"sec-fetch-user", b"te", b"upgrade-insecure-requests", b"user-agent",
-    b"x-requested-with",
-})
-#: Forwarding headers: admitted when no trusted proxy's are used (an untrusted peer's are
-#: ignored by the chain too); a request they change goes to the chain.
-FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
-                        b"x-forwarded-proto"})
 _ADMITTED = INERT | FORWARDING | {b"host", b"cookie"}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SCHEMES = frozenset({"http", "https"})
@@ -119,11 +115,6 @@ class Lane:
         self.rule = None if self.rate is None else self.rate.rules[0]
         redirect = parts.get("RedirectGuardMiddleware")
         self.redirect = None if redirect is None else redirect.layer
-        # Each redirect parameter as a query may spell it without an escape (a space may be
-        # a "+"); a query that escapes anything (%) is handed over.
-        self.params = () if redirect is None else tuple(sorted(
-            {form for name in redirect.layer.params
-             for form in (name, name.replace(" ", "+"))}))
         self.session = parts["SessionMiddleware"].core
         authz = parts.get("AuthorizationMiddleware")
         self.authz = None if authz is None else authz.layer
@@ -281,9 +272,8 @@ class Lane:
         cookie = named.get(b"cookie")
         view = RequestView(
             line[1], line[2], host, line[3], query, headers, str(client[0])
-            if (client := get("client")) else "", False, b"", None,
-            (str(listening[1]) if listening[1] is not None else str(listening[0]))
-            if (listening := get("server")) else "", _route=route)
+            if (client := get("client")) else "", False, b"", None, server_of(get("server")),
+            _route=route)
         if cookie is not None:
             text = headers["cookie"] = cookie.decode("latin-1")
             parsed = self._cookies.get(text)
@@ -334,7 +324,7 @@ class Lane:
         if (self.jwks and path in JWKS_PATHS) or (self.health and path.endswith("health")):
             return ()
         query = query_bytes.decode("latin-1")
-        if query and self.params and ("%" in query or any(p in query for p in self.params)):
+        if self.redirect is not None and not self.redirect.names_no_param(query):
             return ()
         policy = self.headers
         route = route_path(path)

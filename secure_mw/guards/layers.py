@@ -324,6 +324,9 @@ class RedirectLayer:
         except ValueError as exc:
             raise ConfigError([ConfigProblem("redirects.allowed_hosts", str(exc))]) from None
         self.params = frozenset(settings.params)
+        # Each parameter as a query may spell it without an escape (a space may be "+").
+        self._spellings = tuple(sorted({form for name in self.params
+                                        for form in (name, name.replace(" ", "+"))}))
         default = settings.default
         if not RedirectPolicy(settings.allowed_hosts).is_safe(default):
             raise ConfigError([ConfigProblem("redirects.default",
@@ -367,6 +370,13 @@ class RedirectLayer:
                                   "send people.") if view.wants_html else json_reply(
                     400, {"error": "unsafe_redirect", "parameter": name})
         return None
+
+    def names_no_param(self, query: str) -> bool:
+        """Whether ``query`` certainly names no redirect parameter, without parsing it: no
+        escape (``%``) and no spelling of a parameter's name. :meth:`check_request` has
+        nothing to refuse then; ``False`` says only that it must look."""
+        return not self.params or not query or (
+            "%" not in query and not any(name in query for name in self._spellings))
 
     def _mentions_param(self, query: str) -> bool:
         return any(f"{name}=" in query for name in self.params)
