@@ -41,31 +41,19 @@ in-memory limiter; any other chain has no lane.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
 from secure_mw import _observe
+from secure_mw._lane import LaneCore, keep
 from secure_mw.asgi._io import VIEW_KEY, ASGIApp, Message, Receive, Scope, Send
 from secure_mw.asgi._layer import Layer, run
-from secure_mw.asgi.assertions import _RESET, IdentityHeaderMiddleware, JWKSMiddleware
-from secure_mw.asgi.guards import (
-    AuthorizationMiddleware,
-    ClientAddressMiddleware,
-    HostGuardMiddleware,
-    RateLimitMiddleware,
-    RedirectGuardMiddleware,
-    SecurityHeadersMiddleware,
-    check_redirects,
-)
-from secure_mw.asgi.observe import HealthMiddleware
-from secure_mw.asgi.session import SessionMiddleware
-from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
-from secure_mw.guards.ratelimit import MemoryRateLimiter, rate_lines
+from secure_mw.asgi.assertions import _RESET
+from secure_mw.asgi.guards import check_redirects
+from secure_mw.guards.ratelimit import rate_lines
 from secure_mw.http import (
     CLIENT_CERT_KEY,
     RequestView,
-    parse_cookies,
     server_of,
 )
 from secure_mw.http import (
@@ -75,113 +63,47 @@ from secure_mw.http import (
     INERT_HEADERS as INERT,
 )
 from secure_mw.identity import AuthScopes
-from secure_mw.tokens.headers import JWKS_PATHS, current_assertion
+from secure_mw.tokens.headers import current_assertion
 
 __all__ = ["FORWARDING", "INERT", "Lane"]
 
 _ADMITTED = INERT | FORWARDING | {b"host", b"cookie"}
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SCHEMES = frozenset({"http", "https"})
-#: Entries each memo keeps (emptied when full), and the longest line or header it keeps:
-#: at most a few MiB, whatever a client sends.
-_MEMO_SIZE = 1024
-_MEMO_CHARS = 2048
 #: host as sent, host, query, routed path, raw path the rules see, nonce; () when not plain
 _Line = tuple[Any, ...]
 _STARTS = frozenset({"http.response.start"})
-#: The layers the lane follows, in the order ``protect()`` stacks them.
-_ORDER: list[type[Layer]] = [
-    HostGuardMiddleware, SecurityHeadersMiddleware, ClientAddressMiddleware, JWKSMiddleware,
-    RateLimitMiddleware, HealthMiddleware, RedirectGuardMiddleware, SessionMiddleware,
-    AuthorizationMiddleware, IdentityHeaderMiddleware]
 
 
-class Lane:
+class Lane(LaneCore):
     """One pass for a plain request through ``layers``; every other request is handed to
     ``run(layers, app, …)``, the chain's own loop. Build it with :meth:`for_chain`."""
 
     def __init__(self, layers: Sequence[Layer], parts: dict[str, Any]) -> None:
-        self.layers = tuple(layers)
-        self.hosts = parts["HostGuardMiddleware"].layer
-        headers = parts.get("SecurityHeadersMiddleware")
-        self.headers = None if headers is None else headers.headers
-        client = parts.get("ClientAddressMiddleware")
-        self.proxies = None if client is None else client.proxies
-        # The public keys are answered by either layer (IdentityHeaderMiddleware too).
-        self.jwks = "JWKSMiddleware" in parts or "IdentityHeaderMiddleware" in parts
-        self.health = "HealthMiddleware" in parts
-        rate = parts.get("RateLimitMiddleware")
-        self.rate = None if rate is None or not rate.layer.rules else rate.layer
-        self.rule = None if self.rate is None else self.rate.rules[0]
-        redirect = parts.get("RedirectGuardMiddleware")
-        self.redirect = None if redirect is None else redirect.layer
-        self.session = parts["SessionMiddleware"].core
-        authz = parts.get("AuthorizationMiddleware")
-        self.authz = None if authz is None else authz.layer
+        super().__init__(layers, parts)
         issue = parts.get("IdentityHeaderMiddleware")
-        self.issue = None if issue is None else issue.layer
         self.issue_name = b"" if issue is None else issue.name
-        # Memos of what depends only on its key (each bounded, emptied when full): the
-        # verdict on a request line, parsed Cookie headers, the client of a peer.
-        self._lines: dict[tuple[Any, ...], _Line] = {}
-        self._cookies: dict[str, Mapping[str, str]] = {}
-        self._clients: dict[tuple[str, str, str], Any] = {}
 
     @classmethod
     def for_chain(cls, layers: Sequence[Layer]) -> Lane | None:
         """The lane of these layers, or ``None`` when the chain is not one it can follow."""
-        order = _ORDER
-        parts: dict[str, Any] = {}
-        position = 0
+        read: list[bytes] = []
         for layer in layers:
-            kind = type(layer)
-            if kind not in order[position:]:
-                return None           # a layer the lane does not know, or out of order
-            position = order.index(kind) + 1
-            parts[kind.__name__] = layer
-        if "HostGuardMiddleware" not in parts or "SessionMiddleware" not in parts:
-            return None
-        rate = parts.get("RateLimitMiddleware")
-        if rate is not None and rate.layer.rules:
-            rules = rate.layer.rules
-            if len(rules) != 1 or rules[0].key not in ("ip", "route") \
-                    or type(rate.layer.limiter) is not MemoryRateLimiter:
-                return None
-        client = parts.get("ClientAddressMiddleware")
-        if client is not None and client.cert_header is not None \
-                and client.cert_header.encode("latin-1") in _ADMITTED:
-            return None
-        issue = parts.get("IdentityHeaderMiddleware")
-        if issue is not None and not _ADMITTED.isdisjoint(
-                s.encode("latin-1") for s in issue.spellings):
-            return None
-        return cls(layers, parts)
+            cert = getattr(layer, "cert_header", None)
+            if cert is not None:
+                read.append(cert.encode("latin-1"))
+            read.extend(s.encode("latin-1") for s in getattr(layer, "spellings", ()))
+        parts = LaneCore.parts_of(layers, (name for name in read if name in _ADMITTED))
+        return None if parts is None else cls(layers, parts)
 
     async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         """``app`` behind the layers, for one HTTP request (the chain checked the type)."""
         plain = self._plain(scope)
-        if plain is None:
+        admitted = None if plain is None else self.admit(
+            plain[0], plain[1][4], scope.get("root_path") or "", scope.get("path"))
+        if admitted is None:
             await run(self.layers, app, scope, receive, send, drop_view=True)
             return
-        view, line = plain
-        identity = self.session.warm_identity(view)
-        if identity is None:
-            await run(self.layers, app, scope, receive, send, drop_view=True)
-            return
-        decision = None
-        if self.authz is not None:
-            decision = self.authz.remembered(view, identity, line[4],
-                                             root=scope.get("root_path") or "")
-            if decision is None or decision.path != scope.get("path"):
-                await run(self.layers, app, scope, receive, send, drop_view=True)
-                return
-        rate = None
-        if self.rate is not None:
-            rate = self.rate.count_now(self.rule, view, None)
-            if rate is not None and not rate.allowed:
-                # Nothing counted: the chain decides, audits and answers it.
-                await run(self.layers, app, scope, receive, send, drop_view=True)
-                return
+        view, line = plain  # type: ignore[misc]
+        identity, decision, rate = admitted
         # From here on the request is ours: what each layer would set, in its order.
         policy = self.headers
         path = line[3]
@@ -190,15 +112,7 @@ class Lane:
             nonce = policy.new_nonce() if line[5] else None
             scope["secure_mw.csp_nonce"] = nonce
         if self.proxies is not None:
-            peer = (view.client, view.scheme, view.host)
-            client = self._clients.get(peer)
-            if client is None:      # no forwarding header: the peer, scheme and host decide
-                client = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
-                                              host=view.host)
-                if len(self._clients) >= _MEMO_SIZE:
-                    self._clients.clear()
-                self._clients[peer] = client
-            scope["secure_mw.client"] = client
+            scope["secure_mw.client"] = self.client_of(view)
         scope["user"] = identity
         scope["auth"] = AuthScopes.of(identity)
         scope["secure_mw.identity"] = identity
@@ -260,11 +174,8 @@ class Lane:
             return None
         if known is None:
             known = self._line(line)
-            if len(self._lines) >= _MEMO_SIZE:
-                self._lines.clear()
-            if sum(len(part) for part in line if isinstance(part, str | bytes)) \
-                    <= _MEMO_CHARS:
-                self._lines[line] = known
+            keep(self._lines, line, known,
+                 sum(len(part) for part in line if isinstance(part, str | bytes)))
         if not known:
             return None
         host_text, host, query, route = known[:4]
@@ -276,60 +187,31 @@ class Lane:
             _route=route)
         if cookie is not None:
             text = headers["cookie"] = cookie.decode("latin-1")
-            parsed = self._cookies.get(text)
-            if parsed is None:
-                parsed = MappingProxyType(parse_cookies(text))
-                if len(self._cookies) >= _MEMO_SIZE:
-                    self._cookies.clear()
-                if len(text) <= _MEMO_CHARS:
-                    self._cookies[text] = parsed
-            view._cookies = parsed    # type: ignore[assignment]  # read, never written
+            view._cookies = self.cookies_of(text)  # type: ignore[assignment]  # never written
         if not named.keys().isdisjoint(FORWARDING):
             for name in FORWARDING:
                 value = named.get(name)
                 if value is not None:
                     headers[name.decode("latin-1")] = value.decode("latin-1")
-            if self._forwarded(view):
+            if self.forwarded(view):
                 return None
         return view, known
 
-    def _forwarded(self, view: RequestView) -> bool:
-        """Whether a trusted proxy's forwarding headers change the host or the client the
-        layers see (the chain then rewrites the request); an untrusted peer's are ignored,
-        by the chain as here."""
-        if self.hosts.effective_host(view) != view.host:
-            return True
-        proxies = self.proxies
-        return proxies is not None and proxies.resolve(
-            view.client, view.headers, scheme=view.scheme, host=view.host).via_proxy
-
     def _line(self, line: tuple[Any, ...]) -> _Line:
-        """What :meth:`_plain` keeps of a request line, which depends on nothing else: the
-        ``Host`` as sent and lowered, the query, the routed path, the raw path the rules
-        see, and whether its responses carry a nonce; ``()`` when the line is not plain."""
-        host_line, method, scheme, path, raw, query_bytes = line
-        if not host_line or method not in _METHODS or scheme not in _SCHEMES:
+        """What :meth:`_plain` keeps of a request line, which depends on nothing else: what
+        :meth:`~secure_mw._lane.LaneCore.judge_line` keeps, the raw path the rules see, and
+        whether its responses carry a nonce; ``()`` when the line is not plain."""
+        host_line, method, scheme, path, raw, query = line
+        if not isinstance(host_line, bytes) or not isinstance(path, str) \
+                or not isinstance(query, bytes):
             return ()
-        host_text = host_line.decode("latin-1")
-        host = host_text.lower()
-        if not self.hosts.policy.allows(host):
-            return ()
-        try:
-            if isinstance(raw, bytes):
-                check_utf8_path(raw, encoded=True)
-            else:
-                check_utf8_path(path.encode("utf-8", "surrogatepass"), encoded=False)
-        except PathRefused:
-            return ()
-        if (self.jwks and path in JWKS_PATHS) or (self.health and path.endswith("health")):
-            return ()
-        query = query_bytes.decode("latin-1")
-        if self.redirect is not None and not self.redirect.names_no_param(query):
+        target = (raw, True) if isinstance(raw, bytes) else (
+            path.encode("utf-8", "surrogatepass"), False)
+        judged = self.judge_line(host_line.decode("latin-1"), method, scheme, path,
+                                 query=query.decode("latin-1"), paths=(target,),
+                                 endpoints=(path,))
+        if not judged:
             return ()
         policy = self.headers
-        route = route_path(path)
-        return (host_text, host, query, route,
-                raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None,
-                policy is not None and policy.uses_nonce(route))
-
-
+        return (*judged, raw.split(b"?", 1)[0] if isinstance(raw, bytes) else None,
+                policy is not None and policy.uses_nonce(judged[3]))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeAlias
 
 from secure_mw._stack import fused
 from secure_mw.http import Reply
-from secure_mw.wsgi._io import Environ, ExcInfo, StartResponse, WSGIApp, status_line
+from secure_mw.wsgi._io import VIEW_KEY, Environ, ExcInfo, StartResponse, WSGIApp, status_line
 
 __all__ = ["Chain", "Hook", "Layer", "Verdict", "fuse"]
 
@@ -49,19 +49,28 @@ class Chain:
     def __init__(self, layers: Sequence[Layer], app: WSGIApp) -> None:
         self.layers = tuple(layers)
         self.app = app
+        from secure_mw.wsgi._lane import Lane
+
+        #: The one-pass lane for plain requests (None: every request takes the chain).
+        self.lane = Lane.for_chain(self.layers)
 
     def __repr__(self) -> str:
         names = " → ".join(type(layer).__name__ for layer in self.layers)
         return f"Chain({names} → {self.app!r})"
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        return run(self.layers, self.app, environ, start_response)
+        lane = self.lane
+        if lane is not None:
+            return lane.serve(self.app, environ, start_response)
+        return run(self.layers, self.app, environ, start_response, drop_view=True)
 
 
 def run(layers: Sequence[Layer], app: WSGIApp, environ: Environ,
-        start_response: StartResponse) -> Iterable[bytes]:
+        start_response: StartResponse, *, drop_view: bool = False) -> Iterable[bytes]:
     """``layers`` in order, then ``app``: the first reply answers; hooks edit the response
-    headers, innermost first."""
+    headers, innermost first. ``drop_view``: a chain's view stays its layers' (the app, or
+    a stack nested in it, builds its own); a layer used alone leaves it to the next layer,
+    which may be one of ours."""
     hooks: list[Hook] | None = None
     leaving: list[Layer] | None = None
     try:
@@ -82,6 +91,8 @@ def run(layers: Sequence[Layer], app: WSGIApp, environ: Environ,
                 hooks.append(verdict)
         if hooks is not None:
             start_response = _hooked(start_response, hooks)
+        if drop_view:
+            environ.pop(VIEW_KEY, None)
         return app(environ, start_response)
     finally:
         if leaving is not None:

@@ -11,7 +11,7 @@ from secure_mw.wsgi._layer import Layer, Verdict
 __all__ = ["IdentityHeaderMiddleware", "JWKSMiddleware", "SignedHeaderMiddleware"]
 
 
-def _environ_key(header: str) -> str:
+def environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
@@ -24,7 +24,7 @@ class IdentityHeaderMiddleware(Layer):
                  layer: IssueLayer | None = None) -> None:
         self.app = app
         self.layer = layer or IssueLayer(settings)
-        self.key = _environ_key(self.layer.header)
+        self.key = environ_key(self.layer.header)
 
     def enter(self, environ: Environ) -> Verdict:
         environ.pop(self.key, None)      # a client's copy (every spelling maps onto this key)

@@ -22,7 +22,8 @@ from secure_mw.guards.layers import (
     RedirectLayer,
 )
 from secure_mw.guards.ratelimit import RateLimiter, rate_headers
-from secure_mw.http import CLIENT_CERT_KEY
+from secure_mw.http import CLIENT_CERT_KEY, RequestView
+from secure_mw.identity import Identity
 from secure_mw.settings import Settings
 from secure_mw.wsgi._io import (
     VIEW_KEY,
@@ -197,21 +198,26 @@ class RedirectGuardMiddleware(Layer):
             return reply
         layer = self.layer
 
-        def check_redirects(headers: Headers) -> None:
-            for index, (name, value) in enumerate(headers):
-                lower = name.lower()
-                if lower == "location":
-                    replacement = layer.check_location(value, view,
-                                                       environ.get("secure_mw.identity"))
-                elif lower == "refresh":
-                    replacement = layer.check_refresh(value, view,
-                                                      environ.get("secure_mw.identity"))
-                else:
-                    continue
-                if replacement is not None:
-                    headers[index] = (name, replacement)
+        def hook(headers: Headers) -> None:
+            check_redirects(layer, headers, view, environ.get("secure_mw.identity"))
 
-        return check_redirects
+        return hook
+
+
+def check_redirects(layer: RedirectLayer, headers: Headers, view: RequestView,
+                    identity: Identity | None) -> None:
+    """Replace an unsafe ``Location`` or ``Refresh`` among a response's ``headers`` (edited
+    in place) with ``redirects.default``."""
+    for index, (name, value) in enumerate(headers):
+        lower = name.lower()
+        if lower == "location":
+            replacement = layer.check_location(value, view, identity)
+        elif lower == "refresh":
+            replacement = layer.check_refresh(value, view, identity)
+        else:
+            continue
+        if replacement is not None:
+            headers[index] = (name, replacement)
 
 
 class LoginGuardMiddleware:

@@ -1,0 +1,178 @@
+"""What the ASGI and WSGI lanes share: the cores they ask and the decisions on a request
+that do not depend on the flavour.
+
+A lane (:mod:`secure_mw.asgi._lane`, :mod:`secure_mw.wsgi._lane`) serves a plain request of
+the chain ``protect()`` builds in one pass, and hands every other request to the chain
+before it has changed anything. Both decide with :class:`LaneCore`: which chains they can
+follow (:meth:`LaneCore.parts_of`), what a request line decides
+(:meth:`LaneCore.judge_line`, free of side effects), whether the request is theirs up to
+its rate limit (:meth:`LaneCore.admit`, whose one count counts nothing when it refuses),
+and the memos of parsed cookies and resolved clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
+from secure_mw.guards.ratelimit import MemoryRateLimiter
+from secure_mw.http import RequestView, parse_cookies
+from secure_mw.tokens.headers import JWKS_PATHS
+
+__all__ = ["LaneCore", "keep"]
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+SCHEMES = frozenset({"http", "https"})
+#: Entries each memo keeps (emptied when full), and the longest line or header it keeps:
+#: at most a few MiB, whatever a client sends.
+MEMO_SIZE = 1024
+MEMO_CHARS = 2048
+#: The layers (by class name, the same in both flavours) a lane follows, in the order
+#: ``protect()`` stacks them.
+ORDER = ("HostGuardMiddleware", "SecurityHeadersMiddleware", "ClientAddressMiddleware",
+         "JWKSMiddleware", "RateLimitMiddleware", "HealthMiddleware",
+         "RedirectGuardMiddleware", "SessionMiddleware", "AuthorizationMiddleware",
+         "IdentityHeaderMiddleware")
+
+
+def keep(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Keep ``value`` under ``key`` in a bounded memo: emptied when full, and nothing kept
+    whose key is longer than :data:`MEMO_CHARS` (``size``)."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    if size <= MEMO_CHARS:
+        memo[key] = value
+
+
+class LaneCore:
+    """The cores a lane asks, taken from the layers of its chain."""
+
+    def __init__(self, layers: Sequence[Any], parts: dict[str, Any]) -> None:
+        self.layers = tuple(layers)
+        self.hosts = parts["HostGuardMiddleware"].layer
+        headers = parts.get("SecurityHeadersMiddleware")
+        self.headers = None if headers is None else headers.headers
+        client = parts.get("ClientAddressMiddleware")
+        self.proxies = None if client is None else client.proxies
+        # The public keys are answered by either layer (IdentityHeaderMiddleware too).
+        self.jwks = "JWKSMiddleware" in parts or "IdentityHeaderMiddleware" in parts
+        self.health = "HealthMiddleware" in parts
+        rate = parts.get("RateLimitMiddleware")
+        self.rate = None if rate is None or not rate.layer.rules else rate.layer
+        self.rule = None if self.rate is None else self.rate.rules[0]
+        redirect = parts.get("RedirectGuardMiddleware")
+        self.redirect = None if redirect is None else redirect.layer
+        self.session = parts["SessionMiddleware"].core
+        authz = parts.get("AuthorizationMiddleware")
+        self.authz = None if authz is None else authz.layer
+        issue = parts.get("IdentityHeaderMiddleware")
+        self.issue = None if issue is None else issue.layer
+        # Memos of what depends only on its key (each bounded, emptied when full): the
+        # verdict on a request line, parsed Cookie headers, the client of a peer.
+        self._lines: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._cookies: dict[str, Mapping[str, str]] = {}
+        self._clients: dict[tuple[str, str, str], Any] = {}
+
+    @staticmethod
+    def parts_of(layers: Sequence[Any], header_keys: Iterable[Any]) -> dict[str, Any] | None:
+        """The layers by name when a lane can follow them: layers it knows, in ``protect()``'s
+        order, with the host guard and the session, at most one rate-limit rule, keyed by
+        address or route, in the in-memory limiter; and no header the layers read (a client
+        certificate's, the identity header) among ``header_keys``, those the lane admits."""
+        parts: dict[str, Any] = {}
+        position = 0
+        for layer in layers:
+            name = type(layer).__name__
+            if name not in ORDER[position:]:
+                return None           # a layer the lane does not know, or out of order
+            position = ORDER.index(name) + 1
+            parts[name] = layer
+        if "HostGuardMiddleware" not in parts or "SessionMiddleware" not in parts:
+            return None
+        rate = parts.get("RateLimitMiddleware")
+        if rate is not None and rate.layer.rules:
+            rules = rate.layer.rules
+            if len(rules) != 1 or rules[0].key not in ("ip", "route") \
+                    or type(rate.layer.limiter) is not MemoryRateLimiter:
+                return None
+        return None if any(True for _ in header_keys) else parts
+
+    def judge_line(self, host_text: str, method: str, scheme: str, path: str, *, query: str,
+                   paths: Iterable[tuple[bytes, bool]], endpoints: Iterable[str]
+                   ) -> tuple[str, str, str, str] | tuple[()]:
+        """What a request line decides, which depends on nothing else: the ``Host`` as sent
+        and lowered, the query and the routed path; ``()`` when it is not plain (a method
+        or scheme the lane does not know, a host the guard refuses, a path that is not
+        UTF-8 in any of ``paths`` (bytes, still percent-encoded?), one of ``endpoints``
+        for the public keys or the health answer, a query that may name a redirect
+        parameter)."""
+        if not host_text or method not in METHODS or scheme not in SCHEMES:
+            return ()
+        host = host_text.lower()
+        if not self.hosts.policy.allows(host):
+            return ()
+        try:
+            for raw, encoded in paths:
+                check_utf8_path(raw, encoded=encoded)
+        except PathRefused:
+            return ()
+        for endpoint in endpoints:
+            if (self.jwks and endpoint in JWKS_PATHS) or (
+                    self.health and endpoint.endswith("health")):
+                return ()
+        if self.redirect is not None and not self.redirect.names_no_param(query):
+            return ()
+        return host_text, host, query, route_path(path)
+
+    def admit(self, view: RequestView, raw_path: bytes | None, root: str, path: Any
+              ) -> tuple[Any, Any, Any] | None:
+        """The identity, the kept authorization verdict and the rate decision of a plain
+        request the lane serves, or ``None`` to hand it over: its session is not warm, the
+        rules have not let it in before with ``path`` unchanged, or its rate limit refuses
+        it (then nothing was counted)."""
+        identity = self.session.warm_identity(view)
+        if identity is None:
+            return None
+        decision = None
+        if self.authz is not None:
+            decision = self.authz.remembered(view, identity, raw_path, root=root)
+            if decision is None or decision.path != path:
+                return None
+        rate = None
+        if self.rate is not None:
+            rate = self.rate.count_now(self.rule, view, None)
+            if rate is not None and not rate.allowed:
+                return None     # nothing counted: the chain decides, audits and answers it
+        return identity, decision, rate
+
+    def cookies_of(self, text: str) -> Mapping[str, str]:
+        """The parsed ``Cookie`` header (read, never written)."""
+        parsed = self._cookies.get(text)
+        if parsed is None:
+            parsed = MappingProxyType(parse_cookies(text))
+            keep(self._cookies, text, parsed, len(text))
+        return parsed
+
+    def client_of(self, view: RequestView) -> Any:
+        """The client of a request no trusted proxy forwarded: the peer, scheme and host
+        decide it."""
+        peer = (view.client, view.scheme, view.host)
+        client = self._clients.get(peer)
+        if client is None:
+            assert self.proxies is not None
+            client = self.proxies.resolve(view.client, view.headers, scheme=view.scheme,
+                                          host=view.host)
+            keep(self._clients, peer, client, 0)
+        return client
+
+    def forwarded(self, view: RequestView) -> bool:
+        """Whether a trusted proxy's forwarding headers change the host or the client the
+        layers see (the chain then rewrites the request); an untrusted peer's are ignored,
+        by the chain as here."""
+        if self.hosts.effective_host(view) != view.host:
+            return True
+        proxies = self.proxies
+        return proxies is not None and proxies.resolve(
+            view.client, view.headers, scheme=view.scheme, host=view.host).via_proxy
