@@ -1,4 +1,4 @@
-"""The lane on a real uvicorn, attacked as an outsider would: many requests in parallel
+"""The lane on a real uvicorn and a real WSGI server (werkzeug's), attacked as an outsider would: many requests in parallel
 against a limit, query strings and fragments, a foreign Host, a forged identity header, a
 redirect parameter, the same live session throughout."""
 
@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from secure_mw import Settings, asgi
+from secure_mw import Settings, asgi, wsgi
 from secure_mw.audit import AuditLogger
 from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
-from tests.apps import asgi_inner, uvicorn_server
+from tests.apps import asgi_inner, uvicorn_server, wsgi_inner, wsgi_server
 from tests.test_lane import count_hand_overs
+from tests.test_lane_wsgi import count_hand_overs as count_wsgi_hand_overs
 
 HOST = "app.example.com"
 
@@ -33,8 +34,9 @@ class Recorder(AuditLogger):
         return event
 
 
-def test_parallel_requests_on_uvicorn_take_the_lane_and_keep_the_limit_exact(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("flavour", ["asgi", "wsgi"])
+def test_parallel_requests_on_a_real_server_take_the_lane_and_keep_the_limit_exact(
+        flavour: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.from_mapping({
         "rate_limits": {"rules": [{"key": "ip", "limit": "30/hour"}]},
         "server": {"allowed_hosts": [HOST]},
@@ -42,9 +44,13 @@ def test_parallel_requests_on_uvicorn_take_the_lane_and_keep_the_limit_exact(
     }, environ={})
     store = MemorySessionStore()
     audit = Recorder()
-    app = asgi.protect(asgi_inner(), settings, store=store, audit=audit)
+    if flavour == "asgi":
+        app = asgi.protect(asgi_inner(), settings, store=store, audit=audit)
+        handed, server = count_hand_overs(monkeypatch), uvicorn_server
+    else:
+        app = wsgi.protect(wsgi_inner, settings, store=store, audit=audit)
+        handed, server = count_wsgi_hand_overs(monkeypatch), wsgi_server
     assert app.lane is not None
-    handed = count_hand_overs(monkeypatch)
     cookie = session_cookie(settings, {"sub": "alice", "groups": ["staff"]}, store=store)
     requests = (
         [("/", {"host": HOST, "cookie": cookie})] * 40
@@ -52,7 +58,7 @@ def test_parallel_requests_on_uvicorn_take_the_lane_and_keep_the_limit_exact(
         + [("/", {"host": "evil.example", "cookie": cookie})] * 5
         + [("/", {"host": HOST, "cookie": cookie, "x-secure-mw-jwt-assertion": "forged"})] * 5
         + [("/?rd=https://evil.example/", {"host": HOST, "cookie": cookie})] * 5)
-    with uvicorn_server(app) as url, httpx.Client(base_url=url) as client:
+    with server(app) as url, httpx.Client(base_url=url) as client:
         def fetch(item: tuple[str, dict[str, str]]) -> tuple[int, str, Any]:
             path, headers = item
             reply = client.get(path, headers=headers)
