@@ -1,6 +1,6 @@
 """The lane on a real uvicorn and a real WSGI server (werkzeug's), attacked as an outsider
-would: many requests in parallel against a limit, query strings and fragments, a foreign Host, a forged identity header, a
-redirect parameter, the same live session throughout."""
+would: many requests in parallel against a limit, query strings and fragments, a foreign
+Host, a forged identity header, a redirect parameter, the same live session throughout."""
 
 from __future__ import annotations
 
