@@ -147,6 +147,21 @@ class LaneCore:
                 return None     # nothing counted: the chain decides, audits and answers it
         return identity, decision, rate
 
+    def entries(self, view: RequestView, uses_nonce: bool, identity: Any, decision: Any
+                ) -> tuple[dict[str, Any], str | None]:
+        """What the layers would give the app of a request the lane serves (the same keys
+        in the scope and the environ), and its CSP nonce."""
+        entries: dict[str, Any] = {"secure_mw.identity": identity}
+        nonce = None
+        if self.headers is not None:
+            nonce = self.headers.new_nonce() if uses_nonce else None
+            entries["secure_mw.csp_nonce"] = nonce
+        if self.proxies is not None:
+            entries["secure_mw.client"] = self.client_of(view)
+        if decision is not None:
+            entries["secure_mw.decision"] = decision.decision
+        return entries, nonce
+
     def cookies_of(self, text: str) -> Mapping[str, str]:
         """The parsed ``Cookie`` header (read, never written)."""
         parsed = self._cookies.get(text)

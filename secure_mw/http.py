@@ -130,6 +130,16 @@ FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-
                                 b"x-forwarded-proto"})
 
 
+def environ_path(raw_path: str) -> str:
+    """The path of a WSGI request (``SCRIPT_NAME + PATH_INFO``), decoded: PEP 3333 passes
+    its bytes decoded as latin-1; a path that is not UTF-8 (or was decoded already) stays
+    as it is."""
+    try:
+        return raw_path.encode("latin-1").decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return raw_path
+
+
 def server_of(listening: Any) -> str:
     """:attr:`RequestView.server` from an ASGI scope's ``server``: the port of (host, port),
     or the path of a Unix socket's (path, None)."""
@@ -233,11 +243,7 @@ class RequestView:
             headers["content-length"] = environ["CONTENT_LENGTH"]
         host = headers.get("host") or (
             f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}")
-        raw_path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        try:  # PEP 3333: the path arrives as bytes decoded as latin-1
-            path = raw_path.encode("latin-1").decode("utf-8")
-        except (UnicodeDecodeError, UnicodeEncodeError):
-            path = raw_path
+        path = environ_path(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
         cert = environ.get(CLIENT_CERT_KEY)
         if cert is None and environ.get("SSL_CLIENT_CERT"):   # mod_wsgi and the like
             cert = pem_to_der(str(environ["SSL_CLIENT_CERT"]))

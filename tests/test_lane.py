@@ -301,14 +301,7 @@ def test_a_refused_count_is_handed_over_and_answered_by_the_chain_once() -> None
     assert len(refused) == 3       # one audit line per refusal, not two
 
 
-def test_chains_the_lane_cannot_follow_have_none() -> None:
-    two_rules = _settings(rate_limits={"rules": [{"key": "ip", "limit": "6/minute"},
-                                                  {"key": "ip", "limit": "100/hour"}]})
-    assert secure_mw.asgi.protect(_app, two_rules).lane is None
-    by_user = _settings(rate_limits={"rules": [{"key": "user", "limit": "6/minute"}]})
-    assert secure_mw.asgi.protect(_app, by_user).lane is None
-    observed = _settings(metrics={"enabled": True})
-    assert getattr(secure_mw.asgi.protect(_app, observed), "lane", None) is None
+# Which chains get no lane: tests/test_lane_wsgi.py, for both flavours.
 
 
 def test_a_malformed_scope_gets_the_chain_answer_not_an_error() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import secure_mw.asgi
 import secure_mw.wsgi
 import secure_mw.wsgi._lane as lane_module
 from secure_mw.guards.ratelimit import MemoryRateLimiter
@@ -19,6 +20,7 @@ from secure_mw.session import MemorySessionStore
 from secure_mw.testing import session_cookie
 from secure_mw.tokens.headers import current_assertion
 from tests.test_lane import HOST, Recorder, _payload, _request, _settings, _state
+from tests.test_lane import _app as asgi_app
 
 _JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 _NONCE = re.compile(r"'nonce-[A-Za-z0-9+/=_-]+'")
@@ -178,14 +180,18 @@ def test_a_refused_count_is_answered_by_the_chain_once() -> None:
     assert sum(event == "rate_limited" for event, _ in stack.audit.lines) == 3
 
 
-def test_wsgi_chains_the_lane_cannot_follow_have_none() -> None:
+@pytest.mark.parametrize("flavour", ["asgi", "wsgi"])
+def test_chains_the_lane_cannot_follow_have_none(flavour: str) -> None:
+    """Both flavours decide alike which stacks get a lane (LaneCore.parts_of)."""
+    protect, app = (secure_mw.asgi.protect, asgi_app) if flavour == "asgi" \
+        else (secure_mw.wsgi.protect, _app)
     two_rules = _settings(rate_limits={"rules": [{"key": "ip", "limit": "6/minute"},
                                                   {"key": "ip", "limit": "100/hour"}]})
-    assert secure_mw.wsgi.protect(_app, two_rules).lane is None
+    assert protect(app, two_rules).lane is None
     by_user = _settings(rate_limits={"rules": [{"key": "user", "limit": "6/minute"}]})
-    assert secure_mw.wsgi.protect(_app, by_user).lane is None
+    assert protect(app, by_user).lane is None
     observed = _settings(metrics={"enabled": True})
-    assert getattr(secure_mw.wsgi.protect(_app, observed), "lane", None) is None
+    assert getattr(protect(app, observed), "lane", None) is None
 
 
 def test_a_malformed_environ_gets_the_chain_answer_not_an_error() -> None:

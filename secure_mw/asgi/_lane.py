@@ -107,17 +107,10 @@ class Lane(LaneCore):
         # From here on the request is ours: what each layer would set, in its order.
         policy = self.headers
         path = line[3]
-        nonce = None
-        if policy is not None:
-            nonce = policy.new_nonce() if line[5] else None
-            scope["secure_mw.csp_nonce"] = nonce
-        if self.proxies is not None:
-            scope["secure_mw.client"] = self.client_of(view)
+        entries, nonce = self.entries(view, line[5], identity, decision)
+        scope.update(entries)
         scope["user"] = identity
         scope["auth"] = AuthScopes.of(identity)
-        scope["secure_mw.identity"] = identity
-        if decision is not None:
-            scope["secure_mw.decision"] = decision.decision
         extra = None if rate is None else rate_lines(rate)
         redirect = self.redirect
 

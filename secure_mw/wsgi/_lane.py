@@ -31,12 +31,12 @@ from secure_mw import _observe
 from secure_mw._lane import LaneCore, keep
 from secure_mw.authz.paths import route_path
 from secure_mw.guards.ratelimit import rate_headers
-from secure_mw.http import FORWARDING_HEADERS, INERT_HEADERS, RequestView
+from secure_mw.http import FORWARDING_HEADERS, INERT_HEADERS, RequestView, environ_path
 from secure_mw.tokens.headers import current_assertion
 from secure_mw.wsgi._io import Environ, ExcInfo, StartResponse, WSGIApp
 from secure_mw.wsgi._layer import Headers, Layer, run
 from secure_mw.wsgi.assertions import _RESET, environ_key
-from secure_mw.wsgi.guards import NONCE_KEY, check_redirects
+from secure_mw.wsgi.guards import check_redirects, path_bytes, rules_path
 
 __all__ = ["ADMITTED", "Lane"]
 
@@ -101,15 +101,8 @@ class Lane(LaneCore):
         # From here on the request is ours: what each layer would set, in its order.
         policy = self.headers
         headers_path = line[7]
-        nonce = None
-        if policy is not None:
-            nonce = policy.new_nonce() if line[8] else None
-            environ[NONCE_KEY] = nonce
-        if self.proxies is not None:
-            environ["secure_mw.client"] = self.client_of(view)
-        environ["secure_mw.identity"] = identity
-        if decision is not None:
-            environ["secure_mw.decision"] = decision.decision
+        entries, nonce = self.entries(view, line[8], identity, decision)
+        environ.update(entries)
         extra = None if rate is None else rate_headers(rate)
         redirect = self.redirect
 
@@ -194,23 +187,15 @@ class Lane(LaneCore):
                 or not isinstance(target, str | None):
             return ()
         joined = script + path_info
-        try:    # PEP 3333: the path's bytes, decoded as latin-1
-            sent = joined.encode("latin-1")
-        except UnicodeEncodeError:      # a server that decoded it already
-            sent = joined.encode("utf-8", "surrogatepass")
-        try:    # as RequestView.from_environ decodes it
-            path = joined.encode("latin-1").decode("utf-8") or "/"
-        except (UnicodeDecodeError, UnicodeEncodeError):
-            path = joined or "/"
-        paths = [(sent, False)]
+        path = environ_path(joined) or "/"          # as the chain's view decodes it
+        paths = [(path_bytes(joined), False)]       # and as its host guard checks it
         if target is not None:
             paths.append((target.encode("latin-1", "replace"), True))
         judged = self.judge_line(host, method, scheme, path, query=query, paths=paths,
                                  endpoints=(path_info, path))
         if not judged:
             return ()
-        raw = (target.split("?", 1)[0] if target is not None else joined).encode(
-            "latin-1", "replace")
+        raw = rules_path(target, joined)
         policy = self.headers
         headers_path = route_path(joined or "/")
         return (*judged, path, raw, script.rstrip("/"), headers_path,

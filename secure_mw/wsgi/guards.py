@@ -83,11 +83,23 @@ class HostGuardMiddleware(Layer):
 
 
 def _path_bytes(environ: Environ) -> bytes:
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return path_bytes(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+
+
+def path_bytes(path: str) -> bytes:
+    """The bytes of ``SCRIPT_NAME + PATH_INFO``, as the host guard checks them."""
     try:    # PEP 3333: the decoded path's bytes, as latin-1
         return bytes(path.encode("latin-1"))
     except UnicodeEncodeError:   # a server that decoded it already
         return bytes(path.encode("utf-8", "surrogatepass"))
+
+
+def rules_path(target: object, path: str) -> bytes:
+    """The raw path the access rules see: the request target the server kept (``RAW_URI``
+    or ``REQUEST_URI``, a str), without its query, else ``SCRIPT_NAME + PATH_INFO``."""
+    if isinstance(target, str):          # servers that keep the undecoded path
+        return target.split("?", 1)[0].encode("latin-1", "replace")
+    return path.encode("latin-1", "replace")
 
 
 class SecurityHeadersMiddleware(Layer):
@@ -305,12 +317,8 @@ class AuthorizationMiddleware(Layer):
 
     def enter(self, environ: Environ) -> Verdict:
         view = view_of(environ)
-        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        if isinstance(raw_uri, str):          # servers that keep the undecoded path
-            raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace")
-        else:
-            raw = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode(
-                "latin-1", "replace")
+        raw = rules_path(environ.get("RAW_URI") or environ.get("REQUEST_URI"),
+                         environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
         script = environ.get("SCRIPT_NAME", "").rstrip("/")
         verdict = self.layer.decide(view, environ.get("secure_mw.identity"), raw, root=script)
         if verdict.reply is not None:
