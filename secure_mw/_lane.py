@@ -6,22 +6,23 @@ the chain ``protect()`` builds in one pass, and hands every other request to the
 before it has changed anything. Both decide with :class:`LaneCore`: which chains they can
 follow (:meth:`LaneCore.parts_of`), what a request line decides
 (:meth:`LaneCore.judge_line`, free of side effects), whether the request is theirs up to
-its rate limit (:meth:`LaneCore.admit`, whose one count counts nothing when it refuses),
-and the memos of parsed cookies and resolved clients.
+its rate limit (:meth:`LaneCore.ticket_of`, then :meth:`LaneCore.admit` on every
+request, whose one count counts nothing when it refuses), and the memos of tickets, parsed
+cookies and resolved clients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
-from secure_mw.guards.ratelimit import MemoryRateLimiter
+from secure_mw.guards.ratelimit import MemoryRateLimiter, RateDecision
 from secure_mw.http import RequestView, parse_cookies
 from secure_mw.tokens.headers import JWKS_PATHS
 
-__all__ = ["LaneCore", "keep"]
+__all__ = ["LaneCore", "Ticket", "keep"]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SCHEMES = frozenset({"http", "https"})
@@ -46,6 +47,29 @@ def keep(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
         memo[key] = value
 
 
+class Ticket:
+    """What is the same for every request of one key — its request line, ``Cookie`` header,
+    peer and server — once the lane has found it plain, its session warm and its path
+    allowed: the view, the session record and identity, the rate-limit key and what the
+    app is given. A lane keeps tickets in a bounded memo and asks, on every request, only
+    what may have changed since: the record (:meth:`LaneCore.current`), then the time and
+    the count (:meth:`LaneCore.admit`).
+    Shared by every thread, and never written once made but for :attr:`issued`, the
+    assertion it was last given (replaced whole: :meth:`LaneCore.assertion_of`)."""
+
+    __slots__ = ("entries", "identity", "issued", "known", "rate_key", "session", "view")
+
+    def __init__(self, view: RequestView, known: tuple[Any, ...], session: Any, *,
+                 identity: Any, rate_key: str | None, entries: dict[str, Any]) -> None:
+        self.view = view
+        self.known = known
+        self.session = session
+        self.identity = identity
+        self.rate_key = rate_key
+        self.entries = entries
+        self.issued: tuple[str, bytes, float, float] | None = None
+
+
 class LaneCore:
     """The cores a lane asks, taken from the layers of its chain."""
 
@@ -62,9 +86,12 @@ class LaneCore:
         rate = parts.get("RateLimitMiddleware")
         self.rate = None if rate is None or not rate.layer.rules else rate.layer
         self.rule = None if self.rate is None else self.rate.rules[0]
+        self.limiter = None if self.rate is None else self.rate.limiter
+        self.plan = None if self.rule is None else self.rule.plan
         redirect = parts.get("RedirectGuardMiddleware")
         self.redirect = None if redirect is None else redirect.layer
         self.session = parts["SessionMiddleware"].core
+        self.sessions = self.session.sessions
         authz = parts.get("AuthorizationMiddleware")
         self.authz = None if authz is None else authz.layer
         issue = parts.get("IdentityHeaderMiddleware")
@@ -74,6 +101,7 @@ class LaneCore:
         self._lines: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._cookies: dict[str, Mapping[str, str]] = {}
         self._clients: dict[tuple[str, str, str], Any] = {}
+        self._tickets: dict[tuple[Any, ...], Ticket] = {}
 
     @staticmethod
     def parts_of(layers: Sequence[Any], header_keys: Iterable[Any]) -> dict[str, Any] | None:
@@ -126,41 +154,73 @@ class LaneCore:
             return ()
         return host_text, host, query, route_path(path)
 
-    def admit(self, view: RequestView, raw_path: bytes | None, root: str, path: Any
-              ) -> tuple[Any, Any, Any] | None:
-        """The identity, the kept authorization verdict and the rate decision of a plain
-        request the lane serves, or ``None`` to hand it over: its session is not warm, the
-        rules have not let it in before with ``path`` unchanged, or its rate limit refuses
-        it (then nothing was counted)."""
-        identity = self.session.warm_identity(view)
-        if identity is None:
+    def ticket_of(self, view: RequestView, known: tuple[Any, ...], raw_path: bytes | None,
+                  root: str, path: Any) -> Ticket | None:
+        """The :class:`Ticket` of a plain request (``known``: what its line decides), or
+        ``None`` to hand it over: its session is not warm, or the rules have not let it in
+        before with ``path`` unchanged. Nothing is counted, audited or written."""
+        session = self.session.warm_session(view)
+        if session is None:
             return None
+        identity = session.identity()
         decision = None
         if self.authz is not None:
             decision = self.authz.remembered(view, identity, raw_path, root=root)
             if decision is None or decision.path != path:
                 return None
-        rate = None
-        if self.rate is not None:
-            rate = self.rate.count_now(self.rule, view, None)
-            if rate is not None and not rate.allowed:
-                return None     # nothing counted: the chain decides, audits and answers it
-        return identity, decision, rate
-
-    def entries(self, view: RequestView, uses_nonce: bool, identity: Any, decision: Any
-                ) -> tuple[dict[str, Any], str | None]:
-        """What the layers would give the app of a request the lane serves (the same keys
-        in the scope and the environ), and its CSP nonce."""
+        rate_key = None if self.rate is None else self.rate.key_now(self.rule, view, None)
         entries: dict[str, Any] = {"secure_mw.identity": identity}
-        nonce = None
-        if self.headers is not None:
-            nonce = self.headers.new_nonce() if uses_nonce else None
-            entries["secure_mw.csp_nonce"] = nonce
         if self.proxies is not None:
             entries["secure_mw.client"] = self.client_of(view)
         if decision is not None:
             entries["secure_mw.decision"] = decision.decision
-        return entries, nonce
+        entries.update(self.own_entries(identity))
+        return Ticket(view, known, session, identity=identity, rate_key=rate_key,
+                      entries=entries)
+
+    def own_entries(self, identity: Any) -> dict[str, Any]:
+        """What a flavour gives its app besides :meth:`ticket_of`'s entries (none here)."""
+        return {}
+
+    def current(self, ticket: Ticket) -> bool:
+        """Whether the session record of a kept ticket is still the one the store holds,
+        live (a lane asks before it uses the ticket, and makes a new one if not)."""
+        session = ticket.session
+        return self.sessions.warm_record(session.id) is session
+
+    def admit(self, ticket: Ticket) -> RateDecision | Literal[False] | None:
+        """Whether the request of a :meth:`current` ticket is the lane's now, asked on every
+        request: its session still warm, and its rate limit lets it in (then the decision,
+        whose lines go on the response; ``None`` with no rule). ``False`` hands it over; a
+        refused hit counts nothing, so the chain then counts, audits and answers it."""
+        if not self.session.stays_warm(ticket.view, ticket.session):
+            return False
+        key = ticket.rate_key
+        if key is None:
+            return None
+        rate = self.limiter.hit_planned(key, self.plan)  # type: ignore[union-attr]  # a key: a rule
+        return rate if rate.allowed else False
+
+    def assertion_of(self, ticket: Ticket) -> tuple[str, bytes, float, float] | None:
+        """The identity assertion for the request of ``ticket`` (text, bytes, ``iat``, reused
+        until): the issuer's, kept on the ticket for as long as the issuer would hand the
+        same one out again, by its signer's clock."""
+        issue = self.issue
+        assert issue is not None
+        kept = ticket.issued
+        if kept is not None and kept[2] <= issue.signer.clock() < kept[3]:
+            return kept
+        issued = issue.issued(ticket.view, ticket.identity)
+        if issued is None:
+            return None
+        token, iat, until = issued
+        kept = ticket.issued = (token, token.encode("ascii"), iat, until)
+        return kept
+
+    def nonce_entry(self, ticket: Ticket) -> str | None:
+        """A fresh CSP nonce for a response of ``ticket``'s request, when it carries one."""
+        return self.headers.new_nonce() \
+            if self.headers is not None and ticket.known[-1] else None
 
     def cookies_of(self, text: str) -> Mapping[str, str]:
         """The parsed ``Cookie`` header (read, never written)."""

@@ -301,6 +301,85 @@ def test_a_refused_count_is_handed_over_and_answered_by_the_chain_once() -> None
     assert len(refused) == 3       # one audit line per refusal, not two
 
 
+def test_a_kept_ticket_is_asked_again_on_every_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane keeps what a plain request's key decides (its ticket) and asks again, on
+    every request, what may have changed since: a session signed out, one gone idle, one due
+    for its touch is handed to the chain at once, which answers it."""
+    now = [time.time()]
+    stack = Stack(now, lane=True)
+    lane = stack.app.lane
+    handed = count_hand_overs(monkeypatch)
+    loop = asyncio.new_event_loop()
+
+    def scope(name: str) -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "scheme": "https", "path": "/",
+                "raw_path": b"/", "query_string": b"", "root_path": "",
+                "client": ("10.0.0.7", 1), "server": ("127.0.0.1", 8000),
+                "headers": [(b"host", HOST.encode()),
+                            (b"cookie", stack.cookies[name].encode())]}
+
+    def status(name: str) -> int:
+        return int(stack.call(loop, scope(name))[0][0]["status"])
+
+    try:
+        assert [status("alice"), status("bob")] == [200, 200]   # the chain keeps the verdicts
+        kept = lane._plain(scope("alice"))
+        assert kept is not None and lane._plain(scope("alice")) is kept
+        handed.clear()
+        assert [status("alice"), status("bob")] == [200, 200] and handed == []
+        # Signed out (the record deleted, as a logout elsewhere does): the chain answers.
+        stack.store.delete(stack.cookies["alice"].split("=", 1)[1])
+        assert status("alice") == 401 and handed == [1]
+        assert status("alice") == 401 and handed == [1, 1]
+        # Due for its touch (a minute on): the chain writes it, then a new ticket serves it.
+        now[0] += 61
+        handed.clear()
+        assert [status("bob"), status("bob")] == [200, 200] and handed == [1]
+        assert lane._plain(scope("bob")) is not kept
+        # Idle past the inactivity limit: ended by the chain, never served by the ticket.
+        now[0] += 31 * 60
+        handed.clear()
+        assert status("bob") == 401 and handed == [1]
+    finally:
+        loop.close()
+
+
+def test_a_ticket_keeps_the_assertion_only_while_the_issuer_would_reuse_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [time.time()]
+    stack = Stack(now, lane=True)
+    signer = stack.app.lane.issue.signer
+    signed = [now[0]]
+    monkeypatch.setattr(signer, "_clock", lambda: signed[0])
+    handed = count_hand_overs(monkeypatch)
+    loop = asyncio.new_event_loop()
+
+    def assertion() -> str:
+        scope = {"type": "http", "method": "GET", "scheme": "https", "path": "/",
+                 "raw_path": b"/", "query_string": b"", "root_path": "",
+                 "client": ("10.0.0.7", 1), "server": ("127.0.0.1", 8000),
+                 "headers": [(b"host", HOST.encode()),
+                             (b"cookie", stack.cookies["alice"].encode())]}
+        stack.call(loop, scope)
+        sent = dict(scope["headers"])[b"x-secure-mw-jwt-assertion"].decode()
+        assert sent == scope["secure_mw.assertion"]     # the header and the scope's agree
+        return sent
+
+    try:
+        first = assertion()                     # the chain's
+        handed.clear()
+        assert assertion() == first and assertion() == first and handed == []
+        reuse = jwt.decode(first, options={"verify_signature": False})
+        signed[0] = reuse["exp"]                # past the reuse margin: a new one, by the lane
+        later = assertion()
+        assert later != first and handed == []
+        assert jwt.decode(later, options={"verify_signature": False})["iat"] > reuse["iat"]
+        assert assertion() == later
+    finally:
+        loop.close()
+
+
 # Which chains get no lane: tests/test_lane_wsgi.py, for both flavours.
 
 
@@ -344,6 +423,11 @@ def test_an_observer_elsewhere_in_the_process_leaves_the_lane_on(
              "client": ("10.0.0.7", 1), "server": ("127.0.0.1", 8000),
              "headers": [(b"host", HOST.encode()),
                          (b"cookie", stack.cookies["alice"].encode())]}
+    loop = asyncio.new_event_loop()
+    try:
+        stack.call(loop, dict(scope))       # the chain decides it first, and keeps its verdict
+    finally:
+        loop.close()
     assert stack.app.lane._plain(dict(scope)) is not None
     token = _observe.current.set(object())  # type: ignore[arg-type]
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -178,6 +179,51 @@ def test_a_refused_count_is_answered_by_the_chain_once() -> None:
     statuses = [stack.call(dict(environ))[0].split("'")[1] for _ in range(23)]
     assert statuses == ["200 OK"] * 20 + ["429 Too Many Requests"] * 3
     assert sum(event == "rate_limited" for event, _ in stack.audit.lines) == 3
+
+
+def test_a_kept_ticket_is_asked_again_on_every_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/test_lane.py's ticket test for WSGI; a ticket is also one per server socket
+    (the view reads the listening port from it), never another connection's."""
+    now = [time.time()]
+    stack = Stack(now, lane=True)
+    lane = stack.app.lane
+    handed = count_hand_overs(monkeypatch)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+
+    def environ(name: str, sock: Any = None) -> dict[str, Any]:
+        env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/",
+               "QUERY_STRING": "", "REMOTE_ADDR": "10.0.0.7", "SERVER_PORT": "8000",
+               "wsgi.url_scheme": "http", "HTTP_HOST": HOST,
+               "HTTP_COOKIE": stack.cookies[name]}
+        if sock is not None:
+            env["gunicorn.socket"] = sock
+        return env
+
+    def status(name: str, sock: Any = None) -> str:
+        return stack.call(environ(name, sock))[0].split("'")[1]
+
+    try:
+        assert [status("alice"), status("bob")] == ["200 OK"] * 2
+        kept = lane._plain(environ("alice"))
+        assert kept is not None and lane._plain(environ("alice")) is kept
+        on_socket = lane._plain(environ("alice", listening))
+        assert on_socket is not None and on_socket is not kept
+        assert lane._plain(environ("alice", listening)) is on_socket
+        handed.clear()
+        assert [status("alice"), status("bob"), status("alice", listening)] == \
+            ["200 OK"] * 3 and handed == []
+        stack.store.delete(stack.cookies["alice"].split("=", 1)[1])
+        assert status("alice").startswith("401") and handed == [1]
+        now[0] += 61
+        handed.clear()
+        assert [status("bob"), status("bob")] == ["200 OK"] * 2 and handed == [1]
+        now[0] += 31 * 60
+        handed.clear()
+        assert status("bob").startswith("401") and handed == [1]
+    finally:
+        listening.close()
 
 
 @pytest.mark.parametrize("flavour", ["asgi", "wsgi"])

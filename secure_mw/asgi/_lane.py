@@ -34,6 +34,10 @@ A request is plain when:
 - the rules have let the same host, method, path and subject in before (the verdict the
   authorization layer keeps), with the path unchanged.
 
+What a plain request's key (its line, ``Cookie`` header, peer, listening address and root
+path) decides is kept as a :class:`~secure_mw._lane.Ticket`; every request asks again what
+may have changed (the session record, the time, the count).
+
 The lane is built only for a chain of the layers it knows, in ``protect()``'s order,
 with at most one rate-limit layer of one rule keyed by address or route in the
 in-memory limiter; any other chain has no lane.
@@ -45,7 +49,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from secure_mw import _observe
-from secure_mw._lane import LaneCore, keep
+from secure_mw._lane import LaneCore, Ticket, keep
 from secure_mw.asgi._io import VIEW_KEY, ASGIApp, Message, Receive, Scope, Send
 from secure_mw.asgi._layer import Layer, run
 from secure_mw.asgi.assertions import _RESET
@@ -94,23 +98,25 @@ class Lane(LaneCore):
         parts = LaneCore.parts_of(layers, (name for name in read if name in _ADMITTED))
         return None if parts is None else cls(layers, parts)
 
+    def own_entries(self, identity: Any) -> dict[str, Any]:
+        return {"user": identity, "auth": AuthScopes.of(identity)}
+
     async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         """``app`` behind the layers, for one HTTP request (the chain checked the type)."""
-        plain = self._plain(scope)
-        admitted = None if plain is None else self.admit(
-            plain[0], plain[1][4], scope.get("root_path") or "", scope.get("path"))
-        if admitted is None:
+        ticket = self._plain(scope)
+        rate = False if ticket is None else self.admit(ticket)
+        if rate is False:
             await run(self.layers, app, scope, receive, send, drop_view=True)
             return
-        view, line = plain  # type: ignore[misc]
-        identity, decision, rate = admitted
+        assert ticket is not None
         # From here on the request is ours: what each layer would set, in its order.
+        view = ticket.view
+        path = ticket.known[3]
+        scope.update(ticket.entries)
         policy = self.headers
-        path = line[3]
-        entries, nonce = self.entries(view, line[5], identity, decision)
-        scope.update(entries)
-        scope["user"] = identity
-        scope["auth"] = AuthScopes.of(identity)
+        nonce = None
+        if policy is not None:
+            nonce = scope["secure_mw.csp_nonce"] = self.nonce_entry(ticket)
         extra = None if rate is None else rate_lines(rate)
         redirect = self.redirect
 
@@ -123,16 +129,18 @@ class Lane(LaneCore):
                     lines.extend(extra)
                 if policy is not None:
                     policy.add_to(lines, path=path, https=scope.get("scheme") == "https",
-                                  nonce=nonce)
+                                  nonce=nonce, drawn=True)
                 message["headers"] = lines
             await send(message)
 
         if self.issue is None:
             await app(scope, receive, wrapped)
             return
-        token = self.issue.assertion(view, identity)
-        if token is not None:
-            scope["headers"] = [*scope["headers"], (self.issue_name, token.encode("ascii"))]
+        token = None
+        kept = self.assertion_of(ticket)
+        if kept is not None:
+            token = kept[0]
+            scope["headers"] = [*scope["headers"], (self.issue_name, kept[1])]
         scope["secure_mw.assertion"] = token
         resets = scope.setdefault(_RESET, [])
         resets.append(current_assertion.set(token))
@@ -142,9 +150,9 @@ class Lane(LaneCore):
             if resets:
                 current_assertion.reset(resets.pop())
 
-    def _plain(self, scope: Scope) -> tuple[RequestView, _Line] | None:
-        """The view of ``scope`` and what its line decides, when it is a plain request up
-        to its session; else None. Nothing here counts, audits or writes."""
+    def _plain(self, scope: Scope) -> Ticket | None:
+        """The ticket of ``scope`` when it is a plain request up to its session and rate
+        limit; else None. Nothing here counts, audits or writes."""
         if VIEW_KEY in scope or CLIENT_CERT_KEY in scope or (
                 _observe.active and _observe.current.get() is not None):
             return None     # inside an observed stack: the chain reports each decision
@@ -161,7 +169,16 @@ class Lane(LaneCore):
         line: tuple[Any, ...] = (
             named.get(b"host"), get("method"), get("scheme") or "http", get("path") or "/",
             get("raw_path"), get("query_string") or b"")
+        cookie = named.get(b"cookie")
+        forwarded = not named.keys().isdisjoint(FORWARDING)
+        # Everything a ticket depends on; a request with forwarding headers gets none kept.
+        client = get("client")
+        key = (line, cookie, client[0] if client else None, get("server"),
+               get("root_path") or "")
         try:
+            ticket = None if forwarded else self._tickets.get(key)
+            if ticket is not None and self.current(ticket):
+                return ticket
             known = self._lines.get(line)
         except TypeError:       # a server's bytearray or list where ASGI says bytes
             return None
@@ -173,22 +190,25 @@ class Lane(LaneCore):
             return None
         host_text, host, query, route = known[:4]
         headers = {"host": host_text}
-        cookie = named.get(b"cookie")
         view = RequestView(
-            line[1], line[2], host, line[3], query, headers, str(client[0])
-            if (client := get("client")) else "", False, b"", None, server_of(get("server")),
+            line[1], line[2], host, line[3], query, headers, str(key[2])
+            if client else "", False, b"", None, server_of(get("server")),
             _route=route)
         if cookie is not None:
             text = headers["cookie"] = cookie.decode("latin-1")
             view._cookies = self.cookies_of(text)  # type: ignore[assignment]  # never written
-        if not named.keys().isdisjoint(FORWARDING):
+        if forwarded:
             for name in FORWARDING:
                 value = named.get(name)
                 if value is not None:
                     headers[name.decode("latin-1")] = value.decode("latin-1")
             if self.forwarded(view):
                 return None
-        return view, known
+        ticket = self.ticket_of(view, known, known[4], key[4], get("path"))
+        if ticket is not None and not forwarded:
+            keep(self._tickets, key, ticket, sum(
+                len(part) for part in (*line, cookie) if isinstance(part, str | bytes)))
+        return ticket
 
     def _line(self, line: tuple[Any, ...]) -> _Line:
         """What :meth:`_plain` keeps of a request line, which depends on nothing else: what

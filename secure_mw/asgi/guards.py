@@ -116,7 +116,8 @@ class SecurityHeadersMiddleware(Layer):
 
         def add_headers(lines: RawHeaders) -> None:
             # The scheme as the layers inside resolved it (behind a trusted proxy).
-            policy.add_to(lines, path=path, https=scope.get("scheme") == "https", nonce=nonce)
+            policy.add_to(lines, path=path, https=scope.get("scheme") == "https", nonce=nonce,
+                          drawn=True)
 
         return add_headers
 

@@ -425,9 +425,11 @@ class SecurityHeaders:
                 for name, value, parts in plan.entries if name not in skip]
 
     def add_to(self, lines: list[tuple[bytes, bytes]], *, path: str, https: bool,
-               nonce: str | None) -> None:
+               nonce: str | None, drawn: bool = False) -> None:
         """Add the header lines of one response to ``lines`` (its raw lines, edited in
-        place): the app's own lines of these names stay unless ``replace_app_headers``."""
+        place): the app's own lines of these names stay unless ``replace_app_headers``.
+        ``drawn``: the nonce is one :meth:`new_nonce` gave (base64 by construction), not
+        checked again."""
         present = {name.lower() for name, _ in lines}
         plan = self._plan_for(path, https)
         if not self.replace_app_headers and present.isdisjoint(plan.names):
@@ -435,7 +437,7 @@ class SecurityHeaders:
             if nonce is None or not plan.uses_nonce:
                 lines.extend(plan.plain)
                 return
-            if plan.around is not None and _NONCE.fullmatch(nonce):
+            if plan.around is not None and (drawn or _NONCE.fullmatch(nonce)):
                 before, name, parts, after = plan.around
                 lines.extend(before)
                 lines.append((name, (b"'nonce-" + nonce.encode("ascii") + b"'").join(parts)))
@@ -448,7 +450,7 @@ class SecurityHeaders:
         lines.extend(extra)
 
     def add_to_text(self, lines: list[tuple[str, str]], *, path: str, https: bool,
-                    nonce: str | None) -> None:
+                    nonce: str | None, drawn: bool = False) -> None:
         """:meth:`add_to` for text header lines (WSGI's ``start_response``)."""
         present = {name.lower().encode("latin-1") for name, _ in lines}
         plan = self._plan_for(path, https)
@@ -456,7 +458,7 @@ class SecurityHeaders:
             if nonce is None or not plan.uses_nonce:
                 lines.extend(plan.plain_text)
                 return
-            if plan.around_text is not None and _NONCE.fullmatch(nonce):
+            if plan.around_text is not None and (drawn or _NONCE.fullmatch(nonce)):
                 before, name, parts, after = plan.around_text
                 lines.extend(before)
                 lines.append((name, f"'nonce-{nonce}'".join(parts)))

@@ -270,12 +270,18 @@ class RateLimitLayer:
         apply to ``view``. A refused hit counts nothing (only allowed hits are counted;
         like every hit it may drop a drained key, which holds no debt), so a caller may ask
         again through :meth:`check_now`."""
-        if (rule.methods or rule.paths) and not rule.applies(view):
-            return None
-        key = rule.key_of(view, identity)
+        key = self.key_now(rule, view, identity)
         if key is None:
             return None
         return cast(MemoryRateLimiter, self.limiter).hit_planned(key, rule.plan)
+
+    @staticmethod
+    def key_now(rule: _Rule, view: RequestView, identity: Identity | None) -> str | None:
+        """The key :meth:`count_now` counts ``view`` under for ``rule``, or ``None`` when the
+        rule does not apply: what depends on the request alone, so a caller may keep it."""
+        if (rule.methods or rule.paths) and not rule.applies(view):
+            return None
+        return rule.key_of(view, identity)
 
     @property
     def inline(self) -> bool:

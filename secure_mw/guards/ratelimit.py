@@ -214,10 +214,21 @@ def _decide(plan: _Plan, cost: int, debts: Sequence[float], allowed: bool) -> Ra
 
 
 @functools.lru_cache(maxsize=1024)
-def _policy_texts(policies: tuple[str, ...], policy: str) -> tuple[str, str]:
-    """The RateLimit-Policy value of a rule and the name of its deciding limit (the same
-    few per rule: made once)."""
-    return ", ".join(policies or (policy,)), policy[: policy.index(";")]
+def _policy_texts(policies: tuple[str, ...], policy: str) -> tuple[str, str, bytes]:
+    """The RateLimit-Policy value of a rule (as text and as bytes) and the name of its
+    deciding limit: the same few per rule, made once each (a bounded memo)."""
+    key = (policies, policy)
+    texts = _TEXTS.get(key)
+    if texts is None:
+        joined = ", ".join(policies or (policy,))
+        texts = joined, policy[: policy.index(";")], joined.encode("ascii")
+        if len(_TEXTS) >= 256:
+            _TEXTS.clear()
+        _TEXTS[key] = texts
+    return texts
+
+
+_TEXTS: dict[tuple[tuple[str, ...], str], tuple[str, str, bytes]] = {}
 
 
 def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
@@ -230,7 +241,7 @@ def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
       pass, the same as ``Retry-After``, which the draft says must not come before ``t``);
     * ``Retry-After`` (RFC 9110, whole seconds rounded up, at least 1) when refused.
     """
-    policies, current, retry = _rate_values(decision)
+    (policies, _), current, retry = _rate_values(decision)
     headers = [("RateLimit-Policy", policies), ("RateLimit", current)]
     if retry is not None:
         headers.append(("Retry-After", retry))
@@ -239,16 +250,16 @@ def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
 
 def rate_lines(decision: RateDecision) -> list[tuple[bytes, bytes]]:
     """:func:`rate_headers` as raw header lines (ASGI), lower-case names."""
-    policies, current, retry = _rate_values(decision)
-    lines = [(b"ratelimit-policy", policies.encode("ascii")),
-             (b"ratelimit", current.encode("ascii"))]
+    (_, policies), current, retry = _rate_values(decision)
+    lines = [(b"ratelimit-policy", policies), (b"ratelimit", current.encode("ascii"))]
     if retry is not None:
         lines.append((b"retry-after", retry.encode("ascii")))
     return lines
 
 
-def _rate_values(decision: RateDecision) -> tuple[str, str, str | None]:
-    """The values of RateLimit-Policy, RateLimit and Retry-After (None when allowed)."""
+def _rate_values(decision: RateDecision) -> tuple[tuple[str, bytes], str, str | None]:
+    """The values of RateLimit-Policy (text, bytes), RateLimit and Retry-After (None when
+    allowed)."""
     if decision.allowed:
         t = math.ceil(max(decision.reset_after - EPSILON, 0.0))
     else:
@@ -256,8 +267,8 @@ def _rate_values(decision: RateDecision) -> tuple[str, str, str | None]:
     listed = decision.policies
     if listed.__class__ is not tuple:     # a limiter of one's own that gave a list
         listed = tuple(listed)
-    policies, name = _policy_texts(listed, decision.policy)
-    return policies, f"{name};r={decision.remaining};t={t}", \
+    policies, name, encoded = _policy_texts(listed, decision.policy)
+    return (policies, encoded), f"{name};r={decision.remaining};t={t}", \
         None if decision.allowed else str(t)
 
 

@@ -289,18 +289,30 @@ class SessionGate:
         """The identity of a warm request — a live session that needs nothing refreshed,
         written or audited — found without running :meth:`handle`'s flow; ``None`` whenever
         anything else may happen (then :meth:`handle` decides, as for every request before)."""
+        session = self.warm_session(view)
+        return None if session is None else session.identity()
+
+    def warm_session(self, view: RequestView) -> Session | None:
+        """The session of :meth:`warm_identity`, or ``None``."""
         if view.path.startswith(self.prefix):
             return None
+        session = self.sessions.read_warm(view)
+        if session is None or self._foreign(session) is not None \
+                or not self.stays_warm(view, session):
+            return None
+        return session
+
+    def stays_warm(self, view: RequestView, session: Session) -> bool:
+        """The checks of :meth:`warm_session` that depend on the time or on this server's
+        workers rather than on the session record alone (a caller that kept a warm record
+        asks them again, with :meth:`~secure_mw.session.manager.SessionManager.warm_record`,
+        on every request): nothing to refuse, touch or refresh now."""
         sessions = self.sessions
-        session = sessions.read_warm(view)
-        if session is None or sessions.worker_refusal(view) is not None \
-                or self._foreign(session) is not None or sessions.needs_touch(session):
-            return None
+        if sessions.worker_refusal(view) is not None or sessions.needs_touch(session):
+            return False
         method = self._method(session)
-        if method is not None and method.maintain is not None and (
-                method.fresh is None or not method.fresh(session)):
-            return None
-        return session.identity()
+        return method is None or method.maintain is None or (
+            method.fresh is not None and method.fresh(session))
 
     # -- the gate -------------------------------------------------------------------------
 

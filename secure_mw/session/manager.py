@@ -319,6 +319,13 @@ class SessionManager:
         in-memory store holds, neither expired nor inactive. ``None`` in every other case (no
         cookie, a malformed one, an unknown or ended session, a store that waits):
         :meth:`read` then decides, audits and deletes, as it always does."""
+        raw = self.warm_id(view)
+        return None if raw is None else self.warm_record(raw)
+
+    def warm_id(self, view: RequestView) -> str | None:
+        """The part of :meth:`read_warm` that depends on the ``Cookie`` header alone: the
+        well-formed session id it sends by itself (no chunks of a cookie-store session),
+        or ``None``."""
         if not self._warm_reads:
             return None
         cookies = view.cookies
@@ -326,8 +333,13 @@ class SessionManager:
         if raw is None or not _SESSION_ID.fullmatch(raw) \
                 or not self._other_chunks.isdisjoint(cookies):
             return None
-        session: Session | None = self.store.load(raw)  # type: ignore[union-attr]
-        if session is None or not hmac.compare_digest(session.id, raw) or \
+        return raw
+
+    def warm_record(self, session_id: str) -> Session | None:
+        """The part of :meth:`read_warm` asked again on every request: the in-memory store's
+        live record of the id :meth:`warm_id` found, neither expired nor inactive now."""
+        session: Session | None = self.store.load(session_id)  # type: ignore[union-attr]
+        if session is None or not hmac.compare_digest(session.id, session_id) or \
                 session.expired_reason(self.clock(), self.settings.inactivity) is not None:
             return None
         return session

@@ -317,6 +317,13 @@ class BearerGate:
         identity: Identity | None = self.core.warm_identity(view)
         return identity
 
+    def warm_session(self, view: RequestView) -> Any:
+        """:meth:`warm_identity`'s session, with the same refusal of an ``Authorization``
+        header (a lane asks this one)."""
+        if "authorization" in view.headers:
+            return None
+        return self.core.warm_session(view)
+
     def handle(self, view: RequestView) -> Flow[Any]:
         if view.path.startswith(self.prefix):
             return (yield from self.core.handle(view))

@@ -123,6 +123,13 @@ class IssueLayer:
         that is not listed). A token is reused for the same session (or subject without
         one), the same audience and an equal identity for as long as the signer would reuse
         it, from a bounded table in front of the signer: no claims built, no signing."""
+        issued = self.issued(view, identity)
+        return None if issued is None else issued[0]
+
+    def issued(self, view: RequestView, identity: Identity | None
+               ) -> tuple[str, float, float] | None:
+        """:meth:`assertion`'s token, its ``iat`` and the moment until which it is handed
+        out again (by :attr:`signer`'s clock), for a caller that keeps it longer."""
         if identity is None:
             return None
         host = self.hosts.public_host(view)
@@ -134,7 +141,7 @@ class IssueLayer:
         if entry is not None:
             held, token, iat, reuse_until = entry
             if (held is identity or held == identity) and iat <= signer.clock() < reuse_until:
-                return token
+                return token, iat, reuse_until
         claims = {"sub": identity.sub, "email": identity.email,
                   "email_verified": identity.email_verified, "name": identity.name,
                   "groups": list(identity.groups)}
@@ -147,7 +154,7 @@ class IssueLayer:
                 while len(issued) >= signer.cache_size:   # bounded: the oldest go first
                     del issued[next(iter(issued))]
                 issued[key] = (identity, token, iat, reuse_until)
-        return token
+        return token, iat, reuse_until
 
 
 class AssertionAuth(httpx.Auth):

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from secure_mw import _observe
-from secure_mw._lane import LaneCore, keep
+from secure_mw._lane import LaneCore, Ticket, keep
 from secure_mw.authz.paths import route_path
 from secure_mw.guards.ratelimit import rate_headers
 from secure_mw.http import FORWARDING_HEADERS, INERT_HEADERS, RequestView, environ_path
@@ -91,18 +91,19 @@ class Lane(LaneCore):
     def serve(self, app: WSGIApp, environ: Environ, start_response: StartResponse
               ) -> Iterable[bytes]:
         """``app`` behind the layers, for one request."""
-        plain = self._plain(environ)
-        admitted = None if plain is None else self.admit(plain[0], plain[1][5], plain[1][6],
-                                                         plain[0].path)
-        if admitted is None:
+        ticket = self._plain(environ)
+        rate = False if ticket is None else self.admit(ticket)
+        if rate is False:
             return run(self.layers, app, environ, start_response, drop_view=True)
-        view, line = plain  # type: ignore[misc]
-        identity, decision, rate = admitted
+        assert ticket is not None
         # From here on the request is ours: what each layer would set, in its order.
+        view = ticket.view
+        headers_path = ticket.known[7]
+        environ.update(ticket.entries)
         policy = self.headers
-        headers_path = line[7]
-        entries, nonce = self.entries(view, line[8], identity, decision)
-        environ.update(entries)
+        nonce = None
+        if policy is not None:
+            nonce = environ["secure_mw.csp_nonce"] = self.nonce_entry(ticket)
         extra = None if rate is None else rate_headers(rate)
         redirect = self.redirect
 
@@ -116,14 +117,15 @@ class Lane(LaneCore):
             if policy is not None:
                 policy.add_to_text(lines, path=headers_path,
                                    https=environ.get("wsgi.url_scheme") == "https",
-                                   nonce=nonce)
+                                   nonce=nonce, drawn=True)
             return start_response(status, lines, exc_info)
 
         if self.issue is None:
             return app(environ, wrapped)
-        token = self.issue.assertion(view, identity)
-        if token is not None:
-            environ[self.issue_key] = token
+        token = None
+        kept = self.assertion_of(ticket)
+        if kept is not None:
+            token = environ[self.issue_key] = kept[0]
         environ["secure_mw.assertion"] = token
         resets = environ.setdefault(_RESET, [])
         resets.append(current_assertion.set(token))
@@ -133,9 +135,9 @@ class Lane(LaneCore):
             if resets:
                 current_assertion.reset(resets.pop())
 
-    def _plain(self, environ: Environ) -> tuple[RequestView, tuple[Any, ...]] | None:
-        """The view of ``environ`` and what its line decides, when it is a plain request up
-        to its session; else None. Nothing here counts, audits or writes."""
+    def _plain(self, environ: Environ) -> Ticket | None:
+        """The ticket of ``environ`` when it is a plain request up to its session and rate
+        limit; else None. Nothing here counts, audits or writes."""
         if not environ.keys() <= ADMITTED or (
                 _observe.active and _observe.current.get() is not None):
             return None
@@ -147,7 +149,16 @@ class Lane(LaneCore):
             get("HTTP_HOST"), get("REQUEST_METHOD"), scheme, get("SCRIPT_NAME", ""),
             get("PATH_INFO", ""), get("RAW_URI") or get("REQUEST_URI"),
             get("QUERY_STRING", ""))
+        cookie = get("HTTP_COOKIE")
+        forwarded = not environ.keys().isdisjoint(FORWARDING)
+        # Everything a ticket depends on; a request with forwarding headers gets none kept.
+        # (The view reads the listening port from a server's socket: one ticket each.)
+        key = (line, cookie, get("REMOTE_ADDR", ""), get("SERVER_PORT", ""),
+               get("gunicorn.socket"))
         try:
+            ticket = None if forwarded else self._tickets.get(key)
+            if ticket is not None and self.current(ticket):
+                return ticket
             known = self._lines.get(line)
         except TypeError:       # something unhashable where PEP 3333 says str
             return None
@@ -160,21 +171,23 @@ class Lane(LaneCore):
         host_text, host, query, route, path = known[:5]
         headers = {"host": host_text}
         view = RequestView(line[1], scheme, host, path, query, headers,
-                           str(get("REMOTE_ADDR", "")), False, b"", None,
-                           str(get("SERVER_PORT", "")), _route=route,
-                           _socket=get("gunicorn.socket"))
-        cookie = get("HTTP_COOKIE")
+                           str(key[2]), False, b"", None, str(key[3]), _route=route,
+                           _socket=key[4])
         if cookie is not None:
             headers["cookie"] = cookie
             view._cookies = self.cookies_of(cookie)  # type: ignore[assignment]  # never written
-        if not environ.keys().isdisjoint(FORWARDING):
-            for key, name in FORWARDING.items():
-                value = get(key)
+        if forwarded:
+            for name_key, name in FORWARDING.items():
+                value = get(name_key)
                 if value is not None:
                     headers[name] = value
             if self.forwarded(view):
                 return None
-        return view, known
+        ticket = self.ticket_of(view, known, known[5], known[6], path)
+        if ticket is not None and not forwarded:
+            keep(self._tickets, key, ticket, sum(
+                len(part) for part in (*line, cookie) if isinstance(part, str)))
+        return ticket
 
     def _line(self, line: tuple[Any, ...]) -> tuple[Any, ...]:
         """What :meth:`_plain` keeps of a request line: what

@@ -125,7 +125,8 @@ class SecurityHeadersMiddleware(Layer):
         def add_headers(lines: Headers) -> None:
             # The scheme as the layers inside resolved it (behind a trusted proxy).
             policy.add_to_text(lines, path=path,
-                               https=environ.get("wsgi.url_scheme") == "https", nonce=nonce)
+                               https=environ.get("wsgi.url_scheme") == "https", nonce=nonce,
+                               drawn=True)
 
         return add_headers
 
