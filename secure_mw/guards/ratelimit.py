@@ -272,6 +272,11 @@ def _rate_values(decision: RateDecision) -> tuple[tuple[str, bytes], str, str | 
         None if decision.allowed else str(t)
 
 
+#: RateDecision's own constructor, without the Python-level ``__new__`` a named tuple adds
+#: (the hot path builds one per request; every field given, in order).
+_new_decision = tuple.__new__
+
+
 class RateLimiter(Protocol):
     """What a middleware needs of a limiter."""
 
@@ -374,10 +379,11 @@ class MemoryRateLimiter:
                 if max(state[oldest]) <= now:
                     del state[oldest]
                 break
-        if allowed:    # _decide's arithmetic for one limit
-            left = math.floor((limit.period - owed + EPSILON) / limit.interval)
-            return RateDecision(True, limit.count, min(max(left, 0), limit.count), owed, 0.0,
-                                limit.policy, plan.policies)
+        if allowed:    # _decide's arithmetic for one limit (the quotient is >= 0 here)
+            left = int((limit.period - owed + EPSILON) / limit.interval)
+            count = limit.count
+            return _new_decision(RateDecision, (True, count, left if left < count else count,
+                                                owed, 0.0, limit.policy, plan.policies))
         return _decide(plan, cost, (debt,), False)
 
     def _table(self, prefix: str) -> OrderedDict[str, list[float]]:
