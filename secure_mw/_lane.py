@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
-from secure_mw.guards.ratelimit import MemoryRateLimiter, RateDecision
+from secure_mw.guards.ratelimit import MemoryRateLimiter, RateDecision, key_prefix
 from secure_mw.http import RequestView, parse_cookies
 from secure_mw.tokens.headers import JWKS_PATHS
 
@@ -57,7 +57,8 @@ class Ticket:
     Shared by every thread, and never written once made but for :attr:`issued`, the
     assertion it was last given (replaced whole: :meth:`LaneCore.assertion_of`)."""
 
-    __slots__ = ("entries", "identity", "issued", "known", "rate_key", "session", "view")
+    __slots__ = ("entries", "identity", "issued", "known", "rate_key", "rate_prefix", "session",
+                 "view")
 
     def __init__(self, view: RequestView, known: tuple[Any, ...], session: Any, *,
                  identity: Any, rate_key: str | None, entries: dict[str, Any]) -> None:
@@ -66,6 +67,8 @@ class Ticket:
         self.session = session
         self.identity = identity
         self.rate_key = rate_key
+        # (the limiter's table of the key, as MemoryRateLimiter.hit_planned finds it)
+        self.rate_prefix = "" if rate_key is None else key_prefix(rate_key)
         self.entries = entries
         self.issued: tuple[str, bytes, float, float] | None = None
 
@@ -86,7 +89,8 @@ class LaneCore:
         rate = parts.get("RateLimitMiddleware")
         self.rate = None if rate is None or not rate.layer.rules else rate.layer
         self.rule = None if self.rate is None else self.rate.rules[0]
-        self.limiter = None if self.rate is None else self.rate.limiter
+        self.limiter: MemoryRateLimiter | None = None if self.rate is None \
+            else self.rate.limiter
         self.plan = None if self.rule is None else self.rule.plan
         redirect = parts.get("RedirectGuardMiddleware")
         self.redirect = None if redirect is None else redirect.layer
@@ -198,7 +202,11 @@ class LaneCore:
         key = ticket.rate_key
         if key is None:
             return None
-        rate = self.limiter.hit_planned(key, self.plan)  # type: ignore[union-attr]  # a key: a rule
+        limiter, plan = self.limiter, self.plan
+        assert limiter is not None and plan is not None     # (a key: a rule)
+        # hit_planned()'s own path for a rule of one limit, its key's prefix found once
+        rate = limiter._hit_one(key, ticket.rate_prefix, plan, 1) if len(plan.limits) == 1 \
+            else limiter.hit_planned(key, plan)
         return rate if rate.allowed else False
 
     def assertion_of(self, ticket: Ticket) -> tuple[str, bytes, float, float] | None:

@@ -75,6 +75,7 @@ _ADMITTED = INERT | FORWARDING | {b"host", b"cookie"}
 #: host as sent, host, query, routed path, raw path the rules see, nonce; () when not plain
 _Line = tuple[Any, ...]
 _STARTS = frozenset({"http.response.start"})
+_FORWARDING = tuple(sorted(FORWARDING))
 
 
 class Lane(LaneCore):
@@ -171,12 +172,14 @@ class Lane(LaneCore):
             get("raw_path"), get("query_string") or b"")
         cookie = named.get(b"cookie")
         forwarded = not named.keys().isdisjoint(FORWARDING)
-        # Everything a ticket depends on; a request with forwarding headers gets none kept.
+        # Everything a ticket depends on (forwarding headers a trusted proxy did not send,
+        # or that change nothing, by their values).
         client = get("client")
         key = (line, cookie, client[0] if client else None, get("server"),
-               get("root_path") or "")
+               get("root_path") or "",
+               tuple(named.get(name) for name in _FORWARDING) if forwarded else None)
         try:
-            ticket = None if forwarded else self._tickets.get(key)
+            ticket = self._tickets.get(key)
             if ticket is not None and self.current(ticket):
                 return ticket
             known = self._lines.get(line)
@@ -205,9 +208,10 @@ class Lane(LaneCore):
             if self.forwarded(view):
                 return None
         ticket = self.ticket_of(view, known, known[4], key[4], get("path"))
-        if ticket is not None and not forwarded:
+        if ticket is not None:
             keep(self._tickets, key, ticket, sum(
-                len(part) for part in (*line, cookie) if isinstance(part, str | bytes)))
+                len(part) for part in (*line, cookie, *(key[5] or ()))
+                if isinstance(part, str | bytes)))
         return ticket
 
     def _line(self, line: tuple[Any, ...]) -> _Line:

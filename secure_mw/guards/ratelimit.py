@@ -241,35 +241,58 @@ def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
       pass, the same as ``Retry-After``, which the draft says must not come before ``t``);
     * ``Retry-After`` (RFC 9110, whole seconds rounded up, at least 1) when refused.
     """
-    (policies, _), current, retry = _rate_values(decision)
-    headers = [("RateLimit-Policy", policies), ("RateLimit", current)]
-    if retry is not None:
-        headers.append(("Retry-After", retry))
-    return headers
+    return list(_rate_forms(decision)[0])
 
 
 def rate_lines(decision: RateDecision) -> list[tuple[bytes, bytes]]:
     """:func:`rate_headers` as raw header lines (ASGI), lower-case names."""
-    (_, policies), current, retry = _rate_values(decision)
-    lines = [(b"ratelimit-policy", policies), (b"ratelimit", current.encode("ascii"))]
-    if retry is not None:
-        lines.append((b"retry-after", retry.encode("ascii")))
-    return lines
+    return list(_rate_forms(decision)[1])
 
 
-def _rate_values(decision: RateDecision) -> tuple[tuple[str, bytes], str, str | None]:
-    """The values of RateLimit-Policy (text, bytes), RateLimit and Retry-After (None when
-    allowed)."""
+_Forms = tuple[tuple[tuple[str, str], ...], tuple[tuple[bytes, bytes], ...]]
+
+
+def _rate_forms(decision: RateDecision) -> _Forms:
+    """:func:`rate_headers` and :func:`rate_lines` of ``decision``: the same few per rule
+    and quota left, kept in a bounded memo."""
+    policies = decision.policies
+    if policies.__class__ is not tuple:     # a limiter of one's own that gave a list
+        policies = tuple(policies)
+    t = _seconds(decision)
+    key = (decision.policy, policies, decision.remaining, t, decision.allowed)
+    forms = _FORMS.get(key)
+    if forms is None:
+        text, name, encoded = _policy_texts(policies, decision.policy)
+        current = f"{name};r={decision.remaining};t={t}"
+        headers: tuple[tuple[str, str], ...] = (("RateLimit-Policy", text),
+                                                ("RateLimit", current))
+        lines: tuple[tuple[bytes, bytes], ...] = ((b"ratelimit-policy", encoded),
+                                                  (b"ratelimit", current.encode("ascii")))
+        if not decision.allowed:
+            headers += (("Retry-After", str(t)),)
+            lines += ((b"retry-after", str(t).encode("ascii")),)
+        forms = headers, lines
+        if len(_FORMS) >= 4096:
+            _FORMS.clear()
+        _FORMS[key] = forms
+    return forms
+
+
+_FORMS: dict[tuple[Any, ...], _Forms] = {}
+
+
+def _seconds(decision: RateDecision) -> int:
+    """``t`` of the RateLimit header: the whole seconds until the full quota is back (when
+    refused: until the request would pass, at least 1)."""
     if decision.allowed:
-        t = math.ceil(max(decision.reset_after - EPSILON, 0.0))
-    else:
-        t = max(1, math.ceil(decision.retry_after - EPSILON))
-    listed = decision.policies
-    if listed.__class__ is not tuple:     # a limiter of one's own that gave a list
-        listed = tuple(listed)
-    policies, name, encoded = _policy_texts(listed, decision.policy)
-    return (policies, encoded), f"{name};r={decision.remaining};t={t}", \
-        None if decision.allowed else str(t)
+        return math.ceil(max(decision.reset_after - EPSILON, 0.0))
+    return max(1, math.ceil(decision.retry_after - EPSILON))
+
+
+def key_prefix(key: str) -> str:
+    """The part of a limiter key before its first ``:`` (a rule's: ``r0``), which names
+    the table :class:`MemoryRateLimiter` keeps it in; ``""`` for a key without one."""
+    return key.partition(":")[0] if ":" in key else ""
 
 
 #: RateDecision's own constructor, without the Python-level ``__new__`` a named tuple adds
@@ -319,7 +342,7 @@ class MemoryRateLimiter:
         """:meth:`hit` with limits validated once, at start-up (:func:`plan_of`): what a
         rate-limit layer calls for every request."""
         rule = plan.limits
-        prefix = key.partition(":")[0] if ":" in key else ""
+        prefix = key_prefix(key)
         if len(rule) == 1:
             return self._hit_one(key, prefix, plan, cost)
         with self._lock:

@@ -48,6 +48,7 @@ def _keys(names: Iterable[bytes]) -> frozenset[str]:
 #: The ``HTTP_`` keys of the forwarding headers.
 FORWARDING = {environ_key(name.decode("latin-1")): name.decode("latin-1")
               for name in FORWARDING_HEADERS}
+_FORWARDING = tuple(sorted(FORWARDING))
 #: The environ keys a plain request may have.
 ADMITTED = frozenset({
     # PEP 3333's CGI keys and the request target the servers keep
@@ -151,12 +152,14 @@ class Lane(LaneCore):
             get("QUERY_STRING", ""))
         cookie = get("HTTP_COOKIE")
         forwarded = not environ.keys().isdisjoint(FORWARDING)
-        # Everything a ticket depends on; a request with forwarding headers gets none kept.
-        # (The view reads the listening port from a server's socket: one ticket each.)
+        # Everything a ticket depends on (forwarding headers a trusted proxy did not send,
+        # or that change nothing, by their values; the view reads the listening port from
+        # a server's socket: one ticket each).
         key = (line, cookie, get("REMOTE_ADDR", ""), get("SERVER_PORT", ""),
-               get("gunicorn.socket"))
+               get("gunicorn.socket"),
+               tuple(get(name) for name in _FORWARDING) if forwarded else None)
         try:
-            ticket = None if forwarded else self._tickets.get(key)
+            ticket = self._tickets.get(key)
             if ticket is not None and self.current(ticket):
                 return ticket
             known = self._lines.get(line)
@@ -184,9 +187,9 @@ class Lane(LaneCore):
             if self.forwarded(view):
                 return None
         ticket = self.ticket_of(view, known, known[5], known[6], path)
-        if ticket is not None and not forwarded:
+        if ticket is not None:
             keep(self._tickets, key, ticket, sum(
-                len(part) for part in (*line, cookie) if isinstance(part, str)))
+                len(part) for part in (*line, cookie, *(key[5] or ())) if isinstance(part, str)))
         return ticket
 
     def _line(self, line: tuple[Any, ...]) -> tuple[Any, ...]:
