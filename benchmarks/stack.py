@@ -70,6 +70,8 @@ from secure_mw.crypto import KeyRing
 
 #: The targets of the whole stack (issue 13; docs/performance.md).
 ASGI_BUDGET_US = 15.0
+#: What the bare Starlette app took, in-process, on the machine where the targets were set.
+ISSUE_BARE_US = 5.5
 WSGI_BUDGET_US = 15.0
 RECIPE_FACTOR = 10.0
 UVICORN_KEEPS = 0.6
@@ -118,6 +120,11 @@ class InProcess:
         scope = asgi_scope(cookie)
         check_asgi(loop, full, scope, user="alice")
         self.add("asgi-full", "secure_mw protect(), signed in", asgi_runner(loop, full, scope),
+                 "asgi-bare")
+        from benchmarks.floor import hand_pass
+
+        self.add("asgi-floor", "a hand-written pass (floor.py), signed in",
+                 asgi_runner(loop, hand_pass(full, starlette_bare(), fixed), scope),
                  "asgi-bare")
         check_asgi(loop, full, public(scope), user=None)
         self.add("asgi-full-anon", "secure_mw protect(), anonymous /public",
@@ -453,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"  ASGI: the whole stack adds {asgi_added:.1f} us to a warm signed-in request "
           f"(target <= {ASGI_BUDGET_US:g}: {_verdict(asgi_added <= ASGI_BUDGET_US)})")
+    floor_added = us["asgi-floor"] - us["asgi-bare"]
+    print(f"    (the bare app takes {us['asgi-bare']:.1f} us here: the stack adds "
+          f"{asgi_added / us['asgi-bare']:.2f}x its time, where the target, set when it took "
+          f"{ISSUE_BARE_US:g} us, is {ASGI_BUDGET_US / ISSUE_BARE_US:.2f}x; a hand-written "
+          f"pass of the same work adds {floor_added:.1f} us, the stack "
+          f"{asgi_added / floor_added:.2f}x that)" if floor_added > 0 else "")
     print(f"  ASGI: the usual recipe adds {recipe_added:.1f} us: {factor:.1f}x ours "
           f"(target >= {RECIPE_FACTOR:g}x: {_verdict(factor >= RECIPE_FACTOR)})")
     print(f"  WSGI: the whole stack adds {wsgi_added:.1f} us over bare Flask "

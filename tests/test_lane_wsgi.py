@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -224,6 +225,36 @@ def test_a_kept_ticket_is_asked_again_on_every_request(
         assert status("bob").startswith("401") and handed == [1]
     finally:
         listening.close()
+
+
+def test_https_on_gunicorns_tls_socket_takes_the_chain_behind_a_proxy_the_lane(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn hands over its socket: a TLS one holds the client certificate the chain's
+    view reads, so the lane leaves it alone; ``https`` gunicorn took from a proxy it trusts
+    (``X-Forwarded-Proto``) comes on a plain socket, and the lane serves it."""
+    now = [time.time()]
+    stack = Stack(now, lane=True)
+    handed = count_hand_overs(monkeypatch)
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).wrap_socket(
+        socket.socket(), server_side=True, do_handshake_on_connect=False)
+
+    def status(sock: Any) -> str:
+        return stack.call({"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/",
+                           "QUERY_STRING": "", "REMOTE_ADDR": "10.0.0.7",
+                           "SERVER_PORT": "443", "wsgi.url_scheme": "https",
+                           "HTTP_HOST": HOST, "HTTP_COOKIE": stack.cookies["alice"],
+                           "gunicorn.socket": sock})[0].split("'")[1]
+
+    try:
+        assert status(plain) == "200 OK"        # the chain first (it keeps the verdict)
+        handed.clear()
+        assert [status(plain), status(plain)] == ["200 OK"] * 2 and handed == []
+        assert [status(tls), status(tls)] == ["200 OK"] * 2 and handed == [1, 1]
+    finally:
+        plain.close()
+        tls.close()
 
 
 @pytest.mark.parametrize("flavour", ["asgi", "wsgi"])

@@ -10,7 +10,8 @@ A request is plain when:
   no trusted proxy sent them. Anything else (an ``Authorization`` or identity header, a
   client certificate, a key a layer or a stack around it set) goes to the chain;
 - it has a ``Host`` header, a method the lane knows, an ``http``/``https`` scheme (not
-  ``https`` on a socket gunicorn hands over: its certificate is the chain's to read), and
+  ``https`` on a TLS socket gunicorn hands over: its certificate is the chain's to read;
+  ``https`` behind a proxy gunicorn trusts is on a plain socket), and
   no stack around it observes the request (``[metrics]``);
 - the Host is allowed and the path is UTF-8, as ``PATH_INFO`` and as the target the server
   kept (``RAW_URI``/``REQUEST_URI``); it is not for the public keys or the health answer,
@@ -144,7 +145,7 @@ class Lane(LaneCore):
             return None
         get = environ.get
         scheme = get("wsgi.url_scheme", "http")
-        if scheme == "https" and "gunicorn.socket" in environ:
+        if scheme == "https" and hasattr(get("gunicorn.socket"), "getpeercert"):
             return None     # a TLS socket: the chain's view reads its client certificate
         line: tuple[Any, ...] = (
             get("HTTP_HOST"), get("REQUEST_METHOD"), scheme, get("SCRIPT_NAME", ""),
