@@ -162,7 +162,8 @@ def assemble(app: Any, settings: Settings, flavour: Flavour, options: dict[str, 
 
         issue = found.build("keys.signing_jwks", IssueLayer, settings,
                             keyring=options.get("keyring"),
-                            per_host=options.pop("assertion_per_host", False))
+                            per_host=options.pop("assertion_per_host", False),
+                            clock=options.get("clock"))
         if issue is not None:
             stacked = flavour.identity_header(stacked, settings=settings, layer=issue)
     if settings.access_control.rules:

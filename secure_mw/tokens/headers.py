@@ -22,7 +22,8 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
 from typing import Any
 
 import httpx
@@ -76,10 +77,12 @@ class IssueLayer:
     (``keys.encryption_keys`` or the passphrase, or ``keyring``), so that every process
     signs with the same key; with no key configured at all, a key made at start-up.
     ``per_host``: the ``iss`` and ``aud`` are the request's host (when listed) even with an
-    ``external_url`` — what a forward-auth portal signs for each service it vouches to."""
+    ``external_url`` — what a forward-auth portal signs for each service it vouches to.
+    ``clock``: what the signer dates assertions by (``protect()`` passes its own)."""
 
     def __init__(self, settings: Settings, *, signer: AssertionSigner | None = None,
-                 keyring: KeyRing | None = None, per_host: bool = False) -> None:
+                 keyring: KeyRing | None = None, per_host: bool = False,
+                 clock: Callable[[], float] | None = None) -> None:
         config = settings.signed_headers
         self.header = config.header.lower()
         if signer is None:
@@ -95,7 +98,8 @@ class IssueLayer:
                             "identity assertions are signed with a key made at start-up "
                             "(other processes cannot verify them)")
                 jwks = generate_private_jwks(("ES256",))
-            signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime)
+            signer = AssertionSigner(jwks=jwks, lifetime=config.lifetime,
+                                     clock=clock or time.time)
         self.signer = signer
         self.hosts = HostPolicy.from_settings(
             dataclasses.replace(settings.server, external_url=None) if per_host
