@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from secure_mw.authz.paths import PathRefused, check_utf8_path, route_path
+from secure_mw.guards.headers import SecurityHeaders
 from secure_mw.guards.ratelimit import MemoryRateLimiter, RateDecision, key_prefix
 from secure_mw.http import RequestView, parse_cookies
 from secure_mw.tokens.headers import JWKS_PATHS
@@ -55,7 +56,9 @@ class Ticket:
     what may have changed since: the record (:meth:`LaneCore.current`), then the time and
     the count (:meth:`LaneCore.admit`).
     Shared by every thread, and never written once made but for :attr:`issued`, the
-    assertion it was last given (replaced whole: :meth:`LaneCore.assertion_of`)."""
+    assertion it was last given (replaced whole: :meth:`LaneCore.assertion_of`), and a
+    WSGI view's listening port, read once from the server's socket (which is in the key:
+    always the same value)."""
 
     __slots__ = ("entries", "identity", "issued", "known", "rate_key", "rate_prefix", "session",
                  "view")
@@ -192,6 +195,11 @@ class LaneCore:
         session = ticket.session
         return self.sessions.warm_record(session.id) is session
 
+    def forget(self, key: tuple[Any, ...]) -> None:
+        """Drop the ticket kept under ``key`` (its session is over or was replaced): nothing
+        of an ended session stays in the memo until it fills."""
+        self._tickets.pop(key, None)
+
     def admit(self, ticket: Ticket) -> RateDecision | Literal[False] | None:
         """Whether the request of a :meth:`current` ticket is the lane's now, asked on every
         request: its session still warm, and its rate limit lets it in (then the decision,
@@ -215,19 +223,22 @@ class LaneCore:
         same one out again, by its signer's clock."""
         issue = self.issue
         assert issue is not None
+        signer = issue.signer
         kept = ticket.issued
-        if kept is not None and kept[2] <= issue.signer.clock() < kept[3]:
+        if kept is not None and kept[2] <= signer.clock() < kept[3]:
             return kept
         issued = issue.issued(ticket.view, ticket.identity)
         if issued is None:
             return None
         token, iat, until = issued
-        kept = ticket.issued = (token, token.encode("ascii"), iat, until)
+        kept = (token, token.encode("ascii"), iat, until)
+        if signer.cache_size:       # a signer that never reuses a token: nor does the ticket
+            ticket.issued = kept
         return kept
 
     def nonce_entry(self, ticket: Ticket) -> str | None:
         """A fresh CSP nonce for a response of ``ticket``'s request, when it carries one."""
-        return self.headers.new_nonce() \
+        return SecurityHeaders.new_nonce() \
             if self.headers is not None and ticket.known[-1] else None
 
     def cookies_of(self, text: str) -> Mapping[str, str]:

@@ -23,7 +23,8 @@ login.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from secure_mw._driver import run_sync
@@ -57,13 +58,15 @@ def allow_test_host(settings: Settings, host: str = TEST_CLIENT_HOST) -> Setting
 
 def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level: int = 1,
                    remember: bool = False, keyring: KeyRing | None = None,
-                   store: SessionStore | None = None, source: str = "test") -> str:
+                   store: SessionStore | None = None, source: str = "test",
+                   clock: Callable[[], float] | None = None) -> str:
     """A ``name=value`` Cookie header value for a new session of ``claims`` (``sub``
     required; ``email``, ``email_verified``, ``name`` and ``groups`` are kept, and the claims
     the access rules of ``settings`` read with ``claim/…``, as a login keeps them; access
     rules that admit by email need ``"email_verified": True``).
 
-    Pass ``store`` when the app under test was given a store object of its own.
+    Pass ``store`` when the app under test was given a store object of its own, and
+    ``clock`` when it was given a clock (the session then starts at that clock's time).
     """
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise ValueError("claims need a non-empty 'sub'")
@@ -73,6 +76,7 @@ def session_cookie(settings: Settings, claims: Mapping[str, Any], *, auth_level:
             raise ValueError("the cookie, redis and sqlite stores need keys.encryption_keys")
         keyring = KeyRing.from_settings(settings.keys)
     manager = SessionManager(settings.session, keyring=keyring, store=store,
+                             clock=time.time if clock is None else clock,
                              secure=settings.session.cookie_secure, sqlite=settings.sqlite)
     groups_claim = settings.oidc.groups_claim if settings.oidc else "groups"
     assume = settings.oidc.assume_email_verified if settings.oidc else False

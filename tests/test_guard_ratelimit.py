@@ -25,6 +25,7 @@ from secure_mw.guards.ratelimit import (
     RedisRateLimiter,
     limiter_from_settings,
     rate_headers,
+    rate_lines,
 )
 from secure_mw.guards.ratelimit_sqlite import SqliteRateLimiter
 from secure_mw.settings import RateLimitsSettings, Settings, SqliteSettings, parse_rate_limit
@@ -299,6 +300,23 @@ def test_headers_refused_have_retry_after_rounded_up(mem: MemoryRateLimiter,
     d = mem.hit("h", HOURLY)
     assert dict(rate_headers(d))["Retry-After"] == "720"     # 719.75 s rounded up
     assert dict(rate_headers(d))["RateLimit"] == '"5/3600s";r=0;t=720'
+
+
+def test_the_header_memo_keeps_each_decision_its_own_spelling() -> None:
+    """The RateLimit lines of equal-looking decisions are kept apart: a limiter of one's
+    own that says ``3.0`` left gets ``r=3.0``, the built-in one's ``3`` stays ``r=3``, in
+    either order; text headers and raw lines agree, refused ones carry Retry-After."""
+    policy = '"5/60s";q=5;w=60'
+    as_float = RateDecision(True, 5, 3.0, 24.0, 0.0, policy, (policy,))  # type: ignore[arg-type]
+    as_int = RateDecision(True, 5, 3, 24.0, 0.0, policy, (policy,))
+    refused = RateDecision(False, 5, 0, 60.0, 12.0, policy, [policy])    # type: ignore[arg-type]
+    for first, second in ((as_float, as_int), (as_int, as_float)):
+        rate_lines(first)
+        assert dict(rate_lines(second))[b"ratelimit"] == \
+            f'"5/60s";r={second.remaining};t=24'.encode()
+    assert [(n.lower().encode(), v.encode()) for n, v in rate_headers(refused)] == \
+        rate_lines(refused) == [(b"ratelimit-policy", policy.encode()),
+                                (b"ratelimit", b'"5/60s";r=0;t=12'), (b"retry-after", b"12")]
 
 
 def test_headers_t_is_the_time_to_full_quota(mem: MemoryRateLimiter) -> None:

@@ -113,7 +113,7 @@ class Stack:
         if not lane:
             self.app.lane = None
         self.cookies = {
-            name: session_cookie(settings, claims, store=self.store)
+            name: session_cookie(settings, claims, store=self.store, clock=clock)
             for name, claims in (
                 ("alice", {"sub": "alice", "groups": ["staff"]}),
                 ("bob", {"sub": "bob", "groups": ["admins"]}))}
@@ -372,6 +372,55 @@ def test_a_ticket_keeps_the_assertion_only_while_the_issuer_would_reuse_it(
         assert later != first and handed == []
         assert jwt.decode(later, options={"verify_signature": False})["iat"] > reuse["iat"]
         assert assertion() == later
+    finally:
+        loop.close()
+
+
+def test_what_a_ticket_key_leaves_out_is_never_served_by_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once ``GET /`` has a ticket, requests whose key would match it though the chain's
+    view of them differs (an empty or missing path, a client address that is not text) go
+    to the chain; a ticket whose session has ended leaves the memo at once; a signer that
+    never reuses a token gets no token kept on the ticket either."""
+    now = [time.time()]
+    stack = Stack(now, lane=True)
+    lane = stack.app.lane
+    handed = count_hand_overs(monkeypatch)
+    loop = asyncio.new_event_loop()
+
+    def scope(**change: Any) -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "scheme": "https", "path": "/",
+                "raw_path": b"/", "query_string": b"", "root_path": "",
+                "client": ("10.0.0.7", 1), "server": ("127.0.0.1", 8000),
+                "headers": [(b"host", HOST.encode()),
+                            (b"cookie", stack.cookies["alice"].encode())], **change}
+
+    def call(**change: Any) -> dict[str, Any]:
+        sent = stack.call(loop, request := scope(**change))[0]
+        request["status"] = sent[0]["status"] if sent else None
+        return request
+
+    try:
+        call()
+        call()
+        assert lane._plain(scope()) is not None
+        handed.clear()
+        call(path="")
+        call(client=(None, 0))
+        with pytest.raises(Exception):      # (the chain's own answer to a scope without one)
+            call(path=None)
+        assert len(handed) == 3
+        # Signed out: the next request drops the ticket, with the session it held.
+        assert len(lane._tickets) == 1
+        stack.store.delete(stack.cookies["alice"].split("=", 1)[1])
+        assert call()["status"] == 401
+        assert lane._tickets == {}
+        # A signer that never hands out a token twice: a new one on every request.
+        stack = Stack(now, lane=True)
+        monkeypatch.setattr(stack.app.lane.issue.signer, "cache_size", 0)
+        handed.clear()
+        tokens = [call()["secure_mw.assertion"] for _ in range(5)]
+        assert len(set(tokens)) == 5 and len(handed) == 1      # four of them by the lane
     finally:
         loop.close()
 

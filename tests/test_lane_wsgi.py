@@ -72,7 +72,7 @@ class Stack:
         if not lane:
             self.app.lane = None
         self.cookies = {
-            name: session_cookie(settings, claims, store=self.store)
+            name: session_cookie(settings, claims, store=self.store, clock=clock)
             for name, claims in (
                 ("alice", {"sub": "alice", "groups": ["staff"]}),
                 ("bob", {"sub": "bob", "groups": ["admins"]}))}

@@ -167,21 +167,26 @@ class Lane(LaneCore):
         if extensions and (extensions.get("tls") or {}).get("client_cert_chain"):
             return None     # a client certificate: the chain's view reads it
         get = scope.get
+        path, client = get("path"), get("client")
+        if path.__class__ is not str or not path or (
+                client and client[0].__class__ is not str):
+            return None     # what the chain's view makes of these is the chain's to say
         line: tuple[Any, ...] = (
-            named.get(b"host"), get("method"), get("scheme") or "http", get("path") or "/",
+            named.get(b"host"), get("method"), get("scheme") or "http", path,
             get("raw_path"), get("query_string") or b"")
         cookie = named.get(b"cookie")
         forwarded = not named.keys().isdisjoint(FORWARDING)
         # Everything a ticket depends on (forwarding headers a trusted proxy did not send,
         # or that change nothing, by their values).
-        client = get("client")
         key = (line, cookie, client[0] if client else None, get("server"),
                get("root_path") or "",
                tuple(named.get(name) for name in _FORWARDING) if forwarded else None)
         try:
             ticket = self._tickets.get(key)
-            if ticket is not None and self.current(ticket):
-                return ticket
+            if ticket is not None:
+                if self.current(ticket):
+                    return ticket
+                self.forget(key)
             known = self._lines.get(line)
         except TypeError:       # a server's bytearray or list where ASGI says bytes
             return None
@@ -207,7 +212,7 @@ class Lane(LaneCore):
                     headers[name.decode("latin-1")] = value.decode("latin-1")
             if self.forwarded(view):
                 return None
-        ticket = self.ticket_of(view, known, known[4], key[4], get("path"))
+        ticket = self.ticket_of(view, known, known[4], key[4], path)
         if ticket is not None:
             keep(self._tickets, key, ticket, sum(
                 len(part) for part in (*line, cookie, *(key[5] or ()))

@@ -216,19 +216,9 @@ def _decide(plan: _Plan, cost: int, debts: Sequence[float], allowed: bool) -> Ra
 @functools.lru_cache(maxsize=1024)
 def _policy_texts(policies: tuple[str, ...], policy: str) -> tuple[str, str, bytes]:
     """The RateLimit-Policy value of a rule (as text and as bytes) and the name of its
-    deciding limit: the same few per rule, made once each (a bounded memo)."""
-    key = (policies, policy)
-    texts = _TEXTS.get(key)
-    if texts is None:
-        joined = ", ".join(policies or (policy,))
-        texts = joined, policy[: policy.index(";")], joined.encode("ascii")
-        if len(_TEXTS) >= 256:
-            _TEXTS.clear()
-        _TEXTS[key] = texts
-    return texts
-
-
-_TEXTS: dict[tuple[tuple[str, ...], str], tuple[str, str, bytes]] = {}
+    deciding limit: the same few per rule, made once."""
+    joined = ", ".join(policies or (policy,))
+    return joined, policy[: policy.index(";")], joined.encode("ascii")
 
 
 def rate_headers(decision: RateDecision) -> list[tuple[str, str]]:
@@ -259,11 +249,12 @@ def _rate_forms(decision: RateDecision) -> _Forms:
     if policies.__class__ is not tuple:     # a limiter of one's own that gave a list
         policies = tuple(policies)
     t = _seconds(decision)
-    key = (decision.policy, policies, decision.remaining, t, decision.allowed)
+    remaining = decision.remaining      # (its type too: a limiter of one's own may say 3.0)
+    key = (decision.policy, policies, remaining.__class__, remaining, t, decision.allowed)
     forms = _FORMS.get(key)
     if forms is None:
         text, name, encoded = _policy_texts(policies, decision.policy)
-        current = f"{name};r={decision.remaining};t={t}"
+        current = f"{name};r={remaining};t={t}"
         headers: tuple[tuple[str, str], ...] = (("RateLimit-Policy", text),
                                                 ("RateLimit", current))
         lines: tuple[tuple[bytes, bytes], ...] = ((b"ratelimit-policy", encoded),

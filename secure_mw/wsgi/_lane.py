@@ -161,8 +161,10 @@ class Lane(LaneCore):
                tuple(get(name) for name in _FORWARDING) if forwarded else None)
         try:
             ticket = self._tickets.get(key)
-            if ticket is not None and self.current(ticket):
-                return ticket
+            if ticket is not None:
+                if self.current(ticket):
+                    return ticket
+                self.forget(key)
             known = self._lines.get(line)
         except TypeError:       # something unhashable where PEP 3333 says str
             return None
