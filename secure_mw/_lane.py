@@ -53,7 +53,7 @@ class Ticket:
     peer and server — once the lane has found it plain, its session warm and its path
     allowed: the view, the session record and identity, the rate-limit key and what the
     app is given. A lane keeps tickets in a bounded memo and asks, on every request, only
-    what may have changed since: the record (:meth:`LaneCore.current`), then the time and
+    what may have changed since: the record (:meth:`LaneCore.kept_ticket`), then the time and
     the count (:meth:`LaneCore.admit`).
     Shared by every thread, and never written once made but for :attr:`issued`, the
     assertion it was last given (replaced whole: :meth:`LaneCore.assertion_of`), and a
@@ -189,19 +189,27 @@ class LaneCore:
         """What a flavour gives its app besides :meth:`ticket_of`'s entries (none here)."""
         return {}
 
-    def current(self, ticket: Ticket) -> bool:
-        """Whether the session record of a kept ticket is still the one the store holds,
-        live (a lane asks before it uses the ticket, and makes a new one if not)."""
+    def kept_ticket(self, key: tuple[Any, ...]) -> Ticket | None:
+        """The ticket kept under ``key`` while its session record is still the one the store
+        holds, live; a ticket whose session ended or was replaced is dropped at once
+        (nothing of an ended session stays in the memo until it fills), and ``None`` makes
+        the lane build a new one. Raises TypeError for an unhashable key."""
+        ticket = self._tickets.get(key)
+        if ticket is None:
+            return None
         session = ticket.session
-        return self.sessions.warm_record(session.id) is session
-
-    def forget(self, key: tuple[Any, ...]) -> None:
-        """Drop the ticket kept under ``key`` (its session is over or was replaced): nothing
-        of an ended session stays in the memo until it fills."""
+        if self.sessions.warm_record(session.id) is session:
+            return ticket
         self._tickets.pop(key, None)
+        return None
+
+    def keep_ticket(self, key: tuple[Any, ...], ticket: Ticket, parts: Iterable[Any]) -> None:
+        """Keep ``ticket`` under ``key``, bounded by the size of its text ``parts``."""
+        keep(self._tickets, key, ticket,
+             sum(len(part) for part in parts if isinstance(part, str | bytes)))
 
     def admit(self, ticket: Ticket) -> RateDecision | Literal[False] | None:
-        """Whether the request of a :meth:`current` ticket is the lane's now, asked on every
+        """Whether the request of a :meth:`kept_ticket` ticket is the lane's now, asked on every
         request: its session still warm, and its rate limit lets it in (then the decision,
         whose lines go on the response; ``None`` with no rule). ``False`` hands it over; a
         refused hit counts nothing, so the chain then counts, audits and answers it."""

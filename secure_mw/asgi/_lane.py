@@ -182,11 +182,9 @@ class Lane(LaneCore):
                get("root_path") or "",
                tuple(named.get(name) for name in _FORWARDING) if forwarded else None)
         try:
-            ticket = self._tickets.get(key)
+            ticket = self.kept_ticket(key)
             if ticket is not None:
-                if self.current(ticket):
-                    return ticket
-                self.forget(key)
+                return ticket
             known = self._lines.get(line)
         except TypeError:       # a server's bytearray or list where ASGI says bytes
             return None
@@ -214,9 +212,7 @@ class Lane(LaneCore):
                 return None
         ticket = self.ticket_of(view, known, known[4], key[4], path)
         if ticket is not None:
-            keep(self._tickets, key, ticket, sum(
-                len(part) for part in (*line, cookie, *(key[5] or ()))
-                if isinstance(part, str | bytes)))
+            self.keep_ticket(key, ticket, (*line, cookie, *(key[5] or ())))
         return ticket
 
     def _line(self, line: tuple[Any, ...]) -> _Line:

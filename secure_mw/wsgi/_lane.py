@@ -160,11 +160,9 @@ class Lane(LaneCore):
                get("gunicorn.socket"),
                tuple(get(name) for name in _FORWARDING) if forwarded else None)
         try:
-            ticket = self._tickets.get(key)
+            ticket = self.kept_ticket(key)
             if ticket is not None:
-                if self.current(ticket):
-                    return ticket
-                self.forget(key)
+                return ticket
             known = self._lines.get(line)
         except TypeError:       # something unhashable where PEP 3333 says str
             return None
@@ -191,8 +189,7 @@ class Lane(LaneCore):
                 return None
         ticket = self.ticket_of(view, known, known[5], known[6], path)
         if ticket is not None:
-            keep(self._tickets, key, ticket, sum(
-                len(part) for part in (*line, cookie, *(key[5] or ())) if isinstance(part, str)))
+            self.keep_ticket(key, ticket, (*line, cookie, *(key[5] or ())))
         return ticket
 
     def _line(self, line: tuple[Any, ...]) -> tuple[Any, ...]:
